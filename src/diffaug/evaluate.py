@@ -1,0 +1,135 @@
+"""Stage `evaluate`: test accuracy of the final weights of every trained cell, keyed by mixture.
+
+    python -m diffaug.evaluate --params params.yaml --prepared data/prepared --synthetic data/synthetic \
+        --models models/<model> --out metrics/evaluate --summary metrics/summary.json
+
+Cells come from params (`model` x `mixes` x `train.seeds`), never from globbing models/, so
+leftovers of earlier experiments cannot leak into the table. The test split is read here only.
+
+Writes:
+  metrics/summary.json         what `dvc exp show` tabulates: test_acc.<mix> (mean over seeds),
+                               test_acc_std.<mix> with several seeds, test_loss.<mix>, and the
+                               synthetic-data quality numbers (see below)
+  metrics/evaluate/accuracy.json     one row per mixture, for `dvc plots`
+  metrics/evaluate/confusion.json    {actual, predicted} rows of the first mixture, seed 0
+  metrics/evaluate/per_class.json    per mixture and class: test accuracy (mean over seeds)
+  metrics/evaluate/synthetic_quality.json
+      (a) recognisability: how a real-data-only model classifies each synthetic set, per class;
+      (b) train-on-synthetic, test-on-real: test accuracy of the synthetic-only mixtures, per class.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from diffaug.config import SYNTHETIC_SETS, Config, UserError, exit_on_error, load_config
+from diffaug.io import write_json_atomic
+from diffaug.prepare import load_split
+
+
+def predict(model_path: Path, images: np.ndarray, batch_size: int, device) -> np.ndarray:
+    """Logits (float32, N x classes) of the final weights at `model_path` on uint8 NHWC images."""
+    from diffaug.train.weights import load_trained, predict_logits
+
+    if not model_path.is_file():
+        raise UserError(f"{model_path}: not found; run `dvc repro` so the train cell writes it")
+    model, _ = load_trained(model_path, device)
+    return predict_logits(model, images, batch_size=batch_size, device=device)
+
+
+def scores(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    pred = logits.argmax(axis=1)
+    correct = pred == labels
+    per_class = [float(correct[labels == c].mean()) if (labels == c).any() else float("nan") for c in range(num_classes)]
+    return {"acc": float(correct.mean()), "loss": float(-log_probs[np.arange(len(labels)), labels].mean()),
+            "per_class": per_class, "pred": pred}
+
+
+def real_only_mix(cfg: Config) -> str | None:
+    """The trained mixture of real images only with the most real data (orig100 by default)."""
+    candidates = [m for m in cfg.mixes if set(cfg.mixtures[m]) == {"orig"}]
+    return max(candidates, key=lambda m: cfg.mixtures[m]["orig"], default=None)
+
+
+def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, out: Path, summary_path: Path) -> dict:
+    from diffaug.devices import resolve_device
+
+    device = resolve_device(cfg.evaluate.device)
+    test = load_split(prepared / "test.npz")
+    classes, seeds = test.classes, cfg.train.seeds
+    # Check every weight file before any work, so a missing cell fails fast and writes nothing.
+    for mix in cfg.mixes:
+        for seed in seeds:
+            if not (models / mix / f"seed-{seed}.pt").is_file():
+                raise UserError(f"{models / mix / f'seed-{seed}.pt'}: not found; train@{cfg.model}-{mix} has not run for seed {seed}")
+
+    results, confusion = {}, []
+    for mix in cfg.mixes:
+        runs = [scores(predict(models / mix / f"seed-{s}.pt", test.images, cfg.evaluate.batch_size, device), test.labels, len(classes))
+                for s in seeds]
+        accs = np.array([r["acc"] for r in runs])
+        results[mix] = {"acc": float(accs.mean()), "std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0,
+                        "loss": float(np.mean([r["loss"] for r in runs])), "per_class": np.mean([r["per_class"] for r in runs], axis=0).tolist(),
+                        "per_seed": accs.tolist()}
+        if not confusion:
+            confusion = [{"actual": classes[a], "predicted": classes[p]} for a, p in zip(test.labels, runs[0]["pred"])]
+
+    quality = {"recognisability": {}, "train_on_synthetic": {}}
+    reference = real_only_mix(cfg)
+    used_sets = [s for s in SYNTHETIC_SETS if any(s in cfg.mixtures[m] for m in cfg.mixes)]
+    if reference is not None:
+        from diffaug.generate.storage import load_synthetic
+
+        for name in used_sets:
+            images, labels = load_synthetic(synthetic_root / name)
+            runs = [scores(predict(models / reference / f"seed-{s}.pt", images, cfg.evaluate.batch_size, device), labels, len(classes)) for s in seeds]
+            quality["recognisability"][name] = {
+                "classifier": f"{cfg.model}-{reference}", "acc": float(np.mean([r["acc"] for r in runs])),
+                "per_class": dict(zip(classes, np.mean([r["per_class"] for r in runs], axis=0).tolist()))}
+    for mix in cfg.mixes:
+        if set(cfg.mixtures[mix]) <= set(SYNTHETIC_SETS):
+            quality["train_on_synthetic"][mix] = {"acc": results[mix]["acc"], "per_class": dict(zip(classes, results[mix]["per_class"]))}
+
+    summary = {"model": cfg.model, "variant": cfg.train.variant, "recipe": cfg.train.recipe, "seeds": len(seeds),
+               "test_acc": {m: round(r["acc"], 6) for m, r in results.items()}}
+    if len(seeds) > 1:
+        summary["test_acc_std"] = {m: round(r["std"], 6) for m, r in results.items()}
+    summary["test_loss"] = {m: round(r["loss"], 6) for m, r in results.items()}
+    if quality["recognisability"]:
+        summary["syn_recognised"] = {n: round(q["acc"], 6) for n, q in quality["recognisability"].items()}
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "accuracy.json", [{"mixture": m, "test_acc": r["acc"], "test_acc_std": r["std"]} for m, r in results.items()])
+    write_json_atomic(out / "confusion.json", confusion)
+    write_json_atomic(out / "per_class.json", {m: dict(zip(classes, r["per_class"])) for m, r in results.items()})
+    write_json_atomic(out / "per_seed.json", {m: dict(zip(map(str, seeds), r["per_seed"])) for m, r in results.items()})
+    write_json_atomic(out / "synthetic_quality.json", quality)
+    write_json_atomic(summary_path, summary)
+    return summary
+
+
+@exit_on_error
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--prepared", type=Path, default=Path("data/prepared"))
+    ap.add_argument("--synthetic", type=Path, default=Path("data/synthetic"))
+    ap.add_argument("--models", type=Path, required=True, help="models/<model>: one folder per mixture")
+    ap.add_argument("--out", type=Path, default=Path("metrics/evaluate"))
+    ap.add_argument("--summary", type=Path, default=Path("metrics/summary.json"))
+    args = ap.parse_args(argv)
+    cfg = load_config(args.params)
+    summary = evaluate(cfg, args.prepared, args.synthetic, args.models, args.out, args.summary)
+    width = max(len(m) for m in summary["test_acc"])
+    print(f"evaluate: {cfg.model} ({cfg.train.variant}, recipe {cfg.train.recipe}, {len(cfg.train.seeds)} seed(s)), test accuracy:")
+    for mix, acc in summary["test_acc"].items():
+        std = summary.get("test_acc_std", {}).get(mix)
+        print(f"  {mix:<{width}}  {acc:.4f}" + (f" ± {std:.4f}" if std is not None else ""))
+
+
+if __name__ == "__main__":
+    main()

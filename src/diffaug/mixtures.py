@@ -1,0 +1,155 @@
+"""Stage `build_mixtures`: every named mixture as an index file of (source, row), never copied pixels.
+
+    python -m diffaug.mixtures --params params.yaml --prepared data/prepared --synthetic data/synthetic --out data/mixtures
+
+For each source of a mixture and each class, the draw is the first round(fraction * n_class) rows of
+a permutation seeded by (mixture_seed, source, class) alone, so draws nest and repeat across
+mixtures: orig50 is the same half of the real images in orig50, orig50_syn1_50 and orig50_rot50,
+which keeps the comparison between mixtures about the data added, not about which half was drawn.
+rot90 / vflip rows are copies of the same real images that orig drew (the Fig. 7 baselines).
+
+Each `<mix>.npz` also records a digest of every source it draws from, so the file changes exactly
+when its own data changes: a train cell depends on its mixture file alone and is not rerun when
+another mixture, or a synthetic set it does not use, changes. `<mix>.json` holds the composition
+(count per source per class) for people to read.
+"""
+from __future__ import annotations
+
+import argparse
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from diffaug.config import SOURCES, SYNTHETIC_SETS, Config, UserError, exit_on_error, load_config
+from diffaug.io import load_npz, save_npz_atomic, sha256_file, write_json_atomic
+from diffaug.prepare import load_split
+
+COPY_TRANSFORMS = {  # copies of real images, applied when the mixture is loaded
+    "rot90": lambda images: np.rot90(images, k=1, axes=(1, 2)),  # 90° counter-clockwise
+    "vflip": lambda images: images[:, ::-1],
+}
+
+
+def _draw(labels: np.ndarray, num_classes: int, fraction: float, seed: int, source: str,
+          keep_order: bool = False) -> list[np.ndarray]:
+    """Per class: the first round(fraction * n) rows of a permutation seeded by (seed, source, class)."""
+    rows = []
+    for c in range(num_classes):
+        idx = np.flatnonzero(labels == c)
+        rng = np.random.default_rng([seed, zlib.crc32(source.encode()), c])
+        picked = rng.permutation(idx)[: int(round(fraction * len(idx)))]
+        rows.append(picked if keep_order else np.sort(picked))
+    return rows
+
+
+def compose(sources: dict[str, float], source_labels: dict[str, np.ndarray], num_classes: int, seed: int):
+    """Return (source codes, rows, counts[source][class]) for one mixture."""
+    codes, rows, counts = [], [], {}
+    for src in SOURCES:  # fixed order: identical files whatever order params.yaml lists sources in
+        if src not in sources:
+            continue
+        if src in COPY_TRANSFORMS:
+            # the first rows of orig's own permutation: copies of images orig drew (validated <= orig)
+            per_class = _draw(source_labels["orig"], num_classes, 1.0, seed, "orig", keep_order=True)
+            per_class = [np.sort(p[: int(round(sources[src] * len(p)))]) for p in per_class]
+        else:
+            per_class = _draw(source_labels[src], num_classes, sources[src], seed, src)
+        drawn = np.concatenate(per_class).astype(np.int64)
+        codes.append(np.full(len(drawn), SOURCES.index(src), np.uint8))
+        rows.append(drawn)
+        counts[src] = [len(p) for p in per_class]
+    return np.concatenate(codes), np.concatenate(rows), counts
+
+
+def _synthetic(root: Path, name: str):
+    from diffaug.generate.storage import load_synthetic, synthetic_digest
+
+    images, labels = load_synthetic(root / name)
+    return images, labels, synthetic_digest(root / name)
+
+
+def build(cfg: Config, prepared: Path, synthetic_root: Path, out: Path) -> dict[str, dict]:
+    train = load_split(prepared / "train.npz")
+    num_classes = len(train.classes)
+    labels = {"orig": train.labels}
+    digests = {"orig": sha256_file(prepared / "train.npz")}
+    needed = {s for sources in cfg.mixtures.values() for s in sources if s in SYNTHETIC_SETS}
+    for name in sorted(needed):
+        _, labels[name], digests[name] = _synthetic(synthetic_root, name)
+    for copy in COPY_TRANSFORMS:
+        labels[copy], digests[copy] = labels["orig"], digests["orig"]
+
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    for mix, sources in cfg.mixtures.items():
+        codes, rows, counts = compose(sources, labels, num_classes, cfg.mixture_seed)
+        mix_labels = np.empty(len(rows), np.int64)
+        for code in np.unique(codes):
+            sel = codes == code
+            mix_labels[sel] = labels[SOURCES[code]][rows[sel]]
+        used = [s for s in SOURCES if s in sources]
+        save_npz_atomic(out / f"{mix}.npz", source=codes, row=rows, label=mix_labels,
+                        source_names=np.array(SOURCES), classes=np.array(train.classes),
+                        used=np.array(used), digests=np.array([digests[s] for s in used]))
+        composition = {
+            "mixture": mix, "fractions": sources, "seed": cfg.mixture_seed, "total": int(len(rows)),
+            "per_source": {s: int(sum(counts[s])) for s in used},
+            "per_class": {s: dict(zip(train.classes, counts[s])) for s in used},
+            "source_digests": {s: digests[s] for s in used},
+        }
+        write_json_atomic(out / f"{mix}.json", composition)
+        summary[mix] = composition
+    return summary
+
+
+def load_mixture(mixture_path: str | Path, prepared_dir: str | Path, synthetic_root: str | Path):
+    """Pixels and labels of one mixture: (images uint8 NHWC, labels int64, class names).
+
+    Refuses to mix in sources whose content changed since the mixture was built.
+    """
+    mixture_path, prepared_dir, synthetic_root = Path(mixture_path), Path(prepared_dir), Path(synthetic_root)
+    if not mixture_path.is_file():
+        raise UserError(f"{mixture_path}: not found; run `dvc repro build_mixtures` first")
+    mix = load_npz(mixture_path)
+    names = [str(s) for s in mix["source_names"]]
+    train = None
+    pools: dict[str, np.ndarray] = {}
+    for src, digest in zip(mix["used"], mix["digests"]):
+        src = str(src)
+        if src in SYNTHETIC_SETS:
+            images, _, current = _synthetic(synthetic_root, src)
+        else:
+            if train is None:
+                train = load_split(prepared_dir / "train.npz")
+            images, current = train.images, sha256_file(prepared_dir / "train.npz")
+        if current != str(digest):
+            raise UserError(f"{mixture_path}: source {src} changed since the mixture was built; run `dvc repro build_mixtures`")
+        pools[src] = images
+    out = np.empty((len(mix["row"]),) + next(iter(pools.values())).shape[1:], np.uint8)
+    for code in np.unique(mix["source"]):
+        src = names[code]
+        sel = mix["source"] == code
+        pool = pools["orig" if src in COPY_TRANSFORMS else src]
+        picked = pool[mix["row"][sel]]
+        out[sel] = COPY_TRANSFORMS[src](picked) if src in COPY_TRANSFORMS else picked
+    return out, mix["label"].astype(np.int64), [str(c) for c in mix["classes"]]
+
+
+@exit_on_error
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--prepared", type=Path, default=Path("data/prepared"))
+    ap.add_argument("--synthetic", type=Path, default=Path("data/synthetic"))
+    ap.add_argument("--out", type=Path, default=Path("data/mixtures"))
+    args = ap.parse_args(argv)
+    cfg = load_config(args.params)
+    summary = build(cfg, args.prepared, args.synthetic, args.out)
+    for mix, comp in summary.items():
+        parts = ", ".join(f"{s} {n}" for s, n in comp["per_source"].items())
+        print(f"build_mixtures: {mix}: {comp['total']} images ({parts})")
+
+
+if __name__ == "__main__":
+    main()
