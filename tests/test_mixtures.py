@@ -1,0 +1,122 @@
+"""build_mixtures: exact class-balanced counts, seeded and nested draws, index files, digests."""
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import diffaug.mixtures as mixtures
+from diffaug.config import SOURCES, UserError, parse_config
+from diffaug.io import load_npz, save_npz_atomic, sha256_file
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+REAL_PER_CLASS, SYN_PER_CLASS, CLASSES = 40, 30, ["airplane", "automobile", "bird"]
+
+
+@pytest.fixture
+def sources(tmp_path, monkeypatch):
+    """A prepared train split and two fake synthetic sets whose pixels encode (source, row)."""
+    prepared = tmp_path / "prepared"
+    labels = np.repeat(np.arange(len(CLASSES)), REAL_PER_CLASS)
+    rng = np.random.default_rng(0)
+    labels = labels[rng.permutation(len(labels))]  # real data is not sorted by class
+    images = rng.integers(0, 100, (len(labels), 8, 8, 3), dtype=np.uint8)  # < 100: syn markers are 100, 101
+    save_npz_atomic(prepared / "train.npz", images=images, labels=labels, classes=np.array(CLASSES))
+    synthetic = {}
+    for k, name in enumerate(("syn1", "syn2")):
+        syn_labels = np.repeat(np.arange(len(CLASSES)), SYN_PER_CLASS)
+        syn_images = np.full((len(syn_labels), 8, 8, 3), 0, np.uint8)
+        syn_images[:, 0, 0, 0] = 100 + k
+        syn_images[:, 0, 0, 1] = np.arange(len(syn_labels)) % 256
+        synthetic[name] = [syn_images, syn_labels, f"digest-{name}"]
+    monkeypatch.setattr(mixtures, "_synthetic", lambda root, name: tuple(synthetic[name]))
+    return {"prepared": prepared, "images": images, "labels": labels, "synthetic": synthetic, "tmp": tmp_path}
+
+
+def build(sources, params=PARAMS, out="mixtures"):
+    cfg = parse_config(copy.deepcopy(params))
+    return mixtures.build(cfg, sources["prepared"], sources["tmp"] / "synthetic", sources["tmp"] / out), sources["tmp"] / out
+
+
+def test_counts_per_source_and_class_are_exact_for_every_default_mixture(sources):
+    summary, out = build(sources)
+    assert set(summary) == set(PARAMS["mixtures"])
+    for mix, fractions in PARAMS["mixtures"].items():
+        comp = json.loads((out / f"{mix}.json").read_text())
+        for src, frac in fractions.items():
+            n = REAL_PER_CLASS if src in ("orig", "rot90", "vflip") else SYN_PER_CLASS
+            assert comp["per_class"][src] == {c: round(frac * n) for c in CLASSES}, (mix, src)
+        index = load_npz(out / f"{mix}.npz")
+        assert len(index["row"]) == comp["total"] == sum(round(f * (REAL_PER_CLASS if s in ("orig", "rot90", "vflip") else SYN_PER_CLASS)) * len(CLASSES)
+                                                        for s, f in fractions.items())
+        # labels stored in the index are the labels of the rows they point at
+        for code in np.unique(index["source"]):
+            src = SOURCES[code]
+            sel = index["source"] == code
+            pool = sources["labels"] if src in ("orig", "rot90", "vflip") else sources["synthetic"][src][1]
+            assert np.array_equal(index["label"][sel], pool[index["row"][sel]])
+            assert len(np.unique(index["row"][sel])) == sel.sum()  # no image drawn twice from one source
+
+
+def test_same_seed_same_bytes_other_seed_other_draw(sources):
+    _, a = build(sources, out="a")
+    _, b = build(sources, out="b")
+    for mix in PARAMS["mixtures"]:
+        assert sha256_file(a / f"{mix}.npz") == sha256_file(b / f"{mix}.npz")
+    other = copy.deepcopy(PARAMS)
+    other["mixture_seed"] = 1
+    _, c = build(sources, other, out="c")
+    assert not np.array_equal(load_npz(a / "orig50.npz")["row"], load_npz(c / "orig50.npz")["row"])
+
+
+def test_draws_nest_and_copies_are_of_the_same_real_images(sources):
+    _, out = build(sources)
+    rows = lambda mix, src: set(load_npz(out / f"{mix}.npz")["row"][load_npz(out / f"{mix}.npz")["source"] == SOURCES.index(src)])
+    assert rows("orig50", "orig") == rows("orig50_syn1_50", "orig") == rows("orig50_rot50", "orig")
+    assert rows("orig50", "orig") < rows("orig100", "orig")
+    assert rows("orig50_rot50", "rot90") == rows("orig50_rot50", "orig")
+    assert rows("orig50_rot50_vflip50", "vflip") == rows("orig50_rot50_vflip50", "orig")
+    assert rows("syn1_50", "syn1") < rows("syn1_100", "syn1")
+
+
+def test_changing_one_mixture_leaves_the_other_files_byte_identical(sources):
+    _, a = build(sources, out="a")
+    changed = copy.deepcopy(PARAMS)
+    changed["mixtures"]["orig50_syn1_50"] = {"orig": 0.5, "syn1": 0.25}
+    _, b = build(sources, changed, out="b")
+    differ = [m for m in PARAMS["mixtures"] if sha256_file(a / f"{m}.npz") != sha256_file(b / f"{m}.npz")]
+    assert differ == ["orig50_syn1_50"]
+
+
+def test_a_synthetic_set_change_touches_only_the_mixtures_that_use_it(sources):
+    _, a = build(sources, out="a")
+    sources["synthetic"]["syn2"][2] = "digest-syn2-regenerated"
+    _, b = build(sources, out="b")
+    differ = {m for m in PARAMS["mixtures"] if sha256_file(a / f"{m}.npz") != sha256_file(b / f"{m}.npz")}
+    assert differ == {m for m, f in PARAMS["mixtures"].items() if "syn2" in f}
+
+
+def test_load_mixture_returns_the_pixels_with_copies_transformed(sources):
+    _, out = build(sources)
+    images, labels, classes = mixtures.load_mixture(out / "orig50_rot50_vflip50.npz", sources["prepared"], sources["tmp"] / "synthetic")
+    index = load_npz(out / "orig50_rot50_vflip50.npz")
+    real = sources["images"]
+    for src, expected in (("orig", real), ("rot90", np.rot90(real, 1, axes=(1, 2))), ("vflip", real[:, ::-1])):
+        sel = index["source"] == SOURCES.index(src)
+        assert np.array_equal(images[sel], expected[index["row"][sel]])
+    assert classes == CLASSES and labels.dtype == np.int64 and images.dtype == np.uint8
+    syn, syn_labels, _ = mixtures.load_mixture(out / "orig100_syn1_100_syn2_100.npz", sources["prepared"], sources["tmp"] / "synthetic")
+    assert (syn[:, 0, 0, 0] == 100).sum() == SYN_PER_CLASS * 3 and (syn[:, 0, 0, 0] == 101).sum() == SYN_PER_CLASS * 3
+    assert np.bincount(syn_labels).tolist() == [REAL_PER_CLASS + 2 * SYN_PER_CLASS] * 3
+
+
+def test_load_mixture_refuses_sources_that_changed_since_the_build(sources):
+    _, out = build(sources)
+    sources["synthetic"]["syn1"][2] = "something else"
+    with pytest.raises(UserError, match=r"orig50_syn1_50.npz: source syn1 changed since the mixture was built"):
+        mixtures.load_mixture(out / "orig50_syn1_50.npz", sources["prepared"], sources["tmp"] / "synthetic")
+    images, *_ = mixtures.load_mixture(out / "orig100.npz", sources["prepared"], sources["tmp"] / "synthetic")
+    assert len(images) == REAL_PER_CLASS * 3  # a mixture without syn1 still loads
