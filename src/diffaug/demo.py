@@ -103,13 +103,14 @@ def make_sandbox(workdir: Path, *, mixes: list[str], epochs: int = 2, images_per
             (workdir / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, workdir / name)
     # Inputs that a real user would have: a dataset file and a diffusion model directory. Kept out of
-    # git and DVC here (they are rebuilt identically from seeds).
+    # git and DVC here (they are rebuilt identically from seeds) and named by absolute path, because
+    # queued experiments run in temporary copies of the repository that hold only committed files.
     (workdir / "inputs").mkdir()
     data = shapes_dataset(per_class_real)
     save_npz_atomic(workdir / "inputs" / "shapes.npz", **data)
     sd_dir = build_tiny_pipeline(workdir / "inputs" / "tiny-sd")
     base = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params = tiny_params(base, sd_dir.relative_to(workdir), "inputs/shapes.npz", mixes=mixes, epochs=epochs,
+    params = tiny_params(base, sd_dir.resolve(), str((workdir / "inputs" / "shapes.npz").resolve()), mixes=mixes, epochs=epochs,
                          images_per_class=images_per_class)
     for key, value in (overrides or {}).items():
         section, _, leaf = key.rpartition(".")
