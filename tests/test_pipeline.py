@@ -56,6 +56,16 @@ def test_status_is_clean_and_dag_shows_the_six_stage_groups(repo):
         assert stage in dag
 
 
+def test_plots_render_without_warnings(repo):
+    proc = run(["dvc", "plots", "show", "--json"], repo["path"], check=False)
+    assert proc.returncode == 0, proc.stdout
+    assert "WARNING" not in proc.stdout and "failed to load" not in proc.stdout, proc.stdout
+    shown = json.loads(proc.stdout[proc.stdout.index("{"):])
+    paths = set(shown["data"])
+    assert {f"metrics/curves/{m}.tsv" for m in MIXES} <= paths
+    assert "Test accuracy per mixture" in paths and "Confusion matrix (first mixture of mixes)" in paths
+
+
 def test_changing_syn2_prompt_reruns_syn2_but_not_syn1(repo):
     path = repo["path"]
     original = (path / "params.yaml").read_text()

@@ -13,6 +13,7 @@ Writes:
   metrics/evaluate/accuracy.json     one row per mixture, for `dvc plots`
   metrics/evaluate/confusion.json    {actual, predicted} rows of the first mixture, seed 0
   metrics/evaluate/per_class.json    per mixture and class: test accuracy (mean over seeds)
+  metrics/curves/<mix>.tsv     per-epoch train/val accuracy, loss and lr of the first seed, for `dvc plots`
   metrics/evaluate/synthetic_quality.json
       (a) recognisability: how a real-data-only model classifies each synthetic set, per class;
       (b) train-on-synthetic, test-on-real: test accuracy of the synthetic-only mixtures, per class.
@@ -25,18 +26,25 @@ from pathlib import Path
 import numpy as np
 
 from diffaug.config import SYNTHETIC_SETS, Config, UserError, exit_on_error, load_config
-from diffaug.io import write_json_atomic
+from diffaug.io import write_bytes_atomic, write_json_atomic
 from diffaug.prepare import load_split
 
 
 def predict(model_path: Path, images: np.ndarray, batch_size: int, device) -> np.ndarray:
     """Logits (float32, N x classes) of the final weights at `model_path` on uint8 NHWC images."""
-    from diffaug.train.weights import load_trained, predict_logits
+    import torch
+
+    from diffaug.train.weights import load_trained
 
     if not model_path.is_file():
         raise UserError(f"{model_path}: not found; run `dvc repro` so the train cell writes it")
-    model, _ = load_trained(model_path, device)
-    return predict_logits(model, images, batch_size=batch_size, device=device)
+    model, _ = load_trained(model_path, device)  # normalises its own input: uint8 NCHW pixels in
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            batch = torch.from_numpy(images[start:start + batch_size]).to(device).permute(0, 3, 1, 2)
+            out.append(model(batch).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
 def scores(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
@@ -49,13 +57,41 @@ def scores(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
             "per_class": per_class, "pred": pred}
 
 
+CURVES = {"train_acc": "train/acc", "val_acc": "val/acc", "train_loss": "train/loss", "val_loss": "val/loss", "lr": "lr"}
+
+
+def gather_curves(live_dir: Path) -> list[dict]:
+    """Per-epoch rows {step, train_acc, val_acc, ...} from one dvclive directory's TSV files.
+
+    DVC renders a plots directory file by file, and dvclive keeps a metrics.json beside its TSVs
+    that DVC cannot plot; one TSV per mixture in a folder of their own plots cleanly.
+    """
+    rows: dict[int, dict] = {}
+    for column, name in CURVES.items():
+        tsv = live_dir / "plots" / "metrics" / f"{name}.tsv"
+        if not tsv.is_file():
+            continue
+        header, *lines = tsv.read_text().splitlines()
+        for line in lines:
+            step, value = line.split("\t")[:2]
+            rows.setdefault(int(step), {"step": int(step)})[column] = float(value)
+    return [rows[s] for s in sorted(rows)]
+
+
+def write_tsv(path: Path, rows: list[dict]) -> None:
+    columns = ["step"] + [c for c in CURVES if any(c in r for r in rows)]
+    lines = ["\t".join(columns)] + ["\t".join(str(r.get(c, "")) for c in columns) for r in rows]
+    write_bytes_atomic(path, ("\n".join(lines) + "\n").encode())
+
+
 def real_only_mix(cfg: Config) -> str | None:
     """The trained mixture of real images only with the most real data (orig100 by default)."""
     candidates = [m for m in cfg.mixes if set(cfg.mixtures[m]) == {"orig"}]
     return max(candidates, key=lambda m: cfg.mixtures[m]["orig"], default=None)
 
 
-def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, out: Path, summary_path: Path) -> dict:
+def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, out: Path, summary_path: Path,
+             train_metrics: Path | None = None, curves: Path | None = None) -> dict:
     from diffaug.devices import resolve_device
 
     device = resolve_device(cfg.evaluate.device)
@@ -108,6 +144,10 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
     write_json_atomic(out / "per_class.json", {m: dict(zip(classes, r["per_class"])) for m, r in results.items()})
     write_json_atomic(out / "per_seed.json", {m: dict(zip(map(str, seeds), r["per_seed"])) for m, r in results.items()})
     write_json_atomic(out / "synthetic_quality.json", quality)
+    if train_metrics is not None and curves is not None:  # first seed's curve per mixture, for `dvc plots`
+        curves.mkdir(parents=True, exist_ok=True)
+        for mix in cfg.mixes:
+            write_tsv(curves / f"{mix}.tsv", gather_curves(train_metrics / mix / f"seed-{seeds[0]}"))
     write_json_atomic(summary_path, summary)
     return summary
 
@@ -121,9 +161,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", type=Path, required=True, help="models/<model>: one folder per mixture")
     ap.add_argument("--out", type=Path, default=Path("metrics/evaluate"))
     ap.add_argument("--summary", type=Path, default=Path("metrics/summary.json"))
+    ap.add_argument("--train-metrics", type=Path, help="metrics/train/<model>: the cells' dvclive folders")
+    ap.add_argument("--curves", type=Path, help="where to gather one training-curve TSV per mixture")
     args = ap.parse_args(argv)
     cfg = load_config(args.params)
-    summary = evaluate(cfg, args.prepared, args.synthetic, args.models, args.out, args.summary)
+    summary = evaluate(cfg, args.prepared, args.synthetic, args.models, args.out, args.summary, args.train_metrics, args.curves)
     width = max(len(m) for m in summary["test_acc"])
     print(f"evaluate: {cfg.model} ({cfg.train.variant}, recipe {cfg.train.recipe}, {len(cfg.train.seeds)} seed(s)), test accuracy:")
     for mix, acc in summary["test_acc"].items():
