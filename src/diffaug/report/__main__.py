@@ -1,0 +1,3 @@
+from diffaug.report.page import main
+
+main()

@@ -1,0 +1,447 @@
+"""The report's figures: mixture labels from params.yaml fractions, and matplotlib (Agg) drawings.
+
+Every figure builder takes a Context and returns [(file name, Figure, caption)], or raises Skip with
+the reason when the results lack what it compares. Values are only ever read from the results: a
+missing cell is drawn as "n/a", never filled in. Accuracy axes start at 0 unless every value drawn
+is at least 50%; then the axis is zoomed and its label says where it starts.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+from diffaug.config import SYNTHETIC_SETS, Config
+from diffaug.report.results import Result, model_order
+
+RESNETS = ("resnet18", "resnet34", "resnet50")
+COPIES = {"rot90": "rotated", "vflip": "v-flipped"}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+FAMILY_COLOURS = {"real only": "#7f7f7f", "real + synthetic": "#1f77b4", "synthetic only": "#ff7f0e",
+                  "real + rotated/flipped copies": "#2ca02c", "other": "#9467bd"}
+Made = list[tuple[str, Any, str]]  # (file name, matplotlib Figure, caption)
+
+
+class Skip(Exception):
+    """A figure that cannot be drawn from the results; the message says why."""
+
+
+# ============================================================================ mixtures
+def same_mixture(a: dict[str, float], b: dict[str, float]) -> bool:
+    return set(a) == set(b) and all(abs(a[k] - b[k]) < 1e-9 for k in a)
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:.4g}%"
+
+
+def mixture_label(sources: dict[str, float]) -> str:
+    """Readable name from fractions: '50% real + 50% syn1', '50% real + rotated + v-flipped copies'."""
+    parts = []
+    orig = sources.get("orig", 0.0)
+    if orig:
+        parts.append(f"{_pct(orig)} real")
+    parts += [f"{_pct(sources[s])} {s}" for s in SYNTHETIC_SETS if sources.get(s)]
+    copies = [(COPIES[c] if abs(sources[c] - orig) < 1e-9 else f"{_pct(sources[c])} {COPIES[c]}")
+              for c in COPIES if sources.get(c)]
+    if copies:
+        parts.append(" + ".join(copies) + " copies")
+    parts += [f"{_pct(v)} {k}" for k, v in sources.items() if k not in ("orig", *SYNTHETIC_SETS, *COPIES) and v]
+    return " + ".join(parts) or "empty"
+
+
+def mixture_family(sources: dict[str, float]) -> str:
+    kinds = {"real" if s == "orig" else "synthetic" if s in SYNTHETIC_SETS else "copies" for s, v in sources.items() if v}
+    return {frozenset({"real"}): "real only", frozenset({"synthetic"}): "synthetic only",
+            frozenset({"real", "synthetic"}): "real + synthetic",
+            frozenset({"real", "copies"}): "real + rotated/flipped copies"}.get(frozenset(kinds), "other")
+
+
+@dataclass
+class Context:
+    """What every figure reads: params, the chosen rows, and where the other inputs lie."""
+
+    cfg: Config
+    rows: list[Result]
+    train_metrics: Path
+    synthetic: Path
+
+    def label(self, mix: str) -> str:
+        return mixture_label(self.cfg.mixtures[mix]) if mix in self.cfg.mixtures else mix
+
+    def redefined(self, row: Result, mix: str) -> bool:
+        """The run defined `mix` differently from params.yaml: its number is not this label's."""
+        return (row.mixtures is not None and mix in row.mixtures and mix in self.cfg.mixtures
+                and not same_mixture(row.mixtures[mix], self.cfg.mixtures[mix]))
+
+    def value(self, row: Result, mix: str) -> Optional[tuple[float, Optional[float]]]:
+        """(accuracy, std or None) of a cell usable in a figure, or None."""
+        if mix not in row.acc or self.redefined(row, mix):
+            return None
+        return row.acc[mix], row.std.get(mix)
+
+    def mixes_order(self, names: Iterable[str]) -> list[str]:
+        """params.yaml's order, then mixtures it no longer defines, alphabetically."""
+        names = set(names)
+        known = [m for m in self.cfg.mixtures if m in names]
+        return known + sorted(names - set(known))
+
+    def all_mixes(self) -> list[str]:
+        return self.mixes_order(m for r in self.rows for m in r.acc)
+
+    def find(self, sources: dict[str, float]) -> Optional[str]:
+        return next((m for m, s in self.cfg.mixtures.items() if same_mixture(s, sources)), None)
+
+    def row_label(self, row: Result, sep: str = " ") -> str:
+        clash = sum(r.model == row.model for r in self.rows) > 1
+        return f"{row.model}{sep}({row.variant}, {row.recipe})" if clash else row.model
+
+
+# ============================================================================ drawing helpers
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure  # no pyplot: no global state; savefig uses the Agg canvas
+
+    return Figure(figsize=(width, height), dpi=110, layout="constrained")
+
+
+def _fmt(acc: float, std: Optional[float], digits: int = 1) -> str:
+    return f"{acc * 100:.{digits}f}" + (f" ± {std * 100:.{digits}f}" if std is not None else "")
+
+
+def _axis_floor(values: Iterable[Optional[tuple[float, Optional[float]]]]) -> float:
+    """Where the accuracy axis starts, in %: 0, unless every bar is within 25% of the longest (then
+    differences of a point would be invisible from 0): a round number a little below the lowest."""
+    ends = [(a - (s or 0)) * 100 for a, s in (v for v in values if v is not None)]
+    if not ends:
+        return 0.0
+    low, high = min(ends), max(ends)
+    return max(0.0, 5 * math.floor((low - 3) / 5)) if low >= 0.75 * high and low > 10 else 0.0
+
+
+def _axis_label(floor: float, with_std: bool, sep: str = "  ") -> str:
+    text = "test accuracy (%)" + (", mean ± std over seeds" if with_std else "")
+    return text + (f"{sep}[axis starts at {floor:g}%, not 0]" if floor else "")
+
+
+def _ink(colour) -> str:
+    """Black or white text, whichever reads better on `colour`."""
+    from matplotlib.colors import to_rgb
+
+    r, g, b = to_rgb(colour)
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.6 else "white"
+
+
+def _series_colours(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _hbars(ax, positions, values, height, colour, floor, label=None, fontsize=8.0) -> None:
+    """Horizontal bars (accuracy in %) with error bars where a std exists, value labels, 'n/a' gaps."""
+    span = 100 - floor
+    for y, v in zip(positions, values):
+        if v is None:
+            ax.text(floor + 0.01 * span, y, "n/a", va="center", ha="left", fontsize=fontsize - 1, color="#555555")
+    have = [(y, v) for y, v in zip(positions, values) if v is not None]
+    if not have:
+        return
+    ax.barh([y for y, _ in have], [v[0] * 100 - floor for _, v in have], left=floor, height=height, color=colour,
+            label=label)
+    with_std = [(y, v) for y, v in have if v[1] is not None]
+    if with_std:
+        ax.errorbar([v[0] * 100 for _, v in with_std], [y for y, _ in with_std], xerr=[v[1] * 100 for _, v in with_std],
+                    fmt="none", ecolor="black", capsize=2, elinewidth=0.8)
+    for y, (a, s) in have:
+        end, err = a * 100, (s or 0) * 100
+        if end - floor > 0.3 * span:  # inside the bar, clear of the error bar
+            ax.text(end - err - 0.012 * span, y, _fmt(a, s), va="center", ha="right", fontsize=fontsize, color=_ink(colour))
+        else:
+            ax.text(end + err + 0.012 * span, y, _fmt(a, s), va="center", ha="left", fontsize=fontsize)
+
+
+def _finish_hbar_axes(ax, labels: list[str], floor: float, with_std: bool, title: str) -> None:
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.set_xlim(floor, 100)
+    ax.set_xlabel(_axis_label(floor, with_std))
+    ax.set_title(title, fontsize=11)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_axisbelow(True)
+
+
+# ============================================================================ the figures
+def fig_per_architecture(ctx: Context) -> Made:
+    """Fig. 2-6: for each architecture, test accuracy on every mixture it was trained on."""
+    out = []
+    for model in sorted({r.model for r in ctx.rows}, key=model_order):
+        rows = [r for r in ctx.rows if r.model == model]
+        mixes = ctx.mixes_order(m for r in rows for m in r.acc if ctx.value(r, m) is not None)
+        if not mixes:
+            continue
+        floor = _axis_floor(ctx.value(r, m) for r in rows for m in mixes)
+        with_std = any(ctx.value(r, m) and ctx.value(r, m)[1] is not None for r in rows for m in mixes)
+        k = len(rows)
+        fig = _figure(9.0, 1.4 + len(mixes) * (0.32 + 0.22 * k))
+        ax = fig.add_subplot()
+        if k == 1:
+            row = rows[0]
+            families = [mixture_family(ctx.cfg.mixtures.get(m, {})) for m in mixes]
+            for fam, colour in FAMILY_COLOURS.items():
+                idx = [i for i, f in enumerate(families) if f == fam]
+                if idx:
+                    _hbars(ax, idx, [ctx.value(row, mixes[i]) for i in idx], 0.7, colour, floor, fam)
+            ref = ctx.find({"orig": 1.0})
+            if ref and ctx.value(row, ref) is not None:
+                ax.axvline(row.acc[ref] * 100, color="black", ls="--", lw=0.8, label="100% real (reference)")
+            title = f"{model} ({row.variant}, recipe {row.recipe}, {row.seeds} seed{'s' * (row.seeds > 1)}): test accuracy"
+        else:
+            slot = 0.84 / k
+            for j, (row, colour) in enumerate(zip(rows, _series_colours(k))):
+                pos = [i - 0.42 + slot * (j + 0.5) for i in range(len(mixes))]
+                _hbars(ax, pos, [ctx.value(row, m) for m in mixes], slot * 0.92, colour, floor,
+                       f"{row.variant}, recipe {row.recipe}: {row.display}", fontsize=7)
+            title = f"{model}: test accuracy per mixture"
+        _finish_hbar_axes(ax, [ctx.label(m) for m in mixes], floor, with_std, title)
+        handles = len(ax.get_legend_handles_labels()[0])
+        fig.legend(loc="outside lower center", ncol=min(3, handles), fontsize=8, frameon=False)
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", model)
+        out.append((f"acc_{safe}.png", fig, f"{model}: test accuracy per mixture"))
+    if not out:
+        raise Skip("no experiment has a test accuracy for any mixture")
+    return out
+
+
+def fig_resnet_sizes(ctx: Context) -> Made:
+    """ResNet depth series: resnet18/34/50 side by side on every mixture any of them has."""
+    from matplotlib import colormaps
+
+    rows = [r for r in ctx.rows if r.model in RESNETS]
+    present = sorted({r.model for r in rows}, key=model_order)
+    if len(present) < 2:
+        raise Skip(f"needs results for at least two of {', '.join(RESNETS)}; have {', '.join(present) or 'none'}")
+    mixes = ctx.mixes_order(m for r in rows for m in r.acc if ctx.value(r, m) is not None)
+    floor = _axis_floor(ctx.value(r, m) for r in rows for m in mixes)
+    with_std = any(ctx.value(r, m) and ctx.value(r, m)[1] is not None for r in rows for m in mixes)
+    k = len(rows)
+    slot = 0.84 / k
+    ramp = colormaps["Blues"]  # deeper network, darker blue
+    colours = [ramp(0.45 + 0.5 * (RESNETS.index(r.model) / 2)) for r in rows]
+    fig = _figure(9.5, 1.5 + len(mixes) * (0.3 + 0.2 * k))
+    ax = fig.add_subplot()
+    for j, (row, colour) in enumerate(zip(rows, colours)):
+        pos = [i - 0.42 + slot * (j + 0.5) for i in range(len(mixes))]
+        _hbars(ax, pos, [ctx.value(row, m) for m in mixes], slot * 0.92, colour, floor, ctx.row_label(row), fontsize=7)
+    _finish_hbar_axes(ax, [ctx.label(m) for m in mixes], floor, with_std, "ResNet depth: test accuracy per mixture")
+    fig.legend(loc="outside lower center", ncol=k, fontsize=9, frameon=False)
+    return [("resnet_sizes.png", fig, "ResNet-18/34/50 across mixtures")]
+
+
+def _mixture_colours(ctx: Context, mixes: list[str]) -> dict[str, Any]:
+    """Colours by meaning: greys for real only, blues for syn1, oranges for syn2, greens for copies."""
+    from matplotlib import colormaps
+
+    ramps = {"real only": "Greys", "syn1": "Blues", "syn2": "Oranges", "synthetic only": "Purples",
+             "real + rotated/flipped copies": "Greens", "other": "RdPu"}
+
+    def ramp(m: str) -> str:
+        src = ctx.cfg.mixtures.get(m, {})
+        fam = mixture_family(src)
+        syn = [s for s in SYNTHETIC_SETS if src.get(s)]
+        if fam in ("real + synthetic", "synthetic only") and len(syn) == 1:
+            return syn[0]
+        return fam if fam in ramps else "other"
+
+    groups: dict[str, list[str]] = {}
+    for m in mixes:
+        groups.setdefault(ramp(m), []).append(m)
+    colours = {}
+    for name, members in groups.items():
+        cmap = colormaps[ramps[name]]
+        for i, m in enumerate(members):
+            colours[m] = cmap(0.45 + 0.45 * i / (len(members) - 1) if len(members) > 1 else 0.6)
+    return colours
+
+
+def _comparison(ctx: Context, fname: str, title: str, mixes: list[str], need: Callable[[set[str]], bool],
+                why: str) -> Made:
+    """Vertical grouped bars: a group per experiment row (architecture), a bar per mixture of `mixes`.
+
+    A row is drawn when `need(the mixtures of `mixes` it has)`; with none, Skip(why)."""
+    rows = [r for r in ctx.rows if need({m for m in mixes if ctx.value(r, m) is not None})]
+    if not rows:
+        have = [ctx.label(m) for m in mixes if any(ctx.value(r, m) is not None for r in ctx.rows)]
+        raise Skip(f"{why}; the results have {', '.join(have) if have else 'none of these mixtures'}")
+    mixes = [m for m in mixes if any(ctx.value(r, m) is not None for r in rows)]
+    values = {m: [ctx.value(r, m) for r in rows] for m in mixes}
+    floor = _axis_floor(v for vs in values.values() for v in vs)
+    top = max((a + (s or 0)) * 100 for vs in values.values() for a, s in (v for v in vs if v))
+    span = top - floor
+    k = len(mixes)
+    slot = 0.84 / k
+    fig = _figure(max(6.5, 0.085 * len(title) + 1.0, 1.6 + len(rows) * (0.5 + 0.36 * k)), 5.4)
+    ax = fig.add_subplot()
+    colours = _mixture_colours(ctx, mixes)
+    for j, mix in enumerate(mixes):
+        xs = [i - 0.42 + slot * (j + 0.5) for i in range(len(rows))]
+        have = [(x, v) for x, v in zip(xs, values[mix]) if v is not None]
+        for x, v in zip(xs, values[mix]):
+            if v is None:
+                ax.text(x, floor + 0.02 * span, "n/a", ha="center", va="bottom", rotation=90, fontsize=7, color="#555555")
+        ax.bar([x for x, _ in have], [v[0] * 100 - floor for _, v in have], bottom=floor, width=slot * 0.92,
+               color=colours[mix], label=ctx.label(mix))
+        with_std = [(x, v) for x, v in have if v[1] is not None]
+        if with_std:
+            ax.errorbar([x for x, _ in with_std], [v[0] * 100 for _, v in with_std], yerr=[v[1] * 100 for _, v in with_std],
+                        fmt="none", ecolor="black", capsize=2, elinewidth=0.8)
+        for x, (a, s) in have:
+            ax.text(x, (a + (s or 0)) * 100 + 0.015 * span, _fmt(a, s), ha="center", va="bottom", rotation=90,
+                    fontsize=7.5)
+    ax.set_xticks(range(len(rows)), [ctx.row_label(r, "\n") for r in rows])
+    ax.set_xlim(-0.5, len(rows) - 0.5)
+    ax.set_ylim(floor, top + 0.3 * span)  # room for the rotated value labels
+    ax.set_yticks([t for t in ax.get_yticks() if floor <= t <= min(100, top + 0.3 * span)])
+    ax.set_ylabel(_axis_label(floor, any(v and v[1] is not None for vs in values.values() for v in vs), "\n"))
+    ax.set_title(title, fontsize=11)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    fig.legend(loc="outside lower center", ncol=min(k, 3), fontsize=8.5, frameon=False)
+    return [(fname, fig, title)]
+
+
+def _halves(ctx: Context) -> list[str]:
+    return [m for m in (ctx.find({"orig": 0.5, s: 0.5}) for s in SYNTHETIC_SETS) if m]
+
+
+def fig_half_half(ctx: Context) -> Made:
+    """50% real alone vs 50% real + 50% syn1 / syn2, per architecture."""
+    half, halves = ctx.find({"orig": 0.5}), _halves(ctx)
+    if half is None or not halves:
+        raise Skip("params.yaml defines no '50% real' mixture or no '50% real + 50% synN' mixture")
+    return _comparison(ctx, "half_real_half_synthetic.png", "50% real alone vs 50% real + 50% synthetic",
+                       [half] + halves, lambda have: half in have and bool(have & set(halves)),
+                       f"no experiment has both '{ctx.label(half)}' and '" + "' or '".join(map(ctx.label, halves)) + "'")
+
+
+def fig_synthetic_only(ctx: Context) -> Made:
+    """Synthetic-only mixtures vs 100% real, per architecture."""
+    real = ctx.find({"orig": 1.0})
+    syn = [m for m, s in ctx.cfg.mixtures.items() if s and set(s) <= set(SYNTHETIC_SETS)]
+    if real is None or not syn:
+        raise Skip("params.yaml defines no '100% real' mixture or no synthetic-only mixture")
+    return _comparison(ctx, "synthetic_only.png", "Synthetic images only vs 100% real", [real] + syn,
+                       lambda have: real in have and bool(have & set(syn)),
+                       f"no experiment has both '{ctx.label(real)}' and a synthetic-only mixture")
+
+
+def fig_classic(ctx: Context) -> Made:
+    """Fig. 7: 50% real, + rotated / v-flipped / both copies, vs 50% real + 50% synthetic."""
+    half, halves = ctx.find({"orig": 0.5}), _halves(ctx)
+    classic = [m for m, s in ctx.cfg.mixtures.items()
+               if abs(s.get("orig", 0) - 0.5) < 1e-9 and set(s) - {"orig"} and set(s) - {"orig"} <= set(COPIES)]
+    if not classic or not halves:
+        raise Skip("params.yaml defines no '50% real + rotated/v-flipped copies' or no '50% real + 50% synN' mixture")
+    return _comparison(ctx, "classic_augmentation.png",
+                       "Classical augmentation (rotated / v-flipped copies) vs synthetic images (paper Fig. 7)",
+                       ([half] if half else []) + classic + halves,
+                       lambda have: bool(have & set(classic)) and bool(have & set(halves)),
+                       "no experiment has both a rotated/v-flipped baseline and a '50% real + 50% synN' mixture")
+
+
+# ---------------------------------------------------------------------------- training curves
+def read_tsv(path: Path) -> tuple[list[float], list[float]]:
+    """(steps, values) of a dvclive plots/metrics/*.tsv file (columns: [timestamp,] step, <name>)."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    if len(rows) < 2 or "step" not in rows[0]:
+        return [], []
+    si, vi = rows[0].index("step"), len(rows[0]) - 1
+    steps, values = [], []
+    for r in rows[1:]:
+        try:
+            step, value = float(r[si]), float(r[vi])
+        except (ValueError, IndexError):
+            continue
+        steps.append(step)
+        values.append(value)
+    return steps, values
+
+
+CURVES = {"train/acc": ("train acc", "#1f77b4", "-"), "val/acc": ("validation acc", "#ff7f0e", "-"),
+          "train/loss": ("train loss (right axis)", "#555555", "--")}
+
+
+def fig_training_curves(ctx: Context) -> Made:
+    """dvclive curves of the cells the workspace's params train (`model` x `mixes` x `train.seeds`):
+    a panel per mixture; accuracy (train, validation if logged) on the left axis, train loss on the right,
+    one line per seed."""
+    cfg = ctx.cfg
+    root = ctx.train_metrics / cfg.model
+    found: dict[str, dict[str, list[tuple[list[float], list[float]]]]] = {}  # mix -> metric -> per-seed curves
+    missing = 0
+    for mix in cfg.mixes:
+        for seed in cfg.train.seeds:
+            plots = root / mix / f"seed-{seed}" / "plots" / "metrics"
+            if not (plots / "train" / "acc.tsv").is_file():
+                missing += 1
+                continue
+            for key in CURVES:
+                if (plots / f"{key}.tsv").is_file():
+                    steps, values = read_tsv(plots / f"{key}.tsv")
+                    if steps:
+                        found.setdefault(mix, {}).setdefault(key, []).append((steps, values))
+    from matplotlib.ticker import MaxNLocator
+
+    mixes = [m for m in cfg.mixes if "train/acc" in found.get(m, {})]
+    if not mixes:
+        raise Skip(f"no dvclive logs under {root}/<mix>/seed-<s>/ for the workspace's {cfg.model} cells")
+    ncols = min(4, len(mixes))
+    nrows = math.ceil(len(mixes) / ncols)
+    fig = _figure(3.4 * ncols + 0.6, 2.6 * nrows + 1.0)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
+    loss_axes, loss_max = [], max((max(v) for m in mixes for _, v in found[m].get("train/loss", [])), default=0)
+    for i, ax in enumerate(axes.flat):
+        if i >= len(mixes):
+            ax.set_visible(False)
+            continue
+        mix = mixes[i]
+        for key in ("train/acc", "val/acc"):
+            for seed_i, (steps, values) in enumerate(found[mix].get(key, [])):
+                label, colour, style = CURVES[key]
+                ax.plot([s + 1 for s in steps], [v * 100 for v in values], color=colour, ls=style, lw=1.1,
+                        alpha=1.0 if seed_i == 0 else 0.55, label=label if seed_i == 0 else None)
+        if found[mix].get("train/loss"):
+            lax = ax.twinx()
+            loss_axes.append(lax)
+            for seed_i, (steps, values) in enumerate(found[mix]["train/loss"]):
+                label, colour, style = CURVES["train/loss"]
+                lax.plot([s + 1 for s in steps], values, color=colour, ls=style, lw=1.0,
+                         alpha=1.0 if seed_i == 0 else 0.55, label=label if seed_i == 0 else None)
+            lax.set_ylim(0, loss_max * 1.05 if loss_max > 0 else 1)
+            if i % ncols != ncols - 1 and i != len(mixes) - 1:  # the loss scale is shared: show it at the right edge
+                lax.tick_params(right=False, labelright=False)
+            lax.tick_params(labelsize=7)
+        ax.set_title(ctx.label(mix), fontsize=8.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(0, 100)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        if i % ncols == 0:
+            ax.set_ylabel("accuracy (%)", fontsize=8)
+        if i >= len(mixes) - ncols:
+            ax.set_xlabel("epoch", fontsize=8)
+            ax.tick_params(labelbottom=True)
+    seeds = len(cfg.train.seeds)
+    fig.suptitle(f"Training curves: {cfg.model} ({cfg.train.variant}, recipe {cfg.train.recipe}), workspace cells"
+                 + (f", {seeds} seeds (one line each)" if seeds > 1 else ""), fontsize=11)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if loss_axes:
+        h2, l2 = loss_axes[0].get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8.5, frameon=False)
+    note = f"; {missing} of {len(cfg.mixes) * seeds} cells have no log yet" if missing else ""
+    return [("training_curves.png", fig, f"training curves of the workspace's {cfg.model} cells{note}")]

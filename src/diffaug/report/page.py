@@ -1,0 +1,190 @@
+"""The report page: draws every figure, copies the sample grids, writes report.md; and the CLI."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
+
+from diffaug.config import SYNTHETIC_SETS, UserError, exit_on_error, load_config
+from diffaug.io import atomic_path
+from diffaug.report.figures import (PNG_MAGIC, Context, Skip, fig_classic, fig_half_half, fig_per_architecture,
+                                    fig_resnet_sizes, fig_synthetic_only, fig_training_curves)
+from diffaug.report.results import SUMMARY, parse_exp_show, run_exp_show, select_rows
+
+# Files this command owns in --out: one not written this time (its figure was skipped) is removed,
+# so report.md never sits next to a stale picture. Nothing else in --out is touched.
+OWNED_PNG = re.compile(r"^(acc_.+|resnet_sizes|half_real_half_synthetic|synthetic_only|classic_augmentation|"
+                       r"training_curves|samples_.+)\.png$")
+SECTIONS = (("Test accuracy per architecture (paper Fig. 2-6)", "acc_<model>.png", fig_per_architecture),
+            ("ResNet depth", "resnet_sizes.png", fig_resnet_sizes),
+            ("Half real, half synthetic", "half_real_half_synthetic.png", fig_half_half),
+            ("Synthetic images only", "synthetic_only.png", fig_synthetic_only),
+            ("Classical augmentation baselines (paper Fig. 7)", "classic_augmentation.png", fig_classic),
+            ("Training curves", "training_curves.png", fig_training_curves))
+
+
+def _readable(path: Path) -> None:
+    """mkstemp makes 0600 files; a report is for reading: rw-r--r-- as the umask allows."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def write_file(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+        _readable(tmp)
+
+
+def save_png(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+        _readable(tmp)
+
+
+def copy_samples(ctx: Context, out: Path) -> tuple[list[tuple[str, str]], list[str]]:
+    """Copy each synthetic set's samples.png into `out` (Fig. 8): ([(file, caption)], [skip lines])."""
+    copied, skipped = [], []
+    for name in SYNTHETIC_SETS:
+        src = ctx.synthetic / name / "samples.png"
+        if not src.is_file():
+            skipped.append(f"samples_{name}.png: skipped: {src} does not exist (generate_{name} has not run here)")
+            continue
+        data = src.read_bytes()
+        if not data.startswith(PNG_MAGIC):
+            skipped.append(f"samples_{name}.png: skipped: {src} is not a PNG file")
+            continue
+        write_file(out / f"samples_{name}.png", data)
+        prompts = " / ".join(f"`{t}`" for t in ctx.cfg.synthetic.prompt_set(name).templates)
+        copied.append((f"samples_{name}.png", f"{name}: prompt {prompts}"))
+    return copied, skipped
+
+
+def _fmt_cell(acc: float, std: Optional[float]) -> str:
+    return f"{acc * 100:.2f}" + (f" ± {std * 100:.2f}" if std is not None else "")
+
+
+def table_markdown(ctx: Context) -> tuple[str, list[str]]:
+    """A row per experiment, a column per mixture: test accuracy in %, mean ± std with several seeds.
+    The best of a column is bold (with several rows); '–': not trained in that experiment."""
+    mixes = ctx.all_mixes()
+    head = ["experiment", "model", "variant", "recipe", "seeds"] + [ctx.label(m) for m in mixes]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 5 + "---:|" * len(mixes)]
+    footnotes = []
+    best = {m: max((r.acc[m] for r in ctx.rows if ctx.value(r, m) is not None), default=None) for m in mixes}
+    for r in ctx.rows:
+        cells = []
+        for m in mixes:
+            if m not in r.acc:
+                cells.append("–")
+                continue
+            text = _fmt_cell(r.acc[m], r.std.get(m))
+            if ctx.redefined(r, m):
+                text += " †"
+                footnotes.append(f"† {r.display}: `{m}` was {_sources(r.mixtures[m])} in that run, not "
+                                 f"{_sources(ctx.cfg.mixtures[m])} as in params.yaml now; left out of the figures.")
+            elif len(ctx.rows) > 1 and r.acc[m] == best[m]:
+                text = f"**{text}**"
+            cells.append(text)
+        lines.append("| " + " | ".join([r.display, r.model, r.variant, r.recipe, str(r.seeds)] + cells) + " |")
+    return "\n".join(lines), list(dict.fromkeys(footnotes))
+
+
+def _sources(sources: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in sources.items())
+
+
+def write_report(ctx: Context, out: Path, source: str, notes: list[str]) -> tuple[list[str], list[str]]:
+    """Draw every figure, copy the sample grids, write report.md: ([files written], [skip lines])."""
+    out.mkdir(parents=True, exist_ok=True)
+    figures: list[str] = []
+    skipped: list[str] = []
+    body = []
+    for heading, fname, build in SECTIONS:
+        body.append(f"## {heading}\n")
+        try:
+            made = build(ctx)
+        except Skip as e:
+            skipped.append(f"{fname}: skipped: {e}")
+            body.append(f"_Not drawn: {e}._\n")
+            continue
+        for name, fig, caption in made:
+            save_png(fig, out / name)
+            figures.append(name)
+            body.append(f"![{caption}]({name})\n")
+    body.append("## Sample images per prompt set (paper Fig. 8)\n")
+    copied, sample_skips = copy_samples(ctx, out)
+    for name, caption in copied:
+        figures.append(name)
+        body.append(f"{caption}\n\n![{name.removesuffix('.png')} sample grid]({name})\n")
+    body += [f"_Not included: {line.split(': skipped: ', 1)[1]}._\n" for line in sample_skips]
+    skipped += sample_skips
+
+    for stale in out.glob("*.png"):
+        if OWNED_PNG.match(stale.name) and stale.name not in figures:
+            stale.unlink()
+
+    table, footnotes = table_markdown(ctx)
+    legend = "\n".join(f"- {ctx.label(m)}: `{m}` ({_sources(ctx.cfg.mixtures[m]) if m in ctx.cfg.mixtures else 'not in params.yaml'})"
+                       for m in ctx.all_mixes())
+    page = ["# diffaug: test accuracy across experiments\n",
+            f"{source} Accuracy: the final-epoch model on the test split, in %; with several seeds, "
+            "mean ± sample std over seeds. One row per (model, variant, recipe): the most recent result.\n",
+            "## Results\n", table + "\n", *(f"{f}\n" for f in footnotes),
+            "Mixtures: fractions of the real training images (real), of each synthetic set (syn1, syn2), "
+            "and rotated / v-flipped copies of the real images drawn:\n", legend + "\n"]
+    if notes:
+        page += ["Left out or superseded:\n", "\n".join(f"- {n}" for n in notes) + "\n"]
+    page += body
+    write_file(out / "report.md", "\n".join(page).encode())
+    return figures, skipped
+
+
+@exit_on_error
+def main(argv: Optional[list[str]] = None) -> None:
+    start = time.perf_counter()
+    ap = argparse.ArgumentParser(prog="python -m diffaug.report",
+                                 description="Bar charts and a Markdown page of test accuracy across DVC experiments.")
+    ap.add_argument("--params", default="params.yaml", help="mixture definitions and the workspace's cells")
+    ap.add_argument("--exp-json", type=Path, help="saved output of `dvc exp show --json` ('-': stdin); default: run it here")
+    ap.add_argument("--out", type=Path, default=Path("reports"))
+    ap.add_argument("--all-commits", action="store_true", help="pass --all-commits to dvc exp show (every commit's experiments)")
+    ap.add_argument("--train-metrics", type=Path, default=Path("metrics/train"), help="dvclive logs of the train cells")
+    ap.add_argument("--synthetic", type=Path, default=Path("data/synthetic"), help="synthetic sets (their samples.png)")
+    args = ap.parse_args(argv)
+    cfg = load_config(args.params)
+    now = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    command = " ".join(["python -m diffaug.report", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
+    if args.exp_json is not None:
+        try:
+            exp_show = json.loads(sys.stdin.read() if str(args.exp_json) == "-" else args.exp_json.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"--exp-json {args.exp_json}: cannot read JSON ({e})") from None
+        results, notes = parse_exp_show(exp_show)
+        source = (f"Numbers: each experiment's `{SUMMARY}` as saved in `{args.exp_json}` (output of "
+                  f"`dvc exp show --json`); page built {now} by `{command}`.")
+    else:
+        exp_show, shown = run_exp_show(args.all_commits)
+        results, notes = parse_exp_show(exp_show, workspace_root=Path.cwd())
+        source = (f"Numbers: each experiment's `{SUMMARY}` as listed by `{shown}` in `{Path.cwd()}` on {now}; "
+                  f"page built by `{command}`.")
+    rows, superseded = select_rows(results)
+    if not rows:
+        raise UserError(f"no results: no experiment or commit has a {SUMMARY} with test_acc (run `dvc repro` or "
+                        "`dvc exp run` first)" + (f"; left out: {'; '.join(notes[:3])}" if notes else "")
+                        + (f" (+{len(notes) - 3} more)" if len(notes) > 3 else ""))
+    for line in notes + superseded:
+        print(f"report: {line}")
+    ctx = Context(cfg, rows, args.train_metrics, args.synthetic)
+    figures, skipped = write_report(ctx, args.out, source, notes + superseded)
+    for line in skipped:
+        print(f"report: {line}")
+    print(f"report: {len(rows)} experiment row(s), {len(figures)} figure(s), {len(skipped)} skipped -> "
+          f"{args.out / 'report.md'}; built in {time.perf_counter() - start:.1f} s")
