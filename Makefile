@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export DVC_NO_ANALYTICS := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: venv repro demo test clean-demo
+.PHONY: venv repro demo test report clean-demo
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.lock pyproject.toml
@@ -23,6 +23,9 @@ repro: venv
 
 demo: venv
 	$(BIN)/python -m diffaug.demo
+
+report: venv
+	$(BIN)/python -m diffaug.report --out reports
 
 test: venv
 	$(BIN)/python -m pytest -q
