@@ -6,12 +6,15 @@ run in file order and build on each other like a user's session would.
 import json
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from diffaug.demo import make_sandbox, run, tool_env
+from diffaug.report.results import parse_exp_show
 
 pytestmark = pytest.mark.slow
 MIXES = ["orig100", "orig50_syn1_50", "syn2_100", "orig50_rot50"]
@@ -106,20 +109,10 @@ def test_exp_run_with_another_model_makes_its_cells_and_a_table_row(repo):
     for mix in MIXES:
         assert f"Running stage 'train@vgg16-{mix}'" in log
     assert "train@resnet18" not in log
-    table = json.loads(dvc(path, "exp", "show", "--json"))
-    rows = {}
-    for commit in table:
-        for exp in [commit] + [e for e in commit.get("experiments") or []]:
-            for rev in exp.get("revs", [exp]):
-                data = rev.get("data") or {}
-                name = rev.get("name") or data.get("name") or rev.get("rev")
-                metrics = (data.get("metrics") or {}).get("metrics/summary.json", {}).get("data", {})
-                if metrics:
-                    rows[name] = metrics
-    models = {m["model"] for m in rows.values()}
-    assert {"resnet18", "vgg16"} <= models, rows
-    for metrics in rows.values():
-        assert set(metrics["test_acc"]) == set(MIXES)
+    results, _ = parse_exp_show(json.loads(dvc(path, "exp", "show", "--json")))
+    rows = {r.model: r for r in results if r.kind == "experiment"}
+    assert set(rows) == {"vgg16"}, results
+    assert set(rows["vgg16"].acc) == set(MIXES)
     md = dvc(path, "exp", "show", "--md")
     assert "test_acc.orig100" in md and "vgg" in md
     dvc(path, "exp", "apply", "vgg")
@@ -130,7 +123,7 @@ def test_exp_run_with_another_model_makes_its_cells_and_a_table_row(repo):
 def test_push_clone_pull_then_nothing_to_rerun(repo):
     path, root = repo["path"], repo["root"]
     storage = root / "dvc-storage"
-    dvc(path, "remote", "add", "-d", "local", str(storage))
+    dvc(path, "remote", "add", "-d", "-f", "local", str(storage))
     git(path, "add", "-A")
     git(path, "commit", "-q", "-m", "default remote")
     dvc(path, "push")
@@ -145,3 +138,57 @@ def test_push_clone_pull_then_nothing_to_rerun(repo):
         assert sorted(p.name for p in (clone / "data" / "synthetic" / name).iterdir()) == \
             sorted(p.name for p in (path / "data" / "synthetic" / name).iterdir())
     shutil.rmtree(clone)
+
+
+def test_pull_of_one_stage_restores_exactly_that_output(repo):
+    path, root = repo["path"], repo["root"]
+    clone = root / "clone-syn1"
+    subprocess.run(["git", "clone", "-q", str(path), str(clone)], check=True, env=tool_env())
+    dvc(clone, "pull", "generate_syn1")
+    syn1 = sorted(p.relative_to(clone) for p in (clone / "data" / "synthetic" / "syn1").rglob("*") if p.is_file())
+    assert syn1 == sorted(p.relative_to(path) for p in (path / "data" / "synthetic" / "syn1").rglob("*") if p.is_file())
+    assert all((clone / p).read_bytes() == (path / p).read_bytes() for p in syn1)
+    assert not (clone / "data" / "synthetic" / "syn2").exists() and not list((clone / "models").rglob("*.pt"))
+    assert not (clone / "data" / "prepared" / "train.npz").exists()
+    shutil.rmtree(clone)
+
+
+def test_import_a_synthetic_set_from_another_copy(repo):
+    path, root = repo["path"], repo["root"]
+    other = root / "consumer"
+    other.mkdir()
+    run(["git", "init", "-q"], other)
+    dvc(other, "init", "-q")
+    dvc(other, "import", str(path), "data/synthetic/syn2", "-o", "syn2")
+    imported = sorted(p.relative_to(other / "syn2") for p in (other / "syn2").rglob("*") if p.is_file())
+    original = sorted(p.relative_to(path / "data" / "synthetic" / "syn2") for p in (path / "data" / "synthetic" / "syn2").rglob("*") if p.is_file())
+    assert imported == original and "manifest.json" in {p.name for p in imported}
+    assert (other / "syn2.dvc").is_file()
+    from diffaug.generate.storage import load_synthetic
+
+    images, labels = load_synthetic(other / "syn2")  # verifies every shard's sha256
+    assert len(images) == len(labels) > 0
+
+
+def test_queued_sweep_of_two_models_feeds_the_report(repo):
+    path = repo["path"]
+    dvc(path, "exp", "run", "--queue", "-S", "model=resnet18,vgg16", "-S", "mixes=[orig100,syn2_100]")
+    dvc(path, "queue", "start", "-j", "1")
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = dvc(path, "queue", "status")
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    assert "Failed" not in status and "Queued" not in status and "Running" not in status, status
+    results, _ = parse_exp_show(json.loads(dvc(path, "exp", "show", "--json")))
+    swept = [r for r in results if r.kind == "experiment" and set(r.acc) == {"orig100", "syn2_100"}]
+    assert sorted(r.model for r in swept) == ["resnet18", "vgg16"], results
+    out = repo["root"] / "report"
+    proc = run([sys.executable, "-m", "diffaug.report", "--out", str(out)], path, check=False)
+    assert proc.returncode == 0, proc.stdout
+    page = (out / "report.md").read_text()
+    for model in ("resnet18", "vgg16"):
+        assert (out / f"acc_{model}.png").stat().st_size > 10_000
+        assert model in page
+    dvc(path, "queue", "stop", check=False)
