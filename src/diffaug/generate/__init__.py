@@ -1,0 +1,35 @@
+"""Synthetic images from Stable Diffusion v1.4, prompted with class labels (Paulsen et al.).
+
+    python -m diffaug.generate syn1 --params params.yaml --classes data/prepared/classes.json --out data/synthetic/syn1
+
+Image i of class c gets the prompt `templates[i % len(templates)]` with {label} = the class's word,
+and a seed derived from (diffusion.seed, set, class, i, attempt) alone (seeds.py), so the output is
+the same bytes whatever the batch size, number of processes or resume point (same params, software
+and device). Images are generated at diffusion.resolution, downsampled on the device to the
+dataset's size (bilinear, antialiased: within 1 uint8 level of PIL's bilinear resize, which the
+paper used) and stored as uint8 shards with a manifest (storage.py). A killed run resumes at the
+first missing shard; shards made with other settings are deleted, never mixed in.
+
+Consumers read a finished set without torch:
+
+    from diffaug.generate.storage import load_synthetic, synthetic_digest
+    images, labels = load_synthetic("data/synthetic/syn1")   # uint8 NHWC, int64; verifies sha256s
+    digest = synthetic_digest("data/synthetic/syn1")          # short content hash of the set
+
+Several GPUs on one machine: shard k is made by rank k % WORLD_SIZE, with no communication.
+
+    torchrun --standalone --nproc-per-node 8 -m diffaug.generate syn1 --params params.yaml \\
+        --classes data/prepared/classes.json --out data/synthetic/syn1
+
+Several machines: give every process the same out directory on a shared filesystem and its own
+RANK (0..N-1) and WORLD_SIZE=N, e.g. with torchrun on each node
+(`torchrun --nnodes 4 --node-rank $NODE --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 -m diffaug.generate ...`),
+or with RANK/WORLD_SIZE/LOCAL_RANK exported by your scheduler (one process per GPU). The process
+that writes the last shard writes manifest.json and samples.png. If shard files become visible
+late on your filesystem (NFS attribute caching) and no process saw them all, run the same command
+once more as a single process: it finds every shard valid, loads no model, and writes the
+manifest. The result equals a single-process run byte for byte. Without a shared filesystem, run
+the ranks anywhere, copy all shard-*.npz files into one directory, and run that final pass there.
+
+This package never imports diffusers, torch or dvc at import time; `storage` needs only numpy.
+"""

@@ -1,0 +1,285 @@
+"""The on-disk form of a synthetic set, and its numpy-only reader (no torch, no diffusers).
+
+Layout of `data/synthetic/<set>/`:
+  shard-00000.npz ...  uint8 NHWC images at the dataset size, in (class, index) order, with labels,
+                       seeds, regeneration counts, and a `meta` JSON string: settings hash, first
+                       global index, count, device, and a sha256 of the content (so a shard checks
+                       itself, even before any manifest lists it)
+  full/shard-00000/    512² PNGs `<class>_<index>.png`, only with synthetic.save_full_resolution
+  manifest.json        written last, once every shard exists: settings (+ hash), software, per
+                       shard file/sha256/range/device, per image class/prompt/seed/regenerations
+  samples.png          a row per class, the first images of each (like the paper's Fig. 8)
+
+Every file is written atomically (diffaug.io), so a killed run leaves whole files or none.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import platform
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from diffaug.config import UserError
+from diffaug.generate.plan import FORMAT, Plan
+from diffaug.io import atomic_path, load_npz, save_npz_atomic, sha256_file, sha256_json, write_bytes_atomic
+
+MANIFEST = "manifest.json"
+SAMPLES = "samples.png"
+FULL_DIR = "full"
+SAMPLES_PER_CLASS = 8
+_ARRAYS = ("images", "labels", "seeds", "regenerations", "flagged")
+_RERUN = "rerun the generate stage to make it again"
+
+
+def shard_name(k: int) -> str:
+    return f"shard-{k:05d}.npz"
+
+
+def full_dir(out_dir: Path, k: int) -> Path:
+    return out_dir / FULL_DIR / f"shard-{k:05d}"
+
+
+def _content_sha256(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> str:
+    h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "content_sha256"}, sort_keys=True).encode())
+    for name in _ARRAYS:
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def write_shard(out_dir: Path, k: int, plan: Plan, *, images: np.ndarray, seeds: np.ndarray,
+                regenerations: np.ndarray, flagged: np.ndarray, device: str) -> None:
+    first = plan.shard_range(k).start
+    labels = np.array([plan.class_and_index(g)[0] for g in plan.shard_range(k)], dtype=np.int64)
+    arrays = {"images": images, "labels": labels, "seeds": seeds.astype(np.uint64),
+              "regenerations": regenerations.astype(np.int64), "flagged": flagged.astype(bool)}
+    meta = {"format": FORMAT, "settings_hash": plan.settings_hash, "first": first, "count": len(labels), "device": device}
+    meta["content_sha256"] = _content_sha256(arrays, meta)
+    save_npz_atomic(out_dir / shard_name(k), meta=np.array(json.dumps(meta, sort_keys=True)), **arrays)
+
+
+def read_shard(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Arrays and meta of a shard whose content matches its own hash; raises ValueError otherwise."""
+    try:
+        data = load_npz(path)
+        meta = json.loads(str(data["meta"]))
+        arrays = {name: data[name] for name in _ARRAYS}
+    except Exception as e:  # a truncated zip, a missing key, bad JSON: all mean "not a shard"
+        raise ValueError(f"unreadable ({type(e).__name__})") from None
+    if meta.get("content_sha256") != _content_sha256(arrays, meta):
+        raise ValueError("content does not match its sha256")
+    return arrays, meta
+
+
+def valid_shard(out_dir: Path, plan: Plan, k: int) -> Optional[tuple[dict[str, np.ndarray], dict[str, Any]]]:
+    """The shard's arrays and meta if shard k exists and belongs to exactly this plan, else None."""
+    path = out_dir / shard_name(k)
+    if not path.is_file():
+        return None
+    try:
+        arrays, meta = read_shard(path)
+    except ValueError:
+        return None
+    span = plan.shard_range(k)
+    h, w = plan.image_size
+    if (meta.get("settings_hash") != plan.settings_hash or meta.get("first") != span.start
+            or meta.get("count") != len(span) or arrays["images"].shape != (len(span), h, w, 3)
+            or arrays["images"].dtype != np.uint8):
+        return None
+    if plan.settings["save_full_resolution"] and not _full_files_present(out_dir, plan, k):
+        return None
+    return arrays, meta
+
+
+def full_png_name(plan: Plan, g: int) -> str:
+    c, i = plan.class_and_index(g)
+    return f"{plan.classes[c]}_{i:05d}.png"
+
+
+def _full_files_present(out_dir: Path, plan: Plan, k: int) -> bool:
+    folder = full_dir(out_dir, k)
+    return all((folder / full_png_name(plan, g)).is_file() for g in plan.shard_range(k))
+
+
+def valid_shards(out_dir: Path, plan: Plan) -> set[int]:
+    return {k for k in range(plan.num_shards) if valid_shard(out_dir, plan, k) is not None}
+
+
+# ----------------------------------------------------------------------------- cleanup
+def remove_outdated_summary(out_dir: Path) -> None:
+    """Before new shards are written: the manifest and grid describe an older state of the set."""
+    for name in (MANIFEST, SAMPLES):
+        (out_dir / name).unlink(missing_ok=True)
+        for tmp in out_dir.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def prepare_shard_slot(out_dir: Path, k: int) -> None:
+    """Remove what a killed or outdated attempt at shard k left: the shard, its temp files, its PNGs."""
+    (out_dir / shard_name(k)).unlink(missing_ok=True)
+    for tmp in out_dir.glob(f".{shard_name(k)}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+    shutil.rmtree(full_dir(out_dir, k), ignore_errors=True)
+
+
+def _remove_strays(out_dir: Path, plan: Plan, *, all_temp_files: bool) -> None:
+    expected = {shard_name(k) for k in range(plan.num_shards)}
+    for path in out_dir.glob("shard-*.npz"):
+        if path.name not in expected:
+            path.unlink(missing_ok=True)
+    for path in out_dir.glob(".shard-*.tmp"):
+        path.unlink(missing_ok=True)
+    if all_temp_files:  # only a lone process may: another rank could be writing its manifest copy
+        for path in out_dir.glob(".*.tmp"):
+            path.unlink(missing_ok=True)
+    full = out_dir / FULL_DIR
+    with contextlib.suppress(FileNotFoundError):  # two finishing ranks may both be tidying up
+        keep = {full_dir(out_dir, k).name for k in range(plan.num_shards)} if plan.settings["save_full_resolution"] else set()
+        for path in full.iterdir():
+            if path.name in keep:
+                continue
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        if not any(full.iterdir()):
+            full.rmdir()
+
+
+# ----------------------------------------------------------------------------- manifest
+def software_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for dist in ("torch", "torchvision", "diffusers", "transformers", "numpy", "pillow"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = "absent"
+    return versions
+
+
+def _manifest_text(manifest: dict[str, Any]) -> str:
+    """Indented JSON, but one line per image: a 50k-image manifest stays readable and small."""
+    head = {k: v for k, v in manifest.items() if k != "images"}
+    lines = ",\n".join("    " + json.dumps(entry) for entry in manifest["images"])
+    return json.dumps(head, indent=2)[:-2] + ',\n  "images": [\n' + lines + "\n  ]\n}\n"
+
+
+def assemble(out_dir: Path, plan: Plan, *, lone_process: bool) -> Optional[dict[str, Any]]:
+    """Write samples.png and manifest.json if every shard is present and valid; else return None.
+
+    Deterministic: any process that gets here with all shards writes the same bytes, so two ranks
+    finishing at once both write identical files (each through its own temp file).
+    """
+    shards = [valid_shard(out_dir, plan, k) for k in range(plan.num_shards)]
+    if any(s is None for s in shards):
+        return None
+    _remove_strays(out_dir, plan, all_temp_files=lone_process)
+    images, entries, shard_entries = [], [], []
+    regenerations = unresolved = 0
+    for k, (arrays, meta) in enumerate(shards):
+        shard_entries.append({"file": shard_name(k), "sha256": sha256_file(out_dir / shard_name(k)),
+                              "first": meta["first"], "count": meta["count"], "device": meta["device"]})
+        for j, g in enumerate(plan.shard_range(k)):
+            c, i = plan.class_and_index(g)
+            entries.append({"class": plan.classes[c], "index": i, "prompt": plan.prompt(g),
+                            "seed": int(arrays["seeds"][j]), "regenerations": int(arrays["regenerations"][j]),
+                            "flagged": bool(arrays["flagged"][j])})
+        regenerations += int(arrays["regenerations"].sum())
+        unresolved += int(arrays["flagged"].sum())
+        images.append(arrays["images"])
+    manifest = {
+        "format": FORMAT,
+        "set": plan.set_name,
+        "settings_hash": plan.settings_hash,
+        "digest": _digest(plan.settings_hash, [s["sha256"] for s in shard_entries]),
+        "num_images": plan.num_images,
+        "classes": list(plan.classes),
+        "image_size": list(plan.image_size),
+        "regenerations": regenerations,
+        "still_flagged_blacked_out": unresolved,
+        "settings": plan.settings,
+        "software": software_versions(),
+        "shards": shard_entries,
+        "images": entries,
+    }
+    write_sample_grid(out_dir / SAMPLES, np.concatenate(images), plan)
+    write_bytes_atomic(out_dir / MANIFEST, _manifest_text(manifest).encode())  # last: it marks completion
+    return manifest
+
+
+def write_sample_grid(path: Path, images: np.ndarray, plan: Plan) -> None:
+    """A row per class with its first images, upscaled (nearest) to >= 64 px so 32² images are visible."""
+    from PIL import Image
+
+    per_row = min(SAMPLES_PER_CLASS, plan.images_per_class)
+    h, w = plan.image_size
+    scale = max(1, -(-64 // min(h, w)))
+    pad = 2
+    grid = np.full((len(plan.classes) * (h * scale + pad) + pad, per_row * (w * scale + pad) + pad, 3), 255, np.uint8)
+    for c in range(len(plan.classes)):
+        for i in range(per_row):
+            tile = images[c * plan.images_per_class + i].repeat(scale, 0).repeat(scale, 1)
+            y, x = pad + c * (h * scale + pad), pad + i * (w * scale + pad)
+            grid[y:y + h * scale, x:x + w * scale] = tile
+    with atomic_path(path) as tmp:
+        Image.fromarray(grid).save(tmp, format="PNG")
+
+
+# ----------------------------------------------------------------------------- readers for consumers
+def _digest(settings_hash: str, shard_hashes: list[str]) -> str:
+    return sha256_json({"settings_hash": settings_hash, "shards": shard_hashes})[:16]
+
+
+def read_manifest(out_dir: str | Path) -> dict[str, Any]:
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        raise UserError(f"{path}: not found; the synthetic set is incomplete, {_RERUN}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e}); {_RERUN}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise UserError(f"{path}: not a {FORMAT} manifest; {_RERUN}")
+    return manifest
+
+
+def synthetic_digest(out_dir: str | Path) -> str:
+    """A short content hash of a finished set (settings hash + every shard's sha256), from its manifest."""
+    manifest = read_manifest(out_dir)
+    return _digest(manifest["settings_hash"], [s["sha256"] for s in manifest["shards"]])
+
+
+def load_synthetic(out_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 NHWC, labels int64) of a finished set, after checking it is whole and unmodified.
+
+    Any missing, extra-length or modified shard raises UserError with one line naming the file.
+    """
+    out_dir = Path(out_dir)
+    manifest = read_manifest(out_dir)
+    h, w = manifest["image_size"]
+    expected_first = 0
+    images, labels = [], []
+    for entry in manifest["shards"]:
+        path = out_dir / entry["file"]
+        if not path.is_file():
+            raise UserError(f"{path}: missing; {_RERUN}")
+        if entry["first"] != expected_first:
+            raise UserError(f"{out_dir / MANIFEST}: shards do not cover the images contiguously; {_RERUN}")
+        if sha256_file(path) != entry["sha256"]:
+            raise UserError(f"{path}: sha256 differs from {MANIFEST} (corrupt or modified); {_RERUN}")
+        data = load_npz(path)
+        if data["images"].shape != (entry["count"], h, w, 3) or data["labels"].shape != (entry["count"],):
+            raise UserError(f"{path}: arrays do not have the shapes {MANIFEST} states; {_RERUN}")
+        images.append(data["images"])
+        labels.append(data["labels"].astype(np.int64))
+        expected_first += entry["count"]
+    if expected_first != manifest["num_images"]:
+        raise UserError(f"{out_dir / MANIFEST}: lists {expected_first} of {manifest['num_images']} images; {_RERUN}")
+    return np.concatenate(images), np.concatenate(labels)

@@ -1,0 +1,239 @@
+"""Our sampler against plain `StableDiffusionPipeline.__call__`, downsampling against PIL, tiny/benchmark smoke.
+
+All on the tiny random pipeline in float32 on the CPU, where both paths run the same kernels and
+agree bit for bit.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffaug.generate.pipeline import apply_speed_levers, quiet_libraries
+from diffaug.generate.sampler import Sampler, downsample, to_uint8
+from diffaug.generate.tiny import SD14_UNET_PARAMS, build_tiny_pipeline, sd14_unet_parameter_count
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR = Path("/work/shared/data/cifar10-5k-train.npz")
+PROMPTS = ["a photo of a car", "airplane", "a photo of a car", "bird"]
+SEEDS = [3, 1, 4, 2**64 - 1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return build_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd")
+
+
+def load(path: Path):
+    import warnings
+
+    from diffusers import StableDiffusionPipeline
+
+    quiet_libraries()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        pipe = StableDiffusionPipeline.from_pretrained(str(path), torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sampler(pipe, scheduler="default", steps=4):
+    s = Sampler(pipe, steps=steps, guidance_scale=7.5, resolution=64, out_size=(32, 32), scheduler=scheduler)
+    return s
+
+
+def plain(pipe, scheduler, latents, negative=None, steps=4):
+    """The stock pipeline on the same latents and scheduler; float images in [0, 1], NCHW."""
+    original = pipe.scheduler
+    pipe.scheduler = scheduler
+    try:
+        return pipe(PROMPTS, negative_prompt=[negative] * len(PROMPTS) if negative else None, latents=latents.clone(),
+                    num_inference_steps=steps, guidance_scale=7.5, height=64, width=64, output_type="pt").images
+    finally:
+        pipe.scheduler = original
+
+
+@pytest.mark.parametrize("scheduler", ["default", "pndm", "ddim", "dpmsolver++", "euler"])
+@pytest.mark.parametrize("negative", [None, "blurry, low quality"])
+def test_our_loop_equals_the_plain_pipeline(tiny_dir, scheduler, negative):
+    pipe = load(tiny_dir)
+    ours = sampler(pipe, scheduler)
+    ours.encode_prompts(sorted(set(PROMPTS)), negative)
+    latents = ours.initial_latents(SEEDS)
+    images = (ours.decode(ours.denoise(latents, ours.embeddings(PROMPTS))) * 0.5 + 0.5).clamp(0, 1)
+    reference = plain(pipe, ours.scheduler, latents, negative)
+    torch.testing.assert_close(images, reference, rtol=0, atol=1e-6)
+    full = ours.run_batch(SEEDS, PROMPTS, want_full=True).full
+    assert np.array_equal(full, (reference.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8))
+
+
+def test_without_guidance_too(tiny_dir):
+    """guidance_scale <= 1: one UNet pass on the prompts alone, as the pipeline does."""
+    pipe = load(tiny_dir)
+    ours = Sampler(pipe, steps=4, guidance_scale=1.0, resolution=64, out_size=(32, 32))
+    ours.encode_prompts(sorted(set(PROMPTS)), "ignored without guidance")
+    assert not ours.guided and ours.embeddings(PROMPTS).shape[0] == len(PROMPTS)
+    latents = ours.initial_latents(SEEDS)
+    images = (ours.decode(ours.denoise(latents, ours.embeddings(PROMPTS))) * 0.5 + 0.5).clamp(0, 1)
+    reference = pipe(PROMPTS, latents=latents.clone(), num_inference_steps=4, guidance_scale=1.0, height=64, width=64,
+                     output_type="pt").images
+    torch.testing.assert_close(images, reference, rtol=0, atol=1e-6)
+
+
+def test_default_scheduler_is_the_models_pndm(tiny_dir):
+    pipe = load(tiny_dir)
+    s = sampler(pipe)
+    assert type(s.scheduler).__name__ == "PNDMScheduler" and s.scheduler.config.skip_prk_steps
+    assert sampler(pipe, "dpmsolver++").scheduler.config.algorithm_type == "dpmsolver++"
+    assert sampler(pipe, "ddim").scheduler.config.clip_sample is False  # inherited from SD-v1.4's config
+
+
+def test_speed_levers_move_pixels_by_at_most_one_level(tiny_dir):
+    pipe = load(tiny_dir)
+    base = sampler(pipe)
+    base.encode_prompts(sorted(set(PROMPTS)), None)
+    before = base.run_batch(SEEDS, PROMPTS, want_full=True)
+    apply_speed_levers(pipe, channels_last=True, fuse_qkv=True)
+    fast = sampler(pipe)
+    fast.encode_prompts(sorted(set(PROMPTS)), None)
+    after = fast.run_batch(SEEDS, PROMPTS, want_full=True)
+    assert np.abs(before.full.astype(int) - after.full).max() <= 1
+    assert np.abs(before.small.astype(int) - after.small).max() <= 1
+
+
+def test_latents_depend_on_the_seed_only(tiny_dir):
+    pipe = load(tiny_dir)
+    s = sampler(pipe)
+    together = s.initial_latents(SEEDS)
+    one_by_one = torch.cat([s.initial_latents([seed]) for seed in SEEDS])
+    assert torch.equal(together, one_by_one) and together.shape == (4, 4, 8, 8)
+    shuffled = s.initial_latents(SEEDS[::-1])
+    assert torch.equal(shuffled, together.flip(0))
+    # ...and they are what the stock pipeline draws from per-image CPU generators.
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in SEEDS]
+    expected = pipe.prepare_latents(4, 4, 64, 64, torch.float32, torch.device("cpu"), generators) / pipe.scheduler.init_noise_sigma
+    assert torch.equal(together, expected)
+
+
+def test_each_prompt_is_encoded_once_per_run(tiny_dir):
+    pipe = load(tiny_dir)
+    calls = []
+    forward = pipe.text_encoder.forward
+    pipe.text_encoder.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    s = sampler(pipe, steps=1)
+    s.encode_prompts(sorted(set(PROMPTS)), None)
+    encoded = len(calls)  # one pass for the prompts, one for the negative prompt
+    for _ in range(3):
+        s.run_batch(SEEDS, PROMPTS)
+    assert encoded == 2 and len(calls) == encoded
+
+
+def test_safety_checker_sees_what_the_pipeline_shows_it_and_flags_alike(tiny_dir):
+    pipe = load(tiny_dir)
+    s = sampler(pipe)
+    s.encode_prompts(sorted(set(PROMPTS)), None)
+    latents = s.initial_latents(SEEDS)
+    decoded = s.decode(s.denoise(latents, s.embeddings(PROMPTS)))
+    full = to_uint8(decoded)
+    ours = s.safety_input(full)
+    pil = pipe.image_processor.postprocess(decoded, output_type="pil")
+    assert torch.equal(ours, pipe.feature_extractor(pil, return_tensors="pt").pixel_values)
+    # Make the checker flag image 1 only: a concept pointing from the other images to it, with the
+    # threshold halfway between image 1's similarity and the next highest. Then compare with the stock pipeline.
+    checker = pipe.safety_checker
+    with torch.no_grad():
+        embeds = checker.visual_projection(checker.vision_model(ours)[1])
+        concept = embeds[1] - embeds[[0, 2, 3]].mean(0)
+        cos = torch.nn.functional.normalize(embeds) @ torch.nn.functional.normalize(concept, dim=0)
+        checker.concept_embeds[0] = concept
+        checker.concept_embeds_weights[0] = (cos[1] + cos[[0, 2, 3]].max()) / 2
+    assert s.safety_flags(full) == [False, True, False, False]
+    stock = pipe(PROMPTS, latents=latents.clone(), num_inference_steps=4, guidance_scale=7.5, height=64, width=64, output_type="np")
+    assert stock.nsfw_content_detected == [False, True, False, False]
+
+
+def _pil_bilinear(images_nhwc: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images_nhwc])
+
+
+def _diff_to_pil(big_nhwc: np.ndarray) -> np.ndarray:
+    ours = downsample(torch.from_numpy(big_nhwc).permute(0, 3, 1, 2), (32, 32)).permute(0, 2, 3, 1).numpy()
+    return np.abs(ours.astype(int) - _pil_bilinear(big_nhwc, 32))
+
+
+@pytest.mark.skipif(not CIFAR.is_file(), reason=f"{CIFAR} not present")
+def test_downsampling_matches_pil_bilinear_on_real_images():
+    """Bound stated in sampler.downsample: max 1 uint8 level, mean < 0.1 levels (512² -> 32²)."""
+    from PIL import Image
+
+    from diffaug.io import load_npz
+
+    cifar = load_npz(CIFAR)["images"][::50]  # 102 images across all classes
+    big = np.stack([np.asarray(Image.fromarray(im).resize((512, 512), Image.BICUBIC)) for im in cifar])
+    diff = _diff_to_pil(big)
+    assert diff.max() <= 1 and diff.mean() < 0.1, (diff.max(), diff.mean())
+    assert diff.mean() > 0  # the two really are different implementations (the bound is measured, not vacuous)
+
+
+def test_downsampling_matches_pil_bilinear_on_smooth_random_images():
+    g = torch.Generator().manual_seed(0)
+    coarse = torch.rand((48, 3, 8, 8), generator=g) * 255
+    big = torch.nn.functional.interpolate(coarse, size=(512, 512), mode="bicubic", align_corners=False)
+    big = big.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    diff = _diff_to_pil(big)
+    assert diff.max() <= 1 and diff.mean() < 0.1, (diff.max(), diff.mean())
+
+
+def test_sd14_unet_has_859_52m_parameters():
+    assert sd14_unet_parameter_count() == SD14_UNET_PARAMS == 859_520_964
+
+
+def test_tiny_pipeline_loads_its_fp16_variant_too(tiny_dir):
+    import warnings
+
+    from diffusers import StableDiffusionPipeline
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        pipe = StableDiffusionPipeline.from_pretrained(str(tiny_dir), variant="fp16", torch_dtype=torch.float16)
+    assert pipe.unet.dtype == torch.float16 and pipe.safety_checker is not None
+    assert any(p.name.endswith(".fp16.safetensors") for p in (tiny_dir / "unet").iterdir())
+
+
+def test_benchmark_runs_on_cpu_with_tiny(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_generate", REPO / "benchmarks" / "generate.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results_md = tmp_path / "RESULTS.md"
+    results = bench.main(["--tiny", "--device", "cpu", "--results", str(results_md)])
+    assert set(results) == {"plain b1", "plain b2", "plain b4", "ours", "ours fast"}
+    assert all(v > 0 for v in results.values())
+    rows = [line for line in results_md.read_text().splitlines() if line.startswith("| 20")]
+    assert len(rows) == 1 and "--tiny" in rows[0] and "b4 " in rows[0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_denoising_loop_never_syncs_with_the_gpu(tiny_dir):
+    pipe = load(tiny_dir).to("cuda")
+    s = sampler(pipe, steps=5)
+    s.encode_prompts(sorted(set(PROMPTS)), None)
+    latents, embeds = s.initial_latents(SEEDS), s.embeddings(PROMPTS)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        s.denoise(latents, embeds)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
