@@ -305,6 +305,8 @@ def _validate(cfg: Config) -> None:
         need(0 <= r.momentum < 1, f"{key}.momentum", f"got {r.momentum}; allowed: a number in [0, 1)")
         need(r.weight_decay >= 0, f"{key}.weight_decay", f"got {r.weight_decay}; allowed: a number >= 0")
         need(0 <= r.warmup_epochs < r.epochs, f"{key}.warmup_epochs", f"got {r.warmup_epochs}; allowed: 0 <= warmup_epochs < epochs")
+        need(r.schedule != "paper_cyclic" or r.warmup_epochs == 0, f"{key}.warmup_epochs",
+             f"got {r.warmup_epochs}; allowed: 0 with schedule paper_cyclic (the paper's schedule has no warm-up)")
         need(0 <= r.label_smoothing < 1, f"{key}.label_smoothing", f"got {r.label_smoothing}; allowed: a number in [0, 1)")
         need(r.crop_padding >= 0, f"{key}.crop_padding", f"got {r.crop_padding}; allowed: an integer >= 0")
         need(not r.nesterov or r.momentum > 0, f"{key}.nesterov", "Nesterov momentum needs momentum > 0")

@@ -1,0 +1,11 @@
+"""The train stage: one classifier per (architecture, mixture, seed).
+
+  python -m diffaug.train --params params.yaml --model resnet18 --mix orig100 \
+      --mixture data/mixtures/orig100.npz --prepared data/prepared --synthetic data/synthetic \
+      --out models/resnet18/orig100 --metrics metrics/train/resnet18/orig100 \
+      --checkpoints checkpoints/resnet18/orig100
+
+Modules: loop (Trainer, fit), augment (device-side crop/flip), schedule (lr schedules), checkpoint
+(resumable state), weights (final model files; `load_trained` for the evaluate stage), stage (the CLI).
+Nothing is imported here, so `diffaug.train.weights` can be used without the CLI's dependencies.
+"""

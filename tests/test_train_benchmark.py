@@ -1,0 +1,43 @@
+"""benchmarks/train.py --smoke: runs on a CPU without dvc/dvclive and appends its rows to RESULTS.md."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import SHARED_CIFAR
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = SHARED_CIFAR
+
+# Importing dvc or dvclive raises ImportError here, as on a GPU box where they are not installed.
+WITHOUT_DVC = ("import runpy, sys; sys.modules['dvclive'] = None; sys.modules['dvc'] = None; "
+               "sys.argv = ['benchmarks/train.py'] + sys.argv[1:]; runpy.run_path('benchmarks/train.py', run_name='__main__')")
+
+
+def run_benchmark(*args: str) -> str:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1"}  # quicker on a shared CPU
+    done = subprocess.run([sys.executable, "-c", WITHOUT_DVC, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_smoke_times_both_recipes_and_all_architectures(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmarks\n\n## Someone else's table\n\n| a |\n|---|\n| 1 |\n")
+    out = run_benchmark("--smoke", "--results", str(results))
+    for model in ("resnet18", "resnet34", "resnet50", "vgg16", "densenet121"):
+        assert f"ours {model}" in out
+    assert "ResNet-18: usual" in out and "x faster" in out
+    text = results.read_text()
+    assert "## Someone else's table\n\n| a |\n|---|\n| 1 |\n" in text  # other sections are left alone
+    rows = [line for line in text.splitlines() if "benchmarks/train.py --smoke" in line]
+    assert len(rows) == 1 and rows[0].count("|") == 12 and "smoke" in rows[0]
+
+
+@pytest.mark.skipif(not REAL_DATA.is_file(), reason="needs the 5085 real CIFAR-10 images")
+def test_smoke_real_check(tmp_path):
+    out = run_benchmark("--smoke", "--real-check", "--results", str(tmp_path / "RESULTS.md"))
+    assert "real check: ResNet-18 (cifar), 64 train / 100 val real images, 1 epochs: val acc" in out
+    assert "| 64 | 100 | 1 |" in (tmp_path / "RESULTS.md").read_text()
