@@ -34,17 +34,13 @@ ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_TH
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores; a fixed thread count also keeps CPU float results identical across runs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return build_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd")
+def tiny(tiny_sd) -> Path:
+    return tiny_sd
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_CIFAR
 import torch
 
 from diffaug.generate.pipeline import apply_speed_levers, quiet_libraries
@@ -17,22 +18,19 @@ from diffaug.generate.sampler import Sampler, downsample, to_uint8
 from diffaug.generate.tiny import SD14_UNET_PARAMS, build_tiny_pipeline, sd14_unet_parameter_count
 
 REPO = Path(__file__).resolve().parents[1]
-CIFAR = Path("/work/shared/data/cifar10-5k-train.npz")
+CIFAR = SHARED_CIFAR
 PROMPTS = ["a photo of a car", "airplane", "a photo of a car", "bird"]
 SEEDS = [3, 1, 4, 2**64 - 1]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return build_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd")
+def tiny_dir(tiny_sd) -> Path:
+    return tiny_sd
 
 
 def load(path: Path):

@@ -105,19 +105,19 @@ def test_exp_run_with_another_model_makes_its_cells_and_a_table_row(repo):
     path = repo["path"]
     git(path, "add", "-A")
     git(path, "commit", "-q", "-m", "baseline run")
-    log = dvc(path, "exp", "run", "-n", "vgg", "-S", "model=vgg16")
+    log = dvc(path, "exp", "run", "-n", "r50", "-S", "model=resnet50")
     for mix in MIXES:
-        assert f"Running stage 'train@vgg16-{mix}'" in log
+        assert f"Running stage 'train@resnet50-{mix}'" in log
     assert "train@resnet18" not in log
     results, _ = parse_exp_show(json.loads(dvc(path, "exp", "show", "--json")))
     rows = {r.model: r for r in results if r.kind == "experiment"}
-    assert set(rows) == {"vgg16"}, results
-    assert set(rows["vgg16"].acc) == set(MIXES)
+    assert set(rows) == {"resnet50"}, results
+    assert set(rows["resnet50"].acc) == set(MIXES)
     md = dvc(path, "exp", "show", "--md")
-    assert "test_acc.orig100" in md and "vgg" in md
-    dvc(path, "exp", "apply", "vgg")
+    assert "test_acc.orig100" in md and "r50" in md
+    dvc(path, "exp", "apply", "r50")
     git(path, "add", "-A")
-    git(path, "commit", "-q", "-m", "vgg16 run")
+    git(path, "commit", "-q", "-m", "resnet50 run")
 
 
 def test_push_clone_pull_then_nothing_to_rerun(repo):
@@ -172,7 +172,7 @@ def test_import_a_synthetic_set_from_another_copy(repo):
 
 def test_queued_sweep_of_two_models_feeds_the_report(repo):
     path = repo["path"]
-    dvc(path, "exp", "run", "--queue", "-S", "model=resnet18,vgg16", "-S", "mixes=[orig100,syn2_100]")
+    dvc(path, "exp", "run", "--queue", "-S", "model=resnet18,resnet50", "-S", "mixes=[orig100,syn2_100]")
     dvc(path, "queue", "start", "-j", "1")
     deadline = time.time() + 600
     while time.time() < deadline:
@@ -183,12 +183,12 @@ def test_queued_sweep_of_two_models_feeds_the_report(repo):
     assert "Failed" not in status and "Queued" not in status and "Running" not in status, status
     results, _ = parse_exp_show(json.loads(dvc(path, "exp", "show", "--json")))
     swept = [r for r in results if r.kind == "experiment" and set(r.acc) == {"orig100", "syn2_100"}]
-    assert sorted(r.model for r in swept) == ["resnet18", "vgg16"], results
+    assert sorted(r.model for r in swept) == ["resnet18", "resnet50"], results
     out = repo["root"] / "report"
     proc = run([sys.executable, "-m", "diffaug.report", "--out", str(out)], path, check=False)
     assert proc.returncode == 0, proc.stdout
     page = (out / "report.md").read_text()
-    for model in ("resnet18", "vgg16"):
+    for model in ("resnet18", "resnet50"):
         assert (out / f"acc_{model}.png").stat().st_size > 10_000
         assert model in page
     dvc(path, "queue", "stop", check=False)
