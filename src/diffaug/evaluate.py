@@ -79,7 +79,9 @@ def gather_curves(live_dir: Path) -> list[dict]:
 
 
 def write_tsv(path: Path, rows: list[dict]) -> None:
-    columns = ["step"] + [c for c in CURVES if any(c in r for r in rows)]
+    # Every column always, empty where not logged: dvc.yaml plots val_acc, and DVC warns about a
+    # missing field when a run has no validation split.
+    columns = ["step"] + list(CURVES)
     lines = ["\t".join(columns)] + ["\t".join(str(r.get(c, "")) for c in columns) for r in rows]
     write_bytes_atomic(path, ("\n".join(lines) + "\n").encode())
 

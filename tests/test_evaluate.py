@@ -1,0 +1,132 @@
+"""evaluate: cells from params (never globbed), mean ± std over seeds, per class, confusion, synthetic quality."""
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import diffaug.evaluate as evaluate
+from diffaug.config import UserError, parse_config
+from diffaug.io import save_npz_atomic
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["cat", "dog", "ship"]
+
+
+def config(mixes, seeds):
+    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    p["mixes"], p["train"]["seeds"] = mixes, seeds
+    p["evaluate"]["device"] = "cpu"
+    return parse_config(copy.deepcopy(p))
+
+
+@pytest.fixture
+def layout(tmp_path):
+    labels = np.array([0, 0, 1, 1, 2, 2, 2, 0])
+    save_npz_atomic(tmp_path / "prepared" / "test.npz", images=np.zeros((8, 4, 4, 3), np.uint8), labels=labels, classes=np.array(CLASSES))
+    for mix in ("orig100", "syn1_100", "orig50", "leftover"):
+        for seed in (0, 1):
+            (tmp_path / "models" / mix).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "models" / mix / f"seed-{seed}.pt").write_bytes(b"stand-in; predict is replaced")
+    return tmp_path, labels
+
+
+def fake_predictions(plan):
+    """Replace model inference: `plan[(mix, seed)]` is the predicted class of each image."""
+    def predict(path, images, batch_size, device):
+        pred = plan[(path.parent.name, int(path.stem.split("-")[1]))]
+        if len(pred) != len(images):  # synthetic images: a fixed pattern
+            pred = np.arange(len(images)) % len(CLASSES)
+        logits = np.full((len(images), len(CLASSES)), -5.0, np.float32)
+        logits[np.arange(len(images)), pred] = 5.0
+        return logits
+    return predict
+
+
+def test_summary_is_keyed_by_mixture_with_mean_and_std_over_seeds(layout, monkeypatch):
+    root, labels = layout
+    wrong_one = labels.copy()
+    wrong_one[0] = 1
+    plan = {("orig100", 0): labels, ("orig100", 1): wrong_one, ("syn1_100", 0): np.zeros(8, int), ("syn1_100", 1): np.zeros(8, int)}
+    monkeypatch.setattr(evaluate, "predict", fake_predictions(plan))
+    syn_labels = np.repeat(np.arange(3), 4)
+    monkeypatch.setattr("diffaug.generate.storage.load_synthetic", lambda d: (np.zeros((12, 4, 4, 3), np.uint8), syn_labels))
+    summary = evaluate.evaluate(config(["orig100", "syn1_100"], [0, 1]), root / "prepared", root / "synthetic",
+                                root / "models", root / "out", root / "summary.json")
+    assert summary["test_acc"] == {"orig100": pytest.approx((1 + 7 / 8) / 2), "syn1_100": pytest.approx(3 / 8)}
+    assert summary["test_acc_std"]["orig100"] == pytest.approx(np.std([1, 7 / 8], ddof=1), abs=1e-6)
+    assert summary["test_acc_std"]["syn1_100"] == 0.0
+    assert json.loads((root / "summary.json").read_text()) == summary
+    per_class = json.loads((root / "out" / "per_class.json").read_text())
+    assert per_class["syn1_100"] == {"cat": 1.0, "dog": 0.0, "ship": 0.0}
+    assert per_class["orig100"]["cat"] == pytest.approx((1 + 2 / 3) / 2)
+    confusion = json.loads((root / "out" / "confusion.json").read_text())
+    assert confusion[0] == {"actual": "cat", "predicted": "cat"} and len(confusion) == 8
+    quality = json.loads((root / "out" / "synthetic_quality.json").read_text())
+    # the real-only classifier (orig100) labels synthetic image i as class i % 3; syn labels are 0000 1111 2222
+    assert quality["recognisability"]["syn1"]["classifier"] == "resnet18-orig100"
+    assert quality["recognisability"]["syn1"]["acc"] == pytest.approx(np.mean(np.arange(12) % 3 == syn_labels))
+    assert quality["train_on_synthetic"] == {"syn1_100": {"acc": pytest.approx(3 / 8), "per_class": {"cat": 1.0, "dog": 0.0, "ship": 0.0}}}
+    assert summary["syn_recognised"] == {"syn1": pytest.approx(np.mean(np.arange(12) % 3 == syn_labels), abs=1e-6)}
+    assert [row["mixture"] for row in json.loads((root / "out" / "accuracy.json").read_text())] == ["orig100", "syn1_100"]
+
+
+def test_cells_come_from_params_not_from_leftover_files(layout, monkeypatch):
+    root, labels = layout
+    seen = []
+
+    def predict(path, images, batch_size, device):
+        seen.append(path.parent.name)
+        return fake_predictions({(path.parent.name, 0): labels})(path, images, batch_size, device)
+
+    monkeypatch.setattr(evaluate, "predict", predict)
+    summary = evaluate.evaluate(config(["orig50"], [0]), root / "prepared", root / "synthetic", root / "models",
+                                root / "out", root / "summary.json")
+    assert set(seen) == {"orig50"} and set(summary["test_acc"]) == {"orig50"}
+    assert "test_acc_std" not in summary and "syn_recognised" not in summary  # one seed; no real-only reference trained
+
+
+def test_a_missing_cell_fails_before_any_output(layout):
+    root, _ = layout
+    with pytest.raises(UserError, match=r"seed-2.pt: not found; train@resnet18-orig100 has not run for seed 2"):
+        evaluate.evaluate(config(["orig100"], [0, 2]), root / "prepared", root / "synthetic", root / "models",
+                          root / "out", root / "summary.json")
+    assert not (root / "out").exists() and not (root / "summary.json").exists()
+
+
+def test_predict_runs_the_saved_model_on_uint8_pixels(tmp_path):
+    from diffaug.models import build_model
+    from diffaug.train.weights import ImageClassifier, load_trained, save_trained
+
+    torch.manual_seed(0)
+    model = ImageClassifier(build_model("resnet18", "cifar", 3), torch.full((3,), 120.0), torch.full((3,), 60.0)).eval()
+    meta = {"model": "resnet18", "variant": "cifar", "num_classes": 3, "classes": CLASSES, "epochs": 1, "settings": {}}
+    save_trained(tmp_path / "seed-0.pt", model, meta)
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    logits = evaluate.predict(tmp_path / "seed-0.pt", images, batch_size=2, device=torch.device("cpu"))
+    with torch.no_grad():
+        expected = model(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
+    assert logits.shape == (5, 3)
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+    reloaded, _ = load_trained(tmp_path / "seed-0.pt")
+    assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), model.state_dict().values()))
+
+
+def test_gather_curves_reads_dvclive_tsvs(tmp_path):
+    from dvclive import Live
+
+    with Live(str(tmp_path / "seed-0"), dvcyaml=None, save_dvc_exp=False) as live:
+        for epoch, acc in enumerate((0.3, 0.6)):
+            live.log_metric("train/acc", acc)
+            live.log_metric("train/loss", 1 - acc)
+            live.log_metric("lr", 0.1)
+            live.next_step()
+    rows = evaluate.gather_curves(tmp_path / "seed-0")
+    assert rows == [{"step": 0, "train_acc": 0.3, "train_loss": 0.7, "lr": 0.1}, {"step": 1, "train_acc": 0.6, "train_loss": 0.4, "lr": 0.1}]
+    evaluate.write_tsv(tmp_path / "curve.tsv", rows)
+    header, first, _ = (tmp_path / "curve.tsv").read_text().splitlines()
+    assert header == "step\ttrain_acc\tval_acc\ttrain_loss\tval_loss\tlr"  # val columns stay, empty: no validation here
+    assert first == "0\t0.3\t\t0.7\t\t0.1"
