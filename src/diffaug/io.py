@@ -69,6 +69,22 @@ def load_npz(path: str | Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+def read_json(path: str | Path, missing: str, suffix: str = "") -> Any:
+    """Parsed JSON at `path`; a missing or unparsable file is a one-line UserError.
+
+    `missing`: what to say when the file is absent; `suffix`: appended to the invalid-JSON message.
+    """
+    from diffaug.config import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {missing}")
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e}){suffix}") from None
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

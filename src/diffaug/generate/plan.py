@@ -8,14 +8,13 @@ speed, so a faster batch size never throws finished work away.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from diffaug.config import Config, DiffusionConfig, UserError
 from diffaug.generate.seeds import image_seed
-from diffaug.io import sha256_json
+from diffaug.io import read_json, sha256_json
 
 FORMAT = "diffaug-synthetic/1"
 # How a 512² image becomes a dataset-size one; part of the hash because it changes pixels.
@@ -30,12 +29,7 @@ SPEED_SETTINGS = ("batch_size", "channels_last", "fuse_qkv", "compile", "device"
 def read_classes(path: str | Path) -> tuple[list[str], tuple[int, int]]:
     """classes.json from the prepare stage: {"classes": [...], "image_size": [H, W]}."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found; run the prepare stage first (dvc repro prepare)")
-    try:
-        data = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
+    data = read_json(path, "file not found; run the prepare stage first (dvc repro prepare)")
     classes = data.get("classes") if isinstance(data, dict) else None
     size = data.get("image_size") if isinstance(data, dict) else None
     if not (isinstance(classes, list) and classes and all(isinstance(c, str) and c.strip() for c in classes)):

@@ -27,7 +27,7 @@ import numpy as np
 
 from diffaug.config import UserError
 from diffaug.generate.plan import FORMAT, Plan
-from diffaug.io import atomic_path, load_npz, save_npz_atomic, sha256_file, sha256_json, write_bytes_atomic
+from diffaug.io import atomic_path, load_npz, read_json, save_npz_atomic, sha256_file, sha256_json, write_bytes_atomic
 
 MANIFEST = "manifest.json"
 SAMPLES = "samples.png"
@@ -239,12 +239,7 @@ def _digest(settings_hash: str, shard_hashes: list[str]) -> str:
 
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:
     path = Path(out_dir) / MANIFEST
-    if not path.is_file():
-        raise UserError(f"{path}: not found; the synthetic set is incomplete, {_RERUN}")
-    try:
-        manifest = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e}); {_RERUN}") from None
+    manifest = read_json(path, f"not found; the synthetic set is incomplete, {_RERUN}", f"; {_RERUN}")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise UserError(f"{path}: not a {FORMAT} manifest; {_RERUN}")
     return manifest
