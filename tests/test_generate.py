@@ -110,7 +110,13 @@ def test_output_layout_and_reader(reference):
     assert storage.synthetic_digest(out) == manifest["digest"] and len(manifest["digest"]) == 16
     from PIL import Image
 
-    assert Image.open(out / "samples.png").size == (4 * (64 + 2) + 2, 3 * (64 + 2) + 2)  # a row per class
+    grid = np.asarray(Image.open(out / "samples.png").convert("RGB"))
+    assert grid.shape[0] == 3 * (64 + 2) + 2  # a row per class
+    label_width = grid.shape[1] - 4 * (64 + 2)  # then 4 tiles per row, the class name to their left
+    assert 30 < label_width < 150
+    for row in range(3):  # a dark class name in each row's label column
+        band = grid[2 + row * 66: 2 + row * 66 + 64, :label_width - 2]
+        assert (band.min(axis=2) < 100).sum() > 20
 
 
 def test_settings_hash_ignores_speed_levers_only(tiny, tmp_path):

@@ -215,21 +215,28 @@ def assemble(out_dir: Path, plan: Plan, *, lone_process: bool) -> Optional[dict[
 
 
 def write_sample_grid(path: Path, images: np.ndarray, plan: Plan) -> None:
-    """A row per class with its first images, upscaled (nearest) to >= 64 px so 32² images are visible."""
-    from PIL import Image
+    """A row per class with its first images, upscaled (nearest) to >= 64 px so 32² images are
+    visible, the class name at the left of each row (like the paper's Fig. 8)."""
+    from PIL import Image, ImageDraw, ImageFont
 
     per_row = min(SAMPLES_PER_CLASS, plan.images_per_class)
     h, w = plan.image_size
     scale = max(1, -(-64 // min(h, w)))
     pad = 2
-    grid = np.full((len(plan.classes) * (h * scale + pad) + pad, per_row * (w * scale + pad) + pad, 3), 255, np.uint8)
+    font = ImageFont.load_default()
+    label_width = pad + max(int(np.ceil(font.getlength(name))) for name in plan.classes) + 2 * pad
+    grid = np.full((len(plan.classes) * (h * scale + pad) + pad, label_width + per_row * (w * scale + pad), 3), 255, np.uint8)
     for c in range(len(plan.classes)):
         for i in range(per_row):
             tile = images[c * plan.images_per_class + i].repeat(scale, 0).repeat(scale, 1)
-            y, x = pad + c * (h * scale + pad), pad + i * (w * scale + pad)
+            y, x = pad + c * (h * scale + pad), label_width + i * (w * scale + pad)
             grid[y:y + h * scale, x:x + w * scale] = tile
+    picture = Image.fromarray(grid)
+    draw = ImageDraw.Draw(picture)
+    for c, name in enumerate(plan.classes):
+        draw.text((pad, pad + c * (h * scale + pad) + h * scale // 2), name, fill=(0, 0, 0), font=font, anchor="lm")
     with atomic_path(path) as tmp:
-        Image.fromarray(grid).save(tmp, format="PNG")
+        picture.save(tmp, format="PNG")
 
 
 # ----------------------------------------------------------------------------- readers for consumers
