@@ -33,14 +33,7 @@ IMAGES_PER_CLASS, IMAGES_PER_SHARD = 4, 2  # 12 images in 6 shards
 ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_thread):
-    yield
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_sd) -> Path:
-    return tiny_sd
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +67,10 @@ def files(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def reference(tiny, tmp_path_factory) -> tuple[Path, Path, Path]:
+def reference(tiny_sd, tmp_path_factory) -> tuple[Path, Path, Path]:
     """An uninterrupted single-process run: (params, classes, out)."""
     folder = tmp_path_factory.mktemp("reference")
-    params, classes = write_inputs(folder, tiny)
+    params, classes = write_inputs(folder, tiny_sd)
     return params, classes, generate(params, classes, folder / "out")
 
 
@@ -119,7 +112,7 @@ def test_output_layout_and_reader(reference):
         assert (band.min(axis=2) < 100).sum() > 20
 
 
-def test_settings_hash_ignores_speed_levers_only(tiny, tmp_path):
+def test_settings_hash_ignores_speed_levers_only(tiny_sd, tmp_path):
     import dataclasses
 
     from diffaug.config import DiffusionConfig, load_config
@@ -129,7 +122,7 @@ def test_settings_hash_ignores_speed_levers_only(tiny, tmp_path):
     assert set(PIXEL_SETTINGS) | set(SPEED_SETTINGS) == fields and not set(PIXEL_SETTINGS) & set(SPEED_SETTINGS)
 
     def plan_hash(**diffusion):
-        params, _ = write_inputs(tmp_path / str(len(list(tmp_path.iterdir()))), tiny, diffusion=diffusion)
+        params, _ = write_inputs(tmp_path / str(len(list(tmp_path.iterdir()))), tiny_sd, diffusion=diffusion)
         return build_plan(load_config(params), "syn1", CLASSES, (32, 32), "fp").settings_hash
 
     base = plan_hash()
@@ -156,8 +149,8 @@ def test_batch_size_changes_no_seed_and_at_most_one_level(reference, tmp_path):
     assert np.abs(a - b).max() <= 1
 
 
-def test_kill_9_mid_run_then_rerun_equals_uninterrupted(tiny, tmp_path):
-    params, classes = write_inputs(tmp_path, tiny, diffusion={"steps": 30, "batch_size": 2})
+def test_kill_9_mid_run_then_rerun_equals_uninterrupted(tiny_sd, tmp_path):
+    params, classes = write_inputs(tmp_path, tiny_sd, diffusion={"steps": 30, "batch_size": 2})
     expected = files(generate(params, classes, tmp_path / "uninterrupted"))
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "diffaug.generate", *cli_args(params, classes, out)],
@@ -280,11 +273,11 @@ def _flag_by_hash(self, images_u8_cpu):
     return [hashlib.sha256(im.numpy().tobytes()).digest()[0] < 100 for im in images_u8_cpu]
 
 
-def test_flagged_images_are_regenerated_with_the_next_seed(tiny, tmp_path, monkeypatch):
+def test_flagged_images_are_regenerated_with_the_next_seed(tiny_sd, tmp_path, monkeypatch):
     from diffaug.generate.sampler import Sampler
 
     monkeypatch.setattr(Sampler, "safety_flags", _flag_by_hash)
-    params, classes = write_inputs(tmp_path, tiny)
+    params, classes = write_inputs(tmp_path, tiny_sd)
     out = generate(params, classes, tmp_path / "out")
     manifest = json.loads((out / "manifest.json").read_text())
     regenerated = [e for e in manifest["images"] if e["regenerations"] > 0]
@@ -294,11 +287,11 @@ def test_flagged_images_are_regenerated_with_the_next_seed(tiny, tmp_path, monke
         assert e["seed"] == image_seed(0, "syn1", e["class"], e["index"], attempt=e["regenerations"]) and not e["flagged"]
 
 
-def test_images_still_flagged_after_the_limit_are_black_and_counted(tiny, tmp_path, monkeypatch):
+def test_images_still_flagged_after_the_limit_are_black_and_counted(tiny_sd, tmp_path, monkeypatch):
     from diffaug.generate.sampler import Sampler
 
     monkeypatch.setattr(Sampler, "safety_flags", _flag_by_hash)
-    params, classes = write_inputs(tmp_path, tiny, diffusion={"max_regenerations": 0})
+    params, classes = write_inputs(tmp_path, tiny_sd, diffusion={"max_regenerations": 0})
     out = generate(params, classes, tmp_path / "out")
     manifest = json.loads((out / "manifest.json").read_text())
     flagged = [j for j, e in enumerate(manifest["images"]) if e["flagged"]]
@@ -309,7 +302,7 @@ def test_images_still_flagged_after_the_limit_are_black_and_counted(tiny, tmp_pa
 
 
 # ----------------------------------------------------------------------------- errors
-def _error_cases(tiny, tiny_without_checker, tmp_path):
+def _error_cases(tiny_sd, tiny_without_checker, tmp_path):
     return {
         "missing model directory": ({"diffusion": {"model": str(tmp_path / "no-such-model")}}, "syn1", "diffusion.model"),
         "safety checker on but absent": ({"diffusion": {"model": str(tiny_without_checker)}}, "syn1", "diffusion.safety_checker"),
@@ -324,9 +317,9 @@ def _error_cases(tiny, tiny_without_checker, tmp_path):
 
 @pytest.mark.parametrize("case", ["missing model directory", "safety checker on but absent", "paper-sized run on the CPU",
                                   "fp16 variant absent", "unknown scheduler", "unknown set", "classes.json missing"])
-def test_bad_input_is_one_line_exit_2_nothing_written(tiny, tiny_without_checker, tmp_path, capsys, case):
-    change, set_name, expected = _error_cases(tiny, tiny_without_checker, tmp_path)[case]
-    params, classes = write_inputs(tmp_path / "in", tiny, diffusion=change.get("diffusion"), synthetic=change.get("synthetic"))
+def test_bad_input_is_one_line_exit_2_nothing_written(tiny_sd, tiny_without_checker, tmp_path, capsys, case):
+    change, set_name, expected = _error_cases(tiny_sd, tiny_without_checker, tmp_path)[case]
+    params, classes = write_inputs(tmp_path / "in", tiny_sd, diffusion=change.get("diffusion"), synthetic=change.get("synthetic"))
     if change.get("classes") == "absent":
         classes.unlink()
     out = tmp_path / "out"
@@ -347,8 +340,8 @@ def test_safety_checker_message_says_how_to_turn_it_off(tiny_without_checker, tm
     assert main(cli_args(params, classes, tmp_path / "out")) == 0
 
 
-def test_cli_reports_cost_before_and_during_the_run(tiny, tmp_path):
-    params, classes = write_inputs(tmp_path, tiny)
+def test_cli_reports_cost_before_and_during_the_run(tiny_sd, tmp_path):
+    params, classes = write_inputs(tmp_path, tiny_sd)
     done = subprocess.run([sys.executable, "-m", "diffaug.generate", *cli_args(params, classes, tmp_path / "out")],
                           env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -356,12 +349,12 @@ def test_cli_reports_cost_before_and_during_the_run(tiny, tmp_path):
     assert "images/s (after a warm-up batch)" in done.stderr and "ETA" in done.stderr
 
 
-def test_full_resolution_pngs_are_kept_and_checked(tiny, tmp_path):
+def test_full_resolution_pngs_are_kept_and_checked(tiny_sd, tmp_path):
     from PIL import Image
 
     from diffaug.generate.sampler import downsample
 
-    params, classes = write_inputs(tmp_path, tiny, synthetic={"save_full_resolution": True, "images_per_class": 2})
+    params, classes = write_inputs(tmp_path, tiny_sd, synthetic={"save_full_resolution": True, "images_per_class": 2})
     out = generate(params, classes, tmp_path / "out")
     pngs = sorted((out / "full").rglob("*.png"))
     assert [p.relative_to(out / "full").as_posix() for p in pngs][:2] == ["shard-00000/airplane_00000.png", "shard-00000/airplane_00001.png"]

@@ -18,19 +18,11 @@ from diffaug.generate.sampler import Sampler, downsample, to_uint8
 from diffaug.generate.tiny import SD14_UNET_PARAMS, sd14_unet_parameter_count
 
 REPO = Path(__file__).resolve().parents[1]
-CIFAR = SHARED_CIFAR
 PROMPTS = ["a photo of a car", "airplane", "a photo of a car", "bird"]
 SEEDS = [3, 1, 4, 2**64 - 1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_thread):
-    yield
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tiny_sd) -> Path:
-    return tiny_sd
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def load(path: Path):
@@ -64,8 +56,8 @@ def plain(pipe, scheduler, latents, negative=None, steps=4):
 
 @pytest.mark.parametrize("scheduler", ["default", "pndm", "ddim", "dpmsolver++", "euler"])
 @pytest.mark.parametrize("negative", [None, "blurry, low quality"])
-def test_our_loop_equals_the_plain_pipeline(tiny_dir, scheduler, negative):
-    pipe = load(tiny_dir)
+def test_our_loop_equals_the_plain_pipeline(tiny_sd, scheduler, negative):
+    pipe = load(tiny_sd)
     ours = sampler(pipe, scheduler)
     ours.encode_prompts(sorted(set(PROMPTS)), negative)
     latents = ours.initial_latents(SEEDS)
@@ -76,9 +68,9 @@ def test_our_loop_equals_the_plain_pipeline(tiny_dir, scheduler, negative):
     assert np.array_equal(full, (reference.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8))
 
 
-def test_without_guidance_too(tiny_dir):
+def test_without_guidance_too(tiny_sd):
     """guidance_scale <= 1: one UNet pass on the prompts alone, as the pipeline does."""
-    pipe = load(tiny_dir)
+    pipe = load(tiny_sd)
     ours = Sampler(pipe, steps=4, guidance_scale=1.0, resolution=64, out_size=(32, 32))
     ours.encode_prompts(sorted(set(PROMPTS)), "ignored without guidance")
     assert not ours.guided and ours.embeddings(PROMPTS).shape[0] == len(PROMPTS)
@@ -89,16 +81,16 @@ def test_without_guidance_too(tiny_dir):
     torch.testing.assert_close(images, reference, rtol=0, atol=1e-6)
 
 
-def test_default_scheduler_is_the_models_pndm(tiny_dir):
-    pipe = load(tiny_dir)
+def test_default_scheduler_is_the_models_pndm(tiny_sd):
+    pipe = load(tiny_sd)
     s = sampler(pipe)
     assert type(s.scheduler).__name__ == "PNDMScheduler" and s.scheduler.config.skip_prk_steps
     assert sampler(pipe, "dpmsolver++").scheduler.config.algorithm_type == "dpmsolver++"
     assert sampler(pipe, "ddim").scheduler.config.clip_sample is False  # inherited from SD-v1.4's config
 
 
-def test_speed_levers_move_pixels_by_at_most_one_level(tiny_dir):
-    pipe = load(tiny_dir)
+def test_speed_levers_move_pixels_by_at_most_one_level(tiny_sd):
+    pipe = load(tiny_sd)
     base = sampler(pipe)
     base.encode_prompts(sorted(set(PROMPTS)), None)
     before = base.run_batch(SEEDS, PROMPTS, want_full=True)
@@ -110,8 +102,8 @@ def test_speed_levers_move_pixels_by_at_most_one_level(tiny_dir):
     assert np.abs(before.small.astype(int) - after.small).max() <= 1
 
 
-def test_latents_depend_on_the_seed_only(tiny_dir):
-    pipe = load(tiny_dir)
+def test_latents_depend_on_the_seed_only(tiny_sd):
+    pipe = load(tiny_sd)
     s = sampler(pipe)
     together = s.initial_latents(SEEDS)
     one_by_one = torch.cat([s.initial_latents([seed]) for seed in SEEDS])
@@ -124,8 +116,8 @@ def test_latents_depend_on_the_seed_only(tiny_dir):
     assert torch.equal(together, expected)
 
 
-def test_each_prompt_is_encoded_once_per_run(tiny_dir):
-    pipe = load(tiny_dir)
+def test_each_prompt_is_encoded_once_per_run(tiny_sd):
+    pipe = load(tiny_sd)
     calls = []
     forward = pipe.text_encoder.forward
     pipe.text_encoder.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
@@ -137,8 +129,8 @@ def test_each_prompt_is_encoded_once_per_run(tiny_dir):
     assert encoded == 2 and len(calls) == encoded
 
 
-def test_safety_checker_sees_what_the_pipeline_shows_it_and_flags_alike(tiny_dir):
-    pipe = load(tiny_dir)
+def test_safety_checker_sees_what_the_pipeline_shows_it_and_flags_alike(tiny_sd):
+    pipe = load(tiny_sd)
     s = sampler(pipe)
     s.encode_prompts(sorted(set(PROMPTS)), None)
     latents = s.initial_latents(SEEDS)
@@ -172,14 +164,14 @@ def _diff_to_pil(big_nhwc: np.ndarray) -> np.ndarray:
     return np.abs(ours.astype(int) - _pil_bilinear(big_nhwc, 32))
 
 
-@pytest.mark.skipif(not CIFAR.is_file(), reason=f"{CIFAR} not present")
+@pytest.mark.skipif(not SHARED_CIFAR.is_file(), reason=f"{SHARED_CIFAR} not present")
 def test_downsampling_matches_pil_bilinear_on_real_images():
     """Bound stated in sampler.downsample: max 1 uint8 level, mean < 0.1 levels (512² -> 32²)."""
     from PIL import Image
 
     from diffaug.io import load_npz
 
-    cifar = load_npz(CIFAR)["images"][::50]  # 102 images across all classes
+    cifar = load_npz(SHARED_CIFAR)["images"][::50]  # 102 images across all classes
     big = np.stack([np.asarray(Image.fromarray(im).resize((512, 512), Image.BICUBIC)) for im in cifar])
     diff = _diff_to_pil(big)
     assert diff.max() <= 1 and diff.mean() < 0.1, (diff.max(), diff.mean())
@@ -199,16 +191,16 @@ def test_sd14_unet_has_859_52m_parameters():
     assert sd14_unet_parameter_count() == SD14_UNET_PARAMS == 859_520_964
 
 
-def test_tiny_pipeline_loads_its_fp16_variant_too(tiny_dir):
+def test_tiny_pipeline_loads_its_fp16_variant_too(tiny_sd):
     import warnings
 
     from diffusers import StableDiffusionPipeline
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        pipe = StableDiffusionPipeline.from_pretrained(str(tiny_dir), variant="fp16", torch_dtype=torch.float16)
+        pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd), variant="fp16", torch_dtype=torch.float16)
     assert pipe.unet.dtype == torch.float16 and pipe.safety_checker is not None
-    assert any(p.name.endswith(".fp16.safetensors") for p in (tiny_dir / "unet").iterdir())
+    assert any(p.name.endswith(".fp16.safetensors") for p in (tiny_sd / "unet").iterdir())
 
 
 def test_benchmark_runs_on_cpu_with_tiny(tmp_path):
@@ -224,8 +216,8 @@ def test_benchmark_runs_on_cpu_with_tiny(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_denoising_loop_never_syncs_with_the_gpu(tiny_dir):
-    pipe = load(tiny_dir).to("cuda")
+def test_denoising_loop_never_syncs_with_the_gpu(tiny_sd):
+    pipe = load(tiny_sd).to("cuda")
     s = sampler(pipe, steps=5)
     s.encode_prompts(sorted(set(PROMPTS)), None)
     latents, embeds = s.initial_latents(SEEDS), s.embeddings(PROMPTS)

@@ -8,7 +8,6 @@ import pytest
 from conftest import SHARED_CIFAR
 
 REPO = Path(__file__).resolve().parents[1]
-REAL_DATA = SHARED_CIFAR
 
 # Importing dvc or dvclive raises ImportError here, as on a GPU box where they are not installed.
 WITHOUT_DVC = ("import runpy, sys; sys.modules['dvclive'] = None; sys.modules['dvc'] = None; "
@@ -36,7 +35,7 @@ def test_smoke_times_both_recipes_and_all_architectures(tmp_path):
     assert len(rows) == 1 and rows[0].count("|") == 12 and "smoke" in rows[0]
 
 
-@pytest.mark.skipif(not REAL_DATA.is_file(), reason="needs the 5085 real CIFAR-10 images")
+@pytest.mark.skipif(not SHARED_CIFAR.is_file(), reason="needs the 5085 real CIFAR-10 images")
 def test_smoke_real_check(tmp_path):
     out = run_benchmark("--smoke", "--real-check", "--results", str(tmp_path / "RESULTS.md"))
     assert "real check: ResNet-18 (cifar), 64 train / 100 val real images, 1 epochs: val acc" in out
