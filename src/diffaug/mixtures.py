@@ -113,25 +113,23 @@ def load_mixture(mixture_path: str | Path, prepared_dir: str | Path, synthetic_r
         raise UserError(f"{mixture_path}: not found; run `dvc repro build_mixtures` first")
     mix = load_npz(mixture_path)
     names = [str(s) for s in mix["source_names"]]
-    train = None
-    pools: dict[str, np.ndarray] = {}
+    pools: dict[str, tuple[np.ndarray, str]] = {}  # pixel pool -> (images, current digest); copies share orig's
     for src, digest in zip(mix["used"], mix["digests"]):
         src = str(src)
-        if src in SYNTHETIC_SETS:
-            images, _, current = _synthetic(synthetic_root, src)
-        else:
-            if train is None:
-                train = load_split(prepared_dir / "train.npz")
-            images, current = train.images, sha256_file(prepared_dir / "train.npz")
-        if current != str(digest):
+        pool = "orig" if src in COPY_TRANSFORMS else src
+        if pool not in pools:  # load and hash each pool once, however many sources draw on it
+            if pool in SYNTHETIC_SETS:
+                images, _, current = _synthetic(synthetic_root, pool)
+            else:
+                images, current = load_split(prepared_dir / "train.npz").images, sha256_file(prepared_dir / "train.npz")
+            pools[pool] = (images, current)
+        if pools[pool][1] != str(digest):
             raise UserError(f"{mixture_path}: source {src} changed since the mixture was built; run `dvc repro build_mixtures`")
-        pools[src] = images
-    out = np.empty((len(mix["row"]),) + next(iter(pools.values())).shape[1:], np.uint8)
+    out = np.empty((len(mix["row"]),) + next(iter(pools.values()))[0].shape[1:], np.uint8)
     for code in np.unique(mix["source"]):
         src = names[code]
         sel = mix["source"] == code
-        pool = pools["orig" if src in COPY_TRANSFORMS else src]
-        picked = pool[mix["row"][sel]]
+        picked = pools["orig" if src in COPY_TRANSFORMS else src][0][mix["row"][sel]]
         out[sel] = COPY_TRANSFORMS[src](picked) if src in COPY_TRANSFORMS else picked
     return out, mix["label"].astype(np.int64), [str(c) for c in mix["classes"]]
 
