@@ -140,9 +140,6 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
-    def sources_of(self, mix: str) -> dict[str, float]:
-        return self.mixtures[mix]
-
     @property
     def synthetic_sets_used(self) -> list[str]:
         """Synthetic sets that some trained mixture draws from (in SYNTHETIC_SETS order)."""

@@ -118,11 +118,10 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
 
     quality = {"recognisability": {}, "train_on_synthetic": {}}
     reference = real_only_mix(cfg)
-    used_sets = [s for s in SYNTHETIC_SETS if any(s in cfg.mixtures[m] for m in cfg.mixes)]
     if reference is not None:
         from diffaug.generate.storage import load_synthetic
 
-        for name in used_sets:
+        for name in cfg.synthetic_sets_used:
             images, labels = load_synthetic(synthetic_root / name)
             runs = [scores(predict(models / reference / f"seed-{s}.pt", images, cfg.evaluate.batch_size, device), labels, len(classes)) for s in seeds]
             quality["recognisability"][name] = {
