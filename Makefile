@@ -22,7 +22,7 @@ repro: venv
 	$(BIN)/dvc repro
 
 demo: venv
-	$(BIN)/python -m diffaug.demo
+	$(BIN)/python -m diffaug.sandbox.demo
 
 report: venv
 	$(BIN)/python -m diffaug.report --out reports

@@ -35,7 +35,7 @@ except ImportError:  # a GPU box with the repository but no `pip install -e .`
 
 from diffaug.generate.pipeline import DTYPES, apply_speed_levers, quiet_libraries  # noqa: E402
 from diffaug.generate.sampler import Sampler  # noqa: E402
-from diffaug.generate.tiny import build_sd14_random, build_tiny_pipeline  # noqa: E402
+from diffaug.sandbox.tiny import build_sd14_random, build_tiny_pipeline  # noqa: E402
 
 PROMPT = "a photo of a car"
 

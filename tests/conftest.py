@@ -26,6 +26,6 @@ def one_thread():
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory) -> Path:
     """A tiny random-weight Stable Diffusion pipeline saved with save_pretrained."""
-    from diffaug.generate.tiny import build_tiny_pipeline
+    from diffaug.sandbox.tiny import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd")

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from diffaug.config import ARCHITECTURES, ConfigError, load_config, parse_config
+from diffaug.config import ARCHITECTURES, load_config, parse_config
+from diffaug.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = yaml.safe_load((REPO / "params.yaml").read_text())

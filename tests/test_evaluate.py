@@ -9,7 +9,8 @@ import torch
 import yaml
 
 import diffaug.evaluate as evaluate
-from diffaug.config import UserError, parse_config
+from diffaug.config import parse_config
+from diffaug.errors import UserError
 from diffaug.io import save_npz_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +54,7 @@ def test_summary_is_keyed_by_mixture_with_mean_and_std_over_seeds(layout, monkey
     plan = {("orig100", 0): labels, ("orig100", 1): wrong_one, ("syn1_100", 0): np.zeros(8, int), ("syn1_100", 1): np.zeros(8, int)}
     monkeypatch.setattr(evaluate, "predict", fake_predictions(plan))
     syn_labels = np.repeat(np.arange(3), 4)
-    monkeypatch.setattr("diffaug.generate.storage.load_synthetic", lambda d: (np.zeros((12, 4, 4, 3), np.uint8), syn_labels))
+    monkeypatch.setattr("diffaug.formats.synthetic.load_synthetic", lambda d: (np.zeros((12, 4, 4, 3), np.uint8), syn_labels))
     summary = evaluate.evaluate(config(["orig100", "syn1_100"], [0, 1]), root / "prepared", root / "synthetic",
                                 root / "models", root / "out", root / "summary.json")
     assert summary["test_acc"] == {"orig100": pytest.approx((1 + 7 / 8) / 2), "syn1_100": pytest.approx(3 / 8)}
@@ -99,7 +100,7 @@ def test_a_missing_cell_fails_before_any_output(layout):
 
 def test_predict_runs_the_saved_model_on_uint8_pixels(tmp_path):
     from diffaug.models import build_model
-    from diffaug.train.weights import ImageClassifier, load_trained, save_trained
+    from diffaug.formats.classifier import ImageClassifier, load_trained, save_trained
 
     torch.manual_seed(0)
     model = ImageClassifier(build_model("resnet18", "cifar", 3), torch.full((3,), 120.0), torch.full((3,), 60.0)).eval()

@@ -21,11 +21,11 @@ import pytest
 import torch
 import yaml
 
-from diffaug.config import UserError
-from diffaug.generate import storage
+from diffaug.errors import UserError
+from diffaug.formats import synthetic as storage
 from diffaug.generate.__main__ import main
 from diffaug.generate.seeds import image_seed
-from diffaug.generate.tiny import build_tiny_pipeline, tiny_diffusion_params
+from diffaug.sandbox.tiny import build_tiny_pipeline, tiny_diffusion_params
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["airplane", "automobile", "bird"]
@@ -368,6 +368,6 @@ def test_full_resolution_pngs_are_kept_and_checked(tiny_sd, tmp_path):
 
 
 def test_package_imports_neither_torch_nor_diffusers_nor_dvc():
-    code = ("import sys, diffaug.generate, diffaug.generate.storage; "
+    code = ("import sys, diffaug.generate, diffaug.formats.synthetic; "
             "bad = [m for m in ('torch', 'diffusers', 'transformers', 'dvc') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], env=ENV, check=True, timeout=60)

@@ -15,7 +15,7 @@ import torch
 
 from diffaug.generate.pipeline import apply_speed_levers, quiet_libraries
 from diffaug.generate.sampler import Sampler, downsample, to_uint8
-from diffaug.generate.tiny import SD14_UNET_PARAMS, sd14_unet_parameter_count
+from diffaug.sandbox.tiny import SD14_UNET_PARAMS, sd14_unet_parameter_count
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["a photo of a car", "airplane", "a photo of a car", "bird"]

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 import diffaug.mixtures as mixtures
-from diffaug.config import SOURCES, UserError, parse_config
+from diffaug.config import SOURCES, parse_config
+from diffaug.errors import UserError
 from diffaug.io import load_npz, save_npz_atomic, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]

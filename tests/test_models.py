@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from diffaug.config import ARCHITECTURES, ConfigError
+from diffaug.config import ARCHITECTURES
+from diffaug.errors import ConfigError
 from diffaug.models import VARIANTS, build_model
 
 NUM_CLASSES = 7  # neither 10 nor 1000, so a head left at torchvision's default cannot pass

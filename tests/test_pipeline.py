@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from diffaug.demo import make_sandbox, run, tool_env
+from diffaug.sandbox.demo import make_sandbox, run, tool_env
 from diffaug.report.results import parse_exp_show
 
 pytestmark = pytest.mark.slow
@@ -164,7 +164,7 @@ def test_import_a_synthetic_set_from_another_copy(repo):
     original = sorted(p.relative_to(path / "data" / "synthetic" / "syn2") for p in (path / "data" / "synthetic" / "syn2").rglob("*") if p.is_file())
     assert imported == original and "manifest.json" in {p.name for p in imported}
     assert (other / "syn2.dvc").is_file()
-    from diffaug.generate.storage import load_synthetic
+    from diffaug.formats.synthetic import load_synthetic
 
     images, labels = load_synthetic(other / "syn2")  # verifies every shard's sha256
     assert len(images) == len(labels) > 0

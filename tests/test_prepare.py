@@ -10,7 +10,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from diffaug.config import UserError, parse_config
+from diffaug.config import parse_config
+from diffaug.errors import UserError
 from diffaug.io import load_npz, save_npz_atomic
 from diffaug.prepare import CIFAR_ARCHIVES, hold_out, load_split, make_splits, Split
 

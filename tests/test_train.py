@@ -12,11 +12,12 @@ import pytest
 import torch
 import yaml
 
-from diffaug.config import Recipe, UserError, parse_config
+from diffaug.config import Recipe, parse_config
+from diffaug.errors import UserError
 from diffaug.train.loop import Trainer, fit, steps_per_epoch
 from diffaug.train.schedule import build_scheduler
 from diffaug.train.stage import main
-from diffaug.train.weights import load_trained, save_trained
+from diffaug.formats.classifier import load_trained, save_trained
 
 REPO = Path(__file__).resolve().parents[1]
 

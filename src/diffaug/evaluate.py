@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from diffaug.config import SYNTHETIC_SETS, Config, UserError, exit_on_error, load_config
+from diffaug.config import SYNTHETIC_SETS, Config, load_config
+from diffaug.errors import UserError, exit_on_error
 from diffaug.io import write_bytes_atomic, write_json_atomic
 from diffaug.prepare import load_split
 
@@ -34,7 +35,7 @@ def predict(model_path: Path, images: np.ndarray, batch_size: int, device) -> np
     """Logits (float32, N x classes) of the final weights at `model_path` on uint8 NHWC images."""
     import torch
 
-    from diffaug.train.weights import load_trained
+    from diffaug.formats.classifier import load_trained
 
     if not model_path.is_file():
         raise UserError(f"{model_path}: not found; run `dvc repro` so the train cell writes it")
@@ -119,7 +120,7 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
     quality = {"recognisability": {}, "train_on_synthetic": {}}
     reference = real_only_mix(cfg)
     if reference is not None:
-        from diffaug.generate.storage import load_synthetic
+        from diffaug.formats.synthetic import load_synthetic
 
         for name in cfg.synthetic_sets_used:
             images, labels = load_synthetic(synthetic_root / name)

@@ -74,7 +74,7 @@ def read_json(path: str | Path, missing: str, suffix: str = "") -> Any:
 
     `missing`: what to say when the file is absent; `suffix`: appended to the invalid-JSON message.
     """
-    from diffaug.config import UserError
+    from diffaug.errors import UserError
 
     path = Path(path)
     if not path.is_file():

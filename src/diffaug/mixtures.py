@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from diffaug.config import SOURCES, SYNTHETIC_SETS, Config, UserError, exit_on_error, load_config
+from diffaug.config import SOURCES, SYNTHETIC_SETS, Config, load_config
+from diffaug.errors import UserError, exit_on_error
 from diffaug.io import load_npz, save_npz_atomic, sha256_file, write_json_atomic
 from diffaug.prepare import load_split
 
@@ -63,7 +64,7 @@ def compose(sources: dict[str, float], source_labels: dict[str, np.ndarray], num
 
 
 def _synthetic(root: Path, name: str):
-    from diffaug.generate.storage import load_synthetic, synthetic_digest
+    from diffaug.formats.synthetic import load_synthetic, synthetic_digest
 
     images, labels = load_synthetic(root / name)
     return images, labels, synthetic_digest(root / name)

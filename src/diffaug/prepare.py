@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from diffaug.config import Config, DatasetConfig, UserError, exit_on_error, load_config
+from diffaug.config import Config, DatasetConfig, load_config
+from diffaug.errors import UserError, exit_on_error
 from diffaug.io import load_npz, save_npz_atomic, sha256_file, write_json_atomic
 
 CIFAR_ARCHIVES = {  # torchvision's own file names and md5 sums, repeated here for the error message

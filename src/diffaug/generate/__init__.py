@@ -12,7 +12,7 @@ first missing shard; shards made with other settings are deleted, never mixed in
 
 Consumers read a finished set without torch:
 
-    from diffaug.generate.storage import load_synthetic, synthetic_digest
+    from diffaug.formats.synthetic import load_synthetic, synthetic_digest
     images, labels = load_synthetic("data/synthetic/syn1")   # uint8 NHWC, int64; verifies sha256s
     digest = synthetic_digest("data/synthetic/syn1")          # short content hash of the set
 

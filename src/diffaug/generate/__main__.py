@@ -14,7 +14,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from diffaug.config import SYNTHETIC_SETS, UserError, exit_on_error, load_config
+from diffaug.config import SYNTHETIC_SETS, load_config
+from diffaug.errors import UserError, exit_on_error
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -33,7 +34,7 @@ def parse_args(argv):
 
 @exit_on_error
 def main(argv: list[str] | None = None) -> int:
-    from diffaug.generate import storage
+    from diffaug.formats import synthetic as storage
     from diffaug.generate.modelsource import check_model_source, model_fingerprint
     from diffaug.generate.plan import build_plan, read_classes
     from diffaug.generate.world import World, shards_to_make

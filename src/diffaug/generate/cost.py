@@ -6,7 +6,8 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from diffaug.config import ConfigError, DiffusionConfig
+from diffaug.config import DiffusionConfig
+from diffaug.errors import ConfigError
 
 # SD-v1.4 at 512², 50 steps, classifier-free guidance (two UNet passes per step) plus one VAE decode.
 SD14_FLOP_PER_IMAGE = 82.8e12

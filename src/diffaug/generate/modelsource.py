@@ -14,7 +14,8 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from diffaug.config import DiffusionConfig, UserError
+from diffaug.config import DiffusionConfig
+from diffaug.errors import UserError
 from diffaug.io import sha256_file
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")

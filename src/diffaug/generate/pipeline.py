@@ -5,7 +5,8 @@ import warnings
 
 import torch
 
-from diffaug.config import DiffusionConfig, UserError
+from diffaug.config import DiffusionConfig
+from diffaug.errors import UserError
 from diffaug.generate.modelsource import missing_safety_checker_error, model_label
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}

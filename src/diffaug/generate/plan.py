@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from diffaug.config import Config, DiffusionConfig, UserError
+from diffaug.config import Config, DiffusionConfig
+from diffaug.errors import UserError
 from diffaug.generate.seeds import image_seed
 from diffaug.io import read_json, sha256_json
 

@@ -10,7 +10,7 @@ import torch
 from rich.console import Console
 
 from diffaug.config import DiffusionConfig
-from diffaug.generate import storage
+from diffaug.formats import synthetic as storage
 from diffaug.generate.cost import ThroughputReport
 from diffaug.generate.pipeline import apply_speed_levers, device_label
 from diffaug.generate.plan import Plan

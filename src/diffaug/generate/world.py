@@ -5,8 +5,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffaug.config import UserError
-from diffaug.generate import storage
+from diffaug.errors import UserError
+from diffaug.formats import synthetic as storage
 from diffaug.generate.plan import Plan
 
 

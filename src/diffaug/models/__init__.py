@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from diffaug.config import ARCHITECTURES, ConfigError
+from diffaug.config import ARCHITECTURES
+from diffaug.errors import ConfigError
 
 if TYPE_CHECKING:
     from torch import nn

@@ -12,7 +12,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
-from diffaug.config import SYNTHETIC_SETS, UserError, exit_on_error, load_config
+from diffaug.config import SYNTHETIC_SETS, load_config
+from diffaug.errors import UserError, exit_on_error
 from diffaug.io import atomic_path
 from diffaug.report.figures import (PNG_MAGIC, Context, Skip, fig_classic, fig_half_half, fig_per_architecture,
                                     fig_resnet_sizes, fig_synthetic_only, fig_training_curves)

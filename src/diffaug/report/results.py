@@ -25,7 +25,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from diffaug.config import ARCHITECTURES, UserError
+from diffaug.config import ARCHITECTURES
+from diffaug.errors import UserError
 
 SUMMARY = "metrics/summary.json"
 KIND_RANK = {"workspace": 0, "commit": 1, "experiment": 2}

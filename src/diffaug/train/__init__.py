@@ -6,6 +6,5 @@
       --checkpoints checkpoints/resnet18/orig100
 
 Modules: loop (Trainer, fit), augment (device-side crop/flip), schedule (lr schedules), checkpoint
-(resumable state), weights (final model files; `load_trained` for the evaluate stage), stage (the CLI).
-Nothing is imported here, so `diffaug.train.weights` can be used without the CLI's dependencies.
+(resumable state), stage (the CLI). The final model files are diffaug.formats.classifier's.
 """

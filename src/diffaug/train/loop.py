@@ -25,7 +25,7 @@ from diffaug.models import build_model
 from diffaug.train.augment import random_crop_flip
 from diffaug.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from diffaug.train.schedule import build_scheduler
-from diffaug.train.weights import ImageClassifier
+from diffaug.formats.classifier import ImageClassifier
 
 EVAL_BATCH = 1000
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from diffaug.config import ARCHITECTURES, Config, ConfigError, UserError, exit_on_error, load_config
+from diffaug.config import ARCHITECTURES, Config, load_config
+from diffaug.errors import ConfigError, UserError, exit_on_error
 from diffaug.io import load_npz, sha256_json, write_json_atomic
 
 
@@ -121,7 +122,7 @@ def run(cfg: Config, model: str, mix: str, images: np.ndarray, labels: np.ndarra
 
     from diffaug.devices import resolve_device
     from diffaug.train.loop import Trainer, fit
-    from diffaug.train.weights import save_trained
+    from diffaug.formats.classifier import save_trained
 
     tr, recipe = cfg.train, cfg.train.active
     device = resolve_device(tr.device)

@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from diffaug.config import UserError
+from diffaug.errors import UserError
 from diffaug.generate.plan import FORMAT, Plan
 from diffaug.io import atomic_path, load_npz, read_json, save_npz_atomic, sha256_file, sha256_json, write_bytes_atomic
 

@@ -1,6 +1,6 @@
 """Offline demo: the real dvc.yaml, every stage, end to end on a CPU in minutes, with no network.
 
-    python -m diffaug.demo [--workdir demo] [--keep]
+    python -m diffaug.sandbox.demo [--workdir demo] [--epochs N]
 
 It copies the pipeline (dvc.yaml, params.yaml, src/) into a scratch git+DVC repository, so the
 repository's own params.yaml and dvc.lock are never touched, then swaps in tiny settings:
@@ -26,7 +26,7 @@ import yaml
 
 from diffaug.io import save_npz_atomic
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 PIPELINE_FILES = ("dvc.yaml", "params.yaml", "src", ".dvcignore")
 SHAPES = ("circle", "square", "cross")
 BANNER = ("DEMO ONLY - these numbers mean nothing: a random-weight diffusion model, a toy dataset of "
@@ -58,7 +58,7 @@ def shapes_dataset(per_class: int, size: int = 32, seed: int = 0) -> dict[str, n
 def tiny_params(base: dict, sd_dir: Path, dataset_path: str, *, mixes: list[str], epochs: int = 2,
                 images_per_class: int = 6) -> dict:
     """The committed params.yaml with tiny budgets swapped in; every other value stays as committed."""
-    from diffaug.generate.tiny import tiny_diffusion_params
+    from diffaug.sandbox.tiny import tiny_diffusion_params
 
     p = yaml.safe_load(yaml.safe_dump(base))  # deep copy
     p["dataset"].update({"name": f"npz:{dataset_path}", "test_per_class": 10, "val_per_class": 4, "label_names": {}})
@@ -91,7 +91,7 @@ def tool_env() -> dict:
 def make_sandbox(workdir: Path, *, mixes: list[str], epochs: int = 2, images_per_class: int = 6,
                  per_class_real: int = 40, overrides: dict | None = None) -> Path:
     """A fresh git + DVC repository at `workdir` holding this pipeline with tiny params, committed."""
-    from diffaug.generate.tiny import build_tiny_pipeline
+    from diffaug.sandbox.tiny import build_tiny_pipeline
 
     if workdir.exists():
         shutil.rmtree(workdir)

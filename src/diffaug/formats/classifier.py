@@ -1,4 +1,4 @@
-"""Trained-model files: `<out>/seed-<s>.pt`, written by the train stage, read by evaluate.
+"""Trained classifiers: `models/<model>/<mix>/seed-<s>.pt`, written by the train stage, read by evaluate.
 
 The saved network is an `ImageClassifier`: it takes images as stored on disk, a uint8 (or any numeric)
 tensor of 0..255 RGB pixels in (N, 3, H, W) layout, and normalises them itself with the per-channel
@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffaug.config import UserError
+from diffaug.errors import UserError
+from diffaug.models import build_model
 from diffaug.io import atomic_path
 
 META_KEYS = ("model", "variant", "num_classes", "classes", "epochs", "settings")
@@ -47,8 +48,6 @@ def save_trained(path: str | Path, model: ImageClassifier, meta: dict[str, Any])
 
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[ImageClassifier, dict[str, Any]]:
     """(model in eval mode on `device`, metadata). Loads with weights_only=True: no pickled code runs."""
-    from diffaug.models import build_model
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: trained model not found; run the train stage first")

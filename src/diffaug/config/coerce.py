@@ -1,0 +1,89 @@
+"""Generic checking of parsed YAML against dataclass annotations: one line per bad value.
+
+Knows nothing about diffaug: it builds any frozen dataclass tree from nested dicts, naming the key
+path of the first value whose type is wrong, and rejects nan/inf wherever a number is expected.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from typing import Any, Literal, Union
+
+from diffaug.errors import ConfigError
+
+def type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return f"a mapping of str to {type_name(typing.get_args(tp)[1])}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping with keys " + ", ".join(f.name for f in dataclasses.fields(tp))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def coerce(tp: Any, value: Any, key: str) -> Any:
+    """Return `value` checked (and, for dataclasses, built) as type `tp`, or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    bad = ConfigError(f"{key}: got {value!r}; allowed: {type_name(tp)}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise bad
+        hints = typing.get_type_hints(tp)
+        names = [f.name for f in dataclasses.fields(tp)]
+        for k in value:
+            if k not in names:
+                raise ConfigError(f"{key + '.' if key else ''}{k}: unknown key; allowed: {', '.join(names)}")
+        return tp(**{k: coerce(hints[k], v, f"{key + '.' if key else ''}{k}") for k, v in value.items()})
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad
+        return value
+    if origin in (Union, types.UnionType):
+        for arm in typing.get_args(tp):
+            if arm is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return coerce(arm, value, key)
+            except ConfigError:
+                continue
+        raise bad
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad
+        (item,) = typing.get_args(tp)
+        return [coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise bad
+        _, item = typing.get_args(tp)
+        return {str(k): coerce(item, v, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: got {value!r}; allowed: a finite number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} at {key}")  # a programming error, not bad input

@@ -1,0 +1,134 @@
+"""The params.yaml schema: one frozen dataclass per section, defaults = the paper's settings.
+
+A new knob is one annotated field here (types are checked from the annotations by coerce.py) plus,
+where a type is not enough, one rule in validate.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
+
+ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "vgg16", "densenet121")
+SYNTHETIC_SETS = ("syn1", "syn2")
+SOURCES = ("orig", "rot90", "vflip") + SYNTHETIC_SETS
+SCHEDULERS = ("default", "pndm", "ddim", "dpmsolver++", "euler")
+
+
+# ----------------------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str = "cifar10"
+    test: Optional[str] = None
+    test_per_class: int = 100
+    val_per_class: int = 0
+    split_seed: int = 0
+    label_names: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return self.name.split(":", 1)[0]
+
+    @property
+    def path(self) -> Optional[str]:
+        return self.name.split(":", 1)[1] if ":" in self.name else None
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    prompt: Union[str, list[str]] = "{label}"
+    negative_prompt: Optional[str] = None
+
+    @property
+    def templates(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    images_per_class: int = 5000
+    images_per_shard: int = 1000
+    save_full_resolution: bool = False
+    syn1: PromptSet = field(default_factory=lambda: PromptSet("{label}"))
+    syn2: PromptSet = field(default_factory=lambda: PromptSet("a photo of a {label}"))
+
+    def prompt_set(self, name: str) -> PromptSet:
+        return getattr(self, name)
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    model: str = "CompVis/stable-diffusion-v1-4"
+    revision: Optional[str] = None
+    variant: Optional[str] = "fp16"
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    resolution: int = 512
+    guidance_scale: float = 7.5
+    steps: int = 50
+    scheduler: Literal[SCHEDULERS] = "default"  # type: ignore[valid-type]
+    seed: int = 0
+    safety_checker: bool = True
+    max_regenerations: int = 10
+    batch_size: int = 32
+    channels_last: bool = True
+    fuse_qkv: bool = True
+    compile: bool = False
+    device: str = "auto"
+    allow_cpu: bool = False
+
+
+@dataclass(frozen=True)
+class Recipe:
+    epochs: int = 250
+    batch_size: int = 128
+    optimizer: Literal["sgd"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: Literal["constant", "cosine", "paper_cyclic"] = "cosine"
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    crop_padding: int = 4
+    hflip: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    recipe: str = "default"
+    variant: Literal["cifar", "paper"] = "cifar"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    precision: Literal["bf16", "fp32"] = "bf16"
+    channels_last: bool = True
+    compile: bool = False
+    checkpoint_every: int = 10
+    device: str = "auto"
+    recipes: dict[str, Recipe] = field(default_factory=lambda: {"default": Recipe()})
+
+    @property
+    def active(self) -> Recipe:
+        return self.recipes[self.recipe]
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    batch_size: int = 1000
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class Config:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    mixture_seed: int = 0
+    mixtures: dict[str, dict[str, float]] = field(default_factory=dict)
+    model: Literal[ARCHITECTURES] = "resnet18"  # type: ignore[valid-type]
+    mixes: list[str] = field(default_factory=list)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    @property
+    def synthetic_sets_used(self) -> list[str]:
+        """Synthetic sets that some trained mixture draws from (in SYNTHETIC_SETS order)."""
+        used = {s for m in self.mixes for s in self.mixtures[m]}
+        return [s for s in SYNTHETIC_SETS if s in used]

@@ -1,0 +1,105 @@
+"""Rules a type cannot express: ranges, cross-references between sections, prompt templates."""
+from __future__ import annotations
+
+import string
+
+from diffaug.config.schema import SOURCES, SYNTHETIC_SETS, Config
+from diffaug.errors import ConfigError
+
+def _template_fields(template: str) -> set[str]:
+    return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+
+
+SEED_RANGE = (0, 2**32 - 1)  # what numpy's and torch's generators both accept, the same rule for every seed
+
+
+def validate(cfg: Config) -> None:
+    def need(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}: {msg}")
+
+    def need_seed(value: int, key: str) -> None:
+        need(SEED_RANGE[0] <= value <= SEED_RANGE[1], key, f"got {value}; allowed: an integer seed in 0..{SEED_RANGE[1]}")
+
+    need_seed(cfg.dataset.split_seed, "dataset.split_seed")
+    need_seed(cfg.mixture_seed, "mixture_seed")
+    need_seed(cfg.diffusion.seed, "diffusion.seed")
+    for i, seed in enumerate(cfg.train.seeds):
+        need_seed(seed, f"train.seeds[{i}]")
+
+    ds = cfg.dataset
+    need(ds.kind in ("cifar10", "cifar100", "npz", "imagefolder") and (ds.kind in ("cifar10", "cifar100")) == (ds.path is None),
+         "dataset.name", f"got {ds.name!r}; allowed: cifar10 | cifar100 | npz:<path> | imagefolder:<path>")
+    need(ds.path is None or ds.path != "", "dataset.name", "the path after the colon is empty")
+    if ds.test is not None:
+        kind = ds.test.split(":", 1)[0]
+        need(kind in ("npz", "imagefolder") and ":" in ds.test and ds.kind in ("npz", "imagefolder"),
+             "dataset.test", f"got {ds.test!r}; allowed: null, or npz:<path> | imagefolder:<path> with an npz/imagefolder dataset")
+    need(ds.test_per_class >= 1, "dataset.test_per_class", f"got {ds.test_per_class}; allowed: an integer >= 1")
+    need(ds.val_per_class >= 0, "dataset.val_per_class", f"got {ds.val_per_class}; allowed: an integer >= 0")
+    for cls, word in ds.label_names.items():
+        need(word.strip() != "", f"dataset.label_names.{cls}", "empty prompt word; allowed: a non-empty string")
+
+    syn = cfg.synthetic
+    need(syn.images_per_class >= 1, "synthetic.images_per_class", f"got {syn.images_per_class}; allowed: an integer >= 1")
+    need(syn.images_per_shard >= 1, "synthetic.images_per_shard", f"got {syn.images_per_shard}; allowed: an integer >= 1")
+    for name in SYNTHETIC_SETS:
+        templates = syn.prompt_set(name).templates
+        need(len(templates) > 0, f"synthetic.{name}.prompt", "empty list; allowed: a template or a non-empty list of templates")
+        for t in templates:
+            try:
+                fields = _template_fields(t)
+            except ValueError as e:
+                raise ConfigError(f"synthetic.{name}.prompt: {t!r} is not a valid template ({e})") from None
+            need(fields == {"label"}, f"synthetic.{name}.prompt",
+                 f"{t!r} must contain {{label}} and no other {{field}}; e.g. 'a photo of a {{label}}'")
+
+    dif = cfg.diffusion
+    need(dif.resolution >= 64 and dif.resolution % 8 == 0, "diffusion.resolution",
+         f"got {dif.resolution}; allowed: a multiple of 8, at least 64 (the paper: 512)")
+    need(dif.steps >= 1, "diffusion.steps", f"got {dif.steps}; allowed: an integer >= 1")
+    need(dif.guidance_scale >= 0, "diffusion.guidance_scale", f"got {dif.guidance_scale}; allowed: a number >= 0")
+    need(dif.batch_size >= 1, "diffusion.batch_size", f"got {dif.batch_size}; allowed: an integer >= 1")
+    need(dif.max_regenerations >= 0, "diffusion.max_regenerations", f"got {dif.max_regenerations}; allowed: an integer >= 0")
+    need(dif.model.strip() != "", "diffusion.model", "empty; allowed: a hub id or a local directory")
+    for key, dev in (("diffusion.device", dif.device), ("train.device", cfg.train.device), ("evaluate.device", cfg.evaluate.device)):
+        need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()), key,
+             f"got {dev!r}; allowed: auto | cpu | cuda | cuda:N")
+
+    need(len(cfg.mixtures) > 0, "mixtures", "empty; allowed: at least one named mixture")
+    for mix, sources in cfg.mixtures.items():
+        need(mix.replace("_", "").replace("-", "").isalnum(), f"mixtures.{mix}",
+             "a mixture name may hold only letters, digits, '_' and '-'")
+        need(len(sources) > 0, f"mixtures.{mix}", f"no sources; allowed sources: {', '.join(SOURCES)}")
+        for src, frac in sources.items():
+            need(src in SOURCES, f"mixtures.{mix}.{src}", f"unknown source; allowed: {', '.join(SOURCES)}")
+            need(0.0 <= frac <= 1.0, f"mixtures.{mix}.{src}", f"fraction {frac} is outside [0, 1]")
+        for copy in ("rot90", "vflip"):
+            if copy in sources:
+                need(sources[copy] <= sources.get("orig", 0.0), f"mixtures.{mix}.{copy}",
+                     f"copies the real images that orig draws, so it may not exceed orig ({sources.get('orig', 0.0)})")
+        need(sum(sources.values()) > 0, f"mixtures.{mix}", "all fractions are 0; allowed: at least one fraction > 0")
+
+    need(len(cfg.mixes) > 0, "mixes", "empty; allowed: a list of names from mixtures")
+    for i, mix in enumerate(cfg.mixes):
+        need(mix in cfg.mixtures, f"mixes[{i}]", f"unknown mixture {mix!r}; allowed: {', '.join(cfg.mixtures)}")
+    need(len(set(cfg.mixes)) == len(cfg.mixes), "mixes", "lists a mixture twice")
+
+    tr = cfg.train
+    need(tr.recipe in tr.recipes, "train.recipe", f"got {tr.recipe!r}; allowed: {', '.join(tr.recipes) or 'a key of train.recipes'}")
+    need(len(tr.seeds) >= 1 and len(set(tr.seeds)) == len(tr.seeds), "train.seeds", "allowed: a non-empty list of distinct integers")
+    need(tr.checkpoint_every >= 1, "train.checkpoint_every", f"got {tr.checkpoint_every}; allowed: an integer >= 1")
+    for name, r in tr.recipes.items():
+        key = f"train.recipes.{name}"
+        need(r.epochs >= 1, f"{key}.epochs", f"got {r.epochs}; allowed: an integer >= 1")
+        need(r.batch_size >= 1, f"{key}.batch_size", f"got {r.batch_size}; allowed: an integer >= 1")
+        need(r.lr > 0, f"{key}.lr", f"got {r.lr}; allowed: a number > 0")
+        need(0 <= r.momentum < 1, f"{key}.momentum", f"got {r.momentum}; allowed: a number in [0, 1)")
+        need(r.weight_decay >= 0, f"{key}.weight_decay", f"got {r.weight_decay}; allowed: a number >= 0")
+        need(0 <= r.warmup_epochs < r.epochs, f"{key}.warmup_epochs", f"got {r.warmup_epochs}; allowed: 0 <= warmup_epochs < epochs")
+        need(r.schedule != "paper_cyclic" or r.warmup_epochs == 0, f"{key}.warmup_epochs",
+             f"got {r.warmup_epochs}; allowed: 0 with schedule paper_cyclic (the paper's schedule has no warm-up)")
+        need(0 <= r.label_smoothing < 1, f"{key}.label_smoothing", f"got {r.label_smoothing}; allowed: a number in [0, 1)")
+        need(r.crop_padding >= 0, f"{key}.crop_padding", f"got {r.crop_padding}; allowed: an integer >= 0")
+        need(not r.nesterov or r.momentum > 0, f"{key}.nesterov", "Nesterov momentum needs momentum > 0")
+    need(cfg.evaluate.batch_size >= 1, "evaluate.batch_size", f"got {cfg.evaluate.batch_size}; allowed: an integer >= 1")
