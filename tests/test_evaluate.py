@@ -11,6 +11,7 @@ import yaml
 import diffaug.evaluate as evaluate
 from diffaug.config import parse_config
 from diffaug.errors import UserError
+from diffaug.formats.curves import read_live_curves, write_curves
 from diffaug.io import save_npz_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,7 +93,7 @@ def test_cells_come_from_params_not_from_leftover_files(layout, monkeypatch):
 
 def test_a_missing_cell_fails_before_any_output(layout):
     root, _ = layout
-    with pytest.raises(UserError, match=r"seed-2.pt: not found; train@resnet18-orig100 has not run for seed 2"):
+    with pytest.raises(UserError, match=r"seed-2.pt: trained model not found; train@resnet18-orig100 has not run"):
         evaluate.evaluate(config(["orig100"], [0, 2]), root / "prepared", root / "synthetic", root / "models",
                           root / "out", root / "summary.json")
     assert not (root / "out").exists() and not (root / "summary.json").exists()
@@ -116,7 +117,7 @@ def test_predict_runs_the_saved_model_on_uint8_pixels(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), model.state_dict().values()))
 
 
-def test_gather_curves_reads_dvclive_tsvs(tmp_path):
+def test_curves_format_reads_dvclive_tsvs(tmp_path):
     from dvclive import Live
 
     with Live(str(tmp_path / "seed-0"), dvcyaml=None, save_dvc_exp=False) as live:
@@ -125,9 +126,9 @@ def test_gather_curves_reads_dvclive_tsvs(tmp_path):
             live.log_metric("train/loss", 1 - acc)
             live.log_metric("lr", 0.1)
             live.next_step()
-    rows = evaluate.gather_curves(tmp_path / "seed-0")
+    rows = read_live_curves(tmp_path / "seed-0")
     assert rows == [{"step": 0, "train_acc": 0.3, "train_loss": 0.7, "lr": 0.1}, {"step": 1, "train_acc": 0.6, "train_loss": 0.4, "lr": 0.1}]
-    evaluate.write_tsv(tmp_path / "curve.tsv", rows)
+    write_curves(tmp_path / "curve.tsv", rows)
     header, first, _ = (tmp_path / "curve.tsv").read_text().splitlines()
     assert header == "step\ttrain_acc\tval_acc\ttrain_loss\tval_loss\tlr"  # val columns stay, empty: no validation here
     assert first == "0\t0.3\t\t0.7\t\t0.1"

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 import diffaug.mixtures as mixtures
+from diffaug.formats.mixture import load_mixture
 from diffaug.config import SOURCES, parse_config
 from diffaug.errors import UserError
 from diffaug.io import load_npz, save_npz_atomic, sha256_file
@@ -33,7 +34,8 @@ def sources(tmp_path, monkeypatch):
         syn_images[:, 0, 0, 0] = 100 + k
         syn_images[:, 0, 0, 1] = np.arange(len(syn_labels)) % 256
         synthetic[name] = [syn_images, syn_labels, f"digest-{name}"]
-    monkeypatch.setattr(mixtures, "_synthetic", lambda root, name: tuple(synthetic[name]))
+    monkeypatch.setattr("diffaug.formats.synthetic.load_synthetic", lambda d: tuple(synthetic[Path(d).name][:2]))
+    monkeypatch.setattr("diffaug.formats.synthetic.synthetic_digest", lambda d: synthetic[Path(d).name][2])
     return {"prepared": prepared, "images": images, "labels": labels, "synthetic": synthetic, "tmp": tmp_path}
 
 
@@ -102,14 +104,14 @@ def test_a_synthetic_set_change_touches_only_the_mixtures_that_use_it(sources):
 
 def test_load_mixture_returns_the_pixels_with_copies_transformed(sources):
     _, out = build(sources)
-    images, labels, classes = mixtures.load_mixture(out / "orig50_rot50_vflip50.npz", sources["prepared"], sources["tmp"] / "synthetic")
+    images, labels, classes = load_mixture(out / "orig50_rot50_vflip50.npz", sources["prepared"], sources["tmp"] / "synthetic")
     index = load_npz(out / "orig50_rot50_vflip50.npz")
     real = sources["images"]
     for src, expected in (("orig", real), ("rot90", np.rot90(real, 1, axes=(1, 2))), ("vflip", real[:, ::-1])):
         sel = index["source"] == SOURCES.index(src)
         assert np.array_equal(images[sel], expected[index["row"][sel]])
     assert classes == CLASSES and labels.dtype == np.int64 and images.dtype == np.uint8
-    syn, syn_labels, _ = mixtures.load_mixture(out / "orig100_syn1_100_syn2_100.npz", sources["prepared"], sources["tmp"] / "synthetic")
+    syn, syn_labels, _ = load_mixture(out / "orig100_syn1_100_syn2_100.npz", sources["prepared"], sources["tmp"] / "synthetic")
     assert (syn[:, 0, 0, 0] == 100).sum() == SYN_PER_CLASS * 3 and (syn[:, 0, 0, 0] == 101).sum() == SYN_PER_CLASS * 3
     assert np.bincount(syn_labels).tolist() == [REAL_PER_CLASS + 2 * SYN_PER_CLASS] * 3
 
@@ -118,6 +120,6 @@ def test_load_mixture_refuses_sources_that_changed_since_the_build(sources):
     _, out = build(sources)
     sources["synthetic"]["syn1"][2] = "something else"
     with pytest.raises(UserError, match=r"orig50_syn1_50.npz: source syn1 changed since the mixture was built"):
-        mixtures.load_mixture(out / "orig50_syn1_50.npz", sources["prepared"], sources["tmp"] / "synthetic")
-    images, *_ = mixtures.load_mixture(out / "orig100.npz", sources["prepared"], sources["tmp"] / "synthetic")
+        load_mixture(out / "orig50_syn1_50.npz", sources["prepared"], sources["tmp"] / "synthetic")
+    images, *_ = load_mixture(out / "orig100.npz", sources["prepared"], sources["tmp"] / "synthetic")
     assert len(images) == REAL_PER_CLASS * 3  # a mixture without syn1 still loads

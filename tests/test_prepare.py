@@ -13,7 +13,8 @@ from PIL import Image
 from diffaug.config import parse_config
 from diffaug.errors import UserError
 from diffaug.io import load_npz, save_npz_atomic
-from diffaug.prepare import CIFAR_ARCHIVES, hold_out, load_split, make_splits, Split
+from diffaug.formats.splits import Split, load_split
+from diffaug.prepare import CIFAR_ARCHIVES, hold_out, make_splits
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "cifar10-5k-train.npz"
@@ -73,7 +74,7 @@ def test_imagefolder_and_separate_test_split(tmp_path):
 
 def test_npz_with_wrong_content_is_rejected_without_unpickling(tmp_path):
     np.savez(tmp_path / "obj.npz", images=np.array([object()], dtype=object), labels=np.zeros(1), classes=np.array(["a"]))
-    with pytest.raises(UserError, match="pickled objects, which are never loaded"):
+    with pytest.raises(UserError, match="holds pickled Python objects, which are never loaded"):
         make_splits(dataset_cfg(name=f"npz:{tmp_path / 'obj.npz'}"), tmp_path)
     save_npz_atomic(tmp_path / "nolabels.npz", images=np.zeros((2, 4, 4, 3), np.uint8))
     with pytest.raises(UserError, match="lacks labels, classes"):

@@ -17,6 +17,7 @@ from diffaug.errors import UserError
 from diffaug.train.loop import Trainer, fit, steps_per_epoch
 from diffaug.train.schedule import build_scheduler
 from diffaug.train.stage import main
+from diffaug.io import load_npz
 from diffaug.formats.classifier import load_trained, save_trained
 
 REPO = Path(__file__).resolve().parents[1]
@@ -212,21 +213,25 @@ def test_bad_train_params_give_one_line_and_exit_2(stage_inputs, capsys, edit, e
     assert expected in run_main(tmp, capsys)
 
 
+def read_toy_mixture(mixture, prepared, synthetic):
+    """Stands in for the mixture format's loader: the toy npz holds the pixels themselves."""
+    d = load_npz(mixture)
+    return d["images"], d["labels"], [str(c) for c in d["classes"]]
+
+
 def test_unknown_model_and_mix_and_missing_inputs(stage_inputs, capsys, monkeypatch):
     tmp, _ = stage_inputs
     assert "--model: got 'resnet101'; allowed: resnet18 | resnet34 | resnet50 | vgg16 | densenet121" in run_main(
         tmp, capsys, model="resnet101")
-    assert "mix.npz: mixture file not found" in run_main(tmp, capsys, mixture="missing/mix.npz")
-    fake = types.ModuleType("diffaug.mixtures")  # the lead's loader, reduced to reading our toy npz
-    fake.load_mixture = lambda mixture, prepared, synthetic: (lambda d: (d["images"], d["labels"], list(d["classes"])))(np.load(mixture))
-    monkeypatch.setitem(sys.modules, "diffaug.mixtures", fake)
+    assert "mix.npz: not found" in run_main(tmp, capsys, mixture="missing/mix.npz")
+    monkeypatch.setattr("diffaug.train.stage.load_mixture", read_toy_mixture)
     (tmp / "prepared" / "val.npz").write_bytes(b"truncated")
-    assert "val.npz: unreadable" in run_main(tmp, capsys)
+    assert "val.npz: not an .npz archive" in run_main(tmp, capsys)
     np.savez(tmp / "prepared" / "val.npz", images=np.zeros((2, 8, 8, 3), np.uint8), labels=np.zeros(2, int),
              classes=np.array(["a", "b", "x"]))
     assert "differ from the mixture's" in run_main(tmp, capsys)
     np.savez(tmp / "mix.npz", images=np.zeros((4, 8, 8), np.uint8), labels=np.zeros(4, int), classes=np.array(["a", "b", "c"]))
-    assert "mix.npz: images must be uint8 (N, H, W, 3)" in run_main(tmp, capsys)
+    assert "mix.npz: 'images' is uint8 (4, 8, 8); allowed: uint8 (N, H, W, 3)" in run_main(tmp, capsys)
 
 
 def test_python_dash_m_reports_an_unknown_model_in_one_line(stage_inputs):
@@ -245,9 +250,7 @@ def test_stage_with_an_empty_validation_split_logs_no_validation(stage_inputs, m
     (tmp / "params.yaml").write_text(yaml.safe_dump(params))
     np.savez(tmp / "prepared" / "val.npz", images=np.zeros((0, 8, 8, 3), np.uint8), labels=np.zeros(0, np.int64),
              classes=np.array(["a", "b", "c"]))
-    fake = types.ModuleType("diffaug.mixtures")
-    fake.load_mixture = lambda mixture, prepared, synthetic: (lambda d: (d["images"], d["labels"], list(d["classes"])))(np.load(mixture))
-    monkeypatch.setitem(sys.modules, "diffaug.mixtures", fake)
+    monkeypatch.setattr("diffaug.train.stage.load_mixture", read_toy_mixture)
     main(["--params", str(tmp / "params.yaml"), "--model", "resnet18", "--mix", "orig100", "--mixture", str(tmp / "mix.npz"),
           "--prepared", str(tmp / "prepared"), "--synthetic", str(tmp / "s"), "--out", str(tmp / "out"),
           "--metrics", str(tmp / "metrics"), "--checkpoints", str(tmp / "ckpt")])

@@ -16,19 +16,17 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 8
 
-# Runs the real CLI; only diffaug.mixtures.load_mixture (the lead's, which reads prepared and synthetic
-# shards) is replaced by a reader of one toy npz, so the test depends on nothing but the train stage.
+# Runs the real CLI; only the mixture loader (which reads prepared and synthetic shards) is replaced by
+# a reader of one toy npz, so the test depends on nothing but the train stage.
 RUNNER = '''
-import sys, types
+import sys
 import numpy as np
-fake = types.ModuleType("diffaug.mixtures")
+from diffaug.train import stage
 def load_mixture(mixture_path, prepared_dir, synthetic_root):
     d = np.load(mixture_path, allow_pickle=False)
     return d["images"], d["labels"].astype(np.int64), [str(c) for c in d["classes"]]
-fake.load_mixture = load_mixture
-sys.modules["diffaug.mixtures"] = fake
-from diffaug.train.stage import main
-main(sys.argv[1:])
+stage.load_mixture = load_mixture
+stage.main(sys.argv[1:])
 '''
 
 

@@ -24,21 +24,20 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from diffaug.config import SYNTHETIC_SETS, Config, load_config
-from diffaug.errors import UserError, exit_on_error
-from diffaug.io import write_bytes_atomic, write_json_atomic
-from diffaug.prepare import load_split
+from diffaug.devices import resolve_device
+from diffaug.errors import exit_on_error
+from diffaug.formats.classifier import load_trained, require_files
+from diffaug.formats.curves import read_live_curves, write_curves
+from diffaug.formats.splits import load_split
+from diffaug.formats import synthetic
+from diffaug.io import write_json_atomic
 
 
-def predict(model_path: Path, images: np.ndarray, batch_size: int, device) -> np.ndarray:
+def predict(model_path: Path, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
     """Logits (float32, N x classes) of the final weights at `model_path` on uint8 NHWC images."""
-    import torch
-
-    from diffaug.formats.classifier import load_trained
-
-    if not model_path.is_file():
-        raise UserError(f"{model_path}: not found; run `dvc repro` so the train cell writes it")
     model, _ = load_trained(model_path, device)  # normalises its own input: uint8 NCHW pixels in
     out = []
     with torch.inference_mode():
@@ -58,35 +57,6 @@ def scores(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
             "per_class": per_class, "pred": pred}
 
 
-CURVES = {"train_acc": "train/acc", "val_acc": "val/acc", "train_loss": "train/loss", "val_loss": "val/loss", "lr": "lr"}
-
-
-def gather_curves(live_dir: Path) -> list[dict]:
-    """Per-epoch rows {step, train_acc, val_acc, ...} from one dvclive directory's TSV files.
-
-    DVC renders a plots directory file by file, and dvclive keeps a metrics.json beside its TSVs
-    that DVC cannot plot; one TSV per mixture in a folder of their own plots cleanly.
-    """
-    rows: dict[int, dict] = {}
-    for column, name in CURVES.items():
-        tsv = live_dir / "plots" / "metrics" / f"{name}.tsv"
-        if not tsv.is_file():
-            continue
-        header, *lines = tsv.read_text().splitlines()
-        for line in lines:
-            step, value = line.split("\t")[:2]
-            rows.setdefault(int(step), {"step": int(step)})[column] = float(value)
-    return [rows[s] for s in sorted(rows)]
-
-
-def write_tsv(path: Path, rows: list[dict]) -> None:
-    # Every column always, empty where not logged: dvc.yaml plots val_acc, and DVC warns about a
-    # missing field when a run has no validation split.
-    columns = ["step"] + list(CURVES)
-    lines = ["\t".join(columns)] + ["\t".join(str(r.get(c, "")) for c in columns) for r in rows]
-    write_bytes_atomic(path, ("\n".join(lines) + "\n").encode())
-
-
 def real_only_mix(cfg: Config) -> str | None:
     """The trained mixture of real images only with the most real data (orig100 by default)."""
     candidates = [m for m in cfg.mixes if set(cfg.mixtures[m]) == {"orig"}]
@@ -95,16 +65,12 @@ def real_only_mix(cfg: Config) -> str | None:
 
 def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, out: Path, summary_path: Path,
              train_metrics: Path | None = None, curves: Path | None = None) -> dict:
-    from diffaug.devices import resolve_device
-
     device = resolve_device(cfg.evaluate.device)
     test = load_split(prepared / "test.npz")
     classes, seeds = test.classes, cfg.train.seeds
     # Check every weight file before any work, so a missing cell fails fast and writes nothing.
     for mix in cfg.mixes:
-        for seed in seeds:
-            if not (models / mix / f"seed-{seed}.pt").is_file():
-                raise UserError(f"{models / mix / f'seed-{seed}.pt'}: not found; train@{cfg.model}-{mix} has not run for seed {seed}")
+        require_files([models / mix / f"seed-{s}.pt" for s in seeds], f"train@{cfg.model}-{mix} has not run (dvc repro)")
 
     results, confusion = {}, []
     for mix in cfg.mixes:
@@ -120,10 +86,8 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
     quality = {"recognisability": {}, "train_on_synthetic": {}}
     reference = real_only_mix(cfg)
     if reference is not None:
-        from diffaug.formats.synthetic import load_synthetic
-
         for name in cfg.synthetic_sets_used:
-            images, labels = load_synthetic(synthetic_root / name)
+            images, labels = synthetic.load_synthetic(synthetic_root / name)
             runs = [scores(predict(models / reference / f"seed-{s}.pt", images, cfg.evaluate.batch_size, device), labels, len(classes)) for s in seeds]
             quality["recognisability"][name] = {
                 "classifier": f"{cfg.model}-{reference}", "acc": float(np.mean([r["acc"] for r in runs])),
@@ -149,7 +113,7 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
     if train_metrics is not None and curves is not None:  # first seed's curve per mixture, for `dvc plots`
         curves.mkdir(parents=True, exist_ok=True)
         for mix in cfg.mixes:
-            write_tsv(curves / f"{mix}.tsv", gather_curves(train_metrics / mix / f"seed-{seeds[0]}"))
+            write_curves(curves / f"{mix}.tsv", read_live_curves(train_metrics / mix / f"seed-{seeds[0]}"))
     write_json_atomic(summary_path, summary)
     return summary
 

@@ -16,6 +16,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from diffaug.errors import UserError
+
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -63,10 +65,35 @@ def save_npz_atomic(path: str | Path, **arrays: np.ndarray) -> None:
                     np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
 
 
-def load_npz(path: str | Path) -> dict[str, np.ndarray]:
-    """Load an .npz without ever unpickling (object arrays are refused)."""
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def load_npz(path: str | Path, fix: str = "", label: str | None = None) -> dict[str, np.ndarray]:
+    """Every array of an .npz, never unpickling; any way the file can be broken is one UserError line.
+
+    Messages start with `label` (default: the path) and end with `fix`, what to do about it (e.g.
+    "rerun the prepare stage").
+    """
+    path = Path(path)
+    hint = f"; {fix}" if fix else ""
+    name = label or str(path)
+    if not path.is_file():
+        raise UserError(f"{name}: not found{hint}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if not magic:
+        raise UserError(f"{name}: empty file, not an .npz archive{hint}")
+    if magic != _ZIP_MAGIC:  # np.load would take any other bytes for a pickle and say so, wrongly
+        raise UserError(f"{name}: not an .npz archive (it starts with {magic!r}){hint}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise UserError(f"{name}: holds pickled Python objects, which are never loaded{hint}") from None
+        raise UserError(f"{name}: corrupt .npz ({e}){hint}") from None
+    except Exception as e:  # truncated zip, bad CRC, broken array headers: all mean "damaged file"
+        raise UserError(f"{name}: truncated or corrupt .npz ({type(e).__name__}: {str(e)[:120]}){hint}") from None
 
 
 def read_json(path: str | Path, missing: str, suffix: str = "") -> Any:
@@ -74,15 +101,13 @@ def read_json(path: str | Path, missing: str, suffix: str = "") -> Any:
 
     `missing`: what to say when the file is absent; `suffix`: appended to the invalid-JSON message.
     """
-    from diffaug.errors import UserError
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: {missing}")
     try:
         return json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e}){suffix}") from None
+        raise UserError(f"{path}: not valid JSON ({str(e)[:120]}){suffix}") from None
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

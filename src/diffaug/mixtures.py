@@ -23,13 +23,10 @@ import numpy as np
 
 from diffaug.config import SOURCES, SYNTHETIC_SETS, Config, load_config
 from diffaug.errors import UserError, exit_on_error
-from diffaug.io import load_npz, save_npz_atomic, sha256_file, write_json_atomic
-from diffaug.prepare import load_split
-
-COPY_TRANSFORMS = {  # copies of real images, applied when the mixture is loaded
-    "rot90": lambda images: np.rot90(images, k=1, axes=(1, 2)),  # 90° counter-clockwise
-    "vflip": lambda images: images[:, ::-1],
-}
+from diffaug.formats.mixture import COPY_TRANSFORMS, MixtureIndex, pool_digest, write_mixture
+from diffaug.formats.splits import load_split
+from diffaug.formats import synthetic
+from diffaug.io import write_json_atomic
 
 
 def _draw(labels: np.ndarray, num_classes: int, fraction: float, seed: int, source: str,
@@ -63,36 +60,41 @@ def compose(sources: dict[str, float], source_labels: dict[str, np.ndarray], num
     return np.concatenate(codes), np.concatenate(rows), counts
 
 
-def _synthetic(root: Path, name: str):
-    from diffaug.formats.synthetic import load_synthetic, synthetic_digest
-
-    images, labels = load_synthetic(root / name)
-    return images, labels, synthetic_digest(root / name)
-
-
 def build(cfg: Config, prepared: Path, synthetic_root: Path, out: Path) -> dict[str, dict]:
     train = load_split(prepared / "train.npz")
     num_classes = len(train.classes)
     labels = {"orig": train.labels}
-    digests = {"orig": sha256_file(prepared / "train.npz")}
+    digests = {"orig": pool_digest("orig", prepared, synthetic_root)}
     needed = {s for sources in cfg.mixtures.values() for s in sources if s in SYNTHETIC_SETS}
     for name in sorted(needed):
-        _, labels[name], digests[name] = _synthetic(synthetic_root, name)
+        labels[name] = synthetic.load_synthetic(synthetic_root / name)[1]
+        digests[name] = pool_digest(name, prepared, synthetic_root)
     for copy in COPY_TRANSFORMS:
         labels[copy], digests[copy] = labels["orig"], digests["orig"]
+
+    # Every mixture is composed and checked before any file is written.
+    composed = {}
+    for mix, sources in cfg.mixtures.items():
+        codes, rows, counts = compose(sources, labels, num_classes, cfg.mixture_seed)
+        per_class = np.sum([counts[s] for s in counts], axis=0)
+        empty = [train.classes[c] for c in range(num_classes) if per_class[c] == 0]
+        if empty:
+            raise UserError(f"mixtures.{mix}: draws 0 images of class {', '.join(map(repr, empty))} "
+                            f"({', '.join(f'{s} {f}' for s, f in sources.items())}); allowed: fractions that draw "
+                            "at least one image of every class")
+        composed[mix] = (codes, rows, counts)
 
     out.mkdir(parents=True, exist_ok=True)
     summary = {}
     for mix, sources in cfg.mixtures.items():
-        codes, rows, counts = compose(sources, labels, num_classes, cfg.mixture_seed)
+        codes, rows, counts = composed[mix]
         mix_labels = np.empty(len(rows), np.int64)
         for code in np.unique(codes):
             sel = codes == code
             mix_labels[sel] = labels[SOURCES[code]][rows[sel]]
         used = [s for s in SOURCES if s in sources]
-        save_npz_atomic(out / f"{mix}.npz", source=codes, row=rows, label=mix_labels,
-                        source_names=np.array(SOURCES), classes=np.array(train.classes),
-                        used=np.array(used), digests=np.array([digests[s] for s in used]))
+        write_mixture(out / f"{mix}.npz", MixtureIndex(codes, rows, mix_labels, list(SOURCES), train.classes,
+                                                       used, [digests[s] for s in used]))
         composition = {
             "mixture": mix, "fractions": sources, "seed": cfg.mixture_seed, "total": int(len(rows)),
             "per_source": {s: int(sum(counts[s])) for s in used},
@@ -102,37 +104,6 @@ def build(cfg: Config, prepared: Path, synthetic_root: Path, out: Path) -> dict[
         write_json_atomic(out / f"{mix}.json", composition)
         summary[mix] = composition
     return summary
-
-
-def load_mixture(mixture_path: str | Path, prepared_dir: str | Path, synthetic_root: str | Path):
-    """Pixels and labels of one mixture: (images uint8 NHWC, labels int64, class names).
-
-    Refuses to mix in sources whose content changed since the mixture was built.
-    """
-    mixture_path, prepared_dir, synthetic_root = Path(mixture_path), Path(prepared_dir), Path(synthetic_root)
-    if not mixture_path.is_file():
-        raise UserError(f"{mixture_path}: not found; run `dvc repro build_mixtures` first")
-    mix = load_npz(mixture_path)
-    names = [str(s) for s in mix["source_names"]]
-    pools: dict[str, tuple[np.ndarray, str]] = {}  # pixel pool -> (images, current digest); copies share orig's
-    for src, digest in zip(mix["used"], mix["digests"]):
-        src = str(src)
-        pool = "orig" if src in COPY_TRANSFORMS else src
-        if pool not in pools:  # load and hash each pool once, however many sources draw on it
-            if pool in SYNTHETIC_SETS:
-                images, _, current = _synthetic(synthetic_root, pool)
-            else:
-                images, current = load_split(prepared_dir / "train.npz").images, sha256_file(prepared_dir / "train.npz")
-            pools[pool] = (images, current)
-        if pools[pool][1] != str(digest):
-            raise UserError(f"{mixture_path}: source {src} changed since the mixture was built; run `dvc repro build_mixtures`")
-    out = np.empty((len(mix["row"]),) + next(iter(pools.values()))[0].shape[1:], np.uint8)
-    for code in np.unique(mix["source"]):
-        src = names[code]
-        sel = mix["source"] == code
-        picked = pools["orig" if src in COPY_TRANSFORMS else src][0][mix["row"][sel]]
-        out[sel] = COPY_TRANSFORMS[src](picked) if src in COPY_TRANSFORMS else picked
-    return out, mix["label"].astype(np.int64), [str(c) for c in mix["classes"]]
 
 
 @exit_on_error

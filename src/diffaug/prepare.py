@@ -2,9 +2,8 @@
 
     python -m diffaug.prepare --params params.yaml --raw data/raw --out data/prepared
 
-Writes train.npz, val.npz, test.npz (uint8 NHWC `images`, int64 `labels`, str `classes`),
-classes.json (class names and image size: all that generation needs, so that changing a split
-does not invalidate days of generated images) and splits.json (counts and source digests).
+Writes train.npz, val.npz, test.npz and classes.json (diffaug.formats.splits) and splits.json
+(counts per class and a digest of the source).
 
 CIFAR-10/100 come from torchvision.datasets, which verifies the official archive's md5 before it
 unpickles anything; no other pickle is ever read (npz files are loaded with allow_pickle=False).
@@ -15,10 +14,16 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from torchvision import datasets
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets.utils import check_integrity
 
 from diffaug.config import Config, DatasetConfig, load_config
 from diffaug.errors import UserError, exit_on_error
-from diffaug.io import load_npz, save_npz_atomic, sha256_file, write_json_atomic
+from diffaug.formats.splits import Split, read_npz_split, save_split, write_classes
+from diffaug.io import sha256_file, write_json_atomic
 
 CIFAR_ARCHIVES = {  # torchvision's own file names and md5 sums, repeated here for the error message
     "cifar10": ("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),
@@ -26,33 +31,8 @@ CIFAR_ARCHIVES = {  # torchvision's own file names and md5 sums, repeated here f
 }
 
 
-class Split:
-    """Images (uint8 NHWC), integer labels and the class names they index."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, classes: list[str]):
-        self.images, self.labels, self.classes = images, labels.astype(np.int64), list(classes)
-
-    def take(self, idx: np.ndarray) -> "Split":
-        return Split(self.images[idx], self.labels[idx], self.classes)
-
-    def save(self, path: Path) -> None:
-        save_npz_atomic(path, images=self.images, labels=self.labels, classes=np.array(self.classes))
-
-
-def load_split(path: str | Path) -> Split:
-    """Read a split written by this stage (the reader every later stage uses)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: not found; run `dvc repro prepare` first")
-    z = load_npz(path)
-    return Split(z["images"], z["labels"], [str(c) for c in z["classes"]])
-
-
 # ----------------------------------------------------------------------------- sources
 def _load_cifar(kind: str, raw: Path, train: bool) -> Split:
-    from torchvision import datasets
-    from torchvision.datasets.utils import check_integrity
-
     cls = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
     archive, md5 = CIFAR_ARCHIVES[kind]
     where = raw / archive
@@ -71,38 +51,36 @@ def _load_cifar(kind: str, raw: Path, train: bool) -> Split:
 
 
 def _load_npz_source(path: Path, key: str) -> Split:
+    fix = "allowed: an .npz with uint8 NHWC 'images', integer 'labels' and str 'classes'"
     if not path.is_file():
-        raise UserError(f"{key}: {path} not found; allowed: an .npz with uint8 NHWC 'images', 'labels', 'classes'")
-    try:
-        z = load_npz(path)
-    except ValueError as e:  # object arrays (pickles) are refused
-        raise UserError(f"{key}: {path} holds pickled objects, which are never loaded ({e})") from None
-    missing = [k for k in ("images", "labels", "classes") if k not in z]
-    if missing:
-        raise UserError(f"{key}: {path} lacks {', '.join(missing)}; allowed: an .npz with uint8 NHWC 'images', 'labels', 'classes'")
-    images, labels, classes = z["images"], z["labels"], [str(c) for c in z["classes"]]
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
-        raise UserError(f"{key}: {path} 'images' is {images.dtype} {images.shape}; allowed: uint8 (N, H, W, 3)")
-    if labels.shape != (len(images),) or (len(labels) and (labels.min() < 0 or labels.max() >= len(classes))):
-        raise UserError(f"{key}: {path} 'labels' must be N integers in [0, {len(classes)})")
-    return Split(images, labels, classes)
+        raise UserError(f"{key}: {path} not found; {fix}")
+    return read_npz_split(path, f"{key}: {path}", fix)
 
 
 def _load_imagefolder(path: Path, key: str) -> Split:
-    from PIL import Image
-    from torchvision.datasets import ImageFolder
-
     if not path.is_dir():
         raise UserError(f"{key}: {path} is not a directory; allowed: a folder with one sub-folder per class")
+    classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(classes) < 2:
+        raise UserError(f"{key}: {path} has {len(classes)} class folder(s); allowed: one sub-folder per class, at least 2")
+    for name in classes:  # torchvision would raise FileNotFoundError naming only the first empty one
+        if not any(f.suffix.lower() in IMG_EXTENSIONS for f in (path / name).iterdir() if f.is_file()):
+            raise UserError(f"{key}: class folder {path / name} holds no image ({', '.join(IMG_EXTENSIONS)}); "
+                            "remove it or add its images")
     folder = ImageFolder(str(path), loader=lambda p: p)  # list files only; decode below
-    images, size = [], None
+    images: list[np.ndarray] = []
+    size = None
     for file, _ in folder.samples:
-        with Image.open(file) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        try:
+            with Image.open(file) as im:
+                arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        except (OSError, ValueError) as e:  # UnidentifiedImageError is an OSError
+            raise UserError(f"{key}: {file} is not a readable image ({type(e).__name__}); fix or remove it") from None
         if size is None:
             size = arr.shape
         elif arr.shape != size:
-            raise UserError(f"{key}: {file} is {arr.shape[1]}x{arr.shape[0]}, the first image {size[1]}x{size[0]}; all images must share one size")
+            raise UserError(f"{key}: {file} is {arr.shape[1]}x{arr.shape[0]}, the first image {size[1]}x{size[0]}; "
+                            "all images must share one size")
         images.append(arr)
     return Split(np.stack(images), np.array(folder.targets), folder.classes)
 
@@ -170,9 +148,9 @@ def main(argv: list[str] | None = None) -> None:
     train, val, test = make_splits(cfg.dataset, args.raw)
     args.out.mkdir(parents=True, exist_ok=True)
     for name, split in (("train", train), ("val", val), ("test", test)):
-        split.save(args.out / f"{name}.npz")
+        save_split(args.out / f"{name}.npz", split)
     height, width = train.images.shape[1:3]
-    write_json_atomic(args.out / "classes.json", {"classes": train.classes, "image_size": [int(height), int(width)]})
+    write_classes(args.out / "classes.json", train.classes, (height, width))
     counts = {n: np.bincount(s.labels, minlength=len(train.classes)).tolist() for n, s in (("train", train), ("val", val), ("test", test))}
     write_json_atomic(args.out / "splits.json", {"dataset": cfg.dataset.name, "source_digest": _source_digest(cfg.dataset.name),
                                                  "classes": train.classes, "counts_per_class": counts})

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from diffaug.errors import UserError
-from diffaug.models import build_model
 from diffaug.io import atomic_path
+from diffaug.models import build_model
 
 META_KEYS = ("model", "variant", "num_classes", "classes", "epochs", "settings")
 
@@ -23,44 +23,83 @@ META_KEYS = ("model", "variant", "num_classes", "classes", "epochs", "settings")
 class ImageClassifier(nn.Module):
     """`net` behind the input normalisation: 0..255 pixels in, logits out."""
 
-    def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor, channels_last: bool = False):
+    def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor, channels_last: bool = False,
+                 tta_hflip: bool = False):
         super().__init__()
         self.net = net
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1).clone())
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1).clone())
         self.channels_last = channels_last
+        self.tta_hflip = tta_hflip  # in eval mode: the mean of the logits of each image and its mirror image
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = (images.float() - self.mean) / self.std
         x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        if self.tta_hflip and not self.training:
+            return (self.net(x) + self.net(x.flip(3))) / 2
         return self.net(x)
 
 
+RERUN = "rerun its train cell (dvc repro)"
+
+
+def non_finite(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors of a state_dict that hold nan or inf."""
+    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def require_files(paths: list[Path], hint: str) -> None:
+    """One line for the first trained-model file that is absent (before any work is done)."""
+    for path in paths:
+        if not path.is_file():
+            raise UserError(f"{path}: trained model not found; {hint}")
+
+
 def save_trained(path: str | Path, model: ImageClassifier, meta: dict[str, Any]) -> None:
-    """Atomically write the final weights (CPU tensors, loadable anywhere) and their metadata."""
+    """Atomically write the final weights (CPU tensors, loadable anywhere) and their metadata.
+
+    Weights holding nan/inf are refused (ValueError): a diverged run never becomes a result.
+    """
     missing = [k for k in META_KEYS if k not in meta]
     if missing:
         raise ValueError(f"save_trained: metadata lacks {missing}")
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    bad = non_finite(state)
+    if bad:
+        raise ValueError(f"save_trained: {len(bad)} tensors hold nan/inf (first: {bad[0]}); not saved")
     with atomic_path(path) as tmp:
         torch.save({"state_dict": state, **{k: meta[k] for k in META_KEYS}}, tmp)
 
 
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[ImageClassifier, dict[str, Any]]:
-    """(model in eval mode on `device`, metadata). Loads with weights_only=True: no pickled code runs."""
+    """(model in eval mode on `device`, metadata). Loads with weights_only=True: no pickled code runs.
+
+    A missing, truncated or foreign file, a state that does not fit its declared architecture and
+    non-finite weights are each one UserError line naming the file.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: trained model not found; run the train stage first")
+    require_files([path], RERUN)
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
         meta = {k: saved[k] for k in META_KEYS}
         state = saved["state_dict"]
     except Exception as e:  # a truncated or foreign file: name it, in one line
-        raise UserError(f"{path}: not a trained-model file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    net = build_model(meta["model"], meta["variant"], int(meta["num_classes"]))
-    channels_last = bool(meta["settings"].get("channels_last", False))  # the layout it was trained in
-    model = ImageClassifier(net, torch.zeros(3), torch.ones(3), channels_last=channels_last)
-    model.load_state_dict(state)
+        first = str(e).splitlines()[0][:160] if str(e) else ""
+        raise UserError(f"{path}: not a trained-model file ({type(e).__name__}: {first}); {RERUN}") from None
+    bad = non_finite(state) if isinstance(state, dict) else []
+    if bad:
+        raise UserError(f"{path}: {len(bad)} weight tensors hold nan/inf (first: {bad[0]}); the run diverged, "
+                        f"lower the learning rate and {RERUN}")
+    try:
+        net = build_model(meta["model"], meta["variant"], int(meta["num_classes"]))
+        channels_last = bool(meta["settings"].get("channels_last", False))  # the layout it was trained in
+        recipe = meta["settings"].get("recipe") or {}
+        tta_hflip = bool(recipe.get("tta_hflip", False)) if isinstance(recipe, dict) else False  # the recipe's evaluation
+        model = ImageClassifier(net, torch.zeros(3), torch.ones(3), channels_last=channels_last, tta_hflip=tta_hflip)
+        model.load_state_dict(state)
+    except Exception as e:  # unknown architecture, wrong shapes or keys
+        first = str(e).splitlines()[0][:160] if str(e) else ""
+        raise UserError(f"{path}: weights do not fit {meta.get('model')!r} ({type(e).__name__}: {first}); {RERUN}") from None
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -7,7 +7,6 @@ is at least 50%; then the axis is zoomed and its label says where it starts.
 """
 from __future__ import annotations
 
-import csv
 import math
 import re
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 from diffaug.config import SYNTHETIC_SETS, Config
+from diffaug.formats.curves import read_live_curves
 from diffaug.report.results import Result, model_order
 
 RESNETS = ("resnet18", "resnet34", "resnet50")
@@ -353,26 +353,8 @@ def fig_classic(ctx: Context) -> Made:
 
 
 # ---------------------------------------------------------------------------- training curves
-def read_tsv(path: Path) -> tuple[list[float], list[float]]:
-    """(steps, values) of a dvclive plots/metrics/*.tsv file (columns: [timestamp,] step, <name>)."""
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t"))
-    if len(rows) < 2 or "step" not in rows[0]:
-        return [], []
-    si, vi = rows[0].index("step"), len(rows[0]) - 1
-    steps, values = [], []
-    for r in rows[1:]:
-        try:
-            step, value = float(r[si]), float(r[vi])
-        except (ValueError, IndexError):
-            continue
-        steps.append(step)
-        values.append(value)
-    return steps, values
-
-
-CURVES = {"train/acc": ("train acc", "#1f77b4", "-"), "val/acc": ("validation acc", "#ff7f0e", "-"),
-          "train/loss": ("train loss (right axis)", "#555555", "--")}
+CURVES = {"train_acc": ("train acc", "#1f77b4", "-"), "val_acc": ("validation acc", "#ff7f0e", "-"),
+          "train_loss": ("train loss (right axis)", "#555555", "--")}
 
 
 def fig_training_curves(ctx: Context) -> Made:
@@ -385,40 +367,39 @@ def fig_training_curves(ctx: Context) -> Made:
     missing = 0
     for mix in cfg.mixes:
         for seed in cfg.train.seeds:
-            plots = root / mix / f"seed-{seed}" / "plots" / "metrics"
-            if not (plots / "train" / "acc.tsv").is_file():
+            rows = read_live_curves(root / mix / f"seed-{seed}")
+            if not any("train_acc" in r for r in rows):
                 missing += 1
                 continue
             for key in CURVES:
-                if (plots / f"{key}.tsv").is_file():
-                    steps, values = read_tsv(plots / f"{key}.tsv")
-                    if steps:
-                        found.setdefault(mix, {}).setdefault(key, []).append((steps, values))
+                points = [(r["step"], r[key]) for r in rows if key in r]
+                if points:
+                    found.setdefault(mix, {}).setdefault(key, []).append(([p[0] for p in points], [p[1] for p in points]))
     from matplotlib.ticker import MaxNLocator
 
-    mixes = [m for m in cfg.mixes if "train/acc" in found.get(m, {})]
+    mixes = [m for m in cfg.mixes if "train_acc" in found.get(m, {})]
     if not mixes:
         raise Skip(f"no dvclive logs under {root}/<mix>/seed-<s>/ for the workspace's {cfg.model} cells")
     ncols = min(4, len(mixes))
     nrows = math.ceil(len(mixes) / ncols)
     fig = _figure(3.4 * ncols + 0.6, 2.6 * nrows + 1.0)
     axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
-    loss_axes, loss_max = [], max((max(v) for m in mixes for _, v in found[m].get("train/loss", [])), default=0)
+    loss_axes, loss_max = [], max((max(v) for m in mixes for _, v in found[m].get("train_loss", [])), default=0)
     for i, ax in enumerate(axes.flat):
         if i >= len(mixes):
             ax.set_visible(False)
             continue
         mix = mixes[i]
-        for key in ("train/acc", "val/acc"):
+        for key in ("train_acc", "val_acc"):
             for seed_i, (steps, values) in enumerate(found[mix].get(key, [])):
                 label, colour, style = CURVES[key]
                 ax.plot([s + 1 for s in steps], [v * 100 for v in values], color=colour, ls=style, lw=1.1,
                         alpha=1.0 if seed_i == 0 else 0.55, label=label if seed_i == 0 else None)
-        if found[mix].get("train/loss"):
+        if found[mix].get("train_loss"):
             lax = ax.twinx()
             loss_axes.append(lax)
-            for seed_i, (steps, values) in enumerate(found[mix]["train/loss"]):
-                label, colour, style = CURVES["train/loss"]
+            for seed_i, (steps, values) in enumerate(found[mix]["train_loss"]):
+                label, colour, style = CURVES["train_loss"]
                 lax.plot([s + 1 for s in steps], values, color=colour, ls=style, lw=1.0,
                          alpha=1.0 if seed_i == 0 else 0.55, label=label if seed_i == 0 else None)
             lax.set_ylim(0, loss_max * 1.05 if loss_max > 0 else 1)

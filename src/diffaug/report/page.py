@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shlex
 import sys
@@ -14,7 +13,7 @@ from typing import Optional
 
 from diffaug.config import SYNTHETIC_SETS, load_config
 from diffaug.errors import UserError, exit_on_error
-from diffaug.io import atomic_path
+from diffaug.io import atomic_path, write_bytes_atomic
 from diffaug.report.figures import (PNG_MAGIC, Context, Skip, fig_classic, fig_half_half, fig_per_architecture,
                                     fig_resnet_sizes, fig_synthetic_only, fig_training_curves)
 from diffaug.report.results import SUMMARY, parse_exp_show, run_exp_show, select_rows
@@ -31,23 +30,9 @@ SECTIONS = (("Test accuracy per architecture (paper Fig. 2-6)", "acc_<model>.png
             ("Training curves", "training_curves.png", fig_training_curves))
 
 
-def _readable(path: Path) -> None:
-    """mkstemp makes 0600 files; a report is for reading: rw-r--r-- as the umask allows."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-def write_file(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-        _readable(tmp)
-
-
 def save_png(fig, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-        _readable(tmp)
 
 
 def copy_samples(ctx: Context, out: Path) -> tuple[list[tuple[str, str]], list[str]]:
@@ -62,7 +47,7 @@ def copy_samples(ctx: Context, out: Path) -> tuple[list[tuple[str, str]], list[s
         if not data.startswith(PNG_MAGIC):
             skipped.append(f"samples_{name}.png: skipped: {src} is not a PNG file")
             continue
-        write_file(out / f"samples_{name}.png", data)
+        write_bytes_atomic(out / f"samples_{name}.png", data)
         prompts = " / ".join(f"`{t}`" for t in ctx.cfg.synthetic.prompt_set(name).templates)
         copied.append((f"samples_{name}.png", f"{name}: prompt {prompts}"))
     return copied, skipped
@@ -144,7 +129,7 @@ def write_report(ctx: Context, out: Path, source: str, notes: list[str]) -> tupl
     if notes:
         page += ["Left out or superseded:\n", "\n".join(f"- {n}" for n in notes) + "\n"]
     page += body
-    write_file(out / "report.md", "\n".join(page).encode())
+    write_bytes_atomic(out / "report.md", "\n".join(page).encode())
     return figures, skipped
 
 

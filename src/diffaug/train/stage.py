@@ -17,10 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from dvclive import Live
 
 from diffaug.config import ARCHITECTURES, Config, load_config
+from diffaug.devices import resolve_device
 from diffaug.errors import ConfigError, UserError, exit_on_error
-from diffaug.io import load_npz, sha256_json, write_json_atomic
+from diffaug.formats.classifier import save_trained
+from diffaug.formats.mixture import RERUN as RERUN_MIXTURES
+from diffaug.formats.mixture import load_mixture
+from diffaug.formats.splits import check_arrays, load_split
+from diffaug.io import sha256_json, write_json_atomic
+from diffaug.train.loop import Trainer, fit
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,51 +45,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def check_arrays(images: Any, labels: Any, classes: list[str], source: str) -> None:
-    """Raise UserError naming `source` unless images are uint8 (N, H, W, 3) with N int labels in range."""
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
-        raise UserError(f"{source}: images must be uint8 (N, H, W, 3); got {got}")
-    labels = np.asarray(labels)
-    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
-        raise UserError(f"{source}: labels must be {len(images)} integers; got {labels.dtype} {labels.shape}")
-    if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
-        raise UserError(f"{source}: labels must lie in 0..{len(classes) - 1} ({len(classes)} classes)")
-
-
 def load_training_data(mixture: Path, prepared: Path, synthetic: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    if not mixture.is_file():
-        raise UserError(f"{mixture}: mixture file not found; run the mixtures stage first")
-    from diffaug.mixtures import load_mixture  # the lead's loader: real and synthetic images of the mix
-
     images, labels, classes = load_mixture(mixture, prepared, synthetic)
-    classes = [str(c) for c in classes]
-    if len(classes) < 2:
-        raise UserError(f"{mixture}: needs at least 2 classes; got {len(classes)}")
-    check_arrays(images, labels, classes, str(mixture))
+    check_arrays(images, labels, np.array(classes), str(mixture), RERUN_MIXTURES)
     if len(images) < 2:
         raise UserError(f"{mixture}: holds {len(images)} images; training needs at least 2")
-    return images, np.asarray(labels, dtype=np.int64), classes
+    return images, labels, classes
 
 
 def load_validation(path: Path, classes: list[str], image_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    if not path.is_file():
-        raise UserError(f"{path}: validation file not found; run the prepare stage first")
-    try:
-        data = load_npz(path)
-        images, labels, val_classes = data["images"], data["labels"], [str(c) for c in data["classes"]]
-    except KeyError as e:
-        raise UserError(f"{path}: lacks key {e}; allowed: an npz with images, labels, classes") from None
-    except Exception as e:  # truncated or not an npz
-        raise UserError(f"{path}: unreadable ({type(e).__name__}: {e}); rerun the prepare stage") from None
-    if val_classes != classes:
-        raise UserError(f"{path}: classes {val_classes} differ from the mixture's {classes}")
-    if np.asarray(images).size == 0:  # no validation split (dataset.val_per_class: 0)
-        return np.zeros((0, *image_shape), np.uint8), np.zeros(0, np.int64)
-    check_arrays(images, labels, classes, str(path))
-    if images.shape[1:] != image_shape:
-        raise UserError(f"{path}: images are {images.shape[1:]}, the mixture's are {image_shape}")
-    return images, np.asarray(labels, dtype=np.int64)
+    """The real validation images held out by prepare (empty with dataset.val_per_class: 0)."""
+    val = load_split(path)
+    if val.classes != classes:
+        raise UserError(f"{path}: classes {val.classes} differ from the mixture's {classes}; rerun dvc repro")
+    if len(val.labels) and val.images.shape[1:] != image_shape:
+        raise UserError(f"{path}: images are {val.images.shape[1:]}, the mixture's are {image_shape}; rerun dvc repro")
+    return val.images, val.labels
 
 
 def fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
@@ -95,8 +74,6 @@ class EpochLog:
     """Per-epoch metrics to dvclive (one Live per seed) and a line on stdout."""
 
     def __init__(self, directory: Path, seed: int, epochs: int):
-        from dvclive import Live  # imported here: the training loop itself must run without dvclive
-
         # Rebuilt from scratch every run; fit() replays restored epochs first, so no epoch is doubled or lost.
         shutil.rmtree(directory, ignore_errors=True)
         self.live = Live(str(directory), dvcyaml=None, save_dvc_exp=False)
@@ -118,12 +95,6 @@ class EpochLog:
 def run(cfg: Config, model: str, mix: str, images: np.ndarray, labels: np.ndarray, classes: list[str],
         val_images: np.ndarray, val_labels: np.ndarray, out: Path, metrics: Path, checkpoints: Path) -> dict[str, Any]:
     """Train every seed of cfg.train.seeds and write the stage's outputs; returns train.json's content."""
-    import torch
-
-    from diffaug.devices import resolve_device
-    from diffaug.train.loop import Trainer, fit
-    from diffaug.formats.classifier import save_trained
-
     tr, recipe = cfg.train, cfg.train.active
     device = resolve_device(tr.device)
     settings = {
@@ -169,8 +140,6 @@ def main(argv: list[str] | None = None) -> None:
         raise ConfigError(f"--model: got {args.model!r}; allowed: {' | '.join(ARCHITECTURES)}")
     if args.mix not in cfg.mixtures:
         raise ConfigError(f"--mix: got {args.mix!r}; allowed: {' | '.join(cfg.mixtures)}")
-    from diffaug.devices import resolve_device
-
     resolve_device(cfg.train.device)  # a missing CUDA device is a one-line error before data is read
     images, labels, classes = load_training_data(args.mixture, args.prepared, args.synthetic)
     val_images, val_labels = load_validation(args.prepared / "val.npz", classes, images.shape[1:])

@@ -1,0 +1,107 @@
+"""Mixtures: `data/mixtures/<mix>.npz` index files, and the pixels they stand for.
+
+An index file never copies pixels: it lists (source code, row) pairs into the pools it draws from,
+the label of each row, and a digest of every source it uses, so the file changes exactly when its
+own data changes. Pools: `orig` is data/prepared/train.npz; a synthetic set is
+data/synthetic/<set>/; `rot90` and `vflip` are copies of orig's rows made by COPY_TRANSFORMS when
+the mixture is loaded. `<mix>.json` beside it is the readable composition.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from diffaug.errors import UserError
+from diffaug.formats.splits import load_split
+from diffaug.formats import synthetic
+from diffaug.io import load_npz, save_npz_atomic, sha256_file
+
+# Copies of real images, applied when the mixture is loaded (part of the train stage's deps).
+COPY_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "rot90": lambda images: np.rot90(images, k=1, axes=(1, 2)),  # 90° counter-clockwise
+    "vflip": lambda images: images[:, ::-1],
+}
+REAL_POOL = "orig"
+KEYS = ("source", "row", "label", "source_names", "classes", "used", "digests")
+RERUN = "rerun the mixtures stage (dvc repro build_mixtures)"
+
+
+@dataclass(frozen=True)
+class MixtureIndex:
+    source: np.ndarray  # uint8 code per image: an index into source_names
+    row: np.ndarray  # int64 row in that source's pool
+    label: np.ndarray  # int64 class index per image
+    source_names: list[str]
+    classes: list[str]
+    used: list[str]  # sources this mixture draws from
+    digests: list[str]  # digest of each used source's pool when the mixture was built
+
+
+def pool_of(source: str) -> str:
+    """The pixel pool a source reads: copies read the real images."""
+    return REAL_POOL if source in COPY_TRANSFORMS else source
+
+
+def pool_digest(pool: str, prepared: Path, synthetic_root: Path) -> str:
+    if pool == REAL_POOL:
+        return sha256_file(prepared / "train.npz")
+    return synthetic.synthetic_digest(synthetic_root / pool)
+
+
+def write_mixture(path: str | Path, index: MixtureIndex) -> None:
+    save_npz_atomic(path, source=index.source, row=index.row, label=index.label,
+                    source_names=np.array(index.source_names), classes=np.array(index.classes),
+                    used=np.array(index.used), digests=np.array(index.digests))
+
+
+def read_mixture(path: str | Path) -> MixtureIndex:
+    path = Path(path)
+    data = load_npz(path, RERUN)
+    missing = [k for k in KEYS if k not in data]
+    if missing:
+        raise UserError(f"{path}: lacks {', '.join(missing)}; not a mixture index file; {RERUN}")
+    names = [str(s) for s in data["source_names"]]
+    source, row, label = data["source"], data["row"], data["label"]
+    n = len(row)
+    if source.shape != (n,) or label.shape != (n,) or row.dtype.kind not in "iu" or label.dtype.kind not in "iu":
+        raise UserError(f"{path}: source/row/label arrays disagree in length or type; {RERUN}")
+    if n and (int(source.max()) >= len(names) or row.min() < 0):
+        raise UserError(f"{path}: a source code or row is out of range; {RERUN}")
+    return MixtureIndex(source.astype(np.uint8), row.astype(np.int64), label.astype(np.int64), names,
+                        [str(c) for c in data["classes"]], [str(s) for s in data["used"]], [str(d) for d in data["digests"]])
+
+
+def load_mixture(mixture_path: str | Path, prepared_dir: str | Path,
+                 synthetic_root: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Pixels and labels of one mixture: (images uint8 NHWC, labels int64, class names).
+
+    Refuses to mix in sources whose content changed since the mixture was built.
+    """
+    mixture_path, prepared_dir, synthetic_root = Path(mixture_path), Path(prepared_dir), Path(synthetic_root)
+    index = read_mixture(mixture_path)
+    pools: dict[str, np.ndarray] = {}  # each pool loaded and hashed once, however many sources draw on it
+    for src, digest in zip(index.used, index.digests):
+        pool = pool_of(src)
+        if pool not in pools:
+            if pool == REAL_POOL:
+                pools[pool] = load_split(prepared_dir / "train.npz").images
+            else:
+                pools[pool] = synthetic.load_synthetic(synthetic_root / pool)[0]
+        if pool_digest(pool, prepared_dir, synthetic_root) != digest:
+            raise UserError(f"{mixture_path}: source {src} changed since the mixture was built; {RERUN}")
+    if not pools:
+        raise UserError(f"{mixture_path}: draws from no source; {RERUN}")
+    out = np.empty((len(index.row),) + next(iter(pools.values())).shape[1:], np.uint8)
+    for code in np.unique(index.source):
+        src = index.source_names[code]
+        sel = index.source == code
+        rows = index.row[sel]
+        pool = pools.get(pool_of(src))
+        if pool is None or (len(rows) and rows.max() >= len(pool)):
+            raise UserError(f"{mixture_path}: rows of source {src} point outside its pool; {RERUN}")
+        picked = pool[rows]
+        out[sel] = COPY_TRANSFORMS[src](picked) if src in COPY_TRANSFORMS else picked
+    return out, index.label, index.classes
