@@ -33,7 +33,7 @@ try:
 except ImportError:  # a GPU box with the repository but no `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from diffaug.generate.pipeline import DTYPES, apply_speed_levers, quiet_libraries  # noqa: E402
+from diffaug.generate.model import DTYPE_NAMES, apply_speed_levers, quiet_libraries, torch_dtype  # noqa: E402
 from diffaug.generate.sampler import Sampler  # noqa: E402
 from diffaug.sandbox.tiny import build_sd14_random, build_tiny_pipeline  # noqa: E402
 
@@ -44,7 +44,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="tiny random pipeline and sizes (CPU smoke test)")
     p.add_argument("--device", default="auto", help="auto | cuda | cpu | cuda:N")
-    p.add_argument("--dtype", choices=list(DTYPES), help="default: float16 (float32 with --tiny)")
+    p.add_argument("--dtype", choices=list(DTYPE_NAMES), help="default: float16 (float32 with --tiny)")
     p.add_argument("--resolution", type=int, help="default: 512 (64 with --tiny)")
     p.add_argument("--steps", type=int, help="default: 50 (3 with --tiny)")
     p.add_argument("--guidance", type=float, default=7.5)
@@ -89,7 +89,7 @@ def images_per_second(fn, batch: int, images: int, device: torch.device) -> floa
 def build(args, device: torch.device, tmp: str):
     from diffusers import StableDiffusionPipeline
 
-    dtype = DTYPES[args.dtype]
+    dtype = torch_dtype(args.dtype)
     if args.tiny:
         path = build_tiny_pipeline(Path(tmp) / "tiny", safety_checker=args.safety_checker)
         with warnings.catch_warnings():

@@ -24,7 +24,7 @@ import yaml
 from diffaug.errors import UserError
 from diffaug.formats import synthetic as storage
 from diffaug.generate.__main__ import main
-from diffaug.generate.seeds import image_seed
+from diffaug.generate.plan import image_seed
 from diffaug.sandbox.tiny import build_tiny_pipeline, tiny_diffusion_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,7 +126,8 @@ def test_settings_hash_ignores_speed_levers_only(tiny_sd, tmp_path):
         return build_plan(load_config(params), "syn1", CLASSES, (32, 32), "fp").settings_hash
 
     base = plan_hash()
-    assert plan_hash(batch_size=7, channels_last=True, fuse_qkv=True, compile=True, allow_cpu=True) == base
+    assert plan_hash(batch_size=7, channels_last=True, fuse_qkv=True, compile=True, compile_mode="max-autotune",
+                     cuda_graphs=True, attention="math", allow_cpu=True) == base
     assert plan_hash(steps=9) != base and plan_hash(seed=1) != base and plan_hash(scheduler="ddim") != base
 
 
@@ -254,16 +255,16 @@ def test_a_final_single_pass_assembles_without_a_model(reference, tmp_path):
     shutil.copytree(out, copy)
     (copy / "manifest.json").unlink()
     (copy / "samples.png").unlink()
-    import diffaug.generate.pipeline as pipeline
+    import diffaug.generate.__main__ as cli
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model must not be loaded when every shard is valid")
 
-    original, pipeline.load_pipeline = pipeline.load_pipeline, no_model
+    original, cli.load_pipeline = cli.load_pipeline, no_model
     try:
         generate(params, classes, copy)
     finally:
-        pipeline.load_pipeline = original
+        cli.load_pipeline = original
     assert files(copy) == files(out)
 
 

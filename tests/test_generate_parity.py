@@ -13,7 +13,7 @@ import pytest
 from conftest import SHARED_CIFAR
 import torch
 
-from diffaug.generate.pipeline import apply_speed_levers, quiet_libraries
+from diffaug.generate.model import apply_speed_levers, quiet_libraries
 from diffaug.generate.sampler import Sampler, downsample, to_uint8
 from diffaug.sandbox.tiny import SD14_UNET_PARAMS, sd14_unet_parameter_count
 

@@ -68,10 +68,17 @@ class DiffusionConfig:
     seed: int = 0
     safety_checker: bool = True
     max_regenerations: int = 10
+    # Approximate levers (change the images; in the settings hash): off unless asked for.
+    deep_cache: int = 0  # N >= 2: the UNet's deep features are recomputed every N steps only; 0 = off
+    fp8: bool = False  # float8 matmuls in the UNet (torchao, CUDA sm89+)
+    # Speed levers (never change which images are meant; see generate/model.py).
     batch_size: int = 32
-    channels_last: bool = True
+    channels_last: bool = False
     fuse_qkv: bool = True
-    compile: bool = False
+    compile: Union[bool, Literal["auto"]] = "auto"
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs", "max-autotune"] = "default"
+    cuda_graphs: bool = False
+    attention: Literal["auto", "flash", "efficient", "cudnn", "math"] = "auto"
     device: str = "auto"
     allow_cpu: bool = False
 
@@ -90,6 +97,13 @@ class Recipe:
     label_smoothing: float = 0.0
     crop_padding: int = 4
     hflip: bool = True
+    # Recipe levers (issue 11): all off by default, i.e. the paper's behaviour; each applies identically to
+    # real and synthetic images (see src/diffaug/train/augment.py and loop.py).
+    pad_last_batch: bool = False    # pad the last partial batch with zero-weight samples: one static shape
+    cutout: int = 0                 # side of a square cut out of every training image, in pixels (0: off)
+    trivial_augment: bool = False   # TrivialAugmentWide (torchvision.transforms.v2) on the device
+    ema_decay: float = 0.0          # EMA of the weights, per step (0: off); the EMA weights are the result
+    tta_hflip: bool = False         # evaluation averages the logits of each image and its mirror image
 
 
 @dataclass(frozen=True)
@@ -100,6 +114,7 @@ class TrainConfig:
     precision: Literal["bf16", "fp32"] = "bf16"
     channels_last: bool = True
     compile: bool = False
+    cuda_graph: bool = True         # capture the whole training step in one CUDA graph (CUDA only)
     checkpoint_every: int = 10
     device: str = "auto"
     recipes: dict[str, Recipe] = field(default_factory=lambda: {"default": Recipe()})

@@ -61,6 +61,8 @@ def validate(cfg: Config) -> None:
     need(dif.guidance_scale >= 0, "diffusion.guidance_scale", f"got {dif.guidance_scale}; allowed: a number >= 0")
     need(dif.batch_size >= 1, "diffusion.batch_size", f"got {dif.batch_size}; allowed: an integer >= 1")
     need(dif.max_regenerations >= 0, "diffusion.max_regenerations", f"got {dif.max_regenerations}; allowed: an integer >= 0")
+    need(dif.deep_cache == 0 or dif.deep_cache >= 2, "diffusion.deep_cache",
+         f"got {dif.deep_cache}; allowed: 0 (off) or an integer >= 2 (full UNet every N steps)")
     need(dif.model.strip() != "", "diffusion.model", "empty; allowed: a hub id or a local directory")
     for key, dev in (("diffusion.device", dif.device), ("train.device", cfg.train.device), ("evaluate.device", cfg.evaluate.device)):
         need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()), key,
@@ -102,4 +104,6 @@ def validate(cfg: Config) -> None:
         need(0 <= r.label_smoothing < 1, f"{key}.label_smoothing", f"got {r.label_smoothing}; allowed: a number in [0, 1)")
         need(r.crop_padding >= 0, f"{key}.crop_padding", f"got {r.crop_padding}; allowed: an integer >= 0")
         need(not r.nesterov or r.momentum > 0, f"{key}.nesterov", "Nesterov momentum needs momentum > 0")
+        need(r.cutout >= 0, f"{key}.cutout", f"got {r.cutout}; allowed: an integer >= 0 (0: off)")
+        need(0 <= r.ema_decay < 1, f"{key}.ema_decay", f"got {r.ema_decay}; allowed: a number in [0, 1) (0: off)")
     need(cfg.evaluate.batch_size >= 1, "evaluate.batch_size", f"got {cfg.evaluate.batch_size}; allowed: an integer >= 1")

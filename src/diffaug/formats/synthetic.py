@@ -3,14 +3,18 @@
 Layout of `data/synthetic/<set>/`:
   shard-00000.npz ...  uint8 NHWC images at the dataset size, in (class, index) order, with labels,
                        seeds, regeneration counts, and a `meta` JSON string: settings hash, first
-                       global index, count, device, and a sha256 of the content (so a shard checks
-                       itself, even before any manifest lists it)
+                       global index, count, device, provenance (batch size, speed levers, software,
+                       GPU) and a sha256 of the content (so a shard checks itself, even before any
+                       manifest lists it)
   full/shard-00000/    512² PNGs `<class>_<index>.png`, only with synthetic.save_full_resolution
   manifest.json        written last, once every shard exists: settings (+ hash), software, per
-                       shard file/sha256/range/device, per image class/prompt/seed/regenerations
+                       shard file/sha256/range/device/provenance, the groups of shards made with
+                       the same speed settings, per image class/prompt/seed/regenerations
   samples.png          a row per class, the first images of each (like the paper's Fig. 8)
 
-Every file is written atomically (diffaug.io), so a killed run leaves whole files or none.
+Every file is written atomically (diffaug.io), so a killed run leaves whole files or none. This
+module knows the layout of a set (`SetLayout`: classes, sizes, settings hash) and nothing about how
+images are made; the generate stage describes its plan with one.
 """
 from __future__ import annotations
 
@@ -20,21 +24,57 @@ import importlib.metadata
 import json
 import platform
 import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from diffaug.errors import UserError
-from diffaug.generate.plan import FORMAT, Plan
 from diffaug.io import atomic_path, load_npz, read_json, save_npz_atomic, sha256_file, sha256_json, write_bytes_atomic
 
+FORMAT = "diffaug-synthetic/1"
 MANIFEST = "manifest.json"
 SAMPLES = "samples.png"
 FULL_DIR = "full"
 SAMPLES_PER_CLASS = 8
 _ARRAYS = ("images", "labels", "seeds", "regenerations", "flagged")
 _RERUN = "rerun the generate stage to make it again"
+
+
+@dataclass(frozen=True)
+class SetLayout:
+    """What the files of a set must hold: images in (class, index) order, global index
+    g = c * images_per_class + i, shard k = g in [k * S, (k + 1) * S) with S = images_per_shard.
+    `settings` (and its hash) is everything that changes the bytes of a shard."""
+
+    set_name: str
+    classes: tuple[str, ...]
+    image_size: tuple[int, int]  # (H, W) of the stored images
+    images_per_class: int
+    images_per_shard: int
+    settings: dict[str, Any]
+    settings_hash: str
+
+    @property
+    def num_images(self) -> int:
+        return len(self.classes) * self.images_per_class
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num_images // self.images_per_shard)
+
+    @property
+    def save_full_resolution(self) -> bool:
+        return bool(self.settings["save_full_resolution"])
+
+    def shard_range(self, k: int) -> range:
+        return range(k * self.images_per_shard, min((k + 1) * self.images_per_shard, self.num_images))
+
+    def class_and_index(self, g: int) -> tuple[int, int]:
+        return divmod(g, self.images_per_class)
 
 
 def shard_name(k: int) -> str:
@@ -54,13 +94,15 @@ def _content_sha256(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-def write_shard(out_dir: Path, k: int, plan: Plan, *, images: np.ndarray, seeds: np.ndarray,
-                regenerations: np.ndarray, flagged: np.ndarray, device: str) -> None:
+def write_shard(out_dir: Path, k: int, plan: SetLayout, *, images: np.ndarray, seeds: np.ndarray,
+                regenerations: np.ndarray, flagged: np.ndarray, device: str,
+                provenance: Optional[dict[str, Any]] = None) -> None:
     first = plan.shard_range(k).start
     labels = np.array([plan.class_and_index(g)[0] for g in plan.shard_range(k)], dtype=np.int64)
     arrays = {"images": images, "labels": labels, "seeds": seeds.astype(np.uint64),
               "regenerations": regenerations.astype(np.int64), "flagged": flagged.astype(bool)}
-    meta = {"format": FORMAT, "settings_hash": plan.settings_hash, "first": first, "count": len(labels), "device": device}
+    meta = {"format": FORMAT, "settings_hash": plan.settings_hash, "first": first, "count": len(labels), "device": device,
+            "provenance": provenance or {}}
     meta["content_sha256"] = _content_sha256(arrays, meta)
     save_npz_atomic(out_dir / shard_name(k), meta=np.array(json.dumps(meta, sort_keys=True)), **arrays)
 
@@ -78,7 +120,7 @@ def read_shard(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return arrays, meta
 
 
-def valid_shard(out_dir: Path, plan: Plan, k: int) -> Optional[tuple[dict[str, np.ndarray], dict[str, Any]]]:
+def valid_shard(out_dir: Path, plan: SetLayout, k: int) -> Optional[tuple[dict[str, np.ndarray], dict[str, Any]]]:
     """The shard's arrays and meta if shard k exists and belongs to exactly this plan, else None."""
     path = out_dir / shard_name(k)
     if not path.is_file():
@@ -93,23 +135,19 @@ def valid_shard(out_dir: Path, plan: Plan, k: int) -> Optional[tuple[dict[str, n
             or meta.get("count") != len(span) or arrays["images"].shape != (len(span), h, w, 3)
             or arrays["images"].dtype != np.uint8):
         return None
-    if plan.settings["save_full_resolution"] and not _full_files_present(out_dir, plan, k):
+    if plan.save_full_resolution and not _full_files_present(out_dir, plan, k):
         return None
     return arrays, meta
 
 
-def full_png_name(plan: Plan, g: int) -> str:
+def full_png_name(plan: SetLayout, g: int) -> str:
     c, i = plan.class_and_index(g)
     return f"{plan.classes[c]}_{i:05d}.png"
 
 
-def _full_files_present(out_dir: Path, plan: Plan, k: int) -> bool:
+def _full_files_present(out_dir: Path, plan: SetLayout, k: int) -> bool:
     folder = full_dir(out_dir, k)
     return all((folder / full_png_name(plan, g)).is_file() for g in plan.shard_range(k))
-
-
-def valid_shards(out_dir: Path, plan: Plan) -> set[int]:
-    return {k for k in range(plan.num_shards) if valid_shard(out_dir, plan, k) is not None}
 
 
 # ----------------------------------------------------------------------------- cleanup
@@ -129,7 +167,7 @@ def prepare_shard_slot(out_dir: Path, k: int) -> None:
     shutil.rmtree(full_dir(out_dir, k), ignore_errors=True)
 
 
-def _remove_strays(out_dir: Path, plan: Plan, *, all_temp_files: bool) -> None:
+def _remove_strays(out_dir: Path, plan: SetLayout, *, all_temp_files: bool) -> None:
     expected = {shard_name(k) for k in range(plan.num_shards)}
     for path in out_dir.glob("shard-*.npz"):
         if path.name not in expected:
@@ -141,7 +179,7 @@ def _remove_strays(out_dir: Path, plan: Plan, *, all_temp_files: bool) -> None:
             path.unlink(missing_ok=True)
     full = out_dir / FULL_DIR
     with contextlib.suppress(FileNotFoundError):  # two finishing ranks may both be tidying up
-        keep = {full_dir(out_dir, k).name for k in range(plan.num_shards)} if plan.settings["save_full_resolution"] else set()
+        keep = {full_dir(out_dir, k).name for k in range(plan.num_shards)} if plan.save_full_resolution else set()
         for path in full.iterdir():
             if path.name in keep:
                 continue
@@ -171,8 +209,29 @@ def _manifest_text(manifest: dict[str, Any]) -> str:
     return json.dumps(head, indent=2)[:-2] + ',\n  "images": [\n' + lines + "\n  ]\n}\n"
 
 
-def assemble(out_dir: Path, plan: Plan, *, lone_process: bool) -> Optional[dict[str, Any]]:
+def provenance_groups(provenances: list[dict[str, Any]]) -> dict[str, Any]:
+    """Which shards were made with which speed settings, and what that means for their pixels."""
+    groups: list[dict[str, Any]] = []
+    for k, prov in enumerate(provenances):
+        for group in groups:
+            if group["provenance"] == prov:
+                group["shards"].append(k)
+                break
+        else:
+            groups.append({"shards": [k], "provenance": prov})
+    if len(groups) == 1:
+        note = ("every shard was made with the same batch size, speed levers, software and device: "
+                "a rerun with these gives the same bytes")
+    else:
+        note = (f"shards were made with {len(groups)} different speed settings (see groups): the same seeds and "
+                "pixel settings, so images agree within 1 uint8 level across groups, not bit for bit")
+    return {"note": note, "groups": groups}
+
+
+def assemble(out_dir: Path, plan: SetLayout, prompts: Sequence[str], *, lone_process: bool) -> Optional[dict[str, Any]]:
     """Write samples.png and manifest.json if every shard is present and valid; else return None.
+
+    `prompts[g]` is the prompt of image g (for the manifest).
 
     Deterministic: any process that gets here with all shards writes the same bytes, so two ranks
     finishing at once both write identical files (each through its own temp file).
@@ -185,10 +244,11 @@ def assemble(out_dir: Path, plan: Plan, *, lone_process: bool) -> Optional[dict[
     regenerations = unresolved = 0
     for k, (arrays, meta) in enumerate(shards):
         shard_entries.append({"file": shard_name(k), "sha256": sha256_file(out_dir / shard_name(k)),
-                              "first": meta["first"], "count": meta["count"], "device": meta["device"]})
+                              "first": meta["first"], "count": meta["count"], "device": meta["device"],
+                              "provenance": meta.get("provenance", {})})
         for j, g in enumerate(plan.shard_range(k)):
             c, i = plan.class_and_index(g)
-            entries.append({"class": plan.classes[c], "index": i, "prompt": plan.prompt(g),
+            entries.append({"class": plan.classes[c], "index": i, "prompt": prompts[g],
                             "seed": int(arrays["seeds"][j]), "regenerations": int(arrays["regenerations"][j]),
                             "flagged": bool(arrays["flagged"][j])})
         regenerations += int(arrays["regenerations"].sum())
@@ -206,6 +266,7 @@ def assemble(out_dir: Path, plan: Plan, *, lone_process: bool) -> Optional[dict[
         "still_flagged_blacked_out": unresolved,
         "settings": plan.settings,
         "software": software_versions(),
+        "provenance": provenance_groups([s["provenance"] for s in shard_entries]),
         "shards": shard_entries,
         "images": entries,
     }
@@ -214,11 +275,9 @@ def assemble(out_dir: Path, plan: Plan, *, lone_process: bool) -> Optional[dict[
     return manifest
 
 
-def write_sample_grid(path: Path, images: np.ndarray, plan: Plan) -> None:
+def write_sample_grid(path: Path, images: np.ndarray, plan: SetLayout) -> None:
     """A row per class with its first images, upscaled (nearest) to >= 64 px so 32² images are
     visible, the class name at the left of each row (like the paper's Fig. 8)."""
-    from PIL import Image, ImageDraw, ImageFont
-
     per_row = min(SAMPLES_PER_CLASS, plan.images_per_class)
     h, w = plan.image_size
     scale = max(1, -(-64 // min(h, w)))

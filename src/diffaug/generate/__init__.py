@@ -3,12 +3,19 @@
     python -m diffaug.generate syn1 --params params.yaml --classes data/prepared/classes.json --out data/synthetic/syn1
 
 Image i of class c gets the prompt `templates[i % len(templates)]` with {label} = the class's word,
-and a seed derived from (diffusion.seed, set, class, i, attempt) alone (seeds.py), so the output is
-the same bytes whatever the batch size, number of processes or resume point (same params, software
-and device). Images are generated at diffusion.resolution, downsampled on the device to the
-dataset's size (bilinear, antialiased: within 1 uint8 level of PIL's bilinear resize, which the
-paper used) and stored as uint8 shards with a manifest (storage.py). A killed run resumes at the
-first missing shard; shards made with other settings are deleted, never mixed in.
+and a seed derived from (diffusion.seed, set, class, i, attempt) alone (plan.py), so every image is
+meant to be the same whatever the batch size, number of processes or resume point. Its bytes are
+identical for the same batch size, device, software and speed levers; otherwise float rounding
+moves some values by at most 1 uint8 level, and each shard's provenance (in manifest.json) says
+which batch size, levers, software and GPU made it. Images are generated at diffusion.resolution,
+downsampled on the device to the dataset's size (bilinear, antialiased: within 1 uint8 level of
+PIL's bilinear resize, which the paper used) and stored as uint8 shards with a manifest
+(diffaug.formats.synthetic). A killed run resumes at the first missing shard; shards made with
+other settings are deleted, never mixed in.
+
+Modules: plan (what the set is: prompts, seeds, settings hash, cost), model (weights source,
+fingerprint, loading, levers), sampler (the denoising loop), runner (which shards this process
+makes, batches, provenance, progress), __main__ (the CLI).
 
 Consumers read a finished set without torch:
 
@@ -28,8 +35,8 @@ or with RANK/WORLD_SIZE/LOCAL_RANK exported by your scheduler (one process per G
 that writes the last shard writes manifest.json and samples.png. If shard files become visible
 late on your filesystem (NFS attribute caching) and no process saw them all, run the same command
 once more as a single process: it finds every shard valid, loads no model, and writes the
-manifest. The result equals a single-process run byte for byte. Without a shared filesystem, run
+manifest. The result equals a single-process run byte for byte (same batch size and levers). Without a shared filesystem, run
 the ranks anywhere, copy all shard-*.npz files into one directory, and run that final pass there.
 
-This package never imports diffusers, torch or dvc at import time; `storage` needs only numpy.
+This package never imports diffusers, torch or dvc at import time; the format module needs only numpy.
 """

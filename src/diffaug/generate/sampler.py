@@ -1,6 +1,6 @@
 """Our denoising loop: the math of `StableDiffusionPipeline.__call__`, arranged for throughput.
 
-Same as the pipeline (tests/test_generate.py checks the images match): the text encoder via
+Same as the pipeline (tests/test_generate_parity.py checks the images match, to float32 rounding): the text encoder via
 `pipe.encode_prompt`, initial latents from `randn_tensor` with one CPU generator per image scaled by
 `init_noise_sigma`, one UNet call per step on [uncond; cond] with `uncond + g * (cond - uncond)`,
 `scheduler.step`, `vae.decode(latents / scaling_factor)`, and the uint8 image the pipeline would
@@ -11,16 +11,25 @@ Different, for speed: every distinct prompt is encoded once per run (not per bat
 kept on the CPU for the scheduler and copied to the device once per batch for the UNet, so the loop
 never waits for the GPU (the stock pipeline's PNDM indexes a CPU table with a GPU timestep at every
 step, a sync); no progress bar inside the loop; decode, uint8 conversion and downsampling run on the
-device and the images cross to the host once per batch.
+device and the images cross to the host once per batch, together with one finiteness flag per
+image (NaN/inf latents or pixels are refused, never stored as black images).
+
+Levers (see generate/model.py): `attention` picks the SDPA kernel for the UNet, `compile` wraps the
+UNet and the VAE decoder in torch.compile (`compile_mode`, CUDA graphs = reduce-overhead), and
+`deep_cache=N` (approximate, opt-in) runs the whole UNet every N steps only (`DeepCache`).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Optional
 
+import diffusers
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers.utils.torch_utils import randn_tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 SCHEDULER_CLASSES = {  # name in params.yaml -> diffusers class, built from the model's own config
     "pndm": "PNDMScheduler",
@@ -32,8 +41,6 @@ SCHEDULER_CLASSES = {  # name in params.yaml -> diffusers class, built from the 
 
 def make_scheduler(pipe, name: str):
     """`default` is the model's own scheduler (PNDM for SD-v1.4); the others use its config."""
-    import diffusers
-
     if name == "default":
         return pipe.scheduler
     cls = getattr(diffusers, SCHEDULER_CLASSES[name])
@@ -42,10 +49,10 @@ def make_scheduler(pipe, name: str):
 
 
 def to_uint8(decoded: torch.Tensor) -> torch.Tensor:
-    """VAE output in [-1, 1] -> uint8 NCHW, bit for bit what the pipeline gives PIL.
+    """VAE output in [-1, 1] -> uint8 NCHW, the same arithmetic as the pipeline's path to PIL.
 
     The pipeline denormalises in the VAE's dtype, then (as float32 numpy) multiplies by 255 and
-    rounds half to even; torch.round rounds half to even too.
+    rounds half to even; torch.round rounds half to even too. Equal inputs give equal bytes.
     """
     return ((decoded * 0.5 + 0.5).clamp(0, 1).float() * 255).round().to(torch.uint8)
 
@@ -65,18 +72,87 @@ def downsample(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x.round_().clamp_(0, 255).to(torch.uint8)
 
 
+ATTENTION_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                      "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+
+
 @dataclass
 class BatchOutput:
     small: np.ndarray  # uint8 NHWC at the dataset size
     full: Optional[np.ndarray]  # uint8 NHWC at the generation resolution, when asked for
     flagged: list[bool]
+    finite: Optional[np.ndarray] = None  # per image: latents and decoded pixels all finite
+
+    @property
+    def all_finite(self) -> bool:
+        return self.finite is None or bool(self.finite.all())
+
+
+class DeepCache:
+    """DeepCache-style step caching (Ma et al., 2023): approximate, opt-in (diffusion.deep_cache: N).
+
+    On a full step (every N-th, the first included) the whole UNet runs and the input of its last up
+    block, the deep features, is kept. On the N - 1 steps after it only the shallow path runs:
+    conv_in, the first down block (for fresh skip connections), the last up block on the kept deep
+    features, and the output convolutions. Its arithmetic is the UNet's own (a test checks that the
+    shallow path on the features of the same step returns the full UNet's output).
+    """
+
+    def __init__(self, unet, interval: int, *, clone: bool = False):
+        self.unet, self.interval, self.clone = unet, interval, clone
+        self.features: Optional[torch.Tensor] = None
+
+    def is_full_step(self, i: int) -> bool:
+        return i % self.interval == 0
+
+    @contextlib.contextmanager
+    def capturing(self):
+        """While active, every full UNet call keeps its deep features."""
+        def keep(module, args, kwargs):
+            h = kwargs["hidden_states"]
+            self.features = h.clone() if self.clone else h  # CUDA graphs reuse their output memory
+
+        handle = self.unet.up_blocks[-1].register_forward_pre_hook(keep, with_kwargs=True)
+        try:
+            yield self
+        finally:
+            handle.remove()
+            self.features = None
+
+    def shallow(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                features: torch.Tensor) -> torch.Tensor:
+        """The UNet's output with its deep part replaced by `features` (see the class docstring)."""
+        unet = self.unet
+        emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep), None)
+        if unet.time_embed_act is not None:
+            emb = unet.time_embed_act(emb)
+        context = unet.process_encoder_hidden_states(encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=None)
+        x = unet.conv_in(sample)
+        skips: tuple[torch.Tensor, ...] = (x,)
+        first = unet.down_blocks[0]
+        if getattr(first, "has_cross_attention", False):
+            x, res = first(hidden_states=x, temb=emb, encoder_hidden_states=context)
+        else:
+            x, res = first(hidden_states=x, temb=emb)
+        skips += res
+        last = unet.up_blocks[-1]
+        skips = skips[:len(last.resnets)]  # the first skip connections feed the last up block
+        if getattr(last, "has_cross_attention", False):
+            x = last(hidden_states=features, temb=emb, res_hidden_states_tuple=skips, encoder_hidden_states=context)
+        else:
+            x = last(hidden_states=features, temb=emb, res_hidden_states_tuple=skips)
+        if unet.conv_norm_out is not None:
+            x = unet.conv_act(unet.conv_norm_out(x))
+        return unet.conv_out(x)
 
 
 class Sampler:
     """Generates batches from (seed, prompt) pairs with a loaded pipeline; see the module docstring."""
 
     def __init__(self, pipe, *, steps: int, guidance_scale: float, resolution: int, out_size: tuple[int, int],
-                 scheduler: str = "default", safety_checker: bool = True, compile: bool = False):
+                 scheduler: str = "default", safety_checker: bool = True, compile: bool = False,
+                 compile_mode: str = "default", compile_backend: str = "inductor", attention: str = "auto",
+                 deep_cache: int = 0):
         self.pipe = pipe
         self.device = pipe._execution_device
         self.dtype = pipe.unet.dtype
@@ -89,8 +165,20 @@ class Sampler:
         # The pipeline's rule: guidance only above 1, and never for guidance-distilled UNets.
         self.guided = guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
         self.check_safety = safety_checker and pipe.safety_checker is not None
-        self.unet = torch.compile(pipe.unet) if compile else pipe.unet
-        self.vae_decode = torch.compile(pipe.vae.decode) if compile else pipe.vae.decode
+        self.attention = attention
+        self.cuda_graphs = compile and compile_mode in ("reduce-overhead", "max-autotune")
+
+        def compiled(fn: Callable) -> Callable:
+            if not compile:
+                return fn
+            if compile_backend != "inductor":  # e.g. "eager": dynamo's tracing alone (CPU path checks)
+                return torch.compile(fn, backend=compile_backend)
+            return torch.compile(fn, mode=None if compile_mode == "default" else compile_mode)
+
+        self.unet = compiled(pipe.unet)
+        self.vae_decode = compiled(pipe.vae.decode)
+        self.deep_cache = DeepCache(pipe.unet, deep_cache, clone=self.cuda_graphs) if deep_cache else None
+        self.unet_shallow = compiled(self.deep_cache.shallow) if self.deep_cache else None
         self.prompt_index: dict[str, int] = {}
         self.cond: Optional[torch.Tensor] = None
         self.uncond: Optional[torch.Tensor] = None
@@ -111,8 +199,6 @@ class Sampler:
 
     def initial_latents(self, seeds: list[int]) -> torch.Tensor:
         """One CPU generator per image (as `pipe(generator=[...])` would): batching cannot change them."""
-        from diffusers.utils.torch_utils import randn_tensor
-
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         return randn_tensor((len(seeds), *self.latent_shape), generator=generators, device=self.device, dtype=self.dtype)
 
@@ -121,6 +207,22 @@ class Sampler:
         cond = torch.cat([self.cond[self.prompt_index[p]][None] for p in prompts])
         return torch.cat([self.uncond.expand(len(prompts), -1, -1), cond]) if self.guided else cond
 
+    def attention_kernels(self):
+        """The SDPA kernel for the UNet's attention (`auto`: PyTorch's own choice per call)."""
+        if self.attention == "auto":
+            return contextlib.nullcontext()
+        return sdpa_kernel([ATTENTION_BACKENDS[self.attention]])
+
+    def unet_step(self, i: int, model_input: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+        """The noise prediction for step i: the whole UNet, or DeepCache's shallow path on cached features."""
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        cache = self.deep_cache
+        if cache is not None and not cache.is_full_step(i) and cache.features is not None:
+            return self.unet_shallow(model_input, t, embeds, cache.features)
+        noise = self.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
+        return noise.clone() if self.cuda_graphs else noise  # schedulers keep past outputs; graphs reuse memory
+
     @torch.no_grad()
     def denoise(self, latents: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
         scheduler = self.scheduler
@@ -128,15 +230,22 @@ class Sampler:
         timesteps = scheduler.timesteps
         unet_timesteps = timesteps.to(self.device)
         latents = latents * scheduler.init_noise_sigma
-        for i, t in enumerate(timesteps):
-            model_input = torch.cat([latents] * 2) if self.guided else latents
-            model_input = scheduler.scale_model_input(model_input, t)
-            noise = self.unet(model_input, unet_timesteps[i], encoder_hidden_states=embeds, return_dict=False)[0]
-            if self.guided:
-                noise_uncond, noise_text = noise.chunk(2)
-                noise = noise_uncond + self.guidance_scale * (noise_text - noise_uncond)
-            latents = scheduler.step(noise, t, latents, return_dict=False)[0]
+        caching = self.deep_cache.capturing() if self.deep_cache else contextlib.nullcontext()
+        with self.attention_kernels(), caching:
+            for i, t in enumerate(timesteps):
+                latents = self.step(i, t, unet_timesteps[i], latents, embeds)
         return latents
+
+    def step(self, i: int, t: torch.Tensor, t_device: torch.Tensor, latents: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+        """One denoising step: UNet on [uncond; cond], classifier-free guidance, scheduler update."""
+        scheduler = self.scheduler
+        model_input = torch.cat([latents] * 2) if self.guided else latents
+        model_input = scheduler.scale_model_input(model_input, t)
+        noise = self.unet_step(i, model_input, t_device, embeds)
+        if self.guided:
+            noise_uncond, noise_text = noise.chunk(2)
+            noise = noise_uncond + self.guidance_scale * (noise_text - noise_uncond)
+        return scheduler.step(noise, t, latents, return_dict=False)[0]
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -161,13 +270,22 @@ class Sampler:
 
     @torch.no_grad()
     def run_batch(self, seeds: list[int], prompts: list[str], *, want_full: bool = False) -> BatchOutput:
+        n = len(seeds)
         latents = self.denoise(self.initial_latents(seeds), self.embeddings(prompts))
-        full = to_uint8(self.decode(latents))
+        decoded = self.decode(latents)
+        finite = torch.isfinite(latents).flatten(1).all(1) & torch.isfinite(decoded).flatten(1).all(1)
+        full = to_uint8(decoded)
         small = downsample(full, self.out_size).permute(0, 2, 3, 1)
-        full_cpu = full.cpu() if (self.check_safety or want_full) else None  # first host sync of the batch
-        flagged = self.safety_flags(full_cpu) if self.check_safety else [False] * len(seeds)
+        # The batch's first host sync: the small images and the finiteness flags in one copy.
+        packed = torch.cat([small.reshape(-1), finite.to(torch.uint8)]).cpu().numpy()
+        small_np, finite_np = packed[:-n].reshape(small.shape), packed[-n:].astype(bool)
+        if not finite_np.all():  # garbage: no safety check, no full-size copy; the caller refuses it
+            return BatchOutput(small=small_np, full=None, flagged=[False] * n, finite=finite_np)
+        full_cpu = full.cpu() if (self.check_safety or want_full) else None
+        flagged = self.safety_flags(full_cpu) if self.check_safety else [False] * n
         return BatchOutput(
-            small=small.cpu().numpy(),
+            small=small_np,
             full=full_cpu.permute(0, 2, 3, 1).numpy() if want_full else None,
             flagged=flagged,
+            finite=finite_np,
         )

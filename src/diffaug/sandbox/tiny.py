@@ -146,7 +146,8 @@ def tiny_diffusion_params(path: str | Path, *, safety_checker: bool = True) -> d
         "model": str(path), "revision": None, "variant": None, "dtype": "float32", "resolution": 64,
         "guidance_scale": 7.5, "steps": 3, "scheduler": "default", "seed": 0,
         "safety_checker": safety_checker, "max_regenerations": 10, "batch_size": 4,
-        "channels_last": False, "fuse_qkv": False, "compile": False, "device": "cpu", "allow_cpu": False,
+        "channels_last": False, "fuse_qkv": False, "compile": False, "compile_mode": "default", "cuda_graphs": False,
+        "attention": "auto", "deep_cache": 0, "fp8": False, "device": "cpu", "allow_cpu": False,
     }
 
 
