@@ -2,6 +2,8 @@
 #   make repro   - create .venv with pinned dependencies, then run the pipeline (dvc repro)
 #   make test    - create .venv, then run the test suite
 # plus `make demo`: the whole pipeline offline on a CPU in minutes (numbers mean nothing).
+# dvc runs each stage's `python -m diffaug...` with the python on PATH: run dvc commands of your own
+# inside the venv (`source .venv/bin/activate`); the targets below put .venv/bin on PATH themselves.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -18,8 +20,12 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
 
+# A failed run leaves nothing behind: the prepare stage creates data/raw/ for the CIFAR download,
+# so an empty data/raw/ that was not there before is removed again, and data/ if that leaves it empty
+# (an archive placed there is kept).
 repro: venv
-	$(BIN)/dvc repro
+	@test -d data/raw && raw=kept || raw=new; \
+	$(BIN)/dvc repro || { rc=$$?; test $$raw = new && rmdir -p data/raw 2>/dev/null; exit $$rc; }
 
 demo: venv
 	$(BIN)/python -m diffaug.sandbox.demo
