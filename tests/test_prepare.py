@@ -94,6 +94,7 @@ def test_cifar_offline_without_archive_says_where_to_put_it(tmp_path, monkeypatc
         make_splits(dataset_cfg(name="cifar10"), tmp_path / "raw")
     archive, md5 = CIFAR_ARCHIVES["cifar10"]
     assert f"place the official archive {archive} (md5 {md5}) at {tmp_path / 'raw' / archive}" in str(err.value)
+    assert not (tmp_path / "raw").exists()  # a failed download leaves no empty folder behind
     (tmp_path / "raw").mkdir(exist_ok=True)
     (tmp_path / "raw" / archive).write_bytes(b"not the archive")
     with pytest.raises(UserError, match="md5 does not match the official cifar10 archive"):

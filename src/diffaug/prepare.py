@@ -11,6 +11,7 @@ unpickles anything; no other pickle is ever read (npz files are loaded with allo
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +39,15 @@ def _load_cifar(kind: str, raw: Path, train: bool) -> Split:
     where = raw / archive
     if where.exists() and not check_integrity(str(where), md5):
         raise UserError(f"{where}: md5 does not match the official {kind} archive ({md5}); replace it with the original file")
+    created = [p for p in (raw, *raw.parents) if not p.exists()]  # what a failed download must not leave behind
     try:
         # download=True downloads only when the archive is absent; torchvision checks md5 sums of the
         # archive and of each extracted batch before unpickling it.
         ds = cls(root=str(raw), train=train, download=True)
     except Exception as e:  # no network: URLError, socket errors, http errors
+        for folder in created:  # innermost first; only folders still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise UserError(
             f"{kind}: could not download ({type(e).__name__}); with no network, place the official archive "
             f"{archive} (md5 {md5}) at {where} and rerun"

@@ -7,6 +7,7 @@ the wrong normalisation: feed `torch.from_numpy(images_nhwc).permute(0, 3, 1, 2)
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,16 @@ def non_finite(state: dict[str, torch.Tensor]) -> list[str]:
     return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
+def state_sha256(state: dict[str, torch.Tensor]) -> str:
+    """Content hash of a state_dict (names, dtypes, shapes, bytes): a flipped bit anywhere changes it."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def require_files(paths: list[Path], hint: str) -> None:
     """One line for the first trained-model file that is absent (before any work is done)."""
     for path in paths:
@@ -68,7 +79,7 @@ def save_trained(path: str | Path, model: ImageClassifier, meta: dict[str, Any])
     if bad:
         raise ValueError(f"save_trained: {len(bad)} tensors hold nan/inf (first: {bad[0]}); not saved")
     with atomic_path(path) as tmp:
-        torch.save({"state_dict": state, **{k: meta[k] for k in META_KEYS}}, tmp)
+        torch.save({"state_dict": state, "state_sha256": state_sha256(state), **{k: meta[k] for k in META_KEYS}}, tmp)
 
 
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[ImageClassifier, dict[str, Any]]:
@@ -86,7 +97,11 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     except Exception as e:  # a truncated or foreign file: name it, in one line
         first = str(e).splitlines()[0][:160] if str(e) else ""
         raise UserError(f"{path}: not a trained-model file ({type(e).__name__}: {first}); {RERUN}") from None
-    bad = non_finite(state) if isinstance(state, dict) else []
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path}: not a trained-model file (no tensor state_dict); {RERUN}")
+    if "state_sha256" in saved and saved["state_sha256"] != state_sha256(state):
+        raise UserError(f"{path}: weights differ from the sha256 stored with them (corrupt or modified file); {RERUN}")
+    bad = non_finite(state)
     if bad:
         raise UserError(f"{path}: {len(bad)} weight tensors hold nan/inf (first: {bad[0]}); the run diverged, "
                         f"lower the learning rate and {RERUN}")
