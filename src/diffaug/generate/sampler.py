@@ -94,56 +94,80 @@ class DeepCache:
     On a full step (every N-th, the first included) the whole UNet runs and the input of its last up
     block, the deep features, is kept. On the N - 1 steps after it only the shallow path runs:
     conv_in, the first down block (for fresh skip connections), the last up block on the kept deep
-    features, and the output convolutions. Its arithmetic is the UNet's own (a test checks that the
-    shallow path on the features of the same step returns the full UNet's output).
+    features, and the output convolutions. Both paths are the UNet's own forward arithmetic, spelled
+    out for the SD-v1 UNet (no class/added embeddings, no adapters); tests check that `full` equals
+    the UNet's output and that `shallow` on the same step's features does too.
     """
 
-    def __init__(self, unet, interval: int, *, clone: bool = False):
-        self.unet, self.interval, self.clone = unet, interval, clone
-        self.features: Optional[torch.Tensor] = None
+    def __init__(self, unet, interval: int):
+        self.unet, self.interval = unet, interval
 
     def is_full_step(self, i: int) -> bool:
         return i % self.interval == 0
 
-    @contextlib.contextmanager
-    def capturing(self):
-        """While active, every full UNet call keeps its deep features."""
-        def keep(module, args, kwargs):
-            h = kwargs["hidden_states"]
-            self.features = h.clone() if self.clone else h  # CUDA graphs reuse their output memory
-
-        handle = self.unet.up_blocks[-1].register_forward_pre_hook(keep, with_kwargs=True)
-        try:
-            yield self
-        finally:
-            handle.remove()
-            self.features = None
-
-    def shallow(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                features: torch.Tensor) -> torch.Tensor:
-        """The UNet's output with its deep part replaced by `features` (see the class docstring)."""
+    def _embed(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor):
         unet = self.unet
         emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep), None)
         if unet.time_embed_act is not None:
             emb = unet.time_embed_act(emb)
         context = unet.process_encoder_hidden_states(encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=None)
-        x = unet.conv_in(sample)
-        skips: tuple[torch.Tensor, ...] = (x,)
-        first = unet.down_blocks[0]
-        if getattr(first, "has_cross_attention", False):
-            x, res = first(hidden_states=x, temb=emb, encoder_hidden_states=context)
-        else:
-            x, res = first(hidden_states=x, temb=emb)
-        skips += res
-        last = unet.up_blocks[-1]
-        skips = skips[:len(last.resnets)]  # the first skip connections feed the last up block
-        if getattr(last, "has_cross_attention", False):
-            x = last(hidden_states=features, temb=emb, res_hidden_states_tuple=skips, encoder_hidden_states=context)
-        else:
-            x = last(hidden_states=features, temb=emb, res_hidden_states_tuple=skips)
+        return emb, context
+
+    @staticmethod
+    def _down(block, x, emb, context):
+        if getattr(block, "has_cross_attention", False):
+            return block(hidden_states=x, temb=emb, encoder_hidden_states=context)
+        return block(hidden_states=x, temb=emb)
+
+    @staticmethod
+    def _up(block, x, emb, skips, context, upsample_size=None):
+        if getattr(block, "has_cross_attention", False):
+            return block(hidden_states=x, temb=emb, res_hidden_states_tuple=skips, encoder_hidden_states=context,
+                         upsample_size=upsample_size)
+        return block(hidden_states=x, temb=emb, res_hidden_states_tuple=skips, upsample_size=upsample_size)
+
+    def _out(self, x: torch.Tensor) -> torch.Tensor:
+        unet = self.unet
         if unet.conv_norm_out is not None:
             x = unet.conv_act(unet.conv_norm_out(x))
         return unet.conv_out(x)
+
+    def full(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the UNet's output, the deep features: the input of its last up block)."""
+        unet = self.unet
+        factor = 2 ** unet.num_upsamplers
+        odd_size = any(d % factor != 0 for d in sample.shape[-2:])
+        emb, context = self._embed(sample, timestep, encoder_hidden_states)
+        x = unet.conv_in(sample)
+        skips: tuple[torch.Tensor, ...] = (x,)
+        for block in unet.down_blocks:
+            x, res = self._down(block, x, emb, context)
+            skips += res
+        if unet.mid_block is not None:
+            if getattr(unet.mid_block, "has_cross_attention", False):
+                x = unet.mid_block(x, emb, encoder_hidden_states=context)
+            else:
+                x = unet.mid_block(x, emb)
+        features = x
+        for i, block in enumerate(unet.up_blocks):
+            final = i == len(unet.up_blocks) - 1
+            res, skips = skips[-len(block.resnets):], skips[:-len(block.resnets)]
+            if final:
+                features = x
+            x = self._up(block, x, emb, res, context, skips[-1].shape[2:] if (odd_size and not final) else None)
+        return self._out(x), features
+
+    def shallow(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                features: torch.Tensor) -> torch.Tensor:
+        """The UNet's output with its deep part replaced by `features` (see the class docstring)."""
+        unet = self.unet
+        emb, context = self._embed(sample, timestep, encoder_hidden_states)
+        x = unet.conv_in(sample)
+        _, res = self._down(unet.down_blocks[0], x, emb, context)
+        last = unet.up_blocks[-1]
+        skips = ((x,) + tuple(res))[:len(last.resnets)]  # the first skip connections feed the last up block
+        return self._out(self._up(last, features, emb, skips, context))
 
 
 class Sampler:
@@ -177,8 +201,10 @@ class Sampler:
 
         self.unet = compiled(pipe.unet)
         self.vae_decode = compiled(pipe.vae.decode)
-        self.deep_cache = DeepCache(pipe.unet, deep_cache, clone=self.cuda_graphs) if deep_cache else None
+        self.deep_cache = DeepCache(pipe.unet, deep_cache) if deep_cache else None
+        self.unet_full = compiled(self.deep_cache.full) if self.deep_cache else None
         self.unet_shallow = compiled(self.deep_cache.shallow) if self.deep_cache else None
+        self.features: Optional[torch.Tensor] = None  # DeepCache's deep features from the last full step
         self.prompt_index: dict[str, int] = {}
         self.cond: Optional[torch.Tensor] = None
         self.uncond: Optional[torch.Tensor] = None
@@ -214,13 +240,17 @@ class Sampler:
         return sdpa_kernel([ATTENTION_BACKENDS[self.attention]])
 
     def unet_step(self, i: int, model_input: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
-        """The noise prediction for step i: the whole UNet, or DeepCache's shallow path on cached features."""
+        """The noise prediction for step i: the whole UNet, or DeepCache's shallow path on kept features."""
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        cache = self.deep_cache
-        if cache is not None and not cache.is_full_step(i) and cache.features is not None:
-            return self.unet_shallow(model_input, t, embeds, cache.features)
-        noise = self.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
+        if self.deep_cache is None:
+            noise = self.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
+        elif self.deep_cache.is_full_step(i):
+            noise, self.features = self.unet_full(model_input, t, embeds)
+            if self.cuda_graphs:  # kept across steps, so out of the graphs' reused memory
+                self.features = self.features.clone()
+        else:
+            noise = self.unet_shallow(model_input, t, embeds, self.features)
         return noise.clone() if self.cuda_graphs else noise  # schedulers keep past outputs; graphs reuse memory
 
     @torch.no_grad()
@@ -230,10 +260,10 @@ class Sampler:
         timesteps = scheduler.timesteps
         unet_timesteps = timesteps.to(self.device)
         latents = latents * scheduler.init_noise_sigma
-        caching = self.deep_cache.capturing() if self.deep_cache else contextlib.nullcontext()
-        with self.attention_kernels(), caching:
+        with self.attention_kernels():
             for i, t in enumerate(timesteps):
                 latents = self.step(i, t, unet_timesteps[i], latents, embeds)
+        self.features = None
         return latents
 
     def step(self, i: int, t: torch.Tensor, t_device: torch.Tensor, latents: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:

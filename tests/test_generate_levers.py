@@ -1,0 +1,238 @@
+"""Speed and approximate levers, provenance and non-finite refusal (issues 9 and 10), on the tiny pipeline.
+
+Default lever choice and its stated reasons; every approximate lever off unless asked for and in
+the settings hash when on; per-shard provenance in the manifest; a resume at another batch size
+that continues and says so; DeepCache's arithmetic; NaN/inf refused with one line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from test_generate import CLASSES, cli_args, files, generate, write_inputs
+
+from diffaug.config import DiffusionConfig, load_config
+from diffaug.formats import synthetic as storage
+from diffaug.generate.__main__ import main
+from diffaug.generate.model import Levers, choose_levers, quiet_libraries
+from diffaug.generate.plan import build_plan, compile_pays_after
+from diffaug.generate.sampler import DeepCache, Sampler
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPTS = ["a photo of a car", "airplane", "bird", "car"]
+SEEDS = [3, 1, 4, 1 << 40]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def load(path: Path):
+    from diffusers import StableDiffusionPipeline
+
+    quiet_libraries()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        pipe = StableDiffusionPipeline.from_pretrained(str(path), torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# ----------------------------------------------------------------------------- defaults and their reasons
+def test_default_levers_are_the_measured_ones_and_approximations_are_off():
+    dif = DiffusionConfig()
+    assert (dif.channels_last, dif.fuse_qkv, dif.compile, dif.cuda_graphs, dif.attention) == (False, True, "auto", False, "auto")
+    assert dif.deep_cache == 0 and dif.fp8 is False and dif.scheduler == "default" and dif.steps == 50
+    shipped = yaml.safe_load((REPO / "params.yaml").read_text())["diffusion"]
+    assert shipped["channels_last"] is False and shipped["compile"] == "auto"
+    assert shipped["deep_cache"] == 0 and shipped["fp8"] is False and shipped["scheduler"] == "default" and shipped["steps"] == 50
+
+
+def test_compile_auto_is_eager_on_cpu_and_for_small_runs_and_says_why():
+    dif = DiffusionConfig()
+    needed = compile_pays_after(dif)
+    assert 200 < needed < 5000  # ~1,200 images at the paper's settings on an H100 (plan.py's measured rates)
+    cpu = choose_levers(dif, "cpu", 50_000)
+    assert not cpu.compile and "eager on cpu" in cpu.reason
+    small = choose_levers(dif, "cuda", needed - 1)
+    assert not small.compile and f"{needed - 1} images < {needed}" in small.reason
+    big = choose_levers(dif, "cuda", 50_000)
+    assert big.compile and "50000 images >=" in big.reason and big.inductor_mode == "default"
+    forced = choose_levers(dataclasses.replace(dif, compile=True), "cpu", 1)
+    assert forced.compile and forced.reason == "diffusion.compile: true"
+    off = choose_levers(dataclasses.replace(dif, compile=False), "cuda", 50_000)
+    assert not off.compile and off.reason == "diffusion.compile: false"
+    # CUDA graphs are inductor's reduce-overhead mode (max-autotune with them when autotuning).
+    assert Levers(compile=True, cuda_graphs=True).inductor_mode == "reduce-overhead"
+    assert Levers(compile=True, cuda_graphs=True, compile_mode="max-autotune-no-cudagraphs").inductor_mode == "max-autotune"
+    # A slower compile mode needs a longer run to pay for itself.
+    assert compile_pays_after(dif, "max-autotune-no-cudagraphs") > needed
+
+
+def test_cli_states_the_lever_choice(tiny_sd, tmp_path, capsys):
+    params, classes = write_inputs(tmp_path, tiny_sd, diffusion={"compile": "auto"}, synthetic={"images_per_class": 1})
+    assert main(cli_args(params, classes, tmp_path / "out")) == 0
+    err = capsys.readouterr().err
+    assert "compile: auto stays eager on cpu" in err and "batch 3, fused QKV False, channels_last False" in err
+
+
+@pytest.mark.parametrize("change", [{"deep_cache": 3}, {"fp8": True}, {"scheduler": "dpmsolver++", "steps": 20}])
+def test_each_approximate_lever_changes_the_settings_hash(tiny_sd, tmp_path, change):
+    def plan_hash(**diffusion):
+        params, _ = write_inputs(tmp_path / str(len(list(tmp_path.iterdir()))), tiny_sd, diffusion=diffusion)
+        return build_plan(load_config(params), "syn1", CLASSES, (32, 32), "fp")
+
+    base, approx = plan_hash(), plan_hash(**change)
+    assert approx.settings_hash != base.settings_hash
+    assert all(approx.settings["diffusion"][k] == v for k, v in change.items())
+    assert "deep_cache" not in base.settings["diffusion"] and "fp8" not in base.settings["diffusion"]  # off: as before they existed
+
+
+@pytest.mark.parametrize("value, message", [(1, "diffusion.deep_cache"), ("sometimes", "diffusion.compile"),
+                                            ("xformers", "diffusion.attention")])
+def test_bad_lever_values_are_one_line(tiny_sd, tmp_path, capsys, value, message):
+    key = message.split(".")[1]
+    params, classes = write_inputs(tmp_path, tiny_sd, diffusion={key: value})
+    with pytest.raises(SystemExit) as exit_info:
+        main(cli_args(params, classes, tmp_path / "out"))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and message in err
+
+
+def test_fp8_on_a_cpu_is_refused_with_one_line(tiny_sd, tmp_path, capsys):
+    params, classes = write_inputs(tmp_path, tiny_sd, diffusion={"fp8": True})
+    with pytest.raises(SystemExit) as exit_info:
+        main(cli_args(params, classes, tmp_path / "out"))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "diffusion.fp8" in err and "CUDA" in err
+    assert not list((tmp_path / "out").glob("shard-*"))
+
+
+# ----------------------------------------------------------------------------- non-finite values
+def test_infinite_guidance_is_rejected_before_any_work(tiny_sd, tmp_path, capsys):
+    params, classes = write_inputs(tmp_path, tiny_sd)
+    params.write_text(params.read_text().replace("guidance_scale: 7.5", "guidance_scale: .inf"))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(cli_args(params, classes, out))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "diffusion.guidance_scale" in err
+    assert not out.exists()
+
+
+def test_nan_images_stop_the_run_with_one_line_and_write_no_shard(tiny_sd, tmp_path, capsys, monkeypatch):
+    decode = Sampler.decode
+    monkeypatch.setattr(Sampler, "decode", lambda self, latents: decode(self, latents) * float("nan"))
+    params, classes = write_inputs(tmp_path, tiny_sd)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(cli_args(params, classes, out))
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and err.startswith("error: syn1: shard 0 (shard-00000.npz), batch 0:")
+    assert "non-finite" in err and "diffusion.dtype" in err
+    assert not list(out.glob("shard-*.npz")) and not (out / "manifest.json").exists()
+
+
+# ----------------------------------------------------------------------------- provenance and resume
+def test_every_shard_records_how_it_was_made(tiny_sd, tmp_path):
+    params, classes = write_inputs(tmp_path, tiny_sd, synthetic={"images_per_class": 2})
+    out = generate(params, classes, tmp_path / "out")
+    manifest = json.loads((out / "manifest.json").read_text())
+    for shard in manifest["shards"]:
+        prov = shard["provenance"]
+        assert prov["batch_size"] == 3 and prov["device"] == "cpu" and prov["gpu"] is None
+        assert prov["torch"] == torch.__version__ and prov["diffusers"] and "cuda" in prov
+        assert {"fuse_qkv", "channels_last", "compile", "compile_mode", "attention"} <= set(prov)
+    groups = manifest["provenance"]["groups"]
+    assert len(groups) == 1 and groups[0]["shards"] == list(range(3)) and "same bytes" in manifest["provenance"]["note"]
+
+
+def test_resume_with_another_batch_size_continues_and_the_manifest_says_so(tiny_sd, tmp_path):
+    params, classes = write_inputs(tmp_path / "a", tiny_sd)
+    out = generate(params, classes, tmp_path / "out")
+    before = files(out)
+    for k in (4, 5):  # as if the run had been killed after shard 3
+        (out / storage.shard_name(k)).unlink()
+    (out / "manifest.json").unlink()
+    other, _ = write_inputs(tmp_path / "b", tiny_sd, diffusion={"batch_size": 2})
+    generate(other, classes, out)
+    after = files(out)
+    assert all(after[storage.shard_name(k)] == before[storage.shard_name(k)] for k in range(4)), "finished shards kept"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [s["provenance"]["batch_size"] for s in manifest["shards"]] == [3, 3, 3, 3, 2, 2]
+    groups = manifest["provenance"]["groups"]
+    assert [g["shards"] for g in groups] == [[0, 1, 2, 3], [4, 5]]
+    assert [g["provenance"]["batch_size"] for g in groups] == [3, 2]
+    assert "2 different speed settings" in manifest["provenance"]["note"] and "1 uint8 level" in manifest["provenance"]["note"]
+    ref = generate(params, classes, tmp_path / "ref")
+    diff = np.abs(storage.load_synthetic(ref)[0].astype(int) - storage.load_synthetic(out)[0])
+    assert diff.max() <= 1
+
+
+def test_batch_size_differences_on_this_cpu_are_at_most_one_level(tiny_sd):
+    """The README's CPU figure: the same 24 images at batch 1, 4 and 8; fraction of uint8 values that differ."""
+    pipe = load(tiny_sd)
+    s = Sampler(pipe, steps=8, guidance_scale=7.5, resolution=64, out_size=(32, 32))
+    s.encode_prompts(sorted(set(PROMPTS)), None)
+    seeds, prompts = list(range(24)), [PROMPTS[i % 4] for i in range(24)]
+
+    def images(batch):
+        return np.concatenate([s.run_batch(seeds[i:i + batch], prompts[i:i + batch], want_full=True).full
+                               for i in range(0, 24, batch)]).astype(int)
+
+    one = images(1)
+    for batch in (4, 8):
+        diff = np.abs(images(batch) - one)
+        assert diff.max() <= 1, (batch, diff.max())
+        print(f"batch {batch} vs 1: {np.mean(diff > 0):.4%} of uint8 values differ (max {diff.max()})")
+
+
+# ----------------------------------------------------------------------------- DeepCache
+def test_deep_cache_paths_are_the_unets_own_arithmetic(tiny_sd):
+    pipe = load(tiny_sd)
+    unet = pipe.unet
+    g = torch.Generator().manual_seed(0)
+    sample = torch.randn((2, 4, 8, 8), generator=g)
+    context = torch.randn((2, 77, unet.config.cross_attention_dim), generator=g)
+    t = torch.tensor(500)
+    cache = DeepCache(unet, 3)
+    with torch.no_grad():
+        reference = unet(sample, t, encoder_hidden_states=context, return_dict=False)[0]
+        out, features = cache.full(sample, t, context)
+        assert torch.equal(out, reference)
+        assert torch.equal(cache.shallow(sample, t, context, features), reference)
+        other = cache.shallow(sample, torch.tensor(400), context, features)  # a later step reuses the features
+    assert not torch.equal(other, reference)
+    assert [cache.is_full_step(i) for i in range(7)] == [True, False, False, True, False, False, True]
+
+
+def test_deep_cache_is_off_by_default_and_changes_images_when_on(tiny_sd):
+    pipe = load(tiny_sd)
+
+    def run(**levers):
+        s = Sampler(pipe, steps=8, guidance_scale=7.5, resolution=64, out_size=(32, 32), **levers)
+        s.encode_prompts(sorted(set(PROMPTS)), None)
+        return s.run_batch(SEEDS, PROMPTS, want_full=True).full.astype(int)
+
+    exact = run()
+    assert Sampler(pipe, steps=8, guidance_scale=7.5, resolution=64, out_size=(32, 32)).deep_cache is None
+    cached = run(deep_cache=2)
+    assert np.abs(cached - exact).mean() > 0.1  # an approximation, measurably so
+    assert np.array_equal(run(deep_cache=100), run(deep_cache=100)) and np.abs(run(deep_cache=100) - exact).max() > 0
+
+
+def test_attention_backend_and_dynamo_compile_keep_the_images(tiny_sd):
+    pipe = load(tiny_sd)
+
+    def run(**levers):
+        s = Sampler(pipe, steps=4, guidance_scale=7.5, resolution=64, out_size=(32, 32), **levers)
+        s.encode_prompts(sorted(set(PROMPTS)), None)
+        return s.run_batch(SEEDS, PROMPTS, want_full=True).full.astype(int)
+
+    exact = run()
+    assert np.abs(run(attention="math") - exact).max() <= 1
+    assert np.abs(run(compile=True, compile_backend="eager") - exact).max() <= 1
