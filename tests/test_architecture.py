@@ -18,6 +18,7 @@ UNLISTED = {
     "diffaug.config": "params are deps of their own (each stage lists the params it reads); the schema "
                       "only validates them, and listing it would retrain the grid on every new knob",
     "diffaug.formats": "the formats package marker: a docstring",
+    "diffaug.cli": "the shared --params/--prepared/--synthetic arguments: paths, never results",
     "diffaug.errors": "one-line error types: they decide messages, never outputs",
     "diffaug.io": "atomic writes and hashes: they decide how a file is written, never what is in it",
     "diffaug.devices": "picks cpu/cuda from the params' device value, which the stages record",

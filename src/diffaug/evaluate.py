@@ -20,12 +20,12 @@ Writes:
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from diffaug.cli import stage_parser
 from diffaug.config import SYNTHETIC_SETS, Config, load_config
 from diffaug.devices import resolve_device
 from diffaug.errors import exit_on_error
@@ -120,10 +120,7 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
 
 @exit_on_error
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--prepared", type=Path, default=Path("data/prepared"))
-    ap.add_argument("--synthetic", type=Path, default=Path("data/synthetic"))
+    ap = stage_parser("python -m diffaug.evaluate", __doc__.splitlines()[0], data_dirs=True)
     ap.add_argument("--models", type=Path, required=True, help="models/<model>: one folder per mixture")
     ap.add_argument("--out", type=Path, default=Path("metrics/evaluate"))
     ap.add_argument("--summary", type=Path, default=Path("metrics/summary.json"))

@@ -10,7 +10,6 @@ unpickles anything; no other pickle is ever read (npz files are loaded with allo
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.utils import check_integrity
 
+from diffaug.cli import stage_parser
 from diffaug.config import Config, DatasetConfig, load_config
 from diffaug.errors import UserError, exit_on_error
 from diffaug.formats.splits import Split, read_npz_split, save_split, write_classes
@@ -143,8 +143,7 @@ def make_splits(ds: DatasetConfig, raw: Path) -> tuple[Split, Split, Split]:
 
 @exit_on_error
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml")
+    ap = stage_parser("python -m diffaug.prepare", __doc__.splitlines()[0])
     ap.add_argument("--raw", type=Path, default=Path("data/raw"), help="where dataset archives are (downloaded) kept")
     ap.add_argument("--out", type=Path, default=Path("data/prepared"))
     args = ap.parse_args(argv)

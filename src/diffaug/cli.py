@@ -1,0 +1,17 @@
+"""The command line every stage shares: `--params`, the data folders, and one-line usage errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffaug.errors import OneLineParser
+
+
+def stage_parser(prog: str, description: str, *, data_dirs: bool = False) -> OneLineParser:
+    """A parser with `--params` (and, with `data_dirs`, `--prepared` / `--synthetic`) whose usage
+    errors are one line and exit 2 like every other bad input."""
+    parser = OneLineParser(prog=prog, description=description)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the pipeline's params.yaml")
+    if data_dirs:
+        parser.add_argument("--prepared", type=Path, default=Path("data/prepared"), help="the prepare stage's output")
+        parser.add_argument("--synthetic", type=Path, default=Path("data/synthetic"), help="one folder per synthetic set")
+    return parser
