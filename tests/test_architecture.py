@@ -11,7 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 PACKAGE = SRC / "diffaug"
 
-STAGES = ("diffaug.prepare", "diffaug.generate", "diffaug.mixtures", "diffaug.train", "diffaug.evaluate", "diffaug.report")
+STAGES = ("diffaug.prepare", "diffaug.generate", "diffaug.mixtures", "diffaug.filtering", "diffaug.train", "diffaug.evaluate",
+          "diffaug.report", "diffaug.export")
 # Imported by stages but deliberately not dvc.yaml deps: none of them decides a result's bytes.
 UNLISTED = {
     "diffaug": "the package marker: a docstring and a version string",

@@ -3,7 +3,7 @@
     python -m diffaug.evaluate --params params.yaml --prepared data/prepared --synthetic data/synthetic \
         --models models/<model> --out metrics/evaluate --summary metrics/summary.json
 
-Cells come from params (`model` x `mixes` x `train.seeds`), never from globbing models/, so
+Cells come from params (`model` x (`mixes` + `filtered_mixes`) x `train.seeds`), never from globbing models/, so
 leftovers of earlier experiments cannot leak into the table. The test split is read here only.
 
 Writes:
@@ -69,11 +69,11 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
     test = load_split(prepared / "test.npz")
     classes, seeds = test.classes, cfg.train.seeds
     # Check every weight file before any work, so a missing cell fails fast and writes nothing.
-    for mix in cfg.mixes:
+    for mix in cfg.trained_mixes:
         require_files([models / mix / f"seed-{s}.pt" for s in seeds], f"train@{cfg.model}-{mix} has not run (dvc repro)")
 
     results, confusion = {}, []
-    for mix in cfg.mixes:
+    for mix in cfg.trained_mixes:
         runs = [scores(predict(models / mix / f"seed-{s}.pt", test.images, cfg.evaluate.batch_size, device), test.labels, len(classes))
                 for s in seeds]
         accs = np.array([r["acc"] for r in runs])
@@ -92,7 +92,7 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
             quality["recognisability"][name] = {
                 "classifier": f"{cfg.model}-{reference}", "acc": float(np.mean([r["acc"] for r in runs])),
                 "per_class": dict(zip(classes, np.mean([r["per_class"] for r in runs], axis=0).tolist()))}
-    for mix in cfg.mixes:
+    for mix in cfg.trained_mixes:
         if set(cfg.mixtures[mix]) <= set(SYNTHETIC_SETS):
             quality["train_on_synthetic"][mix] = {"acc": results[mix]["acc"], "per_class": dict(zip(classes, results[mix]["per_class"]))}
 
@@ -112,7 +112,7 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
     write_json_atomic(out / "synthetic_quality.json", quality)
     if train_metrics is not None and curves is not None:  # first seed's curve per mixture, for `dvc plots`
         curves.mkdir(parents=True, exist_ok=True)
-        for mix in cfg.mixes:
+        for mix in cfg.trained_mixes:
             write_curves(curves / f"{mix}.tsv", read_live_curves(train_metrics / mix / f"seed-{seeds[0]}"))
     write_json_atomic(summary_path, summary)
     return summary

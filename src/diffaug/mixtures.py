@@ -8,6 +8,9 @@ mixtures: orig50 is the same half of the real images in orig50, orig50_syn1_50 a
 which keeps the comparison between mixtures about the data added, not about which half was drawn.
 rot90 / vflip rows are copies of the same real images that orig drew (the Fig. 7 baselines).
 
+A mixture with a `filter:` is written as `<mix>.unfiltered.npz`, its draw before filtering; its own
+stage filter@<mix> (src/diffaug/filtering.py) drops images from it once the classifier exists.
+
 Each `<mix>.npz` also records a digest of every source it draws from, so the file changes exactly
 when its own data changes: a train cell depends on its mixture file alone and is not rerun when
 another mixture, or a synthetic set it does not use, changes. `<mix>.json` holds the composition
@@ -15,15 +18,15 @@ another mixture, or a synthetic set it does not use, changes. `<mix>.json` holds
 """
 from __future__ import annotations
 
-import argparse
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from diffaug.cli import stage_parser
 from diffaug.config import SOURCES, SYNTHETIC_SETS, Config, load_config
 from diffaug.errors import UserError, exit_on_error
-from diffaug.formats.mixture import COPY_TRANSFORMS, MixtureIndex, pool_digest, write_mixture
+from diffaug.formats.mixture import COPY_TRANSFORMS, MixtureIndex, pool_digest, unfiltered_name, write_mixture
 from diffaug.formats.splits import load_split
 from diffaug.formats import synthetic
 from diffaug.io import write_json_atomic
@@ -93,7 +96,9 @@ def build(cfg: Config, prepared: Path, synthetic_root: Path, out: Path) -> dict[
             sel = codes == code
             mix_labels[sel] = labels[SOURCES[code]][rows[sel]]
         used = [s for s in SOURCES if s in sources]
-        write_mixture(out / f"{mix}.npz", MixtureIndex(codes, rows, mix_labels, list(SOURCES), train.classes,
+        # a filtered mixture's draw, before its filter@ stage drops images: never trained on as it is
+        stem = unfiltered_name(mix) if mix in cfg.filters else mix
+        write_mixture(out / f"{stem}.npz", MixtureIndex(codes, rows, mix_labels, list(SOURCES), train.classes,
                                                        used, [digests[s] for s in used]))
         composition = {
             "mixture": mix, "fractions": sources, "seed": cfg.mixture_seed, "total": int(len(rows)),
@@ -101,17 +106,16 @@ def build(cfg: Config, prepared: Path, synthetic_root: Path, out: Path) -> dict[
             "per_class": {s: dict(zip(train.classes, counts[s])) for s in used},
             "source_digests": {s: digests[s] for s in used},
         }
-        write_json_atomic(out / f"{mix}.json", composition)
+        if mix in cfg.filters:
+            composition["filter"] = "pending: filter@" + mix + " writes the filtered mixture to data/filtered/"
+        write_json_atomic(out / f"{stem}.json", composition)
         summary[mix] = composition
     return summary
 
 
 @exit_on_error
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--prepared", type=Path, default=Path("data/prepared"))
-    ap.add_argument("--synthetic", type=Path, default=Path("data/synthetic"))
+    ap = stage_parser("python -m diffaug.mixtures", __doc__.splitlines()[0], data_dirs=True)
     ap.add_argument("--out", type=Path, default=Path("data/mixtures"))
     args = ap.parse_args(argv)
     cfg = load_config(args.params)

@@ -12,6 +12,7 @@ ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "vgg16", "densenet121")
 SYNTHETIC_SETS = ("syn1", "syn2")
 SOURCES = ("orig", "rot90", "vflip") + SYNTHETIC_SETS
 SCHEDULERS = ("default", "pndm", "ddim", "dpmsolver++", "euler")
+FILTER_BY = ("confidence", "clip")
 
 
 # ----------------------------------------------------------------------------- sections
@@ -131,19 +132,50 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class MixtureFilter:
+    """`mixtures.<name>.filter`: drop the synthetic images of a mixture's draw that a classifier finds
+    implausible (ALIA: confidence of the real-data classifier; He et al.: CLIP image-text similarity).
+    Exactly one of `threshold` (keep scores >= it) or `keep_fraction` (the best-scored share, per class)."""
+
+    by: Literal[FILTER_BY] = "confidence"  # type: ignore[valid-type]
+    threshold: Optional[float] = None
+    keep_fraction: Optional[float] = None
+    classifier_mix: str = "orig100"  # the real-only cell whose first seed's weights score the images
+
+
+@dataclass(frozen=True)
 class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     mixture_seed: int = 0
-    mixtures: dict[str, dict[str, float]] = field(default_factory=dict)
+    # name -> {source: fraction}, plus an optional `filter:` mapping (a MixtureFilter). At construction
+    # the filters move to `filters`, so `mixtures` maps every name to fractions only.
+    mixtures: dict[str, dict[str, Union[float, MixtureFilter]]] = field(default_factory=dict)
     model: Literal[ARCHITECTURES] = "resnet18"  # type: ignore[valid-type]
     mixes: list[str] = field(default_factory=list)
+    filtered_mixes: list[str] = field(default_factory=list)  # mixtures with a filter: trained after their classifier
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def __post_init__(self) -> None:
+        filters = {m: s["filter"] for m, s in self.mixtures.items() if isinstance(s.get("filter"), MixtureFilter)}
+        object.__setattr__(self, "_filters", filters)
+        object.__setattr__(self, "mixtures", {m: {k: v for k, v in s.items() if not (k == "filter" and m in filters)}
+                                              for m, s in self.mixtures.items()})
+
+    @property
+    def filters(self) -> dict[str, MixtureFilter]:
+        """The mixtures that carry a `filter:`, and their filters."""
+        return self._filters  # type: ignore[attr-defined]
+
+    @property
+    def trained_mixes(self) -> list[str]:
+        """Every cell's mixture: `mixes`, then `filtered_mixes` (trained by train_filtered@)."""
+        return list(self.mixes) + [m for m in self.filtered_mixes if m not in self.mixes]
 
     @property
     def synthetic_sets_used(self) -> list[str]:
         """Synthetic sets that some trained mixture draws from (in SYNTHETIC_SETS order)."""
-        used = {s for m in self.mixes for s in self.mixtures[m]}
+        used = {s for m in self.trained_mixes for s in self.mixtures[m]}
         return [s for s in SYNTHETIC_SETS if s in used]

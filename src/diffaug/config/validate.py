@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import string
 
-from diffaug.config.schema import SOURCES, SYNTHETIC_SETS, Config
+from diffaug.config.schema import SOURCES, SYNTHETIC_SETS, Config, MixtureFilter
 from diffaug.errors import ConfigError
 
 def _template_fields(template: str) -> set[str]:
@@ -74,6 +74,10 @@ def validate(cfg: Config) -> None:
              "a mixture name may hold only letters, digits, '_' and '-'")
         need(len(sources) > 0, f"mixtures.{mix}", f"no sources; allowed sources: {', '.join(SOURCES)}")
         for src, frac in sources.items():
+            need(src != "filter", f"mixtures.{mix}.filter", f"got {frac!r}; allowed: a mapping with keys by, threshold, "
+                 "keep_fraction, classifier_mix")
+            need(not isinstance(frac, MixtureFilter), f"mixtures.{mix}.{src}", "got a mapping; allowed: a fraction in [0, 1] "
+                 "(only `filter` takes a mapping)")
             need(src in SOURCES, f"mixtures.{mix}.{src}", f"unknown source; allowed: {', '.join(SOURCES)}")
             need(0.0 <= frac <= 1.0, f"mixtures.{mix}.{src}", f"fraction {frac} is outside [0, 1]")
         for copy in ("rot90", "vflip"):
@@ -86,6 +90,7 @@ def validate(cfg: Config) -> None:
     for i, mix in enumerate(cfg.mixes):
         need(mix in cfg.mixtures, f"mixes[{i}]", f"unknown mixture {mix!r}; allowed: {', '.join(cfg.mixtures)}")
     need(len(set(cfg.mixes)) == len(cfg.mixes), "mixes", "lists a mixture twice")
+    _validate_filters(cfg, need)
 
     tr = cfg.train
     need(tr.recipe in tr.recipes, "train.recipe", f"got {tr.recipe!r}; allowed: {', '.join(tr.recipes) or 'a key of train.recipes'}")
@@ -107,3 +112,34 @@ def validate(cfg: Config) -> None:
         need(r.cutout >= 0, f"{key}.cutout", f"got {r.cutout}; allowed: an integer >= 0 (0: off)")
         need(0 <= r.ema_decay < 1, f"{key}.ema_decay", f"got {r.ema_decay}; allowed: a number in [0, 1) (0: off)")
     need(cfg.evaluate.batch_size >= 1, "evaluate.batch_size", f"got {cfg.evaluate.batch_size}; allowed: an integer >= 1")
+
+
+def _validate_filters(cfg: Config, need) -> None:
+    """`mixtures.<name>.filter` and `filtered_mixes`: filtered cells train after the classifier that filters them."""
+    for mix, f in cfg.filters.items():
+        key = f"mixtures.{mix}.filter"
+        need((f.threshold is None) != (f.keep_fraction is None), key,
+             "set exactly one of threshold (keep scores >= it) or keep_fraction (the best-scored share per class)")
+        if f.keep_fraction is not None:
+            need(0.0 < f.keep_fraction <= 1.0, f"{key}.keep_fraction", f"got {f.keep_fraction}; allowed: a number in (0, 1]")
+        if f.threshold is not None:
+            low = 0.0 if f.by == "confidence" else -1.0
+            need(low <= f.threshold <= 1.0, f"{key}.threshold",
+                 f"got {f.threshold}; allowed: a number in [{low:g}, 1] (a {'probability' if f.by == 'confidence' else 'cosine similarity'})")
+        need(any(s in SYNTHETIC_SETS for s in cfg.mixtures[mix]), key,
+             f"{mix} draws no synthetic images; a filter drops synthetic images only")
+        ref = cfg.mixtures.get(f.classifier_mix)
+        need(ref is not None and set(ref) == {"orig"} and f.classifier_mix not in cfg.filters, f"{key}.classifier_mix",
+             f"got {f.classifier_mix!r}; allowed: a mixture of real images only (orig100)")
+        need(f.classifier_mix == "orig100", f"{key}.classifier_mix",
+             f"got {f.classifier_mix!r}; allowed: orig100 (the cell dvc.yaml's filter@ stages depend on)")
+        need(f.classifier_mix in cfg.mixes, f"{key}.classifier_mix",
+             f"{f.classifier_mix} is not in mixes, so no classifier is trained to filter with; add it to mixes")
+    for i, mix in enumerate(cfg.filtered_mixes):
+        need(mix in cfg.mixtures, f"filtered_mixes[{i}]", f"unknown mixture {mix!r}; allowed: {', '.join(cfg.filters) or 'a mixture with a filter'}")
+        need(mix in cfg.filters, f"filtered_mixes[{i}]", f"{mix} has no filter; list it under mixes")
+        need(mix not in cfg.mixes, f"filtered_mixes[{i}]", f"{mix} is also in mixes; list it once")
+    need(len(set(cfg.filtered_mixes)) == len(cfg.filtered_mixes), "filtered_mixes", "lists a mixture twice")
+    for i, mix in enumerate(cfg.mixes):
+        need(mix not in cfg.filters, f"mixes[{i}]", f"{mix} has a filter; list it under filtered_mixes (its cells "
+             "train after the classifier that filters it)")

@@ -5,12 +5,19 @@ the label of each row, and a digest of every source it uses, so the file changes
 own data changes. Pools: `orig` is data/prepared/train.npz; a synthetic set is
 data/synthetic/<set>/; `rot90` and `vflip` are copies of orig's rows made by COPY_TRANSFORMS when
 the mixture is loaded. `<mix>.json` beside it is the readable composition.
+
+A mixture with a `filter:` is written twice: build_mixtures writes its draw before filtering as
+`data/mixtures/<mix>.unfiltered.npz` (never trained on), and its filter@<mix> stage writes
+`data/filtered/<mix>.npz`: the same index minus the dropped synthetic rows, plus a FilterRecord
+(the score of every row, each dropped row with its score, the settings and the classifier's sha256).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+import json
 
 import numpy as np
 
@@ -27,6 +34,13 @@ COPY_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 REAL_POOL = "orig"
 KEYS = ("source", "row", "label", "source_names", "classes", "used", "digests")
 RERUN = "rerun the mixtures stage (dvc repro build_mixtures)"
+UNFILTERED = ".unfiltered"  # <mix>.unfiltered.npz: a filtered mixture's draw before its filter@ stage
+FILTER_KEYS = ("filter_settings", "score", "dropped_source", "dropped_row", "dropped_label", "dropped_score")
+
+
+def unfiltered_name(mix: str) -> str:
+    """File stem of a filtered mixture's draw before filtering (mixture names hold no dots)."""
+    return f"{mix}{UNFILTERED}"
 
 
 @dataclass(frozen=True)
@@ -40,6 +54,18 @@ class MixtureIndex:
     digests: list[str]  # digest of each used source's pool when the mixture was built
 
 
+@dataclass(frozen=True)
+class FilterRecord:
+    """What a filter@ stage dropped and why, stored in the filtered mixture's .npz."""
+
+    settings: dict  # by, threshold / keep_fraction, classifier path + sha256, cutoff per source and class
+    score: np.ndarray  # float32 per row of the index: the kept row's score (nan: real rows, never scored)
+    dropped_source: np.ndarray  # uint8 source code per dropped row
+    dropped_row: np.ndarray  # int64 row in that source's pool
+    dropped_label: np.ndarray  # int64 class
+    dropped_score: np.ndarray  # float32 score that dropped it
+
+
 def pool_of(source: str) -> str:
     """The pixel pool a source reads: copies read the real images."""
     return REAL_POOL if source in COPY_TRANSFORMS else source
@@ -51,10 +77,33 @@ def pool_digest(pool: str, prepared: Path, synthetic_root: Path) -> str:
     return synthetic.synthetic_digest(synthetic_root / pool)
 
 
-def write_mixture(path: str | Path, index: MixtureIndex) -> None:
+def write_mixture(path: str | Path, index: MixtureIndex, record: FilterRecord | None = None) -> None:
+    extra = {}
+    if record is not None:
+        extra = {"filter_settings": np.array(json.dumps(record.settings, sort_keys=True)),
+                 "score": record.score.astype(np.float32), "dropped_source": record.dropped_source.astype(np.uint8),
+                 "dropped_row": record.dropped_row.astype(np.int64), "dropped_label": record.dropped_label.astype(np.int64),
+                 "dropped_score": record.dropped_score.astype(np.float32)}
     save_npz_atomic(path, source=index.source, row=index.row, label=index.label,
                     source_names=np.array(index.source_names), classes=np.array(index.classes),
-                    used=np.array(index.used), digests=np.array(index.digests))
+                    used=np.array(index.used), digests=np.array(index.digests), **extra)
+
+
+def read_filter_record(path: str | Path) -> FilterRecord | None:
+    """The FilterRecord of a filtered mixture file, None for an unfiltered one."""
+    path = Path(path)
+    data = load_npz(path, RERUN)
+    if "filter_settings" not in data:
+        return None
+    missing = [k for k in FILTER_KEYS if k not in data]
+    if missing:
+        raise UserError(f"{path}: lacks {', '.join(missing)}; not a filtered mixture file; rerun its filter@ stage")
+    try:
+        settings = json.loads(str(data["filter_settings"]))
+    except ValueError:
+        raise UserError(f"{path}: filter_settings is not JSON; rerun its filter@ stage") from None
+    return FilterRecord(settings, data["score"], data["dropped_source"], data["dropped_row"], data["dropped_label"],
+                        data["dropped_score"])
 
 
 def read_mixture(path: str | Path) -> MixtureIndex:

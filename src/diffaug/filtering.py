@@ -1,0 +1,200 @@
+"""Stage `filter@<mix>`: drop the synthetic images of a mixture's draw that a classifier finds implausible.
+
+    python -m diffaug.filtering --params params.yaml --mix <mix> --mixtures data/mixtures \
+        --prepared data/prepared --synthetic data/synthetic \
+        --classifier models/<model>/orig100/seed-<first seed>.pt --out data/filtered
+
+`mixtures.<mix>.filter` in params.yaml says how (see config.schema.MixtureFilter):
+
+  by: confidence   the softmax probability that the real-data classifier (the cell trained on
+                   `classifier_mix`, orig100, first seed) gives each synthetic image's intended class
+                   (ALIA, Dunlap et al. 2023)
+  by: clip         cosine similarity of CLIP's image and text embeddings, text "a photo of a <label>"
+                   (He et al. 2023); needs CLIP weights in the local Hugging Face cache, else one line
+  threshold: t     keep the images scoring >= t
+  keep_fraction: f keep the ceil(f * n) best-scored images of each class of each synthetic source
+                   (ties: the lower row first)
+
+Only synthetic rows are scored and dropped; real rows and their rot90/vflip copies stay. The input is
+build_mixtures' `<mix>.unfiltered.npz` (the same draw the unfiltered mixture makes), so a filtered and
+an unfiltered mixture differ exactly by the dropped images. The output `data/filtered/<mix>.npz` is a
+mixture index the train stage reads like any other, plus what was dropped and why (formats.mixture.
+FilterRecord: every row's score, the dropped rows and their scores, the cutoffs, the classifier's
+sha256), so it changes, and the cells that train on it rerun, when the classifier changes.
+`<mix>.json` beside it is the readable account.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from diffaug.cli import stage_parser
+from diffaug.config import SYNTHETIC_SETS, Config, load_config
+from diffaug.config.schema import MixtureFilter
+from diffaug.devices import resolve_device
+from diffaug.errors import UserError, exit_on_error
+from diffaug.formats import synthetic
+from diffaug.formats.classifier import load_trained, require_files
+from diffaug.formats.mixture import FilterRecord, MixtureIndex, pool_digest, read_mixture, unfiltered_name, write_mixture
+from diffaug.io import sha256_file, write_json_atomic
+
+CLIP_MODEL = "openai/clip-vit-base-patch32"
+CLIP_PROMPT = "a photo of a {label}"
+
+
+# ----------------------------------------------------------------------------- scores
+def confidence_scores(classifier: Path, images: np.ndarray, labels: np.ndarray, classes: list[str],
+                      batch_size: int = 1000, device: str = "cpu") -> np.ndarray:
+    """float32 softmax probability of each image's intended class under the trained classifier."""
+    import torch
+
+    model, meta = load_trained(classifier, device)
+    if list(meta["classes"]) != list(classes):
+        raise UserError(f"{classifier}: trained on classes {list(meta['classes'])}, the mixture has {list(classes)}; "
+                        "rerun its train cell (dvc repro)")
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device).permute(0, 3, 1, 2)
+            probs = torch.softmax(model(batch).float(), dim=1).cpu().numpy()
+            out.append(probs[np.arange(len(probs)), labels[start:start + batch_size]])
+    return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
+
+
+def clip_scores(images: np.ndarray, labels: np.ndarray, words: list[str], key: str, device: str = "cpu") -> np.ndarray:
+    """float32 cosine similarity of each image with the text of its intended class (He et al.).
+
+    Uses CLIP weights from the local Hugging Face cache only; without them, one UserError line naming `key`."""
+    try:
+        import torch
+        from transformers import CLIPModel, CLIPProcessor
+
+        model = CLIPModel.from_pretrained(CLIP_MODEL, local_files_only=True).to(device).eval()
+        processor = CLIPProcessor.from_pretrained(CLIP_MODEL, local_files_only=True)
+    except Exception as e:  # not cached (no network here), or transformers lacks CLIP
+        raise UserError(f"{key}: clip needs CLIP weights ({CLIP_MODEL}) in the local Hugging Face cache, which are not "
+                        f"available ({type(e).__name__}); allowed here: by: confidence") from None
+    with torch.inference_mode():
+        text = processor(text=[CLIP_PROMPT.format(label=w) for w in words], return_tensors="pt", padding=True).to(device)
+        text_emb = torch.nn.functional.normalize(model.get_text_features(**text).float(), dim=-1)
+        out = []
+        for start in range(0, len(images), 256):
+            pixels = processor(images=list(images[start:start + 256]), return_tensors="pt").to(device)
+            emb = torch.nn.functional.normalize(model.get_image_features(**pixels).float(), dim=-1)
+            lab = torch.from_numpy(labels[start:start + 256]).to(device)
+            out.append((emb * text_emb[lab]).sum(-1).cpu().numpy())
+    return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
+
+
+# ----------------------------------------------------------------------------- selection
+def select(scores: np.ndarray, groups: np.ndarray, rows: np.ndarray, spec: MixtureFilter) -> tuple[np.ndarray, dict[int, float]]:
+    """(keep mask, cutoff per group): per group (a source and class), scores >= threshold, or the
+    ceil(keep_fraction * n) best (ties: the lower row first). The cutoff is the lowest kept score
+    (the threshold itself with `threshold`); a group that keeps nothing has none."""
+    keep = np.zeros(len(scores), bool)
+    cutoffs: dict[int, float] = {}
+    for g in np.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        if spec.threshold is not None:
+            keep[idx] = scores[idx] >= spec.threshold
+            cutoffs[int(g)] = float(spec.threshold)
+            continue
+        n_keep = math.ceil(spec.keep_fraction * len(idx) - 1e-9)
+        order = idx[np.lexsort((rows[idx], -scores[idx].astype(np.float64)))]
+        keep[order[:n_keep]] = True
+        if n_keep:
+            cutoffs[int(g)] = float(scores[order[n_keep - 1]])
+    return keep, cutoffs
+
+
+def filter_mixture(cfg: Config, mix: str, mixtures_dir: Path, prepared: Path, synthetic_root: Path,
+                   classifier: Path, out: Path, device: str = "cpu") -> dict:
+    if mix not in cfg.filters:
+        raise UserError(f"--mix: {mix!r} has no filter in params.yaml; allowed: {' | '.join(cfg.filters) or 'a mixture with a filter'}")
+    spec = cfg.filters[mix]
+    key = f"mixtures.{mix}.filter"
+    source_path = mixtures_dir / f"{unfiltered_name(mix)}.npz"
+    index = read_mixture(source_path)
+    if spec.by == "confidence":
+        require_files([classifier], f"the filter of {mix} needs train@{cfg.model}-{spec.classifier_mix} first (dvc repro)")
+    classes = index.classes
+    codes = np.asarray(index.source)
+    names = index.source_names
+    scored = np.array([names[c] in SYNTHETIC_SETS for c in codes], bool)
+    scores = np.full(len(index.row), np.nan, np.float32)
+    for src, digest in zip(index.used, index.digests):
+        if src not in SYNTHETIC_SETS:
+            continue
+        if pool_digest(src, prepared, synthetic_root) != digest:
+            raise UserError(f"{source_path}: source {src} changed since the mixture was built; "
+                            "rerun the mixtures stage (dvc repro build_mixtures)")
+        pool, _ = synthetic.load_synthetic(synthetic_root / src)
+        sel = np.flatnonzero(codes == names.index(src))
+        images, labels = pool[index.row[sel]], index.label[sel]
+        if spec.by == "confidence":
+            scores[sel] = confidence_scores(classifier, images, labels, classes, cfg.evaluate.batch_size, device)
+        else:
+            words = [cfg.dataset.label_names.get(c, c.replace("_", " ")) for c in classes]
+            scores[sel] = clip_scores(images, labels, words, f"{key}.by", device)
+
+    groups = codes.astype(np.int64) * len(classes) + index.label
+    keep_scored, cutoffs = select(scores[scored], groups[scored], index.row[scored], spec)
+    keep = np.ones(len(index.row), bool)
+    keep[np.flatnonzero(scored)] = keep_scored
+    per_class = np.bincount(index.label[keep], minlength=len(classes))
+    empty = [classes[c] for c in range(len(classes)) if per_class[c] == 0]
+    if empty:
+        raise UserError(f"{key}: drops every image of class {', '.join(map(repr, empty))} "
+                        f"({'threshold ' + str(spec.threshold) if spec.threshold is not None else 'keep_fraction ' + str(spec.keep_fraction)}); "
+                        "allowed: a filter that keeps at least one image of every class")
+
+    drop = ~keep
+    classifier_info = ({"path": str(classifier), "sha256": sha256_file(classifier), "mix": spec.classifier_mix}
+                       if spec.by == "confidence" else {"clip": CLIP_MODEL, "prompt": CLIP_PROMPT})
+    cutoff_table = {names[g // len(classes)]: {} for g in cutoffs}
+    for g, value in sorted(cutoffs.items()):
+        cutoff_table[names[g // len(classes)]][classes[g % len(classes)]] = value
+    settings = {"mixture": mix, "filter": asdict(spec), "scorer": classifier_info, "cutoff": cutoff_table}
+    record = FilterRecord(settings, scores[keep], codes[drop], index.row[drop], index.label[drop], scores[drop])
+    filtered = MixtureIndex(codes[keep], index.row[keep], index.label[keep], names, classes, index.used, index.digests)
+    write_mixture(out / f"{mix}.npz", filtered, record)
+
+    def counts(mask: np.ndarray) -> dict[str, dict[str, int]]:
+        return {s: {classes[c]: int(((codes == names.index(s)) & (index.label == c) & mask).sum()) for c in range(len(classes))}
+                for s in index.used}
+
+    account = {
+        "mixture": mix, "fractions": cfg.mixtures[mix], "seed": cfg.mixture_seed, "total": int(keep.sum()),
+        "candidates": int(len(keep)), "filter": asdict(spec), "scorer": classifier_info, "unfiltered": str(source_path),
+        "per_source": {s: int(sum(v.values())) for s, v in counts(keep).items()},
+        "per_class": counts(keep), "dropped_per_class": {s: v for s, v in counts(drop).items() if s in SYNTHETIC_SETS},
+        "cutoff": cutoff_table, "source_digests": dict(zip(index.used, index.digests)),
+        "dropped_columns": ["source", "row", "class", "score"],
+        "dropped": [[names[c], int(r), classes[lab], round(float(sc), 6)]
+                    for c, r, lab, sc in zip(codes[drop], index.row[drop], index.label[drop], scores[drop])],
+    }
+    write_json_atomic(out / f"{mix}.json", account)
+    return account
+
+
+@exit_on_error
+def main(argv: list[str] | None = None) -> None:
+    ap = stage_parser("python -m diffaug.filtering", __doc__.splitlines()[0], data_dirs=True)
+    ap.add_argument("--mix", required=True, help="a mixture with a `filter:` in params.yaml")
+    ap.add_argument("--mixtures", type=Path, default=Path("data/mixtures"), help="build_mixtures' output")
+    ap.add_argument("--classifier", type=Path, required=True, help="models/<model>/orig100/seed-<first seed>.pt")
+    ap.add_argument("--out", type=Path, default=Path("data/filtered"))
+    args = ap.parse_args(argv)
+    cfg = load_config(args.params)
+    device = str(resolve_device(cfg.evaluate.device))
+    account = filter_mixture(cfg, args.mix, args.mixtures, args.prepared, args.synthetic, args.classifier, args.out, device)
+    dropped = len(account["dropped"])
+    print(f"filter@{args.mix}: kept {account['total']} of {account['candidates']} images, dropped {dropped} synthetic "
+          f"(by {account['filter']['by']}) -> {args.out / (args.mix + '.npz')}")
+
+
+if __name__ == "__main__":
+    main()
