@@ -28,6 +28,19 @@ def type_name(tp: Any) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
 
 
+def _same_kind(tp: Any, value: Any) -> bool:
+    """Whether `value` has the Python type that annotation `tp` takes (a number for float, a dict for
+    a dataclass...), so that a failure inside it is about the value, not about picking the arm."""
+    origin = typing.get_origin(tp) or tp
+    if dataclasses.is_dataclass(tp) or origin is dict:
+        return isinstance(value, dict)
+    if origin is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return origin in (list, str, bool) and isinstance(value, origin)
+
+
 def coerce(tp: Any, value: Any, key: str) -> Any:
     """Return `value` checked (and, for dataclasses, built) as type `tp`, or raise ConfigError."""
     origin = typing.get_origin(tp)
@@ -54,6 +67,8 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
             try:
                 return coerce(arm, value, key)
             except ConfigError:
+                if _same_kind(arm, value):  # the arm the value was meant for: its message is the precise one
+                    raise
                 continue
         raise bad
     if origin is list:
