@@ -240,3 +240,49 @@ def test_a_broken_dataset_stops_prepare_with_exit_2_and_writes_nothing(tmp_path)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: dataset.name: {data}: truncated or corrupt .npz"), done.stderr
     assert not (tmp_path / "prepared").exists()
+
+
+# ----------------------------------------------------------------------------- synthetic sets
+@pytest.fixture
+def synthetic_set(tmp_path):
+    from diffaug.formats import synthetic
+
+    layout = synthetic.SetLayout(set_name="syn1", classes=tuple(CLASSES), image_size=(8, 8), images_per_class=2,
+                                 images_per_shard=4, settings={"save_full_resolution": False}, settings_hash="h")
+    out = tmp_path / "syn1"
+    out.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(layout.num_shards):
+        n = len(layout.shard_range(k))
+        synthetic.write_shard(out, k, layout, images=rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8),
+                              seeds=np.arange(n, dtype=np.uint64), regenerations=np.zeros(n, np.int64),
+                              flagged=np.zeros(n, bool), device="cpu")
+    assert synthetic.assemble(out, layout, ["a photo"] * layout.num_images, lone_process=True) is not None
+    assert synthetic.load_synthetic(out)[0].shape == (6, 8, 8, 3)
+    return out
+
+
+@pytest.mark.parametrize("breakage", list(BREAKAGES) + ["json without keys"])
+def test_synthetic_manifest_reader(synthetic_set, breakage):
+    from diffaug.formats.synthetic import load_synthetic, synthetic_digest
+
+    path = synthetic_set / "manifest.json"
+    if breakage == "json without keys":
+        path.write_text('{"format": "diffaug-synthetic/1"}')
+    else:
+        BREAKAGES[breakage](path)
+    for reader in (load_synthetic, synthetic_digest):
+        with pytest.raises(UserError) as err:
+            reader(synthetic_set)
+        assert "rerun the generate stage" in one_line(err, path)
+
+
+@pytest.mark.parametrize("breakage", list(BREAKAGES))
+def test_synthetic_shard_reader(synthetic_set, breakage):
+    from diffaug.formats.synthetic import load_synthetic
+
+    path = synthetic_set / "shard-00001.npz"
+    BREAKAGES[breakage](path)
+    with pytest.raises(UserError) as err:
+        load_synthetic(synthetic_set)
+    assert "rerun the generate stage" in one_line(err, path)

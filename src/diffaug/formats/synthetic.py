@@ -308,6 +308,15 @@ def read_manifest(out_dir: str | Path) -> dict[str, Any]:
     manifest = read_json(path, f"not found; the synthetic set is incomplete, {_RERUN}", f"; {_RERUN}")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise UserError(f"{path}: not a {FORMAT} manifest; {_RERUN}")
+    shard_keys = {"file": str, "sha256": str, "first": int, "count": int}
+    size = manifest.get("image_size")
+    if not (isinstance(manifest.get("settings_hash"), str) and isinstance(manifest.get("num_images"), int)
+            and isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size)
+            and isinstance(manifest.get("shards"), list)
+            and all(isinstance(e, dict) and all(isinstance(e.get(k), t) for k, t in shard_keys.items())
+                    for e in manifest["shards"])):
+        raise UserError(f"{path}: incomplete manifest (needs settings_hash, num_images, image_size and shards "
+                        f"with {', '.join(shard_keys)}); {_RERUN}")
     return manifest
 
 
