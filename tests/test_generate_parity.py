@@ -7,6 +7,7 @@ so they agree to float32 rounding, not bit for bit: see IMAGE_ATOL.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -266,6 +267,7 @@ def test_tiny_pipeline_loads_its_fp16_variant_too(tiny_sd):
 def test_benchmark_runs_on_cpu_with_tiny(tmp_path):
     spec = importlib.util.spec_from_file_location("bench_generate", REPO / "benchmarks" / "generate.py")
     bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses look their module up there
     spec.loader.exec_module(bench)
     results_md = tmp_path / "RESULTS.md"
     results = bench.main(["--tiny", "--device", "cpu", "--results", str(results_md)])

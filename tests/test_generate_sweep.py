@@ -1,0 +1,83 @@
+"""`benchmarks/generate.py --sweep --tiny`: the whole lever sweep on the tiny pipeline, on a CPU, in seconds."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("bench_generate_sweep", REPO / "benchmarks" / "generate.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_sweep_tiny_runs_end_to_end_and_writes_only_where_told(tmp_path):
+    bench = load_benchmark()
+    repo_results = (REPO / "benchmarks" / "RESULTS.md").read_bytes()
+    results_dir = sorted((REPO / "benchmarks" / "results").glob("*")) if (REPO / "benchmarks" / "results").exists() else []
+    results_md, out_json = tmp_path / "RESULTS.md", tmp_path / "sweep.json"
+    result = bench.main(["--sweep", "--tiny", "--device", "cpu", "--results", str(results_md), "--json", str(out_json)])
+
+    saved = json.loads(out_json.read_text())
+    assert result["json"] == str(out_json) and saved["configs"] == json.loads(json.dumps(result["configs"]))
+    rows = {r["name"]: r for r in saved["configs"]}
+    assert [r["name"] for r in saved["configs"]] == [c.name for c in bench.sweep_configs(bench.parse_args(["--tiny"]))]
+    plain = rows["plain diffusers (PNDM, PIL output)"]
+    exact = rows["ours eager, no levers"]
+    assert plain["status"] == "ok" and plain["images_per_s"] > 0
+    for key in ("images_per_s", "denoise_s", "decode_s", "safety_s", "unet_tflops_effective", "compile_s"):
+        assert exact[key] >= 0, key
+    assert exact["unet_tflops_effective"] > 0 and saved["unet_gflop_per_forward_per_image"] > 0
+    compiled = rows["ours compiled, fused QKV (default on CUDA)"]
+    assert compiled["status"] == "ok" and compiled["compile_s"] > 0 and compiled["diff_max"] <= 1
+    # Exact levers keep the images within a level; every approximate lever measurably changes them.
+    for r in saved["configs"]:
+        if r["status"] == "ok" and r["kind"] == "exact" and r["dtype"] == exact["dtype"] and "diff_max" in r:
+            assert r["diff_max"] <= 1, r["name"]
+        if r["status"] == "ok" and r["kind"] == "approximate":
+            assert r["diff_mean"] > 0, r["name"]
+    assert any(r["deep_cache"] and r["status"] == "ok" for r in saved["configs"])
+    assert all(r["status"].startswith("skipped: diffusion.fp8") for r in saved["configs"] if r["fp8"])
+    assert rows["ours compiled + CUDA graphs (reduce-overhead)"]["status"].startswith("skipped")
+    profile = saved["profile_one_denoising_step"]
+    assert set(profile["share"]) <= {"attention", "convolution", "norm", "matmul", "elementwise"}
+    assert abs(sum(profile["share"].values()) - 1) < 0.01 and profile["top_kernels"]
+    assert "recognition score not measured" in saved["recognition"]
+
+    text = results_md.read_text()
+    assert f"## {bench.SWEEP_SECTION}" in text and "--sweep --tiny" in text
+    assert sum(line.startswith("| ") for line in text.splitlines()) == len(saved["configs"]) + 1  # + the header
+    # The repository's own results are untouched.
+    assert (REPO / "benchmarks" / "RESULTS.md").read_bytes() == repo_results
+    assert (sorted((REPO / "benchmarks" / "results").glob("*")) if (REPO / "benchmarks" / "results").exists() else []) == results_dir
+
+
+def test_a_second_sweep_appends_a_block_to_the_same_section(tmp_path):
+    bench = load_benchmark()
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# Benchmark results\n\n## Training epoch time\n\n| a |\n|---|\n| 1 |\n")
+    bench.record_sweep(md, ["### run 1", "", "| x |"])
+    bench.record_sweep(md, ["### run 2", "", "| y |"])
+    text = md.read_text()
+    assert text.index("## Training epoch time") < text.index(bench.SWEEP_SECTION) < text.index("### run 1") < text.index("### run 2")
+    assert text.count(f"## {bench.SWEEP_SECTION}") == 1
+
+
+def test_the_gpu_sweep_drops_configurations_when_time_runs_out(tmp_path):
+    bench = load_benchmark()
+    out_json = tmp_path / "sweep.json"
+    bench.main(["--sweep", "--tiny", "--device", "cpu", "--budget-s", "0", "--results", str(tmp_path / "R.md"),
+                "--json", str(out_json)])
+    rows = json.loads(out_json.read_text())["configs"]
+    assert all(r["status"].startswith("skipped") for r in rows)
+    assert any("time budget" in r["status"] for r in rows)
