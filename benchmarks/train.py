@@ -1,25 +1,40 @@
 #!/usr/bin/env python
 """Training speed (and a real-data accuracy check) of diffaug's loop, in one run.
 
+  python benchmarks/train.py --sweep         issue 11, one command (< 9 min on one H100), all timed in the
+                                             same run: the usual DataLoader + PIL recipe; ours for ResNet-18
+                                             at batch 128/512/1024, eager vs graph-captured; N concurrent
+                                             ResNet-18 cells (separate processes) against one; every
+                                             architecture at the default recipe's batch; --real-check of the
+                                             default recipe with one seed. A time guard skips what would not
+                                             fit in --budget-s, with a note. Appends rows to
+                                             benchmarks/RESULTS.md and writes benchmarks/results/train-<date>.json.
   python benchmarks/train.py                 epoch time over 50k 32x32 images of ResNet-18 (cifar variant):
                                              ours vs the usual recipe, their ratio, then ours for all
                                              five architectures; appends a row to benchmarks/RESULTS.md
-  python benchmarks/train.py --real-check    issue item 7: hold out 1000 of the 5085 real CIFAR-10
-                                             images, train ResNet-18 with the default recipe, print
-                                             the final-epoch validation accuracy and the wall time
+  python benchmarks/train.py --real-check    hold out 1000 of the 5085 real CIFAR-10 images, train ResNet-18
+                                             with the default recipe, print the final-epoch validation
+                                             accuracy and the wall time; --seeds 0 1 2 for mean +- std;
+                                             --ablation: also the default with each lever switched
   --smoke                                    a few images, one timed step: proves the script on a CPU
 
 "Ours" is diffaug.train.loop exactly as the stage runs it, with params.yaml's train settings (precision,
-channels_last, compile, deterministic kernels): uint8 images on the device, crop/flip/normalise there,
-no per-step host sync. "Usual" is the common torchvision recipe: PIL images through RandomCrop(32,
-padding=4) + RandomHorizontalFlip + ToTensor + Normalize in a DataLoader with 2 workers, fp32, batch 128,
-SGD, and `loss.item()` every step as the tutorials log it. Both time one full epoch after a short
-warm-up (smoke: one step, scaled to an epoch). Images are the 5085 real ones tiled to the count asked
-for, or random pixels when that file is absent. Needs torch, torchvision, numpy, pyyaml: not dvc/dvclive.
+channels_last, compile, cuda_graph, deterministic kernels): uint8 images on the device, augmentation
+there, no per-step host sync; "graph" captures the whole step in one CUDA graph (on a CPU the same
+static-shape code runs uncaptured). "Usual" is the common torchvision recipe: PIL images through
+RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize in a DataLoader with 2 workers,
+fp32, batch 128, SGD, and `loss.item()` every step as the tutorials log it. Both time one full epoch after
+a short warm-up (smoke: one step, scaled to an epoch). Images are the 5085 real ones tiled to the count
+asked for, or random pixels when that file is absent. Needs torch, torchvision, numpy, pyyaml: not dvc/dvclive.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
+import subprocess
+import tempfile
 import dataclasses
 import datetime
 import platform
@@ -43,9 +58,14 @@ REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-5
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 USUAL_BATCH = 128
 WARMUP_STEPS = 10
+SWEEP_BATCHES = (128, 512, 1024)
+SWEEP_CELLS = (1, 2, 4)  # concurrent ResNet-18 cells, each its own process on the same GPU
+SWEEP_BUDGET_S = 500  # the sweep's measurements stop being started after this (< 9 min with start-up)
+# Rough H100 seconds per sweep item, for the time guard (generous: capture and process start-up included).
+EXPECTED_S = {"usual": 20, "ours": 15, "arch": 45, "cells": 60, "real_check": 150}
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--params", type=Path, default=REPO / "params.yaml")
     p.add_argument("--data", type=Path, default=REAL_DATA, help="npz of real images (images, labels, classes)")
@@ -53,11 +73,19 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile ours (overrides train.compile)")
     p.add_argument("--real-check", action="store_true", help="train on the real images, report val accuracy")
     p.add_argument("--epochs", type=int, help="--real-check: epochs (default: the default recipe's)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="--real-check: seeds (mean +- std over them)")
+    p.add_argument("--ablation", action="store_true", help="--real-check: also the default with each lever switched")
+    p.add_argument("--sweep", action="store_true", help="every measurement of issue 11 in one run")
+    p.add_argument("--budget-s", type=float, default=SWEEP_BUDGET_S, help="--sweep: start nothing after this many seconds")
     p.add_argument("--smoke", action="store_true", help="a few images and one timed step (CPU, tests)")
     p.add_argument("--results", type=Path, help="Markdown file to append to (default benchmarks/RESULTS.md; none with --smoke)")
-    args = p.parse_args()
+    p.add_argument("--json-out", type=Path, help="--sweep: JSON file (default benchmarks/results/train-<date>.json; none with --smoke)")
+    p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # one concurrent cell: JSON job file
+    args = p.parse_args(argv)
     if args.results is None and not args.smoke:
         args.results = REPO / "benchmarks" / "RESULTS.md"
+    if args.json_out is None and not args.smoke:
+        args.json_out = REPO / "benchmarks" / "results" / f"train-{datetime.date.today().isoformat()}.json"
     return args
 
 
@@ -84,19 +112,36 @@ def benchmark_images(path: Path, count: int) -> tuple[np.ndarray, np.ndarray, st
 
 
 # ----------------------------------------------------------------------------- ours
-def time_ours(cfg: Config, model: str, images: np.ndarray, labels: np.ndarray, device: torch.device,
-              batch_size: int, compile: bool, timed_steps: int | None, warmup_steps: int) -> float:
-    """Seconds per epoch of diffaug's loop (measured over a full epoch, or `timed_steps` scaled up)."""
+def make_trainer(cfg: Config, model: str, images: np.ndarray, labels: np.ndarray, device: torch.device,
+                 batch_size: int, compile: bool, cuda_graph: bool) -> Trainer:
     recipe = dataclasses.replace(cfg.train.recipes["default"], batch_size=batch_size)
     tr = cfg.train
-    trainer = Trainer(model, "cifar", 10, recipe, images, labels, seed=0, device=device, precision=tr.precision,
-                      channels_last=tr.channels_last, compile=compile)
-    trainer.train_epoch(max_steps=warmup_steps)  # compilation, cuDNN/cuBLAS handles, allocator
+    return Trainer(model, "cifar", 10, recipe, images, labels, seed=0, device=device, precision=tr.precision,
+                   channels_last=tr.channels_last, compile=compile, cuda_graph=cuda_graph)
+
+
+def time_epoch(trainer: Trainer, device: torch.device, timed_steps: int | None, warmup_steps: int) -> float:
+    """Seconds per epoch (measured over a full epoch, or `timed_steps` scaled up) after a warm-up that
+    includes compilation and CUDA-graph capture."""
+    trainer.train_epoch(max_steps=warmup_steps)  # compilation, graph capture, cuDNN/cuBLAS handles, allocator
     synchronize(device)
     start = time.perf_counter()
     trainer.train_epoch(max_steps=timed_steps)  # reads the device once at its end: the timing is complete
     elapsed = time.perf_counter() - start
     return elapsed if timed_steps is None else elapsed / timed_steps * trainer.steps_per_epoch
+
+
+def time_ours(cfg: Config, model: str, images: np.ndarray, labels: np.ndarray, device: torch.device,
+              batch_size: int, compile: bool, timed_steps: int | None, warmup_steps: int,
+              cuda_graph: bool | None = None) -> float:
+    """Seconds per epoch of diffaug's loop (measured over a full epoch, or `timed_steps` scaled up)."""
+    graph = cfg.train.cuda_graph if cuda_graph is None else cuda_graph
+    trainer = make_trainer(cfg, model, images, labels, device, batch_size, compile, graph)
+    seconds = time_epoch(trainer, device, timed_steps, warmup_steps)
+    del trainer
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return seconds
 
 
 # ----------------------------------------------------------------------------- the usual recipe
@@ -155,6 +200,62 @@ def time_usual(images: np.ndarray, labels: np.ndarray, device: torch.device, bat
     return elapsed if timed_steps is None else elapsed / steps * len(loader)
 
 
+# ----------------------------------------------------------------------------- N concurrent cells
+def worker(job_path: Path) -> None:
+    """One concurrent cell: build and warm up, say ready, wait for go, time `epochs` epochs, write the result."""
+    job = json.loads(job_path.read_text())
+    cfg = load_config(Path(job["params"]))
+    device = resolve_device(cfg.train.device)
+    images, labels, _ = benchmark_images(Path(job["data"]), job["images"])
+    trainer = make_trainer(cfg, "resnet18", images, labels, device, job["batch"], False, cfg.train.cuda_graph)
+    trainer.train_epoch(max_steps=job["warmup"])
+    synchronize(device)
+    Path(job["ready"]).write_text("ready")
+    deadline = time.monotonic() + job["wait_s"]
+    while not Path(job["go"]).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    start = time.time()
+    steps = 0
+    for _ in range(job["epochs"]):
+        trainer.train_epoch(max_steps=job["steps"])
+        steps += job["steps"] or trainer.steps_per_epoch
+    end = time.time()
+    Path(job["out"]).write_text(json.dumps({"start": start, "end": end, "images": steps * job["batch"],
+                                            "steps": steps}))
+
+
+def time_cells(args: argparse.Namespace, cells: int, images: int, batch: int, epochs: int, steps: int | None,
+               warmup: int, timeout_s: float) -> dict:
+    """Aggregate images/s of `cells` ResNet-18 cells training at once, each its own process (as
+    `dvc queue start -j N` runs them), timed from the first start to the last end after all are ready."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        go = tmp / "go"
+        procs = []
+        for i in range(cells):
+            job = {"params": str(args.params), "data": str(args.data), "images": images, "batch": batch, "epochs": epochs,
+                   "steps": steps, "warmup": warmup, "ready": str(tmp / f"ready-{i}"), "go": str(go),
+                   "out": str(tmp / f"out-{i}.json"), "wait_s": timeout_s}
+            (tmp / f"job-{i}.json").write_text(json.dumps(job))
+            procs.append(subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", str(tmp / f"job-{i}.json")],
+                                          env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}))
+        deadline = time.monotonic() + timeout_s
+        while not all((tmp / f"ready-{i}").exists() for i in range(cells)):
+            if time.monotonic() > deadline or any(p.poll() not in (None, 0) for p in procs):
+                for p in procs:
+                    p.kill()
+                return {"cells": cells, "error": "a cell did not get ready in time or failed"}
+            time.sleep(0.05)
+        go.write_text("go")
+        for p in procs:
+            p.wait(timeout=max(1.0, deadline - time.monotonic()) + timeout_s)
+        results = [json.loads((tmp / f"out-{i}.json").read_text()) for i in range(cells)]
+    wall = max(r["end"] for r in results) - min(r["start"] for r in results)
+    total = sum(r["images"] for r in results)
+    return {"cells": cells, "batch": batch, "images_per_cell": results[0]["images"], "wall_s": wall,
+            "images_per_s": total / wall, "per_cell_images_per_s": [r["images"] / (r["end"] - r["start"]) for r in results]}
+
+
 # ----------------------------------------------------------------------------- the real-data check
 def stratified_holdout(labels: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
@@ -162,35 +263,70 @@ def stratified_holdout(labels: np.ndarray, per_class: int, seed: int = 0) -> np.
     return np.sort(np.concatenate(picks))
 
 
-def real_check(args: argparse.Namespace, cfg: Config, device: torch.device) -> list[str]:
+def ablations(recipe) -> dict[str, dict]:
+    """The default recipe and, for each lever, the default with only that lever switched."""
+    flips = {"default": {}}
+    if recipe.tta_hflip:
+        flips["no tta_hflip"] = {"tta_hflip": False}
+    if recipe.ema_decay:
+        flips["no EMA"] = {"ema_decay": 0.0}
+    if recipe.cutout:
+        flips["no cutout"] = {"cutout": 0}
+    flips["trivial_augment " + ("off" if recipe.trivial_augment else "on")] = {"trivial_augment": not recipe.trivial_augment}
+    if recipe.label_smoothing:
+        flips["no label smoothing"] = {"label_smoothing": 0.0}
+    if recipe.batch_size != 128:
+        flips["batch 128, lr 0.1"] = {"batch_size": 128, "lr": 0.1}
+    return flips
+
+
+def real_check(args: argparse.Namespace, cfg: Config, device: torch.device, seeds: list[int] | None = None,
+               variants: dict[str, dict] | None = None) -> list[dict]:
+    """Train ResNet-18 on 4085 real images per seed and variant; each result: variant, seed, val acc, wall."""
     if not args.data.is_file():
-        sys.exit(f"error: {args.data}: not found; --real-check needs the 5085 real CIFAR-10 images (--data)")
+        raise FileNotFoundError(f"{args.data}: not found; --real-check needs the 5085 real CIFAR-10 images (--data)")
     data = load_npz(args.data)
     images, labels = data["images"], data["labels"].astype(np.int64)
     held = stratified_holdout(labels, 10 if args.smoke else 100)
     train = np.setdiff1d(np.arange(len(images)), held)
     if args.smoke:
         train = train[:64]
-    recipe = cfg.train.recipes["default"]
-    epochs = args.epochs or (1 if args.smoke else recipe.epochs)
-    recipe = dataclasses.replace(recipe, epochs=epochs, warmup_epochs=min(recipe.warmup_epochs, epochs - 1),
-                                 batch_size=32 if args.smoke else recipe.batch_size)
-    tr = cfg.train
-    trainer = Trainer("resnet18", "cifar", len(data["classes"]), recipe, images[train], labels[train], seed=0,
-                      device=device, precision=tr.precision, channels_last=tr.channels_last,
-                      compile=args.compile or tr.compile, val_images=images[held], val_labels=labels[held])
+    base = cfg.train.recipes["default"]
+    epochs = args.epochs or (1 if args.smoke else base.epochs)
+    out = []
+    for name, change in (variants or {"default": {}}).items():
+        recipe = dataclasses.replace(base, **change)
+        recipe = dataclasses.replace(recipe, epochs=epochs, warmup_epochs=min(recipe.warmup_epochs, epochs - 1),
+                                     batch_size=32 if args.smoke else recipe.batch_size)
+        for seed in seeds or [0]:
+            tr = cfg.train
+            trainer = Trainer("resnet18", "cifar", len(data["classes"]), recipe, images[train], labels[train], seed=seed,
+                              device=device, precision=tr.precision, channels_last=tr.channels_last,
+                              compile=args.compile or tr.compile, cuda_graph=tr.cuda_graph,
+                              val_images=images[held], val_labels=labels[held])
 
-    def progress(m: dict) -> None:
-        if (m["epoch"] + 1) % 25 == 0 or m["epoch"] + 1 == epochs:
-            print(f"  epoch {m['epoch'] + 1}/{epochs} train loss {m['train/loss']:.3f} val acc {m['val/acc']:.4f}", flush=True)
+            def progress(m: dict) -> None:
+                if (m["epoch"] + 1) % 50 == 0 or m["epoch"] + 1 == epochs:
+                    print(f"  epoch {m['epoch'] + 1}/{epochs} train loss {m['train/loss']:.3f} val acc {m['val/acc']:.4f}", flush=True)
 
-    start = time.perf_counter()
-    result = fit(trainer, log=progress)
-    wall = time.perf_counter() - start
-    val_acc = result.history[-1]["val/acc"]  # the final epoch's: no selection on validation
-    print(f"real check: ResNet-18 (cifar), {len(train)} train / {len(held)} val real images, {epochs} epochs: "
-          f"val acc {val_acc:.4f}, wall {wall:.1f}s", flush=True)
-    return [str(len(train)), str(len(held)), str(epochs), f"{val_acc:.4f}", f"{wall:.1f}"]
+            synchronize(device)
+            start = time.perf_counter()
+            result = fit(trainer, log=progress, label=f"real check {name} seed {seed}")
+            synchronize(device)
+            wall = time.perf_counter() - start
+            val_acc = result.history[-1]["val/acc"]  # the final epoch's: no selection on validation
+            print(f"real check: ResNet-18 (cifar), {name}, seed {seed}, {len(train)} train / {len(held)} val real images, "
+                  f"{epochs} epochs: val acc {val_acc:.4f}, wall {wall:.1f}s", flush=True)
+            out.append({"variant": name, "seed": seed, "train": len(train), "val": len(held), "epochs": epochs,
+                        "recipe": dataclasses.asdict(recipe), "val_acc": val_acc, "wall_s": wall})
+            del trainer
+    return out
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 # ----------------------------------------------------------------------------- RESULTS.md
@@ -213,19 +349,146 @@ def append_row(path: Path, title: str, header: list[str], row: list[str]) -> Non
     write_bytes_atomic(path, ("\n".join(lines) + "\n").encode())
 
 
-def main() -> None:
-    args = parse_args()
+REAL_TITLE = "Real-data check: ResNet-18, default recipe (benchmarks/train.py --real-check)"
+REAL_HEADER = ["date", "device", "command", "variant", "seeds", "train images", "val images", "epochs",
+               "val acc (final epoch, mean ± std)", "wall s per seed"]
+SWEEP_TITLE = "Training sweep (benchmarks/train.py --sweep)"
+SWEEP_HEADER = ["date", "device", "command", "measurement", "model", "batch", "step", "s/epoch", "images/s", "vs usual"]
+
+
+def real_rows(stamp: list[str], results: list[dict]) -> list[list[str]]:
+    rows = []
+    for variant in dict.fromkeys(r["variant"] for r in results):
+        runs = [r for r in results if r["variant"] == variant]
+        rows.append(stamp + [variant, " ".join(str(r["seed"]) for r in runs), str(runs[0]["train"]), str(runs[0]["val"]),
+                             str(runs[0]["epochs"]), mean_std([r["val_acc"] for r in runs]),
+                             f"{statistics.mean(r['wall_s'] for r in runs):.1f}"])
+    return rows
+
+
+def sweep(args: argparse.Namespace, cfg: Config, device: torch.device, stamp: list[str]) -> dict:
+    """Every measurement of issue 11 in one run, most important first, under a time guard."""
+    t0 = time.perf_counter()
+    smoke = args.smoke
+    count = 32 if smoke else args.images
+    batches = (4, 8, 16) if smoke else SWEEP_BATCHES
+    default_batch = 8 if smoke else cfg.train.recipes["default"].batch_size
+    timed, warmup = (1, 1) if smoke else (None, WARMUP_STEPS)
+    scale = 0.1 if smoke else 1.0  # smoke: CPU seconds are not H100 seconds; the guard still runs
+    images, labels, source = benchmark_images(args.data, count)
+    capture = "CUDA graph" if device.type == "cuda" else "static path, uncaptured (CPU)"
+    report = {"device": stamp[1], "torch": torch.__version__, "date": stamp[0], "command": stamp[2], "images": count,
+              "image_source": source, "precision": cfg.train.precision if device.type == "cuda" else "fp32",
+              "budget_s": args.budget_s, "rows": [], "cells": [], "real_check": [], "skipped": []}
+    print(f"sweep: {count} images ({source}), {'1 timed step scaled to an epoch' if smoke else 'one full epoch each'}, "
+          f"budget {args.budget_s:.0f}s", flush=True)
+
+    def room(item: str, what: str) -> bool:
+        elapsed = time.perf_counter() - t0
+        if elapsed + EXPECTED_S[item] * (0.0 if smoke else scale) > args.budget_s:
+            note = f"skipped {what}: {elapsed:.0f}s used of the {args.budget_s:.0f}s budget"
+            print(note, flush=True)
+            report["skipped"].append(note)
+            return False
+        return True
+
+    def row(measurement: str, model: str, batch: int, step: str, seconds: float) -> None:
+        usual = report.get("usual_s")
+        entry = {"measurement": measurement, "model": model, "batch": batch, "step": step, "s_per_epoch": seconds,
+                 "images_per_s": count / seconds, "vs_usual": (usual / seconds) if usual else None}
+        report["rows"].append(entry)
+        print(f"  {measurement:28s} {model:12s} batch {batch:5d} {step:32s} {seconds:8.3f} s/epoch "
+              f"{count / seconds:10.0f} img/s" + (f" {usual / seconds:6.1f}x usual" if usual else ""), flush=True)
+
+    if room("usual", "the usual recipe"):
+        report["usual_s"] = time_usual(images, labels, device, 8 if smoke else USUAL_BATCH, timed, warmup)
+        row("usual DataLoader + PIL", "resnet18", 8 if smoke else USUAL_BATCH, "eager, fp32", report["usual_s"])
+    for batch in batches:
+        for graph in (False, True):
+            step = capture if graph else "eager"
+            if room("ours", f"ours resnet18 batch {batch} {step}"):
+                row("ours", "resnet18", batch, step, time_ours(cfg, "resnet18", images, labels, device, batch,
+                                                                args.compile or cfg.train.compile, timed, warmup, graph))
+    for model in ARCHITECTURES:
+        if room("arch", f"{model} at batch {default_batch}"):
+            row("ours, default batch", model, default_batch, capture,
+                time_ours(cfg, model, images, labels, device, default_batch, args.compile or cfg.train.compile,
+                          timed, warmup, True))
+    for cells in (1, 2) if smoke else SWEEP_CELLS:
+        if room("cells", f"{cells} concurrent cells"):
+            result = time_cells(args, cells, count, default_batch, 1 if smoke else 3, 1 if smoke else None,
+                                1 if smoke else WARMUP_STEPS, 240 if smoke else 180)
+            report["cells"].append(result)
+            if "error" in result:
+                print(f"  {cells} concurrent cells: {result['error']}", flush=True)
+                continue
+            one = report["cells"][0].get("images_per_s")
+            print(f"  {cells} concurrent resnet18 cells, batch {default_batch}: {result['images_per_s']:.0f} img/s in all"
+                  + (f" ({result['images_per_s'] / one:.2f}x one cell)" if one else ""), flush=True)
+    if not args.data.is_file():
+        note = f"skipped --real-check: {args.data} not found (needs the 5085 real CIFAR-10 images)"
+        print(note, flush=True)
+        report["skipped"].append(note)
+    elif room("real_check", "--real-check"):
+        report["real_check"] = real_check(args, cfg, device, [0])
+    report["total_s"] = time.perf_counter() - t0
+    table = {r["model"]: round(r["images_per_s"]) for r in report["rows"] if r["measurement"] == "ours, default batch"}
+    if table and device.type == "cuda":
+        print(f"throughput for src/diffaug/train/eta.py (images/s, batch {default_batch}, {capture}): {table}")
+    print(f"sweep done in {report['total_s']:.0f}s", flush=True)
+    return report
+
+
+def write_sweep(args: argparse.Namespace, report: dict, stamp: list[str]) -> None:
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(args.json_out, (json.dumps(report, indent=1) + "\n").encode())
+        print(f"wrote {args.json_out}")
+    if not args.results:
+        return
+    for r in report["rows"]:
+        append_row(args.results, SWEEP_TITLE, SWEEP_HEADER,
+                   stamp + [r["measurement"], r["model"], str(r["batch"]), r["step"], f"{r['s_per_epoch']:.3f}",
+                            f"{r['images_per_s']:.0f}", f"{r['vs_usual']:.1f}x" if r["vs_usual"] else "-"])
+    one = next((c["images_per_s"] for c in report["cells"] if c.get("cells") == 1 and "images_per_s" in c), None)
+    for c in report["cells"]:
+        if "images_per_s" in c:
+            append_row(args.results, SWEEP_TITLE, SWEEP_HEADER,
+                       stamp + [f"{c['cells']} concurrent cells (aggregate)", "resnet18", str(c["batch"]), "processes",
+                                "-", f"{c['images_per_s']:.0f}", f"{c['images_per_s'] / one:.2f}x one cell" if one else "-"])
+    for note in report["skipped"]:
+        append_row(args.results, SWEEP_TITLE, SWEEP_HEADER, stamp + [note, "-", "-", "-", "-", "-", "-"])
+    for r in real_rows(stamp, report["real_check"]):
+        append_row(args.results, REAL_TITLE, REAL_HEADER, r)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        worker(args.worker)
+        return
     cfg = load_config(args.params)
     device = resolve_device(cfg.train.device)
     name = device_name(device)
-    stamp = [datetime.date.today().isoformat(), name, "`python benchmarks/train.py " + " ".join(sys.argv[1:]) + "`"]
+    stamp = [datetime.date.today().isoformat(), name,
+             "`python benchmarks/train.py " + " ".join(sys.argv[1:] if argv is None else argv) + "`"]
     print(f"device: {name}; torch {torch.__version__}")
+    if args.sweep:
+        report = sweep(args, cfg, device, stamp)
+        write_sweep(args, report, stamp)
+        return
     if args.real_check:
-        row = real_check(args, cfg, device)
+        try:
+            base = cfg.train.recipes["default"]
+            results = real_check(args, cfg, device, args.seeds, ablations(base) if args.ablation else None)
+        except FileNotFoundError as e:
+            sys.exit(f"error: {e}")
+        for variant in dict.fromkeys(r["variant"] for r in results):
+            accs = [r["val_acc"] for r in results if r["variant"] == variant]
+            print(f"{variant}: val acc {mean_std(accs)} over seeds {args.seeds}")
         if args.results:
-            append_row(args.results, "Real-data check: ResNet-18, default recipe (benchmarks/train.py --real-check)",
-                       ["date", "device", "command", "train images", "val images", "epochs", "val acc (final epoch)", "wall s"],
-                       stamp + row)
+            for r in real_rows(stamp, results):
+                append_row(args.results, REAL_TITLE, REAL_HEADER, r)
         return
 
     count = 32 if args.smoke else args.images
@@ -243,7 +506,8 @@ def main() -> None:
     print(f"ResNet-18: usual {usual:.2f} s/epoch, ours {ours['resnet18']:.2f} s/epoch: {ratio:.1f}x faster")
     if args.results:
         setup = (f"{count} imgs, batch {batch}, {cfg.train.precision if device.type == 'cuda' else 'fp32'}"
-                 f"{', compiled' if compile else ''}{', smoke' if args.smoke else ''}")
+                 f"{', compiled' if compile else ''}{', CUDA graph' if cfg.train.cuda_graph and device.type == 'cuda' else ''}"
+                 f"{', smoke' if args.smoke else ''}")
         append_row(args.results, "Training epoch time, s/epoch (benchmarks/train.py)",
                    ["date", "device", "command", "setup", "usual ResNet-18", "ours ResNet-18", "speed-up",
                     *[f"ours {m}" for m in ARCHITECTURES[1:]]],

@@ -21,6 +21,7 @@ from diffaug.io import load_npz
 from diffaug.formats.classifier import load_trained, save_trained
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")  # a fixed thread count: same CPU floats every run, quicker when shared
 
 
 def lr_trace(recipe: Recipe, per_epoch: int, steps: int) -> np.ndarray:

@@ -1,19 +1,44 @@
-"""Batched random crop + horizontal flip on the device, on uint8 NHWC images.
+"""Batched augmentation on the device, on uint8 NHWC images: crop + flip, cutout, TrivialAugment.
 
-Same distribution as torchvision's RandomCrop(H, padding=p) then RandomHorizontalFlip(): each image
-is zero-padded by p on every side (torchvision's default fill=0, padding_mode='constant', i.e. black
-pixels before normalisation), a crop offset is drawn uniformly from 0..2p in each axis, and the crop is
-mirrored with probability 1/2. Real and synthetic images get exactly this, with no per-source branch.
-Crop and flip are one gather, so a batch costs one pad and one indexing kernel and no host sync.
+Crop + flip has the same distribution as torchvision's RandomCrop(H, padding=p) then RandomHorizontalFlip():
+each image is zero-padded by p on every side (torchvision's default fill=0, padding_mode='constant', i.e.
+black pixels before normalisation), a crop offset is drawn uniformly from 0..2p in each axis, and the crop
+is mirrored with probability 1/2. Crop and flip are one gather, so a batch costs one pad and one indexing
+kernel and no host sync.
+
+Cutout (DeVries & Taylor 2017): a `size` x `size` square centred on a uniformly drawn pixel (clipped at
+the border, so it may be smaller there) is set to the fill value (the mixture's mean pixel: zero after
+normalisation, as the paper's cutout of normalised images).
+
+Every random number is drawn up front (`draw_*`), so the training loop draws a whole epoch's worth at once
+and a step only reads them (`apply_*`): the same numbers whether the step runs eagerly or inside a CUDA
+graph. Real and synthetic images get exactly this, with no per-source branch.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+# TrivialAugmentWide draws one (op, magnitude) per call of torchvision's transform; it is called on
+# groups of this many images (in the epoch's random order), so every image gets TrivialAugment's own
+# distribution of ops while a 50k-image epoch costs ~800 calls instead of 50k.
+TRIVIAL_AUGMENT_GROUP = 64
 
-def random_crop_flip(images: torch.Tensor, padding: int, hflip: bool, generator: torch.Generator) -> torch.Tensor:
-    """`images`: uint8 (B, H, W, C) on the generator's device; returns a new (B, H, W, C) batch."""
+
+def draw_crop_flip(count: int, padding: int, hflip: bool, generator: torch.Generator) -> torch.Tensor:
+    """(count, 3) int64 on the generator's device: row offset, column offset (0..2p), flip (0/1)."""
+    device = generator.device
+    out = torch.zeros(count, 3, dtype=torch.int64, device=device)
+    if padding > 0:
+        out[:, 0] = torch.randint(0, 2 * padding + 1, (count,), device=device, generator=generator)
+        out[:, 1] = torch.randint(0, 2 * padding + 1, (count,), device=device, generator=generator)
+    if hflip:
+        out[:, 2] = (torch.rand(count, device=device, generator=generator) < 0.5).long()
+    return out
+
+
+def apply_crop_flip(images: torch.Tensor, padding: int, hflip: bool, params: torch.Tensor) -> torch.Tensor:
+    """`images`: uint8 (B, H, W, C); `params`: (B, 3) from draw_crop_flip. Returns a new (B, H, W, C) batch."""
     batch, height, width, _ = images.shape
     if padding == 0 and not hflip:
         return images
@@ -22,10 +47,53 @@ def random_crop_flip(images: torch.Tensor, padding: int, hflip: bool, generator:
     cols = torch.arange(width, device=device).expand(batch, width)
     if padding > 0:
         images = F.pad(images, (0, 0, padding, padding, padding, padding))  # (C, W, H) pairs: H and W only
-        rows = rows + torch.randint(0, 2 * padding + 1, (batch, 1), device=device, generator=generator)
-        cols = cols + torch.randint(0, 2 * padding + 1, (batch, 1), device=device, generator=generator)
+        rows = rows + params[:, 0:1]
+        cols = cols + params[:, 1:2]
     if hflip:
-        flip = torch.rand(batch, 1, device=device, generator=generator) < 0.5
-        cols = torch.where(flip, cols.flip(1), cols)
+        cols = torch.where(params[:, 2:3].bool(), cols.flip(1), cols)
     index = torch.arange(batch, device=device)[:, None, None]
     return images[index, rows[:, :, None], cols[:, None, :]]
+
+
+def random_crop_flip(images: torch.Tensor, padding: int, hflip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Draw and apply in one call: `images` uint8 (B, H, W, C) on the generator's device."""
+    if padding == 0 and not hflip:
+        return images
+    return apply_crop_flip(images, padding, hflip, draw_crop_flip(len(images), padding, hflip, generator))
+
+
+def draw_cutout(count: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+    """(count, 2) int64: the centre row and column of each image's cutout square."""
+    device = generator.device
+    rows = torch.randint(0, height, (count,), device=device, generator=generator)
+    cols = torch.randint(0, width, (count,), device=device, generator=generator)
+    return torch.stack([rows, cols], dim=1)
+
+
+def apply_cutout(images: torch.Tensor, size: int, centres: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """Set a `size`-square around each centre to `fill` (uint8 (C,)); a mask, so shapes stay static."""
+    _, height, width, _ = images.shape
+    device = images.device
+    low = size // 2  # the square covers centre - size//2 .. centre - size//2 + size - 1
+    top = centres[:, 0:1] - low
+    left = centres[:, 1:2] - low
+    rows = torch.arange(height, device=device)[None, :]
+    cols = torch.arange(width, device=device)[None, :]
+    in_rows = (rows >= top) & (rows < top + size)  # (B, H)
+    in_cols = (cols >= left) & (cols < left + size)  # (B, W)
+    mask = (in_rows[:, :, None] & in_cols[:, None, :])[..., None]  # (B, H, W, 1)
+    return torch.where(mask, fill.to(images.dtype), images)
+
+
+def trivial_augment(images: torch.Tensor, group: int = TRIVIAL_AUGMENT_GROUP) -> torch.Tensor:
+    """torchvision.transforms.v2.TrivialAugmentWide on uint8 (N, H, W, C) device images, one draw per group
+    of `group` images. Its op and magnitude come from torch's global CPU generator (seeded by the trainer
+    and saved in checkpoints), so a resumed run draws the same ops."""
+    from torchvision.transforms import v2
+
+    transform = v2.TrivialAugmentWide()
+    out = torch.empty_like(images)
+    for start in range(0, len(images), group):
+        chunk = images[start:start + group].permute(0, 3, 1, 2)  # v2 takes (..., C, H, W)
+        out[start:start + group] = transform(chunk).permute(0, 2, 3, 1)
+    return out

@@ -1,14 +1,32 @@
 """The training loop, airbench style: the whole mixture sits on the device as uint8 and every batch is
-gathered, cropped, flipped and normalised there, so no DataLoader, no worker processes and no host
-round trip per step. Loss and accuracy are summed on the device and read once per epoch.
+gathered, augmented and normalised there, so no DataLoader, no worker processes and no host round trip
+per step. Loss, accuracy and an is-finite flag are accumulated on the device and read once per epoch,
+together with the validation metrics (one host read per epoch).
+
+One step = gather + crop/flip (+ cutout) + forward + loss + backward + SGD (+ EMA), written once
+(`Trainer._step`) and run in one of two ways that compute the same thing:
+
+  eager   Python picks the step's slice of the epoch plan and its lr;
+  static  the step reads its slice and lr from device tensors through a device step counter, so every
+          launch is identical: on CUDA it is captured once in a CUDA graph and replayed (`train.cuda_graph`),
+          on a CPU it runs uncaptured (the same code, which the tests compare with the eager way).
+
+All of an epoch's random numbers (permutation, crop offsets, flips, cutout centres, TrivialAugment's ops)
+and its learning rates are drawn before its first step (`_plan_epoch`), so both ways consume the same
+numbers and a checkpoint at an epoch boundary resumes bit for bit. Shapes are static: with
+`pad_last_batch` the last partial batch is filled up with zero-weight samples (every image still counts
+exactly once per epoch); without it (the paper) the last, smaller batch runs eagerly after the replays.
 
 Independent of dvc/dvclive (benchmarks/train.py runs it on machines without them): metrics leave
 through the `log` callback of `fit`.
 """
 from __future__ import annotations
 
+import copy
+import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -21,13 +39,29 @@ import torch
 import torch.nn.functional as F
 
 from diffaug.config import Recipe
+from diffaug.errors import UserError
+from diffaug.formats.classifier import ImageClassifier
 from diffaug.models import build_model
-from diffaug.train.augment import random_crop_flip
+from diffaug.train.augment import apply_crop_flip, apply_cutout, draw_crop_flip, draw_cutout, trivial_augment
 from diffaug.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from diffaug.train.schedule import build_scheduler
-from diffaug.formats.classifier import ImageClassifier
 
 EVAL_BATCH = 1000
+GRAPH_WARMUP_STEPS = 3  # eager runs on a side stream before capture (cuDNN/cuBLAS handles, autograd state)
+
+# Columns of the epoch plan: one row per sample slot of the epoch.
+LABEL_ROW, IMAGE_ROW, CROP, CUT, WEIGHT = 0, 1, slice(2, 5), slice(5, 7), 7
+PLAN_COLUMNS = 8
+
+
+class NonFiniteTraining(UserError):
+    """The loss (or the weights) stopped being finite; nothing of that epoch was kept."""
+
+    def __init__(self, epoch: int, epochs: int, label: str = ""):
+        self.epoch = epoch
+        where = f"{label}: " if label else ""
+        super().__init__(f"{where}training diverged in epoch {epoch + 1}/{epochs}: the loss is not finite "
+                         f"(lower the recipe's lr?); stopped, the last good checkpoint is kept and no weights were written")
 
 
 def make_deterministic(device: torch.device) -> None:
@@ -54,25 +88,47 @@ def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor
     return mean.float().cpu(), std.float().cpu()
 
 
-def steps_per_epoch(num_images: int, batch_size: int) -> int:
-    """Every image once per epoch, except that a last batch of one image is dropped: BatchNorm cannot
-    train on a single sample whose features have shrunk to 1x1 (paper variants at 32x32)."""
+def steps_per_epoch(num_images: int, batch_size: int, pad_last_batch: bool = False) -> int:
+    """Every image once per epoch. Padded: ceil(N / B) batches of B. Not padded: the last batch is the
+    rest, except that a rest of one image is dropped: BatchNorm cannot train on a single sample whose
+    features have shrunk to 1x1 (paper variants at 32x32)."""
+    if pad_last_batch:
+        return -(-num_images // batch_size)
     full, rest = divmod(num_images, batch_size)
     return full + (1 if rest >= 2 else 0)
 
 
+def sgd_step(params: list[torch.Tensor], grads: list[torch.Tensor], momentum_buffers: list[torch.Tensor],
+             lr: torch.Tensor, momentum: float, nesterov: bool, weight_decay: float) -> None:
+    """torch.optim.SGD's update (dampening 0), as foreach kernels with the lr a device tensor, so a CUDA
+    graph replays it with each step's lr. Momentum buffers start at zero: 0.9 * 0 + g == g, exactly
+    torch's first-step `buf = g`. `grads` is overwritten."""
+    if weight_decay:
+        torch._foreach_add_(grads, params, alpha=weight_decay)
+    update = grads
+    if momentum:
+        torch._foreach_mul_(momentum_buffers, momentum)
+        torch._foreach_add_(momentum_buffers, grads)
+        if nesterov:
+            torch._foreach_add_(grads, momentum_buffers, alpha=momentum)
+        else:
+            update = momentum_buffers
+    torch._foreach_sub_(params, torch._foreach_mul(update, lr))
+
+
 class Trainer:
-    """One seed's model, optimizer, schedule and RNGs over one training set (and optional validation)."""
+    """One seed's model, optimizer state, schedule and RNGs over one training set (and optional validation)."""
 
     def __init__(self, model: str, variant: str, num_classes: int, recipe: Recipe,
                  images: np.ndarray, labels: np.ndarray, *, seed: int, device: torch.device,
                  precision: str = "bf16", channels_last: bool = True, compile: bool = False,
+                 cuda_graph: bool = True,
                  val_images: Optional[np.ndarray] = None, val_labels: Optional[np.ndarray] = None):
         if len(images) < 2:
             raise ValueError("training needs at least 2 images")
         self.recipe, self.device = recipe, device
         make_deterministic(device)
-        torch.manual_seed(seed)  # model initialisation (and dropout) draw from torch's global generators
+        torch.manual_seed(seed)  # model initialisation and dropout
         self.generator = torch.Generator(device=device)  # shuffling and augmentation, on the device
         self.generator.manual_seed(seed)
         self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device)  # uint8 NHWC
@@ -82,77 +138,259 @@ class Trainer:
             self.val_images = torch.from_numpy(np.ascontiguousarray(val_images)).to(device)
             self.val_labels = torch.from_numpy(np.asarray(val_labels, dtype=np.int64)).to(device)
         mean, std = channel_stats(self.images)
+        self.fill = mean.round().clamp(0, 255).to(torch.uint8).to(device)  # cutout's fill: 0 after normalising
         net = build_model(model, variant, num_classes)
-        self.model = ImageClassifier(net, mean, std, channels_last=channels_last).to(device)
+        self.model = ImageClassifier(net, mean, std, channels_last=channels_last, tta_hflip=recipe.tta_hflip).to(device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = None
+        if recipe.ema_decay > 0:
+            self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+            pairs = [(e, m) for e, m in zip([*self.ema.net.parameters(), *self.ema.net.buffers()],
+                                           [*self.model.net.parameters(), *self.model.net.buffers()])]
+            self._ema_float = [p for p in pairs if p[0].is_floating_point()]
+            self._ema_other = [p for p in pairs if not p[0].is_floating_point()]  # BatchNorm's batch counters
         self.forward = torch.compile(self.model) if compile else self.model
         self.autocast = precision == "bf16" and device.type == "cuda"  # CPU bf16 autocast is slower, not faster
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                         nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
-        self.steps_per_epoch = steps_per_epoch(len(self.images), recipe.batch_size)
-        self.scheduler = build_scheduler(self.optimizer, recipe, self.steps_per_epoch)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.momentum_buffers = [torch.zeros_like(p) for p in self.params] if recipe.momentum else []
+        self.steps_per_epoch = steps_per_epoch(len(self.images), recipe.batch_size, recipe.pad_last_batch)
+        # The schedule runs on the host on a stand-in optimizer: it only produces each step's lr, which
+        # the epoch plan uploads once per epoch. Its state is checkpointed as before.
+        self._lr_clock = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=recipe.lr)
+        self.scheduler = build_scheduler(self._lr_clock, recipe, self.steps_per_epoch)
         self.epoch = 0
+        # The epoch plan and the step's static inputs: allocated once, refilled in place every epoch.
+        batch, n = recipe.batch_size, len(self.images)
+        self.slots = self.steps_per_epoch * batch if recipe.pad_last_batch else min(n, self.steps_per_epoch * batch)
+        self.full_steps = self.slots // batch  # steps of exactly `batch` samples (all of them when padded)
+        self._plan = torch.zeros(self.slots, PLAN_COLUMNS, dtype=torch.int64, device=device)
+        self._lrs = torch.zeros(self.steps_per_epoch, dtype=torch.float32, device=device)
+        self._epoch_images = torch.empty((self.slots, *self.images.shape[1:]), dtype=torch.uint8, device=device) \
+            if recipe.trivial_augment else None
+        self._counter = torch.zeros(1, dtype=torch.int64, device=device)
+        self._slot_offsets = torch.arange(batch, device=device)
+        self._loss_sum = torch.zeros((), device=device)
+        self._correct = torch.zeros((), device=device)
+        self._finite = torch.ones((), dtype=torch.bool, device=device)
+        self.static = cuda_graph  # the graph's code path; captured only on CUDA
+        self._graph: Optional[torch.cuda.CUDAGraph] = None
+        self._first_lr = recipe.lr
+        self._ema_steps = torch.zeros((), dtype=torch.float64, device=device)  # steps averaged so far
+        self._augment_rng = torch.Generator().manual_seed(seed).get_state()  # TrivialAugment's op draws
 
     @property
     def has_validation(self) -> bool:
         return self.val_images is not None
 
-    def _autocast(self):
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.autocast)
+    @property
+    def final_model(self) -> ImageClassifier:
+        """What this run produces: the EMA of the weights when the recipe keeps one, else the weights."""
+        return self.ema if self.ema is not None else self.model
 
-    def train_epoch(self, max_steps: Optional[int] = None) -> dict[str, float]:
-        """One pass over a fresh permutation; returns train/loss (the smoothed objective), train/acc (on the
-        augmented batches, as trained) and lr (at the epoch's first step). Reads the device once."""
-        self.model.train()
-        recipe, batch = self.recipe, self.recipe.batch_size
-        lr = self.scheduler.get_last_lr()[0]
-        order = torch.randperm(len(self.images), device=self.device, generator=self.generator)
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        seen = 0
-        steps = self.steps_per_epoch if max_steps is None else min(max_steps, self.steps_per_epoch)
-        for step in range(steps):
-            index = order[step * batch:(step + 1) * batch]
-            x = random_crop_flip(self.images[index], recipe.crop_padding, recipe.hflip, self.generator)
-            y = self.labels[index]
-            with self._autocast():
-                logits = self.forward(x.permute(0, 3, 1, 2))
+    def _autocast(self):
+        # cache_enabled=False: a CUDA graph must not capture autocast's weight-cast cache (torch's advice);
+        # the eager way does the same so both run the same casts.
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.autocast,
+                              cache_enabled=False)
+
+    # ------------------------------------------------------------------------- the epoch plan
+    def _plan_epoch(self) -> None:
+        """Draw all of the epoch's random numbers and lrs into the static plan tensors (no host sync)."""
+        recipe, n, slots = self.recipe, len(self.images), self.slots
+        gen = self.generator
+        order = torch.randperm(n, device=self.device, generator=gen)
+        if slots > n:  # padding: the epoch's first images again, with weight 0 (BatchNorm sees real pixels)
+            order = order.repeat(-(-slots // n))
+        rows = order[:slots]
+        weight = (torch.arange(slots, device=self.device) < n).long()
+        crop = draw_crop_flip(slots, recipe.crop_padding, recipe.hflip, gen)
+        cut = draw_cutout(slots, *self.images.shape[1:3], gen) if recipe.cutout else torch.zeros(slots, 2, dtype=torch.int64, device=self.device)
+        image_rows = rows
+        if self._epoch_images is not None:  # TrivialAugment: this epoch's images, augmented in plan order
+            with torch.random.fork_rng(devices=[]):  # TrivialAugment draws from torch's global CPU RNG: give it ours
+                torch.set_rng_state(self._augment_rng)
+                self._epoch_images.copy_(trivial_augment(self.images.index_select(0, rows)))
+                self._augment_rng = torch.get_rng_state()
+            image_rows = torch.arange(slots, device=self.device)
+        self._plan.copy_(torch.cat([rows[:, None], image_rows[:, None], crop, cut, weight[:, None]], dim=1))
+        lrs = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "scheduler.step() before optimizer.step()": a stand-in
+            for _ in range(self.steps_per_epoch):
+                lrs.append(self.scheduler.get_last_lr()[0])
+                self._lr_clock.step()
+                self.scheduler.step()
+        self._lrs.copy_(torch.tensor(lrs, dtype=torch.float32))
+        self._first_lr = lrs[0]
+
+    # ------------------------------------------------------------------------- one step
+    def _step(self, plan: torch.Tensor, lr: torch.Tensor) -> None:
+        """One optimisation step on the samples of `plan` (rows of the epoch plan) at learning rate `lr`."""
+        recipe = self.recipe
+        source = self._epoch_images if self._epoch_images is not None else self.images
+        x = source.index_select(0, plan[:, IMAGE_ROW])
+        x = apply_crop_flip(x, recipe.crop_padding, recipe.hflip, plan[:, CROP])
+        if recipe.cutout:
+            x = apply_cutout(x, recipe.cutout, plan[:, CUT], self.fill)
+        y = self.labels.index_select(0, plan[:, LABEL_ROW])
+        weight = plan[:, WEIGHT].float()
+        count = weight.sum()
+        with self._autocast():
+            logits = self.forward(x.permute(0, 3, 1, 2))
+            if recipe.pad_last_batch:  # the mean over the real samples: padding has weight 0
+                losses = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing, reduction="none")
+                loss = (losses * weight).sum() / count
+            else:
                 loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
-            loss_sum += loss.detach().float() * index.shape[0]
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += index.shape[0]
-        if max_steps is None:
-            self.epoch += 1
-        return {"train/loss": loss_sum.item() / seen, "train/acc": correct.item() / seen, "lr": lr}
+        grads = list(torch.autograd.grad(loss, self.params))
+        with torch.no_grad():
+            sgd_step(self.params, grads, self.momentum_buffers, lr, recipe.momentum, recipe.nesterov, recipe.weight_decay)
+            if self.ema is not None:
+                self._ema_update()
+            loss = loss.detach().float()
+            self._loss_sum.add_(loss * count)
+            self._correct.add_(((logits.detach().argmax(1) == y).float() * weight).sum())
+            self._finite.logical_and_(torch.isfinite(loss))
+
+    def _ema_update(self) -> None:
+        """ema = d * ema + (1 - d) * weights with d = min(ema_decay, (1 + t) / (10 + t)) at step t: the usual
+        warm-up, so a short run's EMA is not dominated by its random initialisation. d is a device tensor."""
+        decay = torch.clamp((1 + self._ema_steps) / (10 + self._ema_steps), max=self.recipe.ema_decay)
+        ema = [e for e, _ in self._ema_float]
+        torch._foreach_mul_(ema, decay)
+        torch._foreach_add_(ema, torch._foreach_mul([m for _, m in self._ema_float], 1 - decay))
+        for e, m in self._ema_other:
+            e.copy_(m)
+        self._ema_steps.add_(1)
+
+    def _static_step(self) -> None:
+        """The step that a CUDA graph captures: its inputs come from device tensors via the step counter."""
+        plan = self._plan.index_select(0, self._counter * self.recipe.batch_size + self._slot_offsets)
+        lr = self._lrs.index_select(0, self._counter).reshape(())
+        self._step(plan, lr)
+        self._counter.add_(1)
+
+    def _eager_step(self, step: int) -> None:
+        batch = self.recipe.batch_size
+        self._step(self._plan[step * batch:(step + 1) * batch], self._lrs[step])
+
+    def _state_tensors(self) -> list[torch.Tensor]:
+        tensors = [*self.model.parameters(), *self.model.buffers(), *self.momentum_buffers]
+        if self.ema is not None:
+            tensors += [*self.ema.parameters(), *self.ema.buffers(), self._ema_steps]
+        return tensors
+
+    def _capture(self) -> None:
+        """Capture `_static_step` in a CUDA graph. The warm-up steps it needs are undone afterwards, so the
+        training run is the same whether or not (and when) a graph was captured."""
+        saved = [t.detach().clone() for t in self._state_tensors()]
+        stream = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(stream)
+        with torch.cuda.stream(side):
+            for _ in range(GRAPH_WARMUP_STEPS):
+                self._counter.zero_()
+                self._static_step()
+        stream.wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._static_step()
+        with torch.no_grad():
+            for tensor, value in zip(self._state_tensors(), saved):
+                tensor.copy_(value)
+        self._graph = graph
+
+    # ------------------------------------------------------------------------- epochs
+    def _train_steps(self, max_steps: Optional[int]) -> int:
+        self.model.train()
+        self._plan_epoch()
+        steps = self.steps_per_epoch if max_steps is None else min(max_steps, self.steps_per_epoch)
+        if self.static and self.device.type == "cuda" and self._graph is None and self.full_steps > 0:
+            self._capture()
+        self._loss_sum.zero_()
+        self._correct.zero_()
+        self._finite.fill_(True)
+        self._counter.zero_()
+        for step in range(steps):
+            if step < self.full_steps and self._graph is not None:
+                self._graph.replay()
+            elif step < self.full_steps and self.static:
+                self._static_step()
+            else:  # the last, smaller batch of an unpadded epoch (or no static path asked for)
+                self._eager_step(step)
+        real = len(self.images) if self.recipe.pad_last_batch else self.slots  # padding comes last
+        return min(real, steps * self.recipe.batch_size)
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Plain (unsmoothed) cross-entropy and accuracy on the validation images, unaugmented."""
-        self.model.eval()
+    def _evaluate_on_device(self) -> torch.Tensor:
+        """[loss sum, correct] of the final model (EMA if kept, with TTA if the recipe says) on the validation set."""
+        model = self.final_model
+        model.eval()
         loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        correct = torch.zeros((), device=self.device)
         for x, y in zip(self.val_images.split(EVAL_BATCH), self.val_labels.split(EVAL_BATCH)):
             with self._autocast():
-                logits = self.forward(x.permute(0, 3, 1, 2)).float()
+                logits = model(x.permute(0, 3, 1, 2)).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
+        return torch.stack([loss_sum, correct])
+
+    def run_epoch(self, validate: bool = True, max_steps: Optional[int] = None, label: str = "") -> dict[str, float]:
+        """One pass over a fresh permutation, then (if there is a validation set and `validate`) the
+        validation metrics; one host read for all of it. Returns train/loss (the smoothed objective),
+        train/acc (on the augmented batches, as trained), lr (at the epoch's first step), and val/loss,
+        val/acc (plain cross-entropy and accuracy of `final_model`). Raises NonFiniteTraining, without
+        counting the epoch, if the loss or the weights stopped being finite."""
+        seen = self._train_steps(max_steps)
+        weights_finite = torch.stack(torch._foreach_norm(self.params)).sum().isfinite()
+        parts = [self._loss_sum, self._correct, self._finite.float(), weights_finite.float()]
+        if validate and self.has_validation:
+            parts.append(self._evaluate_on_device())
+        values = torch.cat([p.reshape(-1).double() for p in parts]).tolist()  # the epoch's one host read
+        if not (values[2] and values[3]):
+            raise NonFiniteTraining(self.epoch, self.recipe.epochs, label)
+        metrics = {"train/loss": values[0] / seen, "train/acc": values[1] / seen, "lr": self._first_lr}
+        if len(values) > 4:
+            count = len(self.val_images)
+            metrics.update({"val/loss": values[4] / count, "val/acc": values[5] / count})
+        if max_steps is None:
+            self.epoch += 1
+        return metrics
+
+    def train_epoch(self, max_steps: Optional[int] = None) -> dict[str, float]:
+        """One training epoch without validation (see run_epoch); `max_steps` cuts it short for timing,
+        and then the epoch does not count."""
+        return self.run_epoch(validate=False, max_steps=max_steps)
+
+    def evaluate(self) -> dict[str, float]:
+        """Plain (unsmoothed) cross-entropy and accuracy of `final_model` on the validation images, unaugmented."""
+        loss_sum, correct = self._evaluate_on_device().tolist()
         count = len(self.val_images)
-        return {"val/loss": loss_sum.item() / count, "val/acc": correct.item() / count}
+        return {"val/loss": loss_sum / count, "val/acc": correct / count}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "rng": capture_rng(self.device, self.generator)}
+        state = {"epoch": self.epoch, "model": self.model.state_dict(),
+                 "momentum": [b.detach().clone() for b in self.momentum_buffers],
+                 "scheduler": self.scheduler.state_dict(), "rng": capture_rng(self.device, self.generator),
+                 "augment_rng": self._augment_rng.clone()}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+            state["ema_steps"] = self._ema_steps.clone()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Copies into the existing tensors (a captured graph keeps pointing at them)."""
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        with torch.no_grad():
+            for buffer, value in zip(self.momentum_buffers, state["momentum"], strict=True):
+                buffer.copy_(value)
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+            self._ema_steps.copy_(state["ema_steps"])
         self.scheduler.load_state_dict(state["scheduler"])
         restore_rng(state["rng"], self.device, self.generator)
+        self._augment_rng = state["augment_rng"].clone()
         self.epoch = int(state["epoch"])
 
 
@@ -164,13 +402,15 @@ class FitResult:
 
 
 def fit(trainer: Trainer, *, checkpoint: Optional[Path] = None, checkpoint_every: int = 10, settings_hash: str = "",
-        log: Optional[Callable[[dict[str, float]], None]] = None) -> FitResult:
+        log: Optional[Callable[[dict[str, float]], None]] = None, label: str = "") -> FitResult:
     """Train to `recipe.epochs`, resuming from `checkpoint` when it was written under `settings_hash`.
 
     `log` receives every epoch's metrics in order, restored epochs first, so a metrics log rebuilt by
     it after a crash holds each epoch exactly once. With a checkpoint path, the finished state is also
     saved there (the caller removes it once the outputs are safe), so a crash after this seed finished
-    does not retrain it. Final-epoch weights are what the trainer holds at the end: no epoch selection.
+    does not retrain it. Final-epoch weights (or their EMA) are what the trainer holds at the end: no
+    epoch selection. A non-finite loss raises NonFiniteTraining naming `label` and the epoch; the epoch
+    is neither logged nor checkpointed, so the last checkpoint holds the last good state.
     """
     epochs = trainer.recipe.epochs
     history: list[dict[str, float]] = []
@@ -186,10 +426,8 @@ def fit(trainer: Trainer, *, checkpoint: Optional[Path] = None, checkpoint_every
     start = time.perf_counter()
     while trainer.epoch < epochs:
         epoch_start = time.perf_counter()
-        metrics = {"epoch": trainer.epoch, **trainer.train_epoch()}
+        metrics = {"epoch": trainer.epoch, **trainer.run_epoch(label=label)}
         metrics["epoch_time_s"] = time.perf_counter() - epoch_start
-        if trainer.has_validation:
-            metrics.update(trainer.evaluate())
         history.append(metrics)
         if log:
             log(metrics)
@@ -197,3 +435,4 @@ def fit(trainer: Trainer, *, checkpoint: Optional[Path] = None, checkpoint_every
             save_checkpoint(checkpoint, {"settings_hash": settings_hash, "trainer": trainer.state_dict(),
                                          "history": history, "elapsed_s": elapsed + time.perf_counter() - start})
     return FitResult(history, elapsed + time.perf_counter() - start, resumed_from)
+

@@ -28,6 +28,7 @@ from diffaug.formats.mixture import RERUN as RERUN_MIXTURES
 from diffaug.formats.mixture import load_mixture
 from diffaug.formats.splits import check_arrays, load_split
 from diffaug.io import sha256_json, write_json_atomic
+from diffaug.train.eta import grid_eta_line
 from diffaug.train.loop import Trainer, fit
 
 
@@ -100,7 +101,7 @@ def run(cfg: Config, model: str, mix: str, images: np.ndarray, labels: np.ndarra
     settings = {
         "model": model, "variant": tr.variant, "num_classes": len(classes), "recipe_name": tr.recipe,
         "recipe": dataclasses.asdict(recipe), "precision": tr.precision if device.type == "cuda" else "fp32",
-        "channels_last": tr.channels_last, "compile": tr.compile, "device": device.type,
+        "channels_last": tr.channels_last, "compile": tr.compile, "cuda_graph": tr.cuda_graph, "device": device.type,
         "train_images": len(images), "val_images": len(val_images),
         "train_sha256": fingerprint(images, labels), "val_sha256": fingerprint(val_images, val_labels),
     }
@@ -109,12 +110,12 @@ def run(cfg: Config, model: str, mix: str, images: np.ndarray, labels: np.ndarra
         seed_settings = {**settings, "seed": seed}
         trainer = Trainer(model, tr.variant, len(classes), recipe, images, labels, seed=seed, device=device,
                           precision=tr.precision, channels_last=tr.channels_last, compile=tr.compile,
-                          val_images=val_images, val_labels=val_labels)
+                          cuda_graph=tr.cuda_graph, val_images=val_images, val_labels=val_labels)
         log = EpochLog(metrics / f"seed-{seed}", seed, recipe.epochs)
         result = fit(trainer, checkpoint=checkpoints / f"seed-{seed}.pt", checkpoint_every=tr.checkpoint_every,
-                     settings_hash=sha256_json(seed_settings), log=log)
+                     settings_hash=sha256_json(seed_settings), log=log, label=f"{model}/{mix} seed {seed}")
         log.close()
-        save_trained(out / f"seed-{seed}.pt", trainer.model,
+        save_trained(out / f"seed-{seed}.pt", trainer.final_model,  # the EMA weights when the recipe keeps them
                      {"model": model, "variant": tr.variant, "num_classes": len(classes), "classes": classes,
                       "epochs": recipe.epochs, "settings": seed_settings})
         del trainer  # frees its device copy of the images before the next seed uploads them again
@@ -143,6 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     resolve_device(cfg.train.device)  # a missing CUDA device is a one-line error before data is read
     images, labels, classes = load_training_data(args.mixture, args.prepared, args.synthetic)
     val_images, val_labels = load_validation(args.prepared / "val.npz", classes, images.shape[1:])
+    print(grid_eta_line(args.model, cfg.train.active.epochs, len(cfg.train.seeds), list(cfg.mixes),
+                        args.mixture.parent, {args.mix: len(images)}), flush=True)
     report = run(cfg, args.model, args.mix, images, labels, classes, val_images, val_labels,
                  args.out, args.metrics, args.checkpoints)
     for seed, summary in report["seeds"].items():
