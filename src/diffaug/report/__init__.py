@@ -13,6 +13,7 @@ params.yaml, and writes under --out:
   half_real_half_synthetic.png    50% real alone vs 50% real + 50% syn1 / syn2
   synthetic_only.png              synthetic-only mixtures vs 100% real
   classic_augmentation.png        50% real (+ rotated / v-flipped copies) vs 50% real + 50% synthetic (Fig. 7)
+  filtered_vs_unfiltered.png      each filtered mixture beside its unfiltered twin (mixtures.<name>.filter)
   training_curves.png             dvclive curves of the workspace's cells (params `model` x `mixes` x seeds)
   samples_<set>.png               each synthetic set's sample grid, copied (Fig. 8)
   report.md                       every figure above, and a table: a row per experiment, a column per

@@ -60,6 +60,12 @@ def mixture_family(sources: dict[str, float]) -> str:
             frozenset({"real", "copies"}): "real + rotated/flipped copies"}.get(frozenset(kinds), "other")
 
 
+def filter_label(f: Any) -> str:
+    """'confidence-filtered (best 80%)', 'clip-filtered (score >= 0.25)' from a config.schema.MixtureFilter."""
+    how = f"score >= {f.threshold:g}" if f.threshold is not None else f"best {_pct(f.keep_fraction)}"
+    return f"{f.by}-filtered ({how})"
+
+
 @dataclass
 class Context:
     """What every figure reads: params, the chosen rows, and where the other inputs lie."""
@@ -70,7 +76,10 @@ class Context:
     synthetic: Path
 
     def label(self, mix: str) -> str:
-        return mixture_label(self.cfg.mixtures[mix]) if mix in self.cfg.mixtures else mix
+        if mix not in self.cfg.mixtures:
+            return mix
+        text = mixture_label(self.cfg.mixtures[mix])
+        return f"{text}, {filter_label(self.cfg.filters[mix])}" if mix in self.cfg.filters else text
 
     def redefined(self, row: Result, mix: str) -> bool:
         """The run defined `mix` differently from params.yaml: its number is not this label's."""
@@ -93,7 +102,8 @@ class Context:
         return self.mixes_order(m for r in self.rows for m in r.acc)
 
     def find(self, sources: dict[str, float]) -> Optional[str]:
-        return next((m for m, s in self.cfg.mixtures.items() if same_mixture(s, sources)), None)
+        """The unfiltered mixture with these fractions (a filtered one has the same fractions)."""
+        return next((m for m, s in self.cfg.mixtures.items() if same_mixture(s, sources) and m not in self.cfg.filters), None)
 
     def row_label(self, row: Result, sep: str = " ") -> str:
         clash = sum(r.model == row.model for r in self.rows) > 1
@@ -350,6 +360,21 @@ def fig_classic(ctx: Context) -> Made:
                        ([half] if half else []) + classic + halves,
                        lambda have: bool(have & set(classic)) and bool(have & set(halves)),
                        "no experiment has both a rotated/v-flipped baseline and a '50% real + 50% synN' mixture")
+
+
+def fig_filtered(ctx: Context) -> Made:
+    """Each filtered mixture beside the unfiltered mixture with the same fractions (its draw before
+    filtering), per architecture: what dropping implausible synthetic images changes (ALIA, He et al.)."""
+    pairs = [(ctx.find(ctx.cfg.mixtures[f]), f) for f in ctx.cfg.filters]
+    pairs = [(u, f) for u, f in pairs if u is not None]
+    if not pairs:
+        raise Skip("params.yaml defines no filtered mixture (mixtures.<name>.filter) beside an unfiltered one with "
+                   "the same fractions")
+    mixes = list(dict.fromkeys(m for pair in pairs for m in pair))
+    return _comparison(ctx, "filtered_vs_unfiltered.png", "Synthetic images filtered vs unfiltered", mixes,
+                       lambda have: any(u in have and f in have for u, f in pairs),
+                       "no experiment has both a filtered mixture and its unfiltered twin ("
+                       + "; ".join(f"{u} / {f}" for u, f in pairs) + ")")
 
 
 # ---------------------------------------------------------------------------- training curves

@@ -15,18 +15,20 @@ from diffaug.config import SYNTHETIC_SETS, load_config
 from diffaug.errors import UserError, exit_on_error
 from diffaug.io import atomic_path, write_bytes_atomic
 from diffaug.report.figures import (PNG_MAGIC, Context, Skip, fig_classic, fig_half_half, fig_per_architecture,
-                                    fig_resnet_sizes, fig_synthetic_only, fig_training_curves)
+                                    fig_filtered, fig_resnet_sizes, fig_synthetic_only, fig_training_curves)
 from diffaug.report.results import SUMMARY, parse_exp_show, run_exp_show, select_rows
 
 # Files this command owns in --out: one not written this time (its figure was skipped) is removed,
 # so report.md never sits next to a stale picture. Nothing else in --out is touched.
 OWNED_PNG = re.compile(r"^(acc_.+|resnet_sizes|half_real_half_synthetic|synthetic_only|classic_augmentation|"
-                       r"training_curves|samples_.+)\.png$")
+                       r"training_curves|filtered_vs_unfiltered|samples_.+)\.png$")
 SECTIONS = (("Test accuracy per architecture (paper Fig. 2-6)", "acc_<model>.png", fig_per_architecture),
             ("ResNet depth", "resnet_sizes.png", fig_resnet_sizes),
             ("Half real, half synthetic", "half_real_half_synthetic.png", fig_half_half),
             ("Synthetic images only", "synthetic_only.png", fig_synthetic_only),
             ("Classical augmentation baselines (paper Fig. 7)", "classic_augmentation.png", fig_classic),
+            ("Filtered vs unfiltered synthetic images (beyond the paper: ALIA, He et al.)", "filtered_vs_unfiltered.png",
+             fig_filtered),
             ("Training curves", "training_curves.png", fig_training_curves))
 
 
