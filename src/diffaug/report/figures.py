@@ -13,6 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
+from matplotlib import colormaps
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure  # no pyplot: no global state; savefig uses the Agg canvas
+from matplotlib.ticker import MaxNLocator
+
 from diffaug.config import SYNTHETIC_SETS, Config
 from diffaug.formats.curves import read_live_curves
 from diffaug.report.results import Result, model_order
@@ -112,7 +117,6 @@ class Context:
 
 # ============================================================================ drawing helpers
 def _figure(width: float, height: float):
-    from matplotlib.figure import Figure  # no pyplot: no global state; savefig uses the Agg canvas
 
     return Figure(figsize=(width, height), dpi=110, layout="constrained")
 
@@ -138,14 +142,12 @@ def _axis_label(floor: float, with_std: bool, sep: str = "  ") -> str:
 
 def _ink(colour) -> str:
     """Black or white text, whichever reads better on `colour`."""
-    from matplotlib.colors import to_rgb
 
     r, g, b = to_rgb(colour)
     return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.6 else "white"
 
 
 def _series_colours(n: int) -> list:
-    from matplotlib import colormaps
 
     cmap = colormaps["tab10" if n <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(n)]
@@ -228,7 +230,6 @@ def fig_per_architecture(ctx: Context) -> Made:
 
 def fig_resnet_sizes(ctx: Context) -> Made:
     """ResNet depth series: resnet18/34/50 side by side on every mixture any of them has."""
-    from matplotlib import colormaps
 
     rows = [r for r in ctx.rows if r.model in RESNETS]
     present = sorted({r.model for r in rows}, key=model_order)
@@ -253,7 +254,6 @@ def fig_resnet_sizes(ctx: Context) -> Made:
 
 def _mixture_colours(ctx: Context, mixes: list[str]) -> dict[str, Any]:
     """Colours by meaning: greys for real only, blues for syn1, oranges for syn2, greens for copies."""
-    from matplotlib import colormaps
 
     ramps = {"real only": "Greys", "syn1": "Blues", "syn2": "Oranges", "synthetic only": "Purples",
              "real + rotated/flipped copies": "Greens", "other": "RdPu"}
@@ -400,7 +400,6 @@ def fig_training_curves(ctx: Context) -> Made:
                 points = [(r["step"], r[key]) for r in rows if key in r]
                 if points:
                     found.setdefault(mix, {}).setdefault(key, []).append(([p[0] for p in points], [p[1] for p in points]))
-    from matplotlib.ticker import MaxNLocator
 
     mixes = [m for m in cfg.mixes if "train_acc" in found.get(m, {})]
     if not mixes:

@@ -14,6 +14,7 @@ baseline's numbers, not its own) with error {"msg": "Experiment run failed"}.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -212,7 +213,6 @@ def model_order(model: str) -> tuple[int, str]:
 
 def find_dvc() -> Optional[list[str]]:
     """The command that runs dvc: `dvc` on PATH, else this interpreter's dvc module, else None."""
-    import importlib.util
 
     exe = shutil.which("dvc")
     if exe:
