@@ -31,7 +31,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import diffusers
 import numpy as np
@@ -422,7 +422,7 @@ def profile_step(s: Sampler, seeds: list[int], prompts: list[str], device: torch
     }
 
 
-def skip_reason(c: SweepConfig, device: torch.device) -> Optional[str]:
+def skip_reason(c: SweepConfig, device: torch.device) -> str | None:
     if device.type != "cuda":
         if c.mode != "default":
             return f"{c.mode}: an inductor mode on CUDA only (CPU sweeps trace with dynamo's eager backend)"
@@ -433,8 +433,8 @@ def skip_reason(c: SweepConfig, device: torch.device) -> Optional[str]:
     return None
 
 
-def run_config(c: SweepConfig, pipes: Pipes, args, device: torch.device, flops: float, exact: Optional[np.ndarray]
-               ) -> tuple[dict[str, Any], Optional[np.ndarray]]:
+def run_config(c: SweepConfig, pipes: Pipes, args, device: torch.device, flops: float, exact: np.ndarray | None
+               ) -> tuple[dict[str, Any], np.ndarray | None]:
     steps = c.steps or args.steps
     row: dict[str, Any] = {**dataclasses.asdict(c), "steps": steps, "status": "ok"}
     seeds = list(range(c.batch))
@@ -546,7 +546,7 @@ def sweep(args, argv: list[str]) -> dict[str, Any]:
     budget = args.budget_s if args.budget_s is not None else (500.0 if device.type == "cuda" else 300.0)
     command = "python benchmarks/generate.py " + " ".join(shlex.quote(a) for a in argv)
     rows: list[dict[str, Any]] = []
-    exact: Optional[np.ndarray] = None
+    exact: np.ndarray | None = None
     last_batch_s = 12.0 if device.type == "cuda" else 1.0  # before anything is measured
     traced_on_cpu = False
     with tempfile.TemporaryDirectory() as tmp:

@@ -358,7 +358,8 @@ def test_full_resolution_pngs_are_kept_and_checked(tiny_sd, tmp_path):
     params, classes = write_inputs(tmp_path, tiny_sd, synthetic={"save_full_resolution": True, "images_per_class": 2})
     out = generate(params, classes, tmp_path / "out")
     pngs = sorted((out / "full").rglob("*.png"))
-    assert [p.relative_to(out / "full").as_posix() for p in pngs][:2] == ["shard-00000/airplane_00000.png", "shard-00000/airplane_00001.png"]
+    names = [p.relative_to(out / "full").as_posix() for p in pngs]
+    assert names[:2] == ["shard-00000/airplane_00000.png", "shard-00000/airplane_00001.png"]
     assert len(pngs) == 6 and Image.open(pngs[0]).size == (64, 64)
     full = torch.from_numpy(np.stack([np.asarray(Image.open(p)) for p in pngs])).permute(0, 3, 1, 2)
     assert np.array_equal(downsample(full, (32, 32)).permute(0, 2, 3, 1).numpy(), storage.load_synthetic(out)[0])

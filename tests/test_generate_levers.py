@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_generate import CLASSES, cli_args, files, generate, write_inputs
 
 from diffaug.config import DiffusionConfig, load_config
 from diffaug.formats import synthetic as storage
@@ -23,6 +22,7 @@ from diffaug.generate.__main__ import main
 from diffaug.generate.model import Levers, choose_levers, quiet_libraries
 from diffaug.generate.plan import build_plan, compile_pays_after
 from diffaug.generate.sampler import DeepCache, Sampler
+from test_generate import CLASSES, cli_args, files, generate, write_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["a photo of a car", "airplane", "bird", "car"]

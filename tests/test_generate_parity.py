@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_CIFAR
 import torch
 
+from conftest import SHARED_CIFAR
 from diffaug.generate.model import apply_speed_levers, quiet_libraries
 from diffaug.generate.sampler import Sampler, downsample, to_uint8
 from diffaug.sandbox.tiny import SD14_UNET_PARAMS, sd14_unet_parameter_count

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import importlib.util
-import sys
 import json
+import sys
 from pathlib import Path
 
 import pytest

@@ -27,7 +27,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -96,7 +96,7 @@ def _content_sha256(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> str:
 
 def write_shard(out_dir: Path, k: int, plan: SetLayout, *, images: np.ndarray, seeds: np.ndarray,
                 regenerations: np.ndarray, flagged: np.ndarray, device: str,
-                provenance: Optional[dict[str, Any]] = None) -> None:
+                provenance: dict[str, Any] | None = None) -> None:
     first = plan.shard_range(k).start
     labels = np.array([plan.class_and_index(g)[0] for g in plan.shard_range(k)], dtype=np.int64)
     arrays = {"images": images, "labels": labels, "seeds": seeds.astype(np.uint64),
@@ -120,7 +120,7 @@ def read_shard(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return arrays, meta
 
 
-def valid_shard(out_dir: Path, plan: SetLayout, k: int) -> Optional[tuple[dict[str, np.ndarray], dict[str, Any]]]:
+def valid_shard(out_dir: Path, plan: SetLayout, k: int) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
     """The shard's arrays and meta if shard k exists and belongs to exactly this plan, else None."""
     path = out_dir / shard_name(k)
     if not path.is_file():
@@ -228,7 +228,7 @@ def provenance_groups(provenances: list[dict[str, Any]]) -> dict[str, Any]:
     return {"note": note, "groups": groups}
 
 
-def assemble(out_dir: Path, plan: SetLayout, prompts: Sequence[str], *, lone_process: bool) -> Optional[dict[str, Any]]:
+def assemble(out_dir: Path, plan: SetLayout, prompts: Sequence[str], *, lone_process: bool) -> dict[str, Any] | None:
     """Write samples.png and manifest.json if every shard is present and valid; else return None.
 
     `prompts[g]` is the prompt of image g (for the manifest).
@@ -236,8 +236,9 @@ def assemble(out_dir: Path, plan: SetLayout, prompts: Sequence[str], *, lone_pro
     Deterministic: any process that gets here with all shards writes the same bytes, so two ranks
     finishing at once both write identical files (each through its own temp file).
     """
-    shards = [valid_shard(out_dir, plan, k) for k in range(plan.num_shards)]
-    if any(s is None for s in shards):
+    found = [valid_shard(out_dir, plan, k) for k in range(plan.num_shards)]
+    shards = [s for s in found if s is not None]
+    if len(shards) != len(found):
         return None
     _remove_strays(out_dir, plan, all_temp_files=lone_process)
     images, entries, shard_entries = [], [], []

@@ -25,7 +25,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from diffaug.config import DiffusionConfig
 from diffaug.errors import UserError
@@ -41,7 +41,7 @@ INDUCTOR_CACHE = Path(".cache") / "torchinductor"
 
 
 # ----------------------------------------------------------------------------- source and fingerprint
-def local_model_dir(model: str) -> Optional[Path]:
+def local_model_dir(model: str) -> Path | None:
     """The directory `model` names, or None when it is a hub id; a path-like name that is absent fails."""
     path = Path(model).expanduser()
     if path.exists():
@@ -52,7 +52,7 @@ def local_model_dir(model: str) -> Optional[Path]:
     return None
 
 
-def check_model_source(dif: DiffusionConfig) -> Optional[Path]:
+def check_model_source(dif: DiffusionConfig) -> Path | None:
     """Fail early (one line) on a model directory that cannot work with these params; return it."""
     path = local_model_dir(dif.model)
     if path is None:
@@ -104,11 +104,11 @@ class ModelSource:
     """What `from_pretrained` loads: a local directory, or a hub id pinned to one snapshot commit."""
 
     load_from: str
-    revision: Optional[str]
+    revision: str | None
     fingerprint: str
 
 
-def cached_hub_commit(model: str, revision: Optional[str]) -> Optional[str]:
+def cached_hub_commit(model: str, revision: str | None) -> str | None:
     """The commit of the snapshot of `model` at `revision` in the local hub cache, or None."""
     from huggingface_hub import try_to_load_from_cache
 
@@ -234,7 +234,7 @@ def choose_levers(dif: DiffusionConfig, device_type: str, n_images: int) -> Leve
                   compile_mode=dif.compile_mode, cuda_graphs=dif.cuda_graphs, attention=dif.attention, reason=why)
 
 
-def use_inductor_cache(root: Optional[Path] = None) -> Path:
+def use_inductor_cache(root: Path | None = None) -> Path:
     """Keep inductor's FX-graph and kernel caches under <repo>/.cache/torchinductor (call before compiling;
     stages run from the repository root, so that is the working directory by default)."""
     folder = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(((root or Path.cwd()) / INDUCTOR_CACHE).resolve())))
@@ -255,7 +255,7 @@ def apply_speed_levers(pipe, *, channels_last: bool, fuse_qkv: bool) -> None:
         pipe.vae.to(memory_format=torch.channels_last)
 
 
-def fp8_unavailable_reason(device) -> Optional[str]:
+def fp8_unavailable_reason(device) -> str | None:
     """Why float8 matmuls cannot run here, or None when they can."""
     import torch
 

@@ -17,7 +17,7 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from diffaug.config import Config, DiffusionConfig
 from diffaug.errors import ConfigError, UserError
@@ -62,7 +62,7 @@ class Plan(SetLayout):
 
     words: tuple[str, ...] = ()  # the prompt word of each class
     templates: tuple[str, ...] = ()
-    negative_prompt: Optional[str] = None
+    negative_prompt: str | None = None
     diffusion_seed: int = 0
 
     def prompt(self, g: int) -> str:
@@ -85,7 +85,7 @@ class Plan(SetLayout):
         return list(seen)
 
 
-def diffusion_settings(dif: DiffusionConfig, model_fingerprint: Optional[str]) -> dict[str, Any]:
+def diffusion_settings(dif: DiffusionConfig, model_fingerprint: str | None) -> dict[str, Any]:
     values = dataclasses.asdict(dif)
     settings = {k: values[k] for k in PIXEL_SETTINGS}
     # Approximate levers enter the hash only when on, so sets made before they existed stay valid.
@@ -97,7 +97,7 @@ def diffusion_settings(dif: DiffusionConfig, model_fingerprint: Optional[str]) -
 
 
 def build_plan(cfg: Config, set_name: str, classes: list[str], image_size: tuple[int, int],
-               model_fingerprint: Optional[str]) -> Plan:
+               model_fingerprint: str | None) -> Plan:
     prompts = cfg.synthetic.prompt_set(set_name)
     words = tuple(cfg.dataset.label_names.get(c, c.replace("_", " ")) for c in classes)
     syn = cfg.synthetic

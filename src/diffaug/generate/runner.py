@@ -9,7 +9,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import diffusers
 import numpy as np
@@ -38,7 +38,7 @@ class World:
     local_rank: int = 0
 
     @classmethod
-    def from_env(cls) -> "World":
+    def from_env(cls) -> World:
         values = {}
         for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)):
             raw = os.environ.get(name)
@@ -120,7 +120,7 @@ def generate_shards(pipe, dif: DiffusionConfig, levers: Levers, plan: Plan, out_
 
 def make_shard(sampler: Sampler, plan: Plan, out_dir: Path, k: int, *, batch_size: int, pad_batches: bool,
                max_regenerations: int, save_full: bool, device: str, provenance: dict[str, Any],
-               report: "ThroughputReport", png_pool: ThreadPoolExecutor, label: str = "") -> None:
+               report: ThroughputReport, png_pool: ThreadPoolExecutor, label: str = "") -> None:
     """Generate shard k and write it atomically (PNGs first: a shard file implies its PNGs exist).
 
     Work is a queue of (global index, attempt); an image the safety checker flags goes back to the
@@ -156,7 +156,7 @@ def make_shard(sampler: Sampler, plan: Plan, out_dir: Path, k: int, *, batch_siz
             still_flagged = out.flagged[j]
             images[i] = 0 if still_flagged else out.small[j]
             seeds[i], attempts[i], flagged[i] = plan.seed(g, attempt), attempt, still_flagged
-            if save_full:
+            if out.full is not None:  # save_full
                 folder.mkdir(parents=True, exist_ok=True)
                 full = np.zeros_like(out.full[j]) if still_flagged else out.full[j]
                 pngs.append(png_pool.submit(save_png, folder / storage.full_png_name(plan, g), full))
@@ -168,7 +168,7 @@ def make_shard(sampler: Sampler, plan: Plan, out_dir: Path, k: int, *, batch_siz
                         device=device, provenance=provenance)
 
 
-def non_finite_error(plan: Plan, k: int, batch_number: int, batch: list[tuple[int, int]], finite: Optional[np.ndarray],
+def non_finite_error(plan: Plan, k: int, batch_number: int, batch: list[tuple[int, int]], finite: np.ndarray | None,
                      sampler: Sampler, label: str) -> UserError:
     bad = [g for j, (g, _) in enumerate(batch) if finite is not None and not finite[j]]
     c, i = plan.class_and_index(bad[0])
@@ -192,7 +192,7 @@ class ThroughputReport:
         self.console, self.total, self.label, self.show_bar = console, total, label, show_bar
         self.finished = self.batches = self.generated_after_warmup = 0
         self.started = self.warm_at = time.perf_counter()
-        self.progress: Optional[Progress] = None
+        self.progress: Progress | None = None
         self.task: Any = None
 
     def batch_done(self, generated: int, finished: int) -> None:

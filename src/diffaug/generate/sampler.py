@@ -21,8 +21,8 @@ UNet and the VAE decoder in torch.compile (`compile_mode`, CUDA graphs = reduce-
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
 
 import diffusers
 import numpy as np
@@ -79,9 +79,9 @@ ATTENTION_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBacke
 @dataclass
 class BatchOutput:
     small: np.ndarray  # uint8 NHWC at the dataset size
-    full: Optional[np.ndarray]  # uint8 NHWC at the generation resolution, when asked for
+    full: np.ndarray | None  # uint8 NHWC at the generation resolution, when asked for
     flagged: list[bool]
-    finite: Optional[np.ndarray] = None  # per image: latents and decoded pixels all finite
+    finite: np.ndarray | None = None  # per image: latents and decoded pixels all finite
 
     @property
     def all_finite(self) -> bool:
@@ -202,15 +202,15 @@ class Sampler:
         self.unet = compiled(pipe.unet)
         self.vae_decode = compiled(pipe.vae.decode)
         self.deep_cache = DeepCache(pipe.unet, deep_cache) if deep_cache else None
-        self.unet_full = compiled(self.deep_cache.full) if self.deep_cache else None
-        self.unet_shallow = compiled(self.deep_cache.shallow) if self.deep_cache else None
-        self.features: Optional[torch.Tensor] = None  # DeepCache's deep features from the last full step
+        self.unet_full: Callable = compiled(self.deep_cache.full) if self.deep_cache else self.unet
+        self.unet_shallow: Callable = compiled(self.deep_cache.shallow) if self.deep_cache else self.unet
+        self.features: torch.Tensor | None = None  # DeepCache's deep features from the last full step
         self.prompt_index: dict[str, int] = {}
-        self.cond: Optional[torch.Tensor] = None
-        self.uncond: Optional[torch.Tensor] = None
+        self.cond: torch.Tensor | None = None
+        self.uncond: torch.Tensor | None = None
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: list[str], negative_prompt: Optional[str], chunk: int = 256) -> None:
+    def encode_prompts(self, prompts: list[str], negative_prompt: str | None, chunk: int = 256) -> None:
         """One text-encoder pass per distinct prompt for the whole run; batches then index the cache."""
         conds, unconds = [], []
         for start in range(0, len(prompts), chunk):
@@ -230,8 +230,9 @@ class Sampler:
 
     def embeddings(self, prompts: list[str]) -> torch.Tensor:
         # Views of the cache joined on the device: no index tensor crosses from the host.
+        assert self.cond is not None, "encode_prompts first"
         cond = torch.cat([self.cond[self.prompt_index[p]][None] for p in prompts])
-        return torch.cat([self.uncond.expand(len(prompts), -1, -1), cond]) if self.guided else cond
+        return torch.cat([self.uncond.expand(len(prompts), -1, -1), cond]) if self.uncond is not None else cond
 
     def attention_kernels(self):
         """The SDPA kernel for the UNet's attention (`auto`: PyTorch's own choice per call)."""
@@ -311,7 +312,7 @@ class Sampler:
         small_np, finite_np = packed[:-n].reshape(small.shape), packed[-n:].astype(bool)
         if not finite_np.all():  # garbage: no safety check, no full-size copy; the caller refuses it
             return BatchOutput(small=small_np, full=None, flagged=[False] * n, finite=finite_np)
-        full_cpu = full.cpu() if (self.check_safety or want_full) else None
+        full_cpu = full.cpu() if (self.check_safety or want_full) else full
         flagged = self.safety_flags(full_cpu) if self.check_safety else [False] * n
         return BatchOutput(
             small=small_np,

@@ -18,6 +18,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
 # SD-v1.4's scheduler/scheduler_config.json (the model's own scheduler, PNDM).
 SD14_SCHEDULER = dict(
     beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
@@ -72,8 +77,6 @@ def _bytes_to_unicode() -> list[str]:
 
 def byte_level_tokenizer(model_max_length: int = 77):
     """A CLIPTokenizer whose vocabulary is the 256 bytes (plain and word-final) plus BOS/EOS: 514 ids."""
-    from transformers import CLIPTokenizer
-
     alphabet = _bytes_to_unicode()
     vocab = {c: i for i, c in enumerate(alphabet)}
     vocab.update({c + "</w>": 256 + i for i, c in enumerate(alphabet)})
@@ -86,8 +89,6 @@ def byte_level_tokenizer(model_max_length: int = 77):
 
 
 def _text_config(tokenizer, **sizes):
-    from transformers import CLIPTextConfig
-
     eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     bos = tokenizer.convert_tokens_to_ids("<|startoftext|>")
     base = dict(vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
@@ -96,8 +97,6 @@ def _text_config(tokenizer, **sizes):
 
 def _never_flagging(checker):
     """Random concept embeddings would flag random images; thresholds of 1 on cosine similarity never fire."""
-    import torch
-
     with torch.no_grad():
         for p in (checker.concept_embeds_weights, checker.special_care_embeds_weights):
             p.fill_(1.0)
@@ -110,11 +109,6 @@ def build_tiny_pipeline(out_dir: str | Path, *, seed: int = 0, safety_checker: b
     With `safety_checker=True` it carries a tiny StableDiffusionSafetyChecker (+ CLIPImageProcessor)
     that never flags; with False the model has no checker, like a pipeline saved without one.
     """
-    import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPTextModel
-
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
     tokenizer = byte_level_tokenizer()
@@ -134,7 +128,7 @@ def build_tiny_pipeline(out_dir: str | Path, *, seed: int = 0, safety_checker: b
                           vision_config=dict(image_size=32, patch_size=8, **TINY_CLIP))
         parts["safety_checker"] = _never_flagging(StableDiffusionSafetyChecker(clip))
         parts["feature_extractor"] = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    pipe = StableDiffusionPipeline(**parts)
+    pipe: Any = StableDiffusionPipeline(**parts)
     pipe.save_pretrained(out_dir)
     pipe.to(torch.float16).save_pretrained(out_dir, variant="fp16")  # like the hub repo's fp16 files
     return out_dir
@@ -158,11 +152,6 @@ def build_sd14_random(dtype, device, *, safety_checker: bool = True):
     changes nothing about cost. Its safety checker (ViT-L/14) never flags, so timings never include
     regenerations.
     """
-    import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPTextModel
-
     tokenizer = byte_level_tokenizer()
     text_config = _text_config(tokenizer, **{**SD14_TEXT, "vocab_size": SD14_TEXT["vocab_size"]})
     with torch.device(device):  # initialise directly on the GPU: minutes faster than on the CPU
@@ -178,15 +167,12 @@ def build_sd14_random(dtype, device, *, safety_checker: bool = True):
             clip = CLIPConfig(text_config=text_config.to_dict(), vision_config=SD14_SAFETY_VISION, projection_dim=768)
             parts["safety_checker"] = _never_flagging(StableDiffusionSafetyChecker(clip))
             parts["feature_extractor"] = CLIPImageProcessor()  # 224 px, bicubic, CLIP mean/std: SD-v1.4's
-    pipe = StableDiffusionPipeline(tokenizer=tokenizer, scheduler=PNDMScheduler.from_config(SD14_SCHEDULER), **parts)
+    pipe: Any = StableDiffusionPipeline(tokenizer=tokenizer, scheduler=PNDMScheduler.from_config(SD14_SCHEDULER), **parts)
     return pipe.to(device=device, dtype=dtype)
 
 
 def sd14_unet_parameter_count() -> int:
     """Parameters of SD-v1.4's UNet built on the meta device (no memory, ~1 s)."""
-    import torch
-    from diffusers import UNet2DConditionModel
-
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**SD14_UNET)
+        unet: Any = UNet2DConditionModel(**SD14_UNET)
     return sum(p.numel() for p in unet.parameters())
