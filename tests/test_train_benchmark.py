@@ -1,4 +1,6 @@
-"""benchmarks/train.py --smoke: runs on a CPU without dvc/dvclive and appends its rows to RESULTS.md."""
+"""benchmarks/train.py --smoke and --sweep --smoke: run on a CPU without dvc/dvclive and append their rows to a
+RESULTS.md given on the command line (a tmp file here, never the repository's)."""
+import json
 import os
 import subprocess
 import sys
@@ -38,5 +40,38 @@ def test_smoke_times_both_recipes_and_all_architectures(tmp_path):
 @pytest.mark.skipif(not SHARED_CIFAR.is_file(), reason="needs the 5085 real CIFAR-10 images")
 def test_smoke_real_check(tmp_path):
     out = run_benchmark("--smoke", "--real-check", "--results", str(tmp_path / "RESULTS.md"))
-    assert "real check: ResNet-18 (cifar), 64 train / 100 val real images, 1 epochs: val acc" in out
-    assert "| 64 | 100 | 1 |" in (tmp_path / "RESULTS.md").read_text()
+    assert "real check: ResNet-18 (cifar), default, seed 0, 64 train / 100 val real images, 1 epochs: val acc" in out
+    assert "| default | 0 | 64 | 100 | 1 |" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_sweep_smoke_times_everything_in_one_run(tmp_path):
+    results, report = tmp_path / "RESULTS.md", tmp_path / "results" / "train-x.json"
+    results.write_text("# Benchmarks\n\n## Someone else's table\n\n| a |\n|---|\n| 1 |\n")
+    out = run_benchmark("--sweep", "--smoke", "--results", str(results), "--json-out", str(report))
+    data = json.loads(report.read_text())
+    rows = data["rows"]
+    assert rows[0]["measurement"] == "usual DataLoader + PIL"
+    ours = {(r["batch"], r["step"]) for r in rows if r["measurement"] == "ours"}
+    assert ours == {(b, s) for b in (4, 8, 16) for s in ("eager", "static path, uncaptured (CPU)")}  # smoke batches
+    assert {r["model"] for r in rows if r["measurement"] == "ours, default batch"} == \
+        {"resnet18", "resnet34", "resnet50", "vgg16", "densenet121"}
+    assert [c["cells"] for c in data["cells"]] == [1, 2] and all(c["images_per_s"] > 0 for c in data["cells"])
+    assert all(r["vs_usual"] > 0 for r in rows)
+    text = results.read_text()
+    assert "## Someone else's table\n\n| a |\n|---|\n| 1 |\n" in text  # other sections are left alone
+    sweep_rows = [line for line in text.splitlines() if "benchmarks/train.py --sweep --smoke" in line]
+    assert len(sweep_rows) == len(rows) + len(data["cells"]) + len(data["skipped"]) + len(data["real_check"])
+    if SHARED_CIFAR.is_file():
+        assert len(data["real_check"]) == 1 and "real check: ResNet-18 (cifar), default, seed 0" in out
+    else:
+        assert any("--real-check" in note for note in data["skipped"])
+    assert "sweep done in" in out
+
+
+def test_sweep_time_guard_skips_with_a_note_instead_of_overrunning(tmp_path):
+    report = tmp_path / "train.json"
+    out = run_benchmark("--sweep", "--smoke", "--budget-s", "0", "--json-out", str(report))
+    data = json.loads(report.read_text())
+    assert data["rows"] == [] and data["cells"] == [] and data["real_check"] == []
+    assert any(note.startswith("skipped the usual recipe: ") for note in data["skipped"])
+    assert "skipped ours resnet18 batch 4 eager" in out

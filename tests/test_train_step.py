@@ -240,7 +240,7 @@ def test_ema_is_the_exponential_average_of_the_weights():
             expected[k] = expected[k] * d + v * (1 - d) if v.is_floating_point() else v
     assert len(weights) == 5 and t._ema_steps.item() == 5
     for k, v in t.ema.net.state_dict().items():
-        # d is computed in float64 on the device and applied to float32 tensors, here in Python float64:
+        # d is a float32 device tensor on the trainer's side and a Python float64 here:
         # each update may round by one float32 ulp of |v|, over 5 updates.
         torch.testing.assert_close(v, expected[k], rtol=5 * 2 * EPS32, atol=5 * 2 * EPS32 * v.abs().max().item())
 

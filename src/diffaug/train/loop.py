@@ -256,7 +256,7 @@ class Trainer:
     def _ema_update(self) -> None:
         """ema = d * ema + (1 - d) * weights with d = min(ema_decay, (1 + t) / (10 + t)) at step t: the usual
         warm-up, so a short run's EMA is not dominated by its random initialisation. d is a device tensor."""
-        decay = torch.clamp((1 + self._ema_steps) / (10 + self._ema_steps), max=self.recipe.ema_decay)
+        decay = torch.clamp((1 + self._ema_steps) / (10 + self._ema_steps), max=self.recipe.ema_decay).float()
         ema = [e for e, _ in self._ema_float]
         torch._foreach_mul_(ema, decay)
         torch._foreach_add_(ema, torch._foreach_mul([m for _, m in self._ema_float], 1 - decay))
