@@ -312,7 +312,7 @@ def _error_cases(tiny_sd, tiny_without_checker, tmp_path):
         "fp16 variant absent": ({"diffusion": {"variant": "fp8"}}, "syn1", "diffusion.variant"),
         "unknown scheduler": ({"diffusion": {"scheduler": "lms"}}, "syn1", "diffusion.scheduler"),
         "unknown set": ({}, "syn3", "invalid choice"),
-        "classes.json missing": ({"classes": "absent"}, "syn1", "classes.json: file not found"),
+        "classes.json missing": ({"classes": "absent"}, "syn1", "classes.json: not found"),
     }
 
 

@@ -236,3 +236,35 @@ def test_attention_backend_and_dynamo_compile_keep_the_images(tiny_sd):
     exact = run()
     assert np.abs(run(attention="math") - exact).max() <= 1
     assert np.abs(run(compile=True, compile_backend="eager") - exact).max() <= 1
+
+
+# ----------------------------------------------------------------------------- the model is pinned once
+def test_a_hub_model_is_pinned_to_one_snapshot_before_planning(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from diffaug.generate import model
+
+    repo = tmp_path / "models--org--sd"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "model_index.json").write_text("{}")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    downloads = []
+    monkeypatch.setattr(model, "download_hub_snapshot", lambda dif: downloads.append(dif.model) or "def456")
+
+    cached = model.resolve_model(DiffusionConfig(model="org/sd"))
+    assert cached == model.ModelSource("org/sd", "abc123", "hub-commit:abc123") and downloads == []
+    fresh = model.resolve_model(DiffusionConfig(model="org/not-cached"))
+    assert fresh == model.ModelSource("org/not-cached", "def456", "hub-commit:def456") and downloads == ["org/not-cached"]
+
+
+def test_the_plan_is_built_once_per_run(tiny_sd, tmp_path, monkeypatch):
+    import diffaug.generate.__main__ as cli
+
+    calls = []
+    build = cli.build_plan
+    monkeypatch.setattr(cli, "build_plan", lambda *a, **k: calls.append(a[1]) or build(*a, **k))
+    params, classes = write_inputs(tmp_path, tiny_sd, synthetic={"images_per_class": 1})
+    assert main(cli_args(params, classes, tmp_path / "out")) == 0
+    assert calls == ["syn1"]

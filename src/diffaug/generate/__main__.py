@@ -18,8 +18,9 @@ from rich.console import Console
 from diffaug.config import SYNTHETIC_SETS, Config, load_config
 from diffaug.errors import OneLineParser, UserError, exit_on_error
 from diffaug.formats import synthetic as storage
+from diffaug.formats.splits import read_classes
 from diffaug.generate.model import ModelSource, apply_fp8, choose_levers, fp8_unavailable_reason, load_pipeline, resolve_model
-from diffaug.generate.plan import Plan, build_plan, check_cpu_cost, gpu_seconds, human_duration, image_flops, read_classes
+from diffaug.generate.plan import Plan, build_plan, check_cpu_cost, gpu_seconds, human_duration, image_flops
 
 
 def parse_args(argv):

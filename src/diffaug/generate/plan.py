@@ -16,13 +16,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from diffaug.config import Config, DiffusionConfig
-from diffaug.errors import ConfigError, UserError
+from diffaug.errors import ConfigError
 from diffaug.formats.synthetic import FORMAT, SetLayout
-from diffaug.io import read_json, sha256_json
+from diffaug.io import sha256_json
 
 # How a 512² image becomes a dataset-size one; part of the hash because it changes pixels.
 DOWNSAMPLE_METHOD = "uint8 -> torch bilinear antialias -> round"
@@ -39,21 +38,6 @@ def image_seed(diffusion_seed: int, set_name: str, class_name: str, index: int, 
     """A 64-bit seed (0 <= seed < 2**64, what torch.Generator.manual_seed accepts); see the module docstring."""
     key = f"diffaug/v1|{diffusion_seed}|{set_name}|{class_name}|{index}|{attempt}"
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
-
-
-def read_classes(path: str | Path) -> tuple[list[str], tuple[int, int]]:
-    """classes.json from the prepare stage: {"classes": [...], "image_size": [H, W]}."""
-    path = Path(path)
-    data = read_json(path, "file not found; run the prepare stage first (dvc repro prepare)")
-    classes = data.get("classes") if isinstance(data, dict) else None
-    size = data.get("image_size") if isinstance(data, dict) else None
-    if not (isinstance(classes, list) and classes and all(isinstance(c, str) and c.strip() for c in classes)):
-        raise UserError(f"{path}: 'classes' must be a non-empty list of non-empty class names")
-    if len(set(classes)) != len(classes):
-        raise UserError(f"{path}: 'classes' lists a class twice")
-    if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int and v > 0 for v in size)):
-        raise UserError(f"{path}: 'image_size' must be [height, width] in pixels, got {size!r}")
-    return classes, (size[0], size[1])
 
 
 @dataclass(frozen=True)
