@@ -258,7 +258,7 @@ VIEW_OPS = {"as_strided", "view", "reshape", "expand", "permute", "transpose", "
 @dataclass
 class SweepConfig:
     name: str
-    kind: str  # plain | exact | approximate
+    kind: str  # plain | exact (same images) | dtype (diffusion.dtype: a pixel setting) | approximate
     batch: int
     dtype: str
     fuse_qkv: bool = True
@@ -296,7 +296,7 @@ def sweep_configs(args) -> list[SweepConfig]:
         C("ours eager, fused QKV, SDPA mem-efficient", "exact", b, dt, attention="efficient"),
         C("ours compiled + CUDA graphs (reduce-overhead)", "exact", b, dt, compile=True, mode="reduce-overhead"),
         C("ours compiled + channels_last", "exact", b, dt, compile=True, channels_last=True),
-        C(f"ours compiled, {other}", "exact", b, other, compile=True),
+        C(f"ours compiled, {other}", "dtype", b, other, compile=True),  # dtype is a pixel setting: other images
         C(f"ours compiled, batch {bigger[0]}", "exact", bigger[0], dt, compile=True),
         C(f"ours compiled, batch {bigger[1]}", "exact", bigger[1], dt, compile=True),
         C("ours compiled, max-autotune-no-cudagraphs", "exact", b, dt, compile=True, mode="max-autotune-no-cudagraphs"),
@@ -528,7 +528,8 @@ def record_sweep(path: Path, block: list[str]) -> None:
     if heading not in lines:
         lines += ["", heading, "", "Appended by `python benchmarks/generate.py --sweep`: one block per run, every row "
                   "measured in that run on that device (compare within a block). Random weights, SD-v1.4's "
-                  "architecture; `vs exact` is the uint8 difference from ours-eager-no-levers on the same seeds."]
+                  "architecture; `vs exact` is the uint8 difference from ours-eager-no-levers on the same seeds. A CPU "
+                  "block (`--tiny`) only proves the path runs end to end; its numbers say nothing about a GPU."]
         end = len(lines)
     else:
         end = lines.index(heading) + 1
