@@ -74,7 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--real-check", action="store_true", help="train on the real images, report val accuracy")
     p.add_argument("--epochs", type=int, help="--real-check: epochs (default: the default recipe's)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="--real-check: seeds (mean +- std over them)")
-    p.add_argument("--ablation", action="store_true", help="--real-check: also the default with each lever switched")
+    p.add_argument("--ablation", nargs="*", metavar="VARIANT",
+                   help="--real-check: also the default with each lever switched (all, or the VARIANTs named: "
+                        "'no tta_hflip', 'no EMA', 'no cutout', 'trivial_augment on', 'no label smoothing', 'batch 128, lr 0.1')")
     p.add_argument("--sweep", action="store_true", help="every measurement of issue 11 in one run")
     p.add_argument("--budget-s", type=float, default=SWEEP_BUDGET_S, help="--sweep: start nothing after this many seconds")
     p.add_argument("--smoke", action="store_true", help="a few images and one timed step (CPU, tests)")
@@ -480,7 +482,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.real_check:
         try:
             base = cfg.train.recipes["default"]
-            results = real_check(args, cfg, device, args.seeds, ablations(base) if args.ablation else None)
+            variants = None
+            if args.ablation is not None:
+                variants = ablations(base)
+                unknown = [v for v in args.ablation if v not in variants]
+                if unknown:
+                    sys.exit(f"error: --ablation: unknown variant(s) {unknown}; allowed: {', '.join(list(variants)[1:])}")
+                if args.ablation:
+                    variants = {k: v for k, v in variants.items() if k == "default" or k in args.ablation}
+            results = real_check(args, cfg, device, args.seeds, variants)
         except FileNotFoundError as e:
             sys.exit(f"error: {e}")
         for variant in dict.fromkeys(r["variant"] for r in results):
