@@ -6,6 +6,7 @@ tests/test_generate_parity.py.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -20,11 +21,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
+import diffaug.generate.__main__ as cli
+from diffaug.config import DiffusionConfig, load_config
 from diffaug.errors import UserError
 from diffaug.formats import synthetic as storage
 from diffaug.generate.__main__ import main
-from diffaug.generate.plan import image_seed
+from diffaug.generate.plan import PIXEL_SETTINGS, SPEED_SETTINGS, build_plan, image_seed
+from diffaug.generate.sampler import Sampler, downsample
+from diffaug.io import load_npz, save_npz_atomic
 from diffaug.sandbox.tiny import build_tiny_pipeline, tiny_diffusion_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,8 +107,6 @@ def test_output_layout_and_reader(reference):
     assert manifest["settings_hash"] and manifest["settings"]["diffusion"]["model_fingerprint"].startswith("sha256:")
     assert [s["file"] for s in manifest["shards"]] == [f"shard-{k:05d}.npz" for k in range(6)]
     assert storage.synthetic_digest(out) == manifest["digest"] and len(manifest["digest"]) == 16
-    from PIL import Image
-
     grid = np.asarray(Image.open(out / "samples.png").convert("RGB"))
     assert grid.shape[0] == 3 * (64 + 2) + 2  # a row per class
     label_width = grid.shape[1] - 4 * (64 + 2)  # then 4 tiles per row, the class name to their left
@@ -113,11 +117,6 @@ def test_output_layout_and_reader(reference):
 
 
 def test_settings_hash_ignores_speed_levers_only(tiny_sd, tmp_path):
-    import dataclasses
-
-    from diffaug.config import DiffusionConfig, load_config
-    from diffaug.generate.plan import PIXEL_SETTINGS, SPEED_SETTINGS, build_plan
-
     fields = {f.name for f in dataclasses.fields(DiffusionConfig)}
     assert set(PIXEL_SETTINGS) | set(SPEED_SETTINGS) == fields and not set(PIXEL_SETTINGS) & set(SPEED_SETTINGS)
 
@@ -197,8 +196,6 @@ def test_a_rewritten_shard_with_the_right_settings_hash_is_still_caught(referenc
     params, classes, out = reference
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
-    from diffaug.io import load_npz, save_npz_atomic
-
     arrays = load_npz(copy / "shard-00001.npz")
     arrays["images"] = 255 - arrays["images"]
     save_npz_atomic(copy / "shard-00001.npz", **arrays)
@@ -255,8 +252,6 @@ def test_a_final_single_pass_assembles_without_a_model(reference, tmp_path):
     shutil.copytree(out, copy)
     (copy / "manifest.json").unlink()
     (copy / "samples.png").unlink()
-    import diffaug.generate.__main__ as cli
-
     def no_model(*args, **kwargs):
         raise AssertionError("the model must not be loaded when every shard is valid")
 
@@ -275,8 +270,6 @@ def _flag_by_hash(self, images_u8_cpu):
 
 
 def test_flagged_images_are_regenerated_with_the_next_seed(tiny_sd, tmp_path, monkeypatch):
-    from diffaug.generate.sampler import Sampler
-
     monkeypatch.setattr(Sampler, "safety_flags", _flag_by_hash)
     params, classes = write_inputs(tmp_path, tiny_sd)
     out = generate(params, classes, tmp_path / "out")
@@ -289,8 +282,6 @@ def test_flagged_images_are_regenerated_with_the_next_seed(tiny_sd, tmp_path, mo
 
 
 def test_images_still_flagged_after_the_limit_are_black_and_counted(tiny_sd, tmp_path, monkeypatch):
-    from diffaug.generate.sampler import Sampler
-
     monkeypatch.setattr(Sampler, "safety_flags", _flag_by_hash)
     params, classes = write_inputs(tmp_path, tiny_sd, diffusion={"max_regenerations": 0})
     out = generate(params, classes, tmp_path / "out")
@@ -351,10 +342,6 @@ def test_cli_reports_cost_before_and_during_the_run(tiny_sd, tmp_path):
 
 
 def test_full_resolution_pngs_are_kept_and_checked(tiny_sd, tmp_path):
-    from PIL import Image
-
-    from diffaug.generate.sampler import downsample
-
     params, classes = write_inputs(tmp_path, tiny_sd, synthetic={"save_full_resolution": True, "images_per_class": 2})
     out = generate(params, classes, tmp_path / "out")
     pngs = sorted((out / "full").rglob("*.png"))

@@ -11,13 +11,17 @@ import json
 import warnings
 from pathlib import Path
 
+import huggingface_hub.constants
 import numpy as np
 import pytest
 import torch
 import yaml
+from diffusers import StableDiffusionPipeline
 
+import diffaug.generate.__main__ as cli
 from diffaug.config import DiffusionConfig, load_config
 from diffaug.formats import synthetic as storage
+from diffaug.generate import model
 from diffaug.generate.__main__ import main
 from diffaug.generate.model import Levers, choose_levers, quiet_libraries
 from diffaug.generate.plan import build_plan, compile_pays_after
@@ -32,8 +36,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def load(path: Path):
-    from diffusers import StableDiffusionPipeline
-
     quiet_libraries()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -240,10 +242,6 @@ def test_attention_backend_and_dynamo_compile_keep_the_images(tiny_sd):
 
 # ----------------------------------------------------------------------------- the model is pinned once
 def test_a_hub_model_is_pinned_to_one_snapshot_before_planning(tmp_path, monkeypatch):
-    import huggingface_hub.constants
-
-    from diffaug.generate import model
-
     repo = tmp_path / "models--org--sd"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text("abc123")
@@ -260,8 +258,6 @@ def test_a_hub_model_is_pinned_to_one_snapshot_before_planning(tmp_path, monkeyp
 
 
 def test_the_plan_is_built_once_per_run(tiny_sd, tmp_path, monkeypatch):
-    import diffaug.generate.__main__ as cli
-
     calls = []
     build = cli.build_plan
     monkeypatch.setattr(cli, "build_plan", lambda *a, **k: calls.append(a[1]) or build(*a, **k))

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image
 
 from conftest import SHARED_CIFAR
 from diffaug.generate.model import apply_speed_levers, quiet_libraries
 from diffaug.generate.sampler import Sampler, downsample, to_uint8
+from diffaug.io import load_npz
 from diffaug.sandbox.tiny import SD14_UNET_PARAMS, sd14_unet_parameter_count
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,10 +42,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def load(path: Path):
-    import warnings
-
-    from diffusers import StableDiffusionPipeline
-
     quiet_libraries()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -215,8 +215,6 @@ def test_safety_checker_sees_what_the_pipeline_shows_it_and_flags_alike(tiny_sd)
 
 
 def _pil_bilinear(images_nhwc: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
     return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images_nhwc])
 
 
@@ -228,10 +226,6 @@ def _diff_to_pil(big_nhwc: np.ndarray) -> np.ndarray:
 @pytest.mark.skipif(not SHARED_CIFAR.is_file(), reason=f"{SHARED_CIFAR} not present")
 def test_downsampling_matches_pil_bilinear_on_real_images():
     """Bound stated in sampler.downsample: max 1 uint8 level, mean < 0.1 levels (512² -> 32²)."""
-    from PIL import Image
-
-    from diffaug.io import load_npz
-
     cifar = load_npz(SHARED_CIFAR)["images"][::50]  # 102 images across all classes
     big = np.stack([np.asarray(Image.fromarray(im).resize((512, 512), Image.BICUBIC)) for im in cifar])
     diff = _diff_to_pil(big)
@@ -253,10 +247,6 @@ def test_sd14_unet_has_859_52m_parameters():
 
 
 def test_tiny_pipeline_loads_its_fp16_variant_too(tiny_sd):
-    import warnings
-
-    from diffusers import StableDiffusionPipeline
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd), variant="fp16", torch_dtype=torch.float16)
