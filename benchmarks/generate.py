@@ -55,7 +55,7 @@ from diffaug.generate.model import (  # noqa: E402
     torch_dtype,
     use_inductor_cache,
 )
-from diffaug.generate.sampler import Sampler, downsample, to_uint8  # noqa: E402
+from diffaug.generate.sampler import Sampler, downsample, make_scheduler, to_uint8  # noqa: E402
 from diffaug.io import write_bytes_atomic  # noqa: E402
 from diffaug.sandbox.tiny import build_sd14_random, build_tiny_pipeline  # noqa: E402
 
@@ -433,8 +433,8 @@ def skip_reason(c: SweepConfig, device: torch.device) -> str | None:
     return None
 
 
-def run_config(c: SweepConfig, pipes: Pipes, args, device: torch.device, flops: float, exact: np.ndarray | None
-               ) -> tuple[dict[str, Any], np.ndarray | None]:
+def run_config(c: SweepConfig, pipes: Pipes, samplers: dict, args, device: torch.device, flops: float,
+               exact: np.ndarray | None) -> tuple[dict[str, Any], np.ndarray | None]:
     steps = c.steps or args.steps
     row: dict[str, Any] = {**dataclasses.asdict(c), "steps": steps, "status": "ok"}
     seeds = list(range(c.batch))
@@ -460,44 +460,54 @@ def run_config(c: SweepConfig, pipes: Pipes, args, device: torch.device, flops: 
         if device.type == "cuda":
             row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         return row, None
-    unet = pipe.unet
-    if c.fp8:
-        pipe.unet = copy.deepcopy(unet)
-        apply_fp8(pipe)
-    try:
+    # A configuration that differs from an earlier one only in scheduler, steps or DeepCache interval
+    # reuses its Sampler: the compiled graphs are the same, so nothing is traced or compiled again.
+    key = (c.dtype, c.fuse_qkv, c.channels_last, c.compile, c.mode, c.attention, bool(c.deep_cache), c.fp8, c.batch)
+    s = samplers.get(key)
+    if s is not None:
+        s.scheduler, s.steps = make_scheduler(s.pipe, c.scheduler), steps
+        if s.deep_cache is not None:
+            s.deep_cache.interval = c.deep_cache
+    else:
         if c.compile:
             use_inductor_cache(REPO)
-        s = Sampler(pipe, steps=steps, guidance_scale=args.guidance, resolution=args.resolution,
-                    out_size=(args.out_size, args.out_size), scheduler=c.scheduler, safety_checker=args.safety_checker,
-                    compile=c.compile, compile_mode=c.mode, compile_backend="inductor" if device.type == "cuda" else "eager",
-                    attention=c.attention, deep_cache=c.deep_cache)
-        s.encode_prompts(sorted(set(prompts)), None)
-        s.steps = min(2, steps)  # warm-up: compiles every graph the loop uses (DeepCache: a full and a shallow step)
-        _sync(device)
-        start = time.perf_counter()
-        warm_parts, _ = timed_batch(s, seeds, prompts, device)
-        warm_s = time.perf_counter() - start
-        s.steps = steps
-        runs = [timed_batch(s, seeds, prompts, device) for _ in range(args.repeats)]
-        parts = {k: float(np.mean([r[0][k] for r in runs])) for k in runs[0][0]}
-        images = runs[0][1]
-        two_steps = parts["total_s"] - parts["denoise_s"] * (1 - min(2, steps) / steps)
-        guided = 2 if s.guided else 1
-        row.update(parts, images_per_s=c.batch / parts["total_s"], warmup_s=warm_s,
-                   compile_s=max(0.0, warm_s - two_steps) if c.compile else 0.0,
-                   unet_tflops_effective=flops * guided * steps * c.batch / parts["denoise_s"] / 1e12)
-        if device.type == "cuda":
-            row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-        if exact is not None and exact.shape[1:] == images.shape[1:]:
-            n = min(len(exact), len(images))  # the same seeds 0..n-1 in both
-            diff = np.abs(images[:n].astype(np.int16) - exact[:n].astype(np.int16))
-            row.update(diff_mean=float(diff.mean()), diff_max=int(diff.max()), diff_fraction=float(np.mean(diff > 0)))
-        if c.profiled:
-            row["profile"] = profile_step(s, seeds, prompts, device)
-        return row, images
-    finally:
-        pipe.unet = unet
-        del warm_parts
+            torch._dynamo.reset()  # fresh guards: no silent fall-back to eager after 8 recompiles of the UNet
+        unet = pipe.unet
+        if c.fp8:
+            pipe.unet = copy.deepcopy(unet)
+            apply_fp8(pipe)
+        try:
+            s = Sampler(pipe, steps=steps, guidance_scale=args.guidance, resolution=args.resolution,
+                        out_size=(args.out_size, args.out_size), scheduler=c.scheduler, safety_checker=args.safety_checker,
+                        compile=c.compile, compile_mode=c.mode, compile_backend="inductor" if device.type == "cuda" else "eager",
+                        attention=c.attention, deep_cache=c.deep_cache)
+        finally:
+            pipe.unet = unet  # the Sampler keeps the (quantized) module it was built with
+        samplers[key] = s
+    s.encode_prompts(sorted(set(prompts)), None)
+    s.steps = min(2, steps)  # warm-up: compiles every graph the loop uses (DeepCache: a full and a shallow step)
+    _sync(device)
+    start = time.perf_counter()
+    timed_batch(s, seeds, prompts, device)
+    warm_s = time.perf_counter() - start
+    s.steps = steps
+    runs = [timed_batch(s, seeds, prompts, device) for _ in range(args.repeats)]
+    parts = {k: float(np.mean([r[0][k] for r in runs])) for k in runs[0][0]}
+    images = runs[0][1]
+    two_steps = parts["total_s"] - parts["denoise_s"] * (1 - min(2, steps) / steps)
+    guided = 2 if s.guided else 1
+    row.update(parts, images_per_s=c.batch / parts["total_s"], warmup_s=warm_s,
+               compile_s=max(0.0, warm_s - two_steps) if c.compile else 0.0,
+               unet_tflops_effective=flops * guided * steps * c.batch / parts["denoise_s"] / 1e12)
+    if device.type == "cuda":
+        row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    if exact is not None and exact.shape[1:] == images.shape[1:]:
+        n = min(len(exact), len(images))  # the same seeds 0..n-1 in both
+        diff = np.abs(images[:n].astype(np.int16) - exact[:n].astype(np.int16))
+        row.update(diff_mean=float(diff.mean()), diff_max=int(diff.max()), diff_fraction=float(np.mean(diff > 0)))
+    if c.profiled:
+        row["profile"] = profile_step(s, seeds, prompts, device)
+    return row, images
 
 
 def _fmt(row: dict[str, Any], key: str, spec: str) -> str:
@@ -552,6 +562,7 @@ def sweep(args, argv: list[str]) -> dict[str, Any]:
     traced_on_cpu = False
     with tempfile.TemporaryDirectory() as tmp:
         pipes = Pipes(args, device, tmp)
+        samplers: dict = {}
         flops = unet_flops_per_image(pipes.get(args.dtype, fuse_qkv=False, channels_last=False), args, device)
         for c in sweep_configs(args):
             elapsed = time.perf_counter() - started
@@ -572,7 +583,7 @@ def sweep(args, argv: list[str]) -> dict[str, Any]:
                              else f"skipped: {reason}"})
             else:
                 try:
-                    row, images = run_config(c, pipes, args, device, flops, exact)
+                    row, images = run_config(c, pipes, samplers, args, device, flops, exact)
                     row["note"] = note
                     if c.name == "ours eager, no levers":
                         exact = images
