@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -264,3 +266,13 @@ def test_the_plan_is_built_once_per_run(tiny_sd, tmp_path, monkeypatch):
     params, classes = write_inputs(tmp_path, tiny_sd, synthetic={"images_per_class": 1})
     assert main(cli_args(params, classes, tmp_path / "out")) == 0
     assert calls == ["syn1"]
+
+
+def test_inductor_cache_is_a_git_ignored_folder_of_the_repository(tmp_path, monkeypatch):
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_FX_GRAPH_CACHE", "TORCHINDUCTOR_AUTOGRAD_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    folder = model.use_inductor_cache(tmp_path)
+    assert folder == (tmp_path / ".cache" / "torchinductor").resolve() and folder.is_dir()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(folder) and os.environ["TORCHINDUCTOR_FX_GRAPH_CACHE"] == "1"
+    ignored = subprocess.run(["git", "check-ignore", "-q", ".cache/torchinductor/fxgraph/x"], cwd=REPO)
+    assert ignored.returncode == 0, ".cache/ must be in .gitignore"
