@@ -60,7 +60,7 @@ class NonFiniteTraining(UserError):
     def __init__(self, epoch: int, epochs: int, label: str = ""):
         self.epoch = epoch
         where = f"{label}: " if label else ""
-        super().__init__(f"{where}training diverged in epoch {epoch + 1}/{epochs}: the loss is not finite "
+        super().__init__(f"{where}training diverged in epoch {epoch + 1}/{epochs}: the loss or the weights are not finite "
                          f"(lower the recipe's lr?); stopped, the last good checkpoint is kept and no weights were written")
 
 
@@ -154,6 +154,9 @@ class Trainer:
         self.autocast = precision == "bf16" and device.type == "cuda"  # CPU bf16 autocast is slower, not faster
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.momentum_buffers = [torch.zeros_like(p) for p in self.params] if recipe.momentum else []
+        # What must stay finite for an epoch to count: every float tensor a checkpoint or the result holds.
+        kept = [self.model] + ([self.ema] if self.ema is not None else [])
+        self._checked = [t for m in kept for t in (*m.parameters(), *m.buffers()) if t.is_floating_point()]
         self.steps_per_epoch = steps_per_epoch(len(self.images), recipe.batch_size, recipe.pad_last_batch)
         # The schedule runs on the host on a stand-in optimizer: it only produces each step's lr, which
         # the epoch plan uploads once per epoch. Its state is checkpointed as before.
@@ -343,7 +346,7 @@ class Trainer:
         val/acc (plain cross-entropy and accuracy of `final_model`). Raises NonFiniteTraining, without
         counting the epoch, if the loss or the weights stopped being finite."""
         seen = self._train_steps(max_steps)
-        weights_finite = torch.stack(torch._foreach_norm(self.params)).sum().isfinite()
+        weights_finite = torch.stack(torch._foreach_norm(self._checked)).sum().isfinite()  # BatchNorm statistics too
         parts = [self._loss_sum, self._correct, self._finite.float(), weights_finite.float()]
         if validate and self.has_validation:
             parts.append(self._evaluate_on_device())
