@@ -217,13 +217,12 @@ def worker(job_path: Path) -> None:
     while not Path(job["go"]).exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     start = time.time()
-    steps = 0
+    seen = 0
     for _ in range(job["epochs"]):
         trainer.train_epoch(max_steps=job["steps"])
-        steps += job["steps"] or trainer.steps_per_epoch
+        seen += min(len(images), job["steps"] * job["batch"]) if job["steps"] else len(images)  # padding not counted
     end = time.time()
-    Path(job["out"]).write_text(json.dumps({"start": start, "end": end, "images": steps * job["batch"],
-                                            "steps": steps}))
+    Path(job["out"]).write_text(json.dumps({"start": start, "end": end, "images": seen}))
 
 
 def time_cells(args: argparse.Namespace, cells: int, images: int, batch: int, epochs: int, steps: int | None,
@@ -249,9 +248,14 @@ def time_cells(args: argparse.Namespace, cells: int, images: int, batch: int, ep
                 return {"cells": cells, "error": "a cell did not get ready in time or failed"}
             time.sleep(0.05)
         go.write_text("go")
-        for p in procs:
-            p.wait(timeout=max(1.0, deadline - time.monotonic()) + timeout_s)
-        results = [json.loads((tmp / f"out-{i}.json").read_text()) for i in range(cells)]
+        try:
+            for p in procs:
+                p.wait(timeout=timeout_s)
+            results = [json.loads((tmp / f"out-{i}.json").read_text()) for i in range(cells)]
+        except (subprocess.TimeoutExpired, OSError, ValueError):
+            for p in procs:
+                p.kill()
+            return {"cells": cells, "error": "a cell failed or did not finish in time"}
     wall = max(r["end"] for r in results) - min(r["start"] for r in results)
     total = sum(r["images"] for r in results)
     return {"cells": cells, "batch": batch, "images_per_cell": results[0]["images"], "wall_s": wall,
