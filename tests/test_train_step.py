@@ -372,3 +372,48 @@ def test_grid_estimate_sums_images_times_epochs_over_the_table(tmp_path):
     assert set(H100_IMAGES_PER_S) == {"resnet18", "resnet34", "resnet50", "vgg16", "densenet121"}
     line = grid_eta_line("resnet18", 250, 1, ["a", "b", "d"], tmp_path)
     assert "2 mixtures" in line and line.endswith("not counted: d") and "about 33 min on one H100" in line  # 18.75M / 9506 per s
+
+
+def test_paper_recipe_step_is_the_plain_torch_step():
+    """The paper's step as its code wrote it (mean cross-entropy, loss.backward(), torch.optim.SGD with a
+    per-batch CosineAnnealingLR) against ours on the same batch: the lrs are the same numbers, the
+    forward/backward are the same kernels (BatchNorm statistics and gradients identical), and the weights
+    after the update differ by at most the SGD rounding bounded in test_sgd_step_is_torch_sgd_within_float32_rounding
+    (one step: 4 * eps32 * max|p| per tensor)."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from diffaug.train.augment import apply_crop_flip
+    from diffaug.train.schedule import build_scheduler
+
+    paper = dataclasses.replace(Recipe(**PAPER), epochs=2, batch_size=8, crop_padding=2)
+    t = trainer(paper)
+    reference = copy.deepcopy(t.model).train()
+    optimizer = torch.optim.SGD(reference.parameters(), lr=paper.lr, momentum=paper.momentum, nesterov=paper.nesterov,
+                                weight_decay=paper.weight_decay)
+    scheduler = build_scheduler(optimizer, paper, t.steps_per_epoch)
+    t.model.train()
+    t._plan_epoch()
+    lrs = []
+    for _ in range(t.steps_per_epoch):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()  # no gradients yet: only the scheduler's clock moves
+        scheduler.step()
+    assert t._lrs.tolist() == pytest.approx(lrs, rel=EPS32, abs=0)  # float64 lrs stored as float32
+    optimizer = torch.optim.SGD(reference.parameters(), lr=float(t._lrs[0]), momentum=paper.momentum,
+                                nesterov=paper.nesterov, weight_decay=paper.weight_decay)
+    plan = t._plan[:8]
+    x = apply_crop_flip(t.images[plan[:, loop.IMAGE_ROW]], 2, True, plan[:, loop.CROP])
+    loss = F.cross_entropy(reference(x.permute(0, 3, 1, 2)), t.labels[plan[:, loop.LABEL_ROW]])
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    t._eager_step(0)
+    ours, theirs = t.model.state_dict(), reference.state_dict()
+    for key in ours:
+        if "running" in key or "num_batches" in key:
+            assert torch.equal(ours[key], theirs[key]), key
+        else:
+            torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=4 * EPS32 * theirs[key].abs().max().item())
+    assert t._loss_sum.item() == pytest.approx(loss.item() * 8, rel=EPS32)
