@@ -1,6 +1,10 @@
 """Offline demo: the real dvc.yaml, every stage, end to end on a CPU in minutes, with no network.
 
-    python -m diffaug.sandbox.demo [--workdir demo] [--epochs N]
+    python -m diffaug.sandbox.demo [--workdir DIR] [--epochs N] [--real-per-class N]
+
+    --workdir         where the scratch repository goes (default: demo/ in this checkout; replaced)
+    --epochs          training epochs of every train@ cell (default 10)
+    --real-per-class  toy "real" images per class (default 100)
 
 It copies the pipeline (dvc.yaml, params.yaml, src/) into a scratch git+DVC repository, so the
 repository's own params.yaml and dvc.lock are never touched, then swaps in tiny settings:
@@ -8,6 +12,9 @@ repository's own params.yaml and dvc.lock are never touched, then swaps in tiny 
     save_pretrained and loaded through the same from_pretrained path as the hub id;
   * a small procedurally drawn dataset (coloured shapes), 32x32;
   * a few images per class, a few mixtures, ten epochs.
+It runs `dvc repro`, commits the result as the `main` baseline and pushes it to the repository's
+default remote, a folder inside it (`dvc-storage/`, git-ignored), so the README's `dvc exp ...`,
+`dvc queue ...`, `dvc push` / `dvc pull` and `make report` work inside it as written.
 Its accuracies are meaningless: the point is that every stage runs and DVC tracks it.
 The integration tests build their sandboxes with the same functions.
 """
@@ -29,6 +36,7 @@ from diffaug.io import save_npz_atomic
 REPO_ROOT = Path(__file__).resolve().parents[3]
 PIPELINE_FILES = ("dvc.yaml", "params.yaml", "src", ".dvcignore")
 SHAPES = ("circle", "square", "cross")
+STORAGE = "dvc-storage"  # the sandbox's default DVC remote, a git-ignored folder inside it
 BANNER = ("DEMO ONLY - these numbers mean nothing: a random-weight diffusion model, a toy dataset of "
           "coloured shapes and a few epochs of training. Run `make repro` on a GPU box for the paper's numbers.")
 
@@ -120,10 +128,19 @@ def make_sandbox(workdir: Path, *, mixes: list[str], epochs: int = 2, images_per
             target = target[part]
         target[leaf] = value
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (workdir / ".gitignore").write_text("/inputs/\n/checkpoints/\n")
+    (workdir / ".gitignore").write_text(f"/inputs/\n/checkpoints/\n/{STORAGE}/\n")
+    # `make report` as the README shows it; the interpreter is named by absolute path, so it works
+    # with or without the venv activated (the main Makefile also builds the venv, not needed here).
+    (workdir / "Makefile").write_text(
+        "# The scratch repository's copy of the main Makefile's report target.\n"
+        ".PHONY: report\nreport:\n"
+        f"\tDVC_NO_ANALYTICS=1 {Path(sys.executable)} -m diffaug.report --out reports\n")
     run(["git", "init", "-q", "-b", "main"], workdir)
     run(["dvc", "init", "-q"], workdir)
     run(["dvc", "config", "core.analytics", "false"], workdir)
+    # A default remote, like the main repository's `local` one: a git-ignored folder inside the
+    # sandbox, named by absolute path so that clones and queued runs (temporary copies) reach it too.
+    run(["dvc", "remote", "add", "-d", "local", str((workdir / STORAGE).resolve())], workdir)
     run(["git", "add", "-A"], workdir)
     run(["git", "commit", "-q", "-m", "demo pipeline with tiny params"], workdir)
     return workdir
@@ -132,24 +149,52 @@ def make_sandbox(workdir: Path, *, mixes: list[str], epochs: int = 2, images_per
 DEMO_MIXES = ["orig100", "orig50_syn1_50", "syn2_100", "orig100_syn1_100_syn2_100", "orig50_rot50_vflip50"]
 
 
+def build_demo(workdir: Path, *, epochs: int, real_per_class: int, mixes: list[str] = DEMO_MIXES,
+               images_per_class: int = 6, quiet: bool = False) -> Path:
+    """What `make demo` does: the sandbox, `dvc repro`, the results committed as the `main` baseline,
+    `dvc push` to the sandbox's own remote. With quiet=False dvc's output streams to the terminal."""
+    make_sandbox(workdir, mixes=mixes, epochs=epochs, per_class_real=real_per_class, images_per_class=images_per_class)
+    say = (lambda msg: None) if quiet else (lambda msg: print(msg, flush=True))
+    for cmd in (["dvc", "repro"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "baseline: dvc repro of the tiny pipeline"],
+                ["dvc", "push"]):
+        if cmd[0] == "dvc":
+            say(f"demo: {' '.join(cmd)}" + (" (prepare, generate_syn1, generate_syn2, build_mixtures, train@..., evaluate)"
+                                            if cmd[1] == "repro" else f" (to {workdir / STORAGE})"))
+        proc = subprocess.run(cmd, cwd=workdir, env=tool_env(), text=True,
+                              stdout=subprocess.PIPE if quiet else None, stderr=subprocess.STDOUT if quiet else None)
+        if proc.returncode:
+            if quiet:
+                raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}) in {workdir}:\n{proc.stdout}")
+            raise SystemExit(proc.returncode)
+    return workdir
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Run the whole pipeline offline on tiny data (numbers mean nothing).")
-    ap.add_argument("--workdir", type=Path, default=REPO_ROOT / "demo")
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--real-per-class", type=int, default=100)
+    ap.add_argument("--workdir", type=Path, default=REPO_ROOT / "demo",
+                    help="where the scratch repository goes (replaced if it exists; default: demo/ in this checkout)")
+    ap.add_argument("--epochs", type=int, default=10, help="training epochs of every train@ cell (default 10)")
+    ap.add_argument("--real-per-class", type=int, default=100, help='toy "real" images per class (default 100)')
     args = ap.parse_args(argv)
     os.environ.update({"DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1"})
     start = time.time()
     print(BANNER, flush=True)
     print(f"demo: building a scratch repository in {args.workdir} (random-weight Stable Diffusion, toy data)", flush=True)
-    make_sandbox(args.workdir, mixes=DEMO_MIXES, epochs=args.epochs, per_class_real=args.real_per_class)
-    print("demo: dvc repro (prepare, generate_syn1, generate_syn2, build_mixtures, train@..., evaluate)", flush=True)
-    proc = subprocess.run(["dvc", "repro"], cwd=args.workdir, env=tool_env())
-    if proc.returncode:
-        raise SystemExit(proc.returncode)
+    build_demo(args.workdir, epochs=args.epochs, real_per_class=args.real_per_class)
     shown = run(["dvc", "exp", "show", "--md", "--drop", ".*", "--keep", "Experiment|model$|test_acc|syn_recognised"], args.workdir, check=False)
     print(shown.stdout)
     print(f"demo: done in {time.time() - start:.0f} s; outputs in {args.workdir} (metrics/summary.json, data/synthetic/*/samples.png)")
+    where = os.path.relpath(args.workdir)
+    venv = os.path.relpath(Path(sys.prefix), args.workdir)
+    print(f"""
+Try the README's commands in it (`main` is the committed baseline, `dvc-storage/` its default remote):
+  cd {where} && source {venv}/bin/activate
+  dvc exp show --md --drop '.*' --keep 'Experiment|test_acc\\.'
+  dvc exp run -n resnet34 -S model=resnet34
+  dvc exp run --queue -S model=resnet18,vgg16 && dvc queue start -j 2 && dvc queue status
+  make report                 # reports/report.md
+  dvc plots show              # dvc_plots/index.html
+  dvc push; dvc pull""")
     print(BANNER)
 
 
