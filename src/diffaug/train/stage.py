@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     resolve_device(cfg.train.device)  # a missing CUDA device is a one-line error before data is read
     images, labels, classes = load_training_data(args.mixture, args.prepared, args.synthetic)
     val_images, val_labels = load_validation(args.prepared / "val.npz", classes, images.shape[1:])
-    print(grid_eta_line(args.model, cfg.train.active.epochs, len(cfg.train.seeds), list(cfg.mixes),
+    print(grid_eta_line(args.model, cfg.train.active.epochs, len(cfg.train.seeds), cfg.trained_mixes,
                         args.mixture.parent, {args.mix: len(images)}), flush=True)
     report = run(cfg, args.model, args.mix, images, labels, classes, val_images, val_labels,
                  args.out, args.metrics, args.checkpoints)
