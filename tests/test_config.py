@@ -30,7 +30,10 @@ def test_committed_params_are_the_paper_settings():
     cfg = load_config(REPO / "params.yaml")
     assert cfg.dataset.name == "cifar10"
     assert cfg.synthetic.images_per_class == 5000
-    assert cfg.synthetic.syn1.templates == ["{label}"] and cfg.synthetic.syn2.templates == ["a photo of a {label}"]
+    sets = cfg.synthetic.sets
+    assert cfg.synthetic_sets == ("syn1", "syn2") and cfg.img2img_sets == []
+    assert sets["syn1"].kind == sets["syn2"].kind == "prompt"
+    assert sets["syn1"].templates == ["{label}"] and sets["syn2"].templates == ["a photo of a {label}"]
     d = cfg.diffusion
     assert (d.model, d.dtype, d.variant, d.resolution, d.guidance_scale, d.steps, d.scheduler, d.safety_checker) == (
         "CompVis/stable-diffusion-v1-4", "float16", "fp16", 512, 7.5, 50, "default", True)
@@ -60,10 +63,15 @@ BAD = [
     ("model", "resnet101", "model: got 'resnet101'; allowed: 'resnet18'"),
     ("mixes", ["orig100", "orig75"], "mixes[1]: unknown mixture 'orig75'"),
     ("mixtures.orig100", {"orig": 1.5}, "mixtures.orig100.orig: fraction 1.5 is outside [0, 1]"),
-    ("mixtures.orig100", {"syn3": 1.0}, "mixtures.orig100.syn3: unknown source; allowed: orig, rot90, vflip, syn1, syn2"),
+    ("mixtures.orig100", {"syn3": 1.0}, "mixtures.orig100.syn3: unknown source (no synthetic set 'syn3' under "
+     "synthetic.sets); allowed: orig, rot90, vflip, syn1, syn2"),
     ("mixtures.orig50_rot50", {"orig": 0.25, "rot90": 0.5}, "mixtures.orig50_rot50.rot90: copies the real images that orig draws"),
-    ("synthetic.syn2.prompt", "a photo of a bird", "synthetic.syn2.prompt: 'a photo of a bird' must contain {label}"),
-    ("synthetic.syn1.prompt", ["{label}", "{label} by {artist}"], "must contain {label} and no other {field}"),
+    ("synthetic.sets.syn2.prompt", "a photo of a bird", "synthetic.sets.syn2.prompt: 'a photo of a bird' must contain {label}"),
+    ("synthetic.sets.syn1.prompt", ["{label}", "{label} by {artist}"], "must contain {label} and no other {field}"),
+    ("synthetic.sets.syn1.kind", "text", "synthetic.sets.syn1.kind: got 'text'; allowed: 'prompt' | 'img2img'"),
+    ("synthetic.sets.syn1.strength", 0.5, "synthetic.sets.syn1.strength: unknown key; allowed: kind, prompt, negative_prompt"),
+    ("synthetic.syn1", {"prompt": "{label}"}, "synthetic.syn1: moved under synthetic.sets, e.g. synthetic.sets.syn1: {kind: prompt"),
+    ("synthetic.sets.orig", {"kind": "prompt"}, "synthetic.sets.orig: 'orig' is a reserved source name"),
     ("synthetic.images_per_class", 0, "synthetic.images_per_class: got 0; allowed: an integer >= 1"),
     ("dataset.name", "mnist", "dataset.name: got 'mnist'; allowed: cifar10 | cifar100 | npz:<path> | imagefolder:<path>"),
     ("train.recipe", "fast", "train.recipe: got 'fast'; allowed: default, paper"),
@@ -89,6 +97,53 @@ def test_a_mixture_may_not_use_a_source_that_is_not_generated():
     p["mixtures"]["orig50_syn1_50"] = {"orig": 0.5, "syn9": 0.5}
     with pytest.raises(ConfigError, match=r"mixtures\.orig50_syn1_50\.syn9: unknown source"):
         parse_config(p)
+
+
+def with_img2img(set_spec: dict, listed: bool = True, **top) -> dict:
+    p = copy.deepcopy(BASE)
+    p["synthetic"]["sets"]["i2i"] = {"kind": "img2img", **set_spec}
+    p["img2img_sets"] = ["i2i"] if listed else []
+    p.update(top)
+    return p
+
+
+def test_an_img2img_set_parses_with_its_defaults_and_a_strength_list():
+    cfg = parse_config(with_img2img({"strength": [0.25, 0.5, 1]}))
+    spec = cfg.synthetic.sets["i2i"]
+    assert spec.kind == "img2img" and spec.strengths == [0.25, 0.5, 1.0] and spec.images_per_class is None
+    assert spec.templates == ["a photo of a {label}"]
+    assert cfg.synthetic_sets == ("syn1", "syn2", "i2i") and cfg.sources[-1] == "i2i" and cfg.is_synthetic("i2i")
+    assert parse_config(with_img2img({"strength": 1})).synthetic.sets["i2i"].strengths == [1.0]
+
+
+BAD_IMG2IMG = [
+    ({"strength": 0}, "synthetic.sets.i2i.strength: got 0.0; allowed: a number in (0, 1]"),
+    ({"strength": 1.5}, "synthetic.sets.i2i.strength: got 1.5; allowed: a number in (0, 1]"),
+    ({"strength": -0.2}, "synthetic.sets.i2i.strength: got -0.2; allowed: a number in (0, 1]"),
+    ({"strength": [0.5, 1.01]}, "synthetic.sets.i2i.strength: got 1.01; allowed: a number in (0, 1]"),
+    ({"strength": []}, "synthetic.sets.i2i.strength: empty list"),
+    ({"strength": 0.01}, "synthetic.sets.i2i.strength: got 0.01: int(diffusion.steps * strength) = int(50 * 0.01) = 0 steps"),
+    ({"strength": "high"}, "synthetic.sets.i2i.strength: got 'high'; allowed: a number or a list of a number"),
+    ({"strength": float("nan")}, "synthetic.sets.i2i.strength: got nan; allowed: a finite number"),
+    ({"images_per_class": 0}, "synthetic.sets.i2i.images_per_class: got 0; allowed: null (every real training image)"),
+    ({"prompt": "a photo"}, "synthetic.sets.i2i.prompt: 'a photo' must contain {label}"),
+    ({"guidance": 3}, "synthetic.sets.i2i.guidance: unknown key; allowed: kind, strength, prompt"),
+]
+
+
+@pytest.mark.parametrize("spec,message", BAD_IMG2IMG, ids=[str(b[0])[:30] for b in BAD_IMG2IMG])
+def test_bad_img2img_value_is_one_line_naming_the_key(spec, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config(with_img2img(spec))
+    text = str(err.value)
+    assert "\n" not in text and text.startswith("params.yaml: ") and message in text, text
+
+
+def test_img2img_sets_lists_exactly_the_img2img_sets():
+    with pytest.raises(ConfigError, match=r"img2img_sets: misses 'i2i': list every img2img set here"):
+        parse_config(with_img2img({"strength": 0.5}, listed=False))
+    with pytest.raises(ConfigError, match=r"img2img_sets\[0\]: 'syn1' is not an img2img set under synthetic.sets"):
+        parse_config(with_img2img({"strength": 0.5}, listed=False, img2img_sets=["syn1"]))
 
 
 def test_not_yaml_and_missing_file(tmp_path):

@@ -52,7 +52,7 @@ def write_inputs(folder: Path, model: Path, *, diffusion=None, synthetic=None, s
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["diffusion"] = {**tiny_diffusion_params(model), "steps": 8, "batch_size": 3, **(diffusion or {})}
     params["synthetic"].update({"images_per_class": IMAGES_PER_CLASS, "images_per_shard": IMAGES_PER_SHARD, **(synthetic or {})})
-    params["synthetic"]["syn1"].update(syn1 or {})
+    params["synthetic"]["sets"]["syn1"].update(syn1 or {})
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     (folder / "classes.json").write_text(json.dumps({"classes": CLASSES, "image_size": [32, 32]}))
@@ -302,7 +302,7 @@ def _error_cases(tiny_sd, tiny_without_checker, tmp_path):
                                         "synthetic": {"images_per_class": 5000, "images_per_shard": 1000}}, "syn1", "diffusion.allow_cpu"),
         "fp16 variant absent": ({"diffusion": {"variant": "fp8"}}, "syn1", "diffusion.variant"),
         "unknown scheduler": ({"diffusion": {"scheduler": "lms"}}, "syn1", "diffusion.scheduler"),
-        "unknown set": ({}, "syn3", "invalid choice"),
+        "unknown set": ({}, "syn3", "set: 'syn3' is not declared under synthetic.sets"),
         "classes.json missing": ({"classes": "absent"}, "syn1", "classes.json: not found"),
     }
 

@@ -9,7 +9,7 @@ import yaml
 
 import diffaug.mixtures as mixtures
 from diffaug.formats.mixture import load_mixture
-from diffaug.config import SOURCES, parse_config
+from diffaug.config import PAPER_SOURCES, parse_config
 from diffaug.errors import UserError
 from diffaug.io import load_npz, save_npz_atomic, sha256_file
 
@@ -56,8 +56,9 @@ def test_counts_per_source_and_class_are_exact_for_every_default_mixture(sources
         assert len(index["row"]) == comp["total"] == sum(round(f * (REAL_PER_CLASS if s in ("orig", "rot90", "vflip") else SYN_PER_CLASS)) * len(CLASSES)
                                                         for s, f in fractions.items())
         # labels stored in the index are the labels of the rows they point at
+        assert [str(n) for n in index["source_names"]] == list(PAPER_SOURCES)  # the paper's mixtures: the old code table
         for code in np.unique(index["source"]):
-            src = SOURCES[code]
+            src = PAPER_SOURCES[code]
             sel = index["source"] == code
             pool = sources["labels"] if src in ("orig", "rot90", "vflip") else sources["synthetic"][src][1]
             assert np.array_equal(index["label"][sel], pool[index["row"][sel]])
@@ -77,7 +78,7 @@ def test_same_seed_same_bytes_other_seed_other_draw(sources):
 
 def test_draws_nest_and_copies_are_of_the_same_real_images(sources):
     _, out = build(sources)
-    rows = lambda mix, src: set(load_npz(out / f"{mix}.npz")["row"][load_npz(out / f"{mix}.npz")["source"] == SOURCES.index(src)])
+    rows = lambda mix, src: set(load_npz(out / f"{mix}.npz")["row"][load_npz(out / f"{mix}.npz")["source"] == PAPER_SOURCES.index(src)])
     assert rows("orig50", "orig") == rows("orig50_syn1_50", "orig") == rows("orig50_rot50", "orig")
     assert rows("orig50", "orig") < rows("orig100", "orig")
     assert rows("orig50_rot50", "rot90") == rows("orig50_rot50", "orig")
@@ -108,7 +109,7 @@ def test_load_mixture_returns_the_pixels_with_copies_transformed(sources):
     index = load_npz(out / "orig50_rot50_vflip50.npz")
     real = sources["images"]
     for src, expected in (("orig", real), ("rot90", np.rot90(real, 1, axes=(1, 2))), ("vflip", real[:, ::-1])):
-        sel = index["source"] == SOURCES.index(src)
+        sel = index["source"] == PAPER_SOURCES.index(src)
         assert np.array_equal(images[sel], expected[index["row"][sel]])
     assert classes == CLASSES and labels.dtype == np.int64 and images.dtype == np.uint8
     syn, syn_labels, _ = load_mixture(out / "orig100_syn1_100_syn2_100.npz", sources["prepared"], sources["tmp"] / "synthetic")
@@ -123,3 +124,54 @@ def test_load_mixture_refuses_sources_that_changed_since_the_build(sources):
         load_mixture(out / "orig50_syn1_50.npz", sources["prepared"], sources["tmp"] / "synthetic")
     images, *_ = load_mixture(out / "orig100.npz", sources["prepared"], sources["tmp"] / "synthetic")
     assert len(images) == REAL_PER_CLASS * 3  # a mixture without syn1 still loads
+
+
+# Built by the code before synthetic sets had names (commit 0385e9e) from the `sources` fixture: naming
+# the sets must not change one byte of a paper mixture's file (else every cell of the grid retrains).
+BEFORE_NAMED_SETS = {
+    "orig100": "a335743c6d60afde7941f44bac545a1b6d759d1d59191ff26942df2b622714e3",
+    "orig100_syn1_100_syn2_100": "74fe34a834a5afadc347687e0e1a382f82b7cf7cb43dbb67070eefd3304d1f9f",
+    "orig50_rot50_vflip50": "8c8fda8fadbd60b54f378c8c13ec1fcadaef5fbdb6dfb4ffceac4527d56094d3",
+    "orig50_syn2_50": "e1625eddaf872031550e4c8abb9212a9b54546c29a47fc2fab282880edc55134",
+    "syn1_50": "98176123c866908d0c828af8d8b9f26be8ee8d2adaeac43a50755b9cc84327c6",
+}
+
+
+def with_set(params: dict, name: str = "i2i", **mixes) -> dict:
+    p = copy.deepcopy(params)
+    p["synthetic"]["sets"][name] = {"kind": "img2img", "strength": 0.5}
+    p["img2img_sets"] = [name]
+    p["mixtures"].update(mixes)
+    return p
+
+
+def test_paper_mixture_files_keep_their_bytes_and_a_new_set_changes_none(sources):
+    _, a = build(sources, out="a")
+    assert {m: sha256_file(a / f"{m}.npz") for m in BEFORE_NAMED_SETS} == BEFORE_NAMED_SETS
+    labels = np.repeat(np.arange(len(CLASSES)), 7)
+    images = np.zeros((len(labels), 8, 8, 3), np.uint8)
+    images[:, 0, 0, 0] = 150
+    sources["synthetic"]["i2i"] = [images, labels, "digest-i2i"]
+    _, b = build(sources, with_set(PARAMS, orig50_i2i50={"orig": 0.5, "i2i": 0.5}, i2i_syn1={"i2i": 1.0, "syn1": 0.5}), out="b")
+    assert all(sha256_file(b / f"{m}.npz") == sha256_file(a / f"{m}.npz") for m in PARAMS["mixtures"])
+    index = load_npz(b / "orig50_i2i50.npz")
+    assert [str(n) for n in index["source_names"]] == [*PAPER_SOURCES, "i2i"]
+    sel = index["source"] == len(PAPER_SOURCES)
+    assert sel.sum() == round(0.5 * 7) * 3 and set(index["row"][sel]) <= set(range(len(labels)))
+    got, got_labels, _ = load_mixture(b / "i2i_syn1.npz", sources["prepared"], sources["tmp"] / "synthetic")
+    assert (got[:, 0, 0, 0] == 150).sum() == 21 and (got[:, 0, 0, 0] == 100).sum() == 15 * 3
+    comp = json.loads((b / "i2i_syn1.json").read_text())
+    assert comp["per_source"] == {"syn1": 45, "i2i": 21} and comp["source_digests"]["i2i"] == "digest-i2i"
+
+
+def test_a_mixture_drawing_from_an_undeclared_set_is_one_line():
+    from diffaug.errors import ConfigError
+
+    p = copy.deepcopy(PARAMS)
+    p["mixtures"]["orig50_i2i50"] = {"orig": 0.5, "i2i": 0.5}
+    with pytest.raises(ConfigError) as err:
+        parse_config(p)
+    message = str(err.value)
+    assert message.startswith("params.yaml: mixtures.orig50_i2i50.i2i: unknown source (no synthetic set 'i2i' under synthetic.sets)")
+    assert "allowed: orig, rot90, vflip, syn1, syn2" in message and "\n" not in message
+    assert parse_config(with_set(p)).mixtures["orig50_i2i50"] == {"orig": 0.5, "i2i": 0.5}

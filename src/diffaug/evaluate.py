@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from diffaug.cli import stage_parser
-from diffaug.config import SYNTHETIC_SETS, Config, load_config
+from diffaug.config import Config, load_config
 from diffaug.devices import resolve_device
 from diffaug.errors import exit_on_error
 from diffaug.formats.classifier import load_trained, require_files
@@ -93,7 +93,7 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
                 "classifier": f"{cfg.model}-{reference}", "acc": float(np.mean([r["acc"] for r in runs])),
                 "per_class": dict(zip(classes, np.mean([r["per_class"] for r in runs], axis=0).tolist()))}
     for mix in cfg.trained_mixes:
-        if set(cfg.mixtures[mix]) <= set(SYNTHETIC_SETS):
+        if set(cfg.mixtures[mix]) <= set(cfg.synthetic_sets):
             quality["train_on_synthetic"][mix] = {"acc": results[mix]["acc"], "per_class": dict(zip(classes, results[mix]["per_class"]))}
 
     summary = {"model": cfg.model, "variant": cfg.train.variant, "recipe": cfg.train.recipe, "seeds": len(seeds),

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from diffaug.cli import stage_parser
-from diffaug.config import SYNTHETIC_SETS, Config, load_config
+from diffaug.config import REAL_SOURCES, Config, load_config
 from diffaug.config.schema import MixtureFilter
 from diffaug.devices import resolve_device
 from diffaug.errors import UserError, exit_on_error
@@ -123,10 +123,10 @@ def filter_mixture(cfg: Config, mix: str, mixtures_dir: Path, prepared: Path, sy
     classes = index.classes
     codes = np.asarray(index.source)
     names = index.source_names
-    scored = np.array([names[c] in SYNTHETIC_SETS for c in codes], bool)
+    scored = np.array([names[c] not in REAL_SOURCES for c in codes], bool)  # every synthetic set
     scores = np.full(len(index.row), np.nan, np.float32)
     for src, digest in zip(index.used, index.digests):
-        if src not in SYNTHETIC_SETS:
+        if src in REAL_SOURCES:
             continue
         if pool_digest(src, prepared, synthetic_root) != digest:
             raise UserError(f"{source_path}: source {src} changed since the mixture was built; "
@@ -170,7 +170,7 @@ def filter_mixture(cfg: Config, mix: str, mixtures_dir: Path, prepared: Path, sy
         "mixture": mix, "fractions": cfg.mixtures[mix], "seed": cfg.mixture_seed, "total": int(keep.sum()),
         "candidates": int(len(keep)), "filter": asdict(spec), "scorer": classifier_info, "unfiltered": str(source_path),
         "per_source": {s: int(sum(v.values())) for s, v in counts(keep).items()},
-        "per_class": counts(keep), "dropped_per_class": {s: v for s, v in counts(drop).items() if s in SYNTHETIC_SETS},
+        "per_class": counts(keep), "dropped_per_class": {s: v for s, v in counts(drop).items() if s not in REAL_SOURCES},
         "cutoff": cutoff_table, "source_digests": dict(zip(index.used, index.digests)),
         "dropped_columns": ["source", "row", "class", "score"],
         "dropped": [[names[c], int(r), classes[lab], round(float(sc), 6)]

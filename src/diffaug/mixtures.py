@@ -6,7 +6,12 @@ For each source of a mixture and each class, the draw is the first round(fractio
 a permutation seeded by (mixture_seed, source, class) alone, so draws nest and repeat across
 mixtures: orig50 is the same half of the real images in orig50, orig50_syn1_50 and orig50_rot50,
 which keeps the comparison between mixtures about the data added, not about which half was drawn.
-rot90 / vflip rows are copies of the same real images that orig drew (the Fig. 7 baselines).
+rot90 / vflip rows are copies of the same real images that orig drew (the Fig. 7 baselines). A
+mixture may draw from any set declared under synthetic.sets (prompt or img2img: a pool is a pool).
+
+Source codes in a mixture file index `source_names`: the paper's five sources (orig, rot90, vflip,
+syn1, syn2: codes 0-4, as before sets had names), then the other sets this mixture draws from in
+sorted order. So declaring a new set changes no existing mixture file, and no cell retrains for it.
 
 A mixture with a `filter:` is written as `<mix>.unfiltered.npz`, its draw before filtering; its own
 stage filter@<mix> (src/diffaug/filtering.py) drops images from it once the classifier exists.
@@ -19,12 +24,13 @@ another mixture, or a synthetic set it does not use, changes. `<mix>.json` holds
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from diffaug.cli import stage_parser
-from diffaug.config import SOURCES, SYNTHETIC_SETS, Config, load_config
+from diffaug.config import PAPER_SOURCES, Config, load_config
 from diffaug.errors import UserError, exit_on_error
 from diffaug.formats.mixture import COPY_TRANSFORMS, MixtureIndex, pool_digest, unfiltered_name, write_mixture
 from diffaug.formats.splits import load_split
@@ -44,10 +50,16 @@ def _draw(labels: np.ndarray, num_classes: int, fraction: float, seed: int, sour
     return rows
 
 
+def source_names(sources: Iterable[str]) -> list[str]:
+    """The code table of a mixture file: the paper's sources, then the other sets it draws from, sorted."""
+    return list(PAPER_SOURCES) + sorted(s for s in sources if s not in PAPER_SOURCES)
+
+
 def compose(sources: dict[str, float], source_labels: dict[str, np.ndarray], num_classes: int, seed: int):
     """Return (source codes, rows, counts[source][class]) for one mixture."""
     codes, rows, counts = [], [], {}
-    for src in SOURCES:  # fixed order: identical files whatever order params.yaml lists sources in
+    names = source_names(sources)
+    for src in names:  # fixed order: identical files whatever order params.yaml lists sources in
         if src not in sources:
             continue
         if src in COPY_TRANSFORMS:
@@ -57,7 +69,7 @@ def compose(sources: dict[str, float], source_labels: dict[str, np.ndarray], num
         else:
             per_class = _draw(source_labels[src], num_classes, sources[src], seed, src)
         drawn = np.concatenate(per_class).astype(np.int64)
-        codes.append(np.full(len(drawn), SOURCES.index(src), np.uint8))
+        codes.append(np.full(len(drawn), names.index(src), np.uint8))
         rows.append(drawn)
         counts[src] = [len(p) for p in per_class]
     return np.concatenate(codes), np.concatenate(rows), counts
@@ -68,7 +80,7 @@ def build(cfg: Config, prepared: Path, synthetic_root: Path, out: Path) -> dict[
     num_classes = len(train.classes)
     labels = {"orig": train.labels}
     digests = {"orig": pool_digest("orig", prepared, synthetic_root)}
-    needed = {s for sources in cfg.mixtures.values() for s in sources if s in SYNTHETIC_SETS}
+    needed = {s for sources in cfg.mixtures.values() for s in sources if cfg.is_synthetic(s)}
     for name in sorted(needed):
         labels[name] = synthetic.load_synthetic(synthetic_root / name)[1]
         digests[name] = pool_digest(name, prepared, synthetic_root)
@@ -91,14 +103,15 @@ def build(cfg: Config, prepared: Path, synthetic_root: Path, out: Path) -> dict[
     summary = {}
     for mix, sources in cfg.mixtures.items():
         codes, rows, counts = composed[mix]
+        names = source_names(sources)
         mix_labels = np.empty(len(rows), np.int64)
         for code in np.unique(codes):
             sel = codes == code
-            mix_labels[sel] = labels[SOURCES[code]][rows[sel]]
-        used = [s for s in SOURCES if s in sources]
+            mix_labels[sel] = labels[names[code]][rows[sel]]
+        used = [s for s in names if s in sources]
         # a filtered mixture's draw, before its filter@ stage drops images: never trained on as it is
         stem = unfiltered_name(mix) if mix in cfg.filters else mix
-        write_mixture(out / f"{stem}.npz", MixtureIndex(codes, rows, mix_labels, list(SOURCES), train.classes,
+        write_mixture(out / f"{stem}.npz", MixtureIndex(codes, rows, mix_labels, names, train.classes,
                                                        used, [digests[s] for s in used]))
         composition = {
             "mixture": mix, "fractions": sources, "seed": cfg.mixture_seed, "total": int(len(rows)),

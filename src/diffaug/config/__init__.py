@@ -17,25 +17,28 @@ import yaml
 from diffaug.config.coerce import coerce
 from diffaug.config.schema import (
     ARCHITECTURES,
+    PAPER_SOURCES,
+    REAL_SOURCES,
     SCHEDULERS,
-    SOURCES,
-    SYNTHETIC_SETS,
+    SET_KINDS,
     Config,
     DatasetConfig,
     DiffusionConfig,
     EvaluateConfig,
+    Img2ImgSet,
     PromptSet,
     Recipe,
     SyntheticConfig,
+    SyntheticSet,
     TrainConfig,
 )
 from diffaug.config.validate import validate
 from diffaug.errors import ConfigError
 
 __all__ = [
-    "ARCHITECTURES", "SCHEDULERS", "SOURCES", "SYNTHETIC_SETS", "Config", "ConfigError", "DatasetConfig",
-    "DiffusionConfig", "EvaluateConfig", "PromptSet", "Recipe", "SyntheticConfig", "TrainConfig",
-    "load_config", "parse_config",
+    "ARCHITECTURES", "PAPER_SOURCES", "REAL_SOURCES", "SCHEDULERS", "SET_KINDS", "Config", "ConfigError", "DatasetConfig",
+    "DiffusionConfig", "EvaluateConfig", "Img2ImgSet", "PromptSet", "Recipe", "SyntheticConfig", "SyntheticSet",
+    "TrainConfig", "load_config", "parse_config",
 ]
 
 
@@ -57,11 +60,21 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def parse_config(data: Any, source: str = "params.yaml") -> Config:
     """Build and validate a Config from already-parsed YAML; errors are prefixed with `source`."""
     try:
+        _refuse_old_shape(data)
         cfg = coerce(Config, data if data is not None else {}, "")
         validate(cfg)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     return cfg
+
+
+def _refuse_old_shape(data: Any) -> None:
+    """Before synthetic sets had names, syn1 and syn2 sat directly under `synthetic:`; say where they went."""
+    syn = data.get("synthetic") if isinstance(data, dict) else None
+    old = [k for k in ("syn1", "syn2") if isinstance(syn, dict) and k in syn]
+    if old:
+        raise ConfigError(f"synthetic.{old[0]}: moved under synthetic.sets, e.g. synthetic.sets.{old[0]}: "
+                          "{kind: prompt, prompt: ...} (see the repository's params.yaml)")
 
 
 def load_config(path: str | Path = "params.yaml") -> Config:

@@ -41,6 +41,21 @@ def _same_kind(tp: Any, value: Any) -> bool:
     return origin in (list, str, bool) and isinstance(value, origin)
 
 
+def _tagged_arms(tp: Any) -> dict[Any, Any]:
+    """For a union whose arms are all dataclasses with a `kind: Literal[...]` field: {kind value: arm}
+    (the first arm's kind first: it is the default when a mapping gives no kind); else {}."""
+    arms = [a for a in typing.get_args(tp) if a is not type(None)]
+    tagged: dict[Any, Any] = {}
+    for arm in arms:
+        if not dataclasses.is_dataclass(arm):
+            return {}
+        kind = typing.get_type_hints(arm).get("kind")
+        if typing.get_origin(kind) is not Literal:
+            return {}
+        tagged.update({v: arm for v in typing.get_args(kind)})
+    return tagged
+
+
 def coerce(tp: Any, value: Any, key: str) -> Any:
     """Return `value` checked (and, for dataclasses, built) as type `tp`, or raise ConfigError."""
     origin = typing.get_origin(tp)
@@ -59,6 +74,12 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
             raise bad
         return value
     if origin in (Union, types.UnionType):
+        tagged = _tagged_arms(tp)
+        if tagged and isinstance(value, dict):  # a union of dataclasses told apart by their `kind` field
+            kind = value.get("kind", next(iter(tagged)))
+            if kind not in tagged:
+                raise ConfigError(f"{key}.kind: got {kind!r}; allowed: {' | '.join(map(repr, tagged))}")
+            return coerce(tagged[kind], value, key)
         for arm in typing.get_args(tp):
             if arm is type(None):
                 if value is None:

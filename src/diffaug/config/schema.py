@@ -9,8 +9,13 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "vgg16", "densenet121")
-SYNTHETIC_SETS = ("syn1", "syn2")
-SOURCES = ("orig", "rot90", "vflip") + SYNTHETIC_SETS
+# Sources that are the real training images: orig itself, and its rot90 / vflip copies. Every other
+# source of a mixture is a synthetic set, declared by name under synthetic.sets (Config.synthetic_sets).
+REAL_SOURCES = ("orig", "rot90", "vflip")
+# The paper's sources, in the order their codes have in mixture files (formats.mixture): fixed, so
+# mixture files made before sets were named are unchanged, and a newly declared set changes none.
+PAPER_SOURCES = REAL_SOURCES + ("syn1", "syn2")
+SET_KINDS = ("prompt", "img2img")
 SCHEDULERS = ("default", "pndm", "ddim", "dpmsolver++", "euler")
 FILTER_BY = ("confidence", "clip")
 
@@ -36,8 +41,11 @@ class DatasetConfig:
 
 @dataclass(frozen=True)
 class PromptSet:
-    prompt: Union[str, list[str]] = "{label}"
-    negative_prompt: Optional[str] = None
+    """`kind: prompt`: text-to-image from the class label alone (Paulsen et al.'s syn1 and syn2)."""
+
+    kind: Literal["prompt"] = "prompt"
+    prompt: str | list[str] = "{label}"  # a template or a list of templates, cycled per image
+    negative_prompt: str | None = None
 
     @property
     def templates(self) -> list[str]:
@@ -45,15 +53,41 @@ class PromptSet:
 
 
 @dataclass(frozen=True)
+class Img2ImgSet:
+    """`kind: img2img`: SDEdit / DA-Fusion-style image-to-image from each real training image (or a
+    seeded class-balanced subset), noised to `strength` and denoised for int(steps * strength) steps."""
+
+    kind: Literal["img2img"] = "img2img"
+    strength: float | list[float] = 0.5  # in (0, 1]; a list is cycled by image index
+    prompt: str | list[str] = "a photo of a {label}"
+    negative_prompt: str | None = None
+    images_per_class: int | None = None  # null: one image per real training image (classes must be balanced)
+
+    @property
+    def templates(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    @property
+    def strengths(self) -> list[float]:
+        return list(self.strength) if isinstance(self.strength, list) else [float(self.strength)]
+
+
+SyntheticSet = PromptSet | Img2ImgSet  # chosen by `kind` (config.coerce), prompt when absent
+
+
+def _paper_sets() -> dict[str, SyntheticSet]:
+    return {"syn1": PromptSet(prompt="{label}"), "syn2": PromptSet(prompt="a photo of a {label}")}
+
+
+@dataclass(frozen=True)
 class SyntheticConfig:
-    images_per_class: int = 5000
+    images_per_class: int = 5000  # of every prompt set (an img2img set has its own)
     images_per_shard: int = 1000
     save_full_resolution: bool = False
-    syn1: PromptSet = field(default_factory=lambda: PromptSet("{label}"))
-    syn2: PromptSet = field(default_factory=lambda: PromptSet("a photo of a {label}"))
+    sets: dict[str, SyntheticSet] = field(default_factory=_paper_sets)  # name -> kind and settings
 
-    def prompt_set(self, name: str) -> PromptSet:
-        return getattr(self, name)
+    def prompt_set(self, name: str) -> SyntheticSet:
+        return self.sets[name]
 
 
 @dataclass(frozen=True)
@@ -154,6 +188,7 @@ class Config:
     mixtures: dict[str, dict[str, Union[float, MixtureFilter]]] = field(default_factory=dict)
     model: Literal[ARCHITECTURES] = "resnet18"  # type: ignore[valid-type]
     mixes: list[str] = field(default_factory=list)
+    img2img_sets: list[str] = field(default_factory=list)  # dvc.yaml's generate_img2img@<set> matrix: every img2img set
     filtered_mixes: list[str] = field(default_factory=list)  # mixtures with a filter: trained after their classifier
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -175,7 +210,20 @@ class Config:
         return list(self.mixes) + [m for m in self.filtered_mixes if m not in self.mixes]
 
     @property
+    def synthetic_sets(self) -> tuple[str, ...]:
+        """Every declared synthetic set (synthetic.sets), in params.yaml's order."""
+        return tuple(self.synthetic.sets)
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """What a mixture may draw from: the real images, their copies, and every declared set."""
+        return REAL_SOURCES + self.synthetic_sets
+
+    def is_synthetic(self, source: str) -> bool:
+        return source in self.synthetic.sets
+
+    @property
     def synthetic_sets_used(self) -> list[str]:
-        """Synthetic sets that some trained mixture draws from (in SYNTHETIC_SETS order)."""
+        """Synthetic sets that some trained mixture draws from (in declaration order)."""
         used = {s for m in self.trained_mixes for s in self.mixtures[m]}
-        return [s for s in SYNTHETIC_SETS if s in used]
+        return [s for s in self.synthetic_sets if s in used]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import string
 
-from diffaug.config.schema import SOURCES, SYNTHETIC_SETS, Config, MixtureFilter
+from diffaug.config.schema import REAL_SOURCES, Config, Img2ImgSet, MixtureFilter
 from diffaug.errors import ConfigError
 
 def _template_fields(template: str) -> set[str]:
@@ -43,16 +43,30 @@ def validate(cfg: Config) -> None:
     syn = cfg.synthetic
     need(syn.images_per_class >= 1, "synthetic.images_per_class", f"got {syn.images_per_class}; allowed: an integer >= 1")
     need(syn.images_per_shard >= 1, "synthetic.images_per_shard", f"got {syn.images_per_shard}; allowed: an integer >= 1")
-    for name in SYNTHETIC_SETS:
-        templates = syn.prompt_set(name).templates
-        need(len(templates) > 0, f"synthetic.{name}.prompt", "empty list; allowed: a template or a non-empty list of templates")
+    for name, spec in syn.sets.items():
+        key = f"synthetic.sets.{name}"
+        need(name.replace("_", "").replace("-", "").isalnum(), key, "a set name may hold only letters, digits, '_' and '-'")
+        need(name not in REAL_SOURCES and name != "filter", key,
+             f"{name!r} is a reserved source name; allowed: any other name")
+        templates = spec.templates
+        need(len(templates) > 0, f"{key}.prompt", "empty list; allowed: a template or a non-empty list of templates")
         for t in templates:
             try:
                 fields = _template_fields(t)
             except ValueError as e:
-                raise ConfigError(f"synthetic.{name}.prompt: {t!r} is not a valid template ({e})") from None
-            need(fields == {"label"}, f"synthetic.{name}.prompt",
+                raise ConfigError(f"{key}.prompt: {t!r} is not a valid template ({e})") from None
+            need(fields == {"label"}, f"{key}.prompt",
                  f"{t!r} must contain {{label}} and no other {{field}}; e.g. 'a photo of a {{label}}'")
+        if isinstance(spec, Img2ImgSet):
+            _validate_img2img(cfg, name, spec, need)
+    img2img = [n for n, s in syn.sets.items() if isinstance(s, Img2ImgSet)]
+    for i, name in enumerate(cfg.img2img_sets):
+        need(name in img2img, f"img2img_sets[{i}]",
+             f"{name!r} is not an img2img set under synthetic.sets; allowed: {', '.join(img2img) or 'none declared'}")
+    need(len(set(cfg.img2img_sets)) == len(cfg.img2img_sets), "img2img_sets", "lists a set twice")
+    for name in img2img:
+        need(name in cfg.img2img_sets, "img2img_sets",
+             f"misses {name!r}: list every img2img set here, so dvc.yaml's generate_img2img@<set> stage makes it")
 
     dif = cfg.diffusion
     need(dif.resolution >= 64 and dif.resolution % 8 == 0, "diffusion.resolution",
@@ -68,23 +82,25 @@ def validate(cfg: Config) -> None:
         need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()), key,
              f"got {dev!r}; allowed: auto | cpu | cuda | cuda:N")
 
+    sources = ", ".join(cfg.sources)
     need(len(cfg.mixtures) > 0, "mixtures", "empty; allowed: at least one named mixture")
-    for mix, sources in cfg.mixtures.items():
+    for mix, fractions in cfg.mixtures.items():
         need(mix.replace("_", "").replace("-", "").isalnum(), f"mixtures.{mix}",
              "a mixture name may hold only letters, digits, '_' and '-'")
-        need(len(sources) > 0, f"mixtures.{mix}", f"no sources; allowed sources: {', '.join(SOURCES)}")
-        for src, frac in sources.items():
+        need(len(fractions) > 0, f"mixtures.{mix}", f"no sources; allowed sources: {sources}")
+        for src, frac in fractions.items():
             need(src != "filter", f"mixtures.{mix}.filter", f"got {frac!r}; allowed: a mapping with keys by, threshold, "
                  "keep_fraction, classifier_mix")
             need(not isinstance(frac, MixtureFilter), f"mixtures.{mix}.{src}", "got a mapping; allowed: a fraction in [0, 1] "
                  "(only `filter` takes a mapping)")
-            need(src in SOURCES, f"mixtures.{mix}.{src}", f"unknown source; allowed: {', '.join(SOURCES)}")
+            need(src in cfg.sources, f"mixtures.{mix}.{src}",
+                 f"unknown source (no synthetic set {src!r} under synthetic.sets); allowed: {sources}")
             need(0.0 <= frac <= 1.0, f"mixtures.{mix}.{src}", f"fraction {frac} is outside [0, 1]")
         for copy in ("rot90", "vflip"):
-            if copy in sources:
-                need(sources[copy] <= sources.get("orig", 0.0), f"mixtures.{mix}.{copy}",
-                     f"copies the real images that orig draws, so it may not exceed orig ({sources.get('orig', 0.0)})")
-        need(sum(sources.values()) > 0, f"mixtures.{mix}", "all fractions are 0; allowed: at least one fraction > 0")
+            if copy in fractions:
+                need(fractions[copy] <= fractions.get("orig", 0.0), f"mixtures.{mix}.{copy}",
+                     f"copies the real images that orig draws, so it may not exceed orig ({fractions.get('orig', 0.0)})")
+        need(sum(fractions.values()) > 0, f"mixtures.{mix}", "all fractions are 0; allowed: at least one fraction > 0")
 
     need(len(cfg.mixes) > 0, "mixes", "empty; allowed: a list of names from mixtures")
     for i, mix in enumerate(cfg.mixes):
@@ -114,6 +130,21 @@ def validate(cfg: Config) -> None:
     need(cfg.evaluate.batch_size >= 1, "evaluate.batch_size", f"got {cfg.evaluate.batch_size}; allowed: an integer >= 1")
 
 
+def _validate_img2img(cfg: Config, name: str, spec: Img2ImgSet, need) -> None:
+    key = f"synthetic.sets.{name}"
+    strengths = spec.strengths
+    need(len(strengths) > 0, f"{key}.strength", "empty list; allowed: a number in (0, 1] or a non-empty list of them")
+    steps = cfg.diffusion.steps
+    for s in strengths:
+        need(0.0 < s <= 1.0, f"{key}.strength", f"got {s}; allowed: a number in (0, 1] (the share of the "
+             f"{steps} steps run from the noised real image; 1 = from pure noise)")
+        need(int(steps * s) >= 1, f"{key}.strength",
+             f"got {s}: int(diffusion.steps * strength) = int({steps} * {s}) = 0 steps; allowed: a strength >= {1 / steps:.4g}")
+    if spec.images_per_class is not None:
+        need(spec.images_per_class >= 1, f"{key}.images_per_class",
+             f"got {spec.images_per_class}; allowed: null (every real training image) or an integer >= 1")
+
+
 def _validate_filters(cfg: Config, need) -> None:
     """`mixtures.<name>.filter` and `filtered_mixes`: filtered cells train after the classifier that filters them."""
     for mix, f in cfg.filters.items():
@@ -126,7 +157,7 @@ def _validate_filters(cfg: Config, need) -> None:
             low = 0.0 if f.by == "confidence" else -1.0
             need(low <= f.threshold <= 1.0, f"{key}.threshold",
                  f"got {f.threshold}; allowed: a number in [{low:g}, 1] (a {'probability' if f.by == 'confidence' else 'cosine similarity'})")
-        need(any(s in SYNTHETIC_SETS for s in cfg.mixtures[mix]), key,
+        need(any(cfg.is_synthetic(s) for s in cfg.mixtures[mix]), key,
              f"{mix} draws no synthetic images; a filter drops synthetic images only")
         ref = cfg.mixtures.get(f.classifier_mix)
         need(ref is not None and set(ref) == {"orig"} and f.classifier_mix not in cfg.filters, f"{key}.classifier_mix",

@@ -9,7 +9,8 @@ Layout of `data/synthetic/<set>/`:
   full/shard-00000/    512² PNGs `<class>_<index>.png`, only with synthetic.save_full_resolution
   manifest.json        written last, once every shard exists: settings (+ hash), software, per
                        shard file/sha256/range/device/provenance, the groups of shards made with
-                       the same speed settings, per image class/prompt/seed/regenerations
+                       the same speed settings, per image class/prompt/seed/regenerations (an
+                       img2img image also its real source: split, row, pixel sha256, strength)
   samples.png          a row per class, the first images of each (like the paper's Fig. 8)
 
 Every file is written atomically (diffaug.io), so a killed run leaves whole files or none. This
@@ -228,10 +229,12 @@ def provenance_groups(provenances: list[dict[str, Any]]) -> dict[str, Any]:
     return {"note": note, "groups": groups}
 
 
-def assemble(out_dir: Path, plan: SetLayout, prompts: Sequence[str], *, lone_process: bool) -> dict[str, Any] | None:
+def assemble(out_dir: Path, plan: SetLayout, prompts: Sequence[str], *, lone_process: bool,
+             extras: Sequence[dict[str, Any]] | None = None) -> dict[str, Any] | None:
     """Write samples.png and manifest.json if every shard is present and valid; else return None.
 
-    `prompts[g]` is the prompt of image g (for the manifest).
+    `prompts[g]` is the prompt of image g (for the manifest); `extras[g]`, when given, more fields of
+    its manifest entry (an img2img image's real source: split, row, sha256 of its pixels, strength).
 
     Deterministic: any process that gets here with all shards writes the same bytes, so two ranks
     finishing at once both write identical files (each through its own temp file).
@@ -251,7 +254,7 @@ def assemble(out_dir: Path, plan: SetLayout, prompts: Sequence[str], *, lone_pro
             c, i = plan.class_and_index(g)
             entries.append({"class": plan.classes[c], "index": i, "prompt": prompts[g],
                             "seed": int(arrays["seeds"][j]), "regenerations": int(arrays["regenerations"][j]),
-                            "flagged": bool(arrays["flagged"][j])})
+                            "flagged": bool(arrays["flagged"][j]), **(extras[g] if extras is not None else {})})
         regenerations += int(arrays["regenerations"].sum())
         unresolved += int(arrays["flagged"].sum())
         images.append(arrays["images"])

@@ -137,13 +137,16 @@ def make_shard(sampler: Sampler, plan: Plan, out_dir: Path, k: int, *, batch_siz
     flagged = np.zeros(len(span), bool)
     pngs: list[Future] = []
     folder = storage.full_dir(out_dir, k)
-    queue = deque((g, 0) for g in span)
+    queue = deque((g, 0) for g in plan.work_order(span))  # img2img: grouped by strength
     batch_number = 0
     while queue:
         batch = [queue.popleft() for _ in range(min(batch_size, len(queue)))]
         # With torch.compile a new batch shape means a recompile: fill the last batch with repeats.
         run = batch + [batch[-1]] * (batch_size - len(batch)) if pad_batches else batch
-        out = sampler.run_batch([plan.seed(g, a) for g, a in run], [plan.prompt(g) for g, _ in run], want_full=save_full)
+        gs = [g for g, _ in run]
+        init = plan.init_images(gs)  # img2img: the real source images; None for a prompt set
+        out = sampler.run_batch([plan.seed(g, a) for g, a in run], [plan.prompt(g) for g in gs], want_full=save_full,
+                                init_images=init, strengths=None if init is None else plan.strengths_of(gs))
         if not out.all_finite:
             raise non_finite_error(plan, k, batch_number, batch, out.finite, sampler, label)
         batch_number += 1

@@ -17,6 +17,15 @@ image (NaN/inf latents or pixels are refused, never stored as black images).
 Levers (see generate/model.py): `attention` picks the SDPA kernel for the UNet, `compile` wraps the
 UNet and the VAE decoder in torch.compile (`compile_mode`, CUDA graphs = reduce-overhead), and
 `deep_cache=N` (approximate, opt-in) runs the whole UNet every N steps only (`DeepCache`).
+
+img2img (`run_batch(..., init_images=, strengths=)`): the math of `StableDiffusionImg2ImgPipeline`
+from the same loaded components. Each real image is upsampled to the generation resolution
+(`upsample`), scaled to [-1, 1] as the pipeline's image processor does, encoded by the VAE and
+SAMPLED from its latent distribution with the image's own CPU generator (the pipeline's default,
+`retrieve_latents(..., sample_mode="sample")`; not the mean), times `scaling_factor`; then noise from
+the same generator is added at the first of the last int(steps * strength) timesteps
+(`scheduler.add_noise`), and only those steps run. Images of one batch with different strengths are
+denoised as one sub-batch per strength (their timesteps differ).
 """
 from __future__ import annotations
 
@@ -28,6 +37,7 @@ import diffusers
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.utils.torch_utils import randn_tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -69,6 +79,15 @@ def downsample(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(images.shape[-2:]) == tuple(size):
         return images
     x = F.interpolate(images.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def upsample(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 NCHW -> uint8 NCHW of `size`: bicubic, rounded and clamped (img2img's real image at the
+    generation resolution; generate.plan.UPSAMPLE_METHOD)."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    x = F.interpolate(images.float(), size=size, mode="bicubic", align_corners=False)
     return x.round_().clamp_(0, 255).to(torch.uint8)
 
 
@@ -185,6 +204,7 @@ class Sampler:
         self.out_size = out_size
         self.scheduler = make_scheduler(pipe, scheduler)
         factor = pipe.vae_scale_factor
+        self.resolution = resolution
         self.latent_shape = (pipe.unet.config.in_channels, resolution // factor, resolution // factor)
         # The pipeline's rule: guidance only above 1, and never for guidance-distilled UNets.
         self.guided = guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
@@ -254,13 +274,41 @@ class Sampler:
             noise = self.unet_shallow(model_input, t, embeds, self.features)
         return noise.clone() if self.cuda_graphs else noise  # schedulers keep past outputs; graphs reuse memory
 
-    @torch.no_grad()
-    def denoise(self, latents: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+    def img2img_timesteps(self, strength: float) -> torch.Tensor:
+        """The last int(steps * strength) timesteps (StableDiffusionImg2ImgPipeline.get_timesteps), the
+        scheduler reset and told where they begin."""
         scheduler = self.scheduler
         scheduler.set_timesteps(self.steps, device="cpu")  # also resets multistep state (PNDM, DPM++)
-        timesteps = scheduler.timesteps
+        init_timestep = min(int(self.steps * strength), self.steps)
+        t_start = max(self.steps - init_timestep, 0)
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(t_start * scheduler.order)
+        return scheduler.timesteps[t_start * scheduler.order:]
+
+    @torch.no_grad()
+    def noised_latents(self, seeds: list[int], images_u8: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """img2img's starting latents: the real images (uint8 NCHW at the generation resolution) encoded,
+        their latent distribution sampled with each image's generator, then noised to `timestep` with
+        noise from the same generator, in the order StableDiffusionImg2ImgPipeline.prepare_latents draws."""
+        vae = self.pipe.vae
+        pixels = (images_u8.float() / 255.0 * 2.0 - 1.0).to(vae.dtype)  # the image processor's [-1, 1], float32 first
+        parameters = vae.encode(pixels).latent_dist.parameters
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        init = torch.cat([DiagonalGaussianDistribution(parameters[i:i + 1]).sample(generator=g)
+                          for i, g in enumerate(generators)]) * vae.config.scaling_factor
+        noise = randn_tensor(init.shape, generator=generators, device=self.device, dtype=self.dtype)
+        return self.scheduler.add_noise(init.to(self.dtype), noise, timestep.to(self.device).repeat(len(seeds)))
+
+    @torch.no_grad()
+    def denoise(self, latents: torch.Tensor, embeds: torch.Tensor, timesteps: torch.Tensor | None = None) -> torch.Tensor:
+        """Text-to-image from initial noise, or (img2img) from noised latents over the given `timesteps`
+        (img2img_timesteps: the scheduler is already set, and the latents are not scaled by init_noise_sigma)."""
+        scheduler = self.scheduler
+        if timesteps is None:
+            scheduler.set_timesteps(self.steps, device="cpu")  # also resets multistep state (PNDM, DPM++)
+            timesteps = scheduler.timesteps
+            latents = latents * scheduler.init_noise_sigma
         unet_timesteps = timesteps.to(self.device)
-        latents = latents * scheduler.init_noise_sigma
         with self.attention_kernels():
             for i, t in enumerate(timesteps):
                 latents = self.step(i, t, unet_timesteps[i], latents, embeds)
@@ -300,9 +348,36 @@ class Sampler:
         return [bool(f) for f in flags]
 
     @torch.no_grad()
-    def run_batch(self, seeds: list[int], prompts: list[str], *, want_full: bool = False) -> BatchOutput:
+    def img2img_latents(self, seeds: list[int], prompts: list[str], init_images: np.ndarray,
+                        strengths: list[float]) -> torch.Tensor:
+        """Denoised latents of an img2img batch: real uint8 NHWC images at the dataset size, one strength
+        each; one sub-batch per distinct strength (in order of first appearance), put back in order."""
+        real = torch.from_numpy(np.ascontiguousarray(init_images)).to(self.device).permute(0, 3, 1, 2)
+        real = upsample(real, (self.resolution, self.resolution))
+        out: torch.Tensor | None = None
+        for strength in dict.fromkeys(strengths):
+            idx = [j for j, s in enumerate(strengths) if s == strength]
+            timesteps = self.img2img_timesteps(strength)
+            latents = self.noised_latents([seeds[j] for j in idx], real[idx], timesteps[:1])
+            latents = self.denoise(latents, self.embeddings([prompts[j] for j in idx]), timesteps)
+            if len(idx) == len(seeds):
+                return latents
+            if out is None:
+                out = torch.empty((len(seeds), *latents.shape[1:]), dtype=latents.dtype, device=latents.device)
+            out[idx] = latents
+        assert out is not None
+        return out
+
+    @torch.no_grad()
+    def run_batch(self, seeds: list[int], prompts: list[str], *, want_full: bool = False,
+                  init_images: np.ndarray | None = None, strengths: list[float] | None = None) -> BatchOutput:
+        """A batch of images: text-to-image, or img2img from `init_images` (uint8 NHWC) at `strengths`."""
         n = len(seeds)
-        latents = self.denoise(self.initial_latents(seeds), self.embeddings(prompts))
+        if init_images is not None:
+            assert strengths is not None and len(strengths) == len(init_images) == n
+            latents = self.img2img_latents(seeds, prompts, init_images, strengths)
+        else:
+            latents = self.denoise(self.initial_latents(seeds), self.embeddings(prompts))
         decoded = self.decode(latents)
         finite = torch.isfinite(latents).flatten(1).all(1) & torch.isfinite(decoded).flatten(1).all(1)
         full = to_uint8(decoded)

@@ -18,7 +18,8 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure  # no pyplot: no global state; savefig uses the Agg canvas
 from matplotlib.ticker import MaxNLocator
 
-from diffaug.config import SYNTHETIC_SETS, Config
+from diffaug.config import REAL_SOURCES, Config, Img2ImgSet
+from diffaug.config.schema import MixtureFilter
 from diffaug.formats.curves import read_live_curves
 from diffaug.report.results import Result, model_order
 
@@ -49,17 +50,16 @@ def mixture_label(sources: dict[str, float]) -> str:
     orig = sources.get("orig", 0.0)
     if orig:
         parts.append(f"{_pct(orig)} real")
-    parts += [f"{_pct(sources[s])} {s}" for s in SYNTHETIC_SETS if sources.get(s)]
+    parts += [f"{_pct(v)} {s}" for s, v in sources.items() if s not in REAL_SOURCES and v]  # the synthetic sets
     copies = [(COPIES[c] if abs(sources[c] - orig) < 1e-9 else f"{_pct(sources[c])} {COPIES[c]}")
               for c in COPIES if sources.get(c)]
     if copies:
         parts.append(" + ".join(copies) + " copies")
-    parts += [f"{_pct(v)} {k}" for k, v in sources.items() if k not in ("orig", *SYNTHETIC_SETS, *COPIES) and v]
     return " + ".join(parts) or "empty"
 
 
 def mixture_family(sources: dict[str, float]) -> str:
-    kinds = {"real" if s == "orig" else "synthetic" if s in SYNTHETIC_SETS else "copies" for s, v in sources.items() if v}
+    kinds = {"real" if s == "orig" else "copies" if s in COPIES else "synthetic" for s, v in sources.items() if v}
     return {frozenset({"real"}): "real only", frozenset({"synthetic"}): "synthetic only",
             frozenset({"real", "synthetic"}): "real + synthetic",
             frozenset({"real", "copies"}): "real + rotated/flipped copies"}.get(frozenset(kinds), "other")
@@ -261,8 +261,8 @@ def _mixture_colours(ctx: Context, mixes: list[str]) -> dict[str, Any]:
     def ramp(m: str) -> str:
         src = ctx.cfg.mixtures.get(m, {})
         fam = mixture_family(src)
-        syn = [s for s in SYNTHETIC_SETS if src.get(s)]
-        if fam in ("real + synthetic", "synthetic only") and len(syn) == 1:
+        syn = [s for s in ctx.cfg.synthetic_sets if src.get(s)]
+        if fam in ("real + synthetic", "synthetic only") and len(syn) == 1 and syn[0] in ramps:
             return syn[0]
         return fam if fam in ramps else "other"
 
@@ -324,7 +324,7 @@ def _comparison(ctx: Context, fname: str, title: str, mixes: list[str], need: Ca
 
 
 def _halves(ctx: Context) -> list[str]:
-    return [m for m in (ctx.find({"orig": 0.5, s: 0.5}) for s in SYNTHETIC_SETS) if m]
+    return [m for m in (ctx.find({"orig": 0.5, s: 0.5}) for s in ctx.cfg.synthetic_sets) if m]
 
 
 def fig_half_half(ctx: Context) -> Made:
@@ -340,7 +340,7 @@ def fig_half_half(ctx: Context) -> Made:
 def fig_synthetic_only(ctx: Context) -> Made:
     """Synthetic-only mixtures vs 100% real, per architecture."""
     real = ctx.find({"orig": 1.0})
-    syn = [m for m, s in ctx.cfg.mixtures.items() if s and set(s) <= set(SYNTHETIC_SETS)]
+    syn = [m for m, s in ctx.cfg.mixtures.items() if s and set(s) <= set(ctx.cfg.synthetic_sets)]
     if real is None or not syn:
         raise Skip("params.yaml defines no '100% real' mixture or no synthetic-only mixture")
     return _comparison(ctx, "synthetic_only.png", "Synthetic images only vs 100% real", [real] + syn,
@@ -375,6 +375,70 @@ def fig_filtered(ctx: Context) -> Made:
                        lambda have: any(u in have and f in have for u, f in pairs),
                        "no experiment has both a filtered mixture and its unfiltered twin ("
                        + "; ".join(f"{u} / {f}" for u, f in pairs) + ")")
+
+
+def img2img_series(cfg: Config) -> dict[str, list[tuple[float, str]]]:
+    """Mixtures that differ only in the img2img set they draw from, each set with one strength:
+    {pattern label ('50% real + 50% img2img'): [(strength, mixture), ...] by strength}. Filtered
+    mixtures and sets with a list of strengths are left out (no single strength to plot them at)."""
+    series: dict[str, list[tuple[float, str]]] = {}
+    for mix, sources in cfg.mixtures.items():
+        if mix in cfg.filters:
+            continue
+        i2i = [s for s, v in sources.items() if v and isinstance(cfg.synthetic.sets.get(s), Img2ImgSet)]
+        if len(i2i) != 1:
+            continue
+        spec = cfg.synthetic.sets[i2i[0]]
+        assert isinstance(spec, Img2ImgSet)
+        if len(spec.strengths) != 1:
+            continue
+        fractions = {k: float(v) for k, v in sources.items() if not isinstance(v, MixtureFilter)}
+        pattern = mixture_label({("img2img" if k == i2i[0] else k): v for k, v in fractions.items()})
+        series.setdefault(pattern, []).append((spec.strengths[0], mix))
+    return {k: sorted(v) for k, v in series.items()}
+
+
+def fig_img2img_strength(ctx: Context) -> Made:
+    """Test accuracy against img2img strength (SDEdit / DA-Fusion): a line per experiment row and mixture
+    pattern, a point per img2img set with that strength; the real-only mixture with the same real fraction,
+    where it has a result, as a dashed line of the same colour."""
+    series = img2img_series(ctx.cfg)
+    if not series:
+        raise Skip("params.yaml defines no mixture drawing from an img2img set with a single strength "
+                   "(synthetic.sets.<name>: {kind: img2img, strength: s})")
+    lines = []  # (label, [(strength, acc, std)], reference (acc, std) or None)
+    for pattern, points in series.items():
+        for r in ctx.rows:
+            have = [(s, *v) for s, m in points if (v := ctx.value(r, m)) is not None]
+            if have:
+                orig = ctx.cfg.mixtures[points[0][1]].get("orig", 0.0)
+                real = ctx.find({"orig": orig}) if isinstance(orig, float) and orig else None
+                lines.append((f"{ctx.row_label(r)}: {pattern}", have, ctx.value(r, real) if real else None))
+    if not lines:
+        mixes = ", ".join(m for points in series.values() for _, m in points)
+        raise Skip(f"no experiment has a result for an img2img mixture ({mixes})")
+    fig = _figure(7.0, 4.8)
+    ax = fig.add_subplot()
+    colours = _series_colours(len(lines))
+    values = [(a, s) for _, have, _ in lines for _, a, s in have] + [ref for _, _, ref in lines if ref]
+    floor = _axis_floor(values)
+    for (label, have, ref), colour in zip(lines, colours):
+        xs, accs, stds = [h[0] for h in have], [h[1] * 100 for h in have], [h[2] for h in have]
+        ax.errorbar(xs, accs, yerr=[(s or 0) * 100 for s in stds] if any(s is not None for s in stds) else None,
+                    color=colour, marker="o", capsize=3, lw=1.4, label=label)
+        for x, a in zip(xs, accs):
+            ax.annotate(f"{a:.1f}", (x, a), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7.5)
+        if ref is not None:
+            ax.axhline(ref[0] * 100, color=colour, ls="--", lw=1.0, alpha=0.8)
+    top = max(a + (s or 0) for a, s in values) * 100
+    ax.set_ylim(floor, top + 0.15 * max(top - floor, 1))
+    ax.set_xlim(0, 1.05)
+    ax.set_xlabel("img2img strength (share of the denoising steps run from the noised real image)")
+    ax.set_ylabel(_axis_label(floor, any(s is not None for _, s in values), "\n"))
+    ax.set_title("Test accuracy vs img2img strength (SDEdit / DA-Fusion); dashed: the same real share alone", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside lower center", ncol=1, fontsize=8.5, frameon=False)
+    return [("img2img_strength.png", fig, "test accuracy vs img2img strength")]
 
 
 # ---------------------------------------------------------------------------- training curves

@@ -11,17 +11,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
-from diffaug.config import SYNTHETIC_SETS, load_config
+from diffaug.config import Img2ImgSet, load_config
 from diffaug.errors import UserError, exit_on_error
 from diffaug.io import atomic_path, write_bytes_atomic
-from diffaug.report.figures import (PNG_MAGIC, Context, Skip, fig_classic, fig_half_half, fig_per_architecture,
-                                    fig_filtered, fig_resnet_sizes, fig_synthetic_only, fig_training_curves)
+from diffaug.report.figures import (PNG_MAGIC, Context, Skip, fig_classic, fig_half_half, fig_img2img_strength,
+                                    fig_per_architecture, fig_filtered, fig_resnet_sizes, fig_synthetic_only,
+                                    fig_training_curves)
 from diffaug.report.results import SUMMARY, parse_exp_show, run_exp_show, select_rows
 
 # Files this command owns in --out: one not written this time (its figure was skipped) is removed,
 # so report.md never sits next to a stale picture. Nothing else in --out is touched.
 OWNED_PNG = re.compile(r"^(acc_.+|resnet_sizes|half_real_half_synthetic|synthetic_only|classic_augmentation|"
-                       r"training_curves|filtered_vs_unfiltered|samples_.+)\.png$")
+                       r"training_curves|filtered_vs_unfiltered|img2img_strength|samples_.+)\.png$")
 SECTIONS = (("Test accuracy per architecture (paper Fig. 2-6)", "acc_<model>.png", fig_per_architecture),
             ("ResNet depth", "resnet_sizes.png", fig_resnet_sizes),
             ("Half real, half synthetic", "half_real_half_synthetic.png", fig_half_half),
@@ -29,6 +30,8 @@ SECTIONS = (("Test accuracy per architecture (paper Fig. 2-6)", "acc_<model>.png
             ("Classical augmentation baselines (paper Fig. 7)", "classic_augmentation.png", fig_classic),
             ("Filtered vs unfiltered synthetic images (beyond the paper: ALIA, He et al.)", "filtered_vs_unfiltered.png",
              fig_filtered),
+            ("Synthetic images from real ones: img2img strength (beyond the paper: SDEdit, DA-Fusion)",
+             "img2img_strength.png", fig_img2img_strength),
             ("Training curves", "training_curves.png", fig_training_curves))
 
 
@@ -40,18 +43,21 @@ def save_png(fig, path: Path) -> None:
 def copy_samples(ctx: Context, out: Path) -> tuple[list[tuple[str, str]], list[str]]:
     """Copy each synthetic set's samples.png into `out` (Fig. 8): ([(file, caption)], [skip lines])."""
     copied, skipped = [], []
-    for name in SYNTHETIC_SETS:
+    for name, spec in ctx.cfg.synthetic.sets.items():
         src = ctx.synthetic / name / "samples.png"
+        stage = f"generate_img2img@{name}" if isinstance(spec, Img2ImgSet) else f"generate_{name}"
         if not src.is_file():
-            skipped.append(f"samples_{name}.png: skipped: {src} does not exist (generate_{name} has not run here)")
+            skipped.append(f"samples_{name}.png: skipped: {src} does not exist ({stage} has not run here)")
             continue
         data = src.read_bytes()
         if not data.startswith(PNG_MAGIC):
             skipped.append(f"samples_{name}.png: skipped: {src} is not a PNG file")
             continue
         write_bytes_atomic(out / f"samples_{name}.png", data)
-        prompts = " / ".join(f"`{t}`" for t in ctx.cfg.synthetic.prompt_set(name).templates)
-        copied.append((f"samples_{name}.png", f"{name}: prompt {prompts}"))
+        prompts = " / ".join(f"`{t}`" for t in spec.templates)
+        how = (f"img2img from the real training images at strength {', '.join(f'{x:g}' for x in spec.strengths)}, "
+               if isinstance(spec, Img2ImgSet) else "")
+        copied.append((f"samples_{name}.png", f"{name}: {how}prompt {prompts}"))
     return copied, skipped
 
 
@@ -126,7 +132,7 @@ def write_report(ctx: Context, out: Path, source: str, notes: list[str]) -> tupl
             f"{source} Accuracy: the final-epoch model on the test split, in %; with several seeds, "
             "mean ± sample std over seeds. One row per (model, variant, recipe): the most recent result.\n",
             "## Results\n", table + "\n", *(f"{f}\n" for f in footnotes),
-            "Mixtures: fractions of the real training images (real), of each synthetic set (syn1, syn2), "
+            "Mixtures: fractions of the real training images (real), of each synthetic set (syn1, syn2, ...), "
             "and rotated / v-flipped copies of the real images drawn:\n", legend + "\n"]
     if notes:
         page += ["Left out or superseded:\n", "\n".join(f"- {n}" for n in notes) + "\n"]
