@@ -73,7 +73,7 @@ def test_changing_syn2_prompt_reruns_syn2_but_not_syn1(repo):
     path = repo["path"]
     original = (path / "params.yaml").read_text()
     params = yaml.safe_load(original)
-    params["synthetic"]["syn2"]["prompt"] = "a drawing of a {label}"
+    params["synthetic"]["sets"]["syn2"]["prompt"] = "a drawing of a {label}"
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         status = json.loads(dvc(path, "status", "--json"))

@@ -2,6 +2,10 @@
 
     python -m diffaug.generate syn1 --params params.yaml --classes data/prepared/classes.json --out data/synthetic/syn1
 
+A set is a name under synthetic.sets. Kind `prompt` (syn1, syn2) is described below; kind `img2img`
+(SDEdit / DA-Fusion) starts each image from a real training image and takes `--train
+data/prepared/train.npz` (see plan.py and sampler.py); everything else below holds for both.
+
 Image i of class c gets the prompt `templates[i % len(templates)]` with {label} = the class's word,
 and a seed derived from (diffusion.seed, set, class, i, attempt) alone (plan.py), so every image is
 meant to be the same whatever the batch size, number of processes or resume point. Its bytes are

@@ -11,7 +11,7 @@ repository's own params.yaml and dvc.lock are never touched, then swaps in tiny 
   * a Stable Diffusion pipeline with RANDOM weights built from diffusers configs, saved with
     save_pretrained and loaded through the same from_pretrained path as the hub id;
   * a small procedurally drawn dataset (coloured shapes), 32x32;
-  * a few images per class, a few mixtures, ten epochs.
+  * a few images per class, a few mixtures (one from an img2img set, i2i50), ten epochs.
 It runs `dvc repro`, commits the result as the `main` baseline and pushes it to the repository's
 default remote, a folder inside it (`dvc-storage/`, git-ignored), so the README's `dvc exp ...`,
 `dvc queue ...`, `dvc push` / `dvc pull` and `make report` work inside it as written.
@@ -37,6 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 PIPELINE_FILES = ("dvc.yaml", "params.yaml", "src", ".dvcignore")
 SHAPES = ("circle", "square", "cross")
 STORAGE = "dvc-storage"  # the sandbox's default DVC remote, a git-ignored folder inside it
+DEMO_IMG2IMG = "i2i50"  # the demo's img2img set (tiny_params)
 BANNER = ("DEMO ONLY - these numbers mean nothing: a random-weight diffusion model, a toy dataset of "
           "coloured shapes and a few epochs of training. Run `make repro` on a GPU box for the paper's numbers.")
 
@@ -71,6 +72,12 @@ def tiny_params(base: dict, sd_dir: Path, dataset_path: str, *, mixes: list[str]
     p = yaml.safe_load(yaml.safe_dump(base))  # deep copy
     p["dataset"].update({"name": f"npz:{dataset_path}", "test_per_class": 10, "val_per_class": 4, "label_names": {}})
     p["synthetic"].update({"images_per_class": images_per_class, "images_per_shard": 4})
+    # One img2img set (SDEdit / DA-Fusion): a seeded class-balanced draw of the real training images, noised
+    # to strength 0.5 and denoised; its stage is generate_img2img@i2i50, mixture orig50_i2i50_50 draws from it.
+    p["synthetic"]["sets"][DEMO_IMG2IMG] = {"kind": "img2img", "strength": 0.5, "prompt": "a photo of a {label}",
+                                            "negative_prompt": None, "images_per_class": images_per_class}
+    p["img2img_sets"] = [DEMO_IMG2IMG]
+    p["mixtures"][f"orig50_{DEMO_IMG2IMG}_50"] = {"orig": 0.5, DEMO_IMG2IMG: 0.5}
     p["diffusion"].update(tiny_diffusion_params(sd_dir))
     p["mixes"] = list(mixes)
     for recipe in p["train"]["recipes"].values():
@@ -146,7 +153,7 @@ def make_sandbox(workdir: Path, *, mixes: list[str], epochs: int = 2, images_per
     return workdir
 
 
-DEMO_MIXES = ["orig100", "orig50_syn1_50", "syn2_100", "orig100_syn1_100_syn2_100", "orig50_rot50_vflip50"]
+DEMO_MIXES = ["orig100", "orig50_syn1_50", "syn2_100", "orig100_syn1_100_syn2_100", "orig50_rot50_vflip50", "orig50_i2i50_50"]
 
 
 def build_demo(workdir: Path, *, epochs: int, real_per_class: int, mixes: list[str] = DEMO_MIXES,
@@ -158,8 +165,8 @@ def build_demo(workdir: Path, *, epochs: int, real_per_class: int, mixes: list[s
     for cmd in (["dvc", "repro"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "baseline: dvc repro of the tiny pipeline"],
                 ["dvc", "push"]):
         if cmd[0] == "dvc":
-            say(f"demo: {' '.join(cmd)}" + (" (prepare, generate_syn1, generate_syn2, build_mixtures, train@..., evaluate)"
-                                            if cmd[1] == "repro" else f" (to {workdir / STORAGE})"))
+            stages = "prepare, generate_syn1, generate_syn2, generate_img2img@i2i50, build_mixtures, train@..., evaluate"
+            say(f"demo: {' '.join(cmd)}" + (f" ({stages})" if cmd[1] == "repro" else f" (to {workdir / STORAGE})"))
         proc = subprocess.run(cmd, cwd=workdir, env=tool_env(), text=True,
                               stdout=subprocess.PIPE if quiet else None, stderr=subprocess.STDOUT if quiet else None)
         if proc.returncode:
