@@ -83,3 +83,34 @@ def test_seeded_generator_repeats_and_off_switches_work():
     assert torch.all(is_flipped | torch.all((flipped_only == images).flatten(1), dim=1)) and 10 < int(is_flipped.sum()) < 54
     no_flip = read_back(random_crop_flip(coded_images(2000), PAD, False, torch.Generator().manual_seed(1)))
     assert not no_flip[2].any()
+
+
+def test_cutout_sets_exactly_the_clipped_square_to_the_fill():
+    from diffaug.train.augment import apply_cutout, draw_cutout
+
+    images = coded_images(3)
+    centres = torch.tensor([[16, 16], [0, 0], [31, 5]])
+    fill = torch.tensor([7, 8, 9], dtype=torch.uint8)
+    out = apply_cutout(images, 8, centres, fill)
+    for i, (r, c) in enumerate(centres.tolist()):
+        mask = torch.zeros(SIZE, SIZE, dtype=torch.bool)
+        mask[max(r - 4, 0):r + 4, max(c - 4, 0):c + 4] = True  # rows/cols centre-4 .. centre+3, clipped
+        assert torch.equal(out[i][mask], fill.expand(int(mask.sum()), 3))
+        assert torch.equal(out[i][~mask], images[i][~mask])
+    centres = draw_cutout(20000, SIZE, SIZE, torch.Generator().manual_seed(0))
+    assert centres.min() == 0 and centres.max() == SIZE - 1
+    # chi-square 99.99% quantile for 31 degrees of freedom: about 70
+    assert chi_square(np.bincount(centres[:, 0].numpy(), minlength=SIZE)) < 70
+
+
+def test_trivial_augment_keeps_shape_and_repeats_under_the_same_seed():
+    from diffaug.train.augment import trivial_augment
+
+    images = coded_images(40)
+    torch.manual_seed(3)
+    a = trivial_augment(images, group=8)
+    torch.manual_seed(3)
+    b = trivial_augment(images, group=8)
+    assert a.shape == images.shape and a.dtype == torch.uint8 and torch.equal(a, b)
+    changed = [not torch.equal(a[i], images[i]) for i in range(0, 40, 8)]  # one op per group of 8
+    assert any(changed)
