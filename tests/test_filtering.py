@@ -160,7 +160,8 @@ def test_bad_filters_are_one_line_config_errors(spec, extra, message):
 def test_unknown_set_and_a_filter_on_real_images_only_are_one_line_errors():
     p = params_with({"keep_fraction": 0.5})
     p["mixtures"][MIX] = {"orig": 0.5, "syn3": 0.5, "filter": {"keep_fraction": 0.5}}
-    with pytest.raises(ConfigError, match=rf"mixtures\.{MIX}\.syn3: unknown source; allowed: orig, rot90, vflip, syn1, syn2"):
+    with pytest.raises(ConfigError, match=rf"mixtures\.{MIX}\.syn3: unknown source \(no synthetic set .syn3. under synthetic.sets\); "
+                       r"allowed: orig, rot90, vflip, syn1, syn2"):
         parse_config(p)
     p["mixtures"][MIX] = {"orig": 0.5, "filter": {"keep_fraction": 0.5}}
     with pytest.raises(ConfigError, match=rf"mixtures\.{MIX}\.filter: {MIX} draws no synthetic images"):
