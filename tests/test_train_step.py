@@ -417,3 +417,35 @@ def test_paper_recipe_step_is_the_plain_torch_step():
         else:
             torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=4 * EPS32 * theirs[key].abs().max().item())
     assert t._loss_sum.item() == pytest.approx(loss.item() * 8, rel=EPS32)
+
+
+def test_graph_capture_leaves_no_trace_of_its_warm_up(monkeypatch):
+    """`_capture` runs warm-up steps and then the captured step; on a GPU the capture only records, here
+    (torch.cuda faked on a CPU) both run for real. Either way `_capture` must put back every tensor the
+    steps change (weights, BatchNorm statistics, momentum, EMA and its step count), so training with the
+    replayed graph gives the eager weights exactly (tolerance 0, as in the static-step test above)."""
+    import contextlib
+    import types
+
+    recipe = dataclasses.replace(BASE, **{k: v for k, v in LEVERS.items() if k != "trivial_augment"})
+    graphed = trainer(recipe, cuda_graph=True)
+
+    class FakeGraph:
+        def replay(self):
+            graphed._static_step()
+
+    stream = types.SimpleNamespace(wait_stream=lambda other: None)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: stream)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", lambda g: contextlib.nullcontext())
+    before = {k: v.clone() for k, v in graphed.model.state_dict().items()}
+    graphed._capture()  # on a plan of zeros: image 0 and lr 0 in every slot, as before the first epoch
+    assert_same(before, graphed.model.state_dict())
+    assert graphed._ema_steps.item() == 0 and all(torch.count_nonzero(b) == 0 for b in graphed.momentum_buffers)
+    eager = trainer(recipe, cuda_graph=False)
+    fit(graphed), fit(eager)
+    assert_same(eager.model.state_dict(), graphed.model.state_dict())
+    assert_same(eager.ema.state_dict(), graphed.ema.state_dict())

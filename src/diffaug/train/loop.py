@@ -287,6 +287,10 @@ class Trainer:
     def _capture(self) -> None:
         """Capture `_static_step` in a CUDA graph. The warm-up steps it needs are undone afterwards, so the
         training run is the same whether or not (and when) a graph was captured."""
+        with torch.cuda.device(self.device):  # capture on the trainer's GPU, whichever is current
+            self._capture_here()
+
+    def _capture_here(self) -> None:
         saved = [t.detach().clone() for t in self._state_tensors()]
         stream = torch.cuda.current_stream(self.device)
         side = torch.cuda.Stream(self.device)
