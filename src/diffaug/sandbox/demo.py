@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"demo: done in {time.time() - start:.0f} s; outputs in {args.workdir} (metrics/summary.json, data/synthetic/*/samples.png)")
     where = os.path.relpath(args.workdir)
     venv = os.path.relpath(Path(sys.prefix), args.workdir)
+    if venv.startswith(os.path.join(os.pardir, os.pardir)):
+        venv = str(Path(sys.prefix))
     print(f"""
 Try the README's commands in it (`main` is the committed baseline, `dvc-storage/` its default remote):
   cd {where} && source {venv}/bin/activate
