@@ -68,6 +68,12 @@ COMMANDS = {
         "placeholder URL; test_pipeline.py imports from a local copy",
     "dvc import": "prose",
     "dvc update syn2.dvc": "needs an imported set (placeholder URL above)",
+    "CUDA_VISIBLE_DEVICES=0 dvc queue start -j 3": "several workers per GPU: needs a GPU",
+    "dvc artifacts get": "prose",
+    "dvc artifacts get https://github.com/you/diffaug syn1": "placeholder URL; test_pipeline.py gets an artifact from a clone",
+    "git tag -a syn1@v1.0.0 -m syn1 v1.0.0 && git push --tags && dvc push": "needs a git remote to push tags to",
+    "python -m diffaug.export syn1 --format imagefolder --out exports/syn1": "tests/test_export.py",
+    "python -m diffaug.export syn1 --format parquet --out exports/syn1-pq": "tests/test_export.py",
     # Development
     ".venv/bin/python -m pytest -m not slow": "this test suite",
 }
