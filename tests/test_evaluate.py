@@ -100,8 +100,8 @@ def test_a_missing_cell_fails_before_any_output(layout):
 
 
 def test_predict_runs_the_saved_model_on_uint8_pixels(tmp_path):
-    from diffaug.models import build_model
     from diffaug.formats.classifier import ImageClassifier, load_trained, save_trained
+    from diffaug.models import build_model
 
     torch.manual_seed(0)
     model = ImageClassifier(build_model("resnet18", "cifar", 3), torch.full((3,), 120.0), torch.full((3,), 60.0)).eval()
@@ -121,7 +121,7 @@ def test_curves_format_reads_dvclive_tsvs(tmp_path):
     from dvclive import Live
 
     with Live(str(tmp_path / "seed-0"), dvcyaml=None, save_dvc_exp=False) as live:
-        for epoch, acc in enumerate((0.3, 0.6)):
+        for acc in (0.3, 0.6):
             live.log_metric("train/acc", acc)
             live.log_metric("train/loss", 1 - acc)
             live.log_metric("lr", 0.1)

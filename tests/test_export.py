@@ -1,7 +1,6 @@
 """Sharing outside the pipeline: `python -m diffaug.export` round-trips through torchvision's ImageFolder
 and Hugging Face `datasets`, and `diffaug.load_classifier` gives a ready model."""
 import csv
-import json
 import subprocess
 import sys
 from pathlib import Path

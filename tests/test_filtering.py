@@ -12,8 +12,9 @@ import yaml
 import diffaug
 import diffaug.mixtures as mixtures
 from diffaug.config import parse_config
-from diffaug.errors import ConfigError, UserError
-from diffaug.filtering import filter_mixture, main as filtering_main, select
+from diffaug.errors import ConfigError
+from diffaug.filtering import filter_mixture, select
+from diffaug.filtering import main as filtering_main
 from diffaug.formats.classifier import ImageClassifier, load_trained, save_trained
 from diffaug.formats.mixture import load_mixture, read_filter_record, read_mixture
 from diffaug.io import save_npz_atomic
@@ -144,7 +145,8 @@ def test_the_filtered_file_changes_when_the_classifier_changes(world, tmp_path):
     ({"by": "entropy", "threshold": 0.5}, {}, rf"mixtures\.{MIX}\.filter(\.by)?: got .*entropy.*; allowed: "),
     ({"keep_fraction": 0.5}, {"mixes": ["orig50", "syn1_100"]},
      rf"mixtures\.{MIX}\.filter\.classifier_mix: orig100 is not in mixes, so no classifier is trained to filter with"),
-    ({"keep_fraction": 0.5, "classifier_mix": "syn1_100"}, {}, rf"mixtures\.{MIX}\.filter\.classifier_mix: got 'syn1_100'; allowed: a mixture of real images only"),
+    ({"keep_fraction": 0.5, "classifier_mix": "syn1_100"}, {},
+     rf"mixtures\.{MIX}\.filter\.classifier_mix: got 'syn1_100'; allowed: a mixture of real images only"),
     ({"keep_fraction": 0.5}, {"filtered_mixes": []}, None),  # filtered but not listed: checked below
 ])
 def test_bad_filters_are_one_line_config_errors(spec, extra, message):

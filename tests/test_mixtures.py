@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 import diffaug.mixtures as mixtures
-from diffaug.formats.mixture import load_mixture
 from diffaug.config import PAPER_SOURCES, parse_config
 from diffaug.errors import UserError
+from diffaug.formats.mixture import load_mixture
 from diffaug.io import load_npz, save_npz_atomic, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]

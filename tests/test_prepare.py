@@ -12,8 +12,8 @@ from PIL import Image
 
 from diffaug.config import parse_config
 from diffaug.errors import UserError
-from diffaug.io import load_npz, save_npz_atomic
 from diffaug.formats.splits import Split, load_split
+from diffaug.io import load_npz, save_npz_atomic
 from diffaug.prepare import CIFAR_ARCHIVES, hold_out, make_splits
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,6 +21,7 @@ Writes:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,10 +30,10 @@ from diffaug.cli import stage_parser
 from diffaug.config import Config, load_config
 from diffaug.devices import resolve_device
 from diffaug.errors import exit_on_error
+from diffaug.formats import synthetic
 from diffaug.formats.classifier import load_trained, require_files
 from diffaug.formats.curves import read_live_curves, write_curves
 from diffaug.formats.splits import load_split
-from diffaug.formats import synthetic
 from diffaug.io import write_json_atomic
 
 
@@ -72,7 +73,8 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
     for mix in cfg.trained_mixes:
         require_files([models / mix / f"seed-{s}.pt" for s in seeds], f"train@{cfg.model}-{mix} has not run (dvc repro)")
 
-    results, confusion = {}, []
+    results: dict[str, dict[str, Any]] = {}
+    confusion: list[dict[str, str]] = []
     for mix in cfg.trained_mixes:
         runs = [scores(predict(models / mix / f"seed-{s}.pt", test.images, cfg.evaluate.batch_size, device), test.labels, len(classes))
                 for s in seeds]
@@ -83,7 +85,7 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
         if not confusion:
             confusion = [{"actual": classes[a], "predicted": classes[p]} for a, p in zip(test.labels, runs[0]["pred"])]
 
-    quality = {"recognisability": {}, "train_on_synthetic": {}}
+    quality: dict[str, dict[str, Any]] = {"recognisability": {}, "train_on_synthetic": {}}
     reference = real_only_mix(cfg)
     if reference is not None:
         for name in cfg.synthetic_sets_used:

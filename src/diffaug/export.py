@@ -71,7 +71,7 @@ def _columns(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def write_imagefolder(tmp: Path, images: np.ndarray, labels: np.ndarray, classes: list[str], rows: list[dict]) -> None:
-    names = []
+    names: list[str] = []
     for c in classes:
         (tmp / c).mkdir()
     for image, label, row in zip(images, labels, rows):

@@ -72,7 +72,7 @@ def clip_scores(images: np.ndarray, labels: np.ndarray, words: list[str], key: s
         import torch
         from transformers import CLIPModel, CLIPProcessor
 
-        model = CLIPModel.from_pretrained(CLIP_MODEL, local_files_only=True).to(device).eval()
+        model = CLIPModel.from_pretrained(CLIP_MODEL, local_files_only=True).to(device).eval()  # type: ignore[arg-type]
         processor = CLIPProcessor.from_pretrained(CLIP_MODEL, local_files_only=True)
     except Exception as e:  # not cached (no network here), or transformers lacks CLIP
         raise UserError(f"{key}: clip needs CLIP weights ({CLIP_MODEL}) in the local Hugging Face cache, which are not "
@@ -102,6 +102,7 @@ def select(scores: np.ndarray, groups: np.ndarray, rows: np.ndarray, spec: Mixtu
             keep[idx] = scores[idx] >= spec.threshold
             cutoffs[int(g)] = float(spec.threshold)
             continue
+        assert spec.keep_fraction is not None  # validation: exactly one of threshold and keep_fraction
         n_keep = math.ceil(spec.keep_fraction * len(idx) - 1e-9)
         order = idx[np.lexsort((rows[idx], -scores[idx].astype(np.float64)))]
         keep[order[:n_keep]] = True
@@ -154,7 +155,7 @@ def filter_mixture(cfg: Config, mix: str, mixtures_dir: Path, prepared: Path, sy
     drop = ~keep
     classifier_info = ({"path": str(classifier), "sha256": sha256_file(classifier), "mix": spec.classifier_mix}
                        if spec.by == "confidence" else {"clip": CLIP_MODEL, "prompt": CLIP_PROMPT})
-    cutoff_table = {names[g // len(classes)]: {} for g in cutoffs}
+    cutoff_table: dict[str, dict[str, float]] = {names[g // len(classes)]: {} for g in cutoffs}
     for g, value in sorted(cutoffs.items()):
         cutoff_table[names[g // len(classes)]][classes[g % len(classes)]] = value
     settings = {"mixture": mix, "filter": asdict(spec), "scorer": classifier_info, "cutoff": cutoff_table}

@@ -32,9 +32,9 @@ import numpy as np
 from diffaug.cli import stage_parser
 from diffaug.config import PAPER_SOURCES, Config, load_config
 from diffaug.errors import UserError, exit_on_error
+from diffaug.formats import synthetic
 from diffaug.formats.mixture import COPY_TRANSFORMS, MixtureIndex, pool_digest, unfiltered_name, write_mixture
 from diffaug.formats.splits import load_split
-from diffaug.formats import synthetic
 from diffaug.io import write_json_atomic
 
 

@@ -13,6 +13,7 @@ from typing import Any, Literal, Union
 
 from diffaug.errors import ConfigError
 
+
 def type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -63,12 +64,14 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise bad
-        hints = typing.get_type_hints(tp)
+        # PARSE_AS: a field whose YAML form is wider than the value the dataclass keeps after construction
+        hints = {**typing.get_type_hints(tp), **getattr(tp, "PARSE_AS", {})}
         names = [f.name for f in dataclasses.fields(tp)]
         for k in value:
             if k not in names:
                 raise ConfigError(f"{key + '.' if key else ''}{k}: unknown key; allowed: {', '.join(names)}")
-        return tp(**{k: coerce(hints[k], v, f"{key + '.' if key else ''}{k}") for k, v in value.items()})
+        build: Any = tp  # a dataclass type (mypy sees only an instance protocol here)
+        return build(**{k: coerce(hints[k], v, f"{key + '.' if key else ''}{k}") for k, v in value.items()})
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise bad

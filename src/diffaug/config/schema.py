@@ -6,7 +6,7 @@ where a type is not enough, one rule in validate.py.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+from typing import Any, ClassVar, Literal
 
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "vgg16", "densenet121")
 # Sources that are the real training images: orig itself, and its rot90 / vflip copies. Every other
@@ -24,7 +24,7 @@ FILTER_BY = ("confidence", "clip")
 @dataclass(frozen=True)
 class DatasetConfig:
     name: str = "cifar10"
-    test: Optional[str] = None
+    test: str | None = None
     test_per_class: int = 100
     val_per_class: int = 0
     split_seed: int = 0
@@ -35,7 +35,7 @@ class DatasetConfig:
         return self.name.split(":", 1)[0]
 
     @property
-    def path(self) -> Optional[str]:
+    def path(self) -> str | None:
         return self.name.split(":", 1)[1] if ":" in self.name else None
 
 
@@ -93,8 +93,8 @@ class SyntheticConfig:
 @dataclass(frozen=True)
 class DiffusionConfig:
     model: str = "CompVis/stable-diffusion-v1-4"
-    revision: Optional[str] = None
-    variant: Optional[str] = "fp16"
+    revision: str | None = None
+    variant: str | None = "fp16"
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     resolution: int = 512
     guidance_scale: float = 7.5
@@ -110,7 +110,7 @@ class DiffusionConfig:
     batch_size: int = 32
     channels_last: bool = False
     fuse_qkv: bool = True
-    compile: Union[bool, Literal["auto"]] = "auto"
+    compile: bool | Literal["auto"] = "auto"
     compile_mode: Literal["default", "max-autotune-no-cudagraphs", "max-autotune"] = "default"
     cuda_graphs: bool = False
     attention: Literal["auto", "flash", "efficient", "cudnn", "math"] = "auto"
@@ -172,8 +172,8 @@ class MixtureFilter:
     Exactly one of `threshold` (keep scores >= it) or `keep_fraction` (the best-scored share, per class)."""
 
     by: Literal[FILTER_BY] = "confidence"  # type: ignore[valid-type]
-    threshold: Optional[float] = None
-    keep_fraction: Optional[float] = None
+    threshold: float | None = None
+    keep_fraction: float | None = None
     classifier_mix: str = "orig100"  # the real-only cell whose first seed's weights score the images
 
 
@@ -183,15 +183,18 @@ class Config:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     mixture_seed: int = 0
-    # name -> {source: fraction}, plus an optional `filter:` mapping (a MixtureFilter). At construction
-    # the filters move to `filters`, so `mixtures` maps every name to fractions only.
-    mixtures: dict[str, dict[str, Union[float, MixtureFilter]]] = field(default_factory=dict)
+    # name -> {source: fraction}; in params.yaml a mixture may also hold a `filter:` mapping (a
+    # MixtureFilter, see PARSE_AS). At construction the filters move to `filters`, so `mixtures` maps
+    # every name to fractions only.
+    mixtures: dict[str, dict[str, float]] = field(default_factory=dict)
     model: Literal[ARCHITECTURES] = "resnet18"  # type: ignore[valid-type]
     mixes: list[str] = field(default_factory=list)
     img2img_sets: list[str] = field(default_factory=list)  # dvc.yaml's generate_img2img@<set> matrix: every img2img set
     filtered_mixes: list[str] = field(default_factory=list)  # mixtures with a filter: trained after their classifier
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    PARSE_AS: ClassVar[dict[str, Any]] = {"mixtures": dict[str, dict[str, float | MixtureFilter]]}
 
     def __post_init__(self) -> None:
         filters = {m: s["filter"] for m, s in self.mixtures.items() if isinstance(s.get("filter"), MixtureFilter)}

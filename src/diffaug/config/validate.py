@@ -6,6 +6,7 @@ import string
 from diffaug.config.schema import REAL_SOURCES, Config, Img2ImgSet, MixtureFilter
 from diffaug.errors import ConfigError
 
+
 def _template_fields(template: str) -> set[str]:
     return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
 

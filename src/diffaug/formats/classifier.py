@@ -34,7 +34,8 @@ class ImageClassifier(nn.Module):
         self.tta_hflip = tta_hflip  # in eval mode: the mean of the logits of each image and its mirror image
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.float() - self.mean) / self.std
+        mean, std = self.get_buffer("mean"), self.get_buffer("std")
+        x = (images.float() - mean) / std
         x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         if self.tta_hflip and not self.training:
             return (self.net(x) + self.net(x.flip(3))) / 2

@@ -13,17 +13,16 @@ A mixture with a `filter:` is written twice: build_mixtures writes its draw befo
 """
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
-import json
 
 import numpy as np
 
 from diffaug.errors import UserError
-from diffaug.formats.splits import load_split
 from diffaug.formats import synthetic
+from diffaug.formats.splits import load_split
 from diffaug.io import load_npz, save_npz_atomic, sha256_file
 
 # Copies of real images, applied when the mixture is loaded (part of the train stage's deps).
@@ -148,9 +147,9 @@ def load_mixture(mixture_path: str | Path, prepared_dir: str | Path,
         src = index.source_names[code]
         sel = index.source == code
         rows = index.row[sel]
-        pool = pools.get(pool_of(src))
-        if pool is None or (len(rows) and rows.max() >= len(pool)):
+        pixels = pools.get(pool_of(src))
+        if pixels is None or (len(rows) and rows.max() >= len(pixels)):
             raise UserError(f"{mixture_path}: rows of source {src} point outside its pool; {RERUN}")
-        picked = pool[rows]
+        picked = pixels[rows]
         out[sel] = COPY_TRANSFORMS[src](picked) if src in COPY_TRANSFORMS else picked
     return out, index.label, index.classes

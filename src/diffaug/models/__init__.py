@@ -8,7 +8,7 @@ Every architecture is torchvision's own definition, changed only where a variant
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any
 
 from matplotlib import colormaps
 from matplotlib.colors import to_rgb
@@ -91,7 +92,7 @@ class Context:
         return (row.mixtures is not None and mix in row.mixtures and mix in self.cfg.mixtures
                 and not same_mixture(row.mixtures[mix], self.cfg.mixtures[mix]))
 
-    def value(self, row: Result, mix: str) -> Optional[tuple[float, Optional[float]]]:
+    def value(self, row: Result, mix: str) -> tuple[float, float | None] | None:
         """(accuracy, std or None) of a cell usable in a figure, or None."""
         if mix not in row.acc or self.redefined(row, mix):
             return None
@@ -106,7 +107,7 @@ class Context:
     def all_mixes(self) -> list[str]:
         return self.mixes_order(m for r in self.rows for m in r.acc)
 
-    def find(self, sources: dict[str, float]) -> Optional[str]:
+    def find(self, sources: dict[str, float]) -> str | None:
         """The unfiltered mixture with these fractions (a filtered one has the same fractions)."""
         return next((m for m, s in self.cfg.mixtures.items() if same_mixture(s, sources) and m not in self.cfg.filters), None)
 
@@ -121,11 +122,11 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=110, layout="constrained")
 
 
-def _fmt(acc: float, std: Optional[float], digits: int = 1) -> str:
+def _fmt(acc: float, std: float | None, digits: int = 1) -> str:
     return f"{acc * 100:.{digits}f}" + (f" ± {std * 100:.{digits}f}" if std is not None else "")
 
 
-def _axis_floor(values: Iterable[Optional[tuple[float, Optional[float]]]]) -> float:
+def _axis_floor(values: Iterable[tuple[float, float | None] | None]) -> float:
     """Where the accuracy axis starts, in %: 0, unless every bar is within 25% of the longest (then
     differences of a point would be invisible from 0): a round number a little below the lowest."""
     ends = [(a - (s or 0)) * 100 for a, s in (v for v in values if v is not None)]
@@ -196,7 +197,7 @@ def fig_per_architecture(ctx: Context) -> Made:
         if not mixes:
             continue
         floor = _axis_floor(ctx.value(r, m) for r in rows for m in mixes)
-        with_std = any(ctx.value(r, m) and ctx.value(r, m)[1] is not None for r in rows for m in mixes)
+        with_std = any((v := ctx.value(r, m)) is not None and v[1] is not None for r in rows for m in mixes)
         k = len(rows)
         fig = _figure(9.0, 1.4 + len(mixes) * (0.32 + 0.22 * k))
         ax = fig.add_subplot()
@@ -237,7 +238,7 @@ def fig_resnet_sizes(ctx: Context) -> Made:
         raise Skip(f"needs results for at least two of {', '.join(RESNETS)}; have {', '.join(present) or 'none'}")
     mixes = ctx.mixes_order(m for r in rows for m in r.acc if ctx.value(r, m) is not None)
     floor = _axis_floor(ctx.value(r, m) for r in rows for m in mixes)
-    with_std = any(ctx.value(r, m) and ctx.value(r, m)[1] is not None for r in rows for m in mixes)
+    with_std = any((v := ctx.value(r, m)) is not None and v[1] is not None for r in rows for m in mixes)
     k = len(rows)
     slot = 0.84 / k
     ramp = colormaps["Blues"]  # deeper network, darker blue
@@ -298,17 +299,17 @@ def _comparison(ctx: Context, fname: str, title: str, mixes: list[str], need: Ca
     colours = _mixture_colours(ctx, mixes)
     for j, mix in enumerate(mixes):
         xs = [i - 0.42 + slot * (j + 0.5) for i in range(len(rows))]
-        have = [(x, v) for x, v in zip(xs, values[mix]) if v is not None]
+        bars = [(x, v) for x, v in zip(xs, values[mix]) if v is not None]
         for x, v in zip(xs, values[mix]):
             if v is None:
                 ax.text(x, floor + 0.02 * span, "n/a", ha="center", va="bottom", rotation=90, fontsize=7, color="#555555")
-        ax.bar([x for x, _ in have], [v[0] * 100 - floor for _, v in have], bottom=floor, width=slot * 0.92,
+        ax.bar([x for x, _ in bars], [v[0] * 100 - floor for _, v in bars], bottom=floor, width=slot * 0.92,
                color=colours[mix], label=ctx.label(mix))
-        with_std = [(x, v) for x, v in have if v[1] is not None]
+        with_std = [(x, v) for x, v in bars if v[1] is not None]
         if with_std:
-            ax.errorbar([x for x, _ in with_std], [v[0] * 100 for _, v in with_std], yerr=[v[1] * 100 for _, v in with_std],
+            ax.errorbar([x for x, _ in with_std], [v[0] * 100 for _, v in with_std], yerr=[(v[1] or 0) * 100 for _, v in with_std],
                         fmt="none", ecolor="black", capsize=2, elinewidth=0.8)
-        for x, (a, s) in have:
+        for x, (a, s) in bars:
             ax.text(x, (a + (s or 0)) * 100 + 0.015 * span, _fmt(a, s), ha="center", va="bottom", rotation=90,
                     fontsize=7.5)
     ax.set_xticks(range(len(rows)), [ctx.row_label(r, "\n") for r in rows])
@@ -365,8 +366,7 @@ def fig_classic(ctx: Context) -> Made:
 def fig_filtered(ctx: Context) -> Made:
     """Each filtered mixture beside the unfiltered mixture with the same fractions (its draw before
     filtering), per architecture: what dropping implausible synthetic images changes (ALIA, He et al.)."""
-    pairs = [(ctx.find(ctx.cfg.mixtures[f]), f) for f in ctx.cfg.filters]
-    pairs = [(u, f) for u, f in pairs if u is not None]
+    pairs = [(u, f) for f in ctx.cfg.filters if (u := ctx.find(ctx.cfg.mixtures[f])) is not None]
     if not pairs:
         raise Skip("params.yaml defines no filtered mixture (mixtures.<name>.filter) beside an unfiltered one with "
                    "the same fractions")

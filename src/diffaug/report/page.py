@@ -9,14 +9,23 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
 
 from diffaug.config import Img2ImgSet, load_config
 from diffaug.errors import UserError, exit_on_error
 from diffaug.io import atomic_path, write_bytes_atomic
-from diffaug.report.figures import (PNG_MAGIC, Context, Skip, fig_classic, fig_half_half, fig_img2img_strength,
-                                    fig_per_architecture, fig_filtered, fig_resnet_sizes, fig_synthetic_only,
-                                    fig_training_curves)
+from diffaug.report.figures import (
+    PNG_MAGIC,
+    Context,
+    Skip,
+    fig_classic,
+    fig_filtered,
+    fig_half_half,
+    fig_img2img_strength,
+    fig_per_architecture,
+    fig_resnet_sizes,
+    fig_synthetic_only,
+    fig_training_curves,
+)
 from diffaug.report.results import SUMMARY, parse_exp_show, run_exp_show, select_rows
 
 # Files this command owns in --out: one not written this time (its figure was skipped) is removed,
@@ -61,7 +70,7 @@ def copy_samples(ctx: Context, out: Path) -> tuple[list[tuple[str, str]], list[s
     return copied, skipped
 
 
-def _fmt_cell(acc: float, std: Optional[float]) -> str:
+def _fmt_cell(acc: float, std: float | None) -> str:
     return f"{acc * 100:.2f}" + (f" ± {std * 100:.2f}" if std is not None else "")
 
 
@@ -82,7 +91,7 @@ def table_markdown(ctx: Context) -> tuple[str, list[str]]:
             text = _fmt_cell(r.acc[m], r.std.get(m))
             if ctx.redefined(r, m):
                 text += " †"
-                footnotes.append(f"† {r.display}: `{m}` was {_sources(r.mixtures[m])} in that run, not "
+                footnotes.append(f"† {r.display}: `{m}` was {_sources((r.mixtures or {})[m])} in that run, not "
                                  f"{_sources(ctx.cfg.mixtures[m])} as in params.yaml now; left out of the figures.")
             elif len(ctx.rows) > 1 and r.acc[m] == best[m]:
                 text = f"**{text}**"
@@ -142,7 +151,7 @@ def write_report(ctx: Context, out: Path, source: str, notes: list[str]) -> tupl
 
 
 @exit_on_error
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     ap = argparse.ArgumentParser(prog="python -m diffaug.report",
                                  description="Bar charts and a Markdown page of test accuracy across DVC experiments.")

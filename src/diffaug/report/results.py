@@ -21,10 +21,11 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 from diffaug.config import ARCHITECTURES
 from diffaug.errors import UserError
@@ -39,14 +40,14 @@ class Result:
     name: str                      # experiment name, branch name or short sha, or "workspace"
     rev: str                       # full sha, or "workspace"
     kind: str                      # "experiment" | "commit" | "workspace"
-    timestamp: Optional[datetime]  # commit/experiment time; workspace: summary.json's mtime, if known
+    timestamp: datetime | None  # commit/experiment time; workspace: summary.json's mtime, if known
     model: str
     variant: str
     recipe: str
     seeds: int
     acc: dict[str, float]
     std: dict[str, float] = field(default_factory=dict)
-    mixtures: Optional[dict[str, dict[str, float]]] = None  # the run's own params.yaml `mixtures`, if listed
+    mixtures: dict[str, dict[str, float]] | None = None  # the run's own params.yaml `mixtures`, if listed
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -59,11 +60,11 @@ class Result:
         short = self.rev[:7]
         return f"{self.name} ({short})" if self.name != short else short
 
-    def same_numbers(self, other: "Result") -> bool:
+    def same_numbers(self, other: Result) -> bool:
         return (self.key, self.seeds, self.acc, self.std) == (other.key, other.seeds, other.acc, other.std)
 
 
-def _parse_time(value: Any) -> Optional[datetime]:
+def _parse_time(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
@@ -80,7 +81,7 @@ def _numbers(obj: Any) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
-def _summary_of(metrics: Any) -> tuple[Optional[str], Optional[dict]]:
+def _summary_of(metrics: Any) -> tuple[str | None, dict | None]:
     """(path, data) of the summary.json among a rev's metrics files, or (None, None)."""
     if not isinstance(metrics, dict):
         return None, None
@@ -104,7 +105,7 @@ def _params_of(params: Any) -> dict:
     return {}
 
 
-def _iter_revs(exp_show: Any) -> Iterable[tuple[dict, str, Optional[str], Optional[str]]]:
+def _iter_revs(exp_show: Any) -> Iterable[tuple[dict, str, str | None, str | None]]:
     """(rev entry, kind, executor state, experiment name) for every rev (shape: the module docstring)."""
     if not isinstance(exp_show, list):
         raise UserError("dvc exp show --json: expected a JSON list of baselines; is this its output?")
@@ -121,7 +122,7 @@ def _iter_revs(exp_show: Any) -> Iterable[tuple[dict, str, Optional[str], Option
                     yield rev, "experiment", state, exp.get("name")
 
 
-def parse_exp_show(exp_show: Any, workspace_root: Optional[Path] = None) -> tuple[list[Result], list[str]]:
+def parse_exp_show(exp_show: Any, workspace_root: Path | None = None) -> tuple[list[Result], list[str]]:
     """Every usable summary in `dvc exp show --json` output, and a note per experiment left out.
 
     Left out: queued, running and failed experiments (a failed run still lists the summary.json it
@@ -138,7 +139,7 @@ def parse_exp_show(exp_show: Any, workspace_root: Optional[Path] = None) -> tupl
         if state in SKIP_STATES:
             notes.append(f"{label}: {SKIP_STATES[state]}; left out")
             continue
-        data = rev.get("data") if isinstance(rev.get("data"), dict) else {}
+        data: dict[str, Any] = rev["data"] if isinstance(rev.get("data"), dict) else {}
         if rev.get("error"):
             err = rev["error"].get("msg") if isinstance(rev["error"], dict) else rev["error"]
             notes.append(f"{label}: dvc reports an error ({err}); left out")
@@ -148,13 +149,14 @@ def parse_exp_show(exp_show: Any, workspace_root: Optional[Path] = None) -> tupl
             if kind == "experiment":
                 notes.append(f"{label}: no {SUMMARY} with test_acc; left out")
             continue
+        assert path is not None  # _summary_of gives both or neither
         params = _params_of(data.get("params"))
         model = str(summary.get("model", params.get("model", "?")))
         if "model" in params and "model" in summary and str(params["model"]) != str(summary["model"]):
             notes.append(f"{label}: {path} is for {summary['model']} but its params say model {params['model']} "
                          "(stale summary); left out")
             continue
-        train = params.get("train") if isinstance(params.get("train"), dict) else {}
+        train: dict[str, Any] = params["train"] if isinstance(params.get("train"), dict) else {}
         acc = _numbers(summary.get("test_acc"))
         if not acc:
             continue
@@ -196,7 +198,7 @@ def select_rows(results: list[Result]) -> tuple[list[Result], list[str]]:
     for r in candidates:
         groups.setdefault(r.key, []).append(r)
     rows = []
-    for key, group in groups.items():
+    for group in groups.values():
         ranked = sorted(enumerate(group), key=lambda ir: (ir[1].timestamp or datetime.min, KIND_RANK[ir[1].kind], -ir[0]),
                         reverse=True)
         best = ranked[0][1]
@@ -211,7 +213,7 @@ def model_order(model: str) -> tuple[int, str]:
     return (ARCHITECTURES.index(model), "") if model in ARCHITECTURES else (len(ARCHITECTURES), model)
 
 
-def find_dvc() -> Optional[list[str]]:
+def find_dvc() -> list[str] | None:
     """The command that runs dvc: `dvc` on PATH, else this interpreter's dvc module, else None."""
 
     exe = shutil.which("dvc")
