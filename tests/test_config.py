@@ -146,6 +146,18 @@ def test_img2img_sets_lists_exactly_the_img2img_sets():
         parse_config(with_img2img({"strength": 0.5}, listed=False, img2img_sets=["syn1"]))
 
 
+def test_prompt_sets_lists_exactly_the_prompt_sets_beyond_syn1_and_syn2():
+    p = copy.deepcopy(BASE)
+    p["synthetic"]["sets"]["syn3"] = {"kind": "prompt", "prompt": "a blurry photo of a {label}"}
+    with pytest.raises(ConfigError, match=r"prompt_sets: misses 'syn3': list every prompt set other than syn1 and syn2 here"):
+        parse_config(p)
+    p["prompt_sets"] = ["syn3"]
+    assert parse_config(p).synthetic_sets == ("syn1", "syn2", "syn3")
+    p["prompt_sets"] = ["syn3", "syn1"]
+    with pytest.raises(ConfigError, match=r"prompt_sets\[1\]: 'syn1' is not a prompt set under synthetic.sets other than syn1 and syn2"):
+        parse_config(p)
+
+
 def test_not_yaml_and_missing_file(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text("dataset: [unclosed\n")

@@ -190,6 +190,7 @@ class Config:
     model: Literal[ARCHITECTURES] = "resnet18"  # type: ignore[valid-type]
     mixes: list[str] = field(default_factory=list)
     img2img_sets: list[str] = field(default_factory=list)  # dvc.yaml's generate_img2img@<set> matrix: every img2img set
+    prompt_sets: list[str] = field(default_factory=list)  # dvc.yaml's generate_prompt@<set> matrix: prompt sets beyond syn1, syn2
     filtered_mixes: list[str] = field(default_factory=list)  # mixtures with a filter: trained after their classifier
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import string
 
-from diffaug.config.schema import REAL_SOURCES, Config, Img2ImgSet, MixtureFilter
+from diffaug.config.schema import REAL_SOURCES, Config, Img2ImgSet, MixtureFilter, PromptSet
 from diffaug.errors import ConfigError
+
+PAPER_PROMPT_SETS = ("syn1", "syn2")  # the paper's sets, each with a dvc.yaml stage of its own
 
 
 def _template_fields(template: str) -> set[str]:
@@ -68,6 +70,16 @@ def validate(cfg: Config) -> None:
     for name in img2img:
         need(name in cfg.img2img_sets, "img2img_sets",
              f"misses {name!r}: list every img2img set here, so dvc.yaml's generate_img2img@<set> stage makes it")
+    # syn1 and syn2 have stages of their own (generate_syn1, generate_syn2); any other prompt set is made by
+    # the generate_prompt@<set> matrix over prompt_sets.
+    extra = [n for n, s in syn.sets.items() if isinstance(s, PromptSet) and n not in PAPER_PROMPT_SETS]
+    for i, name in enumerate(cfg.prompt_sets):
+        need(name in extra, f"prompt_sets[{i}]", f"{name!r} is not a prompt set under synthetic.sets other than "
+             f"{' and '.join(PAPER_PROMPT_SETS)}; allowed: {', '.join(extra) or 'none declared'}")
+    need(len(set(cfg.prompt_sets)) == len(cfg.prompt_sets), "prompt_sets", "lists a set twice")
+    for name in extra:
+        need(name in cfg.prompt_sets, "prompt_sets",
+             f"misses {name!r}: list every prompt set other than syn1 and syn2 here, so dvc.yaml's generate_prompt@<set> makes it")
 
     dif = cfg.diffusion
     need(dif.resolution >= 64 and dif.resolution % 8 == 0, "diffusion.resolution",
