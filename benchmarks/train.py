@@ -30,15 +30,15 @@ asked for, or random pixels when that file is absent. Needs torch, torchvision, 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import statistics
-import subprocess
-import tempfile
 import dataclasses
 import datetime
+import json
+import os
 import platform
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 

@@ -4,7 +4,6 @@ import math
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +13,11 @@ import yaml
 
 from diffaug.config import Recipe, parse_config
 from diffaug.errors import UserError
+from diffaug.formats.classifier import load_trained, save_trained
+from diffaug.io import load_npz
 from diffaug.train.loop import Trainer, fit, steps_per_epoch
 from diffaug.train.schedule import build_scheduler
 from diffaug.train.stage import main
-from diffaug.io import load_npz
-from diffaug.formats.classifier import load_trained, save_trained
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")  # a fixed thread count: same CPU floats every run, quicker when shared

@@ -105,11 +105,11 @@ def test_sgd_step_is_torch_sgd_within_float32_rounding():
         if wd:  # the tolerance still catches a wrong update rule: here, weight decay left out
             no_wd, no_wd_buffers = [p.clone() for p in params], [torch.zeros_like(p) for p in params] if momentum else []
             torch.manual_seed(1)
-            for s in range(steps):
+            for _ in range(steps):
                 sgd_step(no_wd, [torch.randn_like(p) for p in params], no_wd_buffers, torch.tensor(0.1), momentum, nesterov, 0.0)
             torch.manual_seed(1)
             with_wd, wd_buffers = [p.clone() for p in params], [torch.zeros_like(p) for p in params] if momentum else []
-            for s in range(steps):
+            for _ in range(steps):
                 sgd_step(with_wd, [torch.randn_like(p) for p in params], wd_buffers, torch.tensor(0.1), momentum, nesterov, wd)
             assert max((x - y).abs().max().item() for x, y in zip(no_wd, with_wd)) > steps * 4 * EPS32 * scale
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -38,7 +38,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: str | Path, settings_hash: str) -> Optional[dict[str, Any]]:
+def load_checkpoint(path: str | Path, settings_hash: str) -> dict[str, Any] | None:
     """The checkpoint at `path` if it was written under `settings_hash`, else None (and say why)."""
     path = Path(path)
     if not path.is_file():

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 # Images/s of one training cell on one H100 80GB (torch 2.11+cu130, bf16, channels_last, deterministic
 # kernels, batch 128, 50k images): measured with benchmarks/train.py and the eager loop as of issue 11
@@ -38,10 +37,10 @@ class GridEstimate:
     unsized: list[str]  # mixtures without a <mix>.json yet
 
 
-def mixture_sizes(mixes: list[str], directory: Path, known: Optional[dict[str, int]] = None) -> dict[str, Optional[int]]:
+def mixture_sizes(mixes: list[str], directory: Path, known: dict[str, int] | None = None) -> dict[str, int | None]:
     """Images per mixture from `<directory>/<mix>.json` (build_mixtures' composition files); `known`
     overrides (the cell's own mixture, already loaded)."""
-    sizes: dict[str, Optional[int]] = {}
+    sizes: dict[str, int | None] = {}
     for mix in mixes:
         if known and mix in known:
             sizes[mix] = int(known[mix])
@@ -53,8 +52,8 @@ def mixture_sizes(mixes: list[str], directory: Path, known: Optional[dict[str, i
     return sizes
 
 
-def estimate_grid(model: str, epochs: int, seeds: int, sizes: dict[str, Optional[int]],
-                  images_per_s: Optional[dict[str, float]] = None) -> GridEstimate:
+def estimate_grid(model: str, epochs: int, seeds: int, sizes: dict[str, int | None],
+                  images_per_s: dict[str, float] | None = None) -> GridEstimate:
     rate = (images_per_s or H100_IMAGES_PER_S)[model]
     images = sum(size for size in sizes.values() if size is not None) * epochs * seeds
     return GridEstimate(images / rate, images, sum(s is not None for s in sizes.values()),
@@ -71,7 +70,7 @@ def format_duration(seconds: float) -> str:
 
 
 def grid_eta_line(model: str, epochs: int, seeds: int, mixes: list[str], directory: Path,
-                  known: Optional[dict[str, int]] = None) -> str:
+                  known: dict[str, int] | None = None) -> str:
     sizes = mixture_sizes(mixes, directory, known)
     est = estimate_grid(model, epochs, seeds, sizes)
     missing = f"; {len(est.unsized)} mixture(s) not built yet, not counted: {', '.join(est.unsized)}" if est.unsized else ""

@@ -23,13 +23,13 @@ through the `log` callback of `fit`.
 from __future__ import annotations
 
 import copy
-import math
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 # cuBLAS is deterministic only with a fixed workspace; torch reads this when it first creates a handle.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -70,7 +70,7 @@ def make_deterministic(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = False  # autotuning can pick a different kernel per process
         torch.backends.cudnn.deterministic = True
         torch.use_deterministic_algorithms(True, warn_only=True)  # deterministic variants; warn where none
-        torch.utils.deterministic.fill_uninitialized_memory = False  # NaN-filling every allocation costs time, decides nothing
+        torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]  # NaN-filling every allocation costs time, decides nothing
 
 
 def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,7 +123,7 @@ class Trainer:
                  images: np.ndarray, labels: np.ndarray, *, seed: int, device: torch.device,
                  precision: str = "bf16", channels_last: bool = True, compile: bool = False,
                  cuda_graph: bool = True,
-                 val_images: Optional[np.ndarray] = None, val_labels: Optional[np.ndarray] = None):
+                 val_images: np.ndarray | None = None, val_labels: np.ndarray | None = None):
         if len(images) < 2:
             raise ValueError("training needs at least 2 images")
         self.recipe, self.device = recipe, device
@@ -152,7 +152,7 @@ class Trainer:
             self._ema_other = [p for p in pairs if not p[0].is_floating_point()]  # BatchNorm's batch counters
         self.forward = torch.compile(self.model) if compile else self.model
         self.autocast = precision == "bf16" and device.type == "cuda"  # CPU bf16 autocast is slower, not faster
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.params: list[torch.Tensor] = [p for p in self.model.parameters() if p.requires_grad]
         self.momentum_buffers = [torch.zeros_like(p) for p in self.params] if recipe.momentum else []
         # What must stay finite for an epoch to count: every float tensor a checkpoint or the result holds.
         kept = [self.model] + ([self.ema] if self.ema is not None else [])
@@ -177,7 +177,7 @@ class Trainer:
         self._correct = torch.zeros((), device=device)
         self._finite = torch.ones((), dtype=torch.bool, device=device)
         self.static = cuda_graph  # the graph's code path; captured only on CUDA
-        self._graph: Optional[torch.cuda.CUDAGraph] = None
+        self._graph: torch.cuda.CUDAGraph | None = None
         self._first_lr = recipe.lr
         self._ema_steps = torch.zeros((), dtype=torch.float64, device=device)  # steps averaged so far
         self._augment_rng = torch.Generator().manual_seed(seed).get_state()  # TrivialAugment's op draws
@@ -185,6 +185,10 @@ class Trainer:
     @property
     def has_validation(self) -> bool:
         return self.val_images is not None
+
+    @property
+    def num_val(self) -> int:
+        return 0 if self.val_images is None else len(self.val_images)
 
     @property
     def final_model(self) -> ImageClassifier:
@@ -208,7 +212,10 @@ class Trainer:
         rows = order[:slots]
         weight = (torch.arange(slots, device=self.device) < n).long()
         crop = draw_crop_flip(slots, recipe.crop_padding, recipe.hflip, gen)
-        cut = draw_cutout(slots, *self.images.shape[1:3], gen) if recipe.cutout else torch.zeros(slots, 2, dtype=torch.int64, device=self.device)
+        if recipe.cutout:
+            cut = draw_cutout(slots, int(self.images.shape[1]), int(self.images.shape[2]), gen)
+        else:
+            cut = torch.zeros(slots, 2, dtype=torch.int64, device=self.device)
         image_rows = rows
         if self._epoch_images is not None:  # TrivialAugment: this epoch's images, augmented in plan order
             with torch.random.fork_rng(devices=[]):  # TrivialAugment draws from torch's global CPU RNG: give it ours
@@ -217,11 +224,11 @@ class Trainer:
                 self._augment_rng = torch.get_rng_state()
             image_rows = torch.arange(slots, device=self.device)
         self._plan.copy_(torch.cat([rows[:, None], image_rows[:, None], crop, cut, weight[:, None]], dim=1))
-        lrs = []
+        lrs: list[float] = []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "scheduler.step() before optimizer.step()": a stand-in
             for _ in range(self.steps_per_epoch):
-                lrs.append(self.scheduler.get_last_lr()[0])
+                lrs.append(float(self.scheduler.get_last_lr()[0]))
                 self._lr_clock.step()
                 self.scheduler.step()
         self._lrs.copy_(torch.tensor(lrs, dtype=torch.float32))
@@ -309,7 +316,7 @@ class Trainer:
         self._graph = graph
 
     # ------------------------------------------------------------------------- epochs
-    def _train_steps(self, max_steps: Optional[int]) -> int:
+    def _train_steps(self, max_steps: int | None) -> int:
         self.model.train()
         self._plan_epoch()
         steps = self.steps_per_epoch if max_steps is None else min(max_steps, self.steps_per_epoch)
@@ -332,6 +339,7 @@ class Trainer:
     @torch.no_grad()
     def _evaluate_on_device(self) -> torch.Tensor:
         """[loss sum, correct] of the final model (EMA if kept, with TTA if the recipe says) on the validation set."""
+        assert self.val_images is not None and self.val_labels is not None, "no validation set"
         model = self.final_model
         model.eval()
         loss_sum = torch.zeros((), device=self.device)
@@ -343,7 +351,7 @@ class Trainer:
             correct += (logits.argmax(1) == y).sum()
         return torch.stack([loss_sum, correct])
 
-    def run_epoch(self, validate: bool = True, max_steps: Optional[int] = None, label: str = "") -> dict[str, float]:
+    def run_epoch(self, validate: bool = True, max_steps: int | None = None, label: str = "") -> dict[str, float]:
         """One pass over a fresh permutation, then (if there is a validation set and `validate`) the
         validation metrics; one host read for all of it. Returns train/loss (the smoothed objective),
         train/acc (on the augmented batches, as trained), lr (at the epoch's first step), and val/loss,
@@ -359,13 +367,13 @@ class Trainer:
             raise NonFiniteTraining(self.epoch, self.recipe.epochs, label)
         metrics = {"train/loss": values[0] / seen, "train/acc": values[1] / seen, "lr": self._first_lr}
         if len(values) > 4:
-            count = len(self.val_images)
+            count = self.num_val
             metrics.update({"val/loss": values[4] / count, "val/acc": values[5] / count})
         if max_steps is None:
             self.epoch += 1
         return metrics
 
-    def train_epoch(self, max_steps: Optional[int] = None) -> dict[str, float]:
+    def train_epoch(self, max_steps: int | None = None) -> dict[str, float]:
         """One training epoch without validation (see run_epoch); `max_steps` cuts it short for timing,
         and then the epoch does not count."""
         return self.run_epoch(validate=False, max_steps=max_steps)
@@ -373,7 +381,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Plain (unsmoothed) cross-entropy and accuracy of `final_model` on the validation images, unaugmented."""
         loss_sum, correct = self._evaluate_on_device().tolist()
-        count = len(self.val_images)
+        count = self.num_val
         return {"val/loss": loss_sum / count, "val/acc": correct / count}
 
     def state_dict(self) -> dict[str, Any]:
@@ -408,8 +416,8 @@ class FitResult:
     resumed_from: int  # epochs restored from a checkpoint (0: trained from scratch)
 
 
-def fit(trainer: Trainer, *, checkpoint: Optional[Path] = None, checkpoint_every: int = 10, settings_hash: str = "",
-        log: Optional[Callable[[dict[str, float]], None]] = None, label: str = "") -> FitResult:
+def fit(trainer: Trainer, *, checkpoint: Path | None = None, checkpoint_every: int = 10, settings_hash: str = "",
+        log: Callable[[dict[str, float]], None] | None = None, label: str = "") -> FitResult:
     """Train to `recipe.epochs`, resuming from `checkpoint` when it was written under `settings_hash`.
 
     `log` receives every epoch's metrics in order, restored epochs first, so a metrics log rebuilt by
