@@ -283,6 +283,8 @@ def ablations(recipe) -> dict[str, dict]:
         flips["no label smoothing"] = {"label_smoothing": 0.0}
     if recipe.batch_size != 128:
         flips["batch 128, lr 0.1"] = {"batch_size": 128, "lr": 0.1}
+    else:
+        flips["batch 512, lr 0.4"] = {"batch_size": 512, "lr": 0.4}
     return flips
 
 
