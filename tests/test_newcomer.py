@@ -184,7 +184,7 @@ def _wait_for_queue(line: str, path: Path) -> str:
 def test_readme_commands_work_as_written_in_the_demo_repository(demo):
     path, root = demo["path"], demo["root"]
     done = set()
-    for section, key, line in readme_commands():
+    for _section, key, line in readme_commands():
         if not COMMANDS.get(key, "").startswith(RUN) or key in done:
             continue
         done.add(key)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from diffaug.sandbox.demo import make_sandbox, run, tool_env
 from diffaug.report.results import parse_exp_show
+from diffaug.sandbox.demo import make_sandbox, run, tool_env
 
 pytestmark = pytest.mark.slow
 MIXES = ["orig100", "orig50_syn1_50", "syn2_100", "orig50_rot50"]
