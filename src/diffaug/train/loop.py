@@ -46,7 +46,7 @@ from diffaug.train.augment import apply_crop_flip, apply_cutout, draw_crop_flip,
 from diffaug.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from diffaug.train.schedule import build_scheduler
 
-EVAL_BATCH = 1000
+EVAL_BATCH = 1000  # images per validation forward when the caller passes none (evaluate.batch_size in the stage)
 GRAPH_WARMUP_STEPS = 3  # eager runs on a side stream before capture (cuDNN/cuBLAS handles, autograd state)
 
 # Columns of the epoch plan: one row per sample slot of the epoch.
@@ -116,17 +116,22 @@ def sgd_step(params: list[torch.Tensor], grads: list[torch.Tensor], momentum_buf
     torch._foreach_sub_(params, torch._foreach_mul(update, lr))
 
 
+# recipe.optimizer -> its step on (params, grads, momentum buffers, lr tensor, momentum, nesterov, weight decay)
+OPTIMIZER_STEPS = {"sgd": sgd_step}
+
+
 class Trainer:
     """One seed's model, optimizer state, schedule and RNGs over one training set (and optional validation)."""
 
     def __init__(self, model: str, variant: str, num_classes: int, recipe: Recipe,
                  images: np.ndarray, labels: np.ndarray, *, seed: int, device: torch.device,
                  precision: str = "bf16", channels_last: bool = True, compile: bool = False,
-                 cuda_graph: bool = True,
+                 cuda_graph: bool = True, eval_batch: int = EVAL_BATCH,
                  val_images: np.ndarray | None = None, val_labels: np.ndarray | None = None):
         if len(images) < 2:
             raise ValueError("training needs at least 2 images")
-        self.recipe, self.device = recipe, device
+        self.recipe, self.device, self.eval_batch = recipe, device, eval_batch
+        self.optimizer_step = OPTIMIZER_STEPS[recipe.optimizer]
         make_deterministic(device)
         torch.manual_seed(seed)  # model initialisation and dropout
         self.generator = torch.Generator(device=device)  # shuffling and augmentation, on the device
@@ -255,7 +260,8 @@ class Trainer:
                 loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
         grads = list(torch.autograd.grad(loss, self.params))
         with torch.no_grad():
-            sgd_step(self.params, grads, self.momentum_buffers, lr, recipe.momentum, recipe.nesterov, recipe.weight_decay)
+            self.optimizer_step(self.params, grads, self.momentum_buffers, lr, recipe.momentum, recipe.nesterov,
+                                recipe.weight_decay)
             if self.ema is not None:
                 self._ema_update()
             loss = loss.detach().float()
@@ -344,7 +350,7 @@ class Trainer:
         model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
-        for x, y in zip(self.val_images.split(EVAL_BATCH), self.val_labels.split(EVAL_BATCH)):
+        for x, y in zip(self.val_images.split(self.eval_batch), self.val_labels.split(self.eval_batch)):
             with self._autocast():
                 logits = model(x.permute(0, 3, 1, 2)).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum")

@@ -110,7 +110,8 @@ def run(cfg: Config, model: str, mix: str, images: np.ndarray, labels: np.ndarra
         seed_settings = {**settings, "seed": seed}
         trainer = Trainer(model, tr.variant, len(classes), recipe, images, labels, seed=seed, device=device,
                           precision=tr.precision, channels_last=tr.channels_last, compile=tr.compile,
-                          cuda_graph=tr.cuda_graph, val_images=val_images, val_labels=val_labels)
+                          cuda_graph=tr.cuda_graph, eval_batch=cfg.evaluate.batch_size,
+                          val_images=val_images, val_labels=val_labels)
         log = EpochLog(metrics / f"seed-{seed}", seed, recipe.epochs)
         result = fit(trainer, checkpoint=checkpoints / f"seed-{seed}.pt", checkpoint_every=tr.checkpoint_every,
                      settings_hash=sha256_json(seed_settings), log=log, label=f"{model}/{mix} seed {seed}")
