@@ -11,7 +11,8 @@ repository's own params.yaml and dvc.lock are never touched, then swaps in tiny 
   * a Stable Diffusion pipeline with RANDOM weights built from diffusers configs, saved with
     save_pretrained and loaded through the same from_pretrained path as the hub id;
   * a small procedurally drawn dataset (coloured shapes), 32x32;
-  * a few images per class, a few mixtures (one from an img2img set, i2i50), ten epochs.
+  * a few images per class, a few mixtures (one from an img2img set, i2i50, and one filtered by the
+    orig100 classifier's confidence, orig50_syn1_50_conf), ten epochs.
 It runs `dvc repro`, commits the result as the `main` baseline and pushes it to the repository's
 default remote, a folder inside it (`dvc-storage/`, git-ignored), so the README's `dvc exp ...`,
 `dvc queue ...`, `dvc push` / `dvc pull` and `make report` work inside it as written.
@@ -154,18 +155,24 @@ def make_sandbox(workdir: Path, *, mixes: list[str], epochs: int = 2, images_per
 
 
 DEMO_MIXES = ["orig100", "orig50_syn1_50", "syn2_100", "orig100_syn1_100_syn2_100", "orig50_rot50_vflip50", "orig50_i2i50_50"]
+# One filtered mixture (ALIA-style): orig50_syn1_50's draw minus the half of its syn1 images per class that the
+# orig100 classifier is least confident about; stages filter@<mix>, then train_filtered@resnet18-<mix>.
+DEMO_FILTERED = {"mixtures.orig50_syn1_50_conf": {"orig": 0.5, "syn1": 0.5, "filter": {"by": "confidence", "keep_fraction": 0.5}},
+                 "filtered_mixes": ["orig50_syn1_50_conf"]}
 
 
 def build_demo(workdir: Path, *, epochs: int, real_per_class: int, mixes: list[str] = DEMO_MIXES,
-               images_per_class: int = 6, quiet: bool = False) -> Path:
+               images_per_class: int = 6, quiet: bool = False, filtered: bool = True) -> Path:
     """What `make demo` does: the sandbox, `dvc repro`, the results committed as the `main` baseline,
     `dvc push` to the sandbox's own remote. With quiet=False dvc's output streams to the terminal."""
-    make_sandbox(workdir, mixes=mixes, epochs=epochs, per_class_real=real_per_class, images_per_class=images_per_class)
+    make_sandbox(workdir, mixes=mixes, epochs=epochs, per_class_real=real_per_class, images_per_class=images_per_class,
+                 overrides=DEMO_FILTERED if filtered and "orig100" in mixes else None)
     say = (lambda msg: None) if quiet else (lambda msg: print(msg, flush=True))
     for cmd in (["dvc", "repro"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "baseline: dvc repro of the tiny pipeline"],
                 ["dvc", "push"]):
         if cmd[0] == "dvc":
-            stages = "prepare, generate_syn1, generate_syn2, generate_img2img@i2i50, build_mixtures, train@..., evaluate"
+            stages = ("prepare, generate_syn1, generate_syn2, generate_img2img@i2i50, build_mixtures, train@..., "
+                      "filter@orig50_syn1_50_conf, train_filtered@..., evaluate")
             say(f"demo: {' '.join(cmd)}" + (f" ({stages})" if cmd[1] == "repro" else f" (to {workdir / STORAGE})"))
         proc = subprocess.run(cmd, cwd=workdir, env=tool_env(), text=True,
                               stdout=subprocess.PIPE if quiet else None, stderr=subprocess.STDOUT if quiet else None)
