@@ -18,12 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from diffaug.sandbox.demo import STORAGE, build_demo, run, tool_env
+from diffaug.sandbox.demo import DEMO_FILTERED, STORAGE, build_demo, run, tool_env
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 VENV = Path(sys.prefix)  # the venv the tests run in: the one `make test` created
 MIXES = ["orig100", "orig50_syn1_50"]  # what the README's narrowed grid names; few cells keep this test short
+CELLS = MIXES + DEMO_FILTERED["filtered_mixes"]  # make demo adds its confidence-filtered mixture to the trained cells
 QUEUE_TIMEOUT_S = 480
 
 RUN = "run as written in the demo repository"
@@ -162,7 +163,7 @@ def test_demo_repository_has_a_baseline_and_a_remote(demo):
     assert "in sync" in sh("dvc status -c", path)  # make demo pushed the baseline to its remote
     assert (path / STORAGE).is_dir() and STORAGE in (path / ".gitignore").read_text()
     main = md_rows(sh("dvc exp show --md --drop '.*' --keep 'Experiment|test_acc'", path))["main"]
-    assert len(main) == len(MIXES) and all(re.fullmatch(r"[0-9.]+", c) for c in main), main
+    assert len(main) == len(CELLS) and all(re.fullmatch(r"[0-9.]+", c) for c in main), main
 
 
 def _wait_for_queue(line: str, path: Path) -> str:
@@ -197,7 +198,7 @@ def test_readme_commands_work_as_written_in_the_demo_repository(demo):
             sh(line, clone)
             assert "Data and pipelines are up to date." in sh("dvc status", clone)
             assert "Running stage" not in sh("dvc repro", clone)
-            assert len(list((clone / "models").rglob("*.pt"))) == len(MIXES)
+            assert len(list((clone / "models").rglob("*.pt"))) == len(CELLS)
         elif key == "dvc pull generate_syn1":
             clone = root / "clone-syn1"
             run(["git", "clone", "-q", str(path), str(clone)], root)
