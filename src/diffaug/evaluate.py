@@ -31,7 +31,7 @@ from diffaug.config import Config, load_config
 from diffaug.devices import resolve_device
 from diffaug.errors import exit_on_error
 from diffaug.formats import synthetic
-from diffaug.formats.classifier import load_trained, require_files
+from diffaug.formats.classifier import load_trained, logits_of, require_files
 from diffaug.formats.curves import read_live_curves, write_curves
 from diffaug.formats.splits import load_split
 from diffaug.io import write_json_atomic
@@ -40,12 +40,7 @@ from diffaug.io import write_json_atomic
 def predict(model_path: Path, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
     """Logits (float32, N x classes) of the final weights at `model_path` on uint8 NHWC images."""
     model, _ = load_trained(model_path, device)  # normalises its own input: uint8 NCHW pixels in
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            batch = torch.from_numpy(images[start:start + batch_size]).to(device).permute(0, 3, 1, 2)
-            out.append(model(batch).float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+    return logits_of(model, images, batch_size, device)
 
 
 def scores(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:

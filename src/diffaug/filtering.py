@@ -30,15 +30,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from diffaug.cli import stage_parser
 from diffaug.config import REAL_SOURCES, Config, load_config
 from diffaug.config.schema import MixtureFilter
 from diffaug.devices import resolve_device
 from diffaug.errors import UserError, exit_on_error
-from diffaug.formats import synthetic
-from diffaug.formats.classifier import load_trained, require_files
-from diffaug.formats.mixture import FilterRecord, MixtureIndex, pool_digest, read_mixture, unfiltered_name, write_mixture
+from diffaug.formats.classifier import load_trained, logits_of, require_files
+from diffaug.formats.mixture import FilterRecord, MixtureIndex, load_mixture, read_mixture, unfiltered_name, write_mixture
 from diffaug.io import sha256_file, write_json_atomic
 
 CLIP_MODEL = "openai/clip-vit-base-patch32"
@@ -49,19 +49,14 @@ CLIP_PROMPT = "a photo of a {label}"
 def confidence_scores(classifier: Path, images: np.ndarray, labels: np.ndarray, classes: list[str],
                       batch_size: int = 1000, device: str = "cpu") -> np.ndarray:
     """float32 softmax probability of each image's intended class under the trained classifier."""
-    import torch
-
     model, meta = load_trained(classifier, device)
     if list(meta["classes"]) != list(classes):
         raise UserError(f"{classifier}: trained on classes {list(meta['classes'])}, the mixture has {list(classes)}; "
                         "rerun its train cell (dvc repro)")
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device).permute(0, 3, 1, 2)
-            probs = torch.softmax(model(batch).float(), dim=1).cpu().numpy()
-            out.append(probs[np.arange(len(probs)), labels[start:start + batch_size]])
-    return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
+    if len(images) == 0:
+        return np.zeros(0, np.float32)
+    probs = torch.softmax(torch.from_numpy(logits_of(model, images, batch_size, device)), dim=1).numpy()
+    return probs[np.arange(len(probs)), labels].astype(np.float32)
 
 
 def clip_scores(images: np.ndarray, labels: np.ndarray, words: list[str], key: str, device: str = "cpu") -> np.ndarray:
@@ -69,7 +64,6 @@ def clip_scores(images: np.ndarray, labels: np.ndarray, words: list[str], key: s
 
     Uses CLIP weights from the local Hugging Face cache only; without them, one UserError line naming `key`."""
     try:
-        import torch
         from transformers import CLIPModel, CLIPProcessor
 
         model = CLIPModel.from_pretrained(CLIP_MODEL, local_files_only=True).to(device).eval()  # type: ignore[arg-type]
@@ -126,15 +120,12 @@ def filter_mixture(cfg: Config, mix: str, mixtures_dir: Path, prepared: Path, sy
     names = index.source_names
     scored = np.array([names[c] not in REAL_SOURCES for c in codes], bool)  # every synthetic set
     scores = np.full(len(index.row), np.nan, np.float32)
-    for src, digest in zip(index.used, index.digests):
+    pixels, _, _ = load_mixture(source_path, prepared, synthetic_root)  # refuses sources changed since the build
+    for src in index.used:
         if src in REAL_SOURCES:
             continue
-        if pool_digest(src, prepared, synthetic_root) != digest:
-            raise UserError(f"{source_path}: source {src} changed since the mixture was built; "
-                            "rerun the mixtures stage (dvc repro build_mixtures)")
-        pool, _ = synthetic.load_synthetic(synthetic_root / src)
         sel = np.flatnonzero(codes == names.index(src))
-        images, labels = pool[index.row[sel]], index.label[sel]
+        images, labels = pixels[sel], index.label[sel]
         if spec.by == "confidence":
             scores[sel] = confidence_scores(classifier, images, labels, classes, cfg.evaluate.batch_size, device)
         else:

@@ -11,6 +11,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -120,3 +121,14 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model.eval(), meta
+
+
+def logits_of(model: ImageClassifier, images: np.ndarray, batch_size: int, device: str | torch.device) -> np.ndarray:
+    """float32 logits (N x classes) of a loaded classifier on uint8 NHWC images, `batch_size` at a time."""
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device).permute(0, 3, 1, 2)
+            out.append(model(batch).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
