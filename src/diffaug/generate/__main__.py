@@ -20,8 +20,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from diffaug.cli import stage_parser
 from diffaug.config import Config, Img2ImgSet, load_config
-from diffaug.errors import OneLineParser, UserError, exit_on_error
+from diffaug.errors import UserError, exit_on_error
 from diffaug.formats import synthetic as storage
 from diffaug.formats.splits import Split, load_split, read_classes
 from diffaug.generate.model import ModelSource, apply_fp8, choose_levers, fp8_unavailable_reason, load_pipeline, resolve_model
@@ -33,9 +34,8 @@ HELD_OUT_SPLITS = ("val.npz", "test.npz")
 
 
 def parse_args(argv):
-    parser = OneLineParser(prog="python -m diffaug.generate", description="Generate a synthetic image set with Stable Diffusion.")
+    parser = stage_parser("python -m diffaug.generate", "Generate a synthetic image set with Stable Diffusion.")
     parser.add_argument("set", help="which set: a name under synthetic.sets in params.yaml")
-    parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--classes", default="data/prepared/classes.json", help="written by the prepare stage")
     parser.add_argument("--out", required=True, help="output directory (kept between runs: resume)")
     parser.add_argument("--train", help="img2img sets only: the training split, data/prepared/train.npz")

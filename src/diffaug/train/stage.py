@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from dvclive import Live
 
+from diffaug.cli import stage_parser
 from diffaug.config import ARCHITECTURES, Config, load_config
 from diffaug.devices import resolve_device
 from diffaug.errors import ConfigError, UserError, exit_on_error
@@ -33,8 +34,7 @@ from diffaug.train.loop import Trainer, fit
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m diffaug.train", description="Train one architecture on one mixture.")
-    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p = stage_parser("python -m diffaug.train", "Train one architecture on one mixture.")
     p.add_argument("--model", required=True, help=" | ".join(ARCHITECTURES))
     p.add_argument("--mix", required=True, help="a key of params.yaml mixtures")
     p.add_argument("--mixture", type=Path, required=True, help="data/mixtures/<mix>.npz")
