@@ -10,7 +10,6 @@ import dataclasses
 import json
 import os
 import subprocess
-import warnings
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -18,32 +17,23 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from diffusers import StableDiffusionPipeline
 
 import diffaug.generate.__main__ as cli
 from diffaug.config import DiffusionConfig, load_config
 from diffaug.formats import synthetic as storage
 from diffaug.generate import model
 from diffaug.generate.__main__ import main
-from diffaug.generate.model import Levers, choose_levers, quiet_libraries
+from diffaug.generate.model import Levers, choose_levers
 from diffaug.generate.plan import build_plan, compile_pays_after
 from diffaug.generate.sampler import DeepCache, Sampler
 from test_generate import CLASSES, cli_args, files, generate, write_inputs
+from test_generate_parity import load
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["a photo of a car", "airplane", "bird", "car"]
 SEEDS = [3, 1, 4, 1 << 40]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def load(path: Path):
-    quiet_libraries()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        pipe = StableDiffusionPipeline.from_pretrained(str(path), torch_dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 # ----------------------------------------------------------------------------- defaults and their reasons
@@ -214,32 +204,28 @@ def test_deep_cache_paths_are_the_unets_own_arithmetic(tiny_sd):
     assert [cache.is_full_step(i) for i in range(7)] == [True, False, False, True, False, False, True]
 
 
+def full_images(pipe, steps: int, **levers) -> np.ndarray:
+    """The 512²-path images (int) of SEEDS x PROMPTS from our Sampler with these levers."""
+    s = Sampler(pipe, steps=steps, guidance_scale=7.5, resolution=64, out_size=(32, 32), **levers)
+    s.encode_prompts(sorted(set(PROMPTS)), None)
+    return s.run_batch(SEEDS, PROMPTS, want_full=True).full.astype(int)
+
+
 def test_deep_cache_is_off_by_default_and_changes_images_when_on(tiny_sd):
     pipe = load(tiny_sd)
-
-    def run(**levers):
-        s = Sampler(pipe, steps=8, guidance_scale=7.5, resolution=64, out_size=(32, 32), **levers)
-        s.encode_prompts(sorted(set(PROMPTS)), None)
-        return s.run_batch(SEEDS, PROMPTS, want_full=True).full.astype(int)
-
-    exact = run()
+    exact = full_images(pipe, 8)
     assert Sampler(pipe, steps=8, guidance_scale=7.5, resolution=64, out_size=(32, 32)).deep_cache is None
-    cached = run(deep_cache=2)
+    cached = full_images(pipe, 8, deep_cache=2)
     assert np.abs(cached - exact).mean() > 0.1  # an approximation, measurably so
-    assert np.array_equal(run(deep_cache=100), run(deep_cache=100)) and np.abs(run(deep_cache=100) - exact).max() > 0
+    sparse = full_images(pipe, 8, deep_cache=100)
+    assert np.array_equal(sparse, full_images(pipe, 8, deep_cache=100)) and np.abs(sparse - exact).max() > 0
 
 
 def test_attention_backend_and_dynamo_compile_keep_the_images(tiny_sd):
     pipe = load(tiny_sd)
-
-    def run(**levers):
-        s = Sampler(pipe, steps=4, guidance_scale=7.5, resolution=64, out_size=(32, 32), **levers)
-        s.encode_prompts(sorted(set(PROMPTS)), None)
-        return s.run_batch(SEEDS, PROMPTS, want_full=True).full.astype(int)
-
-    exact = run()
-    assert np.abs(run(attention="math") - exact).max() <= 1
-    assert np.abs(run(compile=True, compile_backend="eager") - exact).max() <= 1
+    exact = full_images(pipe, 4)
+    assert np.abs(full_images(pipe, 4, attention="math") - exact).max() <= 1
+    assert np.abs(full_images(pipe, 4, compile=True, compile_backend="eager") - exact).max() <= 1
 
 
 # ----------------------------------------------------------------------------- the model is pinned once
