@@ -131,6 +131,7 @@ def load_mixture(mixture_path: str | Path, prepared_dir: str | Path,
     mixture_path, prepared_dir, synthetic_root = Path(mixture_path), Path(prepared_dir), Path(synthetic_root)
     index = read_mixture(mixture_path)
     pools: dict[str, np.ndarray] = {}  # each pool loaded and hashed once, however many sources draw on it
+    current: dict[str, str] = {}
     for src, digest in zip(index.used, index.digests):
         pool = pool_of(src)
         if pool not in pools:
@@ -138,7 +139,8 @@ def load_mixture(mixture_path: str | Path, prepared_dir: str | Path,
                 pools[pool] = load_split(prepared_dir / "train.npz").images
             else:
                 pools[pool] = synthetic.load_synthetic(synthetic_root / pool)[0]
-        if pool_digest(pool, prepared_dir, synthetic_root) != digest:
+            current[pool] = pool_digest(pool, prepared_dir, synthetic_root)
+        if current[pool] != digest:
             raise UserError(f"{mixture_path}: source {src} changed since the mixture was built; {RERUN}")
     if not pools:
         raise UserError(f"{mixture_path}: draws from no source; {RERUN}")
