@@ -162,6 +162,11 @@ def diffusion_settings(dif: DiffusionConfig, model_fingerprint: str | None) -> d
     return settings
 
 
+def prompt_words(cfg: Config, classes: list[str]) -> tuple[str, ...]:
+    """The word each class's prompts use: dataset.label_names' entry, else the name with '_' as spaces."""
+    return tuple(cfg.dataset.label_names.get(c, c.replace("_", " ")) for c in classes)
+
+
 def build_plan(cfg: Config, set_name: str, classes: list[str], image_size: tuple[int, int],
                model_fingerprint: str | None, train: Split | None = None, train_sha256: str | None = None) -> Plan:
     """The plan of set `set_name`; an img2img set also needs the train split and its file's sha256."""
@@ -170,7 +175,7 @@ def build_plan(cfg: Config, set_name: str, classes: list[str], image_size: tuple
         if train is None or train_sha256 is None:
             raise UserError(f"{set_name}: an img2img set needs --train data/prepared/train.npz (its real source images)")
         return _img2img_plan(cfg, set_name, prompts, classes, image_size, model_fingerprint, train, train_sha256)
-    words = tuple(cfg.dataset.label_names.get(c, c.replace("_", " ")) for c in classes)
+    words = prompt_words(cfg, classes)
     syn = cfg.synthetic
     settings = {
         "format": FORMAT,
@@ -202,7 +207,7 @@ def _img2img_plan(cfg: Config, set_name: str, spec: Img2ImgSet, classes: list[st
         raise UserError(f"--train: its images are {train.images.shape[1]}x{train.images.shape[2]}, classes.json says "
                         f"{image_size[0]}x{image_size[1]}; rerun the prepare stage")
     per_class, rows = _choose_sources(train.labels, classes, spec, set_name, cfg.diffusion.seed, key)
-    words = tuple(cfg.dataset.label_names.get(c, c.replace("_", " ")) for c in classes)
+    words = prompt_words(cfg, classes)
     syn = cfg.synthetic
     settings = {
         "format": FORMAT,
