@@ -38,8 +38,16 @@ from diffaug.config.schema import MixtureFilter
 from diffaug.devices import resolve_device
 from diffaug.errors import UserError, exit_on_error
 from diffaug.formats.classifier import load_trained, logits_of, require_files
-from diffaug.formats.mixture import FilterRecord, MixtureIndex, load_mixture, read_mixture, unfiltered_name, write_mixture
-from diffaug.io import sha256_file, write_json_atomic
+from diffaug.formats.mixture import (
+    FilterRecord,
+    MixtureIndex,
+    load_mixture,
+    read_mixture,
+    unfiltered_name,
+    write_composition,
+    write_mixture,
+)
+from diffaug.io import sha256_file
 
 CLIP_MODEL = "openai/clip-vit-base-patch32"
 CLIP_PROMPT = "a photo of a {label}"
@@ -168,7 +176,7 @@ def filter_mixture(cfg: Config, mix: str, mixtures_dir: Path, prepared: Path, sy
         "dropped": [[names[c], int(r), classes[lab], round(float(sc), 6)]
                     for c, r, lab, sc in zip(codes[drop], index.row[drop], index.label[drop], scores[drop])],
     }
-    write_json_atomic(out / f"{mix}.json", account)
+    write_composition(out, mix, account)
     return account
 
 

@@ -33,9 +33,8 @@ from diffaug.cli import stage_parser
 from diffaug.config import PAPER_SOURCES, Config, load_config
 from diffaug.errors import UserError, exit_on_error
 from diffaug.formats import synthetic
-from diffaug.formats.mixture import COPY_TRANSFORMS, MixtureIndex, pool_digest, unfiltered_name, write_mixture
+from diffaug.formats.mixture import COPY_TRANSFORMS, MixtureIndex, pool_digest, unfiltered_name, write_composition, write_mixture
 from diffaug.formats.splits import load_split
-from diffaug.io import write_json_atomic
 
 
 def _draw(labels: np.ndarray, num_classes: int, fraction: float, seed: int, source: str,
@@ -121,7 +120,7 @@ def build(cfg: Config, prepared: Path, synthetic_root: Path, out: Path) -> dict[
         }
         if mix in cfg.filters:
             composition["filter"] = "pending: filter@" + mix + " writes the filtered mixture to data/filtered/"
-        write_json_atomic(out / f"{stem}.json", composition)
+        write_composition(out, stem, composition)
         summary[mix] = composition
     return summary
 

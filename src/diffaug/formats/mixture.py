@@ -23,7 +23,7 @@ import numpy as np
 from diffaug.errors import UserError
 from diffaug.formats import synthetic
 from diffaug.formats.splits import load_split
-from diffaug.io import load_npz, save_npz_atomic, sha256_file
+from diffaug.io import load_npz, save_npz_atomic, sha256_file, write_json_atomic
 
 # Copies of real images, applied when the mixture is loaded (part of the train stage's deps).
 COPY_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -155,3 +155,17 @@ def load_mixture(mixture_path: str | Path, prepared_dir: str | Path,
         picked = pixels[rows]
         out[sel] = COPY_TRANSFORMS[src](picked) if src in COPY_TRANSFORMS else picked
     return out, index.label, index.classes
+
+
+def write_composition(directory: Path, stem: str, composition: dict) -> None:
+    """`<stem>.json` beside the index file: the readable account of a mixture (counts per source and class)."""
+    write_json_atomic(directory / f"{stem}.json", composition)
+
+
+def read_total(directory: Path, mix: str) -> int | None:
+    """The image count a mixture's `<mix>.json` states, or None while it is absent or unreadable."""
+    try:
+        return int(json.loads((directory / f"{mix}.json").read_text())["total"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+

@@ -10,9 +10,10 @@ values in this table's form.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from diffaug.formats.mixture import read_total
 
 # Images/s of one training cell on one H100 80GB (torch 2.11+cu130, bf16, channels_last, deterministic
 # kernels, batch 128, 50k images): measured with benchmarks/train.py and the eager loop as of issue 11
@@ -45,10 +46,7 @@ def mixture_sizes(mixes: list[str], directory: Path, known: dict[str, int] | Non
         if known and mix in known:
             sizes[mix] = int(known[mix])
             continue
-        try:
-            sizes[mix] = int(json.loads((directory / f"{mix}.json").read_text())["total"])
-        except (OSError, ValueError, KeyError, TypeError):
-            sizes[mix] = None
+        sizes[mix] = read_total(directory, mix)
     return sizes
 
 
