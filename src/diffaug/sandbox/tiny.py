@@ -17,6 +17,7 @@ fallback. They yield the sequence lengths the text encoders expect and round-tri
 """
 from __future__ import annotations
 
+import copy
 import json
 import tempfile
 from pathlib import Path
@@ -146,19 +147,24 @@ def _build_sd(out_dir: Path, safety_checker: bool) -> Path:
         parts["safety_checker"] = _never_flagging(StableDiffusionSafetyChecker(clip))
         parts["feature_extractor"] = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     pipe: Any = StableDiffusionPipeline(**parts)
+    # fp16 files first, like the hub repo's; then the float32 ones, whose configs (shared by both
+    # variants) must say float32, since transformers loads a text encoder in its config's dtype
+    copy.deepcopy(pipe).to(torch.float16).save_pretrained(out_dir, variant="fp16")
     pipe.save_pretrained(out_dir)
-    pipe.to(torch.float16).save_pretrained(out_dir, variant="fp16")  # like the hub repo's fp16 files
     return out_dir
 
 
 FAMILIES = ("sd", "sdxl", "sd3", "flux", "pixart", "sana", "dit")
+# Families whose text-to-image pipeline diffusers 0.42 maps to an img2img one
+# (AutoPipelineForImage2Image.from_pipe); PixArt-Sigma, Sana and DiT have none.
+IMG2IMG_FAMILIES = ("sd", "sdxl", "sd3", "flux")
 
 # A VAE shaped like the real ones (four blocks, so latents are resolution/8) but 8-16 channels wide;
 # SD3's and FLUX's have 16 latent channels and no quant convs.
 _TINY_VAE16 = dict(TINY_VAE, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
 
 
-def _t5_tokenizer():
+def t5_tokenizer():
     """A T5 tokenizer (Unigram over printable ASCII characters, with and without the word-start mark)."""
     from transformers import T5Tokenizer
 
@@ -179,7 +185,7 @@ def _t5_encoder(tokenizer, d_model: int = 32):
     return T5EncoderModel(config)
 
 
-def _gemma_tokenizer():
+def gemma_tokenizer():
     """A Gemma tokenizer: printable ASCII characters and the word mark, every other byte through byte fallback."""
     from transformers import GemmaTokenizer
 
@@ -229,7 +235,7 @@ def _sd3():
 
     tokenizer, text_encoder = _clip(with_projection=True)
     tokenizer_2, text_encoder_2 = _clip(with_projection=True)
-    tokenizer_3 = _t5_tokenizer()
+    tokenizer_3 = t5_tokenizer()
     text_encoder_3 = _t5_encoder(tokenizer_3, d_model=64)  # CLIP's 32 + 32 are zero-padded to T5's width
     transformer = SD3Transformer2DModel(
         sample_size=4, patch_size=2, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=8,
@@ -248,7 +254,7 @@ def _flux():
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     tokenizer, text_encoder = _clip(with_projection=False)
-    tokenizer_2 = _t5_tokenizer()
+    tokenizer_2 = t5_tokenizer()
     text_encoder_2 = _t5_encoder(tokenizer_2)
     transformer = FluxTransformer2DModel(  # 16 latent channels packed 2x2 -> 64 per token, as in FLUX.1
         patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
@@ -269,7 +275,7 @@ def _flux():
 def _pixart():
     from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
 
-    tokenizer = _t5_tokenizer()
+    tokenizer = t5_tokenizer()
     text_encoder = _t5_encoder(tokenizer)
     transformer = PixArtTransformer2DModel(
         # sample_size 32 is one the pipeline's resolution binning knows (its 256-px bins)
@@ -291,7 +297,7 @@ def _sana():
     from diffusers import AutoencoderDC, DPMSolverMultistepScheduler, SanaPipeline, SanaTransformer2DModel
     from transformers import Gemma2Config, Gemma2Model
 
-    tokenizer = _gemma_tokenizer()
+    tokenizer = gemma_tokenizer()
     text_encoder = Gemma2Model(Gemma2Config(
         vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
         num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=4096,
