@@ -180,7 +180,6 @@ def _t5_encoder(tokenizer, d_model: int = 32):
     config = T5Config(
         vocab_size=len(tokenizer), d_model=d_model, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
         relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1,
-        decoder_start_token_id=0,
     )
     return T5EncoderModel(config)
 
