@@ -8,6 +8,7 @@ import torch
 from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image, DiffusionPipeline, DiTPipeline
 from diffusers.utils import logging as diffusers_logging
 from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
 from diffaug.sandbox.tiny import FAMILIES, IMG2IMG_FAMILIES, build_tiny_pipeline, main
 
@@ -116,13 +117,24 @@ def test_tokenizers_round_trip_offline(built, pipes, family):
     text = "A photo of a red car, 3 dogs & a cat!"
     for name in sorted(k for k in pipe.components if k.startswith("tokenizer")):
         tokenizer = pipe.components[name]
-        reloaded = type(tokenizer).from_pretrained(built[family] / name)
+        reloaded = AutoTokenizer.from_pretrained(built[family] / name)
+        assert type(reloaded) is type(tokenizer)
         ids = tokenizer(text).input_ids
         assert reloaded(text).input_ids == ids
         assert len(ids) > len(text.split())
         encoder = pipe.components[name.replace("tokenizer", "text_encoder")]
         assert max(ids) < encoder.config.vocab_size
         assert tokenizer.decode(ids, skip_special_tokens=True).replace(" ", "").lower() == text.replace(" ", "").lower()
+        if family == "sana":  # Sana keeps token 0 of Gemma's output, which must be <bos> as with gemma-2-2b-it
+            assert ids[0] == tokenizer.bos_token_id
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_sdxl_turbo_settings_run(pipes, steps):
+    """SDXL-Turbo is SDXL's architecture and pipeline: guidance 0 (no CFG batch) and 1-4 steps must run."""
+    out = pipes["sdxl"]("a photo of a cat", height=SIZE, width=SIZE, num_inference_steps=steps, guidance_scale=0.0,
+                        generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert out.shape == (1, 3, SIZE, SIZE) and torch.isfinite(out).all()
 
 
 def test_dit_class_names_survive_the_round_trip(pipes):

@@ -192,7 +192,7 @@ def gemma_tokenizer():
     vocab.update({f"<0x{b:02X}>": 5 + b for b in range(256)})
     for c in ["▁"] + [chr(c) for c in range(33, 127)]:
         vocab[c] = len(vocab)
-    return GemmaTokenizer(vocab=vocab, merges=[])
+    return GemmaTokenizer(vocab=vocab, merges=[], add_bos_token=True, add_eos_token=False)  # as gemma-2-2b-it
 
 
 def _clip(with_projection: bool):
