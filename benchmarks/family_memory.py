@@ -39,16 +39,16 @@ from diffaug.sandbox.tiny import SD14_SAFETY_VISION, SD14_TEXT, SD14_UNET, SD14_
 GIB = 2**30
 
 # --- configs transcribed from the published model configs -------------------------------------------------
-CLIP_L = dict(SD14_TEXT)  # openai/clip-vit-large-patch14 text tower (SD-1.x, SDXL, SD3, FLUX)
-CLIP_G = dict(  # OpenCLIP ViT-bigG/14 text tower (SDXL text_encoder_2, SD3 text_encoder_2)
+CLIP_L: dict[str, Any] = dict(SD14_TEXT)  # openai/clip-vit-large-patch14 text tower (SD-1.x, SDXL, SD3, FLUX)
+CLIP_G: dict[str, Any] = dict(  # OpenCLIP ViT-bigG/14 text tower (SDXL text_encoder_2, SD3 text_encoder_2)
     vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
     max_position_embeddings=77, hidden_act="gelu", projection_dim=1280,
 )
-T5_XXL = dict(  # google/t5-v1_1-xxl encoder (SD3, FLUX, PixArt-Sigma)
+T5_XXL: dict[str, Any] = dict(  # google/t5-v1_1-xxl encoder (SD3, FLUX, PixArt-Sigma)
     vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
     relative_attention_num_buckets=32, feed_forward_proj="gated-gelu",
 )
-SDXL_UNET = dict(
+SDXL_UNET: dict[str, Any] = dict(
     sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
@@ -56,33 +56,33 @@ SDXL_UNET = dict(
     cross_attention_dim=2048, addition_embed_type="text_time", addition_time_embed_dim=256,
     projection_class_embeddings_input_dim=2816,
 )
-VAE16 = dict(SD14_VAE, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)  # SD3 / FLUX VAE
-SD35M_TRANSFORMER = dict(
+VAE16: dict[str, Any] = dict(SD14_VAE, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)  # SD3 / FLUX VAE
+SD35M_TRANSFORMER: dict[str, Any] = dict(
     sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24, attention_head_dim=64,
     num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048,
     pos_embed_max_size=384, dual_attention_layers=tuple(range(13)), qk_norm="rms_norm",
 )
-FLUX_DEV_TRANSFORMER = dict(
+FLUX_DEV_TRANSFORMER: dict[str, Any] = dict(
     patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
     num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
     axes_dims_rope=(16, 56, 56),
 )
-PIXART_SIGMA_TRANSFORMER = dict(
+PIXART_SIGMA_TRANSFORMER: dict[str, Any] = dict(
     sample_size=128, patch_size=2, in_channels=4, out_channels=8, num_layers=28, num_attention_heads=16,
     attention_head_dim=72, cross_attention_dim=1152, caption_channels=4096, attention_bias=True,
     activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
     norm_elementwise_affine=False, norm_eps=1e-6, interpolation_scale=2, use_additional_conditions=False,
 )
-SANA_1600M_TRANSFORMER = dict(
+SANA_1600M_TRANSFORMER: dict[str, Any] = dict(
     sample_size=32, patch_size=1, in_channels=32, out_channels=32, num_layers=20, num_attention_heads=70,
     attention_head_dim=32, num_cross_attention_heads=20, cross_attention_head_dim=112, cross_attention_dim=2240,
     caption_channels=2304, mlp_ratio=2.5, norm_elementwise_affine=False, norm_eps=1e-6,
 )
-GEMMA2_2B = dict(  # google/gemma-2-2b-it (Sana's text encoder, base model without the LM head)
+GEMMA2_2B: dict[str, Any] = dict(  # google/gemma-2-2b-it (Sana's text encoder, base model without the LM head)
     vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
     num_key_value_heads=4, head_dim=256, max_position_embeddings=8192,
 )
-DC_AE_F32C32 = dict(  # mit-han-lab/dc-ae-f32c32-sana-1.0
+DC_AE_F32C32: dict[str, Any] = dict(  # mit-han-lab/dc-ae-f32c32-sana-1.0
     in_channels=3, latent_channels=32, attention_head_dim=32,
     encoder_block_types=("ResBlock",) * 3 + ("EfficientViTBlock",) * 3,
     decoder_block_types=("ResBlock",) * 3 + ("EfficientViTBlock",) * 3,
@@ -93,7 +93,7 @@ DC_AE_F32C32 = dict(  # mit-han-lab/dc-ae-f32c32-sana-1.0
     upsample_block_type="interpolate", downsample_block_type="Conv", decoder_norm_types="rms_norm",
     decoder_act_fns="silu", scaling_factor=0.41407,
 )
-DIT_XL2_256 = dict(
+DIT_XL2_256: dict[str, Any] = dict(
     sample_size=32, patch_size=2, in_channels=4, out_channels=8, num_layers=28, num_attention_heads=16,
     attention_head_dim=72, num_embeds_ada_norm=1000, norm_type="ada_norm_zero", norm_elementwise_affine=False,
 )
@@ -103,8 +103,8 @@ DIT_XL2_256 = dict(
 @dataclass
 class Component:
     name: str
-    build: Callable[[], torch.nn.Module]
-    run: Callable[[torch.nn.Module, int, torch.dtype], Any] | None  # (module, batch, dtype) -> forward
+    build: Callable[[], Any]  # -> torch.nn.Module (diffusers' models are untyped for mypy)
+    run: Callable[[Any, int, torch.dtype], Any] | None  # (module, batch, dtype) -> forward
     per_image: int = 1  # inputs per image in that forward (2 with classifier-free guidance)
     dtype: torch.dtype | None = None  # None: the family's dtype
 
@@ -118,23 +118,23 @@ class Family:
     components: list[Component] = field(default_factory=list)
 
 
-def _clip(cfg: dict, projection: bool) -> Callable[[], torch.nn.Module]:
+def _clip(cfg: dict, projection: bool) -> Callable[[], Any]:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     return lambda: (CLIPTextModelWithProjection if projection else CLIPTextModel)(CLIPTextConfig(**cfg))
 
 
-def _ids(length: int) -> Callable[[torch.nn.Module, int, torch.dtype], Any]:
+def _ids(length: int) -> Callable[[Any, int, torch.dtype], Any]:
     return lambda m, b, dt: m(torch.zeros(b, length, dtype=torch.long))
 
 
-def _t5() -> torch.nn.Module:
+def _t5() -> Any:
     from transformers import T5Config, T5EncoderModel
 
     return T5EncoderModel(T5Config(**T5_XXL))
 
 
-def _kl_vae(cfg: dict) -> Callable[[], torch.nn.Module]:
+def _kl_vae(cfg: dict) -> Callable[[], Any]:
     from diffusers import AutoencoderKL
 
     return lambda: AutoencoderKL(**cfg)
@@ -157,9 +157,6 @@ def families() -> list[Family]:
     )
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
     from transformers import CLIPConfig, CLIPTextConfig, Gemma2Config, Gemma2Model
-
-    def randn(*shape):
-        return lambda dt: torch.randn(*shape, dtype=dt)
 
     def sd_unet(m, b, dt):
         return m(torch.randn(b, 4, 64, 64, dtype=dt), 999, torch.randn(b, 77, 768, dtype=dt))
@@ -190,13 +187,13 @@ def families() -> list[Family]:
     def dit(m, b, dt):
         return m(torch.randn(b, 4, 32, 32, dtype=dt), timestep=torch.ones(b), class_labels=torch.zeros(b, dtype=torch.long))
 
-    def checker() -> torch.nn.Module:
+    def checker() -> Any:
         clip = CLIPConfig(text_config=CLIPTextConfig(**CLIP_L).to_dict(), vision_config=SD14_SAFETY_VISION,
                           projection_dim=768)
         return StableDiffusionSafetyChecker(clip)
 
-    def gemma() -> torch.nn.Module:
-        return Gemma2Model(Gemma2Config(**GEMMA2_2B, attn_implementation="sdpa"))
+    def gemma() -> Any:
+        return Gemma2Model(Gemma2Config(**{**GEMMA2_2B, "attn_implementation": "eager"}))
 
     return [
         Family("sd", "CompVis/stable-diffusion-v1-4", torch.float16, 512, [
