@@ -151,5 +151,10 @@ def test_cli_writes_a_family_and_rejects_an_unknown_one(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--family" in err and "sdxl" in err
     assert not (tmp_path / "k").exists()
+    with pytest.raises(SystemExit) as e:  # never over an existing model
+        main(["--family", "sd", str(tmp_path / "dit")])
+    assert e.value.code == 2 and "not an empty directory" in capsys.readouterr().err
+    assert json.loads((tmp_path / "dit" / "model_index.json").read_text())["_class_name"] == "DiTPipeline"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dit"]  # no temporary directory left behind
     with pytest.raises(ValueError, match="not one of sd, sdxl"):
         build_tiny_pipeline(tmp_path / "k", "kandinsky")

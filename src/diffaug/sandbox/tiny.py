@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -392,18 +393,28 @@ def sd14_unet_parameter_count() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from diffaug.errors import OneLineParser, exit_on_error
+    from diffaug.errors import OneLineParser, UserError, exit_on_error
 
     parser = OneLineParser(prog="python -m diffaug.sandbox.tiny",
                            description="Write a tiny random-weight diffusers pipeline with save_pretrained.")
     parser.add_argument("--family", default="sd", choices=FAMILIES, help="model family (default: sd)")
     parser.add_argument("--seed", type=int, default=0, help="torch seed for the random weights (default: 0)")
-    parser.add_argument("out", type=Path, help="directory to write (created)")
+    parser.add_argument("out", type=Path, help="directory to write (created; must not exist or be empty)")
 
     @exit_on_error
     def run() -> None:
         args = parser.parse_args(argv)
-        print(build_tiny_pipeline(args.out, args.family, seed=args.seed))
+        out: Path = args.out
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise UserError(f"{out}: exists and is not an empty directory; give a new path")
+        # built beside OUT and renamed into place, so an interrupted build leaves no half-written model
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+            build_tiny_pipeline(Path(tmp) / "pipe", args.family, seed=args.seed)
+            if out.exists():
+                out.rmdir()
+            os.replace(Path(tmp) / "pipe", out)
+        print(out)
 
     run()
     return 0
