@@ -1,9 +1,10 @@
 """Diffusion pipelines with random weights, built from configs alone (no hub, no download).
 
-* `build_tiny_pipeline(dir, family)` writes a tiny random pipeline of one of `FAMILIES` (a few hundred
-  thousand parameters per component) with `save_pretrained`, so tests and the offline demo load it
-  through exactly the same `from_pretrained` path as the hub model it mimics: `AutoPipelineForText2Image`
-  for sd, sdxl, sd3, flux, pixart and sana, `DiTPipeline` (or `DiffusionPipeline`) for dit. Its images
+* `build_tiny_pipeline(dir, family)` writes a tiny random pipeline of one of `FAMILIES` (tens of
+  thousands of parameters per component; the SD and SDXL UNets 0.8M and 1.4M) with `save_pretrained`,
+  so tests and the offline demo load it through exactly the same `from_pretrained` path as the hub
+  model it mimics: `AutoPipelineForText2Image` for sd, sdxl, sd3, flux, pixart and sana, `DiTPipeline`
+  (or `DiffusionPipeline`) for dit. Its images
   are noise-like, but every code path (prompts, CFG, scheduler, VAE, safety checker, downsampling) runs.
   `tiny_diffusion_params(dir)` gives the params.yaml `diffusion:` overrides that suit the SD one.
 * `build_sd14_random(dtype, device)` builds the full-size SD-v1.4 architecture (UNet 859.52M
@@ -28,6 +29,11 @@ import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+FAMILIES = ("sd", "sdxl", "sd3", "flux", "pixart", "sana", "dit")
+# Families whose text-to-image pipeline diffusers 0.42 maps to an img2img one
+# (AutoPipelineForImage2Image.from_pipe); PixArt-Sigma, Sana and DiT have none.
+IMG2IMG_FAMILIES = ("sd", "sdxl", "sd3", "flux")
 
 # SD-v1.4's scheduler/scheduler_config.json (the model's own scheduler, PNDM).
 SD14_SCHEDULER = dict(
@@ -154,11 +160,6 @@ def _build_sd(out_dir: Path, safety_checker: bool) -> Path:
     pipe.save_pretrained(out_dir)
     return out_dir
 
-
-FAMILIES = ("sd", "sdxl", "sd3", "flux", "pixart", "sana", "dit")
-# Families whose text-to-image pipeline diffusers 0.42 maps to an img2img one
-# (AutoPipelineForImage2Image.from_pipe); PixArt-Sigma, Sana and DiT have none.
-IMG2IMG_FAMILIES = ("sd", "sdxl", "sd3", "flux")
 
 # A VAE shaped like the real ones (four blocks, so latents are resolution/8) but 8-16 channels wide;
 # SD3's and FLUX's have 16 latent channels and no quant convs.
