@@ -6,7 +6,6 @@ The capture warm-up leaves the CUDA RNG (dropout) where it was. Float16 loss sca
 torch.cuda is faked on this CPU as in test_train_step.py: a "graph" replays by running the static step
 for real, and the "CUDA RNG" is torch's CPU generator, which dropout draws from on a CPU."""
 import contextlib
-import dataclasses
 import types
 
 import numpy as np

@@ -154,7 +154,7 @@ def check_generation(dif: Any, device: torch.device, gpu: GpuInfo | None = None,
         if not torchao:
             raise ConfigError("diffusion.fp8: true needs torchao, which is not installed; pip install torchao, "
                               "or set diffusion.fp8: false")
-    if dif.attention in ("flash", "cudnn"):
+    if dif.attention in ("flash", "cudnn") and gpu is not None:  # the CUDA kernels' limits (a CPU has its own)
         if dtype not in HALF_DTYPES:
             raise ConfigError(f"diffusion.attention: {dif.attention} runs in float16/bfloat16 only, diffusion.dtype "
                               f"is {dtype}; use diffusion.attention: efficient or auto (or a half dtype)")
