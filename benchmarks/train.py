@@ -55,7 +55,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from diffaug.config import ARCHITECTURES, Config, load_config  # noqa: E402
-from diffaug.devices import resolve_device  # noqa: E402
+from diffaug.devices import resolve_device, training_precision  # noqa: E402
 from diffaug.io import load_npz, write_bytes_atomic  # noqa: E402
 from diffaug.models import build_model  # noqa: E402
 from diffaug.train.loop import Trainer, fit  # noqa: E402
@@ -156,7 +156,8 @@ def make_trainer(cfg: Config, model: str, images: np.ndarray, labels: np.ndarray
                  batch_size: int, compile: bool, cuda_graph: bool) -> Trainer:
     recipe = dataclasses.replace(cfg.train.recipes["default"], batch_size=batch_size)
     tr = cfg.train
-    return Trainer(model, "cifar", 10, recipe, images, labels, seed=0, device=device, precision=tr.precision,
+    precision = training_precision(tr.precision, device).name  # as the stage runs it (fp16 below sm80)
+    return Trainer(model, "cifar", 10, recipe, images, labels, seed=0, device=device, precision=precision,
                    channels_last=tr.channels_last, compile=compile, cuda_graph=cuda_graph)
 
 
@@ -178,10 +179,19 @@ def time_ours(cfg: Config, model: str, images: np.ndarray, labels: np.ndarray, d
     graph = cfg.train.cuda_graph if cuda_graph is None else cuda_graph
     trainer = make_trainer(cfg, model, images, labels, device, batch_size, compile, graph)
     seconds = time_epoch(trainer, device, timed_steps, warmup_steps)
+    STEP_MODE["last"] = trainer.step_mode  # a graph that failed its check ran eager: the row says so
     del trainer
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return seconds
+
+
+STEP_MODE = {"last": ""}
+
+
+def step_label(wanted: str) -> str:
+    """The row's step column: what was asked for, or the fallback that ran instead."""
+    return STEP_MODE["last"] if STEP_MODE["last"].startswith("eager (fallback") else wanted
 
 
 # ----------------------------------------------------------------------------- the usual recipe
@@ -356,7 +366,7 @@ def real_check(args: argparse.Namespace, cfg: Config, device: torch.device, seed
         for seed in seeds or [0]:
             tr = cfg.train
             trainer = Trainer("resnet18", "cifar", len(data["classes"]), recipe, images[train], labels[train], seed=seed,
-                              device=device, precision=tr.precision, channels_last=tr.channels_last,
+                              device=device, precision=training_precision(tr.precision, device).name, channels_last=tr.channels_last,
                               compile=args.compile or tr.compile, cuda_graph=tr.cuda_graph,
                               val_images=images[held], val_labels=labels[held])
 
@@ -466,13 +476,14 @@ def sweep(args: argparse.Namespace, cfg: Config, device: torch.device, stamp: li
         for graph in (False, True):
             step = capture if graph else "eager"
             if room("ours", f"ours resnet18 batch {batch} {step}"):
-                row("ours", "resnet18", batch, step, time_ours(cfg, "resnet18", images, labels, device, batch,
-                                                                args.compile or cfg.train.compile, timed, warmup, graph))
+                seconds = time_ours(cfg, "resnet18", images, labels, device, batch, args.compile or cfg.train.compile,
+                                    timed, warmup, graph)
+                row("ours", "resnet18", batch, step_label(step), seconds)
     for model in ARCHITECTURES:
         if room("arch", f"{model} at batch {default_batch}"):
-            row("ours, default batch", model, default_batch, capture,
-                time_ours(cfg, model, images, labels, device, default_batch, args.compile or cfg.train.compile,
-                          timed, warmup, True))
+            seconds = time_ours(cfg, model, images, labels, device, default_batch, args.compile or cfg.train.compile,
+                                timed, warmup, True)
+            row("ours, default batch", model, default_batch, step_label(capture), seconds)
     for cells in (1, 2) if smoke else SWEEP_CELLS:
         if room("cells", f"{cells} concurrent cells"):
             result = time_cells(args, cells, count, default_batch, 1 if smoke else 3, 1 if smoke else None,

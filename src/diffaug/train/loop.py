@@ -409,7 +409,7 @@ class Trainer:
         self._set_cuda_rng(rng)
 
     def _graph_disagreement(self, start: list[torch.Tensor], eager: list[torch.Tensor],
-                            replayed: list[torch.Tensor]) -> str | None:
+                            replayed: list[torch.Tensor], steps: int) -> str | None:
         """Why the replayed state is not the eager one (None when it is, within GRAPH_TOLERANCE)."""
         tolerance = GRAPH_TOLERANCE["autocast" if self.autocast else "fp32"]
         change = diff = 0.0
@@ -424,7 +424,7 @@ class Trainer:
             diff += float((r.double() - e.double()).nan_to_num(0.0).square().sum())
         change, diff = change ** 0.5, diff ** 0.5
         if diff > tolerance * change:
-            return (f"after {PROOF_STEPS} steps the replayed state is {diff:.3g} from the eager one, "
+            return (f"after {steps} steps the replayed state is {diff:.3g} from the eager one, "
                     f"{diff / max(change, 1e-30):.1%} of the steps' change (tolerance {tolerance:.1%})")
         return None
 
@@ -449,11 +449,15 @@ class Trainer:
                 self._counter.zero_()
                 for _ in range(steps):
                     self._graph_replay()
-                reason = self._graph_disagreement(start, eager, self._snapshot())
+                reason = self._graph_disagreement(start, eager, self._snapshot(), steps)
         except Exception as e:  # noqa: BLE001  any failure of the fast path means the slow one, never a crash
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             reason = f"{phase} failed: {type(e).__name__}" + (f": {first[:200]}" if first else "")
-        self._restore(start, rng)
+        try:
+            self._restore(start, rng)
+        except Exception as e:  # noqa: BLE001  a failed capture can leave the CUDA context unusable
+            raise UserError(f"train.cuda_graph: {reason or 'the graph check'} left the GPU unusable ({type(e).__name__}); "
+                            f"set train.cuda_graph: false") from None
         if reason is None:
             self.step_mode = "cuda_graph"
             return
