@@ -47,7 +47,8 @@ def test_doctor_on_a_cpu_says_so_checks_the_cpu_path_and_recommends(tmp_path):
     assert report["recommendations"]["train"]["precision"] == "fp32"
     assert "  dtype: float32" in report["recommended_yaml"]
     assert not [c for c in report["checks"] if c["area"] == "doctor"], "a check crashed"
-    assert took < 60, f"doctor took {took:.0f}s on this CPU"
+    # about 20 s on an idle 2-core CPU; the budget bounds what it starts, the subprocess timeout the rest
+    assert report["elapsed_s"] <= 100 and took < 120
 
 
 def test_a_bad_budget_is_one_line_exit_2(tmp_path):

@@ -565,7 +565,7 @@ def run(cfg: Config, budget_s: float, params_note: str) -> Report:
     quiet_libraries()
     report = Report(budget_s)
     report.add("machine", "params", "info", params_note)
-    device = resolve_device(cfg.diffusion.device if cfg.diffusion.device != "auto" else "auto", "diffusion.device")
+    device = resolve_device(cfg.diffusion.device, "diffusion.device")
     gpu = machine_checks(report, device)
     dif = settings_checks(report, cfg, device, gpu)
     steps: list[Callable[[], None]]
