@@ -396,24 +396,26 @@ class Trainer:
         self._set_cuda_rng(rng)
         self._graph = graph
 
-    def _snapshot(self) -> list[torch.Tensor]:
+    def _live(self) -> list[torch.Tensor]:
         """Everything a step changes: the state tensors, the step counter and the epoch's sums."""
-        return [t.detach().clone() for t in (*self._state_tensors(), self._counter, self._loss_sum, self._correct,
-                                              self._finite)]
+        return [*self._state_tensors(), self._counter, self._loss_sum, self._correct, self._finite]
+
+    def _snapshot(self) -> list[torch.Tensor]:
+        return [t.detach().clone() for t in self._live()]
 
     def _restore(self, saved: list[torch.Tensor], rng: torch.Tensor) -> None:
         with torch.no_grad():
-            for tensor, value in zip((*self._state_tensors(), self._counter, self._loss_sum, self._correct,
-                                      self._finite), saved):
+            for tensor, value in zip(self._live(), saved, strict=True):
                 tensor.copy_(value)
         self._set_cuda_rng(rng)
 
+    @torch.no_grad()
     def _graph_disagreement(self, start: list[torch.Tensor], eager: list[torch.Tensor],
                             replayed: list[torch.Tensor], steps: int) -> str | None:
         """Why the replayed state is not the eager one (None when it is, within GRAPH_TOLERANCE)."""
         tolerance = GRAPH_TOLERANCE["autocast" if self.autocast else "fp32"]
         change = diff = 0.0
-        for s, e, r in zip(start, eager, replayed):
+        for s, e, r in zip(start, eager, (t.detach() for t in replayed)):
             if not e.is_floating_point():
                 if not torch.equal(e, r):
                     return "an integer state tensor (a step counter) differs"
@@ -449,7 +451,7 @@ class Trainer:
                 self._counter.zero_()
                 for _ in range(steps):
                     self._graph_replay()
-                reason = self._graph_disagreement(start, eager, self._snapshot(), steps)
+                reason = self._graph_disagreement(start, eager, self._live(), steps)  # two copies at most
         except Exception as e:  # noqa: BLE001  any failure of the fast path means the slow one, never a crash
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             reason = f"{phase} failed: {type(e).__name__}" + (f": {first[:200]}" if first else "")
