@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Training speed (and a real-data accuracy check) of diffaug's loop, in one run.
 
-  python benchmarks/train.py --sweep         issue 11, one command (< 9 min on one H100), all timed in the
-                                             same run: the usual DataLoader + PIL recipe; ours for ResNet-18
+  python benchmarks/train.py --sweep         one command (< 9 min on one H100), all timed in the
+                                             same run, over all 50,000 real CIFAR-10 training images when
+                                             ../shared/data/cifar10-50k-train-jpeg.npz is there (--jpeg;
+                                             decoded once into .cache/): the usual DataLoader + PIL recipe; ours for ResNet-18
                                              at batch 128/512/1024, eager vs graph-captured; N concurrent
                                              ResNet-18 cells (separate processes) against one; every
                                              architecture at the default recipe's batch; --real-check of the
@@ -15,7 +17,9 @@
   python benchmarks/train.py --real-check    hold out 1000 of the 5085 real CIFAR-10 images, train ResNet-18
                                              with the default recipe, print the final-epoch validation
                                              accuracy and the wall time; --seeds 0 1 2 for mean +- std;
-                                             --ablation: also the default with each lever switched
+                                             --ablation: also the default with each lever switched;
+                                             --full: train on 45,000 of the 50,000 real images (--jpeg) and
+                                             validate on the 5,000 held out (500 per class)
   --smoke                                    a few images, one timed step: proves the script on a CPU
 
 "Ours" is diffaug.train.loop exactly as the stage runs it, with params.yaml's train settings (precision,
@@ -25,13 +29,15 @@ static-shape code runs uncaptured). "Usual" is the common torchvision recipe: PI
 RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize in a DataLoader with 2 workers,
 fp32, batch 128, SGD, and `loss.item()` every step as the tutorials log it. Both time one full epoch after
 a short warm-up (smoke: one step, scaled to an epoch). Images are the 5085 real ones tiled to the count
-asked for, or random pixels when that file is absent. Needs torch, torchvision, numpy, pyyaml: not dvc/dvclive.
+asked for, or random pixels when that file is absent; the sweep times all 50,000 real images instead when the
+JPEG file is there. Needs torch, torchvision, numpy, pyyaml (Pillow to decode the JPEGs): not dvc/dvclive.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -49,12 +55,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from diffaug.config import ARCHITECTURES, Config, load_config  # noqa: E402
-from diffaug.devices import resolve_device  # noqa: E402
+from diffaug.devices import resolve_device, training_precision  # noqa: E402
 from diffaug.io import load_npz, write_bytes_atomic  # noqa: E402
 from diffaug.models import build_model  # noqa: E402
 from diffaug.train.loop import Trainer, fit  # noqa: E402
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-5k-train.npz"  # shared/ beside the checkout
+JPEG_50K = REAL_DATA.with_name("cifar10-50k-train-jpeg.npz")  # all 50,000 training images, JPEG (q 95) in one npz
+CACHE = REPO / ".cache"  # decoded images, named after the JPEG file they come from
+FULL_VAL_PER_CLASS = 500  # --real-check --full: 45,000 train / 5,000 validation
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 USUAL_BATCH = 128
 WARMUP_STEPS = 10
@@ -69,6 +78,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--params", type=Path, default=REPO / "params.yaml")
     p.add_argument("--data", type=Path, default=REAL_DATA, help="npz of real images (images, labels, classes)")
+    p.add_argument("--jpeg", type=Path, default=JPEG_50K,
+                   help="the 50,000 CIFAR-10 training images as JPEG npz, with cifar10_jpeg.py beside it (the sweep "
+                        "times epochs over all of them; --real-check --full trains on them)")
+    p.add_argument("--cache-dir", type=Path, default=CACHE, help="where the decoded --jpeg images are kept")
+    p.add_argument("--full", action="store_true", help="--real-check: 45,000 train / 5,000 val of the --jpeg images")
     p.add_argument("--images", type=int, default=50_000, help="images per timed epoch")
     p.add_argument("--compile", action="store_true", help="torch.compile ours (overrides train.compile)")
     p.add_argument("--real-check", action="store_true", help="train on the real images, report val accuracy")
@@ -102,10 +116,34 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def decoded_50k(jpeg: Path, cache: Path = CACHE) -> Path | None:
+    """The 50,000 real training images as a plain npz under .cache/, decoded from `jpeg` by the
+    cifar10_jpeg.py beside it on first use (about 15 s); None when `jpeg` is absent. The cached file is
+    named after the JPEG file's path, size and mtime, so another or a changed file is decoded anew."""
+    if not jpeg.is_file():
+        return None
+    stat = jpeg.stat()
+    key = hashlib.sha256(f"{jpeg.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    decoded = cache / f"{jpeg.stem}-decoded-{key}.npz"
+    if decoded.is_file():
+        return decoded
+    decoder = jpeg.with_name("cifar10_jpeg.py")
+    if not decoder.is_file():
+        raise FileNotFoundError(f"{decoder}: not found; it decodes {jpeg.name} (keep it beside that file)")
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = decoded.with_name(f".{decoded.stem}-{os.getpid()}.npz")  # np.savez keeps a .npz name as is
+    print(f"decoding {jpeg} into {decoded} (once)", flush=True)
+    subprocess.run([sys.executable, str(decoder), str(tmp)], check=True, stdout=subprocess.DEVNULL)
+    os.replace(tmp, decoded)
+    return decoded
+
+
 def benchmark_images(path: Path, count: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """`count` 32x32 images: the real ones tiled, or random pixels (speed does not depend on content)."""
+    """`count` 32x32 images: the real ones (tiled if fewer), or random pixels (speed does not depend on content)."""
     if path.is_file():
         data = load_npz(path)
+        if count == len(data["images"]):
+            return data["images"], data["labels"].astype(np.int64), f"all {count} real images of {path.name}"
         reps = -(-count // len(data["images"]))
         return (np.tile(data["images"], (reps, 1, 1, 1))[:count], np.tile(data["labels"], reps)[:count].astype(np.int64),
                 f"{path.name} tiled")
@@ -118,7 +156,8 @@ def make_trainer(cfg: Config, model: str, images: np.ndarray, labels: np.ndarray
                  batch_size: int, compile: bool, cuda_graph: bool) -> Trainer:
     recipe = dataclasses.replace(cfg.train.recipes["default"], batch_size=batch_size)
     tr = cfg.train
-    return Trainer(model, "cifar", 10, recipe, images, labels, seed=0, device=device, precision=tr.precision,
+    precision = training_precision(tr.precision, device).name  # as the stage runs it (fp16 below sm80)
+    return Trainer(model, "cifar", 10, recipe, images, labels, seed=0, device=device, precision=precision,
                    channels_last=tr.channels_last, compile=compile, cuda_graph=cuda_graph)
 
 
@@ -140,10 +179,19 @@ def time_ours(cfg: Config, model: str, images: np.ndarray, labels: np.ndarray, d
     graph = cfg.train.cuda_graph if cuda_graph is None else cuda_graph
     trainer = make_trainer(cfg, model, images, labels, device, batch_size, compile, graph)
     seconds = time_epoch(trainer, device, timed_steps, warmup_steps)
+    STEP_MODE["last"] = trainer.step_mode  # a graph that failed its check ran eager: the row says so
     del trainer
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return seconds
+
+
+STEP_MODE = {"last": ""}
+
+
+def step_label(wanted: str) -> str:
+    """The row's step column: what was asked for, or the fallback that ran instead."""
+    return STEP_MODE["last"] if STEP_MODE["last"].startswith("eager (fallback") else wanted
 
 
 # ----------------------------------------------------------------------------- the usual recipe
@@ -234,7 +282,7 @@ def time_cells(args: argparse.Namespace, cells: int, images: int, batch: int, ep
         go = tmp / "go"
         procs = []
         for i in range(cells):
-            job = {"params": str(args.params), "data": str(args.data), "images": images, "batch": batch, "epochs": epochs,
+            job = {"params": str(args.params), "data": str(getattr(args, "timing_data", args.data)), "images": images, "batch": batch, "epochs": epochs,
                    "steps": steps, "warmup": warmup, "ready": str(tmp / f"ready-{i}"), "go": str(go),
                    "out": str(tmp / f"out-{i}.json"), "wait_s": timeout_s}
             (tmp / f"job-{i}.json").write_text(json.dumps(job))
@@ -290,12 +338,21 @@ def ablations(recipe) -> dict[str, dict]:
 
 def real_check(args: argparse.Namespace, cfg: Config, device: torch.device, seeds: list[int] | None = None,
                variants: dict[str, dict] | None = None) -> list[dict]:
-    """Train ResNet-18 on 4085 real images per seed and variant; each result: variant, seed, val acc, wall."""
-    if not args.data.is_file():
-        raise FileNotFoundError(f"{args.data}: not found; --real-check needs the 5085 real CIFAR-10 images (--data)")
-    data = load_npz(args.data)
+    """Train ResNet-18 on 4085 real images (--full: 45,000) per seed and variant; each result: variant, seed,
+    val acc, wall."""
+    if getattr(args, "full", False):
+        path = decoded_50k(args.jpeg, args.cache_dir)
+        if path is None:
+            raise FileNotFoundError(f"{args.jpeg}: not found; --real-check --full needs the 50,000 real CIFAR-10 "
+                                    f"images as JPEG (--jpeg)")
+        per_class = 10 if args.smoke else FULL_VAL_PER_CLASS
+    else:
+        path, per_class = args.data, 10 if args.smoke else 100
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not found; --real-check needs the 5085 real CIFAR-10 images (--data)")
+    data = load_npz(path)
     images, labels = data["images"], data["labels"].astype(np.int64)
-    held = stratified_holdout(labels, 10 if args.smoke else 100)
+    held = stratified_holdout(labels, per_class)
     train = np.setdiff1d(np.arange(len(images)), held)
     if args.smoke:
         train = train[:64]
@@ -309,7 +366,7 @@ def real_check(args: argparse.Namespace, cfg: Config, device: torch.device, seed
         for seed in seeds or [0]:
             tr = cfg.train
             trainer = Trainer("resnet18", "cifar", len(data["classes"]), recipe, images[train], labels[train], seed=seed,
-                              device=device, precision=tr.precision, channels_last=tr.channels_last,
+                              device=device, precision=training_precision(tr.precision, device).name, channels_last=tr.channels_last,
                               compile=args.compile or tr.compile, cuda_graph=tr.cuda_graph,
                               val_images=images[held], val_labels=labels[held])
 
@@ -383,7 +440,11 @@ def sweep(args: argparse.Namespace, cfg: Config, device: torch.device, stamp: li
     default_batch = 8 if smoke else cfg.train.recipes["default"].batch_size
     timed, warmup = (1, 1) if smoke else (None, WARMUP_STEPS)
     scale = 0.1 if smoke else 1.0  # smoke: CPU seconds are not H100 seconds; the guard still runs
-    images, labels, source = benchmark_images(args.data, count)
+    full = None if smoke else decoded_50k(args.jpeg, args.cache_dir)
+    if full is not None:  # every real training image, once: no tiling, no resizing
+        count = len(load_npz(full)["labels"])
+    args.timing_data = full or args.data
+    images, labels, source = benchmark_images(args.timing_data, count)
     capture = "CUDA graph" if device.type == "cuda" else "static path, uncaptured (CPU)"
     report = {"device": stamp[1], "torch": torch.__version__, "date": stamp[0], "command": stamp[2], "images": count,
               "image_source": source, "precision": cfg.train.precision if device.type == "cuda" else "fp32",
@@ -415,13 +476,14 @@ def sweep(args: argparse.Namespace, cfg: Config, device: torch.device, stamp: li
         for graph in (False, True):
             step = capture if graph else "eager"
             if room("ours", f"ours resnet18 batch {batch} {step}"):
-                row("ours", "resnet18", batch, step, time_ours(cfg, "resnet18", images, labels, device, batch,
-                                                                args.compile or cfg.train.compile, timed, warmup, graph))
+                seconds = time_ours(cfg, "resnet18", images, labels, device, batch, args.compile or cfg.train.compile,
+                                    timed, warmup, graph)
+                row("ours", "resnet18", batch, step_label(step), seconds)
     for model in ARCHITECTURES:
         if room("arch", f"{model} at batch {default_batch}"):
-            row("ours, default batch", model, default_batch, capture,
-                time_ours(cfg, model, images, labels, device, default_batch, args.compile or cfg.train.compile,
-                          timed, warmup, True))
+            seconds = time_ours(cfg, model, images, labels, device, default_batch, args.compile or cfg.train.compile,
+                                timed, warmup, True)
+            row("ours, default batch", model, default_batch, step_label(capture), seconds)
     for cells in (1, 2) if smoke else SWEEP_CELLS:
         if room("cells", f"{cells} concurrent cells"):
             result = time_cells(args, cells, count, default_batch, 1 if smoke else 3, 1 if smoke else None,
@@ -438,7 +500,7 @@ def sweep(args: argparse.Namespace, cfg: Config, device: torch.device, stamp: li
         print(note, flush=True)
         report["skipped"].append(note)
     elif room("real_check", "--real-check"):
-        report["real_check"] = real_check(args, cfg, device, [0])
+        report["real_check"] = real_check(argparse.Namespace(**{**vars(args), "full": False}), cfg, device, [0])
     report["total_s"] = time.perf_counter() - t0
     table = {r["model"]: round(r["images_per_s"]) for r in report["rows"] if r["measurement"] == "ours, default batch"}
     if table and device.type == "cuda":

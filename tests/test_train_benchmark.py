@@ -76,3 +76,57 @@ def test_sweep_time_guard_skips_with_a_note_instead_of_overrunning(tmp_path):
     assert data["rows"] == [] and data["cells"] == [] and data["real_check"] == []
     assert any(note.startswith("skipped the usual recipe: ") for note in data["skipped"])
     assert "skipped ours resnet18 batch 4 eager" in out
+
+
+DECODER = REPO.parent / "shared" / "data" / "cifar10_jpeg.py"
+
+
+def tiny_jpeg_set(folder: Path, per_class: int = 15, classes: int = 3) -> Path:
+    """The layout of cifar10-50k-train-jpeg.npz (one byte buffer, offsets, labels, classes), small, with the
+    real decoder copied beside it."""
+    import io
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(classes), per_class)
+    blobs = []
+    for _ in labels:
+        out = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(out, format="JPEG", quality=95)
+        blobs.append(np.frombuffer(out.getvalue(), dtype=np.uint8))
+    offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])])
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "cifar10-50k-train-jpeg.npz", jpeg=np.concatenate(blobs), offsets=offsets, labels=labels,
+             classes=np.array([f"c{i}" for i in range(classes)]))
+    shutil.copy(DECODER, folder / "cifar10_jpeg.py")
+    return folder / "cifar10-50k-train-jpeg.npz"
+
+
+@pytest.mark.skipif(not DECODER.is_file(), reason="needs ../shared/data/cifar10_jpeg.py")
+def test_the_jpeg_set_is_decoded_once_and_used_whole(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_train", REPO / "benchmarks" / "train.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    jpeg = tiny_jpeg_set(tmp_path / "data")
+    decoded = bench.decoded_50k(jpeg, tmp_path / "cache")
+    assert decoded.parent == tmp_path / "cache" and decoded.is_file()
+    stamp = decoded.stat().st_mtime_ns
+    assert bench.decoded_50k(jpeg, tmp_path / "cache") == decoded and decoded.stat().st_mtime_ns == stamp  # cached
+    images, labels, source = bench.benchmark_images(decoded, 45)
+    assert images.shape == (45, 32, 32, 3) and source == f"all 45 real images of {decoded.name}"  # not tiled
+    assert bench.decoded_50k(tmp_path / "absent.npz", tmp_path / "cache") is None
+
+
+@pytest.mark.skipif(not DECODER.is_file(), reason="needs ../shared/data/cifar10_jpeg.py")
+def test_real_check_full_trains_on_the_jpeg_set_minus_a_stratified_holdout(tmp_path):
+    jpeg = tiny_jpeg_set(tmp_path / "data")
+    out = run_benchmark("--smoke", "--real-check", "--full", "--jpeg", str(jpeg), "--cache-dir", str(tmp_path / "cache"),
+                        "--results", str(tmp_path / "RESULTS.md"))
+    # smoke: 10 held out per class (500 without --smoke), the rest trains: 3 x 15 - 30
+    assert "real check: ResNet-18 (cifar), default, seed 0, 15 train / 30 val real images, 1 epochs: val acc" in out
+    assert "| default | 0 | 15 | 30 | 1 |" in (tmp_path / "RESULTS.md").read_text()

@@ -358,6 +358,7 @@ def test_stage_prints_the_grid_eta_before_training_and_records_every_lever(stage
     for lever in ("pad_last_batch", "cutout", "trivial_augment", "ema_decay", "tta_hflip", "batch_size", "lr", "schedule"):
         assert recipe[lever] == params["train"]["recipes"]["default"][lever]
     assert report["settings"]["cuda_graph"] is True
+    assert report["seeds"]["0"]["step"] == "static (uncaptured: no CUDA)"  # CUDA: cuda_graph or eager (fallback: ...)
     model, meta = load_trained(tmp / "out" / "seed-0.pt")
     assert model.tta_hflip == params["train"]["recipes"]["default"]["tta_hflip"]
 
@@ -441,6 +442,8 @@ def test_graph_capture_leaves_no_trace_of_its_warm_up(monkeypatch):
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
     monkeypatch.setattr(torch.cuda, "graph", lambda g: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device=None: torch.get_rng_state())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device=None: torch.set_rng_state(state))
     before = {k: v.clone() for k, v in graphed.model.state_dict().items()}
     graphed._capture()  # on a plan of zeros: image 0 and lr 0 in every slot, as before the first epoch
     assert_same(before, graphed.model.state_dict())

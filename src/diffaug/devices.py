@@ -1,14 +1,202 @@
-"""Pick the torch device a stage runs on from its `device` param (auto | cpu | cuda | cuda:N)."""
+"""The torch device a stage runs on, and what that device can do.
+
+`resolve_device` turns a `device` param (auto | cpu | cuda | cuda:N) into a torch device, refusing an
+index past the device count and a GPU the installed torch has no kernels for. The capability checks
+(`check_generation`, `training_precision`) run before a model is loaded: a setting this GPU cannot run
+is one line naming the key and what would work (a ConfigError: exit 2), a setting that can be replaced
+by a safe equivalent is replaced and said in a note the caller prints and records.
+
+Every check takes a `GpuInfo` (what torch reports about one GPU), so the tests can hand in any GPU
+(a Turing card, an H100, a CPU-only machine) on a machine without one.
+"""
 from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from diffaug.errors import UserError
+from diffaug.errors import ConfigError, UserError
+
+HALF_DTYPES = ("float16", "bfloat16")
+# torch's SDPA kernels (aten/src/ATen/native/transformers/cuda/sdp_utils.cpp): flash and cuDNN attention
+# take float16/bfloat16 only and run on compute capability 8.0 and newer; memory-efficient attention also
+# takes float32 and runs from 5.0.
+SDPA_MIN_CAPABILITY = {"flash": (8, 0), "cudnn": (8, 0), "efficient": (5, 0)}
+FP8_MIN_CAPABILITY = (8, 9)  # float8 tensor cores: Ada (8.9) and Hopper (9.0) onwards
+BF16_MIN_CAPABILITY = (8, 0)  # bf16 tensor cores; below, bf16 convolutions and matmuls are emulated (slow)
 
 
-def resolve_device(name: str) -> torch.device:
+@dataclass(frozen=True)
+class GpuInfo:
+    """What torch reports about one CUDA device (or a fake of it in the tests)."""
+
+    index: int
+    name: str
+    capability: tuple[int, int]
+    total_memory: int  # bytes
+    arch_list: tuple[str, ...]  # the wheel's kernels: torch.cuda.get_arch_list(), e.g. ('sm_80', 'sm_90', 'compute_90')
+
+    @property
+    def sm(self) -> str:
+        return f"{self.capability[0]}.{self.capability[1]}"
+
+    @property
+    def bf16(self) -> bool:
+        return self.capability >= BF16_MIN_CAPABILITY
+
+
+def gpu_info(device: torch.device) -> GpuInfo | None:
+    """What torch says about `device`, or None for a CPU."""
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(index)
+    major, minor = torch.cuda.get_device_capability(index)
+    return GpuInfo(index, props.name, (major, minor), int(props.total_memory), tuple(torch.cuda.get_arch_list()))
+
+
+def has_kernels_for(capability: tuple[int, int], arch_list: tuple[str, ...]) -> bool:
+    """Whether a wheel built for `arch_list` runs on a GPU of `capability`: a cubin of the same major
+    version and a minor version no newer (sm_80 runs on 8.6; an arch-specific sm_90a only on 9.0), or
+    PTX (compute_XY) no newer than the GPU, which the driver compiles at load. An empty list (a CPU-only
+    wheel, or a fake) says nothing and passes."""
+    if not arch_list:
+        return True
+    major, minor = capability
+    for arch in arch_list:
+        kind, _, digits = arch.partition("_")
+        specific = digits.endswith(("a", "f"))
+        digits = digits.rstrip("af")
+        if not digits.isdigit() or len(digits) < 2:
+            continue
+        a_major, a_minor = int(digits[:-1]), int(digits[-1])
+        if kind == "sm" and a_major == major and (a_minor == minor if specific else a_minor <= minor):
+            return True
+        if kind == "compute" and not specific and (a_major, a_minor) <= (major, minor):
+            return True
+    return False
+
+
+def check_architecture(gpu: GpuInfo, key: str = "device") -> None:
+    if not has_kernels_for(gpu.capability, gpu.arch_list):
+        raise UserError(f"{key}: {gpu.name} (compute capability {gpu.sm}) has no kernels in this torch "
+                        f"{torch.__version__} (built for {' '.join(gpu.arch_list)}); install a torch wheel built for "
+                        f"sm_{gpu.capability[0]}{gpu.capability[1]}, or use {key}: cpu")
+
+
+def check_device_index(name: str, count: int, key: str = "device") -> None:
+    if name.startswith("cuda:"):
+        index = int(name[5:])
+        if index >= count:
+            allowed = f"cuda:0..cuda:{count - 1}" if count > 1 else "cuda:0"
+            raise ConfigError(f"{key}: got {name!r} but torch sees {count} CUDA device{'s' if count != 1 else ''}; "
+                              f"allowed here: auto | cuda | {allowed} | cpu")
+
+
+def resolve_device(name: str, key: str = "device") -> torch.device:
+    """The torch device for a `device` param; a bad index or a GPU without kernels is one line, exit 2."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} was asked for but torch sees no CUDA device; use auto or cpu")
-    return torch.device(name)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    elif name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"{key}: {name!r} was asked for but torch sees no CUDA device; use auto or cpu")
+    else:
+        device = torch.device(name)
+    if device.type == "cuda":
+        check_device_index(name, torch.cuda.device_count(), key)
+        info = gpu_info(device)
+        assert info is not None
+        check_architecture(info, key)
+    return device
+
+
+def use_local_rank(device: torch.device, env: dict[str, str] | None = None) -> torch.device:
+    """Under torchrun each process takes GPU LOCAL_RANK (for `auto`/`cuda`) and makes it the current device,
+    so no library opens a context on GPU 0 behind its back. Outside torchrun: the device, made current."""
+    if device.type != "cuda":
+        return device
+    env = os.environ if env is None else env  # type: ignore[assignment]
+    assert env is not None
+    local = env.get("LOCAL_RANK", "")
+    if device.index is None:
+        index = int(local) % torch.cuda.device_count() if local.isdigit() else torch.cuda.current_device()
+        device = torch.device("cuda", index)
+    torch.cuda.set_device(device)
+    return device
+
+
+# ----------------------------------------------------------------------------- generation
+def check_generation(dif: Any, device: torch.device, gpu: GpuInfo | None = None,
+                     torchao: bool | None = None) -> list[str]:
+    """Check diffusion's dtype and levers against `device` before a model is loaded.
+
+    Raises ConfigError (one line: the key, why, what would work) for a combination that cannot run or
+    would fail after minutes of loading; returns notes (one line each) for settings that are ignored
+    here. `gpu` defaults to what torch reports for `device`; `torchao` to whether it is importable."""
+    notes: list[str] = []
+    if gpu is None:
+        gpu = gpu_info(device)
+    dtype = dif.dtype
+    if dif.fp8:
+        if dtype != "bfloat16":
+            raise ConfigError(f"diffusion.fp8: true needs diffusion.dtype: bfloat16 (torchao's row-wise float8 scales "
+                              f"are bfloat16), got {dtype}; set diffusion.dtype: bfloat16 or diffusion.fp8: false")
+        if gpu is None:
+            raise ConfigError(f"diffusion.fp8: true needs a CUDA GPU of compute capability >= 8.9, this runs on "
+                              f"{device.type}; set diffusion.fp8: false")
+        if gpu.capability < FP8_MIN_CAPABILITY:
+            raise ConfigError(f"diffusion.fp8: true needs compute capability >= 8.9 (float8 tensor cores), "
+                              f"{gpu.name} has {gpu.sm}; set diffusion.fp8: false")
+        if torchao is None:
+            torchao = importlib.util.find_spec("torchao") is not None
+        if not torchao:
+            raise ConfigError("diffusion.fp8: true needs torchao, which is not installed; pip install torchao, "
+                              "or set diffusion.fp8: false")
+    if dif.attention in ("flash", "cudnn") and gpu is not None:  # the CUDA kernels' limits (a CPU has its own)
+        if dtype not in HALF_DTYPES:
+            raise ConfigError(f"diffusion.attention: {dif.attention} runs in float16/bfloat16 only, diffusion.dtype "
+                              f"is {dtype}; use diffusion.attention: efficient or auto (or a half dtype)")
+        if gpu is not None and gpu.capability < SDPA_MIN_CAPABILITY[dif.attention]:
+            raise ConfigError(f"diffusion.attention: {dif.attention} needs compute capability >= 8.0, {gpu.name} has "
+                              f"{gpu.sm}; use diffusion.attention: efficient or auto")
+    if gpu is not None and dtype == "bfloat16" and not gpu.bf16:
+        raise ConfigError(f"diffusion.dtype: bfloat16 is emulated (slow) below compute capability 8.0, {gpu.name} "
+                          f"has {gpu.sm}; use diffusion.dtype: float16")
+    if gpu is None and device.type == "cpu":
+        if dif.attention != "auto":
+            notes.append(f"diffusion.attention: {dif.attention} selects a CUDA kernel; on the CPU torch picks its own")
+        if dtype == "float16":
+            notes.append("diffusion.dtype: float16 on a CPU is emulated and slow; float32 or bfloat16 run faster there")
+    return notes
+
+
+# ----------------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class Precision:
+    """How the training step runs: the autocast dtype (None: float32) and whether a GradScaler guards
+    float16 gradients from underflow; `note` says why it differs from train.precision, if it does."""
+
+    name: str  # bf16 | fp16 | fp32: what actually runs (recorded in train.json)
+    autocast: torch.dtype | None
+    grad_scaler: bool
+    note: str | None = None
+
+
+def training_precision(precision: str, device: torch.device, gpu: GpuInfo | None = None) -> Precision:
+    """train.precision as it can run on `device`: bf16 autocast needs compute capability >= 8.0, below that
+    it becomes float16 autocast with a GradScaler (the same tensor-core speed, loss scaled against
+    underflow). On a CPU training is float32 (CPU bf16 autocast is slower, not faster)."""
+    if device.type != "cuda" or precision == "fp32":
+        return Precision("fp32", None, False)
+    if gpu is None:
+        gpu = gpu_info(device)
+    assert gpu is not None
+    if precision == "bf16" and not gpu.bf16:
+        return Precision("fp16", torch.float16, True,
+                         f"train.precision: bf16 is emulated on {gpu.name} (compute capability {gpu.sm} < 8.0): "
+                         f"training in fp16 autocast with a GradScaler instead (train.precision: fp32 for float32)")
+    if precision == "fp16":
+        return Precision("fp16", torch.float16, True)
+    return Precision("bf16", torch.bfloat16, False)

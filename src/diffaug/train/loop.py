@@ -11,6 +11,11 @@ One step = gather + crop/flip (+ cutout) + forward + loss + backward + SGD (+ EM
           launch is identical: on CUDA it is captured once in a CUDA graph and replayed (`train.cuda_graph`),
           on a CPU it runs uncaptured (the same code, which the tests compare with the eager way).
 
+The captured graph is not trusted blindly: before its first real replay it is run on the epoch's first
+batches and compared with the uncaptured step from the same state (`_prove_graph`, tolerances there). If
+the capture raises or the replay disagrees, every state tensor and RNG is put back, one line names the
+reason and training continues eager; `step_mode` says which way ran (recorded in train.json).
+
 All of an epoch's random numbers (permutation, crop offsets, flips, cutout centres, TrivialAugment's ops)
 and its learning rates are drawn before its first step (`_plan_epoch`), so both ways consume the same
 numbers and a checkpoint at an epoch boundary resumes bit for bit. Shapes are static: with
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -48,10 +54,48 @@ from diffaug.train.schedule import build_scheduler
 
 EVAL_BATCH = 1000  # images per validation forward when the caller passes none (evaluate.batch_size in the stage)
 GRAPH_WARMUP_STEPS = 3  # eager runs on a side stream before capture (cuDNN/cuBLAS handles, autograd state)
+PROOF_STEPS = 2  # replays compared with the uncaptured step: the second proves the step counter advances
+# How far a replay may stray from the uncaptured step, as a fraction of the step's own change of the state
+# (L2 norm over every float state tensor). The same kernels on the same values agree bit for bit; a
+# different kernel choice for the same math (cuBLAS/cuDNN under stream capture) reassociates sums, which
+# moves an autocast result by a few 16-bit roundings (2^-8 relative in bf16) and a float32 one by ~1e-6.
+# A wrong replay (stale inputs, another lr, a skipped or doubled update) is off by the order of the
+# change itself.
+GRAPH_TOLERANCE = {"autocast": 5e-2, "fp32": 1e-3}
 
 # Columns of the epoch plan: one row per sample slot of the epoch.
 LABEL_ROW, IMAGE_ROW, CROP, CUT, WEIGHT = 0, 1, slice(2, 5), slice(5, 7), 7
 PLAN_COLUMNS = 8
+
+
+class LossScaler:
+    """Dynamic loss scaling for float16 autocast (torch.amp.GradScaler's rule, on our foreach SGD): the
+    loss is multiplied by `scale` before backward; a step whose gradients overflow is skipped and the scale
+    halved; after `interval` good steps in a row it doubles. The skip is a host decision (one read per
+    step), which is why a float16 run is not CUDA-graph captured."""
+
+    def __init__(self, device: torch.device, init: float = 2.0 ** 16, interval: int = 2000):
+        self.scale = torch.full((), init, dtype=torch.float32, device=device)
+        self.growth_tracker = torch.zeros((), dtype=torch.int32, device=device)
+        self.interval = interval
+        self.skipped = 0
+
+    def unscale(self, grads: list[torch.Tensor]) -> bool:
+        """Divide `grads` by the scale in place; True when they are all finite (the step may be applied)."""
+        found_inf = torch.zeros((), dtype=torch.float32, device=self.scale.device)
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, self.scale.double().reciprocal().float())
+        torch._amp_update_scale_(self.scale, self.growth_tracker, found_inf, 2.0, 0.5, self.interval)
+        ok = not bool(found_inf.item())
+        self.skipped += 0 if ok else 1
+        return ok
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale.clone(), "growth_tracker": self.growth_tracker.clone(), "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scale.copy_(state["scale"])
+        self.growth_tracker.copy_(state["growth_tracker"])
+        self.skipped = int(state["skipped"])
 
 
 class NonFiniteTraining(UserError):
@@ -156,7 +200,14 @@ class Trainer:
             self._ema_float = [p for p in pairs if p[0].is_floating_point()]
             self._ema_other = [p for p in pairs if not p[0].is_floating_point()]  # BatchNorm's batch counters
         self.forward = torch.compile(self.model) if compile else self.model
-        self.autocast = precision == "bf16" and device.type == "cuda"  # CPU bf16 autocast is slower, not faster
+        # precision as resolved by diffaug.devices.training_precision: bf16 | fp16 (with loss scaling) | fp32.
+        # CPU autocast is slower, not faster: float32 there.
+        if precision not in ("bf16", "fp16", "fp32"):
+            raise ValueError(f"precision: got {precision!r}; allowed: bf16 | fp16 | fp32")
+        self.precision = precision if device.type == "cuda" else "fp32"
+        self.autocast = self.precision != "fp32"
+        self.autocast_dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        self.scaler = LossScaler(device) if self.precision == "fp16" else None
         self.params: list[torch.Tensor] = [p for p in self.model.parameters() if p.requires_grad]
         self.momentum_buffers = [torch.zeros_like(p) for p in self.params] if recipe.momentum else []
         # What must stay finite for an epoch to count: every float tensor a checkpoint or the result holds.
@@ -182,7 +233,17 @@ class Trainer:
         self._correct = torch.zeros((), device=device)
         self._finite = torch.ones((), dtype=torch.bool, device=device)
         self.static = cuda_graph  # the graph's code path; captured only on CUDA
+        self.capture_graphs = cuda_graph and device.type == "cuda"
         self._graph: torch.cuda.CUDAGraph | None = None
+        if not cuda_graph:
+            self.step_mode = "eager"
+        elif self.scaler is not None:  # a skipped float16 step is decided on the host: not capturable
+            self.capture_graphs = self.static = False
+            self.step_mode = "eager (fallback: fp16 loss scaling decides each step on the host)"
+        elif device.type != "cuda":
+            self.step_mode = "static (uncaptured: no CUDA)"
+        else:
+            self.step_mode = "cuda_graph (not yet captured)"
         self._first_lr = recipe.lr
         self._ema_steps = torch.zeros((), dtype=torch.float64, device=device)  # steps averaged so far
         self._augment_rng = torch.Generator().manual_seed(seed).get_state()  # TrivialAugment's op draws
@@ -203,7 +264,7 @@ class Trainer:
     def _autocast(self):
         # cache_enabled=False: a CUDA graph must not capture autocast's weight-cast cache (torch's advice);
         # the eager way does the same so both run the same casts.
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.autocast,
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype, enabled=self.autocast,
                               cache_enabled=False)
 
     # ------------------------------------------------------------------------- the epoch plan
@@ -258,12 +319,18 @@ class Trainer:
                 loss = (losses * weight).sum() / count
             else:
                 loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
-        grads = list(torch.autograd.grad(loss, self.params))
+        if self.scaler is None:
+            grads = list(torch.autograd.grad(loss, self.params))
+            apply = True
+        else:
+            grads = list(torch.autograd.grad(loss.float() * self.scaler.scale, self.params))
+            apply = self.scaler.unscale(grads)
         with torch.no_grad():
-            self.optimizer_step(self.params, grads, self.momentum_buffers, lr, recipe.momentum, recipe.nesterov,
-                                recipe.weight_decay)
-            if self.ema is not None:
-                self._ema_update()
+            if apply:
+                self.optimizer_step(self.params, grads, self.momentum_buffers, lr, recipe.momentum, recipe.nesterov,
+                                    recipe.weight_decay)
+                if self.ema is not None:
+                    self._ema_update()
             loss = loss.detach().float()
             self._loss_sum.add_(loss * count)
             self._correct.add_(((logits.detach().argmax(1) == y).float() * weight).sum())
@@ -303,8 +370,15 @@ class Trainer:
         with torch.cuda.device(self.device):  # capture on the trainer's GPU, whichever is current
             self._capture_here()
 
+    def _cuda_rng(self) -> torch.Tensor:
+        return torch.cuda.get_rng_state(self.device)
+
+    def _set_cuda_rng(self, state: torch.Tensor) -> None:
+        torch.cuda.set_rng_state(state, self.device)
+
     def _capture_here(self) -> None:
         saved = [t.detach().clone() for t in self._state_tensors()]
+        rng = self._cuda_rng()  # dropout draws from it: the warm-up must not move it
         stream = torch.cuda.current_stream(self.device)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(stream)
@@ -319,22 +393,100 @@ class Trainer:
         with torch.no_grad():
             for tensor, value in zip(self._state_tensors(), saved):
                 tensor.copy_(value)
+        self._set_cuda_rng(rng)
         self._graph = graph
+
+    def _live(self) -> list[torch.Tensor]:
+        """Everything a step changes: the state tensors, the step counter and the epoch's sums."""
+        return [*self._state_tensors(), self._counter, self._loss_sum, self._correct, self._finite]
+
+    def _snapshot(self) -> list[torch.Tensor]:
+        return [t.detach().clone() for t in self._live()]
+
+    def _restore(self, saved: list[torch.Tensor], rng: torch.Tensor) -> None:
+        with torch.no_grad():
+            for tensor, value in zip(self._live(), saved, strict=True):
+                tensor.copy_(value)
+        self._set_cuda_rng(rng)
+
+    @torch.no_grad()
+    def _graph_disagreement(self, start: list[torch.Tensor], eager: list[torch.Tensor],
+                            replayed: list[torch.Tensor], steps: int) -> str | None:
+        """Why the replayed state is not the eager one (None when it is, within GRAPH_TOLERANCE)."""
+        tolerance = GRAPH_TOLERANCE["autocast" if self.autocast else "fp32"]
+        change = diff = 0.0
+        for s, e, r in zip(start, eager, (t.detach() for t in replayed)):
+            if not e.is_floating_point():
+                if not torch.equal(e, r):
+                    return "an integer state tensor (a step counter) differs"
+                continue
+            if not bool(torch.isfinite(r).all()) and bool(torch.isfinite(e).all()):
+                return "the replay produced non-finite values where the eager step did not"
+            change += float((e.double() - s.double()).square().sum())
+            diff += float((r.double() - e.double()).nan_to_num(0.0).square().sum())
+        change, diff = change ** 0.5, diff ** 0.5
+        if diff > tolerance * change:
+            return (f"after {steps} steps the replayed state is {diff:.3g} from the eager one, "
+                    f"{diff / max(change, 1e-30):.1%} of the steps' change (tolerance {tolerance:.1%})")
+        return None
+
+    def _prove_graph(self) -> None:
+        """Capture the step and check it: its first replays against the uncaptured step from the same state
+        on the same batches. Any failure means eager training, said in one line and in `step_mode`."""
+        steps = min(PROOF_STEPS, self.full_steps)
+        rng = self._cuda_rng()
+        start = self._snapshot()
+        reason = None
+        phase = "capture"
+        try:
+            with torch.cuda.device(self.device):  # the trainer's GPU, whichever is current
+                self._capture_here()
+                phase = "the proof run"
+                self._restore(start, rng)  # the warm-up's sums and counter too, not only the state
+                self._counter.zero_()
+                for _ in range(steps):
+                    self._static_step()
+                eager = self._snapshot()
+                self._restore(start, rng)
+                self._counter.zero_()
+                for _ in range(steps):
+                    self._graph_replay()
+                reason = self._graph_disagreement(start, eager, self._live(), steps)  # two copies at most
+        except Exception as e:  # noqa: BLE001  any failure of the fast path means the slow one, never a crash
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            reason = f"{phase} failed: {type(e).__name__}" + (f": {first[:200]}" if first else "")
+        try:
+            self._restore(start, rng)
+        except Exception as e:  # noqa: BLE001  a failed capture can leave the CUDA context unusable
+            raise UserError(f"train.cuda_graph: {reason or 'the graph check'} left the GPU unusable ({type(e).__name__}); "
+                            f"set train.cuda_graph: false") from None
+        if reason is None:
+            self.step_mode = "cuda_graph"
+            return
+        self._graph = None
+        self.static = self.capture_graphs = False
+        self.step_mode = f"eager (fallback: {reason})"
+        print(f"note: train.cuda_graph: {reason}; training continues eager, same results, slower "
+              f"(train.cuda_graph: false skips the attempt)", file=sys.stderr, flush=True)
+
+    def _graph_replay(self) -> None:
+        assert self._graph is not None
+        self._graph.replay()
 
     # ------------------------------------------------------------------------- epochs
     def _train_steps(self, max_steps: int | None) -> int:
         self.model.train()
         self._plan_epoch()
         steps = self.steps_per_epoch if max_steps is None else min(max_steps, self.steps_per_epoch)
-        if self.static and self.device.type == "cuda" and self._graph is None and self.full_steps > 0:
-            self._capture()
+        if self.capture_graphs and self._graph is None and self.full_steps > 0:
+            self._prove_graph()
         self._loss_sum.zero_()
         self._correct.zero_()
         self._finite.fill_(True)
         self._counter.zero_()
         for step in range(steps):
             if step < self.full_steps and self._graph is not None:
-                self._graph.replay()
+                self._graph_replay()
             elif step < self.full_steps and self.static:
                 self._static_step()
             else:  # the last, smaller batch of an unpadded epoch (or no static path asked for)
@@ -398,6 +550,8 @@ class Trainer:
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
             state["ema_steps"] = self._ema_steps.clone()
+        if self.scaler is not None:
+            state["loss_scaler"] = self.scaler.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -410,6 +564,8 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
             self._ema_steps.copy_(state["ema_steps"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and "loss_scaler" in state:
+            self.scaler.load_state_dict(state["loss_scaler"])
         restore_rng(state["rng"], self.device, self.generator)
         self._augment_rng = state["augment_rng"].clone()
         self.epoch = int(state["epoch"])

@@ -22,7 +22,7 @@ from dvclive import Live
 
 from diffaug.cli import stage_parser
 from diffaug.config import ARCHITECTURES, Config, load_config
-from diffaug.devices import resolve_device
+from diffaug.devices import resolve_device, training_precision, use_local_rank
 from diffaug.errors import ConfigError, UserError, exit_on_error
 from diffaug.formats.classifier import save_trained
 from diffaug.formats.mixture import RERUN as RERUN_MIXTURES
@@ -97,19 +97,24 @@ def run(cfg: Config, model: str, mix: str, images: np.ndarray, labels: np.ndarra
         val_images: np.ndarray, val_labels: np.ndarray, out: Path, metrics: Path, checkpoints: Path) -> dict[str, Any]:
     """Train every seed of cfg.train.seeds and write the stage's outputs; returns train.json's content."""
     tr, recipe = cfg.train, cfg.train.active
-    device = resolve_device(tr.device)
+    device = use_local_rank(resolve_device(tr.device, "train.device"))  # under torchrun: GPU LOCAL_RANK
+    precision = training_precision(tr.precision, device)
+    if precision.note:
+        print(f"note: {precision.note}", file=sys.stderr, flush=True)
     settings = {
         "model": model, "variant": tr.variant, "num_classes": len(classes), "recipe_name": tr.recipe,
-        "recipe": dataclasses.asdict(recipe), "precision": tr.precision if device.type == "cuda" else "fp32",
+        "recipe": dataclasses.asdict(recipe), "precision": precision.name,
         "channels_last": tr.channels_last, "compile": tr.compile, "cuda_graph": tr.cuda_graph, "device": device.type,
         "train_images": len(images), "val_images": len(val_images),
         "train_sha256": fingerprint(images, labels), "val_sha256": fingerprint(val_images, val_labels),
     }
     report: dict[str, Any] = {"model": model, "mix": mix, "settings": settings, "torch": torch.__version__, "seeds": {}}
+    if precision.note:
+        report["precision_note"] = precision.note
     for seed in tr.seeds:
         seed_settings = {**settings, "seed": seed}
         trainer = Trainer(model, tr.variant, len(classes), recipe, images, labels, seed=seed, device=device,
-                          precision=tr.precision, channels_last=tr.channels_last, compile=tr.compile,
+                          precision=precision.name, channels_last=tr.channels_last, compile=tr.compile,
                           cuda_graph=tr.cuda_graph, eval_batch=cfg.evaluate.batch_size,
                           val_images=val_images, val_labels=val_labels)
         log = EpochLog(metrics / f"seed-{seed}", seed, recipe.epochs)
@@ -119,11 +124,12 @@ def run(cfg: Config, model: str, mix: str, images: np.ndarray, labels: np.ndarra
         save_trained(out / f"seed-{seed}.pt", trainer.final_model,  # the EMA weights when the recipe keeps them
                      {"model": model, "variant": tr.variant, "num_classes": len(classes), "classes": classes,
                       "epochs": recipe.epochs, "settings": seed_settings})
+        step_mode = trainer.step_mode
         del trainer  # frees its device copy of the images before the next seed uploads them again
         last = result.history[-1]
         report["seeds"][str(seed)] = {
             "wall_time_s": round(result.wall_time_s, 3), "epochs": len(result.history),
-            "resumed_from_epoch": result.resumed_from,
+            "resumed_from_epoch": result.resumed_from, "step": step_mode,
             "final_train_loss": last["train/loss"], "final_train_acc": last["train/acc"],
             "final_val_acc": last.get("val/acc"), "final_val_loss": last.get("val/loss"),
         }
@@ -142,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         raise ConfigError(f"--model: got {args.model!r}; allowed: {' | '.join(ARCHITECTURES)}")
     if args.mix not in cfg.mixtures:
         raise ConfigError(f"--mix: got {args.mix!r}; allowed: {' | '.join(cfg.mixtures)}")
-    resolve_device(cfg.train.device)  # a missing CUDA device is a one-line error before data is read
+    resolve_device(cfg.train.device, "train.device")  # a missing or bad CUDA device: one line before data is read
     images, labels, classes = load_training_data(args.mixture, args.prepared, args.synthetic)
     val_images, val_labels = load_validation(args.prepared / "val.npz", classes, images.shape[1:])
     print(grid_eta_line(args.model, cfg.train.active.epochs, len(cfg.train.seeds), cfg.trained_mixes,
