@@ -6,6 +6,8 @@ import pytest
 
 from diffaug.metrics import frechet_distance, kid, precision_recall, set_quality
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # two threads on shared cores spin-wait
+
 
 def gaussian(n, d, mean=0.0, seed=0):
     return np.random.default_rng(seed).normal(size=(n, d)) + mean
@@ -55,13 +57,13 @@ def test_set_quality_per_class_and_overall_in_seconds():
     classes = ["a", "b", "c"]
     rng = np.random.default_rng(8)
     real_labels = np.repeat(np.arange(3), 1000)
-    real = rng.normal(size=(3000, 512)).astype(np.float32) + real_labels[:, None]
+    real = rng.normal(size=(3000, 128)).astype(np.float32) + real_labels[:, None]
     fake_labels = np.repeat(np.arange(3), 700)
-    fake = rng.normal(size=(2100, 512)).astype(np.float32) + fake_labels[:, None]
+    fake = rng.normal(size=(2100, 128)).astype(np.float32) + fake_labels[:, None]
     fake[fake_labels == 2] += 3.0  # only class c is off
     start = time.perf_counter()
     q = set_quality(real, real_labels, fake, fake_labels, classes)
-    assert time.perf_counter() - start < 60  # a few seconds on one core; generous for shared CI machines
+    assert time.perf_counter() - start < 60  # ~2 s on one idle core; generous for shared machines
     assert set(q["per_class"]) == set(classes)
     per = q["per_class"]
     assert per["c"]["fd"] > 10 * max(per["a"]["fd"], per["b"]["fd"])
