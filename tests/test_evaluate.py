@@ -29,6 +29,8 @@ def config(mixes, seeds):
 def layout(tmp_path):
     labels = np.array([0, 0, 1, 1, 2, 2, 2, 0])
     save_npz_atomic(tmp_path / "prepared" / "test.npz", images=np.zeros((8, 4, 4, 3), np.uint8), labels=labels, classes=np.array(CLASSES))
+    train_images = np.random.default_rng(0).integers(0, 256, (30, 4, 4, 3), dtype=np.uint8)
+    save_npz_atomic(tmp_path / "prepared" / "train.npz", images=train_images, labels=np.repeat(np.arange(3), 10), classes=np.array(CLASSES))
     for mix in ("orig100", "syn1_100", "orig50", "leftover"):
         for seed in (0, 1):
             (tmp_path / "models" / mix).mkdir(parents=True, exist_ok=True)
@@ -48,14 +50,21 @@ def fake_predictions(plan):
     return predict
 
 
+def fake_features(path, images, batch_size, device):
+    """Stand-in penultimate features: the first 8 pixel values of each image."""
+    return images.reshape(len(images), -1)[:, :8].astype(np.float32)
+
+
 def test_summary_is_keyed_by_mixture_with_mean_and_std_over_seeds(layout, monkeypatch):
     root, labels = layout
+    monkeypatch.setattr(evaluate, "features_of", fake_features)
     wrong_one = labels.copy()
     wrong_one[0] = 1
     plan = {("orig100", 0): labels, ("orig100", 1): wrong_one, ("syn1_100", 0): np.zeros(8, int), ("syn1_100", 1): np.zeros(8, int)}
     monkeypatch.setattr(evaluate, "predict", fake_predictions(plan))
     syn_labels = np.repeat(np.arange(3), 4)
-    monkeypatch.setattr("diffaug.formats.synthetic.load_synthetic", lambda d: (np.zeros((12, 4, 4, 3), np.uint8), syn_labels))
+    syn_images = np.random.default_rng(1).integers(0, 256, (12, 4, 4, 3), dtype=np.uint8)
+    monkeypatch.setattr("diffaug.formats.synthetic.load_synthetic", lambda d: (syn_images, syn_labels))
     summary = evaluate.evaluate(config(["orig100", "syn1_100"], [0, 1]), root / "prepared", root / "synthetic",
                                 root / "models", root / "out", root / "summary.json")
     assert summary["test_acc"] == {"orig100": pytest.approx((1 + 7 / 8) / 2), "syn1_100": pytest.approx(3 / 8)}
@@ -74,6 +83,11 @@ def test_summary_is_keyed_by_mixture_with_mean_and_std_over_seeds(layout, monkey
     assert quality["train_on_synthetic"] == {"syn1_100": {"acc": pytest.approx(3 / 8), "per_class": {"cat": 1.0, "dog": 0.0, "ship": 0.0}}}
     assert summary["syn_recognised"] == {"syn1": pytest.approx(np.mean(np.arange(12) % 3 == syn_labels), abs=1e-6)}
     assert [row["mixture"] for row in json.loads((root / "out" / "accuracy.json").read_text())] == ["orig100", "syn1_100"]
+    dist = quality["distribution"]["syn1"]
+    assert dist["overall"]["n_real"] == 30 and dist["overall"]["n_synthetic"] == 12 and set(dist["per_class"]) == set(CLASSES)
+    for key in ("fd", "kid", "kid_se", "precision", "recall"):
+        assert summary[f"syn_{key}"]["syn1"] == pytest.approx(dist["overall"][key], abs=1e-4)
+    assert summary["syn_fd"]["syn1"] > 0 and "real_equiv" not in summary  # real_curve mixtures not trained here
 
 
 def test_cells_come_from_params_not_from_leftover_files(layout, monkeypatch):
@@ -132,3 +146,50 @@ def test_curves_format_reads_dvclive_tsvs(tmp_path):
     header, first, _ = (tmp_path / "curve.tsv").read_text().splitlines()
     assert header == "step\ttrain_acc\tval_acc\ttrain_loss\tval_loss\tlr"  # val columns stay, empty: no validation here
     assert first == "0\t0.3\t\t0.7\t\t0.1"
+
+
+def test_exchange_rate_columns_from_the_real_curve(tmp_path, monkeypatch):
+    """Accuracies placed on a known power law: evaluate reports the known real-equivalents."""
+    from diffaug.exchange import PowerLaw
+
+    truth = PowerLaw(a=0.95, b=3.0, c=0.5)
+    n_test, per_class = 3000, 400
+    test_labels = np.arange(n_test) % 3
+    save_npz_atomic(tmp_path / "prepared" / "test.npz", images=np.zeros((n_test, 2, 2, 3), np.uint8), labels=test_labels,
+                    classes=np.array(CLASSES))
+    save_npz_atomic(tmp_path / "prepared" / "train.npz", images=np.zeros((3 * per_class, 2, 2, 3), np.uint8),
+                    labels=np.repeat(np.arange(3), per_class), classes=np.array(CLASSES))
+    syn_labels = np.repeat(np.arange(3), 200)
+    monkeypatch.setattr("diffaug.formats.synthetic.load_synthetic", lambda d: (np.zeros((600, 2, 2, 3), np.uint8), syn_labels))
+    monkeypatch.setattr(evaluate, "features_of", lambda p, images, b, d: np.random.default_rng(len(images)).normal(size=(len(images), 4)))
+    real = {"orig10": 120, "orig25": 300, "orig50": 600, "orig75": 900, "orig100": 1200}
+    target = {**{m: truth.acc(n) for m, n in real.items()}, "orig50_syn1_50": truth.acc(800), "syn1_100": truth.acc(300)}
+
+    def predict(path, images, batch_size, device):
+        if len(images) != n_test:  # synthetic images: recognised or not, it does not matter here
+            return np.zeros((len(images), 3), np.float32)
+        right = int(round(target[path.parent.name] * n_test))
+        pred = test_labels.copy()
+        pred[right:] = (pred[right:] + 1) % 3
+        return np.eye(3, dtype=np.float32)[pred] * 5
+
+    monkeypatch.setattr(evaluate, "predict", predict)
+    mixes = [*real, "orig50_syn1_50", "syn1_100"]
+    for mix in mixes:
+        (tmp_path / "models" / mix).mkdir(parents=True)
+        (tmp_path / "models" / mix / "seed-0.pt").write_bytes(b"stand-in; predict is replaced")
+    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    p["mixes"], p["train"]["seeds"], p["evaluate"]["device"] = mixes, [0], "cpu"
+    p["mixtures"]["syn1_100"] = {"syn1": 1.0}
+    p["synthetic"]["images_per_class"] = 200
+    summary = evaluate.evaluate(parse_config(p), tmp_path / "prepared", tmp_path / "synthetic", tmp_path / "models",
+                                tmp_path / "out", tmp_path / "summary.json")
+    assert summary["n_real"] == {**real, "orig50_syn1_50": 600, "syn1_100": 0}
+    assert summary["n_syn"] == {"orig50_syn1_50": 300, "syn1_100": 600}
+    # accuracies are rounded to 1/3000, so the curve is known to about 1e-4: a few percent in n
+    assert summary["real_equiv"]["orig50_syn1_50"] == pytest.approx(800, rel=0.05)
+    assert summary["syn_per_real"]["orig50_syn1_50"] == pytest.approx(300 / 200, rel=0.25)
+    assert summary["real_equiv"]["syn1_100"] == pytest.approx(300, rel=0.05)
+    assert summary["equal_budget_acc"]["orig50_syn1_50"] == pytest.approx(truth.acc(900), abs=2e-3)
+    saved = json.loads((tmp_path / "out" / "exchange_rate.json").read_text())
+    assert saved["curve"]["sizes"] == list(real.values()) and set(saved["mixtures"]) == {"orig50_syn1_50", "syn1_100"}

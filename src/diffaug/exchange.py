@@ -92,7 +92,7 @@ def exchange_rates(curve_sizes: Sequence[int], curve_accs: Sequence[Sequence[flo
     """
     accs = np.asarray(curve_accs, dtype=np.float64)  # (sizes, seeds)
     seeds = accs.shape[1]
-    fits = [fit_power_law(curve_sizes, accs[:, s]) for s in range(seeds)]
+    fits = [fit_power_law(curve_sizes, accs[:, s].tolist()) for s in range(seeds)]
     out: dict[str, Any] = {
         "curve": {"sizes": [int(n) for n in curve_sizes], "acc": accs.mean(axis=1).tolist(),
                   "fits": [{"a": f.a, "b": f.b, "c": f.c} for f in fits]},

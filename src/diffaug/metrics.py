@@ -143,3 +143,31 @@ def set_quality(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray, fak
         if len(r) > k and len(f) > k:
             out["per_class"][name] = _all_metrics(r, f, seed, subsets, subset_size, k)
     return out
+
+
+def penultimate_features(classifier: torch.nn.Module, images: np.ndarray, batch_size: int,
+                         device: str | torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """(features, logits) of a trained classifier (formats.classifier.ImageClassifier: uint8 NHWC pixels
+    in) on `images`: the features are the input of its last Linear layer, the penultimate layer.
+
+    Test-time flipping is off here, so each image gives one feature vector and its own logits.
+    """
+    heads = [m for m in classifier.modules() if isinstance(m, torch.nn.Linear)]
+    if not heads:
+        raise ValueError("penultimate_features: the classifier has no Linear layer")
+    grabbed: list[torch.Tensor] = []
+    hook = heads[-1].register_forward_hook(lambda _m, inp, _out: grabbed.append(inp[0].detach().float().flatten(1).cpu()))
+    tta = getattr(classifier, "tta_hflip", False)
+    logits = []
+    try:
+        classifier.tta_hflip = False  # type: ignore[assignment]
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device).permute(0, 3, 1, 2)
+                logits.append(classifier(batch).float().cpu())
+    finally:
+        hook.remove()
+        classifier.tta_hflip = tta  # type: ignore[assignment]
+    if not logits:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+    return torch.cat(grabbed).numpy(), torch.cat(logits).numpy()
