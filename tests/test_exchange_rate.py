@@ -1,10 +1,12 @@
 """The synthetic-to-real exchange rate on accuracy curves with a known answer."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from diffaug.exchange import PowerLaw, exchange_rates, fit_power_law
+from diffaug.report.figures import Context
 
 TRUE = PowerLaw(a=0.95, b=2.0, c=0.5)
 SIZES = [5000, 12500, 25000, 37500, 50000]  # orig10 ... orig100 of CIFAR-10
@@ -58,3 +60,37 @@ def test_a_flat_or_too_short_curve():
     assert flat.b == pytest.approx(0, abs=1e-3) or flat.c <= 0.05  # no trend to invert
     with pytest.raises(ValueError, match="at least 3 distinct"):
         fit_power_law([100, 200], [0.5, 0.6])
+
+
+def test_the_report_places_every_mixture_on_the_real_curve(tmp_path):
+    from diffaug.config import load_config
+    from diffaug.report.figures import Skip, fig_exchange_rate, fig_synthetic_quality
+    from diffaug.report.page import exchange_tables
+    from diffaug.report.results import Result
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "params.yaml")
+    real = dict(zip(cfg.real_curve, SIZES))
+    acc = {m: TRUE.acc(n) for m, n in real.items()} | {"orig50_syn1_50": TRUE.acc(40000), "orig100_syn1_100": 0.96}
+    summary = {"test_acc": acc, "n_real": {**real, "orig50_syn1_50": 25000, "orig100_syn1_100": 50000},
+               "n_syn": {"orig50_syn1_50": 25000, "orig100_syn1_100": 50000},
+               "real_equiv": {"orig50_syn1_50": 40000, "orig100_syn1_100": None},
+               "syn_per_real": {"orig50_syn1_50": 1.667, "orig100_syn1_100": None},
+               "equal_budget_acc": {"orig50_syn1_50": TRUE.acc(50000), "orig100_syn1_100": TRUE.acc(100000)},
+               "syn_fd": {"syn1": 12.5}, "syn_kid": {"syn1": 0.01}, "syn_kid_se": {"syn1": 0.001},
+               "syn_precision": {"syn1": 0.7}, "syn_recall": {"syn1": 0.4}}
+    row = Result(name="workspace", rev="workspace", kind="workspace", timestamp=None, model="resnet18", variant="cifar",
+                 recipe="default", seeds=1, acc=acc, summary=summary)
+    ctx = Context(cfg, [row], tmp_path, tmp_path)
+    [(name, fig, _)] = fig_exchange_rate(ctx)
+    assert name == "exchange_rate_resnet18.png"
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert any("orig50_syn1_50: worth 40,000 real" in t for t in labels) and any("orig100_syn1_100: beyond" in t for t in labels)
+    table = exchange_tables(ctx)
+    assert "| `orig50_syn1_50` | 25,000 | 25,000 | " in table and "| 40,000 | 1.67 |" in table
+    assert "| `orig100_syn1_100` | 50,000 | 50,000 | 96.00 | beyond the curve | - |" in table
+    [(qname, _, _)] = fig_synthetic_quality(ctx)
+    assert qname == "synthetic_quality.png"
+    bare = Result(name="w", rev="w", kind="workspace", timestamp=None, model="resnet18", variant="cifar", recipe="default",
+                  seeds=1, acc=acc)
+    with pytest.raises(Skip):
+        fig_exchange_rate(Context(cfg, [bare], tmp_path, tmp_path))
