@@ -193,3 +193,15 @@ def test_exchange_rate_columns_from_the_real_curve(tmp_path, monkeypatch):
     assert summary["equal_budget_acc"]["orig50_syn1_50"] == pytest.approx(truth.acc(900), abs=2e-3)
     saved = json.loads((tmp_path / "out" / "exchange_rate.json").read_text())
     assert saved["curve"]["sizes"] == list(real.values()) and set(saved["mixtures"]) == {"orig50_syn1_50", "syn1_100"}
+
+
+def test_missing_inception_and_clip_weights_are_named_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch-hub"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    line = evaluate.cached_weights_note()
+    assert "\n" not in line
+    assert f"pt_inception-2015-12-05-6726825d.pth not in {tmp_path / 'torch-hub' / 'checkpoints'}" in line
+    assert "openai/clip-vit-base-patch32 not in the Hugging Face cache" in line
