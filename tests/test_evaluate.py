@@ -205,3 +205,30 @@ def test_missing_inception_and_clip_weights_are_named_in_one_line(tmp_path, monk
     assert "\n" not in line
     assert f"pt_inception-2015-12-05-6726825d.pth not in {tmp_path / 'torch-hub' / 'checkpoints'}" in line
     assert "openai/clip-vit-base-patch32 not in the Hugging Face cache" in line
+
+
+def test_a_flat_real_curve_gives_no_exchange_rate(tmp_path, monkeypatch, capsys):
+    n_test = 300
+    test_labels = np.arange(n_test) % 3
+    save_npz_atomic(tmp_path / "prepared" / "test.npz", images=np.zeros((n_test, 2, 2, 3), np.uint8), labels=test_labels,
+                    classes=np.array(CLASSES))
+    save_npz_atomic(tmp_path / "prepared" / "train.npz", images=np.zeros((120, 2, 2, 3), np.uint8),
+                    labels=np.repeat(np.arange(3), 40), classes=np.array(CLASSES))
+    monkeypatch.setattr("diffaug.formats.synthetic.load_synthetic", lambda d: (np.zeros((30, 2, 2, 3), np.uint8), np.repeat(np.arange(3), 10)))
+    monkeypatch.setattr(evaluate, "features_of", lambda p, images, b, d: np.random.default_rng(len(images)).normal(size=(len(images), 4)))
+    falling = {"orig10": 0.6, "orig25": 0.5, "orig50": 0.45, "orig75": 0.4, "orig100": 0.35, "orig50_syn1_50": 0.5}
+
+    def predict(path, images, batch_size, device):
+        right = int(round(falling.get(path.parent.name, 0.3) * len(images)))
+        labels = np.arange(len(images)) % 3
+        labels[right:] = (labels[right:] + 1) % 3
+        return np.eye(3, dtype=np.float32)[labels]
+
+    monkeypatch.setattr(evaluate, "predict", predict)
+    for mix in falling:
+        (tmp_path / "models" / mix).mkdir(parents=True)
+        (tmp_path / "models" / mix / "seed-0.pt").write_bytes(b"stand-in")
+    summary = evaluate.evaluate(config(list(falling), [0]), tmp_path / "prepared", tmp_path / "synthetic", tmp_path / "models",
+                                tmp_path / "out", tmp_path / "summary.json")
+    assert "real_equiv" not in summary and not (tmp_path / "out" / "exchange_rate.json").exists()
+    assert "no exchange rate: accuracy does not rise with real images" in capsys.readouterr().out

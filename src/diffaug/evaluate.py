@@ -46,7 +46,7 @@ from diffaug.formats.classifier import load_trained, logits_of, require_files
 from diffaug.formats.curves import read_live_curves, write_curves
 from diffaug.formats.splits import load_split
 from diffaug.io import write_json_atomic
-from diffaug.metrics import penultimate_features, set_quality
+from diffaug.metrics import K_NEIGHBOURS, penultimate_features, set_quality
 
 # Distribution metrics compare at most this many images per side (a seeded draw): precision/recall
 # costs n_real x n_synthetic distances, and 10k images keep it to seconds on one GPU or CPU core.
@@ -164,6 +164,8 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
                 "classifier": f"{cfg.model}-{reference}", "acc": float(np.mean([r["acc"] for r in runs])),
                 "per_class": dict(zip(classes, np.mean([r["per_class"] for r in runs], axis=0).tolist()))}
             keep = draw(len(labels), QUALITY_MAX_SAMPLES)
+            if min(len(keep), len(real_labels)) <= K_NEIGHBOURS:  # k-NN radii need more than k images per side
+                continue
             feats = features_of(ref_path, images[keep], cfg.evaluate.batch_size, device)
             distribution[name] = {"classifier": f"{cfg.model}-{reference} seed {seeds[0]}, penultimate layer",
                                   **set_quality(real_feats, real_labels, feats, labels[keep], classes, max_samples=None)}
@@ -248,7 +250,13 @@ def worth_in_real_images(cfg: Config, prepared: Path, synthetic_root: Path, resu
         if any(cfg.is_synthetic(s) for s in cfg.mixtures[mix]):
             n_real, n_syn = mixture_counts(cfg.mixtures[mix], pools, num_classes)
             mixtures[mix] = {"n_real": n_real, "n_syn": n_syn, "accs": results[mix]["per_seed"]}
-    return exchange_rates(sizes, curve, mixtures)
+    exchange = exchange_rates(sizes, curve, mixtures)
+    flat = [str(s) for s, fit in zip(cfg.train.seeds, exchange["curve"]["fits"]) if fit["b"] <= 0]
+    if flat:  # a curve that does not rise says nothing about what extra images are worth
+        print(f"evaluate: no exchange rate: accuracy does not rise with real images along real_curve "
+              f"({', '.join(cfg.real_curve)}) for seed(s) {', '.join(flat)}; train longer or use more seeds")
+        return None
+    return exchange
 
 
 @exit_on_error

@@ -215,6 +215,9 @@ def show_worth(workdir: Path) -> None:
     if summary.get("n_syn"):
         print(f"demo: exchange rate against the real curve {', '.join(DEMO_REAL_CURVE)} (metrics/evaluate/exchange_rate.json):")
         print(exchange_table(summary) + "\n")
+    else:
+        print("demo: no exchange-rate table this time: the toy real curve did not rise with more real images "
+              "(evaluate said so above); `make demo` with its default 10 epochs usually gets one\n")
     print(f"demo: python -m diffaug.pilot {' '.join(DEMO_PILOT)} --per-class 4", flush=True)
     pilot = run([sys.executable, "-m", "diffaug.pilot", *DEMO_PILOT, "--per-class", "4"], workdir, check=False)
     print(pilot.stdout)
