@@ -232,3 +232,44 @@ def test_a_flat_real_curve_gives_no_exchange_rate(tmp_path, monkeypatch, capsys)
                                 tmp_path / "out", tmp_path / "summary.json")
     assert "real_equiv" not in summary and not (tmp_path / "out" / "exchange_rate.json").exists()
     assert "no exchange rate: accuracy does not rise with real images" in capsys.readouterr().out
+
+
+def tiny_clip_in_cache(cache: Path) -> Path:
+    """A random-weight CLIP model saved where the Hugging Face cache keeps openai/clip-vit-base-patch32."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from diffaug.sandbox.tiny import TINY_CLIP, byte_level_tokenizer
+
+    tokenizer = byte_level_tokenizer()
+    text = dict(vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513, **TINY_CLIP)
+    torch.manual_seed(0)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=dict(image_size=32, patch_size=8, **TINY_CLIP), projection_dim=16))
+    commit = "0" * 40
+    snapshot = cache / "models--openai--clip-vit-base-patch32" / "snapshots" / commit
+    model.save_pretrained(snapshot)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(snapshot)
+    (cache / "models--openai--clip-vit-base-patch32" / "refs").mkdir()
+    (cache / "models--openai--clip-vit-base-patch32" / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def test_clip_score_when_a_clip_model_is_cached(layout, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    root, labels = layout
+    snapshot = tiny_clip_in_cache(tmp_path / "hf")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    assert evaluate.cached_clip() == snapshot
+    assert "CLIP score (syn_clip) with" in evaluate.cached_weights_note(snapshot)
+    rng = np.random.default_rng(2)
+    images, syn_labels = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8), np.repeat(np.arange(3), 4)
+    score = evaluate.clip_score(snapshot, images, syn_labels, CLASSES, 5, torch.device("cpu"))
+    assert 0 <= score <= 100
+    assert evaluate.clip_score(snapshot, images, syn_labels, CLASSES, 12, torch.device("cpu")) == pytest.approx(score, abs=1e-4)
+    monkeypatch.setattr(evaluate, "features_of", fake_features)
+    monkeypatch.setattr(evaluate, "predict", fake_predictions({(m, s): labels for m in ("orig100", "syn1_100") for s in (0, 1)}))
+    monkeypatch.setattr("diffaug.formats.synthetic.load_synthetic", lambda d: (images, syn_labels))
+    summary = evaluate.evaluate(config(["orig100", "syn1_100"], [0, 1]), root / "prepared", root / "synthetic",
+                                root / "models", root / "out", root / "summary.json")
+    assert summary["syn_clip"] == {"syn1": pytest.approx(score, abs=1e-3)}

@@ -82,24 +82,51 @@ def features_of(model_path: Path, images: np.ndarray, batch_size: int, device: t
     return penultimate_features(model, images, batch_size, device)[0]
 
 
-def cached_weights_note() -> str:
+def cached_clip() -> Path | None:
+    """The local snapshot folder of the first CLIP model of CLIP_MODELS in the Hugging Face cache, or None."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    for repo in CLIP_MODELS:
+        found = try_to_load_from_cache(repo, "config.json")
+        if isinstance(found, str):
+            return Path(found).parent
+    return None
+
+
+def clip_score(snapshot: Path, images: np.ndarray, labels: np.ndarray, words: list[str], batch_size: int,
+               device: torch.device) -> float:
+    """CLIP score: 100 x max(cos(image, text), 0), with text "a photo of a <class word>", mean over images."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    model: Any = CLIPModel.from_pretrained(snapshot, local_files_only=True)
+    model = model.to(device).eval()
+    processor = CLIPProcessor.from_pretrained(snapshot, local_files_only=True)
+    texts = [f"a photo of a {w}" for w in words]
+    scores = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            inputs = processor(text=texts, images=list(images[start:start + batch_size]), return_tensors="pt", padding=True)
+            out = model(**{k: v.to(device) for k, v in inputs.items()})
+            cos = (out.image_embeds * out.text_embeds[torch.from_numpy(labels[start:start + batch_size]).to(device)]).sum(-1)
+            scores.append((100 * cos.clamp(min=0)).float().cpu())
+    return float(torch.cat(scores).mean())
+
+
+def cached_weights_note(clip: Path | None = None) -> str:
     """One line on the Inception FID and CLIP score: they need weights that are not downloaded here."""
     missing = []
     hub = Path(torch.hub.get_dir()) / "checkpoints"
-    if not (hub / INCEPTION_WEIGHTS).is_file():
-        missing.append(f"Inception FID (pytorch-fid weights {INCEPTION_WEIGHTS} not in {hub})")
-    try:
-        from huggingface_hub import try_to_load_from_cache
+    import importlib.util
 
-        clip = any(isinstance(try_to_load_from_cache(repo, "config.json"), str) for repo in CLIP_MODELS)
-    except ImportError:
-        clip = False
-    if not clip:
+    lacks = ([] if importlib.util.find_spec("pytorch_fid") else ["the pytorch-fid package is not installed"]) + \
+        ([] if (hub / INCEPTION_WEIGHTS).is_file() else [f"{INCEPTION_WEIGHTS} not in {hub}"])
+    missing.append(f"Inception FID ({' and '.join(lacks) if lacks else 'pytorch-fid and its weights are there, but this version does not compute it'})")
+    if clip is None:
         missing.append(f"CLIP score ({' or '.join(CLIP_MODELS)} not in the Hugging Face cache)")
-    if missing:
-        return "evaluate: skipped " + "; ".join(missing) + "; the classifier-feature metrics need no download"
-    return ("evaluate: Inception and CLIP weights are cached, but this version computes the distribution metrics "
-            "in the classifier's feature space only")
+    done = f"CLIP score (syn_clip) with {clip}; " if clip is not None else ""
+    return f"evaluate: {done}skipped " + "; ".join(missing) + "; the classifier-feature metrics need no download"
 
 
 INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
@@ -156,9 +183,13 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
         keep = draw(len(train.labels), QUALITY_MAX_SAMPLES)
         real_feats = features_of(ref_path, train.images[keep], cfg.evaluate.batch_size, device)
         real_labels = train.labels[keep]
+        clip = cached_clip()
+        words = [cfg.dataset.label_names.get(c, c.replace("_", " ")) for c in classes]  # the prompts' class words
         for name in cfg.synthetic_sets_used:
             images, labels = synthetic.load_synthetic(synthetic_root / name)
             syn_labels[name] = labels
+            if clip is not None:
+                quality.setdefault("clip_score", {})[name] = clip_score(clip, images, labels, words, cfg.evaluate.batch_size, device)
             runs = [scores(predict(models / reference / f"seed-{s}.pt", images, cfg.evaluate.batch_size, device), labels, len(classes)) for s in seeds]
             quality["recognisability"][name] = {
                 "classifier": f"{cfg.model}-{reference}", "acc": float(np.mean([r["acc"] for r in runs])),
@@ -184,6 +215,8 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
     for key in ("fd", "kid", "kid_se", "precision", "recall"):
         if distribution:
             summary[f"syn_{key}"] = {n: round(d["overall"][key], 6 if key != "fd" else 4) for n, d in distribution.items()}
+    if quality.get("clip_score"):
+        summary["syn_clip"] = {n: round(v, 4) for n, v in quality["clip_score"].items()}
     exchange = worth_in_real_images(cfg, prepared, synthetic_root, results, syn_labels, len(classes))
     if exchange is not None:
         rows = exchange["mixtures"]
@@ -270,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     cfg = load_config(args.params)
     summary = evaluate(cfg, args.prepared, args.synthetic, args.models, args.out, args.summary, args.train_metrics, args.curves)
-    print(cached_weights_note())
+    print(cached_weights_note(cached_clip()))
     width = max(len(m) for m in summary["test_acc"])
     print(f"evaluate: {cfg.model} ({cfg.train.variant}, recipe {cfg.train.recipe}, {len(cfg.train.seeds)} seed(s)), test accuracy:")
     for mix, acc in summary["test_acc"].items():
