@@ -46,7 +46,8 @@ def test_all_eleven_paper_mixtures_and_fig7_baselines_are_defined():
     cfg = load_config(REPO / "params.yaml")
     fractions = {tuple(m.get(s, 0.0) for s in ("orig", "syn1", "syn2")) for m in cfg.mixtures.values() if not {"rot90", "vflip"} & set(m)}
     paper = {(1, 0, 0), (.5, 0, 0), (.5, .5, 0), (0, 1, 0), (0, .5, 0), (1, 1, 0), (.5, 0, .5), (0, 0, 1), (0, 0, .5), (1, 0, 1), (1, 1, 1)}
-    assert fractions == paper
+    assert fractions == paper | {(.1, 0, 0), (.25, 0, 0), (.75, 0, 0)}  # and the real_curve's other sizes
+    assert cfg.real_curve == ["orig10", "orig25", "orig50", "orig75", "orig100"]
     baselines = [m for m in cfg.mixtures.values() if {"rot90", "vflip"} & set(m)]
     assert sorted(tuple(sorted(m)) for m in baselines) == sorted([("orig", "rot90"), ("orig", "vflip"), ("orig", "rot90", "vflip")])
     assert set(cfg.mixes) == set(cfg.mixtures)
@@ -55,13 +56,15 @@ def test_all_eleven_paper_mixtures_and_fig7_baselines_are_defined():
 BAD = [
     # (key to change, value, text the one-line error must contain)
     ("diffusion.colour", "red", "diffusion.colour: unknown key"),
+    ("real_curve", ["orig50_syn1_50", "orig50", "orig100"], "real_curve[0]: got 'orig50_syn1_50'; allowed: a mixture that draws from orig alone"),
+    ("real_curve", ["orig50", "orig100"], "real_curve: allowed: [] (off) or at least 3 distinct mixtures"),
     ("diffusion.steps", "fifty", "diffusion.steps: got 'fifty'; allowed: an integer"),
     ("diffusion.resolution", 500, "diffusion.resolution: got 500; allowed: a multiple of 8"),
     ("diffusion.dtype", "int8", "diffusion.dtype: got 'int8'; allowed: 'float16' | 'bfloat16' | 'float32'"),
     ("diffusion.scheduler", "lms", "diffusion.scheduler: got 'lms'"),
     ("diffusion.guidance_scale", True, "diffusion.guidance_scale: got True; allowed: a number"),
     ("model", "resnet101", "model: got 'resnet101'; allowed: 'resnet18'"),
-    ("mixes", ["orig100", "orig75"], "mixes[1]: unknown mixture 'orig75'"),
+    ("mixes", ["orig100", "orig33"], "mixes[1]: unknown mixture 'orig33'"),
     ("mixtures.orig100", {"orig": 1.5}, "mixtures.orig100.orig: fraction 1.5 is outside [0, 1]"),
     ("mixtures.orig100", {"syn3": 1.0}, "mixtures.orig100.syn3: unknown source (no synthetic set 'syn3' under "
      "synthetic.sets); allowed: orig, rot90, vflip, syn1, syn2"),

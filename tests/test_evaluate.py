@@ -29,6 +29,8 @@ def config(mixes, seeds):
 def layout(tmp_path):
     labels = np.array([0, 0, 1, 1, 2, 2, 2, 0])
     save_npz_atomic(tmp_path / "prepared" / "test.npz", images=np.zeros((8, 4, 4, 3), np.uint8), labels=labels, classes=np.array(CLASSES))
+    train_images = np.random.default_rng(0).integers(0, 256, (30, 4, 4, 3), dtype=np.uint8)
+    save_npz_atomic(tmp_path / "prepared" / "train.npz", images=train_images, labels=np.repeat(np.arange(3), 10), classes=np.array(CLASSES))
     for mix in ("orig100", "syn1_100", "orig50", "leftover"):
         for seed in (0, 1):
             (tmp_path / "models" / mix).mkdir(parents=True, exist_ok=True)
@@ -48,14 +50,21 @@ def fake_predictions(plan):
     return predict
 
 
+def fake_features(path, images, batch_size, device):
+    """Stand-in penultimate features: the first 8 pixel values of each image."""
+    return images.reshape(len(images), -1)[:, :8].astype(np.float32)
+
+
 def test_summary_is_keyed_by_mixture_with_mean_and_std_over_seeds(layout, monkeypatch):
     root, labels = layout
+    monkeypatch.setattr(evaluate, "features_of", fake_features)
     wrong_one = labels.copy()
     wrong_one[0] = 1
     plan = {("orig100", 0): labels, ("orig100", 1): wrong_one, ("syn1_100", 0): np.zeros(8, int), ("syn1_100", 1): np.zeros(8, int)}
     monkeypatch.setattr(evaluate, "predict", fake_predictions(plan))
     syn_labels = np.repeat(np.arange(3), 4)
-    monkeypatch.setattr("diffaug.formats.synthetic.load_synthetic", lambda d: (np.zeros((12, 4, 4, 3), np.uint8), syn_labels))
+    syn_images = np.random.default_rng(1).integers(0, 256, (12, 4, 4, 3), dtype=np.uint8)
+    monkeypatch.setattr("diffaug.formats.synthetic.load_synthetic", lambda d: (syn_images, syn_labels))
     summary = evaluate.evaluate(config(["orig100", "syn1_100"], [0, 1]), root / "prepared", root / "synthetic",
                                 root / "models", root / "out", root / "summary.json")
     assert summary["test_acc"] == {"orig100": pytest.approx((1 + 7 / 8) / 2), "syn1_100": pytest.approx(3 / 8)}
@@ -74,6 +83,11 @@ def test_summary_is_keyed_by_mixture_with_mean_and_std_over_seeds(layout, monkey
     assert quality["train_on_synthetic"] == {"syn1_100": {"acc": pytest.approx(3 / 8), "per_class": {"cat": 1.0, "dog": 0.0, "ship": 0.0}}}
     assert summary["syn_recognised"] == {"syn1": pytest.approx(np.mean(np.arange(12) % 3 == syn_labels), abs=1e-6)}
     assert [row["mixture"] for row in json.loads((root / "out" / "accuracy.json").read_text())] == ["orig100", "syn1_100"]
+    dist = quality["distribution"]["syn1"]
+    assert dist["overall"]["n_real"] == 30 and dist["overall"]["n_synthetic"] == 12 and set(dist["per_class"]) == set(CLASSES)
+    for key in ("fd", "kid", "kid_se", "precision", "recall"):
+        assert summary[f"syn_{key}"]["syn1"] == pytest.approx(dist["overall"][key], abs=1e-4)
+    assert summary["syn_fd"]["syn1"] > 0 and "real_equiv" not in summary  # real_curve mixtures not trained here
 
 
 def test_cells_come_from_params_not_from_leftover_files(layout, monkeypatch):
@@ -132,3 +146,130 @@ def test_curves_format_reads_dvclive_tsvs(tmp_path):
     header, first, _ = (tmp_path / "curve.tsv").read_text().splitlines()
     assert header == "step\ttrain_acc\tval_acc\ttrain_loss\tval_loss\tlr"  # val columns stay, empty: no validation here
     assert first == "0\t0.3\t\t0.7\t\t0.1"
+
+
+def test_exchange_rate_columns_from_the_real_curve(tmp_path, monkeypatch):
+    """Accuracies placed on a known power law: evaluate reports the known real-equivalents."""
+    from diffaug.exchange import PowerLaw
+
+    truth = PowerLaw(a=0.95, b=3.0, c=0.5)
+    n_test, per_class = 3000, 400
+    test_labels = np.arange(n_test) % 3
+    save_npz_atomic(tmp_path / "prepared" / "test.npz", images=np.zeros((n_test, 2, 2, 3), np.uint8), labels=test_labels,
+                    classes=np.array(CLASSES))
+    save_npz_atomic(tmp_path / "prepared" / "train.npz", images=np.zeros((3 * per_class, 2, 2, 3), np.uint8),
+                    labels=np.repeat(np.arange(3), per_class), classes=np.array(CLASSES))
+    syn_labels = np.repeat(np.arange(3), 200)
+    monkeypatch.setattr("diffaug.formats.synthetic.load_synthetic", lambda d: (np.zeros((600, 2, 2, 3), np.uint8), syn_labels))
+    monkeypatch.setattr(evaluate, "features_of", lambda p, images, b, d: np.random.default_rng(len(images)).normal(size=(len(images), 4)))
+    real = {"orig10": 120, "orig25": 300, "orig50": 600, "orig75": 900, "orig100": 1200}
+    target = {**{m: truth.acc(n) for m, n in real.items()}, "orig50_syn1_50": truth.acc(800), "syn1_100": truth.acc(300)}
+
+    def predict(path, images, batch_size, device):
+        if len(images) != n_test:  # synthetic images: recognised or not, it does not matter here
+            return np.zeros((len(images), 3), np.float32)
+        right = int(round(target[path.parent.name] * n_test))
+        pred = test_labels.copy()
+        pred[right:] = (pred[right:] + 1) % 3
+        return np.eye(3, dtype=np.float32)[pred] * 5
+
+    monkeypatch.setattr(evaluate, "predict", predict)
+    mixes = [*real, "orig50_syn1_50", "syn1_100"]
+    for mix in mixes:
+        (tmp_path / "models" / mix).mkdir(parents=True)
+        (tmp_path / "models" / mix / "seed-0.pt").write_bytes(b"stand-in; predict is replaced")
+    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    p["mixes"], p["train"]["seeds"], p["evaluate"]["device"] = mixes, [0], "cpu"
+    p["mixtures"]["syn1_100"] = {"syn1": 1.0}
+    p["synthetic"]["images_per_class"] = 200
+    summary = evaluate.evaluate(parse_config(p), tmp_path / "prepared", tmp_path / "synthetic", tmp_path / "models",
+                                tmp_path / "out", tmp_path / "summary.json")
+    assert summary["n_real"] == {**real, "orig50_syn1_50": 600, "syn1_100": 0}
+    assert summary["n_syn"] == {"orig50_syn1_50": 300, "syn1_100": 600}
+    # accuracies are rounded to 1/3000, so the curve is known to about 1e-4: a few percent in n
+    assert summary["real_equiv"]["orig50_syn1_50"] == pytest.approx(800, rel=0.05)
+    assert summary["syn_per_real"]["orig50_syn1_50"] == pytest.approx(300 / 200, rel=0.25)
+    assert summary["real_equiv"]["syn1_100"] == pytest.approx(300, rel=0.05)
+    assert summary["equal_budget_acc"]["orig50_syn1_50"] == pytest.approx(truth.acc(900), abs=2e-3)
+    saved = json.loads((tmp_path / "out" / "exchange_rate.json").read_text())
+    assert saved["curve"]["sizes"] == list(real.values()) and set(saved["mixtures"]) == {"orig50_syn1_50", "syn1_100"}
+
+
+def test_missing_inception_and_clip_weights_are_named_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch-hub"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    line = evaluate.cached_weights_note()
+    assert "\n" not in line
+    assert f"pt_inception-2015-12-05-6726825d.pth not in {tmp_path / 'torch-hub' / 'checkpoints'}" in line
+    assert "openai/clip-vit-base-patch32 not in the Hugging Face cache" in line
+
+
+def test_a_flat_real_curve_gives_no_exchange_rate(tmp_path, monkeypatch, capsys):
+    n_test = 300
+    test_labels = np.arange(n_test) % 3
+    save_npz_atomic(tmp_path / "prepared" / "test.npz", images=np.zeros((n_test, 2, 2, 3), np.uint8), labels=test_labels,
+                    classes=np.array(CLASSES))
+    save_npz_atomic(tmp_path / "prepared" / "train.npz", images=np.zeros((120, 2, 2, 3), np.uint8),
+                    labels=np.repeat(np.arange(3), 40), classes=np.array(CLASSES))
+    monkeypatch.setattr("diffaug.formats.synthetic.load_synthetic", lambda d: (np.zeros((30, 2, 2, 3), np.uint8), np.repeat(np.arange(3), 10)))
+    monkeypatch.setattr(evaluate, "features_of", lambda p, images, b, d: np.random.default_rng(len(images)).normal(size=(len(images), 4)))
+    falling = {"orig10": 0.6, "orig25": 0.5, "orig50": 0.45, "orig75": 0.4, "orig100": 0.35, "orig50_syn1_50": 0.5}
+
+    def predict(path, images, batch_size, device):
+        right = int(round(falling.get(path.parent.name, 0.3) * len(images)))
+        labels = np.arange(len(images)) % 3
+        labels[right:] = (labels[right:] + 1) % 3
+        return np.eye(3, dtype=np.float32)[labels]
+
+    monkeypatch.setattr(evaluate, "predict", predict)
+    for mix in falling:
+        (tmp_path / "models" / mix).mkdir(parents=True)
+        (tmp_path / "models" / mix / "seed-0.pt").write_bytes(b"stand-in")
+    summary = evaluate.evaluate(config(list(falling), [0]), tmp_path / "prepared", tmp_path / "synthetic", tmp_path / "models",
+                                tmp_path / "out", tmp_path / "summary.json")
+    assert "real_equiv" not in summary and not (tmp_path / "out" / "exchange_rate.json").exists()
+    assert "no exchange rate: accuracy does not rise with real images" in capsys.readouterr().out
+
+
+def tiny_clip_in_cache(cache: Path) -> Path:
+    """A random-weight CLIP model saved where the Hugging Face cache keeps openai/clip-vit-base-patch32."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from diffaug.sandbox.tiny import TINY_CLIP, byte_level_tokenizer
+
+    tokenizer = byte_level_tokenizer()
+    text = dict(vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513, **TINY_CLIP)
+    torch.manual_seed(0)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=dict(image_size=32, patch_size=8, **TINY_CLIP), projection_dim=16))
+    commit = "0" * 40
+    snapshot = cache / "models--openai--clip-vit-base-patch32" / "snapshots" / commit
+    model.save_pretrained(snapshot)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(snapshot)
+    (cache / "models--openai--clip-vit-base-patch32" / "refs").mkdir()
+    (cache / "models--openai--clip-vit-base-patch32" / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def test_clip_score_when_a_clip_model_is_cached(layout, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    root, labels = layout
+    snapshot = tiny_clip_in_cache(tmp_path / "hf")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    assert evaluate.cached_clip() == snapshot
+    assert "CLIP score (syn_clip) with" in evaluate.cached_weights_note(snapshot)
+    rng = np.random.default_rng(2)
+    images, syn_labels = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8), np.repeat(np.arange(3), 4)
+    score = evaluate.clip_score(snapshot, images, syn_labels, CLASSES, 5, torch.device("cpu"))
+    assert 0 <= score <= 100
+    assert evaluate.clip_score(snapshot, images, syn_labels, CLASSES, 12, torch.device("cpu")) == pytest.approx(score, abs=1e-4)
+    monkeypatch.setattr(evaluate, "features_of", fake_features)
+    monkeypatch.setattr(evaluate, "predict", fake_predictions({(m, s): labels for m in ("orig100", "syn1_100") for s in (0, 1)}))
+    monkeypatch.setattr("diffaug.formats.synthetic.load_synthetic", lambda d: (images, syn_labels))
+    summary = evaluate.evaluate(config(["orig100", "syn1_100"], [0, 1]), root / "prepared", root / "synthetic",
+                                root / "models", root / "out", root / "summary.json")
+    assert summary["syn_clip"] == {"syn1": pytest.approx(score, abs=1e-3)}

@@ -257,9 +257,9 @@ def test_figures_without_their_mixtures_are_skipped_not_drawn(tmp_path):
     figures, skipped = page.write_report(ctx, out, "Numbers: test.", [])
     assert sorted(figures) == ["acc_resnet18.png", "acc_vgg16.png"]
     assert sorted(p.name for p in out.glob("*.png")) == sorted(figures)
-    assert len(skipped) == 9  # resnet sizes, half/half, synthetic-only, classic, filtered, img2img, curves, two sample grids
-    md = (out / "report.md").read_text()
-    assert md.count("_Not drawn:") == 7 and "93.00" in md and "–" in md  # vgg16 has no orig50
+    assert len(skipped) == 11  # resnet sizes, half/half, synthetic-only, classic, filtered, img2img, synthetic quality,
+    md = (out / "report.md").read_text()  # exchange rate, curves, two sample grids
+    assert md.count("_Not drawn:") == 9 and "93.00" in md and "–" in md  # vgg16 has no orig50
 
 
 def test_a_run_that_defined_a_mixture_differently_is_not_drawn_under_todays_label(tmp_path):

@@ -16,7 +16,17 @@ Writes:
   metrics/curves/<mix>.tsv     per-epoch train/val accuracy, loss and lr of the first seed, for `dvc plots`
   metrics/evaluate/synthetic_quality.json
       (a) recognisability: how a real-data-only model classifies each synthetic set, per class;
-      (b) train-on-synthetic, test-on-real: test accuracy of the synthetic-only mixtures, per class.
+      (b) train-on-synthetic, test-on-real: test accuracy of the synthetic-only mixtures, per class;
+      (c) distribution: Fréchet distance, KID ± its standard error, precision and recall of each set
+          against the real training images, overall and per class, in the feature space of the
+          real-only model (its first seed's penultimate layer; diffaug.metrics). Summary columns
+          syn_fd.<set>, syn_kid.<set>, syn_kid_se.<set>, syn_precision.<set>, syn_recall.<set>.
+  metrics/evaluate/exchange_rate.json   with `real_curve` set: what each mixture with synthetic images
+      is worth in real images (diffaug.exchange); summary columns real_equiv.<mix> (± real_equiv_std),
+      syn_per_real.<mix>, equal_budget_acc.<mix>, n_real.<mix>, n_syn.<mix>.
+
+The Inception FID and CLIP score need weights nobody downloads here: they are computed only when the
+weights are already in the local cache, otherwise one line names what is missing.
 """
 from __future__ import annotations
 
@@ -30,11 +40,17 @@ from diffaug.cli import stage_parser
 from diffaug.config import Config, load_config
 from diffaug.devices import resolve_device
 from diffaug.errors import exit_on_error
+from diffaug.exchange import exchange_rates
 from diffaug.formats import synthetic
 from diffaug.formats.classifier import load_trained, logits_of, require_files
 from diffaug.formats.curves import read_live_curves, write_curves
 from diffaug.formats.splits import load_split
 from diffaug.io import write_json_atomic
+from diffaug.metrics import K_NEIGHBOURS, penultimate_features, set_quality
+
+# Distribution metrics compare at most this many images per side (a seeded draw): precision/recall
+# costs n_real x n_synthetic distances, and 10k images keep it to seconds on one GPU or CPU core.
+QUALITY_MAX_SAMPLES = 10000
 
 
 def predict(model_path: Path, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
@@ -51,6 +67,83 @@ def scores(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
     per_class = [float(correct[labels == c].mean()) if (labels == c).any() else float("nan") for c in range(num_classes)]
     return {"acc": float(correct.mean()), "loss": float(-log_probs[np.arange(len(labels)), labels].mean()),
             "per_class": per_class, "pred": pred}
+
+
+def draw(n: int, limit: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a seeded draw of at most `limit` of n items."""
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+
+
+def features_of(model_path: Path, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+    """Penultimate-layer features of the classifier at `model_path` (see diffaug.metrics)."""
+    model, _ = load_trained(model_path, device)
+    return penultimate_features(model, images, batch_size, device)[0]
+
+
+def cached_clip() -> Path | None:
+    """The local snapshot folder of the first CLIP model of CLIP_MODELS in the Hugging Face cache, or None."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    for repo in CLIP_MODELS:
+        found = try_to_load_from_cache(repo, "config.json")
+        if isinstance(found, str):
+            return Path(found).parent
+    return None
+
+
+def clip_score(snapshot: Path, images: np.ndarray, labels: np.ndarray, words: list[str], batch_size: int,
+               device: torch.device) -> float:
+    """CLIP score: 100 x max(cos(image, text), 0), with text "a photo of a <class word>", mean over images."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    model: Any = CLIPModel.from_pretrained(snapshot, local_files_only=True)
+    model = model.to(device).eval()
+    processor = CLIPProcessor.from_pretrained(snapshot, local_files_only=True)
+    texts = [f"a photo of a {w}" for w in words]
+    scores = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            inputs = processor(text=texts, images=list(images[start:start + batch_size]), return_tensors="pt", padding=True)
+            out = model(**{k: v.to(device) for k, v in inputs.items()})
+            cos = (out.image_embeds * out.text_embeds[torch.from_numpy(labels[start:start + batch_size]).to(device)]).sum(-1)
+            scores.append((100 * cos.clamp(min=0)).float().cpu())
+    return float(torch.cat(scores).mean())
+
+
+def cached_weights_note(clip: Path | None = None) -> str:
+    """One line on the Inception FID and CLIP score: they need weights that are not downloaded here."""
+    missing = []
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    import importlib.util
+
+    lacks = ([] if importlib.util.find_spec("pytorch_fid") else ["the pytorch-fid package is not installed"]) + \
+        ([] if (hub / INCEPTION_WEIGHTS).is_file() else [f"{INCEPTION_WEIGHTS} not in {hub}"])
+    missing.append(f"Inception FID ({' and '.join(lacks) if lacks else 'pytorch-fid and its weights are there, but this version does not compute it'})")
+    if clip is None:
+        missing.append(f"CLIP score ({' or '.join(CLIP_MODELS)} not in the Hugging Face cache)")
+    done = f"CLIP score (syn_clip) with {clip}; " if clip is not None else ""
+    return f"evaluate: {done}skipped " + "; ".join(missing) + "; the classifier-feature metrics need no download"
+
+
+INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
+CLIP_MODELS = ("openai/clip-vit-large-patch14", "openai/clip-vit-base-patch32")
+
+
+def mixture_counts(fractions: dict[str, float], pools: dict[str, np.ndarray], num_classes: int) -> tuple[int, int]:
+    """(real images, synthetic images) of a mixture: per class round(fraction * n_class), as build_mixtures draws."""
+    real = syn = 0
+    for source, frac in fractions.items():
+        labels = pools["orig"] if source in ("orig", "rot90", "vflip") else pools[source]
+        n = sum(int(round(frac * int((labels == c).sum()))) for c in range(num_classes))
+        if source == "orig":
+            real += n
+        elif source in pools:
+            syn += n
+    return real, syn
 
 
 def real_only_mix(cfg: Config) -> str | None:
@@ -82,13 +175,32 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
 
     quality: dict[str, dict[str, Any]] = {"recognisability": {}, "train_on_synthetic": {}}
     reference = real_only_mix(cfg)
-    if reference is not None:
+    distribution: dict[str, Any] = {}
+    syn_labels: dict[str, np.ndarray] = {}
+    if reference is not None and cfg.synthetic_sets_used:
+        train = load_split(prepared / "train.npz")
+        ref_path = models / reference / f"seed-{seeds[0]}.pt"
+        keep = draw(len(train.labels), QUALITY_MAX_SAMPLES)
+        real_feats = features_of(ref_path, train.images[keep], cfg.evaluate.batch_size, device)
+        real_labels = train.labels[keep]
+        clip = cached_clip()
+        words = [cfg.dataset.label_names.get(c, c.replace("_", " ")) for c in classes]  # the prompts' class words
         for name in cfg.synthetic_sets_used:
             images, labels = synthetic.load_synthetic(synthetic_root / name)
+            syn_labels[name] = labels
+            if clip is not None:
+                quality.setdefault("clip_score", {})[name] = clip_score(clip, images, labels, words, cfg.evaluate.batch_size, device)
             runs = [scores(predict(models / reference / f"seed-{s}.pt", images, cfg.evaluate.batch_size, device), labels, len(classes)) for s in seeds]
             quality["recognisability"][name] = {
                 "classifier": f"{cfg.model}-{reference}", "acc": float(np.mean([r["acc"] for r in runs])),
                 "per_class": dict(zip(classes, np.mean([r["per_class"] for r in runs], axis=0).tolist()))}
+            keep = draw(len(labels), QUALITY_MAX_SAMPLES)
+            if min(len(keep), len(real_labels)) <= K_NEIGHBOURS:  # k-NN radii need more than k images per side
+                continue
+            feats = features_of(ref_path, images[keep], cfg.evaluate.batch_size, device)
+            distribution[name] = {"classifier": f"{cfg.model}-{reference} seed {seeds[0]}, penultimate layer",
+                                  **set_quality(real_feats, real_labels, feats, labels[keep], classes, max_samples=None)}
+        quality["distribution"] = distribution
     for mix in cfg.trained_mixes:
         if set(cfg.mixtures[mix]) <= set(cfg.synthetic_sets):
             quality["train_on_synthetic"][mix] = {"acc": results[mix]["acc"], "per_class": dict(zip(classes, results[mix]["per_class"]))}
@@ -100,6 +212,22 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
     summary["test_loss"] = {m: round(r["loss"], 6) for m, r in results.items()}
     if quality["recognisability"]:
         summary["syn_recognised"] = {n: round(q["acc"], 6) for n, q in quality["recognisability"].items()}
+    for key in ("fd", "kid", "kid_se", "precision", "recall"):
+        if distribution:
+            summary[f"syn_{key}"] = {n: round(d["overall"][key], 6 if key != "fd" else 4) for n, d in distribution.items()}
+    if quality.get("clip_score"):
+        summary["syn_clip"] = {n: round(v, 4) for n, v in quality["clip_score"].items()}
+    exchange = worth_in_real_images(cfg, prepared, synthetic_root, results, syn_labels, len(classes))
+    if exchange is not None:
+        rows = exchange["mixtures"]
+        summary["real_equiv"] = {m: _finite(r["real_equiv"], 0) for m, r in rows.items()}
+        if len(seeds) > 1:
+            summary["real_equiv_std"] = {m: _finite(r["real_equiv_std"], 0) for m, r in rows.items()}
+        summary["syn_per_real"] = {m: _finite(r["exchange_rate"], 3) for m, r in rows.items()}
+        summary["equal_budget_acc"] = {m: round(r["equal_budget_acc"], 6) for m, r in rows.items()}
+        counts = {m: exchange["curve"]["sizes"][i] for i, m in enumerate(cfg.real_curve)}
+        summary["n_real"] = {**counts, **{m: r["n_real"] for m, r in rows.items()}}
+        summary["n_syn"] = {m: r["n_syn"] for m, r in rows.items()}
 
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "accuracy.json", [{"mixture": m, "test_acc": r["acc"], "test_acc_std": r["std"]} for m, r in results.items()])
@@ -107,12 +235,61 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
     write_json_atomic(out / "per_class.json", {m: dict(zip(classes, r["per_class"])) for m, r in results.items()})
     write_json_atomic(out / "per_seed.json", {m: dict(zip(map(str, seeds), r["per_seed"])) for m, r in results.items()})
     write_json_atomic(out / "synthetic_quality.json", quality)
+    if exchange is not None:
+        write_json_atomic(out / "exchange_rate.json", _json_safe(exchange))
     if train_metrics is not None and curves is not None:  # first seed's curve per mixture, for `dvc plots`
         curves.mkdir(parents=True, exist_ok=True)
         for mix in cfg.trained_mixes:
             write_curves(curves / f"{mix}.tsv", read_live_curves(train_metrics / mix / f"seed-{seeds[0]}"))
     write_json_atomic(summary_path, summary)
     return summary
+
+
+def _finite(x: float | None, digits: int) -> float | None:
+    """A JSON number, or None for an undefined (None) or infinite value."""
+    if x is None or not np.isfinite(x):
+        return None
+    return round(float(x), digits) if digits else int(round(float(x)))
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None if np.isnan(obj) else "inf"
+    return obj
+
+
+def worth_in_real_images(cfg: Config, prepared: Path, synthetic_root: Path, results: dict[str, dict[str, Any]],
+                         syn_labels: dict[str, np.ndarray], num_classes: int) -> dict[str, Any] | None:
+    """The exchange rate of every trained, unfiltered mixture with synthetic images (None without real_curve)."""
+    if not cfg.real_curve:
+        return None
+    untrained = [m for m in cfg.real_curve if m not in cfg.mixes]
+    if untrained:
+        print(f"evaluate: no exchange rate: real_curve mixtures {', '.join(untrained)} are not in mixes (not trained)")
+        return None
+    pools = {"orig": load_split(prepared / "train.npz").labels}
+    for mix in cfg.mixes:
+        for source in cfg.mixtures[mix]:
+            if cfg.is_synthetic(source) and source not in pools:
+                pools[source] = syn_labels[source] if source in syn_labels else synthetic.load_synthetic(synthetic_root / source)[1]
+    sizes = [mixture_counts(cfg.mixtures[m], pools, num_classes)[0] for m in cfg.real_curve]
+    curve = [results[m]["per_seed"] for m in cfg.real_curve]
+    mixtures = {}
+    for mix in cfg.mixes:
+        if any(cfg.is_synthetic(s) for s in cfg.mixtures[mix]):
+            n_real, n_syn = mixture_counts(cfg.mixtures[mix], pools, num_classes)
+            mixtures[mix] = {"n_real": n_real, "n_syn": n_syn, "accs": results[mix]["per_seed"]}
+    exchange = exchange_rates(sizes, curve, mixtures)
+    flat = [str(s) for s, fit in zip(cfg.train.seeds, exchange["curve"]["fits"]) if fit["b"] <= 0]
+    if flat:  # a curve that does not rise says nothing about what extra images are worth
+        print(f"evaluate: no exchange rate: accuracy does not rise with real images along real_curve "
+              f"({', '.join(cfg.real_curve)}) for seed(s) {', '.join(flat)}; train longer or use more seeds")
+        return None
+    return exchange
 
 
 @exit_on_error
@@ -126,6 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     cfg = load_config(args.params)
     summary = evaluate(cfg, args.prepared, args.synthetic, args.models, args.out, args.summary, args.train_metrics, args.curves)
+    print(cached_weights_note(cached_clip()))
     width = max(len(m) for m in summary["test_acc"])
     print(f"evaluate: {cfg.model} ({cfg.train.variant}, recipe {cfg.train.recipe}, {len(cfg.train.seeds)} seed(s)), test accuracy:")
     for mix, acc in summary["test_acc"].items():

@@ -192,6 +192,7 @@ class Config:
     img2img_sets: list[str] = field(default_factory=list)  # dvc.yaml's generate_img2img@<set> matrix: every img2img set
     prompt_sets: list[str] = field(default_factory=list)  # dvc.yaml's generate_prompt@<set> matrix: prompt sets beyond syn1, syn2
     filtered_mixes: list[str] = field(default_factory=list)  # mixtures with a filter: trained after their classifier
+    real_curve: list[str] = field(default_factory=list)  # real-only mixes, accuracy vs real images: the exchange rate
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 

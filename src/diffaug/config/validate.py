@@ -120,6 +120,12 @@ def validate(cfg: Config) -> None:
         need(mix in cfg.mixtures, f"mixes[{i}]", f"unknown mixture {mix!r}; allowed: {', '.join(cfg.mixtures)}")
     need(len(set(cfg.mixes)) == len(cfg.mixes), "mixes", "lists a mixture twice")
     _validate_filters(cfg, need)
+    for i, mix in enumerate(cfg.real_curve):
+        need(mix in cfg.mixtures and set(cfg.mixtures[mix]) == {"orig"}, f"real_curve[{i}]",
+             f"got {mix!r}; allowed: a mixture that draws from orig alone")
+    curve_fractions = [cfg.mixtures[m]["orig"] for m in cfg.real_curve]
+    need(not cfg.real_curve or len(set(curve_fractions)) >= 3 and len(set(cfg.real_curve)) == len(cfg.real_curve), "real_curve",
+         "allowed: [] (off) or at least 3 distinct mixtures with distinct orig fractions (the curve has 3 parameters)")
 
     tr = cfg.train
     need(tr.recipe in tr.recipes, "train.recipe", f"got {tr.recipe!r}; allowed: {', '.join(tr.recipes) or 'a key of train.recipes'}")

@@ -39,6 +39,8 @@ def parse_args(argv):
     parser.add_argument("--classes", default="data/prepared/classes.json", help="written by the prepare stage")
     parser.add_argument("--out", required=True, help="output directory (kept between runs: resume)")
     parser.add_argument("--train", help="img2img sets only: the training split, data/prepared/train.npz")
+    parser.add_argument("--reuse", default="data/pilot", help="where `python -m diffaug.pilot` keeps the batches it made: "
+                        "batches found there with the same settings, levers and software are not made again")
     return parser.parse_args(argv)
 
 
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     label = args.set if world.size == 1 else f"{args.set} rank {world.rank}/{world.size}"
     todo = shards_to_make(out_dir, plan, world)
     if todo:
-        make_shards(cfg, plan, source, out_dir, todo, world, console, label)
+        make_shards(cfg, plan, source, out_dir, todo, world, console, label, Path(args.reuse))
     else:
         owned = sum(world.owns(k) for k in range(plan.num_shards))
         console.print(f"{label}: all {owned} shards of this process are valid; nothing to generate")
@@ -108,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def make_shards(cfg: Config, plan: Plan, source: ModelSource, out_dir: Path, todo: list[int], world, console: Console,
-                label: str) -> None:
+                label: str, reuse_root: Path | None = None) -> None:
     """Cost check, lever choice, model load, generation."""
+    from diffaug.generate.reuse import BatchCache
     from diffaug.generate.runner import generate_shards, pick_device  # torch: see main()
 
     dif = cfg.diffusion
@@ -136,8 +139,10 @@ def make_shards(cfg: Config, plan: Plan, source: ModelSource, out_dir: Path, tod
     pipe = load_pipeline(dif, source, device)
     if dif.fp8:
         apply_fp8(pipe)
+    cache = reuse_root / plan.set_name / "batches" if reuse_root is not None else None
     generate_shards(pipe, dif, levers, plan, out_dir, todo, save_full=cfg.synthetic.save_full_resolution,
-                    console=console, show_bar=world.rank == 0, label=label)
+                    console=console, show_bar=world.rank == 0, label=label,
+                    reuse=BatchCache(cache) if cache is not None and cache.is_dir() else None)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ from diffaug.errors import UserError
 from diffaug.formats import synthetic as storage
 from diffaug.generate.model import Levers, apply_speed_levers, device_label, use_inductor_cache
 from diffaug.generate.plan import Plan, human_duration
-from diffaug.generate.sampler import Sampler
+from diffaug.generate.reuse import BatchCache, Run, batch_run
+from diffaug.generate.sampler import BatchOutput, Sampler
 from diffaug.io import atomic_path
 
 
@@ -102,7 +103,7 @@ def build_sampler(pipe, dif: DiffusionConfig, levers: Levers, out_size: tuple[in
 
 
 def generate_shards(pipe, dif: DiffusionConfig, levers: Levers, plan: Plan, out_dir: Path, shards: list[int], *,
-                    save_full: bool, console: Console, show_bar: bool, label: str) -> None:
+                    save_full: bool, console: Console, show_bar: bool, label: str, reuse: BatchCache | None = None) -> None:
     sampler = build_sampler(pipe, dif, levers, plan.image_size)
     sampler.encode_prompts(plan.distinct_prompts, plan.negative_prompt)
     storage.remove_outdated_summary(out_dir)
@@ -115,12 +116,29 @@ def generate_shards(pipe, dif: DiffusionConfig, levers: Levers, plan: Plan, out_
             storage.prepare_shard_slot(out_dir, k)
             make_shard(sampler, plan, out_dir, k, batch_size=levers.batch_size, pad_batches=levers.compile,
                        max_regenerations=dif.max_regenerations, save_full=save_full, device=device,
-                       provenance=made_with, report=report, png_pool=png_pool, label=label)
+                       provenance=made_with, report=report, png_pool=png_pool, label=label, reuse=reuse)
+
+
+def sample_batch(sampler: Sampler, plan: Plan, run: Run, *, want_full: bool, made_with: dict[str, Any],
+                 reuse: BatchCache | None = None, keep: bool = False) -> BatchOutput:
+    """The sampler's output for one batch as run (padding included). With `reuse`: a batch a pilot already
+    made with these exact settings, levers and software is read back instead (generate/reuse.py); `keep`
+    (the pilot) stores what it makes there."""
+    key = BatchCache.key(plan, run, want_full, made_with) if reuse is not None else ""
+    out = reuse.get(key) if reuse is not None else None
+    if out is None:
+        gs = [g for g, _ in run]
+        init = plan.init_images(gs)  # img2img: the real source images; None for a prompt set
+        out = sampler.run_batch([plan.seed(g, a) for g, a in run], [plan.prompt(g) for g in gs], want_full=want_full,
+                                init_images=init, strengths=None if init is None else plan.strengths_of(gs))
+        if keep and reuse is not None and out.all_finite:
+            reuse.put(key, out)
+    return out
 
 
 def make_shard(sampler: Sampler, plan: Plan, out_dir: Path, k: int, *, batch_size: int, pad_batches: bool,
                max_regenerations: int, save_full: bool, device: str, provenance: dict[str, Any],
-               report: ThroughputReport, png_pool: ThreadPoolExecutor, label: str = "") -> None:
+               report: ThroughputReport, png_pool: ThreadPoolExecutor, label: str = "", reuse: BatchCache | None = None) -> None:
     """Generate shard k and write it atomically (PNGs first: a shard file implies its PNGs exist).
 
     Work is a queue of (global index, attempt); an image the safety checker flags goes back to the
@@ -142,11 +160,8 @@ def make_shard(sampler: Sampler, plan: Plan, out_dir: Path, k: int, *, batch_siz
     while queue:
         batch = [queue.popleft() for _ in range(min(batch_size, len(queue)))]
         # With torch.compile a new batch shape means a recompile: fill the last batch with repeats.
-        run = batch + [batch[-1]] * (batch_size - len(batch)) if pad_batches else batch
-        gs = [g for g, _ in run]
-        init = plan.init_images(gs)  # img2img: the real source images; None for a prompt set
-        out = sampler.run_batch([plan.seed(g, a) for g, a in run], [plan.prompt(g) for g in gs], want_full=save_full,
-                                init_images=init, strengths=None if init is None else plan.strengths_of(gs))
+        out = sample_batch(sampler, plan, batch_run(batch, batch_size, pad_batches), want_full=save_full,
+                           made_with=provenance, reuse=reuse)
         if not out.all_finite:
             raise non_finite_error(plan, k, batch_number, batch, out.finite, sampler, label)
         batch_number += 1

@@ -514,3 +514,93 @@ def fig_training_curves(ctx: Context) -> Made:
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8.5, frameon=False)
     note = f"; {missing} of {len(cfg.mixes) * seeds} cells have no log yet" if missing else ""
     return [("training_curves.png", fig, f"training curves of the workspace's {cfg.model} cells{note}")]
+
+
+# ============================================================================ beyond the paper: what a set is worth
+QUALITY_PANELS = (("syn_fd", "Fréchet distance (lower: closer)", None), ("syn_kid", "KID ± se (lower: closer)", "syn_kid_se"),
+                  ("syn_precision", "precision (realistic share)", None), ("syn_recall", "recall (covered share)", None))
+
+
+def _column(row: Result, key: str) -> dict[str, float]:
+    """A {name: number} summary column of a row, numbers only (null and missing entries left out)."""
+    col = row.summary.get(key)
+    return {k: float(v) for k, v in col.items() if isinstance(v, int | float)} if isinstance(col, dict) else {}
+
+
+def fig_synthetic_quality(ctx: Context) -> Made:
+    """FD, KID ± se, precision and recall of every synthetic set, per architecture's real-only classifier."""
+    rows = [r for r in ctx.rows if _column(r, "syn_fd")]
+    if not rows:
+        raise Skip("no result has syn_fd columns (evaluate computes them when a real-only mixture and a synthetic set are trained)")
+    sets = [s for s in ctx.cfg.synthetic_sets if any(s in _column(r, "syn_fd") for r in rows)]
+    sets += sorted({s for r in rows for s in _column(r, "syn_fd")} - set(sets))
+    fig = _figure(11, 1.2 + 0.45 * len(sets) * len(rows))
+    axes = fig.subplots(1, len(QUALITY_PANELS), sharey=True)
+    colours = _series_colours(len(rows))
+    height = 0.8 / len(rows)
+    for ax, (key, title, err_key) in zip(axes, QUALITY_PANELS):
+        for i, row in enumerate(rows):
+            values, errs = _column(row, key), _column(row, err_key) if err_key else {}
+            ys = [j + (i - (len(rows) - 1) / 2) * height for j, s in enumerate(sets) if s in values]
+            xs = [values[s] for s in sets if s in values]
+            ax.barh(ys, xs, height=height, color=colours[i], label=ctx.row_label(row),
+                    xerr=[errs.get(s, 0.0) for s in sets if s in values] if err_key else None, capsize=2)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_axisbelow(True)
+        if key in ("syn_precision", "syn_recall"):
+            ax.set_xlim(0, 1)
+    axes[0].set_yticks(range(len(sets)), sets)
+    axes[0].invert_yaxis()
+    if len(rows) > 1:
+        axes[-1].legend(fontsize=8, loc="lower right")
+    fig.suptitle("Synthetic sets against the real training images, in the real-only classifier's features", fontsize=11)
+    return [("synthetic_quality.png", fig, "Fréchet distance, KID, precision and recall of each synthetic set against the "
+             "real training images, in the penultimate-layer features of each architecture's real-only (orig100) classifier")]
+
+
+def fig_exchange_rate(ctx: Context) -> Made:
+    """Real-data accuracy against the number of real images, with every synthetic mixture placed on it."""
+    from diffaug.exchange import fit_power_law
+
+    made: Made = []
+    usable = [r for r in ctx.rows if _column(r, "n_real") and _column(r, "real_equiv") is not None]
+    for row in usable:
+        n_real, n_syn = _column(row, "n_real"), _column(row, "n_syn")
+        curve = [(n_real[m], row.acc[m]) for m in ctx.cfg.real_curve if m in n_real and m in row.acc]
+        if len(curve) < 3:
+            continue
+        fig = _figure(7.5, 4.8)
+        ax = fig.add_subplot()
+        xs, ys = zip(*sorted(curve))
+        ax.plot(xs, [y * 100 for y in ys], "o", color="#7f7f7f", label="real images only (real_curve)")
+        fit = fit_power_law(xs, ys)
+        equiv = _column(row, "real_equiv")
+        right = max([*xs, *(v for v in equiv.values())]) * 1.15
+        grid = [min(xs) * 0.8 * (right / (min(xs) * 0.8)) ** (i / 200) for i in range(201)]
+        ax.plot(grid, [fit.acc(n) * 100 for n in grid], "-", color="#7f7f7f", lw=1,
+                label=f"fit: {fit.a * 100:.1f} - {fit.b * 100:.3g}·n^-{fit.c:.2f} (%)")
+        colours = _series_colours(max(len(n_syn), 1))
+        for i, mix in enumerate(n_syn):
+            if mix not in row.acc:
+                continue
+            acc = row.acc[mix] * 100
+            start = max(n_real.get(mix, 0.0), min(xs) * 0.8)
+            if mix in equiv:
+                ax.annotate("", xy=(max(equiv[mix], min(xs) * 0.8), acc), xytext=(start, acc),
+                            arrowprops={"arrowstyle": "->", "color": colours[i], "lw": 1.2})
+                ax.plot([max(equiv[mix], min(xs) * 0.8)], [acc], "D", color=colours[i], label=f"{mix}: worth {equiv[mix]:,.0f} real")
+            else:
+                ax.plot([right], [acc], ">", color=colours[i], label=f"{mix}: beyond the curve")
+        ax.set_xscale("log")
+        ax.set_xlabel("real training images (log scale)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+        ax.set_title(f"{ctx.row_label(row)}: synthetic mixtures on the real-data curve", fontsize=11)
+        made.append((f"exchange_rate_{row.model}.png", fig,
+                     f"{ctx.row_label(row)}: each arrow runs from a mixture's real images to the real images the curve "
+                     "needs for its accuracy (its real-equivalent)"))
+    if not made:
+        raise Skip("no result has the real_curve's accuracies and real_equiv columns (set real_curve and train its mixtures)")
+    return made

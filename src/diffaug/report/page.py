@@ -18,12 +18,14 @@ from diffaug.report.figures import (
     Context,
     Skip,
     fig_classic,
+    fig_exchange_rate,
     fig_filtered,
     fig_half_half,
     fig_img2img_strength,
     fig_per_architecture,
     fig_resnet_sizes,
     fig_synthetic_only,
+    fig_synthetic_quality,
     fig_training_curves,
 )
 from diffaug.report.results import SUMMARY, parse_exp_show, run_exp_show, select_rows
@@ -31,7 +33,7 @@ from diffaug.report.results import SUMMARY, parse_exp_show, run_exp_show, select
 # Files this command owns in --out: one not written this time (its figure was skipped) is removed,
 # so report.md never sits next to a stale picture. Nothing else in --out is touched.
 OWNED_PNG = re.compile(r"^(acc_.+|resnet_sizes|half_real_half_synthetic|synthetic_only|classic_augmentation|"
-                       r"training_curves|filtered_vs_unfiltered|img2img_strength|samples_.+)\.png$")
+                       r"training_curves|filtered_vs_unfiltered|img2img_strength|samples_.+|synthetic_quality|exchange_rate_.+)\.png$")
 SECTIONS = (("Test accuracy per architecture (paper Fig. 2-6)", "acc_<model>.png", fig_per_architecture),
             ("ResNet depth", "resnet_sizes.png", fig_resnet_sizes),
             ("Half real, half synthetic", "half_real_half_synthetic.png", fig_half_half),
@@ -41,6 +43,9 @@ SECTIONS = (("Test accuracy per architecture (paper Fig. 2-6)", "acc_<model>.png
              fig_filtered),
             ("Synthetic images from real ones: img2img strength (beyond the paper: SDEdit, DA-Fusion)",
              "img2img_strength.png", fig_img2img_strength),
+            ("Synthetic data quality: distance to the real images (beyond the paper)", "synthetic_quality.png",
+             fig_synthetic_quality),
+            ("What synthetic images are worth in real images (beyond the paper)", "exchange_rate_<model>.png", fig_exchange_rate),
             ("Training curves", "training_curves.png", fig_training_curves))
 
 
@@ -100,6 +105,40 @@ def table_markdown(ctx: Context) -> tuple[str, list[str]]:
     return "\n".join(lines), list(dict.fromkeys(footnotes))
 
 
+def _num(value, fmt: str, none: str = "n/a") -> str:
+    return none if not isinstance(value, int | float) else format(value, fmt)
+
+
+def exchange_tables(ctx: Context) -> str:
+    """Per experiment row and synthetic set: what each mixture drawing from that set is worth in real images."""
+    out = []
+    generator = ctx.cfg.diffusion.model
+    for row in ctx.rows:
+        s = row.summary
+        n_real, n_syn, equiv = s.get("n_real") or {}, s.get("n_syn") or {}, s.get("real_equiv") or {}
+        if not isinstance(n_syn, dict) or not n_syn:
+            continue
+        std, rate, budget = s.get("real_equiv_std") or {}, s.get("syn_per_real") or {}, s.get("equal_budget_acc") or {}
+        by_set: dict[str, list[str]] = {}
+        for mix in n_syn:
+            drawn = [k for k in (ctx.cfg.mixtures.get(mix) or {}) if ctx.cfg.is_synthetic(k)] or ["?"]
+            by_set.setdefault(" + ".join(drawn), []).append(mix)
+        for sets, mixes in by_set.items():
+            out.append(f"**{ctx.row_label(row)}, {sets}** (generator {generator}):\n")
+            out.append("| mixture | real | synthetic | test acc | real-equivalent | synthetic per real-equivalent | "
+                       "equal budget, real only |\n|---|---|---|---|---|---|---|")
+            for mix in mixes:
+                eq = equiv.get(mix)
+                eq_text = "beyond the curve" if eq is None else f"{eq:,.0f}" + (f" ± {std[mix]:,.0f}" if isinstance(std.get(mix), int | float) else "")
+                total = (n_real.get(mix) or 0) + (n_syn.get(mix) or 0)
+                acc, at_budget = row.acc.get(mix), budget.get(mix)
+                out.append(f"| `{mix}` | {_num(n_real.get(mix), ',')} | {n_syn[mix]:,} | {_num(acc * 100 if acc is not None else None, '.2f')} | "
+                           f"{eq_text} | {_num(rate.get(mix), '.2f', 'no gain' if eq is not None else '-')} | "
+                           f"{_num(at_budget * 100 if isinstance(at_budget, int | float) else None, '.2f')} ({total:,} real) |")
+            out.append("")
+    return "\n".join(out)
+
+
 def _sources(sources: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:g}" for k, v in sources.items())
 
@@ -122,6 +161,8 @@ def write_report(ctx: Context, out: Path, source: str, notes: list[str]) -> tupl
             save_png(fig, out / name)
             figures.append(name)
             body.append(f"![{caption}]({name})\n")
+        if build is fig_exchange_rate:
+            body.append(exchange_tables(ctx) + "\n")
     body.append("## Sample images per prompt set (paper Fig. 8)\n")
     copied, sample_skips = copy_samples(ctx, out)
     for name, caption in copied:

@@ -48,6 +48,7 @@ class Result:
     acc: dict[str, float]
     std: dict[str, float] = field(default_factory=dict)
     mixtures: dict[str, dict[str, float]] | None = None  # the run's own params.yaml `mixtures`, if listed
+    summary: dict[str, Any] = field(default_factory=dict)  # the whole summary.json (quality and exchange-rate columns)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -170,7 +171,8 @@ def parse_exp_show(exp_show: Any, workspace_root: Path | None = None) -> tuple[l
             recipe=str(summary.get("recipe", train.get("recipe", "?"))),
             seeds=int(summary.get("seeds", 1)) if isinstance(summary.get("seeds"), int) else 1,
             acc=acc, std={m: s for m, s in _numbers(summary.get("test_acc_std")).items() if m in acc},
-            mixtures={str(k): _numbers(v) for k, v in mixtures.items()} if isinstance(mixtures, dict) else None))
+            mixtures={str(k): _numbers(v) for k, v in mixtures.items()} if isinstance(mixtures, dict) else None,
+            summary=summary))
     return results, notes
 
 

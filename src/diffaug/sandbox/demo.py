@@ -136,7 +136,7 @@ def make_sandbox(workdir: Path, *, mixes: list[str], epochs: int = 2, images_per
             target = target[part]
         target[leaf] = value
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (workdir / ".gitignore").write_text(f"/inputs/\n/checkpoints/\n/{STORAGE}/\n")
+    (workdir / ".gitignore").write_text(f"/inputs/\n/checkpoints/\n/{STORAGE}/\n/data/pilot/\n")
     # `make report` as the README shows it; the interpreter is named by absolute path, so it works
     # with or without the venv activated (the main Makefile also builds the venv, not needed here).
     (workdir / "Makefile").write_text(
@@ -154,7 +154,12 @@ def make_sandbox(workdir: Path, *, mixes: list[str], epochs: int = 2, images_per
     return workdir
 
 
-DEMO_MIXES = ["orig100", "orig50_syn1_50", "syn2_100", "orig100_syn1_100_syn2_100", "orig50_rot50_vflip50", "orig50_i2i50_50"]
+DEMO_MIXES = ["orig100", "orig50_syn1_50", "syn2_100", "orig100_syn1_100_syn2_100", "orig50_rot50_vflip50", "orig50_i2i50_50",
+              "orig50", "orig25"]
+# The real-data curve the exchange rate reads (docs/worth.md): three sizes, the fewest a 3-parameter curve allows.
+DEMO_REAL_CURVE = ["orig25", "orig50", "orig100"]
+# Pilot candidates: the two prompt sets, and syn2 with fewer denoising steps (a cheaper generator setting).
+DEMO_PILOT = ["syn1", "syn2", "syn2@steps=2"]
 # One filtered mixture (ALIA-style): orig50_syn1_50's draw minus the half of its syn1 images per class that the
 # orig100 classifier is least confident about; stages filter@<mix>, then train_filtered@resnet18-<mix>.
 DEMO_FILTERED = {"mixtures.orig50_syn1_50_conf": {"orig": 0.5, "syn1": 0.5, "filter": {"by": "confidence", "keep_fraction": 0.5}},
@@ -165,8 +170,11 @@ def build_demo(workdir: Path, *, epochs: int, real_per_class: int, mixes: list[s
                images_per_class: int = 6, quiet: bool = False, filtered: bool = True) -> Path:
     """What `make demo` does: the sandbox, `dvc repro`, the results committed as the `main` baseline,
     `dvc push` to the sandbox's own remote. With quiet=False dvc's output streams to the terminal."""
+    overrides: dict = dict(DEMO_FILTERED) if filtered and "orig100" in mixes else {}
+    if set(DEMO_REAL_CURVE) <= set(mixes):
+        overrides["real_curve"] = DEMO_REAL_CURVE
     make_sandbox(workdir, mixes=mixes, epochs=epochs, per_class_real=real_per_class, images_per_class=images_per_class,
-                 overrides=DEMO_FILTERED if filtered and "orig100" in mixes else None)
+                 overrides=overrides or None)
     say = (lambda msg: None) if quiet else (lambda msg: print(msg, flush=True))
     for cmd in (["dvc", "repro"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "baseline: dvc repro of the tiny pipeline"],
                 ["dvc", "push"]):
@@ -183,6 +191,39 @@ def build_demo(workdir: Path, *, epochs: int, real_per_class: int, mixes: list[s
     return workdir
 
 
+def exchange_table(summary: dict) -> str:
+    """The exchange-rate columns of a summary.json as a Markdown table (docs/worth.md explains them)."""
+    lines = ["| mixture | real | synthetic | test acc | real-equivalent | synthetic per real-equivalent | equal budget, real only |",
+             "|---|---|---|---|---|---|---|"]
+    for mix, n_syn in (summary.get("n_syn") or {}).items():
+        equiv, rate, budget = summary["real_equiv"].get(mix), summary["syn_per_real"].get(mix), summary["equal_budget_acc"].get(mix)
+        lines.append(f"| {mix} | {summary['n_real'][mix]} | {n_syn} | {summary['test_acc'][mix]:.3f} | "
+                     f"{'beyond the curve' if equiv is None else equiv} | "
+                     f"{('no gain' if equiv is not None else '-') if rate is None else rate} | {budget:.3f} |")
+    return "\n".join(lines)
+
+
+def show_worth(workdir: Path) -> None:
+    """What `make demo` adds beyond the paper: quality columns, a pilot ranking, the exchange rate."""
+    import json
+
+    print("demo: synthetic-set quality columns (dvc exp show; docs/worth.md):", flush=True)
+    shown = run(["dvc", "exp", "show", "--md", "--drop", ".*", "--keep", "Experiment|syn_(recognised|fd|kid|kid_se|precision|recall)\\."],
+                workdir, check=False)
+    print(shown.stdout)
+    summary = json.loads((workdir / "metrics" / "summary.json").read_text())
+    if summary.get("n_syn"):
+        print(f"demo: exchange rate against the real curve {', '.join(DEMO_REAL_CURVE)} (metrics/evaluate/exchange_rate.json):")
+        print(exchange_table(summary) + "\n")
+    else:
+        print("demo: no exchange-rate table this time: the toy real curve did not rise with more real images "
+              "(evaluate said so above); `make demo` with its default 10 epochs usually gets one\n")
+    print(f"demo: python -m diffaug.pilot {' '.join(DEMO_PILOT)} --per-class 4", flush=True)
+    pilot = run([sys.executable, "-m", "diffaug.pilot", *DEMO_PILOT, "--per-class", "4"], workdir, check=False)
+    print(pilot.stdout)
+    print(f"demo: pilot samples in {workdir / 'data' / 'pilot' / 'samples.png'}. {BANNER}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Run the whole pipeline offline on tiny data (numbers mean nothing).")
     ap.add_argument("--workdir", type=Path, default=REPO_ROOT / "demo",
@@ -195,8 +236,9 @@ def main(argv: list[str] | None = None) -> None:
     print(BANNER, flush=True)
     print(f"demo: building a scratch repository in {args.workdir} (random-weight Stable Diffusion, toy data)", flush=True)
     build_demo(args.workdir, epochs=args.epochs, real_per_class=args.real_per_class)
-    shown = run(["dvc", "exp", "show", "--md", "--drop", ".*", "--keep", "Experiment|model$|test_acc|syn_recognised"], args.workdir, check=False)
+    shown = run(["dvc", "exp", "show", "--md", "--drop", ".*", "--keep", "Experiment|model$|test_acc\\."], args.workdir, check=False)
     print(shown.stdout)
+    show_worth(args.workdir)
     print(f"demo: done in {time.time() - start:.0f} s; outputs in {args.workdir} (metrics/summary.json, data/synthetic/*/samples.png)")
     where = os.path.relpath(args.workdir)
     venv = os.path.relpath(Path(sys.prefix), args.workdir)

@@ -1,0 +1,89 @@
+"""Batches made ahead of the full run (by `python -m diffaug.pilot`), reused by it: the one seam between them.
+
+An image's bytes depend on the batch it was made in (batch size, the other images beside it, padding),
+so what is stored is the sampler's whole output for one exact batch, under a key of everything that
+decides those bytes:
+
+    sha256_json({"settings": plan.settings_hash,           # pixels, prompts, seeds, layout, model
+                 "run": [[g, attempt], ...],               # the batch as run, padding included
+                 "want_full": save_full_resolution,
+                 "made_with": runner.provenance(levers, device)})  # levers, device, GPU, torch, diffusers
+
+The full run (runner.make_shard) looks each batch up before running it; a hit is used as if the sampler
+had just returned it, so a set made after a pilot is byte-identical to one made without: the same
+batches go through the same post-processing. A miss (other settings, levers, device or software, or a
+batch that regenerations filled differently) is simply generated. Entries are never deleted by the
+full run: the pilot's folder stays its record, and `rm -r data/pilot` drops it.
+
+`pilot_batches` says which batches the full run will make first for a set of wanted images: a shard's
+queue is `plan.work_order(span)`, cut into batch_size chunks from its start; regenerations go to the end
+of the queue, so every chunk before the last is the full run's batch whatever the safety checker flags.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffaug.generate.plan import Plan
+from diffaug.io import save_npz_atomic, sha256_json
+
+Run = list[tuple[int, int]]  # (global index, attempt) per row of a batch, padding included
+
+
+def batch_run(batch: Run, batch_size: int, pad: bool) -> Run:
+    """The batch as the sampler runs it: with torch.compile the last batch is filled with repeats (one shape)."""
+    return batch + [batch[-1]] * (batch_size - len(batch)) if pad else batch
+
+
+def pilot_batches(plan: Plan, wanted: set[int], batch_size: int) -> list[Run]:
+    """The first-pass batches of the full run (attempt 0, unpadded) that hold any image of `wanted`."""
+    out: list[Run] = []
+    shards = sorted({g // plan.images_per_shard for g in wanted})
+    for k in shards:
+        order = plan.work_order(plan.shard_range(k))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            if wanted.intersection(chunk):
+                out.append([(g, 0) for g in chunk])
+    return out
+
+
+class BatchCache:
+    """Sampler outputs of whole batches under `root`, one .npz per batch key."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @staticmethod
+    def key(plan: Plan, run: Run, want_full: bool, made_with: dict[str, Any]) -> str:
+        return sha256_json({"settings": plan.settings_hash, "run": [[int(g), int(a)] for g, a in run],
+                            "want_full": bool(want_full), "made_with": made_with})
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key[:32]}.npz"
+
+    def get(self, key: str):
+        """The stored BatchOutput for `key`, or None."""
+        from diffaug.generate.sampler import BatchOutput
+
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["key"]) != key:
+                    return None
+                return BatchOutput(small=z["small"], full=z["full"] if "full" in z.files else None,
+                                   flagged=[bool(f) for f in z["flagged"]], finite=z["finite"] if "finite" in z.files else None)
+        except (OSError, ValueError, KeyError):  # a truncated or foreign file is a miss, never an image
+            return None
+
+    def put(self, key: str, out) -> None:
+        arrays: dict[str, Any] = {"key": np.array(key), "small": out.small, "flagged": np.asarray(out.flagged, bool)}
+        if out.full is not None:
+            arrays["full"] = out.full
+        if out.finite is not None:
+            arrays["finite"] = out.finite
+        save_npz_atomic(self.path(key), **arrays)

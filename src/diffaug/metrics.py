@@ -1,0 +1,179 @@
+"""Distances between a synthetic and a real image set, on feature arrays (N x D), with no download.
+
+  frechet_distance   ||mu_r - mu_s||^2 + tr(S_r) + tr(S_s) - 2 tr((S_r S_s)^1/2) of the two feature
+                     Gaussians (Heusel et al. 2017: FID when the features are Inception's pool3).
+  kid                the unbiased MMD^2 with the cubic polynomial kernel k(x, y) = (x.y / D + 1)^3,
+                     averaged over random subsets (Binkowski et al. 2018; as clean-fid and
+                     torch-fidelity compute it), and the standard deviation of the estimate over
+                     those subsets: the standard error of a KID measured on `subset_size` images.
+  precision_recall   Kynkaenniemi et al. 2019: each set's manifold is the union of balls around its
+                     features, radius the distance to the k-th nearest neighbour (k = 3) in that set.
+                     Precision: the share of synthetic features inside the real manifold (are the
+                     images realistic?). Recall: the share of real features inside the synthetic
+                     manifold (does the set cover the real variety?).
+  set_quality        all of the above, overall and per class.
+
+Pure numpy / torch (no scipy): the matrix square root's trace comes from the eigenvalues of the
+symmetric product S_r^1/2 S_s S_r^1/2, which has the same spectrum as S_r S_s. Everything is
+float64 for the Fréchet distance (it subtracts large, nearly equal traces) and float32 in chunks for
+the pairwise distances. Random subsets use a numpy Generator with a fixed seed: same input, same numbers.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+K_NEIGHBOURS = 3        # Kynkaenniemi et al.'s default
+KID_SUBSETS = 100       # clean-fid / torch-fidelity defaults
+KID_SUBSET_SIZE = 1000
+CHUNK = 4096            # rows per block of the pairwise-distance matrices (memory, not results)
+
+
+def _as64(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or len(x) < 2:
+        raise ValueError(f"features: expected an (N >= 2, D) array, got shape {x.shape}")
+    return x
+
+
+def _sqrt_psd(m: np.ndarray) -> np.ndarray:
+    """Square root of a symmetric positive semi-definite matrix (negative rounding noise clipped)."""
+    w, v = np.linalg.eigh((m + m.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def frechet_from_moments(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
+    root1 = _sqrt_psd(s1)
+    cross = np.linalg.eigvalsh(root1 @ s2 @ root1)
+    tr_sqrt = float(np.sqrt(np.clip(cross, 0, None)).sum())
+    diff = mu1 - mu2
+    return max(float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt), 0.0)
+
+
+def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (unbiased covariances)."""
+    a, b = _as64(real), _as64(fake)
+    return frechet_from_moments(a.mean(0), np.cov(a, rowvar=False).reshape(a.shape[1], -1),
+                                b.mean(0), np.cov(b, rowvar=False).reshape(b.shape[1], -1))
+
+
+def _kernel_sums(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(sum, trace) of the cubic polynomial kernel matrix between the rows of x and y. Entries in
+    float32 (relative error ~1e-7, far below any KID worth reading), accumulated in float64."""
+    k = torch.addmm(torch.ones(()), x, y.T, alpha=1.0 / x.shape[1])
+    k = k * k * k
+    return float(k.sum(dtype=torch.float64)), float(k.diagonal().sum(dtype=torch.float64))
+
+
+def _mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> float:
+    m, n = len(x), len(y)
+    sxx, txx = _kernel_sums(x, x)
+    syy, tyy = _kernel_sums(y, y)
+    sxy, _ = _kernel_sums(x, y)
+    return (sxx - txx) / (m * (m - 1)) + (syy - tyy) / (n * (n - 1)) - 2 * sxy / (m * n)
+
+
+def kid(real: np.ndarray, fake: np.ndarray, subsets: int = KID_SUBSETS, subset_size: int = KID_SUBSET_SIZE,
+        seed: int = 0) -> tuple[float, float]:
+    """(KID, its standard error): the mean and standard deviation of the unbiased MMD^2 over `subsets`
+    random subsets of min(subset_size, len(real), len(fake)) images of each set (drawn without replacement)."""
+    a, b = (torch.from_numpy(_as64(x).astype(np.float32)) for x in (real, fake))
+    m = min(subset_size, len(a), len(b))
+    rng = np.random.default_rng(seed)
+    values = np.array([_mmd2_unbiased(a[rng.choice(len(a), m, replace=False)], b[rng.choice(len(b), m, replace=False)])
+                       for _ in range(subsets)])
+    return float(values.mean()), float(values.std(ddof=1)) if subsets > 1 else 0.0
+
+
+def _kth_neighbour_radii(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Distance of each row of x to its k-th nearest other row."""
+    radii = []
+    for start in range(0, len(x), CHUNK):
+        d = torch.cdist(x[start:start + CHUNK], x)
+        radii.append(d.kthvalue(k + 1, dim=1).values)  # the 1st smallest is the row itself (distance 0)
+    return torch.cat(radii)
+
+
+def _inside_manifold(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
+    """For each point: whether it lies within radius of at least one centre."""
+    inside = []
+    for start in range(0, len(points), CHUNK):
+        d = torch.cdist(points[start:start + CHUNK], centres)
+        inside.append((d <= radii[None, :]).any(dim=1))
+    return torch.cat(inside)
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = K_NEIGHBOURS) -> tuple[float, float]:
+    """(precision, recall) of the fake set against the real one (Kynkaenniemi et al. 2019)."""
+    if len(real) <= k or len(fake) <= k:
+        raise ValueError(f"precision/recall with k={k} needs more than {k} features per set, got {len(real)} and {len(fake)}")
+    r = torch.from_numpy(np.ascontiguousarray(real, dtype=np.float32))
+    f = torch.from_numpy(np.ascontiguousarray(fake, dtype=np.float32))
+    precision = _inside_manifold(f, r, _kth_neighbour_radii(r, k)).double().mean().item()
+    recall = _inside_manifold(r, f, _kth_neighbour_radii(f, k)).double().mean().item()
+    return float(precision), float(recall)
+
+
+def _subsample(x: np.ndarray, labels: np.ndarray, limit: int | None, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    if limit is None or len(x) <= limit:
+        return x, labels
+    keep = np.sort(rng.choice(len(x), limit, replace=False))
+    return x[keep], labels[keep]
+
+
+def _all_metrics(real: np.ndarray, fake: np.ndarray, seed: int, subsets: int, subset_size: int, k: int) -> dict[str, float]:
+    kid_value, kid_se = kid(real, fake, subsets=subsets, subset_size=subset_size, seed=seed)
+    precision, recall = precision_recall(real, fake, k)
+    return {"fd": frechet_distance(real, fake), "kid": kid_value, "kid_se": kid_se, "precision": precision,
+            "recall": recall, "n_real": int(len(real)), "n_synthetic": int(len(fake))}
+
+
+def set_quality(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray, fake_labels: np.ndarray,
+                classes: Sequence[str], *, max_samples: int | None = 10000, seed: int = 0, subsets: int = KID_SUBSETS,
+                subset_size: int = KID_SUBSET_SIZE, k: int = K_NEIGHBOURS) -> dict[str, Any]:
+    """{"overall": {fd, kid, kid_se, precision, recall, n_real, n_synthetic}, "per_class": {class: {...}}}.
+
+    Each side is first reduced to at most `max_samples` features by a seeded draw (precision/recall
+    cost grows with n_real x n_synthetic); per class, the class's features within that draw. A class
+    with k or fewer features on either side gets no entry (its k-NN radii are undefined).
+    """
+    rng = np.random.default_rng(seed)
+    real, real_labels = _subsample(np.asarray(real), np.asarray(real_labels), max_samples, rng)
+    fake, fake_labels = _subsample(np.asarray(fake), np.asarray(fake_labels), max_samples, rng)
+    out: dict[str, Any] = {"overall": _all_metrics(real, fake, seed, subsets, subset_size, k), "per_class": {}}
+    for c, name in enumerate(classes):
+        r, f = real[real_labels == c], fake[fake_labels == c]
+        if len(r) > k and len(f) > k:
+            out["per_class"][name] = _all_metrics(r, f, seed, subsets, subset_size, k)
+    return out
+
+
+def penultimate_features(classifier: torch.nn.Module, images: np.ndarray, batch_size: int,
+                         device: str | torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """(features, logits) of a trained classifier (formats.classifier.ImageClassifier: uint8 NHWC pixels
+    in) on `images`: the features are the input of its last Linear layer, the penultimate layer.
+
+    Test-time flipping is off here, so each image gives one feature vector and its own logits.
+    """
+    heads = [m for m in classifier.modules() if isinstance(m, torch.nn.Linear)]
+    if not heads:
+        raise ValueError("penultimate_features: the classifier has no Linear layer")
+    grabbed: list[torch.Tensor] = []
+    hook = heads[-1].register_forward_hook(lambda _m, inp, _out: grabbed.append(inp[0].detach().float().flatten(1).cpu()))
+    tta = getattr(classifier, "tta_hflip", False)
+    logits = []
+    try:
+        classifier.tta_hflip = False  # type: ignore[assignment]
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device).permute(0, 3, 1, 2)
+                logits.append(classifier(batch).float().cpu())
+    finally:
+        hook.remove()
+        classifier.tta_hflip = tta  # type: ignore[assignment]
+    if not logits:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+    return torch.cat(grabbed).numpy(), torch.cat(logits).numpy()
