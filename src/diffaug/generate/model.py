@@ -1,25 +1,23 @@
-"""The model: where its weights come from, their fingerprint, loading, and the levers applied to it.
+"""The model: where its weights come from, their fingerprint, its family, loading, and the levers.
 
-`diffusion.model` is a hub id (CompVis/stable-diffusion-v1-4) or a directory written by
-`save_pretrained`; both are loaded by the same `StableDiffusionPipeline.from_pretrained` call.
+`diffusion.model` is a hub id or a directory written by `save_pretrained`; both go through the same
+`from_pretrained` call of diffusers' own pipeline for the family its `model_index.json` names
+(`AutoPipelineForText2Image`, `DiTPipeline` for class-conditional models), and an img2img set gets
+its twin from `AutoPipelineForImage2Image.from_pipe` (the same components, no second load).
 `resolve_model` runs once, before the plan is built: a local directory is fingerprinted by content,
 a hub id is pinned to one snapshot commit (the cached one, or downloaded first when none is cached),
-and that commit is what `load_pipeline` loads. The fingerprint is part of the settings hash, so
-swapping the weights behind an unchanged name still invalidates old shards.
+and that commit is what `load_pipeline` loads. The fingerprint is part of the settings hash.
 
-Speed levers (`choose_levers`, `apply_speed_levers`) never change which images are meant; where
-they move low-order float bits the shard's provenance records them. Approximate levers (`fp8`,
-`deep_cache`) change the images and are pixel settings (in the settings hash); both are off unless
-params.yaml asks for them.
+Speed levers (`choose_levers`, `apply_levers`) never change which images are meant; where they move
+low-order float bits the shard's provenance records them. Approximate levers (`fp8`, `cache`) change
+the images and are pixel settings (in the settings hash); both are off unless params.yaml asks.
 
 torch, diffusers and huggingface_hub are imported inside the functions that need them: the CLI
-checks params and the model source first and fails in well under a second, instead of after the
-several seconds those imports take.
+checks params and the model source first and fails in well under a second.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import warnings
@@ -29,6 +27,7 @@ from typing import Any
 
 from diffaug.config import DiffusionConfig
 from diffaug.errors import UserError
+from diffaug.generate.families import ModelInfo, read_model_info
 from diffaug.generate.plan import compile_pays_after
 from diffaug.io import sha256_file
 
@@ -57,27 +56,23 @@ def check_model_source(dif: DiffusionConfig) -> Path | None:
     path = local_model_dir(dif.model)
     if path is None:
         return None
-    index = path / "model_index.json"
-    if not path.is_dir() or not index.is_file():
+    if not path.is_dir() or not (path / "model_index.json").is_file():
         raise UserError(f"diffusion.model: {model_label(dif)} has no model_index.json; allowed: a directory written "
-                        "by StableDiffusionPipeline.save_pretrained, or a hub id")
-    try:
-        components = json.loads(index.read_text())
-    except ValueError as e:
-        raise UserError(f"{index}: not valid JSON ({e})") from None
-    if dif.safety_checker and not _has_component(components, "safety_checker"):
-        raise missing_safety_checker_error(dif)
-    if dif.variant is not None:
-        unet = path / "unet"
-        if not any(f".{dif.variant}." in p.name for p in unet.glob("*")):
-            raise UserError(f"diffusion.variant: no {dif.variant!r} weights in {unet}; set diffusion.variant: null "
-                            "to load the default weight files")
+                        "by a diffusers pipeline's save_pretrained, or a hub id")
     return path
 
 
-def _has_component(components: dict, name: str) -> bool:
-    entry = components.get(name)
-    return isinstance(entry, list) and len(entry) == 2 and all(entry)
+def check_model_files(folder: Path, dif: DiffusionConfig) -> ModelInfo:
+    """The family of the model in `folder`, after checking the safety checker and weight variant exist."""
+    info = read_model_info(folder, dif.model)
+    if dif.safety_checker and info.family.safety_checker and not info.has_safety_checker:
+        raise missing_safety_checker_error(dif)
+    if dif.variant is not None:
+        weights = folder / info.family.denoiser
+        if weights.is_dir() and not any(f".{dif.variant}." in p.name for p in weights.glob("*")):
+            raise UserError(f"diffusion.variant: no {dif.variant!r} weights in {weights}; set diffusion.variant: null "
+                            "to load the default weight files")
+    return info
 
 
 def missing_safety_checker_error(dif: DiffusionConfig) -> UserError:
@@ -107,6 +102,16 @@ class ModelSource:
     revision: str | None
     fingerprint: str
 
+    def folder(self) -> Path:
+        """Where its model_index.json and configs are: the directory, or the hub snapshot in the cache."""
+        if self.revision is None:
+            return Path(self.load_from)
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(self.load_from, "model_index.json", revision=self.revision)
+        assert isinstance(cached, str), "resolve_model pinned a cached snapshot"
+        return Path(cached).parent
+
 
 def cached_hub_commit(model: str, revision: str | None) -> str | None:
     """The commit of the snapshot of `model` at `revision` in the local hub cache, or None."""
@@ -118,11 +123,11 @@ def cached_hub_commit(model: str, revision: str | None) -> str | None:
 
 def download_hub_snapshot(dif: DiffusionConfig) -> str:
     """Download the files the pipeline needs (this variant only) and return the snapshot's commit."""
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
 
     quiet_libraries()
     try:
-        folder = StableDiffusionPipeline.download(dif.model, revision=dif.revision, variant=dif.variant)
+        folder = DiffusionPipeline.download(dif.model, revision=dif.revision, variant=dif.variant)
     except Exception as e:  # hub unreachable, unknown repo or revision: all are "cannot download"
         raise _cannot_load(dif, e) from None
     return Path(folder).name
@@ -160,22 +165,29 @@ def _cannot_load(dif: DiffusionConfig, e: Exception) -> UserError:
                      "allowed: a hub id reachable or in the local cache, or a directory written by save_pretrained")
 
 
-def load_pipeline(dif: DiffusionConfig, source: ModelSource, device):
-    from diffusers import StableDiffusionPipeline
+def load_pipeline(dif: DiffusionConfig, source: ModelSource, info: ModelInfo, device, *, img2img: bool = False):
+    """The family's stock pipeline on `device` (or with model CPU offload), its img2img twin for img2img sets."""
+    import diffusers
 
     quiet_libraries()
     kwargs: dict[str, Any] = dict(revision=source.revision, variant=dif.variant, torch_dtype=torch_dtype(dif.dtype))
-    if not dif.safety_checker:  # do not even load its 1.2 GB
+    if info.family.safety_checker and not dif.safety_checker:  # do not even load its 1.2 GB
         kwargs.update(safety_checker=None, requires_safety_checker=False)
+    cls = diffusers.DiTPipeline if info.family.name == "dit" else diffusers.AutoPipelineForText2Image
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch_dtype is being renamed to dtype
-            pipe = StableDiffusionPipeline.from_pretrained(source.load_from, **kwargs)
+            pipe = cls.from_pretrained(source.load_from, **kwargs)
     except Exception as e:  # hub unreachable, missing files, corrupt weights: all are "cannot load"
         raise _cannot_load(dif, e) from None
-    if dif.safety_checker and (pipe.safety_checker is None or pipe.feature_extractor is None):
+    if dif.safety_checker and (getattr(pipe, "safety_checker", None) is None or pipe.feature_extractor is None):
         raise missing_safety_checker_error(dif)
-    pipe = pipe.to(device)
+    if img2img:
+        pipe = diffusers.AutoPipelineForImage2Image.from_pipe(pipe)
+    if dif.cpu_offload and device.type == "cuda":
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -193,7 +205,7 @@ def device_label(device) -> str:
 class Levers:
     """The speed levers a run uses, resolved for its device and size; `reason` says why compile is on/off."""
 
-    batch_size: int = 32
+    batch_size: int | str = 32
     fuse_qkv: bool = True
     channels_last: bool = False
     compile: bool = False
@@ -244,15 +256,58 @@ def use_inductor_cache(root: Path | None = None) -> Path:
     return folder
 
 
-def apply_speed_levers(pipe, *, channels_last: bool, fuse_qkv: bool) -> None:
-    """Levers that change speed, not which images are made (low-order float bits aside)."""
+def denoiser(pipe):
+    """The network run at every step: the UNet or the transformer."""
+    return pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
+
+
+def apply_levers(pipe, levers: Levers, *, fp8: bool = False, compile_backend: str = "inductor") -> None:
+    """Fused QKV, channels_last, fp8 (after fusion, so the fused projections are quantized too) and
+    torch.compile of the denoiser; the order matters."""
     import torch
 
-    if fuse_qkv:  # one matmul for Q, K and V in self-attention, K and V in cross-attention
-        pipe.fuse_qkv_projections(unet=True, vae=True)
-    if channels_last:  # NHWC convolutions (measured slower eager on an H100: off by default, issue 10)
-        pipe.unet.to(memory_format=torch.channels_last)
+    net = denoiser(pipe)
+    if levers.fuse_qkv:  # one matmul for Q, K and V (and K, V in cross-attention)
+        for module in (net, pipe.vae):
+            if hasattr(module, "fuse_qkv_projections"):
+                module.fuse_qkv_projections()
+    if levers.channels_last:  # NHWC convolutions (measured slower eager on an H100: off by default)
+        net.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
+    if fp8:
+        apply_fp8(net)
+    if levers.compile:
+        if compile_backend == "inductor":
+            use_inductor_cache()
+        compile_denoiser(net, levers.inductor_mode if levers.compile else "default", compile_backend)
+
+
+def compile_denoiser(net, mode: str, backend: str = "inductor") -> None:
+    """torch.compile the denoiser's forward in place. With CUDA graphs (reduce-overhead) every call starts a
+    new graph step and returns copies: the schedulers keep past outputs, which the next replay overwrites."""
+    import torch
+    from torch.utils._pytree import tree_map_only
+
+    compiled = (torch.compile(net.forward, backend=backend) if backend != "inductor"
+                else torch.compile(net.forward, mode=None if mode == "default" else mode))
+    graphs = mode in ("reduce-overhead", "max-autotune")
+
+    def forward(*args, **kwargs):
+        if not graphs:
+            return compiled(*args, **kwargs)
+        torch.compiler.cudagraph_mark_step_begin()
+        return tree_map_only(torch.Tensor, torch.clone, compiled(*args, **kwargs))
+
+    net.forward = forward
+
+
+def apply_cache(pipe, kind: str) -> None:
+    """diffusers' FirstBlockCache on the transformer (approximate): a step whose first block's output barely
+    moved reuses the other blocks' cached residuals."""
+    from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
+
+    if kind == "first_block":
+        apply_first_block_cache(denoiser(pipe), FirstBlockCacheConfig())
 
 
 def fp8_unavailable_reason(device) -> str | None:
@@ -270,8 +325,8 @@ def fp8_unavailable_reason(device) -> str | None:
     return None
 
 
-def apply_fp8(pipe) -> None:
-    """Float8 (e4m3) dynamic row-wise scaled matmuls in the UNet's linear layers (torchao); approximate."""
+def apply_fp8(net) -> None:
+    """Float8 (e4m3) dynamic row-wise scaled matmuls in the denoiser's linear layers (torchao); approximate."""
     from torchao.quantization import quantize_
 
     try:
@@ -282,4 +337,4 @@ def apply_fp8(pipe) -> None:
         from torchao.quantization import PerRow, float8_dynamic_activation_float8_weight
 
         config = float8_dynamic_activation_float8_weight(granularity=PerRow())
-    quantize_(pipe.unet, config)
+    quantize_(net, config)

@@ -21,6 +21,11 @@ image index i. Only int(steps * strength) denoising steps run. The train split's
 settings hash: another split invalidates every shard. The seed of image g is `image_seed` as above,
 and reproduces it in plain diffusers: `StableDiffusionImg2ImgPipeline(**pipe.components)(prompt,
 image=<the upsampled source>, strength=s, generator=torch.Generator("cpu").manual_seed(seed))`.
+
+The model family (generate/families.py) fills in the diffusion settings params.yaml leaves null; the
+plan holds the resolved `diffusion` settings, and its hash records them and (for any family but SD,
+whose sets predate families) the family. A class-conditional (DiT) set takes ImageNet ids instead
+of prompts: image i of class c gets `class_ids[c][i % len(class_ids[c])]`.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ from diffaug.config import Config, DiffusionConfig, Img2ImgSet
 from diffaug.errors import ConfigError, UserError
 from diffaug.formats.splits import Split
 from diffaug.formats.synthetic import FORMAT, SetLayout
+from diffaug.generate.families import FAMILIES, ModelInfo, resolve_defaults
 from diffaug.io import sha256_json
 
 # How a 512² image becomes a dataset-size one; part of the hash because it changes pixels.
@@ -47,11 +53,13 @@ IMG2IMG_METHOD = "diffusers img2img: vae latent_dist.sample(generator), scaling_
 SOURCE_SELECTION = "per class: train rows in order (images_per_class null) or sha256-seeded permutation, cycled"
 
 # Every DiffusionConfig field is in exactly one of these (a test keeps it so when knobs are added).
-# deep_cache and fp8 are approximations: they change the images, so they are pixel settings.
+# cache and fp8 are approximations: they change the images, so they are pixel settings (deep_cache is
+# the removed lever's key, only ever 0).
 PIXEL_SETTINGS = ("model", "revision", "variant", "dtype", "resolution", "guidance_scale", "steps",
-                  "scheduler", "seed", "safety_checker", "max_regenerations", "deep_cache", "fp8")
+                  "scheduler", "seed", "safety_checker", "max_regenerations", "deep_cache", "fp8", "cache")
+APPROXIMATE = ("deep_cache", "fp8", "cache")
 SPEED_SETTINGS = ("batch_size", "channels_last", "fuse_qkv", "compile", "compile_mode", "cuda_graphs", "attention",
-                  "device", "allow_cpu")
+                  "device", "allow_cpu", "cpu_offload")
 
 
 def image_seed(diffusion_seed: int, set_name: str, class_name: str, index: int, attempt: int = 0) -> int:
@@ -69,7 +77,17 @@ class Plan(SetLayout):
     negative_prompt: str | None = None
     diffusion_seed: int = 0
 
+    family: str = "sd"
+    diffusion: Any = field(default=None, compare=False, repr=False)  # the resolved DiffusionConfig
+    class_ids: tuple[tuple[int, ...], ...] = ()  # class-conditional sets: ImageNet ids per class
+
+    def class_id(self, g: int) -> int:
+        c, i = self.class_and_index(g)
+        return self.class_ids[c][i % len(self.class_ids[c])]
+
     def prompt(self, g: int) -> str:
+        if self.class_ids:
+            return f"imagenet class {self.class_id(g)}"
         c, i = self.class_and_index(g)
         return self.templates[i % len(self.templates)].format(label=self.words[c])
 
@@ -85,6 +103,8 @@ class Plan(SetLayout):
     @property
     def distinct_prompts(self) -> list[str]:
         """Every prompt of the set once, in a fixed order (so every process encodes the same batch)."""
+        if self.class_ids:
+            return []
         seen = dict.fromkeys(t.format(label=w) for w in self.words for t in self.templates)
         return list(seen)
 
@@ -151,15 +171,39 @@ def _choose_sources(labels: np.ndarray, classes: list[str], spec: Img2ImgSet, se
     return n, rows_out
 
 
-def diffusion_settings(dif: DiffusionConfig, model_fingerprint: str | None) -> dict[str, Any]:
+def diffusion_settings(dif: DiffusionConfig, model_fingerprint: str | None, family: str = "sd") -> dict[str, Any]:
     values = dataclasses.asdict(dif)
     settings = {k: values[k] for k in PIXEL_SETTINGS}
     # Approximate levers enter the hash only when on, so sets made before they existed stay valid.
-    for key in ("deep_cache", "fp8"):
-        if not settings[key]:
+    for key in APPROXIMATE:
+        if settings[key] in (0, False, "none"):
             del settings[key]
+    if family != "sd":  # SD sets were made before families existed: their hash stays as it was
+        settings["family"] = family
     settings["model_fingerprint"] = model_fingerprint
     return settings
+
+
+def resolve_diffusion(cfg: Config, info: ModelInfo | None) -> tuple[DiffusionConfig, str]:
+    """The diffusion settings that run (family defaults for nulls) and the family; without model info
+    (no model directory at hand, e.g. a test) the SD family at 512²."""
+    if info is None:
+        info = ModelInfo(FAMILIES["sd"], "StableDiffusionPipeline", 512, has_safety_checker=True)
+    return resolve_defaults(cfg.diffusion, info), info.family.name
+
+
+def _class_ids(cfg: Config, set_name: str, classes: list[str], family: str) -> tuple[tuple[int, ...], ...]:
+    spec = cfg.synthetic.sets[set_name]
+    ids = getattr(spec, "class_ids", None)
+    if family != "dit":
+        return ()
+    key = f"synthetic.sets.{set_name}.class_ids"
+    ids = ids or {}
+    for c in classes:
+        if c not in ids:
+            raise UserError(f"{key}.{c}: class {c!r} has no ImageNet id; a class-conditional model (DiT) needs one or "
+                            f"more ids per dataset class, e.g. {key}: {{{c}: [404]}}")
+    return tuple(tuple(ids[c]) if isinstance(ids[c], list) else (int(ids[c]),) for c in classes)
 
 
 def prompt_words(cfg: Config, classes: list[str]) -> tuple[str, ...]:
@@ -168,15 +212,24 @@ def prompt_words(cfg: Config, classes: list[str]) -> tuple[str, ...]:
 
 
 def build_plan(cfg: Config, set_name: str, classes: list[str], image_size: tuple[int, int],
-               model_fingerprint: str | None, train: Split | None = None, train_sha256: str | None = None) -> Plan:
-    """The plan of set `set_name`; an img2img set also needs the train split and its file's sha256."""
+               model_fingerprint: str | None, train: Split | None = None, train_sha256: str | None = None,
+               info: ModelInfo | None = None) -> Plan:
+    """The plan of set `set_name`; an img2img set also needs the train split and its file's sha256.
+    `info` (families.read_model_info) gives the family and its defaults for null diffusion settings."""
+    dif, family = resolve_diffusion(cfg, info)
+    cfg = dataclasses.replace(cfg, diffusion=dif)
     prompts = cfg.synthetic.sets[set_name]
     if isinstance(prompts, Img2ImgSet):
         if train is None or train_sha256 is None:
             raise UserError(f"{set_name}: an img2img set needs --train data/prepared/train.npz (its real source images)")
-        return _img2img_plan(cfg, set_name, prompts, classes, image_size, model_fingerprint, train, train_sha256)
+        return _img2img_plan(cfg, set_name, prompts, classes, image_size, model_fingerprint, train, train_sha256, family)
     words = prompt_words(cfg, classes)
+    class_ids = _class_ids(cfg, set_name, classes, family)
     syn = cfg.synthetic
+    described: dict[str, Any] = {"templates": prompts.templates, "words": dict(zip(classes, words)),
+                                 "negative_prompt": prompts.negative_prompt}
+    if class_ids:
+        described = {"class_ids": {c: list(ids) for c, ids in zip(classes, class_ids)}}
     settings = {
         "format": FORMAT,
         "set": set_name,
@@ -184,23 +237,28 @@ def build_plan(cfg: Config, set_name: str, classes: list[str], image_size: tuple
         "image_size": list(image_size),
         "images_per_class": syn.images_per_class,
         "images_per_shard": syn.images_per_shard,
-        "prompts": {"templates": prompts.templates, "words": dict(zip(classes, words)),
-                    "negative_prompt": prompts.negative_prompt},
+        "prompts": described,
         "save_full_resolution": syn.save_full_resolution,
         "downsample": DOWNSAMPLE_METHOD,
-        "diffusion": diffusion_settings(cfg.diffusion, model_fingerprint),
+        "diffusion": diffusion_settings(dif, model_fingerprint, family),
     }
     return Plan(
         set_name=set_name, classes=tuple(classes), image_size=(image_size[0], image_size[1]),
         images_per_class=syn.images_per_class, images_per_shard=syn.images_per_shard,
         settings=settings, settings_hash=sha256_json(settings), words=words,
-        templates=tuple(prompts.templates), negative_prompt=prompts.negative_prompt, diffusion_seed=cfg.diffusion.seed,
+        templates=tuple(prompts.templates), negative_prompt=prompts.negative_prompt, diffusion_seed=dif.seed,
+        family=family, diffusion=dif, class_ids=class_ids,
     )
 
 
 def _img2img_plan(cfg: Config, set_name: str, spec: Img2ImgSet, classes: list[str], image_size: tuple[int, int],
-                  model_fingerprint: str | None, train: Split, train_sha256: str) -> Plan:
+                  model_fingerprint: str | None, train: Split, train_sha256: str, family: str) -> Plan:
     key = f"synthetic.sets.{set_name}"
+    steps = cfg.diffusion.steps
+    for s in spec.strengths:
+        if int(steps * s) < 1:
+            raise UserError(f"{key}.strength: got {s}: int(diffusion.steps * strength) = int({steps} * {s}) = 0 steps "
+                            f"at this model's {steps} steps; allowed: a strength >= {1 / steps:.4g}")
     if list(train.classes) != list(classes):
         raise UserError(f"--train: its classes {train.classes} differ from classes.json's {classes}; rerun the prepare stage")
     if tuple(train.images.shape[1:3]) != tuple(image_size):
@@ -223,7 +281,7 @@ def _img2img_plan(cfg: Config, set_name: str, spec: Img2ImgSet, classes: list[st
                     "upsample": UPSAMPLE_METHOD, "method": IMG2IMG_METHOD},
         "save_full_resolution": syn.save_full_resolution,
         "downsample": DOWNSAMPLE_METHOD,
-        "diffusion": diffusion_settings(cfg.diffusion, model_fingerprint),
+        "diffusion": diffusion_settings(cfg.diffusion, model_fingerprint, family),
     }
     hashes = {r: hashlib.sha256(np.ascontiguousarray(train.images[r]).tobytes()).hexdigest()[:16] for r in set(rows)}
     return Plan(
@@ -232,7 +290,7 @@ def _img2img_plan(cfg: Config, set_name: str, spec: Img2ImgSet, classes: list[st
         settings=settings, settings_hash=sha256_json(settings), words=words,
         templates=tuple(spec.templates), negative_prompt=spec.negative_prompt, diffusion_seed=cfg.diffusion.seed,
         kind="img2img", strengths=tuple(spec.strengths), source_rows=tuple(rows),
-        source_hashes=tuple(hashes[r] for r in rows), source_images=train.images,
+        source_hashes=tuple(hashes[r] for r in rows), source_images=train.images, family=family, diffusion=cfg.diffusion,
     )
 
 
@@ -242,12 +300,11 @@ SD14_FLOP_PER_IMAGE = 82.8e12
 # A generous sustained float32 rate for a many-core server CPU on these convolutions and attentions.
 CPU_FLOP_PER_S = 1e12
 CPU_SECONDS_ALLOWED = 3600.0
-# Measured on one H100 (issue 10: SD-v1.4 architecture, fp16, batch 32, torch 2.11, diffusers 0.42.1):
-# 3.10 images/s eager and 4.45 compiled at 82.8 TFLOP per image, i.e. these whole-pipeline rates.
-H100_EAGER_FLOP_PER_S = 82.8e12 * 3.10
-H100_COMPILED_FLOP_PER_S = 82.8e12 * 4.45
-# A cold inductor compile of the UNet and VAE decoder (default mode); an estimate, not yet measured
-# by benchmarks/generate.py --sweep (which reports it). A warm cache (.cache/torchinductor) is faster.
+# Measured on one H100 (SD-v1.4 architecture, fp16, batch 32): 3.10 images/s eager, 4.46 compiled.
+# Only compile: auto uses them (when a run is long enough to pay for compiling); the ETA a run prints
+# is measured on its own first batches (runner.ThroughputReport).
+H100_EAGER_IMAGES_PER_S, H100_COMPILED_IMAGES_PER_S = 3.10, 4.46
+# A cold inductor compile of the denoiser (default mode); an estimate. A warm cache (.cache/torchinductor) is faster.
 COMPILE_SECONDS = {"default": 120.0, "reduce-overhead": 150.0, "max-autotune-no-cudagraphs": 600.0, "max-autotune": 660.0}
 
 
@@ -283,19 +340,11 @@ def steps_note(plan: Plan, dif: DiffusionConfig, images: list[int]) -> str:
 
 
 def compile_pays_after(dif: DiffusionConfig, mode: str = "default") -> int:
-    """Images after which compiling (time COMPILE_SECONDS[mode]) has paid for itself on an H100."""
-    saved_per_image = image_flops(dif) / H100_EAGER_FLOP_PER_S - image_flops(dif) / H100_COMPILED_FLOP_PER_S
+    """Images after which compiling (time COMPILE_SECONDS[mode]) has paid for itself, from the H100
+    SD-v1.4 rates scaled by this run's work per image."""
+    work = image_flops(dif) / SD14_FLOP_PER_IMAGE
+    saved_per_image = work * (1 / H100_EAGER_IMAGES_PER_S - 1 / H100_COMPILED_IMAGES_PER_S)
     return int(COMPILE_SECONDS[mode] / saved_per_image) + 1
-
-
-def gpu_seconds(dif: DiffusionConfig, n_images: int, *, compiled: bool, mode: str = "default",
-                flops: float | None = None) -> float:
-    """Estimated wall time on one H100-class GPU, compile included; `flops` (plan_flops) when the images
-    do not all run every step (img2img)."""
-    total = n_images * image_flops(dif) if flops is None else flops
-    if compiled:
-        return COMPILE_SECONDS[mode] + total / H100_COMPILED_FLOP_PER_S
-    return total / H100_EAGER_FLOP_PER_S
 
 
 def human_duration(seconds: float) -> str:

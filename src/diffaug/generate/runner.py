@@ -1,5 +1,6 @@
-"""Make the missing shards of one process: placement among workers, batches, safety-checker
-regenerations, atomic writes, provenance, and the throughput report."""
+"""Make the missing shards of one process: placement among workers, batches (their size: `auto` from
+the first batch's measured memory peak, halved on out-of-memory), safety-checker regenerations,
+atomic writes, provenance, and the measured throughput and ETA."""
 from __future__ import annotations
 
 import os
@@ -22,7 +23,7 @@ from diffaug.config import DiffusionConfig
 from diffaug.devices import resolve_device
 from diffaug.errors import UserError
 from diffaug.formats import synthetic as storage
-from diffaug.generate.model import Levers, apply_speed_levers, device_label, use_inductor_cache
+from diffaug.generate.model import Levers, apply_cache, apply_levers, device_label
 from diffaug.generate.plan import Plan, human_duration
 from diffaug.generate.sampler import Sampler
 from diffaug.io import atomic_path
@@ -84,6 +85,58 @@ def provenance(levers: Levers, device: torch.device) -> dict[str, Any]:
     }
 
 
+# ----------------------------------------------------------------------------- batch size
+AUTO_PROBE_BATCH = 2  # auto: the first batch, whose measured peak sizes the rest
+AUTO_CPU_BATCH = 8  # auto on a CPU: no memory to measure, a size that keeps the cores busy
+AUTO_MAX_BATCH = 128
+AUTO_MEMORY_SHARE = 0.85  # of the memory free for activations: room for fragmentation and the allocator
+VAE_SLICING_FROM = 16  # batches this large decode one image at a time (VAE activations dominate the peak)
+
+
+class BatchSize:
+    """The batch size in use: fixed, or `auto`; halved (with one line) when a batch runs out of memory."""
+
+    def __init__(self, setting: int | str, device: torch.device, console: Console, label: str):
+        self.auto = setting == "auto"
+        self.console, self.label, self.device = console, label, device
+        self.probing = self.auto and device.type == "cuda"
+        self.size = int(setting) if not self.auto else AUTO_PROBE_BATCH if self.probing else AUTO_CPU_BATCH
+        self.used: list[int] = []
+
+    def start_batch(self) -> None:
+        if self.probing:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.before = torch.cuda.memory_allocated(self.device)
+
+    def batch_done(self, n: int) -> None:
+        self.used.append(n)
+        if not self.probing:
+            return
+        self.probing = False
+        per_image = max((torch.cuda.max_memory_allocated(self.device) - self.before) / n, 1.0)
+        free = torch.cuda.mem_get_info(self.device)[0] + torch.cuda.memory_reserved(self.device) - self.before
+        self.size = int(max(1, min(AUTO_MAX_BATCH, AUTO_MEMORY_SHARE * free // per_image)))
+        self.console.print(f"{self.label}: batch_size auto: {per_image / 2**20:.0f} MiB per image measured, "
+                           f"{free / 2**30:.1f} GiB free: batch {self.size}")
+
+    def halve(self, error: Exception) -> None:
+        if self.size == 1:
+            raise UserError(f"diffusion.batch_size: out of GPU memory at batch 1 ({str(error).splitlines()[0][:200]}); "
+                            "set diffusion.cpu_offload: true, a lower diffusion.resolution, or use a larger GPU")
+        self.size //= 2
+        self.probing = False
+        self.console.print(f"{self.label}: out of GPU memory; batch size halved to {self.size}, the batch is retried")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def record(self) -> dict[str, Any]:
+        """The shard's provenance: the batch size it ran at (and every size, when it changed)."""
+        sizes = sorted(set(self.used))
+        self.used = []
+        return {"batch_size": sizes[-1] if len(sizes) == 1 else sizes} if sizes else {}
+
+
 # ----------------------------------------------------------------------------- generation
 def save_png(path: Path, image: np.ndarray) -> None:
     with atomic_path(path) as tmp:
@@ -92,13 +145,12 @@ def save_png(path: Path, image: np.ndarray) -> None:
 
 def build_sampler(pipe, dif: DiffusionConfig, levers: Levers, out_size: tuple[int, int]) -> Sampler:
     """The Sampler with `dif`'s pixel settings and the resolved levers applied to `pipe`."""
-    apply_speed_levers(pipe, channels_last=levers.channels_last, fuse_qkv=levers.fuse_qkv)
-    if levers.compile:
-        use_inductor_cache()
+    apply_levers(pipe, levers, fp8=dif.fp8)
+    if dif.cache != "none":
+        apply_cache(pipe, dif.cache)
     return Sampler(pipe, steps=dif.steps, guidance_scale=dif.guidance_scale, resolution=dif.resolution,
                    out_size=out_size, scheduler=dif.scheduler, safety_checker=dif.safety_checker,
-                   compile=levers.compile, compile_mode=levers.inductor_mode, attention=levers.attention,
-                   deep_cache=dif.deep_cache)
+                   attention=levers.attention, cache=dif.cache)
 
 
 def generate_shards(pipe, dif: DiffusionConfig, levers: Levers, plan: Plan, out_dir: Path, shards: list[int], *,
@@ -109,16 +161,20 @@ def generate_shards(pipe, dif: DiffusionConfig, levers: Levers, plan: Plan, out_
     total = sum(len(plan.shard_range(k)) for k in shards)
     device = device_label(sampler.device)
     made_with = provenance(levers, sampler.device)
+    sizer = BatchSize(levers.batch_size, sampler.device, console, label)
+    if sampler.device.type == "cuda" and (sizer.auto or sizer.size >= VAE_SLICING_FROM):
+        pipe.vae.enable_slicing()
+        made_with["vae_slicing"] = True
     # PNG encoding of 512² images is CPU work that can overlap the GPU's next batch.
     with ThroughputReport(console, total, label, show_bar) as report, ThreadPoolExecutor(4) as png_pool:
         for k in shards:
             storage.prepare_shard_slot(out_dir, k)
-            make_shard(sampler, plan, out_dir, k, batch_size=levers.batch_size, pad_batches=levers.compile,
+            make_shard(sampler, plan, out_dir, k, sizer=sizer, pad_batches=levers.compile,
                        max_regenerations=dif.max_regenerations, save_full=save_full, device=device,
                        provenance=made_with, report=report, png_pool=png_pool, label=label)
 
 
-def make_shard(sampler: Sampler, plan: Plan, out_dir: Path, k: int, *, batch_size: int, pad_batches: bool,
+def make_shard(sampler: Sampler, plan: Plan, out_dir: Path, k: int, *, sizer: BatchSize, pad_batches: bool,
                max_regenerations: int, save_full: bool, device: str, provenance: dict[str, Any],
                report: ThroughputReport, png_pool: ThreadPoolExecutor, label: str = "") -> None:
     """Generate shard k and write it atomically (PNGs first: a shard file implies its PNGs exist).
@@ -126,8 +182,9 @@ def make_shard(sampler: Sampler, plan: Plan, out_dir: Path, k: int, *, batch_siz
     Work is a queue of (global index, attempt); an image the safety checker flags goes back to the
     end of the queue with the next attempt's seed, up to max_regenerations, after which it is kept
     black (what the diffusers pipeline returns for flagged images) and counted in the manifest. The
-    queue depends only on the shard and the flags, so batches are the same in every run. A batch
-    with NaN/inf latents or pixels stops the run with one line; the shard is not written.
+    queue depends only on the shard and the flags, so batches are the same in every run at one batch
+    size. A batch with NaN/inf latents or pixels stops the run with one line; the shard is not
+    written. A batch that runs out of GPU memory goes back to the queue's front at half the size.
     """
     span = plan.shard_range(k)
     h, w = plan.image_size
@@ -140,13 +197,23 @@ def make_shard(sampler: Sampler, plan: Plan, out_dir: Path, k: int, *, batch_siz
     queue = deque((g, 0) for g in plan.work_order(span))  # img2img: grouped by strength
     batch_number = 0
     while queue:
-        batch = [queue.popleft() for _ in range(min(batch_size, len(queue)))]
+        size = sizer.size
+        batch = [queue.popleft() for _ in range(min(size, len(queue)))]
         # With torch.compile a new batch shape means a recompile: fill the last batch with repeats.
-        run = batch + [batch[-1]] * (batch_size - len(batch)) if pad_batches else batch
+        run = batch + [batch[-1]] * (size - len(batch)) if pad_batches else batch
         gs = [g for g, _ in run]
         init = plan.init_images(gs)  # img2img: the real source images; None for a prompt set
-        out = sampler.run_batch([plan.seed(g, a) for g, a in run], [plan.prompt(g) for g in gs], want_full=save_full,
-                                init_images=init, strengths=None if init is None else plan.strengths_of(gs))
+        sizer.start_batch()
+        try:
+            out = sampler.run_batch([plan.seed(g, a) for g, a in run], None if plan.class_ids else [plan.prompt(g) for g in gs],
+                                    want_full=save_full, init_images=init,
+                                    strengths=None if init is None else plan.strengths_of(gs),
+                                    class_ids=[plan.class_id(g) for g in gs] if plan.class_ids else None)
+        except torch.cuda.OutOfMemoryError as e:
+            sizer.halve(e)
+            queue.extendleft(reversed(batch))
+            continue
+        sizer.batch_done(len(run))
         if not out.all_finite:
             raise non_finite_error(plan, k, batch_number, batch, out.finite, sampler, label)
         batch_number += 1
@@ -168,7 +235,7 @@ def make_shard(sampler: Sampler, plan: Plan, out_dir: Path, k: int, *, batch_siz
     for png in pngs:
         png.result()
     storage.write_shard(out_dir, k, plan, images=images, seeds=seeds, regenerations=attempts, flagged=flagged,
-                        device=device, provenance=provenance)
+                        device=device, provenance={**provenance, **sizer.record()})
 
 
 def non_finite_error(plan: Plan, k: int, batch_number: int, batch: list[tuple[int, int]], finite: np.ndarray | None,
