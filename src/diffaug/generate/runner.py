@@ -110,7 +110,8 @@ class BatchSize:
             self.before = torch.cuda.memory_allocated(self.device)
 
     def batch_done(self, n: int) -> None:
-        self.used.append(n)
+        """After a batch of n images (n <= size: a shard's last batch may be short)."""
+        self.used.append(self.size)
         if not self.probing:
             return
         self.probing = False
