@@ -132,6 +132,7 @@ class Sampler:
         for start in range(0, len(prompts), chunk):
             part = prompts[start:start + chunk]
             kwargs = {"prompt": part, "device": self.device, "num_images_per_prompt": 1}
+            kwargs.update({name: None for name in ("prompt_2", "prompt_3") if name in accepts})  # = prompt
             if "do_classifier_free_guidance" in accepts:
                 kwargs["do_classifier_free_guidance"] = self.guided
             if negative_prompt and self.guided:
@@ -188,8 +189,8 @@ class Sampler:
                             height=self.resolution, width=self.resolution, **dict(self.family.call))
         if class_ids is not None:
             kwargs["class_labels"] = class_ids
-        else:
-            kwargs.update(self.embeddings(prompts or []))
+        else:  # the embeddings stand for prompt and negative prompt (PixArt's default negative is "", not None)
+            kwargs.update(self.embeddings(prompts or []), negative_prompt=None)
         if "callback_on_step_end" in self.accepts:
             kwargs.update(callback_on_step_end=keep_latents, callback_on_step_end_tensor_inputs=["latents"])
         with self.attention_kernels(), self.cache_context():
