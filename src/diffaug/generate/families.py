@@ -32,6 +32,9 @@ class Family:
     img2img: bool = False  # AutoPipelineForImage2Image has an img2img twin
     safety_checker: bool = False  # the family can ship diffusers' StableDiffusionSafetyChecker
     cache: bool = False  # its transformer blocks are ones diffusers' FirstBlockCache hooks know
+    # The denoiser's fuse_qkv_projections() works for every model of the family. SD3's sets one joint
+    # processor on every attention, which breaks SD3.5's self-only attention (dual_attention_layers).
+    fuse_qkv: bool = True
     schedulers: bool = True  # the classic presets (pndm, ddim, dpmsolver++, euler) fit its noise schedule
     negative_prompt: bool = True
     call: tuple[tuple[str, object], ...] = ()  # fixed __call__ arguments
@@ -47,15 +50,16 @@ FAMILIES = {f.name: f for f in (
     Family("sd", ("StableDiffusionPipeline",), "unet", 50, 7.5, ("prompt_embeds", "negative_prompt_embeds"),
            img2img=True, safety_checker=True),
     Family("sdxl", ("StableDiffusionXLPipeline",), "unet", 50, 5.0, _POOLED, img2img=True),
-    Family("sd3", ("StableDiffusion3Pipeline",), "transformer", 28, 7.0, _POOLED, img2img=True, cache=True,
-           schedulers=False),
+    # FirstBlockCache fails on SD3's last block, which returns no text stream (context_pre_only).
+    Family("sd3", ("StableDiffusion3Pipeline",), "transformer", 28, 7.0, _POOLED, img2img=True, schedulers=False,
+           fuse_qkv=False),
     Family("flux", ("FluxPipeline",), "transformer", 28, 3.5, ("prompt_embeds", "pooled_prompt_embeds", None),
            img2img=True, cache=True, schedulers=False, negative_prompt=False),
     Family("pixart", ("PixArtSigmaPipeline", "PixArtAlphaPipeline"), "transformer", 20, 4.5, _MASKED, cache=True,
            call=(("use_resolution_binning", False),)),
     Family("sana", ("SanaPipeline",), "transformer", 20, 4.5, _MASKED, schedulers=False,
            call=(("use_resolution_binning", False),)),
-    Family("dit", ("DiTPipeline",), "transformer", 50, 4.0, cache=True, negative_prompt=False),
+    Family("dit", ("DiTPipeline",), "transformer", 50, 4.0, cache=True, negative_prompt=False, fuse_qkv=False),
 )}
 BY_CLASS = {c: f for f in FAMILIES.values() for c in f.classes}
 # Distilled variants: (steps, guidance) from their model cards.

@@ -261,14 +261,15 @@ def denoiser(pipe):
     return pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
 
 
-def apply_levers(pipe, levers: Levers, *, fp8: bool = False, compile_backend: str = "inductor") -> None:
-    """Fused QKV, channels_last, fp8 (after fusion, so the fused projections are quantized too) and
-    torch.compile of the denoiser; the order matters."""
+def apply_levers(pipe, levers: Levers, *, fp8: bool = False, compile_backend: str = "inductor",
+                 fuse_denoiser: bool = True) -> None:
+    """Fused QKV (the VAE's, and the denoiser's where its family supports it), channels_last, fp8 (after
+    fusion, so the fused projections are quantized too) and torch.compile of the denoiser; the order matters."""
     import torch
 
     net = denoiser(pipe)
     if levers.fuse_qkv:  # one matmul for Q, K and V (and K, V in cross-attention)
-        for module in (net, pipe.vae):
+        for module in (net, pipe.vae) if fuse_denoiser else (pipe.vae,):
             if hasattr(module, "fuse_qkv_projections"):
                 module.fuse_qkv_projections()
     if levers.channels_last:  # NHWC convolutions (measured slower eager on an H100: off by default)

@@ -25,7 +25,7 @@ from diffaug.errors import UserError
 from diffaug.formats import synthetic as storage
 from diffaug.generate.model import Levers, apply_cache, apply_levers, device_label
 from diffaug.generate.plan import Plan, human_duration
-from diffaug.generate.sampler import Sampler
+from diffaug.generate.sampler import Sampler, family_of
 from diffaug.io import atomic_path
 
 
@@ -146,7 +146,7 @@ def save_png(path: Path, image: np.ndarray) -> None:
 
 def build_sampler(pipe, dif: DiffusionConfig, levers: Levers, out_size: tuple[int, int]) -> Sampler:
     """The Sampler with `dif`'s pixel settings and the resolved levers applied to `pipe`."""
-    apply_levers(pipe, levers, fp8=dif.fp8)
+    apply_levers(pipe, levers, fp8=dif.fp8, fuse_denoiser=family_of(pipe).fuse_qkv)
     if dif.cache != "none":
         apply_cache(pipe, dif.cache)
     return Sampler(pipe, steps=dif.steps, guidance_scale=dif.guidance_scale, resolution=dif.resolution,
