@@ -237,3 +237,22 @@ def test_fp8_quantizes_after_qkv_fusion(tiny_sd, monkeypatch):
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(str(tiny_sd))
     model_module.apply_levers(pipe, model_module.Levers(fuse_qkv=True), fp8=True)
     assert seen == [True]
+
+
+# ----------------------------------------------------------------------------- dvc
+@pytest.mark.slow
+def test_dvc_repro_generate_syn2_with_a_flux_model(tmp_path):
+    """The pipeline's own stage makes a set with a non-SD family; the manifest names the family and its settings."""
+    from diffaug.sandbox.demo import make_sandbox, run
+
+    flux = build_tiny_pipeline(tmp_path / "tiny-flux", "flux").resolve()
+    repo = make_sandbox(tmp_path / "repo", mixes=["orig100", "syn2_100"], epochs=1, images_per_class=2, per_class_real=30,
+                        overrides={"diffusion.model": str(flux), "diffusion.resolution": 64, "diffusion.steps": 2,
+                                   "diffusion.guidance_scale": None, "diffusion.safety_checker": False})
+    done = run(["dvc", "repro", "generate_syn2"], repo, check=False)
+    assert done.returncode == 0, done.stdout[-3000:]
+    manifest = json.loads((repo / "data" / "synthetic" / "syn2" / "manifest.json").read_text())
+    assert manifest["generator"]["family"] == "flux" and manifest["generator"]["pipeline"] == "FluxPipeline"
+    dif = manifest["settings"]["diffusion"]
+    assert (dif["family"], dif["steps"], dif["guidance_scale"], dif["resolution"]) == ("flux", 2, 3.5, 64)
+    assert storage.load_synthetic(repo / "data" / "synthetic" / "syn2")[0].shape[0] == manifest["num_images"] > 0
