@@ -130,6 +130,12 @@ def resolve_defaults(dif: DiffusionConfig, info: ModelInfo) -> DiffusionConfig:
     )
 
 
+def settled(dif: DiffusionConfig) -> tuple[int, float, int]:
+    """(steps, guidance_scale, resolution) of settings resolve_defaults has filled in."""
+    assert dif.steps is not None and dif.guidance_scale is not None and dif.resolution is not None, "resolve_defaults first"
+    return dif.steps, dif.guidance_scale, dif.resolution
+
+
 def check_levers(dif: DiffusionConfig, info: ModelInfo, set_kind: str, set_key: str, has_class_ids: bool,
                  negative_prompt: str | None = None) -> None:
     """One line, before the model loads, for a setting the family cannot honour."""

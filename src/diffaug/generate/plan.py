@@ -40,7 +40,7 @@ from diffaug.config import Config, DiffusionConfig, Img2ImgSet
 from diffaug.errors import ConfigError, UserError
 from diffaug.formats.splits import Split
 from diffaug.formats.synthetic import FORMAT, SetLayout
-from diffaug.generate.families import FAMILIES, ModelInfo, resolve_defaults
+from diffaug.generate.families import FAMILIES, ModelInfo, resolve_defaults, settled
 from diffaug.io import sha256_json
 
 # How a 512² image becomes a dataset-size one; part of the hash because it changes pixels.
@@ -217,44 +217,40 @@ def build_plan(cfg: Config, set_name: str, classes: list[str], image_size: tuple
     """The plan of set `set_name`; an img2img set also needs the train split and its file's sha256.
     `info` (families.read_model_info) gives the family and its defaults for null diffusion settings."""
     dif, family = resolve_diffusion(cfg, info)
-    cfg = dataclasses.replace(cfg, diffusion=dif)
-    prompts = cfg.synthetic.sets[set_name]
-    if isinstance(prompts, Img2ImgSet):
+    spec, syn, key = cfg.synthetic.sets[set_name], cfg.synthetic, f"synthetic.sets.{set_name}"
+    words = prompt_words(cfg, classes)
+    settings: dict[str, Any] = {"format": FORMAT, "set": set_name, "classes": list(classes), "image_size": list(image_size),
+                                "images_per_class": syn.images_per_class, "images_per_shard": syn.images_per_shard,
+                                "prompts": {"templates": spec.templates, "words": dict(zip(classes, words)),
+                                            "negative_prompt": spec.negative_prompt}}
+    extra: dict[str, Any] = {}
+    if isinstance(spec, Img2ImgSet):
         if train is None or train_sha256 is None:
             raise UserError(f"{set_name}: an img2img set needs --train data/prepared/train.npz (its real source images)")
-        return _img2img_plan(cfg, set_name, prompts, classes, image_size, model_fingerprint, train, train_sha256, family)
-    words = prompt_words(cfg, classes)
-    class_ids = _class_ids(cfg, set_name, classes, family)
-    syn = cfg.synthetic
-    described: dict[str, Any] = {"templates": prompts.templates, "words": dict(zip(classes, words)),
-                                 "negative_prompt": prompts.negative_prompt}
-    if class_ids:
-        described = {"class_ids": {c: list(ids) for c, ids in zip(classes, class_ids)}}
-    settings = {
-        "format": FORMAT,
-        "set": set_name,
-        "classes": list(classes),
-        "image_size": list(image_size),
-        "images_per_class": syn.images_per_class,
-        "images_per_shard": syn.images_per_shard,
-        "prompts": described,
-        "save_full_resolution": syn.save_full_resolution,
-        "downsample": DOWNSAMPLE_METHOD,
-        "diffusion": diffusion_settings(dif, model_fingerprint, family),
-    }
-    return Plan(
-        set_name=set_name, classes=tuple(classes), image_size=(image_size[0], image_size[1]),
-        images_per_class=syn.images_per_class, images_per_shard=syn.images_per_shard,
-        settings=settings, settings_hash=sha256_json(settings), words=words,
-        templates=tuple(prompts.templates), negative_prompt=prompts.negative_prompt, diffusion_seed=dif.seed,
-        family=family, diffusion=dif, class_ids=class_ids,
-    )
+        extra = _img2img_sources(spec, classes, image_size, train, set_name, dif, key)
+        # The img2img layout (its keys in this order) predates families: its hashes stay as they were.
+        settings = {"format": FORMAT, "set": set_name, "kind": "img2img", **{k: settings[k] for k in list(settings)[2:]},
+                    "images_per_class": extra["images_per_class"],
+                    "img2img": {"strength": spec.strengths, "images_per_class": spec.images_per_class,
+                                "source_split": "train", "source_file": "train.npz", "source_sha256": train_sha256,
+                                "selection": SOURCE_SELECTION, "upsample": UPSAMPLE_METHOD, "method": IMG2IMG_METHOD}}
+    else:
+        extra["class_ids"] = _class_ids(cfg, set_name, classes, family)
+        if extra["class_ids"]:
+            settings["prompts"] = {"class_ids": {c: list(ids) for c, ids in zip(classes, extra["class_ids"])}}
+    settings.update({"save_full_resolution": syn.save_full_resolution, "downsample": DOWNSAMPLE_METHOD,
+                     "diffusion": diffusion_settings(dif, model_fingerprint, family)})
+    fields = {"images_per_class": syn.images_per_class, **extra}
+    return Plan(set_name=set_name, classes=tuple(classes), image_size=(image_size[0], image_size[1]),
+                images_per_shard=syn.images_per_shard, settings=settings, settings_hash=sha256_json(settings), words=words,
+                templates=tuple(spec.templates), negative_prompt=spec.negative_prompt, diffusion_seed=dif.seed,
+                family=family, diffusion=dif, **fields)
 
 
-def _img2img_plan(cfg: Config, set_name: str, spec: Img2ImgSet, classes: list[str], image_size: tuple[int, int],
-                  model_fingerprint: str | None, train: Split, train_sha256: str, family: str) -> Plan:
-    key = f"synthetic.sets.{set_name}"
-    steps = cfg.diffusion.steps
+def _img2img_sources(spec: Img2ImgSet, classes: list[str], image_size: tuple[int, int], train: Split, set_name: str,
+                     dif: DiffusionConfig, key: str) -> dict[str, Any]:
+    """The Plan fields of an img2img set: which real training image each image starts from, at what strength."""
+    steps = settled(dif)[0]
     for s in spec.strengths:
         if int(steps * s) < 1:
             raise UserError(f"{key}.strength: got {s}: int(diffusion.steps * strength) = int({steps} * {s}) = 0 steps "
@@ -264,34 +260,10 @@ def _img2img_plan(cfg: Config, set_name: str, spec: Img2ImgSet, classes: list[st
     if tuple(train.images.shape[1:3]) != tuple(image_size):
         raise UserError(f"--train: its images are {train.images.shape[1]}x{train.images.shape[2]}, classes.json says "
                         f"{image_size[0]}x{image_size[1]}; rerun the prepare stage")
-    per_class, rows = _choose_sources(train.labels, classes, spec, set_name, cfg.diffusion.seed, key)
-    words = prompt_words(cfg, classes)
-    syn = cfg.synthetic
-    settings = {
-        "format": FORMAT,
-        "set": set_name,
-        "kind": "img2img",
-        "classes": list(classes),
-        "image_size": list(image_size),
-        "images_per_class": per_class,
-        "images_per_shard": syn.images_per_shard,
-        "prompts": {"templates": spec.templates, "words": dict(zip(classes, words)), "negative_prompt": spec.negative_prompt},
-        "img2img": {"strength": spec.strengths, "images_per_class": spec.images_per_class, "source_split": "train",
-                    "source_file": "train.npz", "source_sha256": train_sha256, "selection": SOURCE_SELECTION,
-                    "upsample": UPSAMPLE_METHOD, "method": IMG2IMG_METHOD},
-        "save_full_resolution": syn.save_full_resolution,
-        "downsample": DOWNSAMPLE_METHOD,
-        "diffusion": diffusion_settings(cfg.diffusion, model_fingerprint, family),
-    }
+    per_class, rows = _choose_sources(train.labels, classes, spec, set_name, dif.seed, key)
     hashes = {r: hashlib.sha256(np.ascontiguousarray(train.images[r]).tobytes()).hexdigest()[:16] for r in set(rows)}
-    return Plan(
-        set_name=set_name, classes=tuple(classes), image_size=(image_size[0], image_size[1]),
-        images_per_class=per_class, images_per_shard=syn.images_per_shard,
-        settings=settings, settings_hash=sha256_json(settings), words=words,
-        templates=tuple(spec.templates), negative_prompt=spec.negative_prompt, diffusion_seed=cfg.diffusion.seed,
-        kind="img2img", strengths=tuple(spec.strengths), source_rows=tuple(rows),
-        source_hashes=tuple(hashes[r] for r in rows), source_images=train.images, family=family, diffusion=cfg.diffusion,
-    )
+    return dict(images_per_class=per_class, kind="img2img", strengths=tuple(spec.strengths), source_rows=tuple(rows),
+                source_hashes=tuple(hashes[r] for r in rows), source_images=train.images)
 
 
 # ----------------------------------------------------------------------------- cost of a plan
@@ -316,27 +288,28 @@ SD14_VAE_ENCODE_FLOP = 1.1e12
 def image_flops(dif: DiffusionConfig, denoise_steps: int | None = None, encode: bool = False) -> float:
     """FLOPs per image, scaled from SD-v1.4's by denoising steps run (default: all of dif.steps), pixels
     and guidance (a lower bound at > 512²); `encode` adds img2img's VAE encoding of the real image."""
-    steps = dif.steps if denoise_steps is None else denoise_steps
-    scale = (dif.resolution / 512) ** 2
+    all_steps, guidance, resolution = settled(dif)
+    steps = all_steps if denoise_steps is None else denoise_steps
+    scale = (resolution / 512) ** 2
     flops = SD14_FLOP_PER_IMAGE * (steps / 50) * scale
-    flops = flops if dif.guidance_scale > 1 else flops / 2
+    flops = flops if guidance > 1 else flops / 2
     return flops + (SD14_VAE_ENCODE_FLOP * scale if encode else 0.0)
 
 
 def plan_flops(plan: Plan, dif: DiffusionConfig, images: list[int]) -> float:
     """FLOPs to make `images` (global indices): an img2img image runs only int(steps * strength) steps."""
-    encode = plan.kind == "img2img"
-    return sum(image_flops(dif, plan.denoise_steps(g, dif.steps), encode) for g in images)
+    return sum(image_flops(dif, plan.denoise_steps(g, settled(dif)[0]), plan.kind == "img2img") for g in images)
 
 
 def steps_note(plan: Plan, dif: DiffusionConfig, images: list[int]) -> str:
     """What the cost line says about steps: `50 steps`, or img2img's strength x steps per image."""
+    steps = settled(dif)[0]
     if plan.kind != "img2img":
-        return f"{dif.steps} steps"
-    runs = sorted({(plan.strength(g), plan.denoise_steps(g, dif.steps)) for g in images})
-    mean = sum(plan.denoise_steps(g, dif.steps) for g in images) / max(len(images), 1)
+        return f"{steps} steps"
+    runs = sorted({(plan.strength(g), plan.denoise_steps(g, steps)) for g in images})
+    mean = sum(plan.denoise_steps(g, steps) for g in images) / max(len(images), 1)
     parts = ", ".join(f"{k} at strength {s:g}" for s, k in runs)
-    return f"img2img: only strength x steps run, {parts} of {dif.steps} steps (mean {mean:.3g})"
+    return f"img2img: only strength x steps run, {parts} of {steps} steps (mean {mean:.3g})"
 
 
 def compile_pays_after(dif: DiffusionConfig, mode: str = "default") -> int:

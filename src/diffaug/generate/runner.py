@@ -23,6 +23,7 @@ from diffaug.config import DiffusionConfig
 from diffaug.devices import resolve_device
 from diffaug.errors import UserError
 from diffaug.formats import synthetic as storage
+from diffaug.generate.families import settled
 from diffaug.generate.model import Levers, apply_cache, apply_levers, device_label
 from diffaug.generate.plan import Plan, human_duration
 from diffaug.generate.sampler import Sampler, family_of
@@ -149,9 +150,9 @@ def build_sampler(pipe, dif: DiffusionConfig, levers: Levers, out_size: tuple[in
     apply_levers(pipe, levers, fp8=dif.fp8, fuse_denoiser=family_of(pipe).fuse_qkv)
     if dif.cache != "none":
         apply_cache(pipe, dif.cache)
-    return Sampler(pipe, steps=dif.steps, guidance_scale=dif.guidance_scale, resolution=dif.resolution,
-                   out_size=out_size, scheduler=dif.scheduler, safety_checker=dif.safety_checker,
-                   attention=levers.attention, cache=dif.cache)
+    steps, guidance_scale, resolution = settled(dif)
+    return Sampler(pipe, steps=steps, guidance_scale=guidance_scale, resolution=resolution, out_size=out_size,
+                   scheduler=dif.scheduler, safety_checker=dif.safety_checker, attention=levers.attention, cache=dif.cache)
 
 
 def generate_shards(pipe, dif: DiffusionConfig, levers: Levers, plan: Plan, out_dir: Path, shards: list[int], *,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from dataclasses import dataclass
+from typing import Any
 
 import diffusers
 import numpy as np
@@ -111,8 +112,8 @@ class Sampler:
         self.steps, self.guidance_scale, self.resolution, self.out_size = steps, guidance_scale, resolution, out_size
         self.guided = guidance_scale > 1 and self.family.negative_prompt
         # The checker is ours to call (flags, not black images); the pipeline must not run it again.
-        self.checker = getattr(pipe, "safety_checker", None) if safety_checker else None
-        self.feature_extractor = getattr(pipe, "feature_extractor", None)
+        self.checker: Any = getattr(pipe, "safety_checker", None) if safety_checker else None
+        self.feature_extractor: Any = getattr(pipe, "feature_extractor", None)
         if getattr(pipe, "safety_checker", None) is not None:
             pipe.safety_checker = None
         self.check_safety = self.checker is not None
