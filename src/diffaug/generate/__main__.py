@@ -1,17 +1,13 @@
 """CLI: python -m diffaug.generate <set> --params params.yaml --classes data/prepared/classes.json
                                  --out data/synthetic/<set> [--train data/prepared/train.npz]
 
-<set> is a name under synthetic.sets. An img2img set also takes --train: the training split, the
-only real images it may start from. Anything else is refused in one line: a file not named
-train.npz, or one whose bytes equal the val.npz or test.npz beside it (no val/test image can leak
-into a synthetic set by construction); a prompt set takes no --train.
-
-Checks everything it can (params, classes.json, model directory and family, levers the family lacks,
-DiT class ids, safety checker, CPU cost) before it imports torch or diffusers or loads a model; a problem is one line on stderr and exit code 2, with
-nothing written. The model is pinned (local directory by content, hub id by snapshot commit) before
-the plan is built, once. Then it makes the shards this process owns, and the process that completes
-the set writes manifest.json and samples.png. Rerunning resumes: valid shards are kept, others are
-made again.
+An img2img set also takes --train: the training split, and nothing else (a file not named train.npz,
+or one whose bytes equal the val.npz or test.npz beside it, is refused: no val/test image can leak
+into a synthetic set). Everything that can be checked (params, classes.json, model directory and
+family, levers the family lacks, DiT class ids, safety checker, CPU cost) is checked before torch is
+imported or a model loaded: a problem is one line on stderr, exit code 2, nothing written. Then it
+makes this process's shards, and the process that completes the set writes manifest.json and
+samples.png. Rerunning resumes: valid shards are kept, others are made again.
 """
 from __future__ import annotations
 

@@ -1,13 +1,11 @@
-"""Model families: which diffusers pipeline a model directory is, its defaults, and which levers apply.
+"""Model families: which diffusers pipeline a model directory is, its defaults, which levers apply.
 
-The family is read from the model's own `model_index.json` (`_class_name`), never from params.yaml.
-Defaults are the installed pipelines' own `__call__` defaults (tests/test_generate_families.py
-checks the table against them), except for the distilled models, whose model cards say otherwise:
-SDXL-Turbo (an SDXL model whose UNet is native at 512²) runs 1 step without guidance, FLUX.1-schnell
-(a FLUX model without guidance embeddings) 4 steps without guidance. The native resolution is read
-from the denoiser's `sample_size` and the VAE's downsampling factor. They apply only to the keys
-params.yaml leaves null (diffusion.steps, guidance_scale, resolution); the plan records the values
-that ran. No torch here: the CLI decides all of this before it imports torch.
+The family is read from the model's own `model_index.json` (`_class_name`). Defaults are the
+installed pipelines' own `__call__` defaults (a test checks the table against them), except for the
+distilled models' (from their model cards): SDXL-Turbo (an SDXL UNet native at 512²) 1 step without
+guidance, FLUX.1-schnell (no guidance embeddings) 4 steps without guidance; the native resolution
+is the denoiser's `sample_size` times the VAE's downsampling. They fill only the keys params.yaml
+leaves null (diffusion.steps, guidance_scale, resolution). No torch here.
 """
 from __future__ import annotations
 

@@ -1,19 +1,12 @@
 """The model: where its weights come from, their fingerprint, its family, loading, and the levers.
 
-`diffusion.model` is a hub id or a directory written by `save_pretrained`; both go through the same
-`from_pretrained` call of diffusers' own pipeline for the family its `model_index.json` names
-(`AutoPipelineForText2Image`, `DiTPipeline` for class-conditional models), and an img2img set gets
-its twin from `AutoPipelineForImage2Image.from_pipe` (the same components, no second load).
-`resolve_model` runs once, before the plan is built: a local directory is fingerprinted by content,
-a hub id is pinned to one snapshot commit (the cached one, or downloaded first when none is cached),
-and that commit is what `load_pipeline` loads. The fingerprint is part of the settings hash.
-
-Speed levers (`choose_levers`, `apply_levers`) never change which images are meant; where they move
-low-order float bits the shard's provenance records them. Approximate levers (`fp8`, `cache`) change
-the images and are pixel settings (in the settings hash); both are off unless params.yaml asks.
-
-torch, diffusers and huggingface_hub are imported inside the functions that need them: the CLI
-checks params and the model source first and fails in well under a second.
+`diffusion.model` (a hub id or a `save_pretrained` directory) is loaded by the family's stock
+pipeline (`AutoPipelineForText2Image`, or `DiTPipeline`), an img2img set's by
+`AutoPipelineForImage2Image.from_pipe` on it (shared components, no second load). `resolve_model`
+pins it once, before the plan: a directory by content, a hub id by snapshot commit (downloaded
+first when none is cached); the fingerprint is in the settings hash. Speed levers never change which
+images are meant (shard provenance records them); approximate ones (fp8, cache) are pixel settings.
+torch and diffusers are imported inside functions: the CLI's checks fail in well under a second.
 """
 from __future__ import annotations
 
@@ -28,12 +21,11 @@ from typing import Any
 from diffaug.config import DiffusionConfig
 from diffaug.errors import UserError
 from diffaug.generate.families import ModelInfo, read_model_info
-from diffaug.generate.plan import compile_pays_after
+from diffaug.generate.plan import COMPILE_AUTO_IMAGES
 from diffaug.io import sha256_file
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _OFF_HINT = "set diffusion.safety_checker: false (e.g. dvc exp run -S diffusion.safety_checker=false) to generate without it"
-DTYPE_NAMES = ("float16", "bfloat16", "float32")
 # Inductor's compiled kernels and FX graphs, kept in the repository (git-ignored) so a resumed run
 # does not compile again. An INDUCTOR cache directory set in the environment wins.
 INDUCTOR_CACHE = Path(".cache") / "torchinductor"
@@ -49,17 +41,6 @@ def local_model_dir(model: str) -> Path | None:
         raise UserError(f"diffusion.model: directory {model!r} not found; allowed: a hub id such as "
                         "CompVis/stable-diffusion-v1-4 or a directory written by save_pretrained")
     return None
-
-
-def check_model_source(dif: DiffusionConfig) -> Path | None:
-    """Fail early (one line) on a model directory that cannot work with these params; return it."""
-    path = local_model_dir(dif.model)
-    if path is None:
-        return None
-    if not path.is_dir() or not (path / "model_index.json").is_file():
-        raise UserError(f"diffusion.model: {model_label(dif)} has no model_index.json; allowed: a directory written "
-                        "by a diffusers pipeline's save_pretrained, or a hub id")
-    return path
 
 
 def check_model_files(folder: Path, dif: DiffusionConfig) -> ModelInfo:
@@ -135,8 +116,11 @@ def download_hub_snapshot(dif: DiffusionConfig) -> str:
 
 def resolve_model(dif: DiffusionConfig) -> ModelSource:
     """Check the source and pin it: once per run, before the plan (whose hash includes the fingerprint)."""
-    path = check_model_source(dif)
+    path = local_model_dir(dif.model)
     if path is not None:
+        if not path.is_dir() or not (path / "model_index.json").is_file():
+            raise UserError(f"diffusion.model: {model_label(dif)} has no model_index.json; allowed: a directory "
+                            "written by a diffusers pipeline's save_pretrained, or a hub id")
         return ModelSource(str(path), None, "sha256:" + directory_digest(path))
     commit = cached_hub_commit(dif.model, dif.revision) or download_hub_snapshot(dif)
     return ModelSource(dif.model, commit, "hub-commit:" + commit)
@@ -153,12 +137,6 @@ def quiet_libraries() -> None:
         lib.disable_progress_bar()
 
 
-def torch_dtype(name: str):
-    import torch
-
-    return getattr(torch, name)
-
-
 def _cannot_load(dif: DiffusionConfig, e: Exception) -> UserError:
     first = (str(e).strip().splitlines() or [""])[0][:300]
     return UserError(f"diffusion.model: cannot load {model_label(dif)} ({type(e).__name__}: {first}); "
@@ -168,9 +146,10 @@ def _cannot_load(dif: DiffusionConfig, e: Exception) -> UserError:
 def load_pipeline(dif: DiffusionConfig, source: ModelSource, info: ModelInfo, device, *, img2img: bool = False):
     """The family's stock pipeline on `device` (or with model CPU offload), its img2img twin for img2img sets."""
     import diffusers
+    import torch
 
     quiet_libraries()
-    kwargs: dict[str, Any] = dict(revision=source.revision, variant=dif.variant, torch_dtype=torch_dtype(dif.dtype))
+    kwargs: dict[str, Any] = dict(revision=source.revision, variant=dif.variant, torch_dtype=getattr(torch, dif.dtype))
     if info.family.safety_checker and not dif.safety_checker:  # do not even load its 1.2 GB
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     cls = diffusers.DiTPipeline if info.family.name == "dit" else diffusers.AutoPipelineForText2Image
@@ -190,14 +169,6 @@ def load_pipeline(dif: DiffusionConfig, source: ModelSource, info: ModelInfo, de
         pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def device_label(device) -> str:
-    import torch
-
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return device.type
 
 
 # ----------------------------------------------------------------------------- levers
@@ -229,7 +200,7 @@ class Levers:
 
 
 def choose_levers(dif: DiffusionConfig, device_type: str, n_images: int) -> Levers:
-    """Resolve `compile: auto`: on for CUDA when the run is long enough to pay for compiling, else eager."""
+    """Resolve `compile: auto`: on for CUDA runs long enough to pay for compiling, else eager."""
     if dif.compile is True:
         on, why = True, "diffusion.compile: true"
     elif dif.compile is False:
@@ -237,11 +208,9 @@ def choose_levers(dif: DiffusionConfig, device_type: str, n_images: int) -> Leve
     elif device_type != "cuda":
         on, why = False, f"compile: auto stays eager on {device_type} (inductor's gains are measured on CUDA only)"
     else:
-        mode = Levers(compile_mode=dif.compile_mode, cuda_graphs=dif.cuda_graphs).inductor_mode
-        needed = compile_pays_after(dif, mode)
-        on = n_images >= needed
+        on = n_images >= COMPILE_AUTO_IMAGES
         why = (f"compile: auto {'compiles' if on else 'stays eager'}: {n_images} images "
-               f"{'>=' if on else '<'} {needed}, where compiling ({mode}) pays for itself at these settings")
+               f"{'>=' if on else '<'} {COMPILE_AUTO_IMAGES}, where compiling paid for itself on an H100")
     return Levers(batch_size=dif.batch_size, fuse_qkv=dif.fuse_qkv, channels_last=dif.channels_last, compile=on,
                   compile_mode=dif.compile_mode, cuda_graphs=dif.cuda_graphs, attention=dif.attention, reason=why)
 
@@ -261,11 +230,14 @@ def denoiser(pipe):
     return pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
 
 
-def apply_levers(pipe, levers: Levers, *, fp8: bool = False, compile_backend: str = "inductor",
+def apply_levers(pipe, levers: Levers, *, fp8: bool = False, cache: str = "none", compile_backend: str = "inductor",
                  fuse_denoiser: bool = True) -> None:
     """Fused QKV (the VAE's, and the denoiser's where its family supports it), channels_last, fp8 (after
-    fusion, so the fused projections are quantized too) and torch.compile of the denoiser; the order matters."""
+    fusion, so the fused projections are quantized too), diffusers' FirstBlockCache (approximate: a step
+    whose first block's output barely moved reuses the other blocks' cached residuals) and
+    torch.compile of the denoiser; the order matters."""
     import torch
+    from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
 
     net = denoiser(pipe)
     if levers.fuse_qkv:  # one matmul for Q, K and V (and K, V in cross-attention)
@@ -277,6 +249,8 @@ def apply_levers(pipe, levers: Levers, *, fp8: bool = False, compile_backend: st
         pipe.vae.to(memory_format=torch.channels_last)
     if fp8:
         apply_fp8(net)
+    if cache == "first_block":
+        apply_first_block_cache(net, FirstBlockCacheConfig())
     if levers.compile:
         if compile_backend == "inductor":
             use_inductor_cache()
@@ -302,15 +276,6 @@ def compile_denoiser(net, mode: str, backend: str = "inductor") -> None:
     net.forward = forward
 
 
-def apply_cache(pipe, kind: str) -> None:
-    """diffusers' FirstBlockCache on the transformer (approximate): a step whose first block's output barely
-    moved reuses the other blocks' cached residuals."""
-    from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
-
-    if kind == "first_block":
-        apply_first_block_cache(denoiser(pipe), FirstBlockCacheConfig())
-
-
 def fp8_unavailable_reason(device) -> str | None:
     """Why float8 matmuls cannot run here, or None when they can."""
     import torch
@@ -328,14 +293,6 @@ def fp8_unavailable_reason(device) -> str | None:
 
 def apply_fp8(net) -> None:
     """Float8 (e4m3) dynamic row-wise scaled matmuls in the denoiser's linear layers (torchao); approximate."""
-    from torchao.quantization import quantize_
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
-    try:
-        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
-
-        config: Any = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
-    except ImportError:  # torchao < 0.10 spelled it as a function
-        from torchao.quantization import PerRow, float8_dynamic_activation_float8_weight
-
-        config = float8_dynamic_activation_float8_weight(granularity=PerRow())
-    quantize_(net, config)
+    quantize_(net, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))

@@ -2,30 +2,23 @@
 
 Images are ordered by (class, index): global index g = c * images_per_class + i, and shard k holds
 g in [k * S, (k + 1) * S) with S = synthetic.images_per_shard (formats.synthetic.SetLayout). The
-settings hash covers everything that changes the bytes of a shard (pixels, prompts, seeds, layout)
-and nothing that only changes speed, so a faster batch size never throws finished work away.
+settings hash covers everything that changes the bytes of a shard (pixels, prompts, seeds, layout,
+the resolved diffusion settings, the family unless it is SD, whose sets predate families) and
+nothing that only changes speed, so a faster batch size never throws finished work away.
 
-Per-image seeds are a pure function of what the image is, never of how the work was scheduled:
-image `index` of class `class_name` in set `set_name` gets the first 8 bytes of
-sha256("diffaug/v1|<diffusion seed>|<set>|<class>|<index>|<attempt>"), `attempt` counting
-safety-checker regenerations (0 for the first try). A seed reproduces its image in plain diffusers:
-`pipe(prompt, generator=torch.Generator("cpu").manual_seed(seed))`.
+Image `index` of class `class_name` gets the seed sha256("diffaug/v1|<diffusion seed>|<set>|<class>|
+<index>|<attempt>")[:8], `attempt` counting safety-checker regenerations; it reproduces the image in
+plain diffusers: `pipe(prompt, generator=torch.Generator("cpu").manual_seed(seed))`. Its prompt is
+`templates[i % len(templates)]` with {label} the class's word; a class-conditional (DiT) set's image
+gets `class_ids[c][i % len(class_ids[c])]` instead.
 
-Kinds (synthetic.sets.<name>.kind): `prompt` sets are text-to-image from the class label (syn1,
-syn2); their plan is exactly what it was before sets had kinds (same settings hash, same seeds).
-`img2img` sets (SDEdit, Meng et al.; DA-Fusion, Trabucco et al.) start image g of class c from a real
-training image, its row `source_rows[g]` of data/prepared/train.npz: per class, every training image
-in row order (images_per_class: null) or the first N of a permutation seeded by (diffusion seed, set,
-class) (repeating it when N exceeds the class), and strength `strengths[i % len(strengths)]` for
-image index i. Only int(steps * strength) denoising steps run. The train split's sha256 is in the
-settings hash: another split invalidates every shard. The seed of image g is `image_seed` as above,
-and reproduces it in plain diffusers: `StableDiffusionImg2ImgPipeline(**pipe.components)(prompt,
-image=<the upsampled source>, strength=s, generator=torch.Generator("cpu").manual_seed(seed))`.
-
-The model family (generate/families.py) fills in the diffusion settings params.yaml leaves null; the
-plan holds the resolved `diffusion` settings, and its hash records them and (for any family but SD,
-whose sets predate families) the family. A class-conditional (DiT) set takes ImageNet ids instead
-of prompts: image i of class c gets `class_ids[c][i % len(class_ids[c])]`.
+`img2img` sets (SDEdit, Meng et al.; DA-Fusion, Trabucco et al.) start image g from row
+`source_rows[g]` of data/prepared/train.npz: per class, every training image in row order
+(images_per_class: null) or the first N of a permutation seeded by (diffusion seed, set, class),
+cycled; strength `strengths[i % len(strengths)]`; only int(steps * strength) denoising steps run.
+The train split's sha256 is in the settings hash. Plain diffusers reproduces image g with
+`AutoPipelineForImage2Image.from_pipe(pipe)(prompt, image=<the upsampled source>, strength=s,
+generator=torch.Generator("cpu").manual_seed(seed))`.
 """
 from __future__ import annotations
 
@@ -43,11 +36,9 @@ from diffaug.formats.synthetic import FORMAT, SetLayout
 from diffaug.generate.families import FAMILIES, ModelInfo, resolve_defaults, settled
 from diffaug.io import sha256_json
 
-# How a 512² image becomes a dataset-size one; part of the hash because it changes pixels.
+# How images are resized, and img2img's image enters the latent space (as diffusers' img2img pipelines
+# do: x / 255 * 2 - 1, latent_dist SAMPLED with the image's generator, noise added); in the hash.
 DOWNSAMPLE_METHOD = "uint8 -> torch bilinear antialias -> round"
-# img2img: how a real image becomes the generation-size one, and how it enters the latent space (as
-# StableDiffusionImg2ImgPipeline does: x / 255 * 2 - 1, the VAE's latent_dist SAMPLED with the image's
-# own generator, times scaling_factor, then noise from the same generator added at the first timestep).
 UPSAMPLE_METHOD = "uint8 -> torch bicubic -> round, clamp"
 IMG2IMG_METHOD = "diffusers img2img: vae latent_dist.sample(generator), scaling_factor, scheduler.add_noise, last int(steps*strength) steps"
 SOURCE_SELECTION = "per class: train rows in order (images_per_class null) or sha256-seeded permutation, cycled"
@@ -93,7 +84,6 @@ class Plan(SetLayout):
 
     @property
     def prompts(self) -> list[str]:
-        """The prompt of every image, by global index."""
         return [self.prompt(g) for g in range(self.num_images)]
 
     def seed(self, g: int, attempt: int = 0) -> int:
@@ -116,12 +106,9 @@ class Plan(SetLayout):
     source_images: Any = field(default=None, compare=False, repr=False)  # the train split's uint8 NHWC images
 
     def strength(self, g: int) -> float | None:
-        if not self.strengths:
-            return None
-        return self.strengths[self.class_and_index(g)[1] % len(self.strengths)]
+        return self.strengths[self.class_and_index(g)[1] % len(self.strengths)] if self.strengths else None
 
     def strengths_of(self, gs: list[int]) -> list[float]:
-        """The strength of each of images gs (an img2img plan)."""
         return [self.strengths[self.class_and_index(g)[1] % len(self.strengths)] for g in gs]
 
     def denoise_steps(self, g: int, steps: int) -> int:
@@ -267,22 +254,13 @@ def _img2img_sources(spec: Img2ImgSet, classes: list[str], image_size: tuple[int
 
 
 # ----------------------------------------------------------------------------- cost of a plan
-# SD-v1.4 at 512², 50 steps, classifier-free guidance (two UNet passes per step) plus one VAE decode.
-SD14_FLOP_PER_IMAGE = 82.8e12
-# A generous sustained float32 rate for a many-core server CPU on these convolutions and attentions.
-CPU_FLOP_PER_S = 1e12
-CPU_SECONDS_ALLOWED = 3600.0
-# Measured on one H100 (SD-v1.4 architecture, fp16, batch 32): 3.10 images/s eager, 4.46 compiled.
-# Only compile: auto uses them (when a run is long enough to pay for compiling); the ETA a run prints
-# is measured on its own first batches (runner.ThroughputReport).
-H100_EAGER_IMAGES_PER_S, H100_COMPILED_IMAGES_PER_S = 3.10, 4.46
-# A cold inductor compile of the denoiser (default mode); an estimate. A warm cache (.cache/torchinductor) is faster.
-COMPILE_SECONDS = {"default": 120.0, "reduce-overhead": 150.0, "max-autotune-no-cudagraphs": 600.0, "max-autotune": 660.0}
-
-
-# img2img also encodes the real image once with the VAE encoder: an estimate (about half the decoder's
-# 2.5 TFLOP at 512²), not measured.
-SD14_VAE_ENCODE_FLOP = 1.1e12
+# The CPU guard's estimate: SD-v1.4's FLOPs at 512², 50 guided steps and one VAE decode, scaled to the
+# run, at a generous 1 TFLOP/s for a many-core server CPU; img2img adds its VAE encode (about half the decode).
+SD14_FLOP_PER_IMAGE, SD14_VAE_ENCODE_FLOP, CPU_FLOP_PER_S, CPU_SECONDS_ALLOWED = 82.8e12, 1.1e12, 1e12, 3600.0
+# compile: auto compiles a CUDA run of at least this many images: compiling the denoiser (about 2 min
+# cold, faster from the .cache/torchinductor cache) paid for itself after ~1,200 SD-v1.4 images on an
+# H100 (3.10 -> 4.46 images/s measured at batch 32).
+COMPILE_AUTO_IMAGES = 1200
 
 
 def image_flops(dif: DiffusionConfig, denoise_steps: int | None = None, encode: bool = False) -> float:
@@ -312,21 +290,10 @@ def steps_note(plan: Plan, dif: DiffusionConfig, images: list[int]) -> str:
     return f"img2img: only strength x steps run, {parts} of {steps} steps (mean {mean:.3g})"
 
 
-def compile_pays_after(dif: DiffusionConfig, mode: str = "default") -> int:
-    """Images after which compiling (time COMPILE_SECONDS[mode]) has paid for itself, from the H100
-    SD-v1.4 rates scaled by this run's work per image."""
-    work = image_flops(dif) / SD14_FLOP_PER_IMAGE
-    saved_per_image = work * (1 / H100_EAGER_IMAGES_PER_S - 1 / H100_COMPILED_IMAGES_PER_S)
-    return int(COMPILE_SECONDS[mode] / saved_per_image) + 1
-
-
 def human_duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
+    for limit, unit, fmt in ((120, 1, "{:.0f} s"), (7200, 60, "{:.0f} min"), (2 * 86400, 3600, "{:.1f} h")):
+        if seconds < limit:
+            return fmt.format(seconds / unit)
     return f"{seconds / 86400:.0f} days"
 
 

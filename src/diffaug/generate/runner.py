@@ -24,7 +24,7 @@ from diffaug.devices import resolve_device
 from diffaug.errors import UserError
 from diffaug.formats import synthetic as storage
 from diffaug.generate.families import settled
-from diffaug.generate.model import Levers, apply_cache, apply_levers, device_label
+from diffaug.generate.model import Levers, apply_levers
 from diffaug.generate.plan import Plan, human_duration
 from diffaug.generate.sampler import Sampler, family_of
 from diffaug.io import atomic_path
@@ -41,17 +41,13 @@ class World:
 
     @classmethod
     def from_env(cls) -> World:
-        values = {}
-        for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)):
-            raw = os.environ.get(name)
-            if raw is None or raw == "":
-                values[name] = default
-                continue
-            try:
-                values[name] = int(raw)
-            except ValueError:
-                raise UserError(f"environment variable {name}={raw!r}: allowed: an integer") from None
-        world = cls(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"])
+        values = []
+        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+            raw = os.environ.get(name) or ("1" if name == "WORLD_SIZE" else "0")
+            if not raw.lstrip("-").isdigit():
+                raise UserError(f"environment variable {name}={raw!r}: allowed: an integer")
+            values.append(int(raw))
+        world = cls(*values)
         if not (world.size >= 1 and 0 <= world.rank < world.size and world.local_rank >= 0):
             raise UserError(f"RANK={world.rank}, WORLD_SIZE={world.size}: allowed: 0 <= RANK < WORLD_SIZE")
         return world
@@ -75,15 +71,10 @@ def pick_device(dif: DiffusionConfig, world: World) -> torch.device:
 # ----------------------------------------------------------------------------- provenance
 def provenance(levers: Levers, device: torch.device) -> dict[str, Any]:
     """How a shard was made, beyond its settings: what can move low-order bits (not in the settings hash)."""
-    return {
-        **levers.record(),
-        "device": device.type,
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "cpu": platform.machine() if device.type == "cpu" else None,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "cuda": torch.version.cuda if device.type == "cuda" else None,
-    }
+    cuda = device.type == "cuda"
+    return {**levers.record(), "device": device.type, "gpu": torch.cuda.get_device_name(device) if cuda else None,
+            "cpu": platform.machine() if device.type == "cpu" else None, "torch": torch.__version__,
+            "diffusers": diffusers.__version__, "cuda": torch.version.cuda if cuda else None}
 
 
 # ----------------------------------------------------------------------------- batch size
@@ -147,9 +138,7 @@ def save_png(path: Path, image: np.ndarray) -> None:
 
 def build_sampler(pipe, dif: DiffusionConfig, levers: Levers, out_size: tuple[int, int]) -> Sampler:
     """The Sampler with `dif`'s pixel settings and the resolved levers applied to `pipe`."""
-    apply_levers(pipe, levers, fp8=dif.fp8, fuse_denoiser=family_of(pipe).fuse_qkv)
-    if dif.cache != "none":
-        apply_cache(pipe, dif.cache)
+    apply_levers(pipe, levers, fp8=dif.fp8, cache=dif.cache, fuse_denoiser=family_of(pipe).fuse_qkv)
     steps, guidance_scale, resolution = settled(dif)
     return Sampler(pipe, steps=steps, guidance_scale=guidance_scale, resolution=resolution, out_size=out_size,
                    scheduler=dif.scheduler, safety_checker=dif.safety_checker, attention=levers.attention, cache=dif.cache)
@@ -161,7 +150,7 @@ def generate_shards(pipe, dif: DiffusionConfig, levers: Levers, plan: Plan, out_
     sampler.encode_prompts(plan.distinct_prompts, plan.negative_prompt)
     storage.remove_outdated_summary(out_dir)
     total = sum(len(plan.shard_range(k)) for k in shards)
-    device = device_label(sampler.device)
+    device = f"cuda ({torch.cuda.get_device_name(sampler.device)})" if sampler.device.type == "cuda" else sampler.device.type
     made_with = provenance(levers, sampler.device)
     sizer = BatchSize(levers.batch_size, sampler.device, console, label)
     if sampler.device.type == "cuda" and (sizer.auto or sizer.size >= VAE_SLICING_FROM):
@@ -253,16 +242,13 @@ def non_finite_error(plan: Plan, k: int, batch_number: int, batch: list[tuple[in
 
 # ----------------------------------------------------------------------------- progress
 class ThroughputReport:
-    """After a warm-up batch, print measured images/s and the ETA once; then keep a progress bar.
-
-    The first batch pays for compilation, cuDNN heuristics and allocator growth, so the rate is
-    measured on the second. `generated` counts every image made (regenerations included), `finished`
-    only images that went into a shard.
-    """
+    """The measured images/s and ETA, printed once after a warm-up batch (which pays for compilation, cuDNN
+    heuristics and allocator growth), then a progress bar. `generated` counts every image made
+    (regenerations included), `finished` only images that went into a shard."""
 
     def __init__(self, console: Console, total: int, label: str, show_bar: bool):
         self.console, self.total, self.label, self.show_bar = console, total, label, show_bar
-        self.finished = self.batches = self.generated_after_warmup = 0
+        self.finished = self.batches = self.generated = 0
         self.started = self.warm_at = time.perf_counter()
         self.progress: Progress | None = None
         self.task: Any = None
@@ -274,36 +260,26 @@ class ThroughputReport:
         if self.batches == 1:
             self.warm_at = now
         else:
-            self.generated_after_warmup += generated
-        rate = self.rate(now)
+            self.generated += generated
+        rate = (self.generated / max(now - self.warm_at, 1e-9) if self.batches > 1
+                else self.finished / max(now - self.started, 1e-9))
         if self.batches == 2 or (self.batches == 1 and self.finished >= self.total):
             left = self.total - self.finished
             self.console.print(f"{self.label}: measured {rate:.2f} images/s "
                                f"({'after a warm-up batch' if self.batches == 2 else 'one batch, warm-up included'}); "
                                f"{left} images left, ETA {human_duration(left / rate) if rate > 0 else 'unknown'}")
-            self._start_bar()
+            if self.show_bar:
+                self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                         TextColumn("{task.fields[rate]:.2f} img/s"), TimeElapsedColumn(), TextColumn("ETA"),
+                                         TimeRemainingColumn(), console=self.console)
+                self.progress.start()
+                self.task = self.progress.add_task(self.label, total=self.total, completed=self.finished, rate=0.0)
         if self.progress is not None:
             self.progress.update(self.task, completed=self.finished, rate=rate)
-
-    def rate(self, now: float) -> float:
-        if self.batches <= 1:
-            return self.finished / max(now - self.started, 1e-9)
-        return self.generated_after_warmup / max(now - self.warm_at, 1e-9)
 
     def __enter__(self):
         self.started = time.perf_counter()
         return self
-
-    def _start_bar(self) -> None:
-        if not self.show_bar or self.progress is not None:
-            return
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]:.2f} img/s"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=self.console,
-        )
-        self.progress.start()
-        self.task = self.progress.add_task(self.label, total=self.total, completed=self.finished, rate=0.0)
 
     def __exit__(self, *exc) -> None:
         if self.progress is not None:

@@ -1,22 +1,15 @@
 """One batch of images through the family's stock diffusers pipeline, with diffaug's guarantees around it.
 
-The denoising loop, the schedulers and the VAE decode are diffusers' own `__call__` (text-to-image,
-its img2img twin, or DiTPipeline's). What this module adds, for throughput and reproducibility:
-
-- per-image seeds: one CPU `torch.Generator` per image, so an image is the same whatever batch it
-  is in (the pipeline's own `prepare_latents` draws each image's noise from its generator);
-- every distinct prompt is encoded once per run with the pipeline's own `encode_prompt`, then the
-  text encoders are dropped (FLUX's T5-XXL alone is about 9.5 GB); batches index the cached embeddings;
-- `output_type="pt"`: the images stay on the device as tensors in [0, 1] (no PIL round trip); the
-  uint8 conversion, `round(255 * x)` as the pipeline's path to PIL, and downsampling run there, and
-  the images cross to the host once per batch with one finiteness flag per image (the final latents,
-  seen through `callback_on_step_end`, and the pixels);
-- the safety checker (SD 1.x/2.x) is run by us, on exactly the uint8 images the pipeline would
-  show it through its own feature extractor, so we get its flags (to regenerate) instead of black images.
-
-img2img (`run_batch(..., init_images=, strengths=)`): each real image is upsampled to the generation
-resolution (`upsample`) and handed to the img2img pipeline as a [0, 1] tensor with that image's
-generator; one pipeline call per distinct strength in the batch (their timesteps differ).
+The denoising loop, schedulers and VAE decode are diffusers' own `__call__` (text-to-image, its
+img2img twin, or DiTPipeline's). Around it: one CPU `torch.Generator` per image (an image does not
+depend on its batch); every distinct prompt encoded once per run by the pipeline's own
+`encode_prompt`, then the text encoders dropped (FLUX's T5-XXL alone is about 9.5 GB);
+`output_type="pt"`, so images stay on the device (no PIL round trip) for the uint8 conversion
+(`round(255 * x)`, as the pipeline's path to PIL) and the downsampling, and cross to the host once
+per batch with one finiteness flag per image (final latents, seen by `callback_on_step_end`, and
+pixels); the SD safety checker run by us on exactly the uint8 images the pipeline would show it,
+for its flags (to regenerate) instead of black images. img2img: the real image, upsampled to the
+generation resolution, goes in as a [0, 1] tensor; one call per distinct strength in the batch.
 """
 from __future__ import annotations
 
@@ -62,13 +55,8 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 def downsample(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """uint8 NCHW -> uint8 NCHW of `size` (H, W): bilinear with antialiasing, on the images' device.
-
-    Agreement with PIL's `Image.resize(size, Image.BILINEAR)` (what the paper used), 512² -> 32²:
-    on all 5085 images of cifar10-5k-train.npz upsampled to 512² (PIL bicubic), max |diff| = 1 uint8
-    level and mean |diff| = 0.067 levels (6.7% of values off by one); on random smooth images the
-    same max, mean 0.05. PIL works in fixed point and rounds to 8 bits between its horizontal and
-    vertical passes; torch does not. tests/test_generate_parity.py asserts max <= 1, mean < 0.1.
-    """
+    Against PIL's BILINEAR (the paper's), 512² -> 32² on 5085 CIFAR-10 images upsampled to 512²: max 1
+    uint8 level, mean 0.067 (PIL rounds to 8 bits between its passes); tests/test_generate_parity.py."""
     if tuple(images.shape[-2:]) == tuple(size):
         return images
     x = F.interpolate(images.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
@@ -76,8 +64,7 @@ def downsample(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def upsample(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 NCHW -> uint8 NCHW of `size`: bicubic, rounded and clamped (img2img's real image at the
-    generation resolution; generate.plan.UPSAMPLE_METHOD)."""
+    """uint8 NCHW -> uint8 NCHW of `size`: bicubic, rounded, clamped (img2img's real image; plan.UPSAMPLE_METHOD)."""
     if tuple(images.shape[-2:]) == tuple(size):
         return images
     x = F.interpolate(images.float(), size=size, mode="bicubic", align_corners=False)
@@ -199,8 +186,7 @@ class Sampler:
         return images, final.get("latents")
 
     def safety_input(self, images_u8_cpu: torch.Tensor) -> torch.Tensor:
-        """The checker's CLIP input, as `run_safety_checker` makes it from the pipeline's PIL images: the
-        same uint8 pixels through the pipeline's own feature extractor, on the CPU."""
+        """The checker's CLIP input: the pipeline's uint8 pixels through its own feature extractor, on the CPU."""
         features = self.feature_extractor(list(images_u8_cpu), return_tensors="pt")
         return features.pixel_values.to(self.device, self.checker.dtype)
 
