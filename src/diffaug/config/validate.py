@@ -87,11 +87,12 @@ def validate(cfg: Config) -> None:
              f"misses {name!r}: list every prompt set other than syn1 and syn2 here, so dvc.yaml's generate_prompt@<set> makes it")
 
     dif = cfg.diffusion
+    # resolution, steps, guidance_scale: null = the model family's default (generate/families.py)
     need(dif.resolution is None or (dif.resolution >= 64 and dif.resolution % 8 == 0), "diffusion.resolution",
-         f"got {dif.resolution}; allowed: null (the model's native size) or a multiple of 8, at least 64 (the paper: 512)")
-    need(dif.steps is None or dif.steps >= 1, "diffusion.steps", f"got {dif.steps}; allowed: null or an integer >= 1")
+         f"got {dif.resolution}; allowed: a multiple of 8, at least 64 (the paper: 512)")
+    need(dif.steps is None or dif.steps >= 1, "diffusion.steps", f"got {dif.steps}; allowed: an integer >= 1")
     need(dif.guidance_scale is None or dif.guidance_scale >= 0, "diffusion.guidance_scale",
-         f"got {dif.guidance_scale}; allowed: null or a number >= 0")
+         f"got {dif.guidance_scale}; allowed: a number >= 0")
     need(dif.batch_size == "auto" or dif.batch_size >= 1, "diffusion.batch_size",
          f"got {dif.batch_size}; allowed: auto or an integer >= 1")
     need(dif.max_regenerations >= 0, "diffusion.max_regenerations", f"got {dif.max_regenerations}; allowed: an integer >= 0")
