@@ -111,10 +111,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def generator_record(cfg: Config, plan: Plan, info: ModelInfo) -> dict:
     """What made the set, for the manifest: family, pipeline, which settings were the family's defaults."""
-    if not info.family.safety_checker and cfg.diffusion.safety_checker:
-        checker = f"none: {info.class_name} ships no safety checker, images are not filtered"
-    else:
-        checker = "on" if plan.diffusion.safety_checker else "off (diffusion.safety_checker: false)"
+    checker = (f"none: {info.class_name} ships no safety checker, images are not filtered"
+               if not info.family.safety_checker and cfg.diffusion.safety_checker
+               else "on" if plan.diffusion.safety_checker else "off (diffusion.safety_checker: false)")
     return {"family": info.family.name + (f" ({info.variant})" if info.variant else ""), "pipeline": info.class_name,
             "family_defaults": [k for k in ("steps", "guidance_scale", "resolution") if getattr(cfg.diffusion, k) is None],
             "safety_checker": checker}
@@ -128,8 +127,7 @@ def make_shards(cfg: Config, plan: Plan, source: ModelSource, info: ModelInfo, o
     dif = plan.diffusion  # the family's defaults filled in
     device = pick_device(dif, world)
     images = [g for k in todo for g in plan.shard_range(k)]
-    n_images = len(images)
-    flops = plan_flops(plan, dif, images)  # img2img: only int(steps * strength) steps per image
+    n_images, flops = len(images), plan_flops(plan, dif, images)  # img2img: only int(steps * strength) steps per image
     check_cpu_cost(dif, device.type, n_images, flops)
     # capability checks (devices.check_generation)
     if dif.fp8 and (reason := fp8_unavailable_reason(device)):

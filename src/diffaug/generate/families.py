@@ -60,9 +60,7 @@ FAMILIES = {f.name: f for f in (
     Family("dit", ("DiTPipeline",), "transformer", 50, 4.0, cache=True, negative_prompt=False, fuse_qkv=False),
 )}
 BY_CLASS = {c: f for f in FAMILIES.values() for c in f.classes}
-# Distilled variants: (steps, guidance) from their model cards.
-SDXL_TURBO = (1, 0.0)
-FLUX_SCHNELL = (4, 0.0)
+DISTILLED = {"turbo": (1, 0.0), "schnell": (4, 0.0)}  # (steps, guidance) of SDXL-Turbo, FLUX.1-schnell: model cards
 
 
 @dataclass(frozen=True)
@@ -86,11 +84,6 @@ def _read_json(path: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _component(index: dict, name: str) -> bool:
-    entry = index.get(name)
-    return isinstance(entry, list) and len(entry) == 2 and all(entry)
-
-
 def read_model_info(folder: Path, model: str) -> ModelInfo:
     """Family, native resolution and distilled variant of the model in `folder` (a save_pretrained layout)."""
     index = _read_json(folder / "model_index.json")
@@ -102,23 +95,19 @@ def read_model_info(folder: Path, model: str) -> ModelInfo:
                         f"allowed: a model of a supported family: {supported}")
     denoiser = _read_json(folder / family.denoiser / "config.json")
     vae = _read_json(folder / "vae" / "config.json")
-    blocks = vae.get("block_out_channels") or vae.get("encoder_block_out_channels") or [0] * 4
-    factor = 2 ** (len(blocks) - 1)
+    factor = 2 ** (len(vae.get("block_out_channels") or vae.get("encoder_block_out_channels") or [0] * 4) - 1)
     sample = denoiser.get("sample_size")
     native = 1024 if family.name == "flux" or not isinstance(sample, int) else sample * factor
-    variant = ""
-    if family.name == "sdxl" and native == 512:
-        variant = "turbo"
-    elif family.name == "flux" and denoiser.get("guidance_embeds") is False:
-        variant = "schnell"
-    return ModelInfo(family, class_name, native, variant, _component(index, "safety_checker"))
+    variant = ("turbo" if family.name == "sdxl" and native == 512
+               else "schnell" if family.name == "flux" and denoiser.get("guidance_embeds") is False else "")
+    checker = index.get("safety_checker")
+    return ModelInfo(family, class_name, native, variant, isinstance(checker, list) and len(checker) == 2 and all(checker))
 
 
 def resolve_defaults(dif: DiffusionConfig, info: ModelInfo) -> DiffusionConfig:
     """`dif` with every null of steps, guidance_scale and resolution replaced by the family's default, and
     safety_checker off where the family ships no checker (what actually runs; the caller says so)."""
-    steps, guidance = {"turbo": SDXL_TURBO, "schnell": FLUX_SCHNELL}.get(info.variant, (info.family.steps,
-                                                                                       info.family.guidance_scale))
+    steps, guidance = DISTILLED.get(info.variant, (info.family.steps, info.family.guidance_scale))
     return dataclasses.replace(
         dif,
         steps=steps if dif.steps is None else dif.steps,

@@ -31,7 +31,6 @@ _OFF_HINT = "set diffusion.safety_checker: false (e.g. dvc exp run -S diffusion.
 INDUCTOR_CACHE = Path(".cache") / "torchinductor"
 
 
-# ----------------------------------------------------------------------------- source and fingerprint
 def local_model_dir(model: str) -> Path | None:
     """The directory `model` names, or None when it is a hub id; a path-like name that is absent fails."""
     path = Path(model).expanduser()
@@ -126,7 +125,6 @@ def resolve_model(dif: DiffusionConfig) -> ModelSource:
     return ModelSource(dif.model, commit, "hub-commit:" + commit)
 
 
-# ----------------------------------------------------------------------------- loading
 def quiet_libraries() -> None:
     """Our rich progress bar is the only one; library bars and notices would interleave with it."""
     from diffusers.utils import logging as diffusers_logging
@@ -171,7 +169,6 @@ def load_pipeline(dif: DiffusionConfig, source: ModelSource, info: ModelInfo, de
     return pipe
 
 
-# ----------------------------------------------------------------------------- levers
 @dataclass(frozen=True)
 class Levers:
     """The speed levers a run uses, resolved for its device and size; `reason` says why compile is on/off."""
@@ -188,12 +185,10 @@ class Levers:
     @property
     def inductor_mode(self) -> str:
         """torch.compile's mode: CUDA graphs are inductor's reduce-overhead (or max-autotune) mode."""
-        if not self.cuda_graphs:
-            return self.compile_mode
-        return "max-autotune" if self.compile_mode.startswith("max-autotune") else "reduce-overhead"
+        graphs = "max-autotune" if self.compile_mode.startswith("max-autotune") else "reduce-overhead"
+        return graphs if self.cuda_graphs else self.compile_mode
 
-    def record(self) -> dict[str, Any]:
-        """For provenance: the levers as run (the reason is not a setting)."""
+    def record(self) -> dict[str, Any]:  # for provenance (the reason is not a setting)
         return {"batch_size": self.batch_size, "fuse_qkv": self.fuse_qkv, "channels_last": self.channels_last,
                 "compile": self.compile, "compile_mode": self.inductor_mode if self.compile else None,
                 "attention": self.attention}
@@ -216,8 +211,7 @@ def choose_levers(dif: DiffusionConfig, device_type: str, n_images: int) -> Leve
 
 
 def use_inductor_cache(root: Path | None = None) -> Path:
-    """Keep inductor's FX-graph and kernel caches under <repo>/.cache/torchinductor (call before compiling;
-    stages run from the repository root, so that is the working directory by default)."""
+    """Keep inductor's caches under <repo>/.cache/torchinductor (stages run from the repository root)."""
     folder = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(((root or Path.cwd()) / INDUCTOR_CACHE).resolve())))
     os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
     os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")

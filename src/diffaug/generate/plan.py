@@ -119,15 +119,11 @@ class Plan(SetLayout):
     def work_order(self, span: range) -> list[int]:
         """The order a shard's images are queued in: by index, or for img2img grouped by strength (one
         strength per batch where possible: images of one batch share the denoising timesteps)."""
-        if not self.strengths:
-            return list(span)
-        return sorted(span, key=lambda g: (self.strengths.index(self.strength(g)), g))
+        return sorted(span, key=lambda g: (self.strengths.index(self.strength(g)), g)) if self.strengths else list(span)
 
     def init_images(self, gs: list[int]) -> np.ndarray | None:
         """The real source images (uint8 NHWC, dataset size) of images gs; None for a prompt set."""
-        if self.source_images is None:
-            return None
-        return self.source_images[[self.source_rows[g] for g in gs]]
+        return None if self.source_images is None else self.source_images[[self.source_rows[g] for g in gs]]
 
     def image_extras(self) -> list[dict[str, Any]] | None:
         """Per image, what the manifest adds to class/prompt/seed: an img2img image's real source."""
@@ -160,11 +156,8 @@ def _choose_sources(labels: np.ndarray, classes: list[str], spec: Img2ImgSet, se
 
 def diffusion_settings(dif: DiffusionConfig, model_fingerprint: str | None, family: str = "sd") -> dict[str, Any]:
     values = dataclasses.asdict(dif)
-    settings = {k: values[k] for k in PIXEL_SETTINGS}
     # Approximate levers enter the hash only when on, so sets made before they existed stay valid.
-    for key in APPROXIMATE:
-        if settings[key] in (0, False, "none"):
-            del settings[key]
+    settings = {k: values[k] for k in PIXEL_SETTINGS if not (k in APPROXIMATE and values[k] in (0, False, "none"))}
     if family != "sd":  # SD sets were made before families existed: their hash stays as it was
         settings["family"] = family
     settings["model_fingerprint"] = model_fingerprint
@@ -253,7 +246,6 @@ def _img2img_sources(spec: Img2ImgSet, classes: list[str], image_size: tuple[int
                 source_hashes=tuple(hashes[r] for r in rows), source_images=train.images)
 
 
-# ----------------------------------------------------------------------------- cost of a plan
 # The CPU guard's estimate: SD-v1.4's FLOPs at 512², 50 guided steps and one VAE decode, scaled to the
 # run, at a generous 1 TFLOP/s for a many-core server CPU; img2img adds its VAE encode (about half the decode).
 SD14_FLOP_PER_IMAGE, SD14_VAE_ENCODE_FLOP, CPU_FLOP_PER_S, CPU_SECONDS_ALLOWED = 82.8e12, 1.1e12, 1e12, 3600.0

@@ -30,7 +30,6 @@ from diffaug.generate.sampler import Sampler, family_of
 from diffaug.io import atomic_path
 
 
-# ----------------------------------------------------------------------------- placement
 @dataclass(frozen=True)
 class World:
     """This process's place among `torchrun`/multi-node workers: shard k is made by rank k % size."""
@@ -56,7 +55,7 @@ class World:
         return k % self.size == self.rank
 
 
-def shards_to_make(out_dir: Path, plan: Plan, world: World) -> list[int]:
+def shards_to_make(out_dir: Path, plan: Plan, world: World) -> list[int]:  # this process's missing shards
     return [k for k in range(plan.num_shards) if world.owns(k) and storage.valid_shard(out_dir, plan, k) is None]
 
 
@@ -68,7 +67,6 @@ def pick_device(dif: DiffusionConfig, world: World) -> torch.device:
     return device
 
 
-# ----------------------------------------------------------------------------- provenance
 def provenance(levers: Levers, device: torch.device) -> dict[str, Any]:
     """How a shard was made, beyond its settings: what can move low-order bits (not in the settings hash)."""
     cuda = device.type == "cuda"
@@ -77,7 +75,6 @@ def provenance(levers: Levers, device: torch.device) -> dict[str, Any]:
             "diffusers": diffusers.__version__, "cuda": torch.version.cuda if cuda else None}
 
 
-# ----------------------------------------------------------------------------- batch size
 AUTO_PROBE_BATCH = 2  # auto: the first batch, whose measured peak sizes the rest
 AUTO_CPU_BATCH = 8  # auto on a CPU: no memory to measure, a size that keeps the cores busy
 AUTO_MAX_BATCH = 128
@@ -95,7 +92,7 @@ class BatchSize:
         self.size = int(setting) if not self.auto else AUTO_PROBE_BATCH if self.probing else AUTO_CPU_BATCH
         self.used: list[int] = []
 
-    def start_batch(self) -> None:
+    def start_batch(self) -> None:  # auto's first batch: its peak is measured
         if self.probing:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -124,29 +121,22 @@ class BatchSize:
             torch.cuda.empty_cache()
 
     def record(self) -> dict[str, Any]:
-        """The shard's provenance: the batch size it ran at (and every size, when it changed)."""
-        sizes = sorted(set(self.used))
-        self.used = []
-        return {"batch_size": sizes[-1] if len(sizes) == 1 else sizes} if sizes else {}
+        """The shard's provenance: the batch size it ran at (every size, when it changed)."""
+        sizes, self.used = sorted(set(self.used)), []
+        return {"batch_size": sizes[0] if len(sizes) == 1 else sizes} if sizes else {}
 
 
-# ----------------------------------------------------------------------------- generation
 def save_png(path: Path, image: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
 
 
-def build_sampler(pipe, dif: DiffusionConfig, levers: Levers, out_size: tuple[int, int]) -> Sampler:
-    """The Sampler with `dif`'s pixel settings and the resolved levers applied to `pipe`."""
-    apply_levers(pipe, levers, fp8=dif.fp8, cache=dif.cache, fuse_denoiser=family_of(pipe).fuse_qkv)
-    steps, guidance_scale, resolution = settled(dif)
-    return Sampler(pipe, steps=steps, guidance_scale=guidance_scale, resolution=resolution, out_size=out_size,
-                   scheduler=dif.scheduler, safety_checker=dif.safety_checker, attention=levers.attention, cache=dif.cache)
-
-
 def generate_shards(pipe, dif: DiffusionConfig, levers: Levers, plan: Plan, out_dir: Path, shards: list[int], *,
                     save_full: bool, console: Console, show_bar: bool, label: str) -> None:
-    sampler = build_sampler(pipe, dif, levers, plan.image_size)
+    apply_levers(pipe, levers, fp8=dif.fp8, cache=dif.cache, fuse_denoiser=family_of(pipe).fuse_qkv)
+    steps, guidance_scale, resolution = settled(dif)
+    sampler = Sampler(pipe, steps=steps, guidance_scale=guidance_scale, resolution=resolution, out_size=plan.image_size,
+                      scheduler=dif.scheduler, safety_checker=dif.safety_checker, attention=levers.attention, cache=dif.cache)
     sampler.encode_prompts(plan.distinct_prompts, plan.negative_prompt)
     storage.remove_outdated_summary(out_dir)
     total = sum(len(plan.shard_range(k)) for k in shards)
@@ -170,13 +160,10 @@ def make_shard(sampler: Sampler, plan: Plan, out_dir: Path, k: int, *, sizer: Ba
                report: ThroughputReport, png_pool: ThreadPoolExecutor, label: str = "") -> None:
     """Generate shard k and write it atomically (PNGs first: a shard file implies its PNGs exist).
 
-    Work is a queue of (global index, attempt); an image the safety checker flags goes back to the
-    end of the queue with the next attempt's seed, up to max_regenerations, after which it is kept
-    black (what the diffusers pipeline returns for flagged images) and counted in the manifest. The
-    queue depends only on the shard and the flags, so batches are the same in every run at one batch
-    size. A batch with NaN/inf latents or pixels stops the run with one line; the shard is not
-    written. A batch that runs out of GPU memory goes back to the queue's front at half the size.
-    """
+    Work is a queue of (global index, attempt): a flagged image goes back to its end with the next
+    attempt's seed, up to max_regenerations, then is kept black (as diffusers returns it) and counted.
+    NaN/inf stops the run with one line, the shard unwritten; a batch out of GPU memory goes back to
+    the queue's front at half the size."""
     span = plan.shard_range(k)
     h, w = plan.image_size
     images = np.zeros((len(span), h, w, 3), np.uint8)
@@ -205,7 +192,7 @@ def make_shard(sampler: Sampler, plan: Plan, out_dir: Path, k: int, *, sizer: Ba
             queue.extendleft(reversed(batch))
             continue
         sizer.batch_done(len(run))
-        if not out.all_finite:
+        if out.finite is not None and not out.finite.all():
             raise non_finite_error(plan, k, batch_number, batch, out.finite, sampler, label)
         batch_number += 1
         finished = 0
@@ -240,7 +227,6 @@ def non_finite_error(plan: Plan, k: int, batch_number: int, batch: list[tuple[in
         f"diffusion.dtype: float32 or bfloat16 (float16 overflows more easily)")
 
 
-# ----------------------------------------------------------------------------- progress
 class ThroughputReport:
     """The measured images/s and ETA, printed once after a warm-up batch (which pays for compilation, cuDNN
     heuristics and allocator growth), then a progress bar. `generated` counts every image made
@@ -278,7 +264,6 @@ class ThroughputReport:
             self.progress.update(self.task, completed=self.finished, rate=rate)
 
     def __enter__(self):
-        self.started = time.perf_counter()
         return self
 
     def __exit__(self, *exc) -> None:

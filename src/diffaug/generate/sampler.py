@@ -78,14 +78,9 @@ class BatchOutput:
     flagged: list[bool]
     finite: np.ndarray | None = None  # per image: latents and decoded pixels all finite
 
-    @property
-    def all_finite(self) -> bool:
-        return self.finite is None or bool(self.finite.all())
-
 
 def family_of(pipe) -> Family:
-    name = type(pipe).__name__.replace("Img2Img", "")
-    return BY_CLASS.get(name, FAMILIES["sd"])
+    return BY_CLASS.get(type(pipe).__name__.replace("Img2Img", ""), FAMILIES["sd"])
 
 
 class Sampler:
@@ -101,7 +96,7 @@ class Sampler:
         # The checker is ours to call (flags, not black images); the pipeline must not run it again.
         self.checker: Any = getattr(pipe, "safety_checker", None) if safety_checker else None
         self.feature_extractor: Any = getattr(pipe, "feature_extractor", None)
-        if getattr(pipe, "safety_checker", None) is not None:
+        if hasattr(pipe, "safety_checker"):
             pipe.safety_checker = None
         self.check_safety = self.checker is not None
         pipe.scheduler = self.scheduler = make_scheduler(pipe, scheduler)
@@ -119,15 +114,12 @@ class Sampler:
         parts: dict[str, list[torch.Tensor]] = {}
         for start in range(0, len(prompts), chunk):
             part = prompts[start:start + chunk]
-            kwargs = {"prompt": part, "device": self.device, "num_images_per_prompt": 1}
-            kwargs.update({name: None for name in ("prompt_2", "prompt_3") if name in accepts})  # = prompt
-            if "do_classifier_free_guidance" in accepts:
-                kwargs["do_classifier_free_guidance"] = self.guided
+            kwargs = {"prompt": part, "device": self.device, "num_images_per_prompt": 1, "prompt_2": None, "prompt_3": None,
+                      "do_classifier_free_guidance": self.guided, "clean_caption": False}  # clean_caption needs bs4, ftfy
             if negative_prompt and self.guided:
                 kwargs["negative_prompt"] = [negative_prompt] * len(part)
-            if "clean_caption" in accepts:
-                kwargs["clean_caption"] = False  # needs bs4 and ftfy; our prompts are plain
-            for name, value in zip(self.family.embeddings, self.pipe.encode_prompt(**kwargs)):
+            outputs = self.pipe.encode_prompt(**{k: v for k, v in kwargs.items() if k in accepts})
+            for name, value in zip(self.family.embeddings, outputs):
                 if name is not None and value is not None and (self.guided or "negative" not in name):
                     parts.setdefault(name, []).append(value)
         self.embeds = {name: torch.cat(values) for name, values in parts.items()}
@@ -143,9 +135,7 @@ class Sampler:
 
     def attention_kernels(self):
         """The SDPA kernel for the denoiser's attention (`auto`: PyTorch's own choice per call)."""
-        if self.attention == "auto":
-            return contextlib.nullcontext()
-        return sdpa_kernel([ATTENTION_BACKENDS[self.attention]])
+        return contextlib.nullcontext() if self.attention == "auto" else sdpa_kernel([ATTENTION_BACKENDS[self.attention]])
 
     @contextlib.contextmanager
     def cache_context(self):
@@ -187,8 +177,7 @@ class Sampler:
 
     def safety_input(self, images_u8_cpu: torch.Tensor) -> torch.Tensor:
         """The checker's CLIP input: the pipeline's uint8 pixels through its own feature extractor, on the CPU."""
-        features = self.feature_extractor(list(images_u8_cpu), return_tensors="pt")
-        return features.pixel_values.to(self.device, self.checker.dtype)
+        return self.feature_extractor(list(images_u8_cpu), return_tensors="pt").pixel_values.to(self.device, self.checker.dtype)
 
     @torch.no_grad()
     def safety_flags(self, images_u8_cpu: torch.Tensor) -> list[bool]:
