@@ -76,7 +76,9 @@ def test_family_defaults_are_the_installed_pipelines_own():
 # ----------------------------------------------------------------------------- every family, through the CLI
 @pytest.mark.parametrize("family", list(PIPELINES))
 def test_each_family_makes_a_set_through_the_cli(tiny, tmp_path, capsys, family):
-    params, classes = inputs(tmp_path, tiny(family), family, safety_checker=True)
+    """With fused QKV, and FirstBlockCache where the family has it: the levers apply to every family."""
+    cache = "first_block" if FAMILIES[family].cache else "none"
+    params, classes = inputs(tmp_path, tiny(family), family, safety_checker=True, fuse_qkv=True, cache=cache)
     out = tmp_path / "out"
     assert main(cli_args(params, classes, out)) == 0
     err = capsys.readouterr().err
@@ -84,7 +86,8 @@ def test_each_family_makes_a_set_through_the_cli(tiny, tmp_path, capsys, family)
     generator = manifest["generator"]
     assert generator["pipeline"] == PIPELINES[family] and generator["family"].split()[0] == family
     dif = manifest["settings"]["diffusion"]
-    assert dif.get("family", "sd") == family and dif["steps"] == 2
+    assert dif.get("family", "sd") == family and dif["steps"] == 2 and dif.get("cache", "none") == cache
+    assert all(s["provenance"]["fuse_qkv"] for s in manifest["shards"])
     assert dif["guidance_scale"] == FAMILIES[family].guidance_scale and generator["family_defaults"] == (
         ["guidance_scale", "resolution"] if family == "dit" else ["guidance_scale"])
     if family == "sd":
