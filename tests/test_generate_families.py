@@ -44,16 +44,17 @@ def tiny(tmp_path_factory):
     return get
 
 
-def inputs(tmp_path: Path, model: Path, family: str, **diffusion):
+def inputs(tmp_path: Path, model: Path, family: str, syn1: dict | None = None, **diffusion):
     """params.yaml and classes.json for 3 classes x 1 image, 2 steps, at 64² (DiT: its native size), the
     family's guidance."""
     settings = {"steps": 2, "resolution": None if family == "dit" else 64, "guidance_scale": None, "batch_size": 2,
                 "safety_checker": family == "sd", **diffusion}
     return write_inputs(tmp_path, model, diffusion=settings, synthetic={"images_per_class": 1},
-                        syn1={"class_ids": CLASS_IDS} if family == "dit" else None)
+                        syn1={"class_ids": CLASS_IDS} if family == "dit" else syn1)
 
 
 def refused(params: Path, classes: Path, out: Path, capsys, set_name: str = "syn1", argv=None) -> str:
+    capsys.readouterr()  # building a tiny model prints progress bars
     with pytest.raises(SystemExit) as exit_info:
         main(argv or cli_args(params, classes, out, set_name))
     err = capsys.readouterr().err
@@ -175,6 +176,7 @@ def test_a_dit_class_without_ids_is_one_line(tiny, tmp_path, capsys, no_load):
     ("sd3", {"scheduler": "ddim"}, "diffusion.scheduler"),
     ("dit", {"resolution": 64}, "diffusion.resolution"),
     ("sdxl", {}, "synthetic.sets.syn1.class_ids"),
+    ("flux", {"syn1": {"negative_prompt": "blurry"}}, "synthetic.sets.syn1.negative_prompt"),
 ])
 def test_a_setting_the_family_lacks_is_one_line(tiny, tmp_path, capsys, no_load, family, change, key):
     params, classes = inputs(tmp_path, tiny(family), family, **change)
