@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from PIL import Image
 
 from diffaug.config import load_config, parse_config
@@ -22,7 +22,7 @@ from diffaug.formats import synthetic as storage
 from diffaug.formats.splits import Split, load_split, save_split
 from diffaug.generate.__main__ import main
 from diffaug.generate.plan import build_plan, image_flops, plan_flops, steps_note
-from diffaug.generate.sampler import Sampler, upsample
+from diffaug.generate.sampler import upsample
 from diffaug.io import sha256_file
 from diffaug.sandbox.tiny import tiny_diffusion_params
 
@@ -234,12 +234,12 @@ def test_strength_lists_cycle_by_image_index_and_only_strength_x_steps_run(world
     # DDIM: n steps are n timesteps (PNDM's table has one more), so the count is plain to read
     params = write_params(tmp_path, world["model"], diffusion={"scheduler": "ddim"})
     calls: list[int] = []
-    real_step = Sampler.step
+    real_step = DDIMScheduler.step
 
-    def counting_step(self, i, t, t_device, latents, embeds):
-        calls.append(len(latents))
-        return real_step(self, i, t, t_device, latents, embeds)
-    monkeypatch.setattr(Sampler, "step", counting_step)
+    def counting_step(self, model_output, timestep, sample, *args, **kwargs):
+        calls.append(len(sample))
+        return real_step(self, model_output, timestep, sample, *args, **kwargs)
+    monkeypatch.setattr(DDIMScheduler, "step", counting_step)
     assert main(args(params, world["prepared"], tmp_path / "out")) == 0
     # 15 images: per class indices 0, 2, 4 at strength 0.5 (4 of 8 steps), 1, 3 at 1.0 (all 8)
     assert sum(calls) == 9 * 4 + 6 * 8

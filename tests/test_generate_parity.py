@@ -1,8 +1,11 @@
-"""Our sampler against plain `StableDiffusionPipeline.__call__`, downsampling against PIL, tiny/benchmark smoke.
+"""Our batches (the stock pipeline called with cached prompt embeddings, per-image generators and
+on-device uint8 conversion) against plain `StableDiffusionPipeline.__call__`; downsampling against
+PIL; tiny/benchmark smoke.
 
-All on the tiny random pipeline in float32 on the CPU. Both paths do the same arithmetic, but not
-always in the same order (batch shapes, BLAS blocking and SIMD width differ between CPUs and builds),
-so they agree to float32 rounding, not bit for bit: see IMAGE_ATOL.
+All on the tiny random pipeline in float32 on the CPU. Both paths run diffusers' own loop, but the
+prompt embeddings are computed in another batch and the latents in other batch shapes (BLAS
+blocking and SIMD width differ between shapes, CPUs and builds), so they agree to float32 rounding,
+not bit for bit: see IMAGE_ATOL.
 """
 from __future__ import annotations
 
@@ -18,8 +21,8 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from conftest import SHARED_CIFAR
-from diffaug.generate.model import apply_speed_levers, quiet_libraries
-from diffaug.generate.sampler import Sampler, downsample, to_uint8
+from diffaug.generate.model import Levers, apply_levers, quiet_libraries
+from diffaug.generate.sampler import Sampler, downsample, make_scheduler, to_uint8
 from diffaug.io import load_npz
 from diffaug.sandbox.tiny import SD14_UNET_PARAMS, sd14_unet_parameter_count
 
@@ -50,46 +53,39 @@ def load(path: Path):
     return pipe
 
 
-def sampler(pipe, scheduler="default", steps=4):
-    s = Sampler(pipe, steps=steps, guidance_scale=7.5, resolution=64, out_size=(32, 32), scheduler=scheduler)
+def sampler(pipe, scheduler="default", steps=4, guidance_scale=7.5, negative=None):
+    s = Sampler(pipe, steps=steps, guidance_scale=guidance_scale, resolution=64, out_size=(32, 32), scheduler=scheduler)
+    s.encode_prompts(sorted(set(PROMPTS)), negative)
     return s
 
 
-def plain(pipe, scheduler, latents, negative=None, steps=4):
-    """The stock pipeline on the same latents and scheduler; float images in [0, 1], NCHW."""
-    original = pipe.scheduler
+def plain(pipe, scheduler, negative=None, steps=4, guidance_scale=7.5):
+    """The stock pipeline, prompts as text, one CPU generator per image; float images in [0, 1], NCHW."""
     pipe.scheduler = scheduler
-    try:
-        return pipe(PROMPTS, negative_prompt=[negative] * len(PROMPTS) if negative else None, latents=latents.clone(),
-                    num_inference_steps=steps, guidance_scale=7.5, height=64, width=64, output_type="pt").images
-    finally:
-        pipe.scheduler = original
+    generators = [torch.Generator("cpu").manual_seed(s) for s in SEEDS]
+    return pipe(PROMPTS, negative_prompt=[negative] * len(PROMPTS) if negative else None, generator=generators,
+                num_inference_steps=steps, guidance_scale=guidance_scale, height=64, width=64, output_type="pt").images
 
 
-def assert_same_images(images: torch.Tensor, reference: torch.Tensor, full_u8: np.ndarray | None = None) -> None:
-    """Float images in [0, 1] within IMAGE_ATOL; uint8 images within 1 level on at most 1% of values."""
-    torch.testing.assert_close(images, reference, rtol=0, atol=IMAGE_ATOL)
-    if full_u8 is not None:
-        expected = (reference.permute(0, 2, 3, 1).numpy() * 255).round().astype(int)
-        diff = np.abs(full_u8.astype(int) - expected)
-        assert diff.max() <= UINT8_MAX_LEVELS and np.mean(diff > 0) <= UINT8_MAX_FRACTION, (diff.max(), np.mean(diff > 0))
-
-
-def ours_and_plain(pipe, scheduler="default", negative=None):
-    ours = sampler(pipe, scheduler)
-    ours.encode_prompts(sorted(set(PROMPTS)), negative)
-    latents = ours.initial_latents(SEEDS)
-    images = (ours.decode(ours.denoise(latents, ours.embeddings(PROMPTS))) * 0.5 + 0.5).clamp(0, 1)
-    reference = plain(pipe, ours.scheduler, latents, negative)
-    return ours, images, reference
+def assert_same_images(full_u8: np.ndarray, reference: torch.Tensor) -> None:
+    """uint8 images within 1 level on at most 1% of values of the reference's float images in [0, 1]."""
+    expected = (reference.permute(0, 2, 3, 1).numpy() * 255).round().astype(int)
+    diff = np.abs(full_u8.astype(int) - expected)
+    assert diff.max() <= UINT8_MAX_LEVELS and np.mean(diff > 0) <= UINT8_MAX_FRACTION, (diff.max(), np.mean(diff > 0))
 
 
 @pytest.mark.parametrize("scheduler", ["default", "pndm", "ddim", "dpmsolver++", "euler"])
 @pytest.mark.parametrize("negative", [None, "blurry, low quality"])
-def test_our_loop_equals_the_plain_pipeline(tiny_sd, scheduler, negative):
-    pipe = load(tiny_sd)
-    ours, images, reference = ours_and_plain(pipe, scheduler, negative)
-    assert_same_images(images, reference, ours.run_batch(SEEDS, PROMPTS, want_full=True).full)
+def test_our_batches_equal_the_plain_pipeline(tiny_sd, scheduler, negative):
+    ours = sampler(load(tiny_sd), scheduler, negative=negative)
+    stock = load(tiny_sd)
+    reference = plain(stock, type(ours.scheduler).from_config(ours.scheduler.config), negative)
+    images, latents = ours.call(SEEDS, PROMPTS)
+    torch.testing.assert_close(images, reference, rtol=0, atol=IMAGE_ATOL)
+    assert latents is not None and latents.shape == (4, 4, 8, 8)  # seen by the NaN/inf check
+    out = ours.run_batch(SEEDS, PROMPTS, want_full=True)
+    assert_same_images(out.full, reference)
+    assert np.abs(out.small.astype(int) - downsample(to_uint8(reference), (32, 32)).permute(0, 2, 3, 1).numpy()).max() <= 1
 
 
 def _guidance_one_percent_off(monkeypatch, ours):
@@ -97,121 +93,105 @@ def _guidance_one_percent_off(monkeypatch, ours):
 
 
 def _guidance_halves_swapped(monkeypatch, ours):
-    embeddings = Sampler.embeddings
-    monkeypatch.setattr(Sampler, "embeddings", lambda self, prompts: embeddings(self, prompts).roll(len(prompts), 0))
+    ours.embeds["prompt_embeds"], ours.embeds["negative_prompt_embeds"] = (ours.embeds["negative_prompt_embeds"],
+                                                                           ours.embeds["prompt_embeds"])
 
 
-def _scheduler_step_off_by_one(monkeypatch, ours):
-    step = ours.scheduler.step
-    monkeypatch.setattr(ours.scheduler, "step", lambda noise, t, latents, **kw: step(noise, t - 1, latents, **kw))
+def _prompt_rows_shifted(monkeypatch, ours):
+    ours.prompt_index = {p: (i + 1) % len(ours.prompt_index) for p, i in ours.prompt_index.items()}
 
 
-def _vae_scaling_factor_rounded(monkeypatch, ours):
-    monkeypatch.setattr(Sampler, "decode", lambda self, latents: self.vae_decode(latents / 0.18, return_dict=False)[0])
+def _seeds_off_by_one(monkeypatch, ours):
+    call = Sampler.call
+    monkeypatch.setattr(Sampler, "call", lambda self, seeds, *a, **k: call(self, [s ^ 1 for s in seeds], *a, **k))
 
 
-@pytest.mark.parametrize("mutation", [_guidance_one_percent_off, _guidance_halves_swapped, _scheduler_step_off_by_one,
-                                      _vae_scaling_factor_rounded], ids=lambda m: m.__name__.strip("_"))
+@pytest.mark.parametrize("mutation", [_guidance_one_percent_off, _guidance_halves_swapped, _prompt_rows_shifted,
+                                      _seeds_off_by_one], ids=lambda m: m.__name__.strip("_"))
 @pytest.mark.parametrize("scheduler", ["default", "ddim"])
 def test_the_tolerance_still_catches_real_bugs(tiny_sd, monkeypatch, scheduler, mutation):
-    """Each mutation of our loop is a plausible bug; the comparison above must fail on it."""
-    pipe = load(tiny_sd)
-    ours = sampler(pipe, scheduler)
-    stock_scheduler = type(ours.scheduler).from_config(ours.scheduler.config)  # `default` is pipe.scheduler itself
+    """Each mutation of our wrapper is a plausible bug; the comparison above must fail on it."""
+    ours = sampler(load(tiny_sd), scheduler)
+    reference = plain(load(tiny_sd), type(ours.scheduler).from_config(ours.scheduler.config))
     mutation(monkeypatch, ours)
-    ours.encode_prompts(sorted(set(PROMPTS)), None)
-    latents = ours.initial_latents(SEEDS)
-    images = (ours.decode(ours.denoise(latents, ours.embeddings(PROMPTS))) * 0.5 + 0.5).clamp(0, 1)
-    reference = plain(pipe, stock_scheduler, latents)
+    images, _ = ours.call(SEEDS, PROMPTS)
     worst = (images - reference).abs().max().item()
     assert worst > 10 * IMAGE_ATOL, f"{mutation.__name__} moved images by only {worst:.2e}"
     with pytest.raises(AssertionError):
-        assert_same_images(images, reference)
+        torch.testing.assert_close(images, reference, rtol=0, atol=IMAGE_ATOL)
 
 
 def test_without_guidance_too(tiny_sd):
-    """guidance_scale <= 1: one UNet pass on the prompts alone, as the pipeline does."""
-    pipe = load(tiny_sd)
-    ours = Sampler(pipe, steps=4, guidance_scale=1.0, resolution=64, out_size=(32, 32))
-    ours.encode_prompts(sorted(set(PROMPTS)), "ignored without guidance")
-    assert not ours.guided and ours.embeddings(PROMPTS).shape[0] == len(PROMPTS)
-    latents = ours.initial_latents(SEEDS)
-    images = (ours.decode(ours.denoise(latents, ours.embeddings(PROMPTS))) * 0.5 + 0.5).clamp(0, 1)
-    reference = pipe(PROMPTS, latents=latents.clone(), num_inference_steps=4, guidance_scale=1.0, height=64, width=64,
-                     output_type="pt").images
-    assert_same_images(images, reference)
+    """guidance_scale <= 1: no negative embeddings are computed or passed, as the pipeline does it."""
+    ours = sampler(load(tiny_sd), guidance_scale=1.0, negative="ignored without guidance")
+    assert not ours.guided and set(ours.embeds) == {"prompt_embeds"}
+    reference = plain(load(tiny_sd), load(tiny_sd).scheduler, guidance_scale=1.0)
+    assert_same_images(ours.run_batch(SEEDS, PROMPTS, want_full=True).full, reference)
 
 
 def test_default_scheduler_is_the_models_pndm(tiny_sd):
     pipe = load(tiny_sd)
-    s = sampler(pipe)
-    assert type(s.scheduler).__name__ == "PNDMScheduler" and s.scheduler.config.skip_prk_steps
-    assert sampler(pipe, "dpmsolver++").scheduler.config.algorithm_type == "dpmsolver++"
-    assert sampler(pipe, "ddim").scheduler.config.clip_sample is False  # inherited from SD-v1.4's config
+    assert type(make_scheduler(pipe, "default")).__name__ == "PNDMScheduler" and pipe.scheduler.config.skip_prk_steps
+    assert make_scheduler(pipe, "dpmsolver++").config.algorithm_type == "dpmsolver++"
+    assert make_scheduler(pipe, "ddim").config.clip_sample is False  # inherited from SD-v1.4's config
 
 
 def test_speed_levers_move_pixels_by_at_most_one_level(tiny_sd):
+    before = sampler(load(tiny_sd)).run_batch(SEEDS, PROMPTS, want_full=True)
     pipe = load(tiny_sd)
-    base = sampler(pipe)
-    base.encode_prompts(sorted(set(PROMPTS)), None)
-    before = base.run_batch(SEEDS, PROMPTS, want_full=True)
-    apply_speed_levers(pipe, channels_last=True, fuse_qkv=True)
-    fast = sampler(pipe)
-    fast.encode_prompts(sorted(set(PROMPTS)), None)
-    after = fast.run_batch(SEEDS, PROMPTS, want_full=True)
+    apply_levers(pipe, Levers(channels_last=True, fuse_qkv=True))
+    after = sampler(pipe).run_batch(SEEDS, PROMPTS, want_full=True)
     assert np.abs(before.full.astype(int) - after.full).max() <= 1
     assert np.abs(before.small.astype(int) - after.small).max() <= 1
 
 
-def test_latents_depend_on_the_seed_only(tiny_sd):
-    pipe = load(tiny_sd)
-    s = sampler(pipe)
-    together = s.initial_latents(SEEDS)
-    one_by_one = torch.cat([s.initial_latents([seed]) for seed in SEEDS])
-    assert torch.equal(together, one_by_one) and together.shape == (4, 4, 8, 8)
-    shuffled = s.initial_latents(SEEDS[::-1])
-    assert torch.equal(shuffled, together.flip(0))
-    # ...and they are what the stock pipeline draws from per-image CPU generators.
-    generators = [torch.Generator("cpu").manual_seed(seed) for seed in SEEDS]
-    expected = pipe.prepare_latents(4, 4, 64, 64, torch.float32, torch.device("cpu"), generators) / pipe.scheduler.init_noise_sigma
-    assert torch.equal(together, expected)
+def test_an_image_depends_on_its_seed_not_its_batch(tiny_sd):
+    s = sampler(load(tiny_sd))
+    together = s.run_batch(SEEDS, PROMPTS, want_full=True).full.astype(int)
+    alone = np.concatenate([s.run_batch([seed], [prompt], want_full=True).full for seed, prompt in zip(SEEDS, PROMPTS)])
+    assert np.abs(together - alone).max() <= 1
+    swapped = s.run_batch(SEEDS[::-1], PROMPTS[::-1], want_full=True).full.astype(int)
+    assert np.abs(swapped[::-1] - together).max() <= 1
 
 
-def test_each_prompt_is_encoded_once_per_run(tiny_sd):
+def test_each_prompt_is_encoded_once_per_run_then_the_encoder_goes(tiny_sd):
     pipe = load(tiny_sd)
     calls = []
     forward = pipe.text_encoder.forward
     pipe.text_encoder.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
-    s = sampler(pipe, steps=1)
+    s = Sampler(pipe, steps=1, guidance_scale=7.5, resolution=64, out_size=(32, 32))
     s.encode_prompts(sorted(set(PROMPTS)), None)
     encoded = len(calls)  # one pass for the prompts, one for the negative prompt
+    assert pipe.text_encoder is None  # released: its memory goes to the denoiser
     for _ in range(3):
         s.run_batch(SEEDS, PROMPTS)
     assert encoded == 2 and len(calls) == encoded
 
 
 def test_safety_checker_sees_what_the_pipeline_shows_it_and_flags_alike(tiny_sd):
-    pipe = load(tiny_sd)
-    s = sampler(pipe)
-    s.encode_prompts(sorted(set(PROMPTS)), None)
-    latents = s.initial_latents(SEEDS)
-    decoded = s.decode(s.denoise(latents, s.embeddings(PROMPTS)))
-    full = to_uint8(decoded)
+    stock = load(tiny_sd)
+    s = sampler(load(tiny_sd))
+    images = plain(stock, stock.scheduler)
+    full = to_uint8(images)
     ours = s.safety_input(full)
-    pil = pipe.image_processor.postprocess(decoded, output_type="pil")
-    assert torch.equal(ours, pipe.feature_extractor(pil, return_tensors="pt").pixel_values)
+    pil = stock.numpy_to_pil(images.permute(0, 2, 3, 1).numpy())
+    assert torch.equal(ours, stock.feature_extractor(pil, return_tensors="pt").pixel_values)
     # Make the checker flag image 1 only: a concept pointing from the other images to it, with the
     # threshold halfway between image 1's similarity and the next highest. Then compare with the stock pipeline.
-    checker = pipe.safety_checker
+    checker = stock.safety_checker
     with torch.no_grad():
         embeds = checker.visual_projection(checker.vision_model(ours)[1])
         concept = embeds[1] - embeds[[0, 2, 3]].mean(0)
         cos = torch.nn.functional.normalize(embeds) @ torch.nn.functional.normalize(concept, dim=0)
         checker.concept_embeds[0] = concept
         checker.concept_embeds_weights[0] = (cos[1] + cos[[0, 2, 3]].max()) / 2
+    s.checker = checker
     assert s.safety_flags(full) == [False, True, False, False]
-    stock = pipe(PROMPTS, latents=latents.clone(), num_inference_steps=4, guidance_scale=7.5, height=64, width=64, output_type="np")
-    assert stock.nsfw_content_detected == [False, True, False, False]
+    assert s.run_batch(SEEDS, PROMPTS).flagged == [False, True, False, False]
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in SEEDS]
+    flagged = stock(PROMPTS, generator=generators, num_inference_steps=4, guidance_scale=7.5, height=64, width=64,
+                    output_type="np").nsfw_content_detected
+    assert flagged == [False, True, False, False]
 
 
 def _pil_bilinear(images_nhwc: np.ndarray, size: int) -> np.ndarray:
@@ -265,17 +245,3 @@ def test_benchmark_runs_on_cpu_with_tiny(tmp_path):
     assert all(v > 0 for v in results.values())
     rows = [line for line in results_md.read_text().splitlines() if line.startswith("| 20")]
     assert len(rows) == 1 and "--tiny" in rows[0] and "b4 " in rows[0]
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_denoising_loop_never_syncs_with_the_gpu(tiny_sd):
-    pipe = load(tiny_sd).to("cuda")
-    s = sampler(pipe, steps=5)
-    s.encode_prompts(sorted(set(PROMPTS)), None)
-    latents, embeds = s.initial_latents(SEEDS), s.embeddings(PROMPTS)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        s.denoise(latents, embeds)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")

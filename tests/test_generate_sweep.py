@@ -35,23 +35,18 @@ def test_sweep_tiny_runs_end_to_end_and_writes_only_where_told(tmp_path):
     plain = rows["plain diffusers (PNDM, PIL output)"]
     exact = rows["ours eager, no levers"]
     assert plain["status"] == "ok" and plain["images_per_s"] > 0
-    for key in ("images_per_s", "denoise_s", "decode_s", "safety_s", "unet_tflops_effective", "compile_s"):
-        assert exact[key] >= 0, key
-    assert exact["unet_tflops_effective"] > 0 and saved["unet_gflop_per_forward_per_image"] > 0
+    assert exact["status"] == "ok" and exact["images_per_s"] > 0 and exact["diff_max"] == 0
     compiled = rows["ours compiled, fused QKV (default on CUDA)"]
     assert compiled["status"] == "ok" and compiled["compile_s"] > 0 and compiled["diff_max"] <= 1
     # Exact levers keep the images within a level; every approximate lever measurably changes them.
     for r in saved["configs"]:
-        if r["status"] == "ok" and r["kind"] == "exact" and r["dtype"] == exact["dtype"] and "diff_max" in r:
+        if r["status"] == "ok" and r["kind"] == "exact" and r["dtype"] == exact["dtype"]:
             assert r["diff_max"] <= 1, r["name"]
         if r["status"] == "ok" and r["kind"] == "approximate":
             assert r["diff_mean"] > 0, r["name"]
-    assert any(r["deep_cache"] and r["status"] == "ok" for r in saved["configs"])
+    assert any(r["kind"] == "approximate" and r["status"] == "ok" for r in saved["configs"])
     assert all(r["status"].startswith("skipped: diffusion.fp8") for r in saved["configs"] if r["fp8"])
     assert rows["ours compiled + CUDA graphs (reduce-overhead)"]["status"].startswith("skipped")
-    profile = saved["profile_one_denoising_step"]
-    assert set(profile["share"]) <= {"attention", "convolution", "norm", "matmul", "elementwise"}
-    assert abs(sum(profile["share"].values()) - 1) < 0.01 and profile["top_kernels"]
     assert "recognition score not measured" in saved["recognition"]
 
     text = results_md.read_text()
@@ -60,6 +55,15 @@ def test_sweep_tiny_runs_end_to_end_and_writes_only_where_told(tmp_path):
     # The repository's own results are untouched.
     assert (REPO / "benchmarks" / "RESULTS.md").read_bytes() == repo_results
     assert (sorted((REPO / "benchmarks" / "results").glob("*")) if (REPO / "benchmarks" / "results").exists() else []) == results_dir
+
+
+def test_family_runs_another_family_at_its_defaults(tmp_path):
+    bench = load_benchmark()
+    results_md = tmp_path / "RESULTS.md"
+    results = bench.main(["--family", "dit", "--tiny", "--device", "cpu", "--steps", "2", "--results", str(results_md)])
+    assert set(results) == {"ours", "ours fast"} and all(v > 0 for v in results.values())
+    row = [line for line in results_md.read_text().splitlines() if line.startswith("| 20")]
+    assert len(row) == 1 and "dit 32² 2 steps" in row[0] and "--family dit" in row[0]
 
 
 def test_a_second_sweep_appends_a_block_to_the_same_section(tmp_path):

@@ -140,12 +140,12 @@ def check_generation(dif: Any, device: torch.device, gpu: GpuInfo | None = None,
         gpu = gpu_info(device)
     dtype = dif.dtype
     if dif.fp8:
-        if dtype != "bfloat16":
-            raise ConfigError(f"diffusion.fp8: true needs diffusion.dtype: bfloat16 (torchao's row-wise float8 scales "
-                              f"are bfloat16), got {dtype}; set diffusion.dtype: bfloat16 or diffusion.fp8: false")
         if gpu is None:
             raise ConfigError(f"diffusion.fp8: true needs a CUDA GPU of compute capability >= 8.9, this runs on "
                               f"{device.type}; set diffusion.fp8: false")
+        if dtype != "bfloat16":
+            raise ConfigError(f"diffusion.fp8: true needs diffusion.dtype: bfloat16 (torchao's row-wise float8 scales "
+                              f"are bfloat16), got {dtype}; set diffusion.dtype: bfloat16 or diffusion.fp8: false")
         if gpu.capability < FP8_MIN_CAPABILITY:
             raise ConfigError(f"diffusion.fp8: true needs compute capability >= 8.9 (float8 tensor cores), "
                               f"{gpu.name} has {gpu.sm}; set diffusion.fp8: false")

@@ -97,34 +97,43 @@ def make_pilot(cand: Candidate, classes: list[str], image_size: tuple[int, int],
                prepared: Path, console) -> PilotImages:
     """The first `per_class` images of every class of the candidate's set, as whole batches of the full run."""
     from diffaug.generate.__main__ import read_train_split
-    from diffaug.generate.model import apply_fp8, choose_levers, load_pipeline, resolve_model
+    from diffaug.generate.families import check_levers
+    from diffaug.generate.model import check_model_files, choose_levers, load_pipeline, resolve_model
     from diffaug.generate.plan import check_cpu_cost
     from diffaug.generate.reuse import BatchCache, batch_run, pilot_batches
-    from diffaug.generate.runner import World, build_sampler, pick_device, provenance, sample_batch
+    from diffaug.generate.runner import BatchSize, World, build_sampler, pick_device, provenance, sample_batch, slice_vae
 
     cfg, dif = cand.cfg, cand.cfg.diffusion
     train, train_sha = (read_train_split(str(prepared / "train.npz"))
                         if isinstance(cfg.synthetic.sets[cand.set_name], Img2ImgSet) else (None, None))
+    spec = cfg.synthetic.sets[cand.set_name]
     source = resolve_model(dif)
-    plan = build_plan(cfg, cand.set_name, classes, image_size, source.fingerprint, train, train_sha)
+    info = check_model_files(source.folder(), dif)  # the family, from its model_index.json
+    check_levers(dif, info, spec.kind, f"synthetic.sets.{cand.set_name}",
+                 has_class_ids=getattr(spec, "class_ids", None) is not None, negative_prompt=spec.negative_prompt)
+    plan = build_plan(cfg, cand.set_name, classes, image_size, source.fingerprint, train, train_sha, info)
+    dif = plan.diffusion  # the family's defaults filled in
     n = min(per_class, plan.images_per_class)
     wanted = {c * plan.images_per_class + i for c in range(len(classes)) for i in range(n)}
     device = pick_device(dif, World())
     levers = choose_levers(dif, device.type, plan.num_images)  # the full run's levers: its batches, its bytes
-    batches = pilot_batches(plan, wanted, levers.batch_size)
+    sizer = BatchSize(levers.batch_size, device, console, f"pilot {cand.label}")
+    if sizer.probing:
+        console.print(f"pilot {cand.label}: diffusion.batch_size auto sizes a GPU run's batches from measured memory, so the "
+                      "full run cannot reuse these images; set the same -S diffusion.batch_size=N for the pilot and the full run")
+    batch_size = sizer.size
+    batches = pilot_batches(plan, wanted, batch_size)
     check_cpu_cost(dif, device.type, sum(len(b) for b in batches))
-    pipe = load_pipeline(dif, source, device)
-    if dif.fp8:
-        apply_fp8(pipe)
-    sampler = build_sampler(pipe, dif, levers, plan.image_size)
-    sampler.encode_prompts(plan.distinct_prompts, plan.negative_prompt)
+    pipe = load_pipeline(dif, source, info, device, img2img=plan.kind == "img2img")
+    sampler = build_sampler(pipe, dif, levers, plan)
     made_with = provenance(levers, sampler.device)
+    slice_vae(pipe, sizer, made_with)  # as the full run does: part of the key
     cache = BatchCache(out / cand.set_name / "batches")
     got: dict[int, tuple[np.ndarray, bool]] = {}
     times: list[tuple[int, float]] = []
     reused = 0
     for batch in batches:
-        run = batch_run(batch, levers.batch_size, levers.compile)
+        run = batch_run(batch, batch_size, levers.compile)
         hit = cache.get(cache.key(plan, run, cfg.synthetic.save_full_resolution, made_with)) is not None
         start = time.perf_counter()
         result = sample_batch(sampler, plan, run, want_full=cfg.synthetic.save_full_resolution, made_with=made_with,
@@ -141,7 +150,7 @@ def make_pilot(cand: Candidate, classes: list[str], image_size: tuple[int, int],
     keep = sorted(g for g in wanted if not got[g][1])
     rate = _rate(times)
     console.print(f"pilot {cand.label}: {len(wanted)} images wanted, {sum(len(b) for b in batches)} made in whole batches "
-                  f"of {levers.batch_size} ({reused} read back)" + (f", {rate:.3g} images/s on {device}" if rate else ""))
+                  f"of {batch_size} ({reused} read back)" + (f", {rate:.3g} images/s on {device}" if rate else ""))
     h, w = plan.image_size
     images = np.stack([got[g][0] for g in keep]) if keep else np.zeros((0, h, w, 3), np.uint8)
     return PilotImages(images=images, labels=np.array([plan.class_and_index(g)[0] for g in keep], np.int64),

@@ -46,6 +46,9 @@ class PromptSet:
     kind: Literal["prompt"] = "prompt"
     prompt: str | list[str] = "{label}"  # a template or a list of templates, cycled per image
     negative_prompt: str | None = None
+    # Class-conditional models (DiT) take ImageNet ids, not prompts: dataset class -> one id or a list,
+    # cycled per image like the templates.
+    class_ids: dict[str, int | list[int]] | None = None
 
     @property
     def templates(self) -> list[str]:
@@ -96,18 +99,21 @@ class DiffusionConfig:
     revision: str | None = None
     variant: str | None = "fp16"
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
-    resolution: int = 512
-    guidance_scale: float = 7.5
-    steps: int = 50
+    # null: the model family's default (generate/families.py); params.yaml sets the paper's 512, 7.5, 50.
+    resolution: int | None = None
+    guidance_scale: float | None = None
+    steps: int | None = None
     scheduler: Literal[SCHEDULERS] = "default"  # type: ignore[valid-type]
     seed: int = 0
     safety_checker: bool = True
     max_regenerations: int = 10
     # Approximate levers (change the images; in the settings hash): off unless asked for.
-    deep_cache: int = 0  # N >= 2: the UNet's deep features are recomputed every N steps only; 0 = off
-    fp8: bool = False  # float8 matmuls in the UNet (torchao, CUDA sm89+)
+    cache: Literal["none", "first_block"] = "none"  # diffusers' FirstBlockCache on transformer families
+    fp8: bool = False  # float8 matmuls in the denoiser (torchao, CUDA sm89+)
+    deep_cache: int = 0  # removed (the hand-written DeepCache is gone): only 0 is accepted
     # Speed levers (never change which images are meant; see generate/model.py).
-    batch_size: int = 32
+    batch_size: int | Literal["auto"] = "auto"  # auto: the largest batch the GPU's free memory holds
+    cpu_offload: bool = False  # enable_model_cpu_offload(): for GPUs too small for the whole model
     channels_last: bool = False
     fuse_qkv: bool = True
     compile: bool | Literal["auto"] = "auto"

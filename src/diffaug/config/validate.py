@@ -62,6 +62,11 @@ def validate(cfg: Config) -> None:
                  f"{t!r} must contain {{label}} and no other {{field}}; e.g. 'a photo of a {{label}}'")
         if isinstance(spec, Img2ImgSet):
             _validate_img2img(cfg, name, spec, need)
+        elif spec.class_ids is not None:
+            for cls, ids in spec.class_ids.items():
+                values = ids if isinstance(ids, list) else [ids]
+                need(len(values) > 0 and all(0 <= v < 1000 for v in values), f"{key}.class_ids.{cls}",
+                     f"got {ids}; allowed: an ImageNet class id in 0..999 or a non-empty list of them")
     img2img = [n for n, s in syn.sets.items() if isinstance(s, Img2ImgSet)]
     for i, name in enumerate(cfg.img2img_sets):
         need(name in img2img, f"img2img_sets[{i}]",
@@ -82,14 +87,17 @@ def validate(cfg: Config) -> None:
              f"misses {name!r}: list every prompt set other than syn1 and syn2 here, so dvc.yaml's generate_prompt@<set> makes it")
 
     dif = cfg.diffusion
-    need(dif.resolution >= 64 and dif.resolution % 8 == 0, "diffusion.resolution",
+    # resolution, steps, guidance_scale: null = the model family's default (generate/families.py)
+    need(dif.resolution is None or (dif.resolution >= 64 and dif.resolution % 8 == 0), "diffusion.resolution",
          f"got {dif.resolution}; allowed: a multiple of 8, at least 64 (the paper: 512)")
-    need(dif.steps >= 1, "diffusion.steps", f"got {dif.steps}; allowed: an integer >= 1")
-    need(dif.guidance_scale >= 0, "diffusion.guidance_scale", f"got {dif.guidance_scale}; allowed: a number >= 0")
-    need(dif.batch_size >= 1, "diffusion.batch_size", f"got {dif.batch_size}; allowed: an integer >= 1")
+    need(dif.steps is None or dif.steps >= 1, "diffusion.steps", f"got {dif.steps}; allowed: an integer >= 1")
+    need(dif.guidance_scale is None or dif.guidance_scale >= 0, "diffusion.guidance_scale",
+         f"got {dif.guidance_scale}; allowed: a number >= 0")
+    need(dif.batch_size == "auto" or dif.batch_size >= 1, "diffusion.batch_size",
+         f"got {dif.batch_size}; allowed: auto or an integer >= 1")
     need(dif.max_regenerations >= 0, "diffusion.max_regenerations", f"got {dif.max_regenerations}; allowed: an integer >= 0")
-    need(dif.deep_cache == 0 or dif.deep_cache >= 2, "diffusion.deep_cache",
-         f"got {dif.deep_cache}; allowed: 0 (off) or an integer >= 2 (full UNet every N steps)")
+    need(dif.deep_cache == 0, "diffusion.deep_cache", f"got {dif.deep_cache}; the hand-written DeepCache was removed; "
+         "allowed: 0 (use diffusion.cache: first_block on transformer models, or a fast scheduler preset)")
     need(dif.model.strip() != "", "diffusion.model", "empty; allowed: a hub id or a local directory")
     for key, dev in (("diffusion.device", dif.device), ("train.device", cfg.train.device), ("evaluate.device", cfg.evaluate.device)):
         need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()), key,
@@ -153,12 +161,13 @@ def _validate_img2img(cfg: Config, name: str, spec: Img2ImgSet, need) -> None:
     key = f"synthetic.sets.{name}"
     strengths = spec.strengths
     need(len(strengths) > 0, f"{key}.strength", "empty list; allowed: a number in (0, 1] or a non-empty list of them")
-    steps = cfg.diffusion.steps
+    steps = cfg.diffusion.steps  # null: the family's default, checked again by the generate stage
     for s in strengths:
         need(0.0 < s <= 1.0, f"{key}.strength", f"got {s}; allowed: a number in (0, 1] (the share of the "
-             f"{steps} steps run from the noised real image; 1 = from pure noise)")
-        need(int(steps * s) >= 1, f"{key}.strength",
-             f"got {s}: int(diffusion.steps * strength) = int({steps} * {s}) = 0 steps; allowed: a strength >= {1 / steps:.4g}")
+             "diffusion steps run from the noised real image; 1 = from pure noise)")
+        if steps is not None:
+            need(int(steps * s) >= 1, f"{key}.strength",
+                 f"got {s}: int(diffusion.steps * strength) = int({steps} * {s}) = 0 steps; allowed: a strength >= {1 / steps:.4g}")
     if spec.images_per_class is not None:
         need(spec.images_per_class >= 1, f"{key}.images_per_class",
              f"got {spec.images_per_class}; allowed: null (every real training image) or an integer >= 1")

@@ -7,7 +7,8 @@ Layout of `data/synthetic/<set>/`:
                        GPU) and a sha256 of the content (so a shard checks itself, even before any
                        manifest lists it)
   full/shard-00000/    512² PNGs `<class>_<index>.png`, only with synthetic.save_full_resolution
-  manifest.json        written last, once every shard exists: settings (+ hash), software, per
+  manifest.json        written last, once every shard exists: settings (+ hash), generator (model
+                       family, pipeline, family defaults applied, safety checker), software, per
                        shard file/sha256/range/device/provenance, the groups of shards made with
                        the same speed settings, per image class/prompt/seed/regenerations (an
                        img2img image also its real source: split, row, pixel sha256, strength)
@@ -230,11 +231,12 @@ def provenance_groups(provenances: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def assemble(out_dir: Path, plan: SetLayout, prompts: Sequence[str], *, lone_process: bool,
-             extras: Sequence[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+             extras: Sequence[dict[str, Any]] | None = None, generator: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Write samples.png and manifest.json if every shard is present and valid; else return None.
 
     `prompts[g]` is the prompt of image g (for the manifest); `extras[g]`, when given, more fields of
-    its manifest entry (an img2img image's real source: split, row, sha256 of its pixels, strength).
+    its manifest entry (an img2img image's real source: split, row, sha256 of its pixels, strength);
+    `generator`, what made the set (model family, pipeline, defaults applied, safety checker).
 
     Deterministic: any process that gets here with all shards writes the same bytes, so two ranks
     finishing at once both write identical files (each through its own temp file).
@@ -269,6 +271,7 @@ def assemble(out_dir: Path, plan: SetLayout, prompts: Sequence[str], *, lone_pro
         "regenerations": regenerations,
         "still_flagged_blacked_out": unresolved,
         "settings": plan.settings,
+        **({"generator": generator} if generator is not None else {}),
         "software": software_versions(),
         "provenance": provenance_groups([s["provenance"] for s in shard_entries]),
         "shards": shard_entries,

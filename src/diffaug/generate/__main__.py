@@ -1,17 +1,13 @@
 """CLI: python -m diffaug.generate <set> --params params.yaml --classes data/prepared/classes.json
                                  --out data/synthetic/<set> [--train data/prepared/train.npz]
 
-<set> is a name under synthetic.sets. An img2img set also takes --train: the training split, the
-only real images it may start from. Anything else is refused in one line: a file not named
-train.npz, or one whose bytes equal the val.npz or test.npz beside it (no val/test image can leak
-into a synthetic set by construction); a prompt set takes no --train.
-
-Checks everything it can (params, classes.json, model directory, safety checker, CPU cost) before it
-imports torch or diffusers or loads a model; a problem is one line on stderr and exit code 2, with
-nothing written. The model is pinned (local directory by content, hub id by snapshot commit) before
-the plan is built, once. Then it makes the shards this process owns, and the process that completes
-the set writes manifest.json and samples.png. Rerunning resumes: valid shards are kept, others are
-made again.
+An img2img set also takes --train: the training split, and nothing else (a file not named train.npz,
+or one whose bytes equal the val.npz or test.npz beside it, is refused: no val/test image can leak
+into a synthetic set). Everything that can be checked (params, classes.json, model directory and
+family, levers the family lacks, DiT class ids, safety checker, CPU cost) is checked before torch is
+imported or a model loaded: a problem is one line on stderr, exit code 2, nothing written. Then it
+makes this process's shards, and the process that completes the set writes manifest.json and
+samples.png. Rerunning resumes: valid shards are kept, others are made again.
 """
 from __future__ import annotations
 
@@ -25,8 +21,9 @@ from diffaug.config import Config, Img2ImgSet, load_config
 from diffaug.errors import UserError, exit_on_error
 from diffaug.formats import synthetic as storage
 from diffaug.formats.splits import Split, load_split, read_classes
-from diffaug.generate.model import ModelSource, apply_fp8, choose_levers, fp8_unavailable_reason, load_pipeline, resolve_model
-from diffaug.generate.plan import Plan, build_plan, check_cpu_cost, gpu_seconds, human_duration, plan_flops, steps_note
+from diffaug.generate.families import ModelInfo, check_levers
+from diffaug.generate.model import ModelSource, check_model_files, choose_levers, load_pipeline, resolve_model
+from diffaug.generate.plan import Plan, build_plan, check_cpu_cost, plan_flops, steps_note
 from diffaug.io import sha256_file
 
 TRAIN_SPLIT = "train.npz"  # the prepare stage's name for the training split
@@ -34,7 +31,7 @@ HELD_OUT_SPLITS = ("val.npz", "test.npz")
 
 
 def parse_args(argv):
-    parser = stage_parser("python -m diffaug.generate", "Generate a synthetic image set with Stable Diffusion.")
+    parser = stage_parser("python -m diffaug.generate", "Generate a synthetic image set with a diffusers model.")
     parser.add_argument("set", help="which set: a name under synthetic.sets in params.yaml")
     parser.add_argument("--classes", default="data/prepared/classes.json", help="written by the prepare stage")
     parser.add_argument("--out", required=True, help="output directory (kept between runs: resume)")
@@ -79,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--train: {args.set} is a {spec.kind} set, which reads no real images; leave --train out")
     classes, image_size = read_classes(args.classes)
     source = resolve_model(cfg.diffusion)  # a hub id is pinned to one snapshot (downloaded if not cached)
-    plan = build_plan(cfg, args.set, classes, image_size, source.fingerprint, train, train_sha256)
+    info = check_model_files(source.folder(), cfg.diffusion)  # the family, from its model_index.json
+    check_levers(cfg.diffusion, info, spec.kind, f"synthetic.sets.{args.set}",
+                 has_class_ids=getattr(spec, "class_ids", None) is not None, negative_prompt=spec.negative_prompt)
+    plan = build_plan(cfg, args.set, classes, image_size, source.fingerprint, train, train_sha256, info)
+    generator = generator_record(cfg, plan, info)
 
     # torch (several seconds to import) only now that params, classes and the model source checked out.
     from diffaug.generate.runner import World, shards_to_make
@@ -90,12 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     label = args.set if world.size == 1 else f"{args.set} rank {world.rank}/{world.size}"
     todo = shards_to_make(out_dir, plan, world)
     if todo:
-        make_shards(cfg, plan, source, out_dir, todo, world, console, label, Path(args.reuse))
+        make_shards(cfg, plan, source, info, out_dir, todo, world, console, label, generator, Path(args.reuse))
     else:
         owned = sum(world.owns(k) for k in range(plan.num_shards))
         console.print(f"{label}: all {owned} shards of this process are valid; nothing to generate")
 
-    manifest = storage.assemble(out_dir, plan, plan.prompts, lone_process=world.size == 1, extras=plan.image_extras())
+    manifest = storage.assemble(out_dir, plan, plan.prompts, lone_process=world.size == 1, extras=plan.image_extras(),
+                                generator=generator)
     if manifest is not None:
         groups = len(manifest["provenance"]["groups"])
         console.print(f"{label}: {out_dir / storage.MANIFEST}: {manifest['num_images']} images, "
@@ -109,36 +111,46 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def make_shards(cfg: Config, plan: Plan, source: ModelSource, out_dir: Path, todo: list[int], world, console: Console,
-                label: str, reuse_root: Path | None = None) -> None:
+def generator_record(cfg: Config, plan: Plan, info: ModelInfo) -> dict:
+    """What made the set, for the manifest: family, pipeline, which settings were the family's defaults."""
+    checker = (f"none: {info.class_name} ships no safety checker, images are not filtered"
+               if not info.family.safety_checker and cfg.diffusion.safety_checker
+               else "on" if plan.diffusion.safety_checker else "off (diffusion.safety_checker: false)")
+    return {"family": info.family.name + (f" ({info.variant})" if info.variant else ""), "pipeline": info.class_name,
+            "family_defaults": [k for k in ("steps", "guidance_scale", "resolution") if getattr(cfg.diffusion, k) is None],
+            "safety_checker": checker}
+
+
+def make_shards(cfg: Config, plan: Plan, source: ModelSource, info: ModelInfo, out_dir: Path, todo: list[int], world,
+                console: Console, label: str, generator: dict, reuse_root: Path | None = None) -> None:
     """Cost check, lever choice, model load, generation."""
+    from diffaug.devices import check_generation
     from diffaug.generate.reuse import BatchCache
     from diffaug.generate.runner import generate_shards, pick_device  # torch: see main()
 
-    dif = cfg.diffusion
+    dif = plan.diffusion  # the family's defaults filled in
     device = pick_device(dif, world)
     images = [g for k in todo for g in plan.shard_range(k)]
-    n_images = len(images)
-    flops = plan_flops(plan, dif, images)  # img2img: only int(steps * strength) steps per image
+    n_images, flops = len(images), plan_flops(plan, dif, images)  # img2img: only int(steps * strength) steps per image
     check_cpu_cost(dif, device.type, n_images, flops)
-    if dif.fp8 and (reason := fp8_unavailable_reason(device)):
-        raise UserError(f"{reason}; or set diffusion.fp8: false")
+    for note in check_generation(dif, device):  # dtype and levers against this GPU, before minutes of loading
+        console.print(f"{label}: note: {note}")
     levers = choose_levers(dif, device.type, n_images)
-    estimate = ""
-    if device.type == "cuda":
-        seconds = gpu_seconds(dif, n_images, compiled=levers.compile, mode=levers.inductor_mode, flops=flops)
-        estimate = (f", ~{human_duration(seconds)} on one H100 at measured rates"
-                    + (" (compile included)" if levers.compile else ""))
+    defaults = generator["family_defaults"]
     console.print(f"{label}: {n_images} images to make ({len(todo)} of {plan.num_shards} shards) on {device}, "
-                  f"{dif.resolution}² x {steps_note(plan, dif, images)} ({dif.scheduler}), "
-                  f"~{flops / 1e12:.4g} TFLOP{estimate}; loading {dif.model}")
+                  f"{generator['pipeline']} (family {generator['family']}), {dif.resolution}² x "
+                  f"{steps_note(plan, dif, images)} ({dif.scheduler}), guidance {dif.guidance_scale:g}"
+                  + (f" ({', '.join(defaults)}: the family's defaults)" if defaults else "")
+                  + (f", ~{flops / 1e12:.4g} TFLOP at SD-v1.4's cost per step" if info.family.name == "sd" else "")
+                  + f"; loading {dif.model}")
+    if generator["safety_checker"].startswith("none"):
+        console.print(f"{label}: safety checker: {generator['safety_checker']} (recorded in the manifest)")
     console.print(f"{label}: {levers.reason}; batch {levers.batch_size}, fused QKV {levers.fuse_qkv}, "
                   f"channels_last {levers.channels_last}, attention {levers.attention}"
-                  + (f", approximate: deep_cache {dif.deep_cache}" if dif.deep_cache else "")
+                  + (", model CPU offload" if dif.cpu_offload else "")
+                  + (f", approximate: cache {dif.cache}" if dif.cache != "none" else "")
                   + (", approximate: fp8" if dif.fp8 else ""))
-    pipe = load_pipeline(dif, source, device)
-    if dif.fp8:
-        apply_fp8(pipe)
+    pipe = load_pipeline(dif, source, info, device, img2img=plan.kind == "img2img")
     cache = reuse_root / plan.set_name / "batches" if reuse_root is not None else None
     generate_shards(pipe, dif, levers, plan, out_dir, todo, save_full=cfg.synthetic.save_full_resolution,
                     console=console, show_bar=world.rank == 0, label=label,

@@ -1,25 +1,16 @@
-"""The model: where its weights come from, their fingerprint, loading, and the levers applied to it.
+"""The model: where its weights come from, their fingerprint, its family, loading, and the levers.
 
-`diffusion.model` is a hub id (CompVis/stable-diffusion-v1-4) or a directory written by
-`save_pretrained`; both are loaded by the same `StableDiffusionPipeline.from_pretrained` call.
-`resolve_model` runs once, before the plan is built: a local directory is fingerprinted by content,
-a hub id is pinned to one snapshot commit (the cached one, or downloaded first when none is cached),
-and that commit is what `load_pipeline` loads. The fingerprint is part of the settings hash, so
-swapping the weights behind an unchanged name still invalidates old shards.
-
-Speed levers (`choose_levers`, `apply_speed_levers`) never change which images are meant; where
-they move low-order float bits the shard's provenance records them. Approximate levers (`fp8`,
-`deep_cache`) change the images and are pixel settings (in the settings hash); both are off unless
-params.yaml asks for them.
-
-torch, diffusers and huggingface_hub are imported inside the functions that need them: the CLI
-checks params and the model source first and fails in well under a second, instead of after the
-several seconds those imports take.
+`diffusion.model` (a hub id or a `save_pretrained` directory) is loaded by the family's stock
+pipeline (`AutoPipelineForText2Image`, or `DiTPipeline`), an img2img set's by
+`AutoPipelineForImage2Image.from_pipe` on it (shared components, no second load). `resolve_model`
+pins it once, before the plan: a directory by content, a hub id by snapshot commit (downloaded
+first when none is cached); the fingerprint is in the settings hash. Speed levers never change which
+images are meant (shard provenance records them); approximate ones (fp8, cache) are pixel settings.
+torch and diffusers are imported inside functions: the CLI's checks fail in well under a second.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import warnings
@@ -29,18 +20,17 @@ from typing import Any
 
 from diffaug.config import DiffusionConfig
 from diffaug.errors import UserError
-from diffaug.generate.plan import compile_pays_after
+from diffaug.generate.families import ModelInfo, read_model_info
+from diffaug.generate.plan import COMPILE_AUTO_IMAGES
 from diffaug.io import sha256_file
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _OFF_HINT = "set diffusion.safety_checker: false (e.g. dvc exp run -S diffusion.safety_checker=false) to generate without it"
-DTYPE_NAMES = ("float16", "bfloat16", "float32")
 # Inductor's compiled kernels and FX graphs, kept in the repository (git-ignored) so a resumed run
 # does not compile again. An INDUCTOR cache directory set in the environment wins.
 INDUCTOR_CACHE = Path(".cache") / "torchinductor"
 
 
-# ----------------------------------------------------------------------------- source and fingerprint
 def local_model_dir(model: str) -> Path | None:
     """The directory `model` names, or None when it is a hub id; a path-like name that is absent fails."""
     path = Path(model).expanduser()
@@ -52,32 +42,17 @@ def local_model_dir(model: str) -> Path | None:
     return None
 
 
-def check_model_source(dif: DiffusionConfig) -> Path | None:
-    """Fail early (one line) on a model directory that cannot work with these params; return it."""
-    path = local_model_dir(dif.model)
-    if path is None:
-        return None
-    index = path / "model_index.json"
-    if not path.is_dir() or not index.is_file():
-        raise UserError(f"diffusion.model: {model_label(dif)} has no model_index.json; allowed: a directory written "
-                        "by StableDiffusionPipeline.save_pretrained, or a hub id")
-    try:
-        components = json.loads(index.read_text())
-    except ValueError as e:
-        raise UserError(f"{index}: not valid JSON ({e})") from None
-    if dif.safety_checker and not _has_component(components, "safety_checker"):
+def check_model_files(folder: Path, dif: DiffusionConfig) -> ModelInfo:
+    """The family of the model in `folder`, after checking the safety checker and weight variant exist."""
+    info = read_model_info(folder, dif.model)
+    if dif.safety_checker and info.family.safety_checker and not info.has_safety_checker:
         raise missing_safety_checker_error(dif)
     if dif.variant is not None:
-        unet = path / "unet"
-        if not any(f".{dif.variant}." in p.name for p in unet.glob("*")):
-            raise UserError(f"diffusion.variant: no {dif.variant!r} weights in {unet}; set diffusion.variant: null "
+        weights = folder / info.family.denoiser
+        if weights.is_dir() and not any(f".{dif.variant}." in p.name for p in weights.glob("*")):
+            raise UserError(f"diffusion.variant: no {dif.variant!r} weights in {weights}; set diffusion.variant: null "
                             "to load the default weight files")
-    return path
-
-
-def _has_component(components: dict, name: str) -> bool:
-    entry = components.get(name)
-    return isinstance(entry, list) and len(entry) == 2 and all(entry)
+    return info
 
 
 def missing_safety_checker_error(dif: DiffusionConfig) -> UserError:
@@ -107,6 +82,16 @@ class ModelSource:
     revision: str | None
     fingerprint: str
 
+    def folder(self) -> Path:
+        """Where its model_index.json and configs are: the directory, or the hub snapshot in the cache."""
+        if self.revision is None:
+            return Path(self.load_from)
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(self.load_from, "model_index.json", revision=self.revision)
+        assert isinstance(cached, str), "resolve_model pinned a cached snapshot"
+        return Path(cached).parent
+
 
 def cached_hub_commit(model: str, revision: str | None) -> str | None:
     """The commit of the snapshot of `model` at `revision` in the local hub cache, or None."""
@@ -118,11 +103,11 @@ def cached_hub_commit(model: str, revision: str | None) -> str | None:
 
 def download_hub_snapshot(dif: DiffusionConfig) -> str:
     """Download the files the pipeline needs (this variant only) and return the snapshot's commit."""
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
 
     quiet_libraries()
     try:
-        folder = StableDiffusionPipeline.download(dif.model, revision=dif.revision, variant=dif.variant)
+        folder = DiffusionPipeline.download(dif.model, revision=dif.revision, variant=dif.variant)
     except Exception as e:  # hub unreachable, unknown repo or revision: all are "cannot download"
         raise _cannot_load(dif, e) from None
     return Path(folder).name
@@ -130,14 +115,16 @@ def download_hub_snapshot(dif: DiffusionConfig) -> str:
 
 def resolve_model(dif: DiffusionConfig) -> ModelSource:
     """Check the source and pin it: once per run, before the plan (whose hash includes the fingerprint)."""
-    path = check_model_source(dif)
+    path = local_model_dir(dif.model)
     if path is not None:
+        if not path.is_dir() or not (path / "model_index.json").is_file():
+            raise UserError(f"diffusion.model: {model_label(dif)} has no model_index.json; allowed: a directory "
+                            "written by a diffusers pipeline's save_pretrained, or a hub id")
         return ModelSource(str(path), None, "sha256:" + directory_digest(path))
     commit = cached_hub_commit(dif.model, dif.revision) or download_hub_snapshot(dif)
     return ModelSource(dif.model, commit, "hub-commit:" + commit)
 
 
-# ----------------------------------------------------------------------------- loading
 def quiet_libraries() -> None:
     """Our rich progress bar is the only one; library bars and notices would interleave with it."""
     from diffusers.utils import logging as diffusers_logging
@@ -148,52 +135,45 @@ def quiet_libraries() -> None:
         lib.disable_progress_bar()
 
 
-def torch_dtype(name: str):
-    import torch
-
-    return getattr(torch, name)
-
-
 def _cannot_load(dif: DiffusionConfig, e: Exception) -> UserError:
     first = (str(e).strip().splitlines() or [""])[0][:300]
     return UserError(f"diffusion.model: cannot load {model_label(dif)} ({type(e).__name__}: {first}); "
                      "allowed: a hub id reachable or in the local cache, or a directory written by save_pretrained")
 
 
-def load_pipeline(dif: DiffusionConfig, source: ModelSource, device):
-    from diffusers import StableDiffusionPipeline
+def load_pipeline(dif: DiffusionConfig, source: ModelSource, info: ModelInfo, device, *, img2img: bool = False):
+    """The family's stock pipeline on `device` (or with model CPU offload), its img2img twin for img2img sets."""
+    import diffusers
+    import torch
 
     quiet_libraries()
-    kwargs: dict[str, Any] = dict(revision=source.revision, variant=dif.variant, torch_dtype=torch_dtype(dif.dtype))
-    if not dif.safety_checker:  # do not even load its 1.2 GB
+    kwargs: dict[str, Any] = dict(revision=source.revision, variant=dif.variant, torch_dtype=getattr(torch, dif.dtype))
+    if info.family.safety_checker and not dif.safety_checker:  # do not even load its 1.2 GB
         kwargs.update(safety_checker=None, requires_safety_checker=False)
+    cls = diffusers.DiTPipeline if info.family.name == "dit" else diffusers.AutoPipelineForText2Image
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch_dtype is being renamed to dtype
-            pipe = StableDiffusionPipeline.from_pretrained(source.load_from, **kwargs)
+            pipe = cls.from_pretrained(source.load_from, **kwargs)
     except Exception as e:  # hub unreachable, missing files, corrupt weights: all are "cannot load"
         raise _cannot_load(dif, e) from None
-    if dif.safety_checker and (pipe.safety_checker is None or pipe.feature_extractor is None):
+    if dif.safety_checker and (getattr(pipe, "safety_checker", None) is None or pipe.feature_extractor is None):
         raise missing_safety_checker_error(dif)
-    pipe = pipe.to(device)
+    if img2img:
+        pipe = diffusers.AutoPipelineForImage2Image.from_pipe(pipe)
+    if dif.cpu_offload and device.type == "cuda":
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def device_label(device) -> str:
-    import torch
-
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return device.type
-
-
-# ----------------------------------------------------------------------------- levers
 @dataclass(frozen=True)
 class Levers:
     """The speed levers a run uses, resolved for its device and size; `reason` says why compile is on/off."""
 
-    batch_size: int = 32
+    batch_size: int | str = 32
     fuse_qkv: bool = True
     channels_last: bool = False
     compile: bool = False
@@ -205,19 +185,17 @@ class Levers:
     @property
     def inductor_mode(self) -> str:
         """torch.compile's mode: CUDA graphs are inductor's reduce-overhead (or max-autotune) mode."""
-        if not self.cuda_graphs:
-            return self.compile_mode
-        return "max-autotune" if self.compile_mode.startswith("max-autotune") else "reduce-overhead"
+        graphs = "max-autotune" if self.compile_mode.startswith("max-autotune") else "reduce-overhead"
+        return graphs if self.cuda_graphs else self.compile_mode
 
-    def record(self) -> dict[str, Any]:
-        """For provenance: the levers as run (the reason is not a setting)."""
+    def record(self) -> dict[str, Any]:  # for provenance (the reason is not a setting)
         return {"batch_size": self.batch_size, "fuse_qkv": self.fuse_qkv, "channels_last": self.channels_last,
                 "compile": self.compile, "compile_mode": self.inductor_mode if self.compile else None,
                 "attention": self.attention}
 
 
 def choose_levers(dif: DiffusionConfig, device_type: str, n_images: int) -> Levers:
-    """Resolve `compile: auto`: on for CUDA when the run is long enough to pay for compiling, else eager."""
+    """Resolve `compile: auto`: on for CUDA runs long enough to pay for compiling, else eager."""
     if dif.compile is True:
         on, why = True, "diffusion.compile: true"
     elif dif.compile is False:
@@ -225,18 +203,15 @@ def choose_levers(dif: DiffusionConfig, device_type: str, n_images: int) -> Leve
     elif device_type != "cuda":
         on, why = False, f"compile: auto stays eager on {device_type} (inductor's gains are measured on CUDA only)"
     else:
-        mode = Levers(compile_mode=dif.compile_mode, cuda_graphs=dif.cuda_graphs).inductor_mode
-        needed = compile_pays_after(dif, mode)
-        on = n_images >= needed
+        on = n_images >= COMPILE_AUTO_IMAGES
         why = (f"compile: auto {'compiles' if on else 'stays eager'}: {n_images} images "
-               f"{'>=' if on else '<'} {needed}, where compiling ({mode}) pays for itself at these settings")
+               f"{'>=' if on else '<'} {COMPILE_AUTO_IMAGES}, where compiling paid for itself on an H100")
     return Levers(batch_size=dif.batch_size, fuse_qkv=dif.fuse_qkv, channels_last=dif.channels_last, compile=on,
                   compile_mode=dif.compile_mode, cuda_graphs=dif.cuda_graphs, attention=dif.attention, reason=why)
 
 
 def use_inductor_cache(root: Path | None = None) -> Path:
-    """Keep inductor's FX-graph and kernel caches under <repo>/.cache/torchinductor (call before compiling;
-    stages run from the repository root, so that is the working directory by default)."""
+    """Keep inductor's caches under <repo>/.cache/torchinductor (stages run from the repository root)."""
     folder = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(((root or Path.cwd()) / INDUCTOR_CACHE).resolve())))
     os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
     os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
@@ -244,42 +219,59 @@ def use_inductor_cache(root: Path | None = None) -> Path:
     return folder
 
 
-def apply_speed_levers(pipe, *, channels_last: bool, fuse_qkv: bool) -> None:
-    """Levers that change speed, not which images are made (low-order float bits aside)."""
-    import torch
+def denoiser(pipe):
+    """The network run at every step: the UNet or the transformer."""
+    return pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
 
-    if fuse_qkv:  # one matmul for Q, K and V in self-attention, K and V in cross-attention
-        pipe.fuse_qkv_projections(unet=True, vae=True)
-    if channels_last:  # NHWC convolutions (measured slower eager on an H100: off by default, issue 10)
-        pipe.unet.to(memory_format=torch.channels_last)
+
+def apply_levers(pipe, levers: Levers, *, fp8: bool = False, cache: str = "none", compile_backend: str = "inductor",
+                 fuse_denoiser: bool = True) -> None:
+    """Fused QKV (the VAE's, and the denoiser's where its family supports it), channels_last, fp8 (after
+    fusion, so the fused projections are quantized too), diffusers' FirstBlockCache (approximate: a step
+    whose first block's output barely moved reuses the other blocks' cached residuals) and
+    torch.compile of the denoiser; the order matters."""
+    import torch
+    from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
+
+    net = denoiser(pipe)
+    if levers.fuse_qkv:  # one matmul for Q, K and V (and K, V in cross-attention)
+        for module in (net, pipe.vae) if fuse_denoiser else (pipe.vae,):
+            if hasattr(module, "fuse_qkv_projections"):
+                module.fuse_qkv_projections()
+    if levers.channels_last:  # NHWC convolutions (measured slower eager on an H100: off by default)
+        net.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
+    if fp8:
+        apply_fp8(net)
+    if cache == "first_block":
+        apply_first_block_cache(net, FirstBlockCacheConfig())
+    if levers.compile:
+        if compile_backend == "inductor":
+            use_inductor_cache()
+        compile_denoiser(net, levers.inductor_mode if levers.compile else "default", compile_backend)
 
 
-def fp8_unavailable_reason(device) -> str | None:
-    """Why float8 matmuls cannot run here, or None when they can."""
+def compile_denoiser(net, mode: str, backend: str = "inductor") -> None:
+    """torch.compile the denoiser's forward in place. With CUDA graphs (reduce-overhead) every call starts a
+    new graph step and returns copies: the schedulers keep past outputs, which the next replay overwrites."""
     import torch
+    from torch.utils._pytree import tree_map_only
 
-    if device.type != "cuda":
-        return f"diffusion.fp8: float8 matmuls need a CUDA GPU (compute capability >= 8.9), not {device.type}"
-    if torch.cuda.get_device_capability(device) < (8, 9):
-        return f"diffusion.fp8: {torch.cuda.get_device_name(device)} has no float8 tensor cores (compute capability < 8.9)"
-    try:
-        import torchao  # noqa: F401
-    except ImportError:
-        return "diffusion.fp8: needs torchao (pip install torchao), which is not installed"
-    return None
+    compiled = (torch.compile(net.forward, backend=backend) if backend != "inductor"
+                else torch.compile(net.forward, mode=None if mode == "default" else mode))
+    graphs = mode in ("reduce-overhead", "max-autotune")
+
+    def forward(*args, **kwargs):
+        if not graphs:
+            return compiled(*args, **kwargs)
+        torch.compiler.cudagraph_mark_step_begin()
+        return tree_map_only(torch.Tensor, torch.clone, compiled(*args, **kwargs))
+
+    net.forward = forward
 
 
-def apply_fp8(pipe) -> None:
-    """Float8 (e4m3) dynamic row-wise scaled matmuls in the UNet's linear layers (torchao); approximate."""
-    from torchao.quantization import quantize_
+def apply_fp8(net) -> None:
+    """Float8 (e4m3) dynamic row-wise scaled matmuls in the denoiser's linear layers (torchao); approximate."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
-    try:
-        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
-
-        config: Any = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
-    except ImportError:  # torchao < 0.10 spelled it as a function
-        from torchao.quantization import PerRow, float8_dynamic_activation_float8_weight
-
-        config = float8_dynamic_activation_float8_weight(granularity=PerRow())
-    quantize_(pipe.unet, config)
+    quantize_(net, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))

@@ -2,25 +2,23 @@
 
 Images are ordered by (class, index): global index g = c * images_per_class + i, and shard k holds
 g in [k * S, (k + 1) * S) with S = synthetic.images_per_shard (formats.synthetic.SetLayout). The
-settings hash covers everything that changes the bytes of a shard (pixels, prompts, seeds, layout)
-and nothing that only changes speed, so a faster batch size never throws finished work away.
+settings hash covers everything that changes the bytes of a shard (pixels, prompts, seeds, layout,
+the resolved diffusion settings, the family unless it is SD, whose sets predate families) and
+nothing that only changes speed, so a faster batch size never throws finished work away.
 
-Per-image seeds are a pure function of what the image is, never of how the work was scheduled:
-image `index` of class `class_name` in set `set_name` gets the first 8 bytes of
-sha256("diffaug/v1|<diffusion seed>|<set>|<class>|<index>|<attempt>"), `attempt` counting
-safety-checker regenerations (0 for the first try). A seed reproduces its image in plain diffusers:
-`pipe(prompt, generator=torch.Generator("cpu").manual_seed(seed))`.
+Image `index` of class `class_name` gets the seed sha256("diffaug/v1|<diffusion seed>|<set>|<class>|
+<index>|<attempt>")[:8], `attempt` counting safety-checker regenerations; it reproduces the image in
+plain diffusers: `pipe(prompt, generator=torch.Generator("cpu").manual_seed(seed))`. Its prompt is
+`templates[i % len(templates)]` with {label} the class's word; a class-conditional (DiT) set's image
+gets `class_ids[c][i % len(class_ids[c])]` instead.
 
-Kinds (synthetic.sets.<name>.kind): `prompt` sets are text-to-image from the class label (syn1,
-syn2); their plan is exactly what it was before sets had kinds (same settings hash, same seeds).
-`img2img` sets (SDEdit, Meng et al.; DA-Fusion, Trabucco et al.) start image g of class c from a real
-training image, its row `source_rows[g]` of data/prepared/train.npz: per class, every training image
-in row order (images_per_class: null) or the first N of a permutation seeded by (diffusion seed, set,
-class) (repeating it when N exceeds the class), and strength `strengths[i % len(strengths)]` for
-image index i. Only int(steps * strength) denoising steps run. The train split's sha256 is in the
-settings hash: another split invalidates every shard. The seed of image g is `image_seed` as above,
-and reproduces it in plain diffusers: `StableDiffusionImg2ImgPipeline(**pipe.components)(prompt,
-image=<the upsampled source>, strength=s, generator=torch.Generator("cpu").manual_seed(seed))`.
+`img2img` sets (SDEdit, Meng et al.; DA-Fusion, Trabucco et al.) start image g from row
+`source_rows[g]` of data/prepared/train.npz: per class, every training image in row order
+(images_per_class: null) or the first N of a permutation seeded by (diffusion seed, set, class),
+cycled; strength `strengths[i % len(strengths)]`; only int(steps * strength) denoising steps run.
+The train split's sha256 is in the settings hash. Plain diffusers reproduces image g with
+`AutoPipelineForImage2Image.from_pipe(pipe)(prompt, image=<the upsampled source>, strength=s,
+generator=torch.Generator("cpu").manual_seed(seed))`.
 """
 from __future__ import annotations
 
@@ -35,23 +33,24 @@ from diffaug.config import Config, DiffusionConfig, Img2ImgSet
 from diffaug.errors import ConfigError, UserError
 from diffaug.formats.splits import Split
 from diffaug.formats.synthetic import FORMAT, SetLayout
+from diffaug.generate.families import FAMILIES, ModelInfo, resolve_defaults, settled
 from diffaug.io import sha256_json
 
-# How a 512² image becomes a dataset-size one; part of the hash because it changes pixels.
+# How images are resized, and img2img's image enters the latent space (as diffusers' img2img pipelines
+# do: x / 255 * 2 - 1, latent_dist SAMPLED with the image's generator, noise added); in the hash.
 DOWNSAMPLE_METHOD = "uint8 -> torch bilinear antialias -> round"
-# img2img: how a real image becomes the generation-size one, and how it enters the latent space (as
-# StableDiffusionImg2ImgPipeline does: x / 255 * 2 - 1, the VAE's latent_dist SAMPLED with the image's
-# own generator, times scaling_factor, then noise from the same generator added at the first timestep).
 UPSAMPLE_METHOD = "uint8 -> torch bicubic -> round, clamp"
 IMG2IMG_METHOD = "diffusers img2img: vae latent_dist.sample(generator), scaling_factor, scheduler.add_noise, last int(steps*strength) steps"
 SOURCE_SELECTION = "per class: train rows in order (images_per_class null) or sha256-seeded permutation, cycled"
 
 # Every DiffusionConfig field is in exactly one of these (a test keeps it so when knobs are added).
-# deep_cache and fp8 are approximations: they change the images, so they are pixel settings.
+# cache and fp8 are approximations: they change the images, so they are pixel settings (deep_cache is
+# the removed lever's key, only ever 0).
 PIXEL_SETTINGS = ("model", "revision", "variant", "dtype", "resolution", "guidance_scale", "steps",
-                  "scheduler", "seed", "safety_checker", "max_regenerations", "deep_cache", "fp8")
+                  "scheduler", "seed", "safety_checker", "max_regenerations", "deep_cache", "fp8", "cache")
+APPROXIMATE = ("deep_cache", "fp8", "cache")
 SPEED_SETTINGS = ("batch_size", "channels_last", "fuse_qkv", "compile", "compile_mode", "cuda_graphs", "attention",
-                  "device", "allow_cpu")
+                  "device", "allow_cpu", "cpu_offload")
 
 
 def image_seed(diffusion_seed: int, set_name: str, class_name: str, index: int, attempt: int = 0) -> int:
@@ -69,13 +68,22 @@ class Plan(SetLayout):
     negative_prompt: str | None = None
     diffusion_seed: int = 0
 
+    family: str = "sd"
+    diffusion: Any = field(default=None, compare=False, repr=False)  # the resolved DiffusionConfig
+    class_ids: tuple[tuple[int, ...], ...] = ()  # class-conditional sets: ImageNet ids per class
+
+    def class_id(self, g: int) -> int:
+        c, i = self.class_and_index(g)
+        return self.class_ids[c][i % len(self.class_ids[c])]
+
     def prompt(self, g: int) -> str:
+        if self.class_ids:
+            return f"imagenet class {self.class_id(g)}"
         c, i = self.class_and_index(g)
         return self.templates[i % len(self.templates)].format(label=self.words[c])
 
     @property
     def prompts(self) -> list[str]:
-        """The prompt of every image, by global index."""
         return [self.prompt(g) for g in range(self.num_images)]
 
     def seed(self, g: int, attempt: int = 0) -> int:
@@ -85,6 +93,8 @@ class Plan(SetLayout):
     @property
     def distinct_prompts(self) -> list[str]:
         """Every prompt of the set once, in a fixed order (so every process encodes the same batch)."""
+        if self.class_ids:
+            return []
         seen = dict.fromkeys(t.format(label=w) for w in self.words for t in self.templates)
         return list(seen)
 
@@ -96,12 +106,9 @@ class Plan(SetLayout):
     source_images: Any = field(default=None, compare=False, repr=False)  # the train split's uint8 NHWC images
 
     def strength(self, g: int) -> float | None:
-        if not self.strengths:
-            return None
-        return self.strengths[self.class_and_index(g)[1] % len(self.strengths)]
+        return self.strengths[self.class_and_index(g)[1] % len(self.strengths)] if self.strengths else None
 
     def strengths_of(self, gs: list[int]) -> list[float]:
-        """The strength of each of images gs (an img2img plan)."""
         return [self.strengths[self.class_and_index(g)[1] % len(self.strengths)] for g in gs]
 
     def denoise_steps(self, g: int, steps: int) -> int:
@@ -112,15 +119,11 @@ class Plan(SetLayout):
     def work_order(self, span: range) -> list[int]:
         """The order a shard's images are queued in: by index, or for img2img grouped by strength (one
         strength per batch where possible: images of one batch share the denoising timesteps)."""
-        if not self.strengths:
-            return list(span)
-        return sorted(span, key=lambda g: (self.strengths.index(self.strength(g)), g))
+        return sorted(span, key=lambda g: (self.strengths.index(self.strength(g)), g)) if self.strengths else list(span)
 
     def init_images(self, gs: list[int]) -> np.ndarray | None:
         """The real source images (uint8 NHWC, dataset size) of images gs; None for a prompt set."""
-        if self.source_images is None:
-            return None
-        return self.source_images[[self.source_rows[g] for g in gs]]
+        return None if self.source_images is None else self.source_images[[self.source_rows[g] for g in gs]]
 
     def image_extras(self) -> list[dict[str, Any]] | None:
         """Per image, what the manifest adds to class/prompt/seed: an img2img image's real source."""
@@ -151,15 +154,36 @@ def _choose_sources(labels: np.ndarray, classes: list[str], spec: Img2ImgSet, se
     return n, rows_out
 
 
-def diffusion_settings(dif: DiffusionConfig, model_fingerprint: str | None) -> dict[str, Any]:
+def diffusion_settings(dif: DiffusionConfig, model_fingerprint: str | None, family: str = "sd") -> dict[str, Any]:
     values = dataclasses.asdict(dif)
-    settings = {k: values[k] for k in PIXEL_SETTINGS}
     # Approximate levers enter the hash only when on, so sets made before they existed stay valid.
-    for key in ("deep_cache", "fp8"):
-        if not settings[key]:
-            del settings[key]
+    settings = {k: values[k] for k in PIXEL_SETTINGS if not (k in APPROXIMATE and values[k] in (0, False, "none"))}
+    if family != "sd":  # SD sets were made before families existed: their hash stays as it was
+        settings["family"] = family
     settings["model_fingerprint"] = model_fingerprint
     return settings
+
+
+def resolve_diffusion(cfg: Config, info: ModelInfo | None) -> tuple[DiffusionConfig, str]:
+    """The diffusion settings that run (family defaults for nulls) and the family; without model info
+    (no model directory at hand, e.g. a test) the SD family at 512²."""
+    if info is None:
+        info = ModelInfo(FAMILIES["sd"], "StableDiffusionPipeline", 512, has_safety_checker=True)
+    return resolve_defaults(cfg.diffusion, info), info.family.name
+
+
+def _class_ids(cfg: Config, set_name: str, classes: list[str], family: str) -> tuple[tuple[int, ...], ...]:
+    spec = cfg.synthetic.sets[set_name]
+    ids = getattr(spec, "class_ids", None)
+    if family != "dit":
+        return ()
+    key = f"synthetic.sets.{set_name}.class_ids"
+    ids = ids or {}
+    for c in classes:
+        if c not in ids:
+            raise UserError(f"{key}.{c}: class {c!r} has no ImageNet id; a class-conditional model (DiT) needs one or "
+                            f"more ids per dataset class, e.g. {key}: {{{c}: [404]}}")
+    return tuple(tuple(ids[c]) if isinstance(ids[c], list) else (int(ids[c]),) for c in classes)
 
 
 def prompt_words(cfg: Config, classes: list[str]) -> tuple[str, ...]:
@@ -168,143 +192,100 @@ def prompt_words(cfg: Config, classes: list[str]) -> tuple[str, ...]:
 
 
 def build_plan(cfg: Config, set_name: str, classes: list[str], image_size: tuple[int, int],
-               model_fingerprint: str | None, train: Split | None = None, train_sha256: str | None = None) -> Plan:
-    """The plan of set `set_name`; an img2img set also needs the train split and its file's sha256."""
-    prompts = cfg.synthetic.sets[set_name]
-    if isinstance(prompts, Img2ImgSet):
+               model_fingerprint: str | None, train: Split | None = None, train_sha256: str | None = None,
+               info: ModelInfo | None = None) -> Plan:
+    """The plan of set `set_name`; an img2img set also needs the train split and its file's sha256.
+    `info` (families.read_model_info) gives the family and its defaults for null diffusion settings."""
+    dif, family = resolve_diffusion(cfg, info)
+    spec, syn, key = cfg.synthetic.sets[set_name], cfg.synthetic, f"synthetic.sets.{set_name}"
+    words = prompt_words(cfg, classes)
+    settings: dict[str, Any] = {"format": FORMAT, "set": set_name, "classes": list(classes), "image_size": list(image_size),
+                                "images_per_class": syn.images_per_class, "images_per_shard": syn.images_per_shard,
+                                "prompts": {"templates": spec.templates, "words": dict(zip(classes, words)),
+                                            "negative_prompt": spec.negative_prompt}}
+    extra: dict[str, Any] = {}
+    if isinstance(spec, Img2ImgSet):
         if train is None or train_sha256 is None:
             raise UserError(f"{set_name}: an img2img set needs --train data/prepared/train.npz (its real source images)")
-        return _img2img_plan(cfg, set_name, prompts, classes, image_size, model_fingerprint, train, train_sha256)
-    words = prompt_words(cfg, classes)
-    syn = cfg.synthetic
-    settings = {
-        "format": FORMAT,
-        "set": set_name,
-        "classes": list(classes),
-        "image_size": list(image_size),
-        "images_per_class": syn.images_per_class,
-        "images_per_shard": syn.images_per_shard,
-        "prompts": {"templates": prompts.templates, "words": dict(zip(classes, words)),
-                    "negative_prompt": prompts.negative_prompt},
-        "save_full_resolution": syn.save_full_resolution,
-        "downsample": DOWNSAMPLE_METHOD,
-        "diffusion": diffusion_settings(cfg.diffusion, model_fingerprint),
-    }
-    return Plan(
-        set_name=set_name, classes=tuple(classes), image_size=(image_size[0], image_size[1]),
-        images_per_class=syn.images_per_class, images_per_shard=syn.images_per_shard,
-        settings=settings, settings_hash=sha256_json(settings), words=words,
-        templates=tuple(prompts.templates), negative_prompt=prompts.negative_prompt, diffusion_seed=cfg.diffusion.seed,
-    )
+        extra = _img2img_sources(spec, classes, image_size, train, set_name, dif, key)
+        # The img2img layout (its keys in this order) predates families: its hashes stay as they were.
+        settings = {"format": FORMAT, "set": set_name, "kind": "img2img", **{k: settings[k] for k in list(settings)[2:]},
+                    "images_per_class": extra["images_per_class"],
+                    "img2img": {"strength": spec.strengths, "images_per_class": spec.images_per_class,
+                                "source_split": "train", "source_file": "train.npz", "source_sha256": train_sha256,
+                                "selection": SOURCE_SELECTION, "upsample": UPSAMPLE_METHOD, "method": IMG2IMG_METHOD}}
+    else:
+        extra["class_ids"] = _class_ids(cfg, set_name, classes, family)
+        if extra["class_ids"]:
+            settings["prompts"] = {"class_ids": {c: list(ids) for c, ids in zip(classes, extra["class_ids"])}}
+    settings.update({"save_full_resolution": syn.save_full_resolution, "downsample": DOWNSAMPLE_METHOD,
+                     "diffusion": diffusion_settings(dif, model_fingerprint, family)})
+    fields = {"images_per_class": syn.images_per_class, **extra}
+    return Plan(set_name=set_name, classes=tuple(classes), image_size=(image_size[0], image_size[1]),
+                images_per_shard=syn.images_per_shard, settings=settings, settings_hash=sha256_json(settings), words=words,
+                templates=tuple(spec.templates), negative_prompt=spec.negative_prompt, diffusion_seed=dif.seed,
+                family=family, diffusion=dif, **fields)
 
 
-def _img2img_plan(cfg: Config, set_name: str, spec: Img2ImgSet, classes: list[str], image_size: tuple[int, int],
-                  model_fingerprint: str | None, train: Split, train_sha256: str) -> Plan:
-    key = f"synthetic.sets.{set_name}"
+def _img2img_sources(spec: Img2ImgSet, classes: list[str], image_size: tuple[int, int], train: Split, set_name: str,
+                     dif: DiffusionConfig, key: str) -> dict[str, Any]:
+    """The Plan fields of an img2img set: which real training image each image starts from, at what strength."""
+    steps = settled(dif)[0]
+    for s in spec.strengths:
+        if int(steps * s) < 1:
+            raise UserError(f"{key}.strength: got {s}: int(diffusion.steps * strength) = int({steps} * {s}) = 0 steps "
+                            f"at this model's {steps} steps; allowed: a strength >= {1 / steps:.4g}")
     if list(train.classes) != list(classes):
         raise UserError(f"--train: its classes {train.classes} differ from classes.json's {classes}; rerun the prepare stage")
     if tuple(train.images.shape[1:3]) != tuple(image_size):
         raise UserError(f"--train: its images are {train.images.shape[1]}x{train.images.shape[2]}, classes.json says "
                         f"{image_size[0]}x{image_size[1]}; rerun the prepare stage")
-    per_class, rows = _choose_sources(train.labels, classes, spec, set_name, cfg.diffusion.seed, key)
-    words = prompt_words(cfg, classes)
-    syn = cfg.synthetic
-    settings = {
-        "format": FORMAT,
-        "set": set_name,
-        "kind": "img2img",
-        "classes": list(classes),
-        "image_size": list(image_size),
-        "images_per_class": per_class,
-        "images_per_shard": syn.images_per_shard,
-        "prompts": {"templates": spec.templates, "words": dict(zip(classes, words)), "negative_prompt": spec.negative_prompt},
-        "img2img": {"strength": spec.strengths, "images_per_class": spec.images_per_class, "source_split": "train",
-                    "source_file": "train.npz", "source_sha256": train_sha256, "selection": SOURCE_SELECTION,
-                    "upsample": UPSAMPLE_METHOD, "method": IMG2IMG_METHOD},
-        "save_full_resolution": syn.save_full_resolution,
-        "downsample": DOWNSAMPLE_METHOD,
-        "diffusion": diffusion_settings(cfg.diffusion, model_fingerprint),
-    }
+    per_class, rows = _choose_sources(train.labels, classes, spec, set_name, dif.seed, key)
     hashes = {r: hashlib.sha256(np.ascontiguousarray(train.images[r]).tobytes()).hexdigest()[:16] for r in set(rows)}
-    return Plan(
-        set_name=set_name, classes=tuple(classes), image_size=(image_size[0], image_size[1]),
-        images_per_class=per_class, images_per_shard=syn.images_per_shard,
-        settings=settings, settings_hash=sha256_json(settings), words=words,
-        templates=tuple(spec.templates), negative_prompt=spec.negative_prompt, diffusion_seed=cfg.diffusion.seed,
-        kind="img2img", strengths=tuple(spec.strengths), source_rows=tuple(rows),
-        source_hashes=tuple(hashes[r] for r in rows), source_images=train.images,
-    )
+    return dict(images_per_class=per_class, kind="img2img", strengths=tuple(spec.strengths), source_rows=tuple(rows),
+                source_hashes=tuple(hashes[r] for r in rows), source_images=train.images)
 
 
-# ----------------------------------------------------------------------------- cost of a plan
-# SD-v1.4 at 512², 50 steps, classifier-free guidance (two UNet passes per step) plus one VAE decode.
-SD14_FLOP_PER_IMAGE = 82.8e12
-# A generous sustained float32 rate for a many-core server CPU on these convolutions and attentions.
-CPU_FLOP_PER_S = 1e12
-CPU_SECONDS_ALLOWED = 3600.0
-# Measured on one H100 (issue 10: SD-v1.4 architecture, fp16, batch 32, torch 2.11, diffusers 0.42.1):
-# 3.10 images/s eager and 4.45 compiled at 82.8 TFLOP per image, i.e. these whole-pipeline rates.
-H100_EAGER_FLOP_PER_S = 82.8e12 * 3.10
-H100_COMPILED_FLOP_PER_S = 82.8e12 * 4.45
-# A cold inductor compile of the UNet and VAE decoder (default mode); an estimate, not yet measured
-# by benchmarks/generate.py --sweep (which reports it). A warm cache (.cache/torchinductor) is faster.
-COMPILE_SECONDS = {"default": 120.0, "reduce-overhead": 150.0, "max-autotune-no-cudagraphs": 600.0, "max-autotune": 660.0}
-
-
-# img2img also encodes the real image once with the VAE encoder: an estimate (about half the decoder's
-# 2.5 TFLOP at 512²), not measured.
-SD14_VAE_ENCODE_FLOP = 1.1e12
+# The CPU guard's estimate: SD-v1.4's FLOPs at 512², 50 guided steps and one VAE decode, scaled to the
+# run, at a generous 1 TFLOP/s for a many-core server CPU; img2img adds its VAE encode (about half the decode).
+SD14_FLOP_PER_IMAGE, SD14_VAE_ENCODE_FLOP, CPU_FLOP_PER_S, CPU_SECONDS_ALLOWED = 82.8e12, 1.1e12, 1e12, 3600.0
+# compile: auto compiles a CUDA run of at least this many images: compiling the denoiser (about 2 min
+# cold, faster from the .cache/torchinductor cache) paid for itself after ~1,200 SD-v1.4 images on an
+# H100 (3.10 -> 4.46 images/s measured at batch 32).
+COMPILE_AUTO_IMAGES = 1200
 
 
 def image_flops(dif: DiffusionConfig, denoise_steps: int | None = None, encode: bool = False) -> float:
     """FLOPs per image, scaled from SD-v1.4's by denoising steps run (default: all of dif.steps), pixels
     and guidance (a lower bound at > 512²); `encode` adds img2img's VAE encoding of the real image."""
-    steps = dif.steps if denoise_steps is None else denoise_steps
-    scale = (dif.resolution / 512) ** 2
+    all_steps, guidance, resolution = settled(dif)
+    steps = all_steps if denoise_steps is None else denoise_steps
+    scale = (resolution / 512) ** 2
     flops = SD14_FLOP_PER_IMAGE * (steps / 50) * scale
-    flops = flops if dif.guidance_scale > 1 else flops / 2
+    flops = flops if guidance > 1 else flops / 2
     return flops + (SD14_VAE_ENCODE_FLOP * scale if encode else 0.0)
 
 
 def plan_flops(plan: Plan, dif: DiffusionConfig, images: list[int]) -> float:
     """FLOPs to make `images` (global indices): an img2img image runs only int(steps * strength) steps."""
-    encode = plan.kind == "img2img"
-    return sum(image_flops(dif, plan.denoise_steps(g, dif.steps), encode) for g in images)
+    return sum(image_flops(dif, plan.denoise_steps(g, settled(dif)[0]), plan.kind == "img2img") for g in images)
 
 
 def steps_note(plan: Plan, dif: DiffusionConfig, images: list[int]) -> str:
     """What the cost line says about steps: `50 steps`, or img2img's strength x steps per image."""
+    steps = settled(dif)[0]
     if plan.kind != "img2img":
-        return f"{dif.steps} steps"
-    runs = sorted({(plan.strength(g), plan.denoise_steps(g, dif.steps)) for g in images})
-    mean = sum(plan.denoise_steps(g, dif.steps) for g in images) / max(len(images), 1)
+        return f"{steps} steps"
+    runs = sorted({(plan.strength(g), plan.denoise_steps(g, steps)) for g in images})
+    mean = sum(plan.denoise_steps(g, steps) for g in images) / max(len(images), 1)
     parts = ", ".join(f"{k} at strength {s:g}" for s, k in runs)
-    return f"img2img: only strength x steps run, {parts} of {dif.steps} steps (mean {mean:.3g})"
-
-
-def compile_pays_after(dif: DiffusionConfig, mode: str = "default") -> int:
-    """Images after which compiling (time COMPILE_SECONDS[mode]) has paid for itself on an H100."""
-    saved_per_image = image_flops(dif) / H100_EAGER_FLOP_PER_S - image_flops(dif) / H100_COMPILED_FLOP_PER_S
-    return int(COMPILE_SECONDS[mode] / saved_per_image) + 1
-
-
-def gpu_seconds(dif: DiffusionConfig, n_images: int, *, compiled: bool, mode: str = "default",
-                flops: float | None = None) -> float:
-    """Estimated wall time on one H100-class GPU, compile included; `flops` (plan_flops) when the images
-    do not all run every step (img2img)."""
-    total = n_images * image_flops(dif) if flops is None else flops
-    if compiled:
-        return COMPILE_SECONDS[mode] + total / H100_COMPILED_FLOP_PER_S
-    return total / H100_EAGER_FLOP_PER_S
+    return f"img2img: only strength x steps run, {parts} of {steps} steps (mean {mean:.3g})"
 
 
 def human_duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
+    for limit, unit, fmt in ((120, 1, "{:.0f} s"), (7200, 60, "{:.0f} min"), (2 * 86400, 3600, "{:.1f} h")):
+        if seconds < limit:
+            return fmt.format(seconds / unit)
     return f"{seconds / 86400:.0f} days"
 
 

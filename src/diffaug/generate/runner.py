@@ -1,5 +1,6 @@
-"""Make the missing shards of one process: placement among workers, batches, safety-checker
-regenerations, atomic writes, provenance, and the throughput report."""
+"""Make the missing shards of one process: placement among workers, batches (their size: `auto` from
+the first batch's measured memory peak, halved on out-of-memory), safety-checker regenerations,
+atomic writes, provenance, and the measured throughput and ETA."""
 from __future__ import annotations
 
 import os
@@ -22,14 +23,14 @@ from diffaug.config import DiffusionConfig
 from diffaug.devices import resolve_device
 from diffaug.errors import UserError
 from diffaug.formats import synthetic as storage
-from diffaug.generate.model import Levers, apply_speed_levers, device_label, use_inductor_cache
+from diffaug.generate.families import settled
+from diffaug.generate.model import Levers, apply_levers
 from diffaug.generate.plan import Plan, human_duration
 from diffaug.generate.reuse import BatchCache, Run, batch_run
-from diffaug.generate.sampler import BatchOutput, Sampler
+from diffaug.generate.sampler import BatchOutput, Sampler, family_of
 from diffaug.io import atomic_path
 
 
-# ----------------------------------------------------------------------------- placement
 @dataclass(frozen=True)
 class World:
     """This process's place among `torchrun`/multi-node workers: shard k is made by rank k % size."""
@@ -40,17 +41,13 @@ class World:
 
     @classmethod
     def from_env(cls) -> World:
-        values = {}
-        for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)):
-            raw = os.environ.get(name)
-            if raw is None or raw == "":
-                values[name] = default
-                continue
-            try:
-                values[name] = int(raw)
-            except ValueError:
-                raise UserError(f"environment variable {name}={raw!r}: allowed: an integer") from None
-        world = cls(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"])
+        values = []
+        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+            raw = os.environ.get(name) or ("1" if name == "WORLD_SIZE" else "0")
+            if not raw.lstrip("-").isdigit():
+                raise UserError(f"environment variable {name}={raw!r}: allowed: an integer")
+            values.append(int(raw))
+        world = cls(*values)
         if not (world.size >= 1 and 0 <= world.rank < world.size and world.local_rank >= 0):
             raise UserError(f"RANK={world.rank}, WORLD_SIZE={world.size}: allowed: 0 <= RANK < WORLD_SIZE")
         return world
@@ -59,7 +56,7 @@ class World:
         return k % self.size == self.rank
 
 
-def shards_to_make(out_dir: Path, plan: Plan, world: World) -> list[int]:
+def shards_to_make(out_dir: Path, plan: Plan, world: World) -> list[int]:  # this process's missing shards
     return [k for k in range(plan.num_shards) if world.owns(k) and storage.valid_shard(out_dir, plan, k) is None]
 
 
@@ -71,50 +68,101 @@ def pick_device(dif: DiffusionConfig, world: World) -> torch.device:
     return device
 
 
-# ----------------------------------------------------------------------------- provenance
 def provenance(levers: Levers, device: torch.device) -> dict[str, Any]:
     """How a shard was made, beyond its settings: what can move low-order bits (not in the settings hash)."""
-    return {
-        **levers.record(),
-        "device": device.type,
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "cpu": platform.machine() if device.type == "cpu" else None,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "cuda": torch.version.cuda if device.type == "cuda" else None,
-    }
+    cuda = device.type == "cuda"
+    return {**levers.record(), "device": device.type, "gpu": torch.cuda.get_device_name(device) if cuda else None,
+            "cpu": platform.machine() if device.type == "cpu" else None, "torch": torch.__version__,
+            "diffusers": diffusers.__version__, "cuda": torch.version.cuda if cuda else None}
 
 
-# ----------------------------------------------------------------------------- generation
+AUTO_PROBE_BATCH = 2  # auto: the first batch, whose measured peak sizes the rest
+AUTO_CPU_BATCH = 8  # auto on a CPU: no memory to measure, a size that keeps the cores busy
+AUTO_MAX_BATCH = 128
+AUTO_MEMORY_SHARE = 0.85  # of the memory free for activations: room for fragmentation and the allocator
+VAE_SLICING_FROM = 16  # batches this large decode one image at a time (VAE activations dominate the peak)
+
+
+class BatchSize:
+    """The batch size in use: fixed, or `auto`; halved (with one line) when a batch runs out of memory."""
+
+    def __init__(self, setting: int | str, device: torch.device, console: Console, label: str):
+        self.auto = setting == "auto"
+        self.console, self.label, self.device = console, label, device
+        self.probing = self.auto and device.type == "cuda"
+        self.size = int(setting) if not self.auto else AUTO_PROBE_BATCH if self.probing else AUTO_CPU_BATCH
+        self.used: list[int] = []
+
+    def start_batch(self) -> None:  # auto's first batch: its peak is measured
+        if self.probing:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.before = torch.cuda.memory_allocated(self.device)
+
+    def batch_done(self, n: int) -> None:
+        """After a batch of n images (n <= size: a shard's last batch may be short)."""
+        self.used.append(self.size)
+        if not self.probing:
+            return
+        self.probing = False
+        per_image = max((torch.cuda.max_memory_allocated(self.device) - self.before) / n, 1.0)
+        free = torch.cuda.mem_get_info(self.device)[0] + torch.cuda.memory_reserved(self.device) - self.before
+        self.size = int(max(1, min(AUTO_MAX_BATCH, AUTO_MEMORY_SHARE * free // per_image)))
+        self.console.print(f"{self.label}: batch_size auto: {per_image / 2**20:.0f} MiB per image measured, "
+                           f"{free / 2**30:.1f} GiB free: batch {self.size}")
+
+    def halve(self, error: Exception) -> None:
+        if self.size == 1:
+            raise UserError(f"diffusion.batch_size: out of GPU memory at batch 1 ({str(error).splitlines()[0][:200]}); "
+                            "set diffusion.cpu_offload: true, a lower diffusion.resolution, or use a larger GPU")
+        self.size //= 2
+        self.probing = False
+        self.console.print(f"{self.label}: out of GPU memory; batch size halved to {self.size}, the batch is retried")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def record(self) -> dict[str, Any]:
+        """The shard's provenance: the batch size it ran at (every size, when it changed)."""
+        sizes, self.used = sorted(set(self.used)), []
+        return {"batch_size": sizes[0] if len(sizes) == 1 else sizes} if sizes else {}
+
+
 def save_png(path: Path, image: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
 
 
-def build_sampler(pipe, dif: DiffusionConfig, levers: Levers, out_size: tuple[int, int]) -> Sampler:
-    """The Sampler with `dif`'s pixel settings and the resolved levers applied to `pipe`."""
-    apply_speed_levers(pipe, channels_last=levers.channels_last, fuse_qkv=levers.fuse_qkv)
-    if levers.compile:
-        use_inductor_cache()
-    return Sampler(pipe, steps=dif.steps, guidance_scale=dif.guidance_scale, resolution=dif.resolution,
-                   out_size=out_size, scheduler=dif.scheduler, safety_checker=dif.safety_checker,
-                   compile=levers.compile, compile_mode=levers.inductor_mode, attention=levers.attention,
-                   deep_cache=dif.deep_cache)
+def slice_vae(pipe, sizer: BatchSize, made_with: dict[str, Any]) -> None:
+    """Large GPU batches decode one image at a time: the whole batch's VAE activations would set the peak."""
+    if sizer.device.type == "cuda" and (sizer.auto or sizer.size >= VAE_SLICING_FROM):
+        pipe.vae.enable_slicing()
+        made_with["vae_slicing"] = True
+
+
+def build_sampler(pipe, dif: DiffusionConfig, levers: Levers, plan: Plan) -> Sampler:
+    """`pipe` with the levers applied, as a Sampler of `plan`'s images, its prompts already encoded."""
+    apply_levers(pipe, levers, fp8=dif.fp8, cache=dif.cache, fuse_denoiser=family_of(pipe).fuse_qkv)
+    steps, guidance_scale, resolution = settled(dif)
+    sampler = Sampler(pipe, steps=steps, guidance_scale=guidance_scale, resolution=resolution, out_size=plan.image_size,
+                      scheduler=dif.scheduler, safety_checker=dif.safety_checker, attention=levers.attention, cache=dif.cache)
+    sampler.encode_prompts(plan.distinct_prompts, plan.negative_prompt)
+    return sampler
 
 
 def generate_shards(pipe, dif: DiffusionConfig, levers: Levers, plan: Plan, out_dir: Path, shards: list[int], *,
                     save_full: bool, console: Console, show_bar: bool, label: str, reuse: BatchCache | None = None) -> None:
-    sampler = build_sampler(pipe, dif, levers, plan.image_size)
-    sampler.encode_prompts(plan.distinct_prompts, plan.negative_prompt)
+    sampler = build_sampler(pipe, dif, levers, plan)
     storage.remove_outdated_summary(out_dir)
     total = sum(len(plan.shard_range(k)) for k in shards)
-    device = device_label(sampler.device)
+    device = f"cuda ({torch.cuda.get_device_name(sampler.device)})" if sampler.device.type == "cuda" else sampler.device.type
     made_with = provenance(levers, sampler.device)
+    sizer = BatchSize(levers.batch_size, sampler.device, console, label)
+    slice_vae(pipe, sizer, made_with)
     # PNG encoding of 512² images is CPU work that can overlap the GPU's next batch.
     with ThroughputReport(console, total, label, show_bar) as report, ThreadPoolExecutor(4) as png_pool:
         for k in shards:
             storage.prepare_shard_slot(out_dir, k)
-            make_shard(sampler, plan, out_dir, k, batch_size=levers.batch_size, pad_batches=levers.compile,
+            make_shard(sampler, plan, out_dir, k, sizer=sizer, pad_batches=levers.compile,
                        max_regenerations=dif.max_regenerations, save_full=save_full, device=device,
                        provenance=made_with, report=report, png_pool=png_pool, label=label, reuse=reuse)
 
@@ -129,24 +177,24 @@ def sample_batch(sampler: Sampler, plan: Plan, run: Run, *, want_full: bool, mad
     if out is None:
         gs = [g for g, _ in run]
         init = plan.init_images(gs)  # img2img: the real source images; None for a prompt set
-        out = sampler.run_batch([plan.seed(g, a) for g, a in run], [plan.prompt(g) for g in gs], want_full=want_full,
-                                init_images=init, strengths=None if init is None else plan.strengths_of(gs))
+        out = sampler.run_batch([plan.seed(g, a) for g, a in run], None if plan.class_ids else [plan.prompt(g) for g in gs],
+                                want_full=want_full, init_images=init,
+                                strengths=None if init is None else plan.strengths_of(gs),
+                                class_ids=[plan.class_id(g) for g in gs] if plan.class_ids else None)
         if keep and reuse is not None and out.all_finite:
             reuse.put(key, out)
     return out
 
 
-def make_shard(sampler: Sampler, plan: Plan, out_dir: Path, k: int, *, batch_size: int, pad_batches: bool,
+def make_shard(sampler: Sampler, plan: Plan, out_dir: Path, k: int, *, sizer: BatchSize, pad_batches: bool,
                max_regenerations: int, save_full: bool, device: str, provenance: dict[str, Any],
                report: ThroughputReport, png_pool: ThreadPoolExecutor, label: str = "", reuse: BatchCache | None = None) -> None:
     """Generate shard k and write it atomically (PNGs first: a shard file implies its PNGs exist).
 
-    Work is a queue of (global index, attempt); an image the safety checker flags goes back to the
-    end of the queue with the next attempt's seed, up to max_regenerations, after which it is kept
-    black (what the diffusers pipeline returns for flagged images) and counted in the manifest. The
-    queue depends only on the shard and the flags, so batches are the same in every run. A batch
-    with NaN/inf latents or pixels stops the run with one line; the shard is not written.
-    """
+    Work is a queue of (global index, attempt): a flagged image goes back to its end with the next
+    attempt's seed, up to max_regenerations, then is kept black (as diffusers returns it) and counted.
+    NaN/inf stops the run with one line, the shard unwritten; a batch out of GPU memory goes back to
+    the queue's front at half the size."""
     span = plan.shard_range(k)
     h, w = plan.image_size
     images = np.zeros((len(span), h, w, 3), np.uint8)
@@ -158,10 +206,18 @@ def make_shard(sampler: Sampler, plan: Plan, out_dir: Path, k: int, *, batch_siz
     queue = deque((g, 0) for g in plan.work_order(span))  # img2img: grouped by strength
     batch_number = 0
     while queue:
-        batch = [queue.popleft() for _ in range(min(batch_size, len(queue)))]
+        size = sizer.size
+        batch = [queue.popleft() for _ in range(min(size, len(queue)))]
         # With torch.compile a new batch shape means a recompile: fill the last batch with repeats.
-        out = sample_batch(sampler, plan, batch_run(batch, batch_size, pad_batches), want_full=save_full,
-                           made_with=provenance, reuse=reuse)
+        run = batch_run(batch, size, pad_batches)
+        sizer.start_batch()
+        try:
+            out = sample_batch(sampler, plan, run, want_full=save_full, made_with=provenance, reuse=reuse)
+        except torch.cuda.OutOfMemoryError as e:
+            sizer.halve(e)
+            queue.extendleft(reversed(batch))
+            continue
+        sizer.batch_done(len(run))
         if not out.all_finite:
             raise non_finite_error(plan, k, batch_number, batch, out.finite, sampler, label)
         batch_number += 1
@@ -183,7 +239,7 @@ def make_shard(sampler: Sampler, plan: Plan, out_dir: Path, k: int, *, batch_siz
     for png in pngs:
         png.result()
     storage.write_shard(out_dir, k, plan, images=images, seeds=seeds, regenerations=attempts, flagged=flagged,
-                        device=device, provenance=provenance)
+                        device=device, provenance={**provenance, **sizer.record()})
 
 
 def non_finite_error(plan: Plan, k: int, batch_number: int, batch: list[tuple[int, int]], finite: np.ndarray | None,
@@ -197,18 +253,14 @@ def non_finite_error(plan: Plan, k: int, batch_number: int, batch: list[tuple[in
         f"diffusion.dtype: float32 or bfloat16 (float16 overflows more easily)")
 
 
-# ----------------------------------------------------------------------------- progress
 class ThroughputReport:
-    """After a warm-up batch, print measured images/s and the ETA once; then keep a progress bar.
-
-    The first batch pays for compilation, cuDNN heuristics and allocator growth, so the rate is
-    measured on the second. `generated` counts every image made (regenerations included), `finished`
-    only images that went into a shard.
-    """
+    """The measured images/s and ETA, printed once after a warm-up batch (which pays for compilation, cuDNN
+    heuristics and allocator growth), then a progress bar. `generated` counts every image made
+    (regenerations included), `finished` only images that went into a shard."""
 
     def __init__(self, console: Console, total: int, label: str, show_bar: bool):
         self.console, self.total, self.label, self.show_bar = console, total, label, show_bar
-        self.finished = self.batches = self.generated_after_warmup = 0
+        self.finished = self.batches = self.generated = 0
         self.started = self.warm_at = time.perf_counter()
         self.progress: Progress | None = None
         self.task: Any = None
@@ -220,36 +272,25 @@ class ThroughputReport:
         if self.batches == 1:
             self.warm_at = now
         else:
-            self.generated_after_warmup += generated
-        rate = self.rate(now)
+            self.generated += generated
+        rate = (self.generated / max(now - self.warm_at, 1e-9) if self.batches > 1
+                else self.finished / max(now - self.started, 1e-9))
         if self.batches == 2 or (self.batches == 1 and self.finished >= self.total):
             left = self.total - self.finished
             self.console.print(f"{self.label}: measured {rate:.2f} images/s "
                                f"({'after a warm-up batch' if self.batches == 2 else 'one batch, warm-up included'}); "
                                f"{left} images left, ETA {human_duration(left / rate) if rate > 0 else 'unknown'}")
-            self._start_bar()
+            if self.show_bar:
+                self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                         TextColumn("{task.fields[rate]:.2f} img/s"), TimeElapsedColumn(), TextColumn("ETA"),
+                                         TimeRemainingColumn(), console=self.console)
+                self.progress.start()
+                self.task = self.progress.add_task(self.label, total=self.total, completed=self.finished, rate=0.0)
         if self.progress is not None:
             self.progress.update(self.task, completed=self.finished, rate=rate)
 
-    def rate(self, now: float) -> float:
-        if self.batches <= 1:
-            return self.finished / max(now - self.started, 1e-9)
-        return self.generated_after_warmup / max(now - self.warm_at, 1e-9)
-
     def __enter__(self):
-        self.started = time.perf_counter()
         return self
-
-    def _start_bar(self) -> None:
-        if not self.show_bar or self.progress is not None:
-            return
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]:.2f} img/s"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=self.console,
-        )
-        self.progress.start()
-        self.task = self.progress.add_task(self.label, total=self.total, completed=self.finished, rate=0.0)
 
     def __exit__(self, *exc) -> None:
         if self.progress is not None:
