@@ -154,7 +154,7 @@ def real_only_mix(cfg: Config) -> str | None:
 
 def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, out: Path, summary_path: Path,
              train_metrics: Path | None = None, curves: Path | None = None) -> dict:
-    device = resolve_device(cfg.evaluate.device)
+    device = resolve_device(cfg.evaluate.device, "evaluate.device")
     test = load_split(prepared / "test.npz")
     classes, seeds = test.classes, cfg.train.seeds
     # Check every weight file before any work, so a missing cell fails fast and writes nothing.

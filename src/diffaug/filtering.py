@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("data/filtered"))
     args = ap.parse_args(argv)
     cfg = load_config(args.params)
-    device = str(resolve_device(cfg.evaluate.device))
+    device = str(resolve_device(cfg.evaluate.device, "evaluate.device"))
     account = filter_mixture(cfg, args.mix, args.mixtures, args.prepared, args.synthetic, args.classifier, args.out, device)
     dropped = len(account["dropped"])
     print(f"filter@{args.mix}: kept {account['total']} of {account['candidates']} images, dropped {dropped} synthetic "

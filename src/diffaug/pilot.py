@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
         from diffaug.devices import resolve_device
         from diffaug.formats.classifier import load_trained
 
-        device = resolve_device(base.evaluate.device)
+        device = resolve_device(base.evaluate.device, "evaluate.device")
         classifier, _ = load_trained(classifier_path, device)
         scoring = (classifier, *real_reference(args.prepared, REAL_PER_CLASS), base.evaluate.batch_size, device)
     for cand, pilot in pilots:

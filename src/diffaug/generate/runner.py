@@ -62,9 +62,11 @@ def shards_to_make(out_dir: Path, plan: Plan, world: World) -> list[int]:  # thi
 
 def pick_device(dif: DiffusionConfig, world: World) -> torch.device:
     """diffusion.device, with each torchrun worker on its own GPU (cuda:LOCAL_RANK) for auto/cuda."""
-    device = resolve_device(dif.device)
+    device = resolve_device(dif.device, "diffusion.device")
     if device.type == "cuda" and device.index is None and world.size > 1:
         device = torch.device("cuda", world.local_rank % torch.cuda.device_count())
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # so no library opens a context on GPU 0 behind this rank's back
     return device
 
 
