@@ -70,7 +70,6 @@ BAD = [
     ("synthetic.sets.syn1.prompt", ["{label}", "{label} by {artist}"], "must contain {label} and no other {field}"),
     ("synthetic.sets.syn1.kind", "text", "synthetic.sets.syn1.kind: got 'text'; allowed: 'prompt' | 'img2img'"),
     ("synthetic.sets.syn1.strength", 0.5, "synthetic.sets.syn1.strength: unknown key; allowed: kind, prompt, negative_prompt"),
-    ("synthetic.syn1", {"prompt": "{label}"}, "synthetic.syn1: moved under synthetic.sets, e.g. synthetic.sets.syn1: {kind: prompt"),
     ("synthetic.sets.orig", {"kind": "prompt"}, "synthetic.sets.orig: 'orig' is a reserved source name"),
     ("synthetic.images_per_class", 0, "synthetic.images_per_class: got 0; allowed: an integer >= 1"),
     ("dataset.name", "mnist", "dataset.name: got 'mnist'; allowed: cifar10 | cifar100 | npz:<path> | imagefolder:<path>"),

@@ -169,7 +169,7 @@ def test_unpadded_epoch_keeps_the_old_rule():
 
 
 # ----------------------------------------------------------------------------- levers, exactly as params say
-PAPER = dict(epochs=250, batch_size=128, optimizer="sgd", lr=0.01, momentum=0.9, nesterov=True, weight_decay=0.0005,
+PAPER = dict(epochs=250, batch_size=128, lr=0.01, momentum=0.9, nesterov=True, weight_decay=0.0005,
              schedule="paper_cyclic", warmup_epochs=0, label_smoothing=0.0, crop_padding=4, hflip=True,
              pad_last_batch=False, cutout=0, trivial_augment=False, ema_decay=0.0, tta_hflip=False)
 
