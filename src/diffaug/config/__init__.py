@@ -124,7 +124,7 @@ def _label(arm: Any) -> str:
 def _keys(cls: Any) -> dict[str, Any]:
     """A section's keys as params.yaml spells them -> their annotations."""
     hints = typing.get_type_hints(cls, include_extras=True)
-    return {(f.default.alias if hasattr(f.default, "alias") and f.default.alias else f.name): hints[f.name]
+    return {(getattr(f.default, "alias", None) or f.name): hints[f.name]
             for f in dataclasses.fields(cls)}
 
 
@@ -182,7 +182,7 @@ def explain(errors: list[Any]) -> str:
     if kind == "finite_number":
         return f"{key}: got {value!r}; allowed: a finite number"
     if kind == "union_tag_invalid":
-        return f"{_join(key, 'kind')}: got {ctx['tag']!r}; allowed: {type_name(Literal[SET_KINDS])}"  # type: ignore[valid-type]
+        return f"{_join(key, 'kind')}: got {ctx['tag']!r}; allowed: {' | '.join(map(repr, SET_KINDS))}"
     if kind in ("unexpected_keyword_argument", "extra_forbidden"):
         return f"{key}: unknown key"
     if kind in MISMATCH:

@@ -25,8 +25,8 @@ from pydantic import (
     Tag,
     model_validator,
 )
-from pydantic_core import core_schema
 from pydantic.dataclasses import dataclass
+from pydantic_core import core_schema
 
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "vgg16", "densenet121")
 # Sources that are the real training images: orig itself, and its rot90 / vflip copies. Every other
@@ -74,7 +74,10 @@ class Rule:
         return {**handler(schema), **self.json_schema}
 
 
-Int, Float, Str, Bool = StrictInt, StrictFloat, StrictStr, StrictBool
+Int = StrictInt
+Float = StrictFloat
+Str = StrictStr
+Bool = StrictBool
 Count = Annotated[Int, Rule("an integer >= 1", lambda v: v >= 1, minimum=1)]
 NonNegativeInt = Annotated[Int, Rule("an integer >= 0", lambda v: v >= 0, minimum=0)]
 Seed = Annotated[Int, Rule(f"an integer seed in 0..{SEED_MAX}", lambda v: 0 <= v <= SEED_MAX, minimum=0, maximum=SEED_MAX)]
@@ -148,7 +151,7 @@ class PromptSet:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
 
-@dataclass(frozen=True, config=ConfigDict(SECTION, json_schema_extra={"required": ["kind"]}))
+@dataclass(frozen=True, config=ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={"required": ["kind"]}))
 class Img2ImgSet:
     """`kind: img2img`: SDEdit / DA-Fusion-style image-to-image from each real training image (or a
     seeded class-balanced subset), noised to `strength` and denoised for int(steps * strength) steps."""
@@ -190,7 +193,7 @@ class SyntheticConfig:
     images_per_shard: Count = 1000
     save_full_resolution: Bool = False
     sets: Annotated[dict[Str, SyntheticSet], AfterValidator(_set_names)] = Field(  # name -> kind and settings
-        default_factory=lambda: {"syn1": PromptSet(prompt="{label}"), "syn2": PromptSet(prompt="a photo of a {label}")})
+        default_factory=lambda: dict[str, PromptSet | Img2ImgSet](syn1=PromptSet(prompt="{label}"), syn2=PromptSet(prompt="a photo of a {label}")))
 
 
 @dataclass(frozen=True, config=SECTION)
@@ -260,7 +263,7 @@ def _distinct(seeds: list[int]) -> list[int]:
 class TrainConfig:
     recipe: Str = "default"  # a key of recipes
     variant: Literal["cifar", "paper"] = "cifar"
-    seeds: Annotated[list[Seed], AfterValidator(_distinct)] = Field(default_factory=lambda: [0])  # type: ignore[valid-type]
+    seeds: Annotated[list[Seed], AfterValidator(_distinct)] = Field(default_factory=lambda: [0])
     precision: Literal["bf16", "fp32"] = "bf16"
     channels_last: Bool = True
     compile: Bool = False

@@ -20,13 +20,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from diffaug.cli import stage_parser
+from diffaug.cli import human_duration, stage_parser
 from diffaug.config import Config, Img2ImgSet, load_config
 from diffaug.errors import UserError, exit_on_error
 from diffaug.formats import synthetic as storage
 from diffaug.formats.splits import Split, load_split, read_classes
 from diffaug.generate.model import ModelSource, apply_fp8, choose_levers, fp8_unavailable_reason, load_pipeline, resolve_model
-from diffaug.generate.plan import Plan, build_plan, check_cpu_cost, gpu_seconds, human_duration, plan_flops, steps_note
+from diffaug.generate.plan import Plan, build_plan, check_cpu_cost, gpu_seconds, plan_flops, steps_note
 from diffaug.io import sha256_file
 
 TRAIN_SPLIT = "train.npz"  # the prepare stage's name for the training split

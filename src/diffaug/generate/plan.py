@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from diffaug.cli import human_duration
 from diffaug.config import Config, DiffusionConfig, Img2ImgSet
 from diffaug.errors import ConfigError, UserError
 from diffaug.formats.splits import Split
@@ -296,16 +297,6 @@ def gpu_seconds(dif: DiffusionConfig, n_images: int, *, compiled: bool, mode: st
     if compiled:
         return COMPILE_SECONDS[mode] + total / H100_COMPILED_FLOP_PER_S
     return total / H100_EAGER_FLOP_PER_S
-
-
-def human_duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.0f} days"
 
 
 def check_cpu_cost(dif: DiffusionConfig, device_type: str, n_images: int, flops: float | None = None) -> None:

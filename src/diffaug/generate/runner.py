@@ -18,12 +18,13 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from diffaug.cli import human_duration
 from diffaug.config import DiffusionConfig
 from diffaug.devices import resolve_device
 from diffaug.errors import UserError
 from diffaug.formats import synthetic as storage
 from diffaug.generate.model import Levers, apply_speed_levers, device_label, use_inductor_cache
-from diffaug.generate.plan import Plan, human_duration
+from diffaug.generate.plan import Plan
 from diffaug.generate.sampler import Sampler
 from diffaug.io import atomic_path
 
