@@ -1,9 +1,7 @@
-"""One validated configuration object, read from params.yaml.
+"""One validated configuration object, read from params.yaml (the sections and their rules: `schema`).
 
-Every stage calls `load_config()` first; a bad value stops it with one line that names the key and
-what is allowed (exit code 2) before any data is read or anything is written. The sections and their
-rules are pydantic dataclasses in `schema`; here params.yaml is read and pydantic's first error is
-turned into that line. `python -m diffaug.config --schema` prints the JSON schema editors check against.
+Every stage calls `load_config()` first; a bad value stops it with one line that names the key and what
+is allowed (exit code 2) before any data is read or anything is written: pydantic's first error, re-worded.
 """
 from __future__ import annotations
 
@@ -16,32 +14,12 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from diffaug.config.schema import (
-    ARCHITECTURES,
-    PAPER_SOURCES,
-    REAL_SOURCES,
-    SCHEDULERS,
-    SET_KINDS,
-    Config,
-    DatasetConfig,
-    DiffusionConfig,
-    EvaluateConfig,
-    Img2ImgSet,
-    Invalid,
-    MixtureFilter,
-    PromptSet,
-    Recipe,
-    SyntheticConfig,
-    SyntheticSet,
-    TrainConfig,
-)
+from diffaug.config.schema import *  # noqa: F403 (the sections and constants are the package's API)
+from diffaug.config.schema import SET_KINDS, Config, Invalid
+from diffaug.config.schema import __all__ as _sections
 from diffaug.errors import ConfigError
 
-__all__ = [
-    "ARCHITECTURES", "PAPER_SOURCES", "REAL_SOURCES", "SCHEDULERS", "SET_KINDS", "Config", "ConfigError", "DatasetConfig",
-    "DiffusionConfig", "EvaluateConfig", "Img2ImgSet", "MixtureFilter", "PromptSet", "Recipe", "SyntheticConfig", "SyntheticSet",
-    "TrainConfig", "json_schema", "load_config", "parse_config",
-]
+__all__ = [*_sections, "ConfigError", "json_schema", "load_config", "parse_config"]
 ADAPTER = TypeAdapter(Config)
 # pydantic error types meaning "not this type at all" (as opposed to a value of the right type that breaks a rule)
 MISMATCH = {"int_type", "float_type", "string_type", "bool_type", "list_type", "dict_type", "dataclass_type", "literal_error",

@@ -11,20 +11,7 @@ from collections.abc import Callable
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    ConfigDict,
-    Discriminator,
-    Field,
-    GetCoreSchemaHandler,
-    GetJsonSchemaHandler,
-    StrictBool,
-    StrictFloat,
-    StrictInt,
-    StrictStr,
-    Tag,
-    model_validator,
-)
+from pydantic import AfterValidator, ConfigDict, Discriminator, Field, StrictBool, StrictFloat, StrictInt, StrictStr, Tag, model_validator
 from pydantic.dataclasses import dataclass
 from pydantic_core import core_schema
 
@@ -41,6 +28,8 @@ SCHEDULERS = ("default", "pndm", "ddim", "dpmsolver++", "euler")
 FILTER_BY = ("confidence", "clip")
 SEED_MAX = 2**32 - 1  # what numpy's and torch's generators both accept, the same rule for every seed
 SECTION = ConfigDict(extra="forbid", allow_inf_nan=False)
+__all__ = ["ARCHITECTURES", "PAPER_SOURCES", "REAL_SOURCES", "SCHEDULERS", "SET_KINDS", "Config", "DatasetConfig", "DiffusionConfig",
+           "EvaluateConfig", "Img2ImgSet", "Invalid", "MixtureFilter", "PromptSet", "Recipe", "SyntheticConfig", "SyntheticSet", "TrainConfig"]
 
 
 class Invalid(ValueError):
@@ -67,10 +56,10 @@ class Rule:
         need(self.ok(value), f"got {value!r}; allowed: {self.allowed}")
         return value
 
-    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
         return core_schema.no_info_after_validator_function(self.check, handler(source))
 
-    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+    def __get_pydantic_json_schema__(self, schema: Any, handler: Any) -> dict[str, Any]:
         return {**handler(schema), **self.json_schema}
 
 
