@@ -51,7 +51,7 @@ def parse_config(data: Any, source: str = "params.yaml") -> Config:
     try:
         return ADAPTER.validate_python(data if data is not None else {})
     except ValidationError as e:
-        raise ConfigError(f"{source}: {explain(e.errors())}") from None
+        raise ConfigError(f"{source}: {explain(e.errors()).removeprefix(': ')}") from None
 
 
 def load_config(path: str | Path = "params.yaml") -> Config:
