@@ -504,7 +504,7 @@ def sweep(args: argparse.Namespace, cfg: Config, device: torch.device, stamp: li
     report["total_s"] = time.perf_counter() - t0
     table = {r["model"]: round(r["images_per_s"]) for r in report["rows"] if r["measurement"] == "ours, default batch"}
     if table and device.type == "cuda":
-        print(f"throughput for src/diffaug/train/eta.py (images/s, batch {default_batch}, {capture}): {table}")
+        print(f"throughput for H100_IMAGES_PER_S in src/diffaug/train/stage.py (images/s, batch {default_batch}, {capture}): {table}")
     print(f"sweep done in {report['total_s']:.0f}s", flush=True)
     return report
 

@@ -131,3 +131,30 @@ def test_the_deps_check_catches_a_missing_dep(monkeypatch):
 
 def test_every_unlisted_helper_exists():
     assert set(UNLISTED) <= set(MODULES)
+
+
+def test_shared_stage_bodies_resolve_to_each_stages_own_paths_and_params(tmp_path, monkeypatch):
+    """dvc.yaml writes the generate and train bodies once (YAML merge keys, stage `vars`); dvc's own resolver
+    must still give every stage its own set, mixture file and params, as if each were written out."""
+    from dvc.repo import Repo
+
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["synthetic"]["sets"].update(syn3={"prompt": "a sketch of a {label}"}, i2i={"kind": "img2img"})
+    params["mixtures"]["conf"] = {"orig": 0.5, "syn1": 0.5, "filter": {"keep_fraction": 0.5}}
+    params.update(prompt_sets=["syn3"], img2img_sets=["i2i"], filtered_mixes=["conf"])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    stages = {s.name: s for s in Repo.init(tmp_path, no_scm=True).index.stages}
+    deps = {name: {d.def_path for d in s.deps if not hasattr(d, "params")} for name, s in stages.items()}
+    params_of = {name: {p for d in s.deps if hasattr(d, "params") for p in d.params} for name, s in stages.items()}
+    for name, set_name in (("generate_syn1", "syn1"), ("generate_syn2", "syn2"), ("generate_prompt@syn3", "syn3"), ("generate_img2img@i2i", "i2i")):
+        assert stages[name].cmd.startswith(f"python -m diffaug.generate {set_name} ") and f"synthetic.sets.{set_name}" in params_of[name]
+        assert [o.def_path for o in stages[name].outs] == [f"data/synthetic/{set_name}"] and stages[name].outs[0].persist
+    assert "data/prepared/train.npz" in deps["generate_img2img@i2i"] and "data/prepared/train.npz" not in deps["generate_syn1"]
+    assert "synthetic.images_per_class" in params_of["generate_syn1"] and "synthetic.images_per_class" not in params_of["generate_img2img@i2i"]
+    assert "data/mixtures/orig100.npz" in deps["train@resnet18-orig100"] and "--mixture data/mixtures/orig100.npz" in stages["train@resnet18-orig100"].cmd
+    assert "data/filtered/conf.npz" in deps["train_filtered@resnet18-conf"] and "--mixture data/filtered/conf.npz" in stages["train_filtered@resnet18-conf"].cmd
+    assert deps["train@resnet18-orig100"] - {"data/mixtures/orig100.npz"} == deps["train_filtered@resnet18-conf"] - {"data/filtered/conf.npz"}
+    assert {n.split("@")[0] for n in stages} == {"prepare", "generate_syn1", "generate_syn2", "generate_prompt", "generate_img2img",
+                                                 "build_mixtures", "filter", "train", "train_filtered", "evaluate"}

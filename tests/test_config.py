@@ -1,5 +1,6 @@
 """params.yaml validation: every bad value is one line naming the key, exit 2, nothing written."""
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -73,7 +74,6 @@ BAD = [
     ("synthetic.sets.syn1.prompt", ["{label}", "{label} by {artist}"], "must contain {label} and no other {field}"),
     ("synthetic.sets.syn1.kind", "text", "synthetic.sets.syn1.kind: got 'text'; allowed: 'prompt' | 'img2img'"),
     ("synthetic.sets.syn1.strength", 0.5, "synthetic.sets.syn1.strength: unknown key; allowed: kind, prompt, negative_prompt"),
-    ("synthetic.syn1", {"prompt": "{label}"}, "synthetic.syn1: moved under synthetic.sets, e.g. synthetic.sets.syn1: {kind: prompt"),
     ("synthetic.sets.orig", {"kind": "prompt"}, "synthetic.sets.orig: 'orig' is a reserved source name"),
     ("synthetic.images_per_class", 0, "synthetic.images_per_class: got 0; allowed: an integer >= 1"),
     ("dataset.name", "mnist", "dataset.name: got 'mnist'; allowed: cifar10 | cifar100 | npz:<path> | imagefolder:<path>"),
@@ -180,3 +180,33 @@ def test_stage_exits_2_with_one_line_and_writes_nothing(tmp_path, module):
     lines = proc.stderr.strip().splitlines()
     assert lines == ["error: params.yaml: diffusion.resolution: got 500; allowed: a multiple of 8, at least 64 (the paper: 512)"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_params_schema_json_is_generated_from_the_models():
+    from diffaug.config import json_schema
+
+    committed = json.loads((REPO / "params.schema.json").read_text())
+    assert committed == json_schema(), "regenerate it: python -m diffaug.config --schema > params.schema.json"
+    assert (REPO / "params.yaml").read_text().splitlines()[0] == "# yaml-language-server: $schema=params.schema.json"
+
+
+def test_a_standard_json_schema_validator_accepts_params_and_rejects_a_misspelled_key():
+    jsonschema = pytest.importorskip("jsonschema")
+    validator = jsonschema.Draft202012Validator(json.loads((REPO / "params.schema.json").read_text()))
+    assert list(validator.iter_errors(BASE)) == []
+    for key, value in (("diffusion.stpes", 20), ("mixs", ["orig100"]), ("train.recipes.paper.learning_rate", 0.1)):
+        errors = [e.message for e in validator.iter_errors(with_change(key, value))]
+        assert errors == [f"Additional properties are not allowed ('{key.rsplit('.', 1)[-1]}' was unexpected)"], errors
+    assert list(validator.iter_errors(with_change("diffusion.resolution", 500)))  # the rules travel too: a multiple of 8
+    with pytest.raises(ConfigError, match=r"diffusion\.stpes: unknown key; allowed: model, revision"):
+        parse_config(with_change("diffusion.stpes", 20))  # and params.yaml's own check says the same
+
+
+def test_without_mixes_every_mixture_without_a_filter_is_trained():
+    p = copy.deepcopy(BASE)
+    del p["mixes"]
+    p["mixtures"]["conf"] = {"orig": 0.5, "syn1": 0.5, "filter": {"keep_fraction": 0.5}}
+    p["filtered_mixes"] = ["conf"]
+    cfg = parse_config(p)
+    assert cfg.mixes == list(BASE["mixtures"]) and cfg.trained_mixes == list(BASE["mixtures"]) + ["conf"]
+    assert cfg.mixtures["conf"] == {"orig": 0.5, "syn1": 0.5} and cfg.filters["conf"].keep_fraction == 0.5

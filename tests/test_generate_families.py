@@ -109,7 +109,7 @@ def test_family_defaults_fill_nulls_and_enter_the_hash(tiny, tmp_path):
     assert main(cli_args(params, classes, tmp_path / "out")) == 0
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     dif = manifest["settings"]["diffusion"]
-    assert (dif["steps"], dif["guidance_scale"], dif["resolution"]) == (50, 4.0, 32)
+    assert (dif["steps"], dif["guidance_scale"], dif["resolution"]) == (50, 4.0, 64)
     assert manifest["generator"]["family_defaults"] == ["steps", "guidance_scale", "resolution"]
 
 
@@ -174,7 +174,7 @@ def test_a_dit_class_without_ids_is_one_line(tiny, tmp_path, capsys, no_load):
     ("sana", {"cache": "first_block"}, "diffusion.cache"),
     ("flux", {"channels_last": True}, "diffusion.channels_last"),
     ("sd3", {"scheduler": "ddim"}, "diffusion.scheduler"),
-    ("dit", {"resolution": 64}, "diffusion.resolution"),
+    ("dit", {"resolution": 128}, "diffusion.resolution"),
     ("sdxl", {}, "synthetic.sets.syn1.class_ids"),
     ("flux", {"syn1": {"negative_prompt": "blurry"}}, "synthetic.sets.syn1.negative_prompt"),
 ])

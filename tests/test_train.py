@@ -266,15 +266,15 @@ def test_the_recipes_optimizer_and_the_evaluate_batch_are_what_the_trainer_uses(
     import diffaug.train.loop as loop
 
     calls = []
-    real = loop.OPTIMIZER_STEPS["sgd"]
-    monkeypatch.setitem(loop.OPTIMIZER_STEPS, "sgd", lambda *a: calls.append(1) or real(*a))
+    real = loop.sgd_step
+    monkeypatch.setattr(loop, "sgd_step", lambda *a: calls.append(1) or real(*a))
     trainer = tiny_trainer()
     trainer.train_epoch()
-    assert len(calls) == trainer.steps_per_epoch  # the step named by recipe.optimizer, every step
+    assert len(calls) == trainer.steps_per_epoch  # the SGD step, every step
     images, labels = toy_data(12, seed=1)
     small = Trainer("resnet18", "cifar", 3, TINY, *toy_data(), seed=0, device=torch.device("cpu"), precision="fp32",
                     eval_batch=5, val_images=images, val_labels=labels)
     seen: list[int] = []
     small.final_model.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
-    small.evaluate()
-    assert seen[:3] == [5, 5, 2]  # evaluate.batch_size, not a constant of the loop
+    small.run_epoch(validate=True)
+    assert seen[-3:] == [5, 5, 2]  # the validation after the epoch runs at evaluate.batch_size, not a constant of the loop

@@ -4,10 +4,15 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from diffaug.train.augment import random_crop_flip
+from diffaug.train.augment import apply_crop_flip, draw_crop_flip
 
 SIZE, PAD, N = 32, 4, 18000
 
+
+
+def crop_flip(images: torch.Tensor, padding: int, hflip: bool, generator: torch.Generator) -> torch.Tensor:
+    """The training step's two calls (loop.py draws, then applies) on one batch."""
+    return apply_crop_flip(images, padding, hflip, draw_crop_flip(len(images), padding, hflip, generator))
 
 def coded_images(n: int) -> torch.Tensor:
     """Pixel (r, c) holds r+1 in channel 0, c+1 in channel 1 and 255 in channel 2, so the crop offset and
@@ -34,7 +39,7 @@ def chi_square(counts: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def augmented():
     images = coded_images(N)
-    out = random_crop_flip(images, PAD, True, torch.Generator().manual_seed(0))
+    out = crop_flip(images, PAD, True, torch.Generator().manual_seed(0))
     return images, out, read_back(out)
 
 
@@ -73,15 +78,15 @@ def test_offsets_uniform_over_0_to_8_independent_and_flip_rate_half(augmented):
 
 def test_seeded_generator_repeats_and_off_switches_work():
     images = coded_images(64)
-    a = random_crop_flip(images, PAD, True, torch.Generator().manual_seed(5))
-    b = random_crop_flip(images, PAD, True, torch.Generator().manual_seed(5))
-    c = random_crop_flip(images, PAD, True, torch.Generator().manual_seed(6))
+    a = crop_flip(images, PAD, True, torch.Generator().manual_seed(5))
+    b = crop_flip(images, PAD, True, torch.Generator().manual_seed(5))
+    c = crop_flip(images, PAD, True, torch.Generator().manual_seed(6))
     assert torch.equal(a, b) and not torch.equal(a, c)
-    assert torch.equal(random_crop_flip(images, 0, False, torch.Generator()), images)
-    flipped_only = random_crop_flip(images, 0, True, torch.Generator().manual_seed(0))
+    assert torch.equal(crop_flip(images, 0, False, torch.Generator()), images)
+    flipped_only = crop_flip(images, 0, True, torch.Generator().manual_seed(0))
     is_flipped = torch.tensor([torch.equal(f, img.flip(1)) for f, img in zip(flipped_only, images)])
     assert torch.all(is_flipped | torch.all((flipped_only == images).flatten(1), dim=1)) and 10 < int(is_flipped.sum()) < 54
-    no_flip = read_back(random_crop_flip(coded_images(2000), PAD, False, torch.Generator().manual_seed(1)))
+    no_flip = read_back(crop_flip(coded_images(2000), PAD, False, torch.Generator().manual_seed(1)))
     assert not no_flip[2].any()
 
 

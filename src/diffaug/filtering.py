@@ -7,7 +7,7 @@
 `mixtures.<mix>.filter` in params.yaml says how (see config.schema.MixtureFilter):
 
   by: confidence   the softmax probability that the real-data classifier (the cell trained on
-                   `classifier_mix`, orig100, first seed) gives each synthetic image's intended class
+                   orig100, first seed) gives each synthetic image's intended class
                    (ALIA, Dunlap et al. 2023)
   by: clip         cosine similarity of CLIP's image and text embeddings, text "a photo of a <label>"
                    (He et al. 2023); needs CLIP weights in the local Hugging Face cache, else one line
@@ -122,7 +122,7 @@ def filter_mixture(cfg: Config, mix: str, mixtures_dir: Path, prepared: Path, sy
     source_path = mixtures_dir / f"{unfiltered_name(mix)}.npz"
     index = read_mixture(source_path)
     if spec.by == "confidence":
-        require_files([classifier], f"the filter of {mix} needs train@{cfg.model}-{spec.classifier_mix} first (dvc repro)")
+        require_files([classifier], f"the filter of {mix} needs train@{cfg.model}-orig100 first (dvc repro)")
     classes = index.classes
     codes = np.asarray(index.source)
     names = index.source_names
@@ -152,7 +152,7 @@ def filter_mixture(cfg: Config, mix: str, mixtures_dir: Path, prepared: Path, sy
                         "allowed: a filter that keeps at least one image of every class")
 
     drop = ~keep
-    classifier_info = ({"path": str(classifier), "sha256": sha256_file(classifier), "mix": spec.classifier_mix}
+    classifier_info = ({"path": str(classifier), "sha256": sha256_file(classifier), "mix": "orig100"}
                        if spec.by == "confidence" else {"clip": CLIP_MODEL, "prompt": CLIP_PROMPT})
     cutoff_table: dict[str, dict[str, float]] = {names[g // len(classes)]: {} for g in cutoffs}
     for g, value in sorted(cutoffs.items()):

@@ -37,11 +37,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from diffaug.cli import stage_parser
+from diffaug.cli import human_duration, stage_parser
 from diffaug.config import Config, Img2ImgSet, parse_config
 from diffaug.errors import UserError, exit_on_error
 from diffaug.formats.splits import Split, load_split, read_classes
-from diffaug.generate.plan import build_plan, human_duration
+from diffaug.generate.plan import build_plan
 from diffaug.io import write_json_atomic
 
 PROBE_STEPS = 300

@@ -1,45 +1,29 @@
-"""One validated configuration object, read from params.yaml.
+"""One validated configuration object, read from params.yaml (the sections and their rules: `schema`).
 
-Every stage calls `load_config()` first; a bad value stops it with one line that names the key and
-what is allowed (exit code 2) before any data is read or anything is written.
-
-  schema    the sections as frozen dataclasses (the one place a knob is declared)
-  coerce    generic type checking of parsed YAML against those annotations
-  validate  the rules a type cannot express
+Every stage calls `load_config()` first; a bad value stops it with one line that names the key and what
+is allowed (exit code 2) before any data is read or anything is written: pydantic's first error, re-worded.
 """
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union
 
 import yaml
+from pydantic import TypeAdapter, ValidationError
 
-from diffaug.config.coerce import coerce
-from diffaug.config.schema import (
-    ARCHITECTURES,
-    PAPER_SOURCES,
-    REAL_SOURCES,
-    SCHEDULERS,
-    SET_KINDS,
-    Config,
-    DatasetConfig,
-    DiffusionConfig,
-    EvaluateConfig,
-    Img2ImgSet,
-    PromptSet,
-    Recipe,
-    SyntheticConfig,
-    SyntheticSet,
-    TrainConfig,
-)
-from diffaug.config.validate import validate
+from diffaug.config.schema import *  # noqa: F403 (the sections and constants are the package's API)
+from diffaug.config.schema import SET_KINDS, Config, Invalid
+from diffaug.config.schema import __all__ as _sections
 from diffaug.errors import ConfigError
 
-__all__ = [
-    "ARCHITECTURES", "PAPER_SOURCES", "REAL_SOURCES", "SCHEDULERS", "SET_KINDS", "Config", "ConfigError", "DatasetConfig",
-    "DiffusionConfig", "EvaluateConfig", "Img2ImgSet", "PromptSet", "Recipe", "SyntheticConfig", "SyntheticSet",
-    "TrainConfig", "load_config", "parse_config",
-]
+__all__ = [*_sections, "ConfigError", "json_schema", "load_config", "parse_config"]
+ADAPTER = TypeAdapter(Config)
+# pydantic error types meaning "not this type at all" (as opposed to a value of the right type that breaks a rule)
+MISMATCH = {"int_type", "float_type", "string_type", "bool_type", "list_type", "dict_type", "dataclass_type", "literal_error",
+            "union_tag_not_found", "none_required"}
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -57,24 +41,17 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def json_schema() -> dict[str, Any]:
+    """params.yaml's JSON schema (params.schema.json is this, written by `python -m diffaug.config --schema`)."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **ADAPTER.json_schema()}
+
+
 def parse_config(data: Any, source: str = "params.yaml") -> Config:
     """Build and validate a Config from already-parsed YAML; errors are prefixed with `source`."""
     try:
-        _refuse_old_shape(data)
-        cfg = coerce(Config, data if data is not None else {}, "")
-        validate(cfg)
-    except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
-    return cfg
-
-
-def _refuse_old_shape(data: Any) -> None:
-    """Before synthetic sets had names, syn1 and syn2 sat directly under `synthetic:`; say where they went."""
-    syn = data.get("synthetic") if isinstance(data, dict) else None
-    old = [k for k in ("syn1", "syn2") if isinstance(syn, dict) and k in syn]
-    if old:
-        raise ConfigError(f"synthetic.{old[0]}: moved under synthetic.sets, e.g. synthetic.sets.{old[0]}: "
-                          "{kind: prompt, prompt: ...} (see the repository's params.yaml)")
+        return ADAPTER.validate_python(data if data is not None else {})
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {explain(e.errors()).removeprefix(': ')}") from None
 
 
 def load_config(path: str | Path = "params.yaml") -> Config:
@@ -91,3 +68,101 @@ def load_config(path: str | Path = "params.yaml") -> Config:
         first = str(e).splitlines()[0] if str(e) else "invalid YAML"
         raise ConfigError(f"{path}: not valid YAML ({first})") from None
     return parse_config(data, str(path))
+
+
+# ----------------------------------------------------------------------------- pydantic's errors as one line
+def _base(tp: Any) -> Any:
+    while typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
+
+
+def _arms(tp: Any) -> list[Any]:
+    """The arms of a union that pydantic tells apart (X | None is X that may be null: no arm of its own)."""
+    tp = _base(tp)
+    if typing.get_origin(tp) not in (Union, types.UnionType):
+        return []
+    arms = [a for a in typing.get_args(tp) if a is not type(None)]
+    return arms if len(arms) > 1 else []
+
+
+def _label(arm: Any) -> str:
+    """The name pydantic gives a union arm in an error's location."""
+    tags = [m.tag for m in getattr(arm, "__metadata__", ()) if hasattr(m, "tag")]
+    arm = _base(arm)
+    if tags:
+        return tags[0]
+    if typing.get_origin(arm) is list:
+        return f"list[{_label(typing.get_args(arm)[0])}]"
+    if typing.get_origin(arm) is Literal:
+        return f"literal[{', '.join(map(repr, typing.get_args(arm)))}]"
+    return getattr(arm, "__name__", str(arm))
+
+
+def _keys(cls: Any) -> dict[str, Any]:
+    """A section's keys as params.yaml spells them -> their annotations."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {(getattr(f.default, "alias", None) or f.name): hints[f.name]
+            for f in dataclasses.fields(cls)}
+
+
+def type_name(tp: Any) -> str:
+    tp = _base(tp)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else type_name(a) for a in args)
+    if origin is list:
+        return f"a list of {type_name(args[0])}"
+    if origin is dict:
+        return f"a mapping of str to {type_name(args[1])}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping with keys " + ", ".join(_keys(tp))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _join(key: str, part: str) -> str:
+    return part if not key else key + (part if part.startswith("[") else "." + part) if part else key
+
+
+def explain(errors: list[Any]) -> str:
+    """'<dotted.key>: <what is wrong>; allowed: ...' for the first of pydantic's errors.
+
+    Walks the error's location through the annotations, so that a value of the wrong type is told the
+    type it may have. Of a union's arms, the error inside the arm the value was meant for wins (a list
+    given for `float | list[float]` is told about its bad element); when no arm takes the value at all,
+    the line names the whole union."""
+    err, tp, key, i = errors[0], Config, "", 0
+    while i < len(err["loc"]):
+        loc, part = err["loc"], err["loc"][i]
+        if arms := _arms(tp):
+            siblings = [e for e in errors if e["loc"][:i] == loc[:i] and len(e["loc"]) > i]
+            inner = [e for e in siblings if len(e["loc"]) > i + 1 or e["type"] not in MISMATCH]
+            if not inner and err["type"] in MISMATCH:
+                return f"{key}: got {err['input']!r}; allowed: {type_name(tp)}"
+            err = inner[0] if inner else err
+            at = str(err["loc"][i])  # the arm's name; a section with a model_validator is 'function-after[..., Name]'
+            tp = next((a for a in arms if at == _label(a) or at.endswith(f" {_label(a)}]")), arms[0])
+        elif dataclasses.is_dataclass(base := _base(tp)):
+            keys = _keys(base)
+            if part not in keys:
+                return f"{_join(key, str(part))}: unknown key; allowed: {', '.join(keys)}"
+            tp, key = keys[part], _join(key, str(part))
+        elif typing.get_origin(base) is dict:
+            tp, key = typing.get_args(base)[1], _join(key, str(part))
+        elif typing.get_origin(base) is list:
+            tp, key = typing.get_args(base)[0], f"{key}[{part}]"
+        i += 1
+    kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
+    if kind == "value_error" and isinstance(ctx.get("error"), Invalid):
+        return f"{_join(key, ctx['error'].key)}: {ctx['error']}"
+    if kind == "finite_number":
+        return f"{key}: got {value!r}; allowed: a finite number"
+    if kind == "union_tag_invalid":
+        return f"{_join(key, 'kind')}: got {ctx['tag']!r}; allowed: {' | '.join(map(repr, SET_KINDS))}"
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        return f"{key}: unknown key"
+    if kind in MISMATCH:
+        return f"{key}: got {value!r}; allowed: {type_name(tp)}"
+    return f"{key}: got {value!r}; {err['msg']}"

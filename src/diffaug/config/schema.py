@@ -1,12 +1,19 @@
-"""The params.yaml schema: one frozen dataclass per section, defaults = the paper's settings.
+"""The params.yaml schema: one frozen pydantic dataclass per section; defaults are the paper's settings.
 
-A new knob is one annotated field here (types are checked from the annotations by coerce.py) plus,
-where a type is not enough, one rule in validate.py.
+A knob is one annotated field. A rule on one value sits in its type (a `Rule`); a rule across
+fields sits in the section's `model_validator`; a rule across sections in Config's. A broken rule
+raises `Invalid(message, key)`: `key` names the part below the validated value, '' the value itself.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+import string
+from collections.abc import Callable
+from functools import cached_property
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, ConfigDict, Discriminator, Field, StrictBool, StrictFloat, StrictInt, StrictStr, Tag, model_validator
+from pydantic.dataclasses import dataclass
+from pydantic_core import core_schema
 
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "vgg16", "densenet121")
 # Sources that are the real training images: orig itself, and its rot90 / vflip copies. Every other
@@ -15,20 +22,97 @@ REAL_SOURCES = ("orig", "rot90", "vflip")
 # The paper's sources, in the order their codes have in mixture files (formats.mixture): fixed, so
 # mixture files made before sets were named are unchanged, and a newly declared set changes none.
 PAPER_SOURCES = REAL_SOURCES + ("syn1", "syn2")
+PAPER_PROMPT_SETS = ("syn1", "syn2")  # the paper's sets, each with a dvc.yaml stage of its own
 SET_KINDS = ("prompt", "img2img")
 SCHEDULERS = ("default", "pndm", "ddim", "dpmsolver++", "euler")
 FILTER_BY = ("confidence", "clip")
+SEED_MAX = 2**32 - 1  # what numpy's and torch's generators both accept, the same rule for every seed
+SECTION = ConfigDict(extra="forbid", allow_inf_nan=False)
+__all__ = ["ARCHITECTURES", "PAPER_SOURCES", "REAL_SOURCES", "SCHEDULERS", "SET_KINDS", "Config", "DatasetConfig", "DiffusionConfig",
+           "EvaluateConfig", "Img2ImgSet", "Invalid", "MixtureFilter", "PromptSet", "Recipe", "SyntheticConfig", "SyntheticSet", "TrainConfig"]
+
+
+class Invalid(ValueError):
+    """A broken rule: `key` is where, below the value being validated ('' = the value itself)."""
+
+    def __init__(self, message: str, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def need(ok: bool, message: str, key: str = "") -> None:
+    if not ok:
+        raise Invalid(message, key)
+
+
+class Rule:
+    """Annotated metadata: values must pass `ok`, else 'got <value>; allowed: <allowed>'; `json_schema`
+    tells editors the same (minimum, pattern...)."""
+
+    def __init__(self, allowed: str, ok: Callable[[Any], bool], **json_schema: Any) -> None:
+        self.allowed, self.ok, self.json_schema = allowed, ok, json_schema
+
+    def check(self, value: Any) -> Any:
+        need(self.ok(value), f"got {value!r}; allowed: {self.allowed}")
+        return value
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(self.check, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: Any, handler: Any) -> dict[str, Any]:
+        return {**handler(schema), **self.json_schema}
+
+
+Int = StrictInt
+Float = StrictFloat
+Str = StrictStr
+Bool = StrictBool
+Count = Annotated[Int, Rule("an integer >= 1", lambda v: v >= 1, minimum=1)]
+NonNegativeInt = Annotated[Int, Rule("an integer >= 0", lambda v: v >= 0, minimum=0)]
+Seed = Annotated[Int, Rule(f"an integer seed in 0..{SEED_MAX}", lambda v: 0 <= v <= SEED_MAX, minimum=0, maximum=SEED_MAX)]
+NonNegative = Annotated[Float, Rule("a number >= 0", lambda v: v >= 0, minimum=0)]
+Below1 = Annotated[Float, Rule("a number in [0, 1)", lambda v: 0 <= v < 1, minimum=0, exclusiveMaximum=1)]
+Device = Annotated[Str, Rule("auto | cpu | cuda | cuda:N", lambda v: v in ("auto", "cpu", "cuda") or (v[:5] == "cuda:" and v[5:].isdigit()),
+                             pattern=r"^(auto|cpu|cuda|cuda:\d+)$")]
+
+
+def _templates(value: str | list[str]) -> str | list[str]:
+    templates = [value] if isinstance(value, str) else value
+    need(len(templates) > 0, "empty list; allowed: a template or a non-empty list of templates")
+    for t in templates:
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(t) if f is not None}
+        except ValueError as e:
+            raise Invalid(f"{t!r} is not a valid template ({e})") from None
+        need(fields == {"label"}, f"{t!r} must contain {{label}} and no other {{field}}; e.g. 'a photo of a {{label}}'")
+    return value
+
+
+def _strengths(value: float | list[float]) -> float | list[float]:
+    strengths = value if isinstance(value, list) else [value]
+    need(len(strengths) > 0, "empty list; allowed: a number in (0, 1] or a non-empty list of them")
+    for s in strengths:
+        need(0.0 < s <= 1.0, f"got {s}; allowed: a number in (0, 1] (the share of the steps run from the noised real image; 1 = from pure noise)")
+    return value
+
+
+def _imagenet_ids(ids: int | list[int]) -> bool:
+    values = ids if isinstance(ids, list) else [ids]
+    return len(values) > 0 and all(0 <= v < 1000 for v in values)
+
+
+Templates = Annotated[Str | list[Str], AfterValidator(_templates)]
 
 
 # ----------------------------------------------------------------------------- sections
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class DatasetConfig:
-    name: str = "cifar10"
-    test: str | None = None
-    test_per_class: int = 100
-    val_per_class: int = 0
-    split_seed: int = 0
-    label_names: dict[str, str] = field(default_factory=dict)
+    name: Str = "cifar10"  # cifar10 | cifar100 | npz:<path> | imagefolder:<path>
+    test: Str | None = None  # npz:<path> | imagefolder:<path>, with an npz/imagefolder dataset
+    test_per_class: Count = 100
+    val_per_class: NonNegativeInt = 0
+    split_seed: Seed = 0
+    label_names: dict[Str, Annotated[Str, Rule("a non-empty prompt word", lambda v: v.strip() != "", minLength=1)]] = Field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -38,33 +122,43 @@ class DatasetConfig:
     def path(self) -> str | None:
         return self.name.split(":", 1)[1] if ":" in self.name else None
 
+    @model_validator(mode="after")
+    def _sources(self) -> DatasetConfig:
+        need(self.kind in ("cifar10", "cifar100", "npz", "imagefolder") and (self.kind in ("cifar10", "cifar100")) == (self.path is None),
+             f"got {self.name!r}; allowed: cifar10 | cifar100 | npz:<path> | imagefolder:<path>", "name")
+        need(self.path != "", "the path after the colon is empty", "name")
+        need(self.test is None or (self.test.split(":", 1)[0] in ("npz", "imagefolder") and ":" in self.test and self.path is not None),
+             f"got {self.test!r}; allowed: null, or npz:<path> | imagefolder:<path> with an npz/imagefolder dataset", "test")
+        return self
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, config=SECTION)
 class PromptSet:
     """`kind: prompt`: text-to-image from the class label alone (Paulsen et al.'s syn1 and syn2)."""
 
     kind: Literal["prompt"] = "prompt"
-    prompt: str | list[str] = "{label}"  # a template or a list of templates, cycled per image
-    negative_prompt: str | None = None
+    prompt: Templates = "{label}"  # a template or a list of templates, cycled per image
+    negative_prompt: Str | None = None
     # Class-conditional models (DiT) take ImageNet ids, not prompts: dataset class -> one id or a list,
     # cycled per image like the templates.
-    class_ids: dict[str, int | list[int]] | None = None
+    class_ids: dict[Str, Annotated[Int | list[Int], Rule("an ImageNet class id in 0..999 or a non-empty list of them", _imagenet_ids)]] | None = None
 
     @property
     def templates(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={"required": ["kind"]}))
 class Img2ImgSet:
     """`kind: img2img`: SDEdit / DA-Fusion-style image-to-image from each real training image (or a
     seeded class-balanced subset), noised to `strength` and denoised for int(steps * strength) steps."""
 
     kind: Literal["img2img"] = "img2img"
-    strength: float | list[float] = 0.5  # in (0, 1]; a list is cycled by image index
-    prompt: str | list[str] = "a photo of a {label}"
-    negative_prompt: str | None = None
-    images_per_class: int | None = None  # null: one image per real training image (classes must be balanced)
+    strength: Annotated[Float | list[Float], AfterValidator(_strengths)] = 0.5  # in (0, 1]; a list is cycled by image index
+    prompt: Templates = "a photo of a {label}"
+    negative_prompt: Str | None = None
+    # null: one image per real training image (classes must be balanced)
+    images_per_class: Annotated[Int | None, Rule("null (every real training image) or an integer >= 1", lambda v: v is None or v >= 1, minimum=1)] = None
 
     @property
     def templates(self) -> list[str]:
@@ -75,145 +169,169 @@ class Img2ImgSet:
         return list(self.strength) if isinstance(self.strength, list) else [float(self.strength)]
 
 
-SyntheticSet = PromptSet | Img2ImgSet  # chosen by `kind` (config.coerce), prompt when absent
+def _kind(value: Any) -> Any:
+    return value.get("kind", "prompt") if isinstance(value, dict) else getattr(value, "kind", None)
 
 
-def _paper_sets() -> dict[str, SyntheticSet]:
-    return {"syn1": PromptSet(prompt="{label}"), "syn2": PromptSet(prompt="a photo of a {label}")}
+# chosen by `kind`, prompt when absent
+SyntheticSet = Annotated[Annotated[PromptSet, Tag("prompt")] | Annotated[Img2ImgSet, Tag("img2img")], Discriminator(_kind)]
 
 
-@dataclass(frozen=True)
+def _set_names(sets: dict[str, Any]) -> dict[str, Any]:
+    for name in sets:
+        need(name.replace("_", "").replace("-", "").isalnum(), "a set name may hold only letters, digits, '_' and '-'", name)
+        need(name not in REAL_SOURCES and name != "filter", f"{name!r} is a reserved source name; allowed: any other name", name)
+    return sets
+
+
+@dataclass(frozen=True, config=SECTION)
 class SyntheticConfig:
-    images_per_class: int = 5000  # of every prompt set (an img2img set has its own)
-    images_per_shard: int = 1000
-    save_full_resolution: bool = False
-    sets: dict[str, SyntheticSet] = field(default_factory=_paper_sets)  # name -> kind and settings
-
-    def prompt_set(self, name: str) -> SyntheticSet:
-        return self.sets[name]
+    images_per_class: Count = 5000  # of every prompt set (an img2img set has its own)
+    images_per_shard: Count = 1000
+    save_full_resolution: Bool = False
+    sets: Annotated[dict[Str, SyntheticSet], AfterValidator(_set_names)] = Field(  # name -> kind and settings
+        default_factory=lambda: dict[str, PromptSet | Img2ImgSet](syn1=PromptSet(prompt="{label}"), syn2=PromptSet(prompt="a photo of a {label}")))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class DiffusionConfig:
-    model: str = "CompVis/stable-diffusion-v1-4"
-    revision: str | None = None
-    variant: str | None = "fp16"
+    model: Annotated[Str, Rule("a hub id or a local directory", lambda v: v.strip() != "", minLength=1)] = "CompVis/stable-diffusion-v1-4"
+    revision: Str | None = None
+    variant: Str | None = "fp16"
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     # null: the model family's default (generate/families.py); params.yaml sets the paper's 512, 7.5, 50.
-    resolution: int | None = None
-    guidance_scale: float | None = None
-    steps: int | None = None
+    resolution: Annotated[Int | None, Rule("a multiple of 8, at least 64 (the paper: 512)", lambda v: v is None or (v >= 64 and v % 8 == 0),
+                                           minimum=64, multipleOf=8)] = None
+    guidance_scale: Annotated[Float | None, Rule("a number >= 0", lambda v: v is None or v >= 0, minimum=0)] = None
+    steps: Annotated[Int | None, Rule("an integer >= 1", lambda v: v is None or v >= 1, minimum=1)] = None
     scheduler: Literal[SCHEDULERS] = "default"  # type: ignore[valid-type]
-    seed: int = 0
-    safety_checker: bool = True
-    max_regenerations: int = 10
+    seed: Seed = 0
+    safety_checker: Bool = True
+    max_regenerations: NonNegativeInt = 10
     # Approximate levers (change the images; in the settings hash): off unless asked for.
     cache: Literal["none", "first_block"] = "none"  # diffusers' FirstBlockCache on transformer families
-    fp8: bool = False  # float8 matmuls in the denoiser (torchao, CUDA sm89+)
-    deep_cache: int = 0  # removed (the hand-written DeepCache is gone): only 0 is accepted
+    fp8: Bool = False  # float8 matmuls in the denoiser (torchao, CUDA sm89+)
     # Speed levers (never change which images are meant; see generate/model.py).
-    batch_size: int | Literal["auto"] = "auto"  # auto: the largest batch the GPU's free memory holds
-    cpu_offload: bool = False  # enable_model_cpu_offload(): for GPUs too small for the whole model
-    channels_last: bool = False
-    fuse_qkv: bool = True
-    compile: bool | Literal["auto"] = "auto"
+    batch_size: Annotated[Int | Literal["auto"], Rule("auto or an integer >= 1", lambda v: v == "auto" or v >= 1)] = "auto"
+    cpu_offload: Bool = False  # enable_model_cpu_offload(): for GPUs too small for the whole model
+    channels_last: Bool = False
+    fuse_qkv: Bool = True
+    compile: Bool | Literal["auto"] = "auto"
     compile_mode: Literal["default", "max-autotune-no-cudagraphs", "max-autotune"] = "default"
-    cuda_graphs: bool = False
+    cuda_graphs: Bool = False
     attention: Literal["auto", "flash", "efficient", "cudnn", "math"] = "auto"
-    device: str = "auto"
-    allow_cpu: bool = False
+    device: Device = "auto"
+    allow_cpu: Bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class Recipe:
-    epochs: int = 250
-    batch_size: int = 128
-    optimizer: Literal["sgd"] = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
+    epochs: Count = 250
+    batch_size: Count = 128
+    lr: Annotated[Float, Rule("a number > 0", lambda v: v > 0, exclusiveMinimum=0)] = 0.1
+    momentum: Below1 = 0.9
+    nesterov: Bool = True
+    weight_decay: NonNegative = 5e-4
     schedule: Literal["constant", "cosine", "paper_cyclic"] = "cosine"
-    warmup_epochs: int = 0
-    label_smoothing: float = 0.0
-    crop_padding: int = 4
-    hflip: bool = True
-    # Recipe levers (issue 11): all off by default, i.e. the paper's behaviour; each applies identically to
-    # real and synthetic images (see src/diffaug/train/augment.py and loop.py).
-    pad_last_batch: bool = False    # pad the last partial batch with zero-weight samples: one static shape
-    cutout: int = 0                 # side of a square cut out of every training image, in pixels (0: off)
-    trivial_augment: bool = False   # TrivialAugmentWide (torchvision.transforms.v2) on the device
-    ema_decay: float = 0.0          # EMA of the weights, per step (0: off); the EMA weights are the result
-    tta_hflip: bool = False         # evaluation averages the logits of each image and its mirror image
+    warmup_epochs: NonNegativeInt = 0
+    label_smoothing: Below1 = 0.0
+    crop_padding: NonNegativeInt = 4
+    hflip: Bool = True
+    # Levers, all off by default (the paper's behaviour); each applies identically to real and synthetic images.
+    pad_last_batch: Bool = False    # pad the last partial batch with zero-weight samples: one static shape
+    cutout: NonNegativeInt = 0          # side of a square cut out of every training image, in pixels (0: off)
+    trivial_augment: Bool = False   # TrivialAugmentWide (torchvision.transforms.v2) on the device
+    ema_decay: Below1 = 0.0          # EMA of the weights, per step (0: off); the EMA weights are the result
+    tta_hflip: Bool = False         # evaluation averages the logits of each image and its mirror image
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        need(self.warmup_epochs < self.epochs, f"got {self.warmup_epochs}; allowed: 0 <= warmup_epochs < epochs", "warmup_epochs")
+        need(self.schedule != "paper_cyclic" or self.warmup_epochs == 0,
+             f"got {self.warmup_epochs}; allowed: 0 with schedule paper_cyclic (the paper's schedule has no warm-up)", "warmup_epochs")
+        need(not self.nesterov or self.momentum > 0, "Nesterov momentum needs momentum > 0", "nesterov")
+        return self
 
 
-@dataclass(frozen=True)
+def _distinct(seeds: list[int]) -> list[int]:
+    need(len(seeds) >= 1 and len(set(seeds)) == len(seeds), "allowed: a non-empty list of distinct integers")
+    return seeds
+
+
+@dataclass(frozen=True, config=SECTION)
 class TrainConfig:
-    recipe: str = "default"
+    recipe: Str = "default"  # a key of recipes
     variant: Literal["cifar", "paper"] = "cifar"
-    seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: Annotated[list[Seed], AfterValidator(_distinct)] = Field(default_factory=lambda: [0])
     precision: Literal["bf16", "fp32"] = "bf16"
-    channels_last: bool = True
-    compile: bool = False
-    cuda_graph: bool = True         # capture the whole training step in one CUDA graph (CUDA only)
-    checkpoint_every: int = 10
-    device: str = "auto"
-    recipes: dict[str, Recipe] = field(default_factory=lambda: {"default": Recipe()})
+    channels_last: Bool = True
+    compile: Bool = False
+    cuda_graph: Bool = True         # capture the whole training step in one CUDA graph (CUDA only)
+    checkpoint_every: Count = 10
+    device: Device = "auto"
+    recipes: dict[Str, Recipe] = Field(default_factory=lambda: {"default": Recipe()})
 
     @property
     def active(self) -> Recipe:
         return self.recipes[self.recipe]
 
+    @model_validator(mode="after")
+    def _known_recipe(self) -> TrainConfig:
+        need(self.recipe in self.recipes, f"got {self.recipe!r}; allowed: {', '.join(self.recipes) or 'a key of train.recipes'}", "recipe")
+        return self
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, config=SECTION)
 class EvaluateConfig:
-    batch_size: int = 1000
-    device: str = "auto"
+    batch_size: Count = 1000
+    device: Device = "auto"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class MixtureFilter:
-    """`mixtures.<name>.filter`: drop the synthetic images of a mixture's draw that a classifier finds
-    implausible (ALIA: confidence of the real-data classifier; He et al.: CLIP image-text similarity).
+    """`mixtures.<name>.filter`: drop the synthetic images of a mixture's draw that the orig100 classifier
+    (first seed) finds implausible (ALIA: its confidence; He et al.: CLIP image-text similarity).
     Exactly one of `threshold` (keep scores >= it) or `keep_fraction` (the best-scored share, per class)."""
 
     by: Literal[FILTER_BY] = "confidence"  # type: ignore[valid-type]
-    threshold: float | None = None
-    keep_fraction: float | None = None
-    classifier_mix: str = "orig100"  # the real-only cell whose first seed's weights score the images
+    threshold: Float | None = None
+    keep_fraction: Annotated[Float | None, Rule("a number in (0, 1]", lambda v: v is None or 0 < v <= 1, exclusiveMinimum=0, maximum=1)] = None
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> MixtureFilter:
+        need((self.threshold is None) != (self.keep_fraction is None),
+             "set exactly one of threshold (keep scores >= it) or keep_fraction (the best-scored share per class)")
+        low = 0.0 if self.by == "confidence" else -1.0
+        need(self.threshold is None or low <= self.threshold <= 1.0, f"got {self.threshold}; allowed: a number in [{low:g}, 1] "
+             f"(a {'probability' if self.by == 'confidence' else 'cosine similarity'})", "threshold")
+        return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class Config:
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    mixture_seed: int = 0
-    # name -> {source: fraction}; in params.yaml a mixture may also hold a `filter:` mapping (a
-    # MixtureFilter, see PARSE_AS). At construction the filters move to `filters`, so `mixtures` maps
-    # every name to fractions only.
-    mixtures: dict[str, dict[str, float]] = field(default_factory=dict)
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    mixture_seed: Seed = 0
+    # name -> {source: fraction}, and optionally `filter:` (a MixtureFilter); `mixtures` and `filters` split them
+    specs: dict[Str, dict[Str, Float | MixtureFilter]] = Field(default_factory=dict, alias="mixtures")
     model: Literal[ARCHITECTURES] = "resnet18"  # type: ignore[valid-type]
-    mixes: list[str] = field(default_factory=list)
-    img2img_sets: list[str] = field(default_factory=list)  # dvc.yaml's generate_img2img@<set> matrix: every img2img set
-    prompt_sets: list[str] = field(default_factory=list)  # dvc.yaml's generate_prompt@<set> matrix: prompt sets beyond syn1, syn2
-    filtered_mixes: list[str] = field(default_factory=list)  # mixtures with a filter: trained after their classifier
-    real_curve: list[str] = field(default_factory=list)  # real-only mixes, accuracy vs real images: the exchange rate
-    train: TrainConfig = field(default_factory=TrainConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    mixes: list[Str] = Field(default_factory=list)  # what dvc.yaml's train@ trains; absent: every mixture without a filter
+    img2img_sets: list[Str] = Field(default_factory=list)  # dvc.yaml's generate_img2img@<set> matrix: every img2img set
+    prompt_sets: list[Str] = Field(default_factory=list)  # dvc.yaml's generate_prompt@<set> matrix: prompt sets beyond syn1, syn2
+    filtered_mixes: list[Str] = Field(default_factory=list)  # mixtures with a filter: trained after their classifier
+    real_curve: list[Str] = Field(default_factory=list)  # real-only mixes, accuracy vs real images: the exchange rate
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
-    PARSE_AS: ClassVar[dict[str, Any]] = {"mixtures": dict[str, dict[str, float | MixtureFilter]]}
+    @cached_property
+    def mixtures(self) -> dict[str, dict[str, float]]:
+        return {m: {s: v for s, v in spec.items() if not isinstance(v, MixtureFilter)} for m, spec in self.specs.items()}
 
-    def __post_init__(self) -> None:
-        filters = {m: s["filter"] for m, s in self.mixtures.items() if isinstance(s.get("filter"), MixtureFilter)}
-        object.__setattr__(self, "_filters", filters)
-        object.__setattr__(self, "mixtures", {m: {k: v for k, v in s.items() if not (k == "filter" and m in filters)}
-                                              for m, s in self.mixtures.items()})
-
-    @property
+    @cached_property
     def filters(self) -> dict[str, MixtureFilter]:
         """The mixtures that carry a `filter:`, and their filters."""
-        return self._filters  # type: ignore[attr-defined]
+        return {m: f for m, spec in self.specs.items() if isinstance(f := spec.get("filter"), MixtureFilter)}
 
     @property
     def trained_mixes(self) -> list[str]:
@@ -238,3 +356,83 @@ class Config:
         """Synthetic sets that some trained mixture draws from (in declaration order)."""
         used = {s for m in self.trained_mixes for s in self.mixtures[m]}
         return [s for s in self.synthetic_sets if s in used]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _every_mixture_by_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "mixes" not in data and isinstance(data.get("mixtures"), dict):
+            return {**data, "mixes": [m for m, s in data["mixtures"].items() if not (isinstance(s, dict) and "filter" in s)]}
+        return data
+
+    @model_validator(mode="after")
+    def _across_sections(self) -> Config:
+        sets = self.synthetic.sets
+        steps = self.diffusion.steps
+        for name, spec in sets.items():
+            if not isinstance(spec, Img2ImgSet) or steps is None:  # steps null: the family's, checked by the generate stage
+                continue
+            for s in spec.strengths:
+                need(int(steps * s) >= 1, f"got {s}: int(diffusion.steps * strength) = int({steps} * {s}) = 0 steps; "
+                     f"allowed: a strength >= {1 / steps:.4g}", f"synthetic.sets.{name}.strength")
+        img2img = [n for n, s in sets.items() if isinstance(s, Img2ImgSet)]
+        extra = [n for n, s in sets.items() if isinstance(s, PromptSet) and n not in PAPER_PROMPT_SETS]
+        for field, kinds, what in (("img2img_sets", img2img, "an img2img set under synthetic.sets"),
+                                   ("prompt_sets", extra, "a prompt set under synthetic.sets other than syn1 and syn2")):
+            listed: list[str] = getattr(self, field)
+            for i, name in enumerate(listed):
+                need(name in kinds, f"{name!r} is not {what}; allowed: {', '.join(kinds) or 'none declared'}", f"{field}[{i}]")
+            need(len(set(listed)) == len(listed), "lists a set twice", field)
+            for name in kinds:
+                need(name in listed, f"misses {name!r}: " + ("list every img2img set here, so dvc.yaml's generate_img2img@<set> stage makes it"
+                     if field == "img2img_sets" else "list every prompt set other than syn1 and syn2 here, so dvc.yaml's "
+                     "generate_prompt@<set> makes it"), field)
+        self._check_mixtures()
+        return self
+
+    def _check_mixtures(self) -> None:
+        sources = ", ".join(self.sources)
+        need(len(self.specs) > 0, "empty; allowed: at least one named mixture", "mixtures")
+        for mix, spec in self.specs.items():
+            key = f"mixtures.{mix}"
+            need(mix.replace("_", "").replace("-", "").isalnum(), "a mixture name may hold only letters, digits, '_' and '-'", key)
+            fractions = self.mixtures[mix]
+            need(len(fractions) > 0, f"no sources; allowed sources: {sources}", key)
+            for src, frac in spec.items():
+                need(src != "filter" or isinstance(frac, MixtureFilter), f"got {frac!r}; allowed: a mapping with keys by, threshold, "
+                     "keep_fraction", f"{key}.filter")
+                need(src == "filter" or not isinstance(frac, MixtureFilter), "got a mapping; allowed: a fraction in [0, 1] "
+                     "(only `filter` takes a mapping)", f"{key}.{src}")
+            for src, frac in fractions.items():
+                need(src in self.sources, f"unknown source (no synthetic set {src!r} under synthetic.sets); allowed: {sources}", f"{key}.{src}")
+                need(0.0 <= frac <= 1.0, f"fraction {frac} is outside [0, 1]", f"{key}.{src}")
+            for copy in ("rot90", "vflip"):
+                need(fractions.get(copy, 0.0) <= fractions.get("orig", 0.0), "copies the real images that orig draws, so it may not "
+                     f"exceed orig ({fractions.get('orig', 0.0)})", f"{key}.{copy}")
+            need(sum(fractions.values()) > 0, "all fractions are 0; allowed: at least one fraction > 0", key)
+        need(len(self.mixes) > 0, "empty; allowed: a list of names from mixtures", "mixes")
+        for i, mix in enumerate(self.mixes):
+            need(mix in self.specs, f"unknown mixture {mix!r}; allowed: {', '.join(self.specs)}", f"mixes[{i}]")
+        need(len(set(self.mixes)) == len(self.mixes), "lists a mixture twice", "mixes")
+        for mix in self.filters:
+            need(any(self.is_synthetic(s) for s in self.mixtures[mix]), f"{mix} draws no synthetic images; a filter drops synthetic "
+                 "images only", f"mixtures.{mix}.filter")
+            need(self.mixtures.get("orig100") == {"orig": 1.0}, "the filtering classifier is orig100's: define it as {orig: 1.0}",
+                 f"mixtures.{mix}.filter")
+            need("orig100" in self.mixes, "orig100 is not in mixes, so no classifier is trained to filter with; add it to mixes",
+                 f"mixtures.{mix}.filter")
+        for i, mix in enumerate(self.filtered_mixes):
+            need(mix in self.specs, f"unknown mixture {mix!r}; allowed: {', '.join(self.filters) or 'a mixture with a filter'}",
+                 f"filtered_mixes[{i}]")
+            need(mix in self.filters, f"{mix} has no filter; list it under mixes", f"filtered_mixes[{i}]")
+            need(mix not in self.mixes, f"{mix} is also in mixes; list it once", f"filtered_mixes[{i}]")
+        need(len(set(self.filtered_mixes)) == len(self.filtered_mixes), "lists a mixture twice", "filtered_mixes")
+        for i, mix in enumerate(self.mixes):
+            need(mix not in self.filters, f"{mix} has a filter; list it under filtered_mixes (its cells train after the classifier "
+                 "that filters it)", f"mixes[{i}]")
+        for i, mix in enumerate(self.real_curve):
+            need(mix in self.mixtures and set(self.mixtures[mix]) == {"orig"}, f"got {mix!r}; allowed: a mixture that draws from orig alone",
+                 f"real_curve[{i}]")
+        curve = {self.mixtures[m]["orig"] for m in self.real_curve}
+        need(not self.real_curve or (len(curve) >= 3 and len(set(self.real_curve)) == len(self.real_curve)),
+             "allowed: [] (off) or at least 3 distinct mixtures with distinct orig fractions (the curve has 3 parameters)", "real_curve")
+

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from diffaug.cli import human_duration
 from diffaug.config import Config, DiffusionConfig, Img2ImgSet
 from diffaug.errors import ConfigError, UserError
 from diffaug.formats.splits import Split
@@ -44,11 +45,10 @@ IMG2IMG_METHOD = "diffusers img2img: vae latent_dist.sample(generator), scaling_
 SOURCE_SELECTION = "per class: train rows in order (images_per_class null) or sha256-seeded permutation, cycled"
 
 # Every DiffusionConfig field is in exactly one of these (a test keeps it so when knobs are added).
-# cache and fp8 are approximations: they change the images, so they are pixel settings (deep_cache is
-# the removed lever's key, only ever 0).
+# cache and fp8 are approximations: they change the images, so they are pixel settings.
 PIXEL_SETTINGS = ("model", "revision", "variant", "dtype", "resolution", "guidance_scale", "steps",
-                  "scheduler", "seed", "safety_checker", "max_regenerations", "deep_cache", "fp8", "cache")
-APPROXIMATE = ("deep_cache", "fp8", "cache")
+                  "scheduler", "seed", "safety_checker", "max_regenerations", "fp8", "cache")
+APPROXIMATE = ("fp8", "cache")
 SPEED_SETTINGS = ("batch_size", "channels_last", "fuse_qkv", "compile", "compile_mode", "cuda_graphs", "attention",
                   "device", "allow_cpu", "cpu_offload")
 
@@ -280,13 +280,6 @@ def steps_note(plan: Plan, dif: DiffusionConfig, images: list[int]) -> str:
     mean = sum(plan.denoise_steps(g, steps) for g in images) / max(len(images), 1)
     parts = ", ".join(f"{k} at strength {s:g}" for s, k in runs)
     return f"img2img: only strength x steps run, {parts} of {steps} steps (mean {mean:.3g})"
-
-
-def human_duration(seconds: float) -> str:
-    for limit, unit, fmt in ((120, 1, "{:.0f} s"), (7200, 60, "{:.0f} min"), (2 * 86400, 3600, "{:.1f} h")):
-        if seconds < limit:
-            return fmt.format(seconds / unit)
-    return f"{seconds / 86400:.0f} days"
 
 
 def check_cpu_cost(dif: DiffusionConfig, device_type: str, n_images: int, flops: float | None = None) -> None:

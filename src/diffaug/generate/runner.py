@@ -19,13 +19,14 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from diffaug.cli import human_duration
 from diffaug.config import DiffusionConfig
 from diffaug.devices import resolve_device
 from diffaug.errors import UserError
 from diffaug.formats import synthetic as storage
 from diffaug.generate.families import settled
 from diffaug.generate.model import Levers, apply_levers
-from diffaug.generate.plan import Plan, human_duration
+from diffaug.generate.plan import Plan
 from diffaug.generate.reuse import BatchCache, Run, batch_run
 from diffaug.generate.sampler import BatchOutput, Sampler, family_of
 from diffaug.io import atomic_path

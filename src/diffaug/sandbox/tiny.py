@@ -331,8 +331,8 @@ def _sana():
 def _dit():
     from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 
-    transformer = DiTTransformer2DModel(  # sample_size 4 latents -> 32-px images through the /8 VAE
-        sample_size=4, patch_size=2, in_channels=4, out_channels=8, num_layers=2, attention_head_dim=8,
+    transformer = DiTTransformer2DModel(  # sample_size 8 latents -> 64-px images through the /8 VAE (params allow >= 64)
+        sample_size=8, patch_size=2, in_channels=4, out_channels=8, num_layers=2, attention_head_dim=8,
         num_attention_heads=2, num_embeds_ada_norm=1000, norm_type="ada_norm_zero", norm_elementwise_affine=False,
     )
     vae = AutoencoderKL(**TINY_VAE)
@@ -356,7 +356,7 @@ def tiny_diffusion_params(path: str | Path, *, safety_checker: bool = True) -> d
         "guidance_scale": 7.5, "steps": 3, "scheduler": "default", "seed": 0,
         "safety_checker": safety_checker, "max_regenerations": 10, "batch_size": 4,
         "channels_last": False, "fuse_qkv": False, "compile": False, "compile_mode": "default", "cuda_graphs": False,
-        "attention": "auto", "deep_cache": 0, "fp8": False, "device": "cpu", "allow_cpu": False,
+        "attention": "auto", "fp8": False, "device": "cpu", "allow_cpu": False,
     }
 
 

@@ -55,13 +55,6 @@ def apply_crop_flip(images: torch.Tensor, padding: int, hflip: bool, params: tor
     return images[index, rows[:, :, None], cols[:, None, :]]
 
 
-def random_crop_flip(images: torch.Tensor, padding: int, hflip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Draw and apply in one call: `images` uint8 (B, H, W, C) on the generator's device."""
-    if padding == 0 and not hflip:
-        return images
-    return apply_crop_flip(images, padding, hflip, draw_crop_flip(len(images), padding, hflip, generator))
-
-
 def draw_cutout(count: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
     """(count, 2) int64: the centre row and column of each image's cutout square."""
     device = generator.device

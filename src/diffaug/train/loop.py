@@ -160,10 +160,6 @@ def sgd_step(params: list[torch.Tensor], grads: list[torch.Tensor], momentum_buf
     torch._foreach_sub_(params, torch._foreach_mul(update, lr))
 
 
-# recipe.optimizer -> its step on (params, grads, momentum buffers, lr tensor, momentum, nesterov, weight decay)
-OPTIMIZER_STEPS = {"sgd": sgd_step}
-
-
 class Trainer:
     """One seed's model, optimizer state, schedule and RNGs over one training set (and optional validation)."""
 
@@ -175,7 +171,7 @@ class Trainer:
         if len(images) < 2:
             raise ValueError("training needs at least 2 images")
         self.recipe, self.device, self.eval_batch = recipe, device, eval_batch
-        self.optimizer_step = OPTIMIZER_STEPS[recipe.optimizer]
+        self.optimizer_step = sgd_step
         make_deterministic(device)
         torch.manual_seed(seed)  # model initialisation and dropout
         self.generator = torch.Generator(device=device)  # shuffling and augmentation, on the device
@@ -535,12 +531,6 @@ class Trainer:
         """One training epoch without validation (see run_epoch); `max_steps` cuts it short for timing,
         and then the epoch does not count."""
         return self.run_epoch(validate=False, max_steps=max_steps)
-
-    def evaluate(self) -> dict[str, float]:
-        """Plain (unsmoothed) cross-entropy and accuracy of `final_model` on the validation images, unaugmented."""
-        loss_sum, correct = self._evaluate_on_device().tolist()
-        count = self.num_val
-        return {"val/loss": loss_sum / count, "val/acc": correct / count}
 
     def state_dict(self) -> dict[str, Any]:
         state = {"epoch": self.epoch, "model": self.model.state_dict(),

@@ -20,17 +20,23 @@ import numpy as np
 import torch
 from dvclive import Live
 
-from diffaug.cli import stage_parser
+from diffaug.cli import human_duration, stage_parser
 from diffaug.config import ARCHITECTURES, Config, load_config
 from diffaug.devices import resolve_device, training_precision, use_local_rank
 from diffaug.errors import ConfigError, UserError, exit_on_error
 from diffaug.formats.classifier import save_trained
 from diffaug.formats.mixture import RERUN as RERUN_MIXTURES
-from diffaug.formats.mixture import load_mixture
+from diffaug.formats.mixture import load_mixture, read_total
 from diffaug.formats.splits import check_arrays, load_split
 from diffaug.io import sha256_json, write_json_atomic
-from diffaug.train.eta import grid_eta_line
 from diffaug.train.loop import Trainer, fit
+
+# Images/s of one training cell on one H100 80GB (bf16, channels_last, batch 128, 50k images; s/epoch 5.26 / 8.38 /
+# 12.27 / 4.84 / 27.28), measured with benchmarks/train.py on the eager loop: the CUDA-graph step and the paper
+# variant (its stem downsamples 4x) are faster, so the estimate errs long.
+H100_IMAGES_PER_S = {"resnet18": 50_000 / 5.26, "resnet34": 50_000 / 8.38, "resnet50": 50_000 / 12.27, "vgg16": 50_000 / 4.84,
+                     "densenet121": 50_000 / 27.28}
+THROUGHPUT_SOURCE = "eager loop at batch 128, benchmarks/train.py"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -151,8 +157,14 @@ def main(argv: list[str] | None = None) -> None:
     resolve_device(cfg.train.device, "train.device")  # a missing or bad CUDA device: one line before data is read
     images, labels, classes = load_training_data(args.mixture, args.prepared, args.synthetic)
     val_images, val_labels = load_validation(args.prepared / "val.npz", classes, images.shape[1:])
-    print(grid_eta_line(args.model, cfg.train.active.epochs, len(cfg.train.seeds), cfg.trained_mixes,
-                        args.mixture.parent, {args.mix: len(images)}), flush=True)
+    # The grid's ETA: images seen over every cell / images/s of one cell (build_mixtures' <mix>.json give the sizes)
+    sizes = {m: len(images) if m == args.mix else read_total(args.mixture.parent, m) for m in cfg.trained_mixes}
+    seen = sum(n for n in sizes.values() if n is not None) * cfg.train.active.epochs * len(cfg.train.seeds)
+    unbuilt = [m for m, n in sizes.items() if n is None]
+    missing = f"; not built yet, not counted: {', '.join(unbuilt)}" if unbuilt else ""
+    print(f"grid ETA: {args.model} x {len(sizes) - len(unbuilt)} mixtures x {len(cfg.train.seeds)} seed(s) x {cfg.train.active.epochs} "
+          f"epochs = {seen:,} images, about {human_duration(seen / H100_IMAGES_PER_S[args.model])} on one H100 ({THROUGHPUT_SOURCE}; "
+          f"cells run one after another){missing}", flush=True)
     report = run(cfg, args.model, args.mix, images, labels, classes, val_images, val_labels,
                  args.out, args.metrics, args.checkpoints)
     for seed, summary in report["seeds"].items():
