@@ -246,21 +246,30 @@ def test_fp8_quantizes_after_qkv_fusion(tiny_sd, monkeypatch):
 
 # ----------------------------------------------------------------------------- dvc
 @pytest.mark.slow
-def test_dvc_repro_generate_syn2_with_a_flux_model(tmp_path):
-    """The pipeline's own stage makes a set with a non-SD family; the manifest names the family and its settings."""
-    from diffaug.sandbox.demo import make_sandbox, run
+def test_dvc_repro_generate_syn2_with_every_family(tmp_path):
+    """The pipeline's own stage makes syn2 with each family's model in turn (one sandbox repository); the
+    manifest names the family, and settings left null hold the family's defaults."""
+    import yaml
 
-    flux = build_tiny_pipeline(tmp_path / "tiny-flux", "flux").resolve()
+    from diffaug.sandbox.demo import SHAPES, make_sandbox, run
+
     repo = make_sandbox(tmp_path / "repo", mixes=["orig100", "syn2_100"], epochs=1, images_per_class=2, per_class_real=30,
-                        overrides={"diffusion.model": str(flux), "diffusion.resolution": 64, "diffusion.steps": 2,
-                                   "diffusion.guidance_scale": None, "diffusion.safety_checker": False})
-    done = run(["dvc", "repro", "generate_syn2"], repo, check=False)
-    assert done.returncode == 0, done.stdout[-3000:]
-    manifest = json.loads((repo / "data" / "synthetic" / "syn2" / "manifest.json").read_text())
-    assert manifest["generator"]["family"] == "flux" and manifest["generator"]["pipeline"] == "FluxPipeline"
-    dif = manifest["settings"]["diffusion"]
-    assert (dif["family"], dif["steps"], dif["guidance_scale"], dif["resolution"]) == ("flux", 2, 3.5, 64)
-    assert storage.load_synthetic(repo / "data" / "synthetic" / "syn2")[0].shape[0] == manifest["num_images"] > 0
+                        overrides={"diffusion.resolution": 64, "diffusion.steps": 2, "diffusion.guidance_scale": None,
+                                   "diffusion.safety_checker": False})
+    for family in FAMILIES:
+        model = build_tiny_pipeline(tmp_path / f"tiny-{family}", family).resolve()
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        params["diffusion"].update(model=str(model), resolution=None if family == "dit" else 64)
+        params["synthetic"]["sets"]["syn2"]["class_ids"] = {c: i for i, c in enumerate(SHAPES)} if family == "dit" else None
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        done = run(["dvc", "repro", "generate_syn2"], repo, check=False)
+        assert done.returncode == 0, f"{family}: {done.stdout[-3000:]}"
+        manifest = json.loads((repo / "data" / "synthetic" / "syn2" / "manifest.json").read_text())
+        assert manifest["generator"]["family"].split()[0] == family and manifest["generator"]["pipeline"] == PIPELINES[family]
+        dif = manifest["settings"]["diffusion"]
+        assert dif["steps"] == 2 and dif["resolution"] == 64
+        assert dif["guidance_scale"] == FAMILIES[family].guidance_scale, family  # null: the family's default
+        assert storage.load_synthetic(repo / "data" / "synthetic" / "syn2")[0].shape[0] == manifest["num_images"] == 6
 
 
 def test_batch_size_auto_sizes_from_the_first_batchs_measured_peak(monkeypatch):
