@@ -27,8 +27,7 @@ MISMATCH = {"int_type", "float_type", "string_type", "bool_type", "list_type", "
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, except that a key given twice in one mapping is an error (DVC refuses
-    such files too; PyYAML would silently keep the last value)."""
+    """YAML's safe loader, but a key given twice in one mapping is an error (DVC refuses such files; PyYAML keeps the last)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -111,10 +110,9 @@ def _join(key: str, part: str) -> str:
 def explain(errors: list[Any]) -> str:
     """'<dotted.key>: <what is wrong>; allowed: ...' for the first of pydantic's errors.
 
-    Walks the error's location through the types, so that a value of the wrong type is told the type
-    it may have. Of a union's arms, the error inside the arm the value was meant for wins (a list given
-    for `float | list[float]` is told about its bad element); when no arm takes the value at all, the
-    line names the whole union."""
+    Walks the error's location through the types, so that a value of the wrong type is told the type it may have.
+    Of a union's arms, the error inside the arm the value was meant for wins (a list given for `float | list[float]`
+    is told about its bad element); when no arm takes the value at all, the line names the whole union."""
     err, tp, key, i = errors[0], Config, "", 0
     while i < len(err["loc"]):
         loc, part, origin = err["loc"], str(err["loc"][i]), typing.get_origin(tp)

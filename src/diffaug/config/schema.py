@@ -49,18 +49,18 @@ class Rule:
     def __init__(self, allowed: str, ok: Callable[[Any], bool], **json_schema: Any) -> None:
         self.allowed, self.ok, self.json_schema = allowed, ok, json_schema
 
-    def check(self, value: Any) -> Any:
-        need(self.ok(value), f"got {value!r}; allowed: {self.allowed}")
-        return value
-
     def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
-        return core_schema.no_info_after_validator_function(self.check, handler(source))
+        check = lambda v: v if self.ok(v) else need(False, f"got {v!r}; allowed: {self.allowed}")
+        return core_schema.no_info_after_validator_function(check, handler(source))
 
     def __get_pydantic_json_schema__(self, schema: Any, handler: Any) -> dict[str, Any]:
         return {**handler(schema), **self.json_schema}
 
 
-Int, Float, Str, Bool = StrictInt, StrictFloat, StrictStr, StrictBool
+Int = StrictInt
+Float = StrictFloat
+Str = StrictStr
+Bool = StrictBool
 Count = Annotated[Int, Rule("an integer >= 1", lambda v: v >= 1, minimum=1)]
 NonNegativeInt = Annotated[Int, Rule("an integer >= 0", lambda v: v >= 0, minimum=0)]
 Seed = Annotated[Int, Rule(f"an integer seed in 0..{SEED_MAX}", lambda v: 0 <= v <= SEED_MAX, minimum=0, maximum=SEED_MAX)]
@@ -160,12 +160,9 @@ class Img2ImgSet(_Prompted):
         return list(self.strength) if isinstance(self.strength, list) else [float(self.strength)]
 
 
-def _kind(value: Any) -> Any:
-    return value.get("kind", "prompt") if isinstance(value, dict) else getattr(value, "kind", None)
-
-
 # chosen by `kind`, prompt when absent
-SyntheticSet = Annotated[Annotated[PromptSet, Tag("prompt")] | Annotated[Img2ImgSet, Tag("img2img")], Discriminator(_kind)]
+SyntheticSet = Annotated[Annotated[PromptSet, Tag("prompt")] | Annotated[Img2ImgSet, Tag("img2img")],
+                         Discriminator(lambda v: v.get("kind", "prompt") if isinstance(v, dict) else getattr(v, "kind", None))]
 
 
 def _set_names(sets: dict[str, Any]) -> dict[str, Any]:
@@ -357,9 +354,9 @@ class Config:
     def _across_sections(self) -> Config:
         sets, steps = self.synthetic.sets, self.diffusion.steps
         for name, spec in sets.items():  # steps null: the family's, checked by the generate stage
-            for s in spec.strengths if isinstance(spec, Img2ImgSet) and steps is not None else []:
-                need(int(steps * s) >= 1, f"got {s}: int(diffusion.steps * strength) = int({steps} * {s}) = 0 steps; "
-                     f"allowed: a strength >= {1 / steps:.4g}", f"synthetic.sets.{name}.strength")
+            for s in spec.strengths if isinstance(spec, Img2ImgSet) else []:
+                need(steps is None or int(steps * s) >= 1, f"got {s}: int(diffusion.steps * strength) = int({steps} * {s}) = 0 steps; "
+                     f"allowed: a strength >= {1 / (steps or 1):.4g}", f"synthetic.sets.{name}.strength")
         img2img = [n for n, s in sets.items() if isinstance(s, Img2ImgSet)]
         extra = [n for n, s in sets.items() if isinstance(s, PromptSet) and n not in PAPER_PROMPT_SETS]
         for field, kinds, what, why in (
