@@ -82,12 +82,13 @@ def _arms(tp: Any) -> list[Any]:
 
 
 def _label(arm: Any) -> str:
-    """The name pydantic gives a union arm in an error's location (a synthetic set's arm is tagged with its kind)."""
+    """The name pydantic gives a union arm in an error's location."""
     if typing.get_origin(arm) is list:
         return f"list[{_label(typing.get_args(arm)[0])}]"
     if typing.get_origin(arm) is Literal:
         return f"literal[{', '.join(map(repr, typing.get_args(arm)))}]"
-    return getattr(arm, "kind", None) or arm.__name__
+    tag = getattr(arm, "kind", None)  # a synthetic set's arm is tagged with its kind, the default of its `kind` field
+    return tag if isinstance(tag, str) else arm.__name__
 
 
 def type_name(tp: Any) -> str:
