@@ -75,12 +75,6 @@ def _keys(cls: Any) -> dict[str, Any]:
     return {(getattr(f.default, "alias", None) or f.name): hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _arms(tp: Any) -> list[Any]:
-    """The arms of a union that pydantic tells apart (X | None is X that may be null: no arm of its own)."""
-    arms = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) in (Union, types.UnionType) else []
-    return arms if len(arms) > 1 else []
-
-
 def _label(arm: Any) -> str:
     """The name pydantic gives a union arm in an error's location."""
     if typing.get_origin(arm) is list:
@@ -117,7 +111,9 @@ def explain(errors: list[Any]) -> str:
     err, tp, key, i = errors[0], Config, "", 0
     while i < len(err["loc"]):
         loc, part, origin = err["loc"], str(err["loc"][i]), typing.get_origin(tp)
-        if arms := _arms(tp):
+        # the arms of a union that pydantic tells apart (X | None is X that may be null: no arm of its own)
+        arms = [a for a in typing.get_args(tp) if a is not type(None)] if origin in (Union, types.UnionType) else []
+        if len(arms) > 1:
             inner = [e for e in errors if e["loc"][:i] == loc[:i] and (len(e["loc"]) > i + 1 or len(e["loc"]) > i and e["type"] not in MISMATCH)]
             if not inner and err["type"] in MISMATCH:
                 return f"{key}: got {err['input']!r}; allowed: {type_name(tp)}"
