@@ -1,8 +1,8 @@
 """The params.yaml schema: one frozen pydantic dataclass per section; defaults are the paper's settings.
 
-A knob is one annotated field. A rule on one value sits in its type (a `Rule`); a rule across
-fields sits in the section's `model_validator`; a rule across sections in Config's. A broken rule
-raises `Invalid(message, key)`: `key` names the part below the validated value, '' the value itself.
+A rule on one value sits in its type (a `Rule`), a rule across fields in the section's `model_validator`,
+a rule across sections in Config's. A broken rule raises `Invalid(message, key)`, `key` naming the part
+below the validated value ('' the value itself).
 """
 from __future__ import annotations
 
@@ -16,11 +16,9 @@ from pydantic.dataclasses import dataclass
 from pydantic_core import core_schema
 
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "vgg16", "densenet121")
-# Sources that are the real training images: orig itself, and its rot90 / vflip copies. Every other
-# source of a mixture is a synthetic set, declared by name under synthetic.sets (Config.synthetic_sets).
+# The real training images (orig, and its rot90 / vflip copies); every other source is a set declared under synthetic.sets.
 REAL_SOURCES = ("orig", "rot90", "vflip")
-# The paper's sources, in the order their codes have in mixture files (formats.mixture): fixed, so
-# mixture files made before sets were named are unchanged, and a newly declared set changes none.
+# The paper's sources in the order of their codes in mixture files (formats.mixture): fixed, so that declaring a set changes no file.
 PAPER_SOURCES = REAL_SOURCES + ("syn1", "syn2")
 PAPER_PROMPT_SETS = ("syn1", "syn2")  # the paper's sets, each with a dvc.yaml stage of its own
 SET_KINDS = ("prompt", "img2img")
@@ -46,18 +44,14 @@ def need(ok: bool, message: str, key: str = "") -> None:
 
 
 class Rule:
-    """Annotated metadata: values must pass `ok`, else 'got <value>; allowed: <allowed>'; `json_schema`
-    tells editors the same (minimum, pattern...)."""
+    """Annotated metadata: a value must pass `ok`, else 'got <value>; allowed: <allowed>'; `json_schema` tells editors the same."""
 
     def __init__(self, allowed: str, ok: Callable[[Any], bool], **json_schema: Any) -> None:
         self.allowed, self.ok, self.json_schema = allowed, ok, json_schema
 
-    def check(self, value: Any) -> Any:
-        need(self.ok(value), f"got {value!r}; allowed: {self.allowed}")
-        return value
-
     def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
-        return core_schema.no_info_after_validator_function(self.check, handler(source))
+        check = lambda v: v if self.ok(v) else need(False, f"got {v!r}; allowed: {self.allowed}")
+        return core_schema.no_info_after_validator_function(check, handler(source))
 
     def __get_pydantic_json_schema__(self, schema: Any, handler: Any) -> dict[str, Any]:
         return {**handler(schema), **self.json_schema}
@@ -72,14 +66,14 @@ NonNegativeInt = Annotated[Int, Rule("an integer >= 0", lambda v: v >= 0, minimu
 Seed = Annotated[Int, Rule(f"an integer seed in 0..{SEED_MAX}", lambda v: 0 <= v <= SEED_MAX, minimum=0, maximum=SEED_MAX)]
 NonNegative = Annotated[Float, Rule("a number >= 0", lambda v: v >= 0, minimum=0)]
 Below1 = Annotated[Float, Rule("a number in [0, 1)", lambda v: 0 <= v < 1, minimum=0, exclusiveMaximum=1)]
+NonEmpty = Rule("a non-empty prompt word", lambda v: v.strip() != "", minLength=1)
 Device = Annotated[Str, Rule("auto | cpu | cuda | cuda:N", lambda v: v in ("auto", "cpu", "cuda") or (v[:5] == "cuda:" and v[5:].isdigit()),
                              pattern=r"^(auto|cpu|cuda|cuda:\d+)$")]
 
 
 def _templates(value: str | list[str]) -> str | list[str]:
-    templates = [value] if isinstance(value, str) else value
-    need(len(templates) > 0, "empty list; allowed: a template or a non-empty list of templates")
-    for t in templates:
+    need(value != [], "empty list; allowed: a template or a non-empty list of templates")
+    for t in [value] if isinstance(value, str) else value:
         try:
             fields = {f for _, f, _, _ in string.Formatter().parse(t) if f is not None}
         except ValueError as e:
@@ -89,19 +83,25 @@ def _templates(value: str | list[str]) -> str | list[str]:
 
 
 def _strengths(value: float | list[float]) -> float | list[float]:
-    strengths = value if isinstance(value, list) else [value]
-    need(len(strengths) > 0, "empty list; allowed: a number in (0, 1] or a non-empty list of them")
-    for s in strengths:
+    need(value != [], "empty list; allowed: a number in (0, 1] or a non-empty list of them")
+    for s in value if isinstance(value, list) else [value]:
         need(0.0 < s <= 1.0, f"got {s}; allowed: a number in (0, 1] (the share of the steps run from the noised real image; 1 = from pure noise)")
     return value
 
 
 def _imagenet_ids(ids: int | list[int]) -> bool:
-    values = ids if isinstance(ids, list) else [ids]
-    return len(values) > 0 and all(0 <= v < 1000 for v in values)
+    return ids != [] and all(0 <= v < 1000 for v in (ids if isinstance(ids, list) else [ids]))
 
 
 Templates = Annotated[Str | list[Str], AfterValidator(_templates)]
+
+
+class _Prompted:
+    prompt: str | list[str]
+
+    @property
+    def templates(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
 
 # ----------------------------------------------------------------------------- sections
@@ -112,7 +112,7 @@ class DatasetConfig:
     test_per_class: Count = 100
     val_per_class: NonNegativeInt = 0
     split_seed: Seed = 0
-    label_names: dict[Str, Annotated[Str, Rule("a non-empty prompt word", lambda v: v.strip() != "", minLength=1)]] = Field(default_factory=dict)
+    label_names: dict[Str, Annotated[Str, NonEmpty]] = Field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -133,23 +133,18 @@ class DatasetConfig:
 
 
 @dataclass(frozen=True, config=SECTION)
-class PromptSet:
+class PromptSet(_Prompted):
     """`kind: prompt`: text-to-image from the class label alone (Paulsen et al.'s syn1 and syn2)."""
 
     kind: Literal["prompt"] = "prompt"
     prompt: Templates = "{label}"  # a template or a list of templates, cycled per image
     negative_prompt: Str | None = None
-    # Class-conditional models (DiT) take ImageNet ids, not prompts: dataset class -> one id or a list,
-    # cycled per image like the templates.
+    # Class-conditional models (DiT) take ImageNet ids, not prompts: class -> one id or a list, cycled per image like the templates.
     class_ids: dict[Str, Annotated[Int | list[Int], Rule("an ImageNet class id in 0..999 or a non-empty list of them", _imagenet_ids)]] | None = None
-
-    @property
-    def templates(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={"required": ["kind"]}))
-class Img2ImgSet:
+class Img2ImgSet(_Prompted):
     """`kind: img2img`: SDEdit / DA-Fusion-style image-to-image from each real training image (or a
     seeded class-balanced subset), noised to `strength` and denoised for int(steps * strength) steps."""
 
@@ -161,20 +156,13 @@ class Img2ImgSet:
     images_per_class: Annotated[Int | None, Rule("null (every real training image) or an integer >= 1", lambda v: v is None or v >= 1, minimum=1)] = None
 
     @property
-    def templates(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
-
-    @property
     def strengths(self) -> list[float]:
         return list(self.strength) if isinstance(self.strength, list) else [float(self.strength)]
 
 
-def _kind(value: Any) -> Any:
-    return value.get("kind", "prompt") if isinstance(value, dict) else getattr(value, "kind", None)
-
-
 # chosen by `kind`, prompt when absent
-SyntheticSet = Annotated[Annotated[PromptSet, Tag("prompt")] | Annotated[Img2ImgSet, Tag("img2img")], Discriminator(_kind)]
+SyntheticSet = Annotated[Annotated[PromptSet, Tag("prompt")] | Annotated[Img2ImgSet, Tag("img2img")],
+                         Discriminator(lambda v: v.get("kind", "prompt") if isinstance(v, dict) else getattr(v, "kind", None))]
 
 
 def _set_names(sets: dict[str, Any]) -> dict[str, Any]:
@@ -301,10 +289,13 @@ class MixtureFilter:
     def _one_rule(self) -> MixtureFilter:
         need((self.threshold is None) != (self.keep_fraction is None),
              "set exactly one of threshold (keep scores >= it) or keep_fraction (the best-scored share per class)")
-        low = 0.0 if self.by == "confidence" else -1.0
-        need(self.threshold is None or low <= self.threshold <= 1.0, f"got {self.threshold}; allowed: a number in [{low:g}, 1] "
-             f"(a {'probability' if self.by == 'confidence' else 'cosine similarity'})", "threshold")
+        low, what = (0.0, "probability") if self.by == "confidence" else (-1.0, "cosine similarity")
+        need(self.threshold is None or low <= self.threshold <= 1.0, f"got {self.threshold}; allowed: a number in [{low:g}, 1] (a {what})", "threshold")
         return self
+
+
+def _unique(listed: list[str], key: str, what: str) -> None:
+    need(len(set(listed)) == len(listed), f"lists {what} twice", key)
 
 
 @dataclass(frozen=True, config=SECTION)
@@ -329,31 +320,26 @@ class Config:
         return {m: {s: v for s, v in spec.items() if not isinstance(v, MixtureFilter)} for m, spec in self.specs.items()}
 
     @cached_property
-    def filters(self) -> dict[str, MixtureFilter]:
-        """The mixtures that carry a `filter:`, and their filters."""
+    def filters(self) -> dict[str, MixtureFilter]:  # the mixtures that carry a `filter:`, and their filters
         return {m: f for m, spec in self.specs.items() if isinstance(f := spec.get("filter"), MixtureFilter)}
 
     @property
-    def trained_mixes(self) -> list[str]:
-        """Every cell's mixture: `mixes`, then `filtered_mixes` (trained by train_filtered@)."""
+    def trained_mixes(self) -> list[str]:  # every cell's mixture: `mixes`, then `filtered_mixes` (trained by train_filtered@)
         return list(self.mixes) + [m for m in self.filtered_mixes if m not in self.mixes]
 
     @property
-    def synthetic_sets(self) -> tuple[str, ...]:
-        """Every declared synthetic set (synthetic.sets), in params.yaml's order."""
+    def synthetic_sets(self) -> tuple[str, ...]:  # every declared synthetic set, in params.yaml's order
         return tuple(self.synthetic.sets)
 
     @property
-    def sources(self) -> tuple[str, ...]:
-        """What a mixture may draw from: the real images, their copies, and every declared set."""
+    def sources(self) -> tuple[str, ...]:  # what a mixture may draw from: the real images, their copies, every declared set
         return REAL_SOURCES + self.synthetic_sets
 
     def is_synthetic(self, source: str) -> bool:
         return source in self.synthetic.sets
 
     @property
-    def synthetic_sets_used(self) -> list[str]:
-        """Synthetic sets that some trained mixture draws from (in declaration order)."""
+    def synthetic_sets_used(self) -> list[str]:  # the sets that some trained mixture draws from, in declaration order
         used = {s for m in self.trained_mixes for s in self.mixtures[m]}
         return [s for s in self.synthetic_sets if s in used]
 
@@ -366,26 +352,23 @@ class Config:
 
     @model_validator(mode="after")
     def _across_sections(self) -> Config:
-        sets = self.synthetic.sets
-        steps = self.diffusion.steps
-        for name, spec in sets.items():
-            if not isinstance(spec, Img2ImgSet) or steps is None:  # steps null: the family's, checked by the generate stage
-                continue
-            for s in spec.strengths:
-                need(int(steps * s) >= 1, f"got {s}: int(diffusion.steps * strength) = int({steps} * {s}) = 0 steps; "
-                     f"allowed: a strength >= {1 / steps:.4g}", f"synthetic.sets.{name}.strength")
+        sets, steps = self.synthetic.sets, self.diffusion.steps
+        for name, spec in sets.items():  # steps null: the family's, checked by the generate stage
+            for s in spec.strengths if isinstance(spec, Img2ImgSet) else []:
+                need(steps is None or int(steps * s) >= 1, f"got {s}: int(diffusion.steps * strength) = int({steps} * {s}) = 0 steps; "
+                     f"allowed: a strength >= {1 / (steps or 1):.4g}", f"synthetic.sets.{name}.strength")
         img2img = [n for n, s in sets.items() if isinstance(s, Img2ImgSet)]
         extra = [n for n, s in sets.items() if isinstance(s, PromptSet) and n not in PAPER_PROMPT_SETS]
-        for field, kinds, what in (("img2img_sets", img2img, "an img2img set under synthetic.sets"),
-                                   ("prompt_sets", extra, "a prompt set under synthetic.sets other than syn1 and syn2")):
+        for field, kinds, what, why in (
+                ("img2img_sets", img2img, "an img2img set under synthetic.sets", "every img2img set here, so dvc.yaml's generate_img2img@<set> stage"),
+                ("prompt_sets", extra, "a prompt set under synthetic.sets other than syn1 and syn2",
+                 "every prompt set other than syn1 and syn2 here, so dvc.yaml's generate_prompt@<set>")):
             listed: list[str] = getattr(self, field)
             for i, name in enumerate(listed):
                 need(name in kinds, f"{name!r} is not {what}; allowed: {', '.join(kinds) or 'none declared'}", f"{field}[{i}]")
-            need(len(set(listed)) == len(listed), "lists a set twice", field)
+            _unique(listed, field, "a set")
             for name in kinds:
-                need(name in listed, f"misses {name!r}: " + ("list every img2img set here, so dvc.yaml's generate_img2img@<set> stage makes it"
-                     if field == "img2img_sets" else "list every prompt set other than syn1 and syn2 here, so dvc.yaml's "
-                     "generate_prompt@<set> makes it"), field)
+                need(name in listed, f"misses {name!r}: list {why} makes it", field)
         self._check_mixtures()
         return self
 
@@ -393,9 +376,8 @@ class Config:
         sources = ", ".join(self.sources)
         need(len(self.specs) > 0, "empty; allowed: at least one named mixture", "mixtures")
         for mix, spec in self.specs.items():
-            key = f"mixtures.{mix}"
+            key, fractions = f"mixtures.{mix}", self.mixtures[mix]
             need(mix.replace("_", "").replace("-", "").isalnum(), "a mixture name may hold only letters, digits, '_' and '-'", key)
-            fractions = self.mixtures[mix]
             need(len(fractions) > 0, f"no sources; allowed sources: {sources}", key)
             for src, frac in spec.items():
                 need(src != "filter" or isinstance(frac, MixtureFilter), f"got {frac!r}; allowed: a mapping with keys by, threshold, "
@@ -412,20 +394,18 @@ class Config:
         need(len(self.mixes) > 0, "empty; allowed: a list of names from mixtures", "mixes")
         for i, mix in enumerate(self.mixes):
             need(mix in self.specs, f"unknown mixture {mix!r}; allowed: {', '.join(self.specs)}", f"mixes[{i}]")
-        need(len(set(self.mixes)) == len(self.mixes), "lists a mixture twice", "mixes")
+        _unique(self.mixes, "mixes", "a mixture")
         for mix in self.filters:
-            need(any(self.is_synthetic(s) for s in self.mixtures[mix]), f"{mix} draws no synthetic images; a filter drops synthetic "
-                 "images only", f"mixtures.{mix}.filter")
-            need(self.mixtures.get("orig100") == {"orig": 1.0}, "the filtering classifier is orig100's: define it as {orig: 1.0}",
-                 f"mixtures.{mix}.filter")
-            need("orig100" in self.mixes, "orig100 is not in mixes, so no classifier is trained to filter with; add it to mixes",
-                 f"mixtures.{mix}.filter")
+            key = f"mixtures.{mix}.filter"
+            need(any(self.is_synthetic(s) for s in self.mixtures[mix]), f"{mix} draws no synthetic images; a filter drops synthetic images only", key)
+            need(self.mixtures.get("orig100") == {"orig": 1.0}, "the filtering classifier is orig100's: define it as {orig: 1.0}", key)
+            need("orig100" in self.mixes, "orig100 is not in mixes, so no classifier is trained to filter with; add it to mixes", key)
         for i, mix in enumerate(self.filtered_mixes):
-            need(mix in self.specs, f"unknown mixture {mix!r}; allowed: {', '.join(self.filters) or 'a mixture with a filter'}",
-                 f"filtered_mixes[{i}]")
-            need(mix in self.filters, f"{mix} has no filter; list it under mixes", f"filtered_mixes[{i}]")
-            need(mix not in self.mixes, f"{mix} is also in mixes; list it once", f"filtered_mixes[{i}]")
-        need(len(set(self.filtered_mixes)) == len(self.filtered_mixes), "lists a mixture twice", "filtered_mixes")
+            key = f"filtered_mixes[{i}]"
+            need(mix in self.specs, f"unknown mixture {mix!r}; allowed: {', '.join(self.filters) or 'a mixture with a filter'}", key)
+            need(mix in self.filters, f"{mix} has no filter; list it under mixes", key)
+            need(mix not in self.mixes, f"{mix} is also in mixes; list it once", key)
+        _unique(self.filtered_mixes, "filtered_mixes", "a mixture")
         for i, mix in enumerate(self.mixes):
             need(mix not in self.filters, f"{mix} has a filter; list it under filtered_mixes (its cells train after the classifier "
                  "that filters it)", f"mixes[{i}]")
@@ -435,4 +415,3 @@ class Config:
         curve = {self.mixtures[m]["orig"] for m in self.real_curve}
         need(not self.real_curve or (len(curve) >= 3 and len(set(self.real_curve)) == len(self.real_curve)),
              "allowed: [] (off) or at least 3 distinct mixtures with distinct orig fractions (the curve has 3 parameters)", "real_curve")
-
