@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from diffaug import doctor
-from diffaug.config import load_config
+from diffaug.config import load_config, parse_config
 from diffaug.config.schema import DiffusionConfig
 from diffaug.devices import GpuInfo
 
@@ -64,9 +65,9 @@ def test_mixture_sizes_follow_params():
 
 
 def test_settings_a_gpu_cannot_run_are_reported_and_fixed_in_the_recommendations(monkeypatch):
-    cfg = load_config(REPO / "params.yaml")
-    cfg = dataclasses.replace(cfg, diffusion=dataclasses.replace(cfg.diffusion, fp8=True, attention="flash",
-                                                                 dtype="bfloat16"))
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    data["diffusion"].update(fp8=True, attention="flash", dtype="bfloat16")
+    cfg = parse_config(data)
     report = doctor.Report(100)
     dif = doctor.settings_checks(report, cfg, torch.device("cuda", 0), TURING)
     no = [c for c in report.checks if c.status == "no"]
@@ -112,7 +113,7 @@ def test_the_gpu_path_times_each_lever_finds_the_largest_batch_and_recommends(mo
 
     vae.decode = decode
     monkeypatch.setattr(doctor, "load_unet_and_vae", lambda dif, dtype, device: (unet, vae, "tiny"))
-    dif = dataclasses.replace(DiffusionConfig(), dtype="float32", resolution=32, steps=2)
+    dif = dataclasses.replace(DiffusionConfig(), dtype="float32", resolution=64, steps=2)
     report = doctor.Report(budget_s=100)  # torch.compile needs 150 s of budget: skipped here
     monkeypatch.setattr(doctor, "LEVER_BATCH", 2)
     monkeypatch.setattr(doctor, "TIMED_STEPS", 1)
