@@ -156,9 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m diffaug.report",
                                  description="Bar charts and a Markdown page of test accuracy across DVC experiments.")
     ap.add_argument("--params", default="params.yaml", help="mixture definitions and the workspace's cells")
-    ap.add_argument("--exp-json", type=Path, help="saved output of `dvc exp show --json` ('-': stdin); default: run it here")
+    ap.add_argument("--exp-json", type=Path, help="rows of dvc.api.exp_show() saved as JSON ('-': stdin); default: read them here")
     ap.add_argument("--out", type=Path, default=Path("reports"))
-    ap.add_argument("--all-commits", action="store_true", help="pass --all-commits to dvc exp show (every commit's experiments)")
+    ap.add_argument("--all-commits", action="store_true", help="every commit of HEAD's history and its experiments, not only HEAD's")
     ap.add_argument("--train-metrics", type=Path, default=Path("metrics/train"), help="dvclive logs of the train cells")
     ap.add_argument("--synthetic", type=Path, default=Path("data/synthetic"), help="synthetic sets (their samples.png)")
     args = ap.parse_args(argv)
@@ -171,8 +171,8 @@ def main(argv: list[str] | None = None) -> None:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise UserError(f"--exp-json {args.exp_json}: cannot read JSON ({e})") from None
         results, notes = parse_exp_show(exp_show)
-        source = (f"Numbers: each experiment's `{SUMMARY}` as saved in `{args.exp_json}` (output of "
-                  f"`dvc exp show --json`); page built {now} by `{command}`.")
+        source = (f"Numbers: each experiment's `{SUMMARY}` as saved in `{args.exp_json}` (rows of "
+                  f"`dvc.api.exp_show()`); page built {now} by `{command}`.")
     else:
         exp_show, shown = run_exp_show(args.all_commits)
         results, notes = parse_exp_show(exp_show, workspace_root=Path.cwd())
