@@ -130,7 +130,7 @@ def repo(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def built(repo, tmp_path_factory) -> dict:
-    """The report, built once by main() in the scratch repo (it runs `dvc exp show --json` itself)."""
+    """The report, built once by main() in the scratch repo (it reads `dvc.api.exp_show()` itself)."""
     out = tmp_path_factory.mktemp("out") / "reports"
     out.mkdir()
     (out / "resnet_sizes.png").write_bytes(b"stale picture from an earlier build")
