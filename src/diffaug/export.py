@@ -102,11 +102,12 @@ def _value_type(column: str, values: list[Any]) -> str:
 
 def write_parquet(tmp: Path, name: str, images: np.ndarray, labels: np.ndarray, classes: list[str], rows: list[dict]) -> None:
     """DIR/<name>.parquet through `datasets`: its Features (Image, ClassLabel, Value) travel in the file."""
+    import pyarrow as pa
     from datasets import ClassLabel, Dataset, Features, Value
     from datasets import Image as ImageFeature
 
     columns = [k for k in _columns(rows) if k not in ("image", "label")]
-    data: dict[str, list[Any]] = {
+    data: dict[str, Any] = {
         "image": [{"bytes": _png(im), "path": f"{classes[int(lab)]}_{int(r.get('index', i)):05d}.png"}
                   for i, (im, lab, r) in enumerate(zip(images, labels, rows))],
         "label": [int(lab) for lab in labels],
@@ -115,8 +116,11 @@ def write_parquet(tmp: Path, name: str, images: np.ndarray, labels: np.ndarray, 
     for col in columns:
         values = [r.get(col) for r in rows]
         dtype = _value_type(col, values)
-        data[col] = [json.dumps(v) if isinstance(v, (list, dict)) or (dtype == "string" and v is not None
-                                                                      and not isinstance(v, str)) else v for v in values]
+        if dtype == "uint64":  # an arrow array: datasets would infer int64 from Python ints and overflow
+            data[col] = pa.array(values, pa.uint64())
+        else:
+            data[col] = [json.dumps(v) if isinstance(v, (list, dict)) or (dtype == "string" and v is not None
+                                                                          and not isinstance(v, str)) else v for v in values]
         features[col] = Value(dtype)
     Dataset.from_dict(data, features=Features(features)).to_parquet(str(tmp / f"{name}.parquet"), batch_size=1000)
 
