@@ -173,6 +173,8 @@ def test_parser_reads_every_experiment_of_real_exp_show_output(repo):
     assert by_model["resnet18"].acc == SUMMARIES["resnet18"]["test_acc"] and by_model["resnet18"].std == {}
     assert by_model["vgg16"].acc == SUMMARIES["vgg16"]["test_acc"]
     assert by_model["vgg16"].std == SUMMARIES["vgg16"]["test_acc_std"] and by_model["vgg16"].seeds == 3
+    for model, summary in SUMMARIES.items():  # the whole summary.json, nested again, for the figures' other columns
+        assert by_model[model].summary == summary
     assert all(r.timestamp is not None and len(r.rev) == 7 for r in experiments.values())
     workspace = [r for r in found if r.kind == "workspace"]
     assert len(workspace) == 1 and workspace[0].model == "vgg16"  # the last `exp run` left vgg16 in the workspace

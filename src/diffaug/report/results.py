@@ -14,6 +14,7 @@ baseline's numbers, not its own).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -25,7 +26,12 @@ from diffaug.errors import UserError
 SUMMARY = "metrics/summary.json"
 KIND_RANK = {"workspace": 0, "commit": 1, "experiment": 2}
 SKIP_STATES = {"queued": "queued, not run yet", "running": "still running", "failed": "failed"}
-SUMMARY_KEYS = ("model", "variant", "recipe", "seeds")  # besides test_acc.* / test_acc_std.*
+# Top-level keys of params.yaml: an unprefixed column under one of them is a param, any other a summary
+# field (the report passes the keys of the params file it reads).
+PARAM_SECTIONS = frozenset({"dataset", "synthetic", "img2img_sets", "prompt_sets", "diffusion", "mixture_seed",
+                            "mixtures", "model", "mixes", "filtered_mixes", "train", "evaluate"})
+DEP_HASH = re.compile(r"[0-9a-f]{32}(\.dir)?")  # a dependency column's value: dvc's md5 of the file or folder
+ROW_HEADERS = frozenset({"Experiment", "rev", "typ", "Created", "parent", "State", "Executor"})  # dvc's own columns
 
 
 @dataclass
@@ -43,6 +49,7 @@ class Result:
     acc: dict[str, float]
     std: dict[str, float] = field(default_factory=dict)
     mixtures: dict[str, dict[str, float]] | None = None  # the run's own params.yaml `mixtures`, if listed
+    summary: dict[str, Any] = field(default_factory=dict)  # the whole summary.json (quality and exchange-rate columns)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -81,12 +88,12 @@ def _number(value: Any) -> float | None:
     return float(value) if ok else None
 
 
-def _split(row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], str | None]:
-    """(summary.json's fields, params.yaml's fields, the summary's path) of one row.
+def _split(row: dict[str, Any], param_sections: frozenset[str] | set[str]) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+    """(summary.json's fields, params.yaml's fields, the summary's path) of one row, flattened.
 
-    Prefixed columns name their file; an unprefixed one belongs to whichever file has it: the
-    summary's own keys (test_acc.*, test_acc_std.*, model, variant, recipe, seeds) are taken as the
-    summary's, anything else as a param.
+    A prefixed column names its file. An unprefixed one is a param when its first part is a top-level
+    key of params.yaml (`param_sections`), else a summary field; dvc's own columns and the
+    dependency columns (a path, an md5 value) are neither. A name in both files is prefixed by dvc, so `model` is too.
     """
     summary: dict[str, Any] = {}
     params: dict[str, Any] = {}
@@ -94,19 +101,36 @@ def _split(row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], str | N
                    key=lambda p: (p.replace("\\", "/") != SUMMARY, p))  # the canonical path first
     path = paths[0] if paths else None
     for key, value in row.items():
+        value = None if value == "None" else value  # dvc prints a value missing from a file as "None"
         if ":" in key:
             where, name = key.split(":", 1)
             if where == path:
                 summary[name] = value
             elif Path(where).name == "params.yaml":
                 params[name] = value
-        elif key.startswith(("test_acc.", "test_acc_std.")) or key in SUMMARY_KEYS:
-            summary[key] = value
-            if key == "model":
-                params.setdefault(key, value)
-        else:
+        elif key in ROW_HEADERS or "/" in key or (isinstance(value, str) and DEP_HASH.fullmatch(value)):
+            continue  # dvc's own columns and the dependencies' hashes
+        elif key.split(".", 1)[0] in param_sections:
             params[key] = value
+        else:
+            summary[key] = value
     return summary, params, path or (SUMMARY if summary else None)
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """{"syn_fd": {"syn1": 3.2}} from {"syn_fd.syn1": 3.2} (one level: mixture and set names hold no dots)."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        if value is None:
+            continue
+        head, _, rest = key.partition(".")
+        if rest:
+            slot = out.setdefault(head, {})
+            if isinstance(slot, dict):
+                slot[rest] = value
+        else:
+            out[head] = value
+    return out
 
 
 def _group(flat: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -133,7 +157,8 @@ def _kind(row: dict[str, Any]) -> str:
     return "experiment"
 
 
-def parse_exp_show(rows: Any, workspace_root: Path | None = None) -> tuple[list[Result], list[str]]:
+def parse_exp_show(rows: Any, workspace_root: Path | None = None,
+                   param_sections: frozenset[str] | set[str] = PARAM_SECTIONS) -> tuple[list[Result], list[str]]:
     """Every usable summary in `dvc.api.exp_show()` rows, and a note per experiment left out.
 
     Left out: queued, running and failed experiments (a failed run still lists the summary.json it
@@ -141,6 +166,7 @@ def parse_exp_show(rows: Any, workspace_root: Path | None = None) -> tuple[list[
     whose `model` differs from the row's own params `model` (stale: evaluate has not rerun since the
     change). Commits without a summary.json (before the first run) are skipped silently.
     `workspace_root`: where the workspace's metrics file lies, to date it by its mtime.
+    `param_sections`: the top-level keys of params.yaml (see _split).
     """
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise UserError("exp_show: expected a JSON list of rows as dvc.api.exp_show() returns; is this its output?")
@@ -154,7 +180,7 @@ def parse_exp_show(rows: Any, workspace_root: Path | None = None) -> tuple[list[
         if state in SKIP_STATES:
             notes.append(f"{label}: {SKIP_STATES[state]}; left out")
             continue
-        summary, params, path = _split(row)
+        summary, params, path = _split(row, param_sections)
         if "!" in summary.values():
             notes.append(f"{label}: dvc could not read {path}; left out")
             continue
@@ -179,7 +205,7 @@ def parse_exp_show(rows: Any, workspace_root: Path | None = None) -> tuple[list[
             variant=str(summary.get("variant") or params.get("train.variant") or "?"),
             recipe=str(summary.get("recipe") or params.get("train.recipe") or "?"),
             seeds=int(seeds) if seeds is not None and seeds.is_integer() and seeds >= 1 else 1,
-            acc=acc, std=std, mixtures=_mixtures(params)))
+            acc=acc, std=std, mixtures=_mixtures(params), summary=_nest(summary)))
     return results, notes
 
 
