@@ -8,9 +8,9 @@ from diffaug.io import sha256_json
 
 
 def write_fake_set(out_dir: Path, name: str = "syn1", classes=("airplane", "automobile", "bird"), per_class: int = 5,
-                   per_shard: int = 4, size: int = 8, images: np.ndarray | None = None) -> Path:
+                   per_shard: int = 4, size: int = 8, images: np.ndarray | None = None, first_seed: int = 1000) -> Path:
     """A finished set (shards, manifest.json, samples.png) whose image g has pixel (0, 0) = (g, class, 7)
-    unless `images` (uint8 NHWC, in class-major order) is given."""
+    unless `images` (uint8 NHWC, in class-major order) is given. Image g has seed first_seed + g."""
     settings = {"save_full_resolution": False, "prompt": "{label}", "fake": True}
     plan = synthetic.SetLayout(name, tuple(classes), (size, size), per_class, per_shard, settings, sha256_json(settings))
     if images is None:
@@ -22,7 +22,7 @@ def write_fake_set(out_dir: Path, name: str = "syn1", classes=("airplane", "auto
     for k in range(plan.num_shards):
         span = plan.shard_range(k)
         synthetic.write_shard(out_dir, k, plan, images=images[span.start:span.stop],
-                              seeds=np.array([1000 + g for g in span], np.uint64),
+                              seeds=np.array([first_seed + g for g in span], np.uint64),
                               regenerations=np.array([g % 2 for g in span]), flagged=np.zeros(len(span), bool), device="cpu")
     prompts = [f"a {classes[plan.class_and_index(g)[0]]}" for g in range(plan.num_images)]
     assert synthetic.assemble(out_dir, plan, prompts, lone_process=True) is not None

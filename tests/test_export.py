@@ -44,9 +44,11 @@ def test_imagefolder_round_trip_through_torchvision_with_provenance(fake_set, tm
         assert row["set"] == "syn1" and row["settings_hash"] == manifest["settings_hash"]
 
 
-def test_parquet_round_trip_through_hugging_face_datasets(fake_set, tmp_path):
+def test_parquet_round_trip_through_hugging_face_datasets(tmp_path):
     import datasets
 
+    # real seeds span all of uint64 (they are derived by hashing): these exceed int64
+    fake_set = write_fake_set(tmp_path / "synthetic" / "syn1", classes=CLASSES, per_class=5, per_shard=4, first_seed=2**64 - 20)
     out = export(fake_set, "parquet", tmp_path / "export")
     images, labels = synthetic.load_synthetic(fake_set)
     manifest = synthetic.read_manifest(fake_set)
@@ -62,6 +64,7 @@ def test_parquet_round_trip_through_hugging_face_datasets(fake_set, tmp_path):
         assert (row["index"], row["prompt"], row["seed"], row["regenerations"], row["flagged"]) == \
             (entry["index"], entry["prompt"], entry["seed"], entry["regenerations"], entry["flagged"])
         assert row["set"] == "syn1" and row["settings_hash"] == manifest["settings_hash"]
+    assert ds.features["seed"] == datasets.Value("uint64") and ds[0]["seed"] == 2**64 - 20
 
 
 def test_imagefolder_export_also_loads_in_hugging_face_imagefolder(fake_set, tmp_path):

@@ -1,4 +1,4 @@
-"""diffaug.report: results parsed from REAL `dvc exp show --json` output, figures drawn or skipped, the page.
+"""diffaug.report: results parsed from REAL `dvc.api.exp_show()` rows, figures drawn or skipped, the page.
 
 One scratch git+DVC repository per module (a few seconds): the project's params.yaml, a stage that
 writes a realistic metrics/summary.json per `model` from a table, two experiments (resnet18 with one
@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from diffaug.config import load_config
-from diffaug.report import page, results
+from diffaug.report import page
 from diffaug.report.figures import Context, Skip, fig_classic, fig_half_half, fig_resnet_sizes, fig_synthetic_only, mixture_label
 from diffaug.report.results import Result, parse_exp_show, select_rows
 
@@ -41,17 +41,12 @@ SUMMARIES = {
               "test_loss": {"orig100": 0.33, "orig50": 0.41, "orig50_syn1_50": 0.39, "orig50_syn2_50": 0.4, "syn2_100": 1.2}},
 }
 WORKSPACE_MIXES = ["orig100", "orig50", "orig50_syn1_50", "orig50_syn2_50", "syn2_100"]
-# A failed experiment as DVC 3.67.1 lists it after `dvc queue start` (captured from a real run; the queue
-# worker is too slow for this suite): the summary it lists is its baseline's, not its own.
-FAILED_EXP = {"revs": [{"rev": "68b91a91f1dce1f5c9e44b8ea5f0fd9cbead88fd", "name": "edged-rube", "data": {
-    "rev": "68b91a91f1dce1f5c9e44b8ea5f0fd9cbead88fd", "timestamp": "2026-11-24T17:05:15",
-    "params": {"params.yaml": {"data": {"model": "fail"}}},
-    "metrics": {"metrics/summary.json": {"data": {"model": "c", "variant": "cifar", "recipe": "default", "seeds": 1,
-                                                  "test_acc": {"orig100": 0.8, "orig50": 0.85}}}},
-    "deps": {}, "outs": {}, "meta": {}}, "error": {"msg": "Experiment run failed", "type": ""}, "experiments": None}],
-    "executor": {"state": "failed", "name": None, "local": {"root": None, "log": "x.out", "pid": 5441, "returncode": 255,
-                                                           "task_id": "68b91a91f1dce1f5c9e44b8ea5f0fd9cbead88fd"}},
-    "name": "edged-rube"}
+# A failed experiment as dvc.api.exp_show() (DVC 3.67.1) lists it after `dvc queue start` (the queue worker
+# is too slow for this suite): State "Failed", and the summary it lists is its baseline's, not its own.
+FAILED_EXP = {"Experiment": "edged-rube", "rev": "68b91a9", "typ": "branch_commit", "Created": "Nov 24, 2026",
+              "parent": None, "State": "Failed", "Executor": "Workspace", "params.yaml:model": "fail",
+              "metrics/summary.json:model": "c", "variant": "cifar", "recipe": "default", "seeds": 1.0,
+              "test_acc.orig100": 0.8, "test_acc.orig50": 0.85}
 FAKE_EVAL = """\
 import json, os, yaml
 model = yaml.safe_load(open("params.yaml"))["model"]
@@ -120,7 +115,9 @@ def repo(tmp_path_factory) -> dict:
     dvc(path, "exp", "run", "-q", "-S", "model=vgg16")  # the workspace now holds vgg16's results
     dvc(path, "exp", "run", "--queue", "-S", "model=resnet50")  # queued, never started
     names = dvc(path, "exp", "ls", "--name-only").split()
-    exp_show = json.loads(dvc(path, "exp", "show", "--json"))
+    from dvc.api import exp_show as dvc_exp_show
+
+    exp_show = dvc_exp_show(repo=str(path))
     # dvclive logs of two of the workspace's 15 cells (vgg16 x 5 mixes x 3 seeds), one with validation
     log_curves(path / "metrics/train/vgg16/orig100/seed-0", 4, with_val=True)
     log_curves(path / "metrics/train/vgg16/orig50_syn2_50/seed-0", 4, with_val=False)
@@ -133,7 +130,7 @@ def repo(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def built(repo, tmp_path_factory) -> dict:
-    """The report, built once by main() in the scratch repo (it runs `dvc exp show --json` itself)."""
+    """The report, built once by main() in the scratch repo (it reads `dvc.api.exp_show()` itself)."""
     out = tmp_path_factory.mktemp("out") / "reports"
     out.mkdir()
     (out / "resnet_sizes.png").write_bytes(b"stale picture from an earlier build")
@@ -147,6 +144,11 @@ def built(repo, tmp_path_factory) -> dict:
         page.main(["--out", str(out)])
         seconds = time.perf_counter() - start
     return {"out": out, "stdout": buf.getvalue(), "md": (out / "report.md").read_text(), "seconds": seconds}
+
+
+def column(row: dict, name: str) -> str:
+    """The key of `name`'s cell in an exp_show row: `name`, or `<file>:name` when two files share it."""
+    return next(k for k in row if k == name or k.endswith(":" + name) and k.startswith("metrics/"))
 
 
 def cfg():
@@ -171,7 +173,9 @@ def test_parser_reads_every_experiment_of_real_exp_show_output(repo):
     assert by_model["resnet18"].acc == SUMMARIES["resnet18"]["test_acc"] and by_model["resnet18"].std == {}
     assert by_model["vgg16"].acc == SUMMARIES["vgg16"]["test_acc"]
     assert by_model["vgg16"].std == SUMMARIES["vgg16"]["test_acc_std"] and by_model["vgg16"].seeds == 3
-    assert all(r.timestamp is not None and len(r.rev) == 40 for r in experiments.values())
+    for model, summary in SUMMARIES.items():  # the whole summary.json, nested again, for the figures' other columns
+        assert by_model[model].summary == summary
+    assert all(r.timestamp is not None and len(r.rev) == 7 for r in experiments.values())
     workspace = [r for r in found if r.kind == "workspace"]
     assert len(workspace) == 1 and workspace[0].model == "vgg16"  # the last `exp run` left vgg16 in the workspace
     assert not [r for r in found if r.kind == "commit"]  # the baseline commit has no summary.json
@@ -190,7 +194,7 @@ def test_workspace_equal_to_an_experiment_is_dropped_and_one_row_per_config(repo
 def test_changed_workspace_wins_only_when_its_summary_is_newer(repo, tmp_path):
     data = copy.deepcopy(repo["exp_show"])
     ws = next(e for e in data if e["rev"] == "workspace")
-    ws["data"]["metrics"]["metrics/summary.json"]["data"]["test_acc"]["orig100"] = 0.95
+    ws[column(ws, "test_acc.orig100")] = 0.95
     summary = tmp_path / "metrics" / "summary.json"
     summary.parent.mkdir()
     summary.write_text("{}")
@@ -208,12 +212,11 @@ def test_changed_workspace_wins_only_when_its_summary_is_newer(repo, tmp_path):
 
 def test_failed_and_stale_runs_are_left_out(repo):
     data = copy.deepcopy(repo["exp_show"])
-    baseline = next(e for e in data if e["rev"] != "workspace")
-    baseline["experiments"].append(copy.deepcopy(FAILED_EXP))
-    stale = copy.deepcopy(next(e for e in baseline["experiments"] if e["revs"][0]["name"] in repo["names"]))
-    stale["revs"][0]["name"] = stale["name"] = "stale-one"
-    stale["revs"][0]["data"]["params"]["params.yaml"]["data"]["model"] = "densenet121"  # params changed, not rerun
-    baseline["experiments"].append(stale)
+    data.append({**{k: None for k in data[0]}, **FAILED_EXP})
+    stale = copy.deepcopy(next(e for e in data if e["Experiment"] in repo["names"]))
+    stale["Experiment"] = "stale-one"
+    stale["params.yaml:model"] = "densenet121"  # params changed, not rerun
+    data.append(stale)
     found, notes = parse_exp_show(data)
     assert {r.name for r in found if r.kind == "experiment"} == set(repo["names"])
     assert any(n.startswith("edged-rube: failed") for n in notes), notes
@@ -318,7 +321,7 @@ def test_report_table_has_the_numbers_and_says_where_they_come_from(built, repo)
     header = next(ln for ln in md.splitlines() if ln.startswith("| experiment"))
     for label in ("100% real", "50% real + 50% syn1", "50% real + rotated copies", "100% syn2"):
         assert f"| {label} |" in header or header.endswith(f"| {label} |")
-    assert "`dvc exp show --json`" in md and str(repo["path"]) in md
+    assert "`dvc.api.exp_show()`" in md and str(repo["path"]) in md
     assert re.search(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}", md)
     assert "training curves of the workspace's vgg16 cells; 13 of 15 cells have no log yet" in md
 
@@ -344,10 +347,11 @@ def run_main(args: list[str], capsys) -> tuple[int, str]:
 
 def test_no_results_exits_2_with_one_line(repo, tmp_path, capsys):
     data = copy.deepcopy(repo["exp_show"])
-    for entry in data:  # keep only the queued experiment and the summary-less baseline commit
+    # keep only the queued experiment and the summary-less baseline commit
+    data = [e for e in data if e["typ"] == "baseline" or e["State"] == "Queued"]
+    for entry in data:
         if entry["rev"] == "workspace":
-            entry["data"]["metrics"] = {}
-        entry["experiments"] = [e for e in entry.get("experiments") or [] if (e.get("executor") or {}).get("state") == "queued"]
+            entry.update({k: None for k in entry if k.startswith(("test_acc", "metrics/"))})
     saved = tmp_path / "exp.json"
     saved.write_text(json.dumps(data))
     code, err = run_main(["--params", str(ROOT / "params.yaml"), "--exp-json", str(saved), "--out", str(tmp_path / "o")], capsys)
@@ -358,10 +362,10 @@ def test_no_results_exits_2_with_one_line(repo, tmp_path, capsys):
 def test_dvc_failure_or_absence_exits_2_with_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # not a DVC repository
     code, err = run_main(["--params", str(ROOT / "params.yaml")], capsys)
-    assert code == 2 and len(err.splitlines()) == 1 and "dvc exp show --json" in err and "failed" in err
-    monkeypatch.setattr(results, "find_dvc", lambda: None)
+    assert code == 2 and len(err.splitlines()) == 1 and "dvc.api.exp_show()" in err and "failed" in err
+    monkeypatch.setitem(sys.modules, "dvc.api", None)  # as if dvc were not installed
     code, err = run_main(["--params", str(ROOT / "params.yaml")], capsys)
-    assert code == 2 and err == "error: dvc is not available (not on PATH, not importable); install it or pass --exp-json FILE"
+    assert code == 2 and err == "error: dvc is not available (not importable); install it or pass --exp-json FILE"
     (tmp_path / "bad.yaml").write_text("model: resnet19\n")
     code, err = run_main(["--params", str(tmp_path / "bad.yaml")], capsys)
     assert code == 2 and len(err.splitlines()) == 1 and "model" in err

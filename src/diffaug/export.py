@@ -88,37 +88,41 @@ def write_imagefolder(tmp: Path, images: np.ndarray, labels: np.ndarray, classes
                              "file_name": name, "label": classes[int(label)]})
 
 
-def _hf_feature(column: str, arrow_type: Any) -> dict:
-    import pyarrow as pa
-
-    for test, dtype in ((pa.types.is_boolean, "bool"), (pa.types.is_uint64, "uint64"), (pa.types.is_integer, "int64"),
-                        (pa.types.is_floating, "float64"), (pa.types.is_string, "string")):
-        if test(arrow_type):
-            return {"dtype": dtype, "_type": "Value"}
-    return {"dtype": "string", "_type": "Value"}
+def _value_type(column: str, values: list[Any]) -> str:
+    """The datasets Value dtype of a provenance column (seeds are uint64: they span 0..2**64-1)."""
+    present = [v for v in values if v is not None]
+    if column == "seed":
+        return "uint64"
+    for dtype, ok in (("bool", lambda v: isinstance(v, bool)), ("int64", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+                      ("float64", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))):
+        if present and all(ok(v) for v in present):
+            return dtype
+    return "string"
 
 
 def write_parquet(tmp: Path, name: str, images: np.ndarray, labels: np.ndarray, classes: list[str], rows: list[dict]) -> None:
+    """DIR/<name>.parquet through `datasets`: its Features (Image, ClassLabel, Value) travel in the file."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
+    from datasets import ClassLabel, Dataset, Features, Value
+    from datasets import Image as ImageFeature
 
     columns = [k for k in _columns(rows) if k not in ("image", "label")]
     data: dict[str, Any] = {
-        "image": pa.array([{"bytes": _png(im), "path": f"{classes[int(lab)]}_{int(r.get('index', i)):05d}.png"}
-                           for i, (im, lab, r) in enumerate(zip(images, labels, rows))],
-                          pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
-        "label": pa.array(labels.astype(np.int64), pa.int64()),
+        "image": [{"bytes": _png(im), "path": f"{classes[int(lab)]}_{int(r.get('index', i)):05d}.png"}
+                  for i, (im, lab, r) in enumerate(zip(images, labels, rows))],
+        "label": [int(lab) for lab in labels],
     }
+    features = {"image": ImageFeature(), "label": ClassLabel(names=list(classes))}
     for col in columns:
         values = [r.get(col) for r in rows]
-        values = [json.dumps(v) if isinstance(v, (list, dict)) else v for v in values]
-        data[col] = pa.array(values, pa.uint64()) if col == "seed" else pa.array(values)
-    table = pa.table(data)
-    features = {"image": {"_type": "Image"}, "label": {"names": list(classes), "_type": "ClassLabel"}}
-    features.update({col: _hf_feature(col, table.schema.field(col).type) for col in columns})
-    meta = {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
-    pq.write_table(table, tmp / f"{name}.parquet", row_group_size=1000)
+        dtype = _value_type(col, values)
+        if dtype == "uint64":  # an arrow array: datasets would infer int64 from Python ints and overflow
+            data[col] = pa.array(values, pa.uint64())
+        else:
+            data[col] = [json.dumps(v) if isinstance(v, (list, dict)) or (dtype == "string" and v is not None
+                                                                          and not isinstance(v, str)) else v for v in values]
+        features[col] = Value(dtype)
+    Dataset.from_dict(data, features=Features(features)).to_parquet(str(tmp / f"{name}.parquet"), batch_size=1000)
 
 
 def export(set_dir: Path, fmt: str, out: Path, force: bool = False) -> Path:

@@ -128,7 +128,7 @@ def filter_mixture(cfg: Config, mix: str, mixtures_dir: Path, prepared: Path, sy
     names = index.source_names
     scored = np.array([names[c] not in REAL_SOURCES for c in codes], bool)  # every synthetic set
     scores = np.full(len(index.row), np.nan, np.float32)
-    pixels, _, _ = load_mixture(source_path, prepared, synthetic_root)  # refuses sources changed since the build
+    pixels, _, _ = load_mixture(source_path, prepared, synthetic_root)
     for src in index.used:
         if src in REAL_SOURCES:
             continue

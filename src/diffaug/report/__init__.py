@@ -4,7 +4,8 @@
                              [--train-metrics metrics/train] [--synthetic data/synthetic]
 
 Reads every experiment's `metrics/summary.json` (written by the evaluate stage) from
-`dvc exp show --json` (run in the current directory unless --exp-json gives its saved output), keeps
+`dvc.api.exp_show()` (the repository around the current directory, unless --exp-json gives its rows
+saved as JSON), keeps
 one row per (model, variant, recipe) (see results.select_rows), labels mixtures by their fractions in
 params.yaml, and writes under --out:
 
@@ -21,9 +22,9 @@ params.yaml, and writes under --out:
 
 A figure whose mixtures or models are absent from the results is not drawn: a line says why, on
 stdout and in report.md; nothing is interpolated or made up. Exit code 2 with one line when dvc is
-unavailable, `dvc exp show` fails, params.yaml is invalid or there are no results.
+unavailable, `dvc.api.exp_show()` fails, params.yaml is invalid or there are no results.
 
-Modules: results (dvc exp show -> rows), figures (labels, matplotlib drawings), page (report.md, CLI).
+Modules: results (dvc.api.exp_show() rows -> results), figures (labels, matplotlib drawings), page (report.md, CLI).
 """
 from diffaug.report.page import main
 

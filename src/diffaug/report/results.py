@@ -1,44 +1,44 @@
-"""Results from DVC: every experiment's metrics/summary.json in `dvc exp show --json`, one row per config.
+"""Results from DVC: every experiment's metrics/summary.json, read from `dvc.api.exp_show()` rows.
 
-The JSON shape (DVC 3.x, checked against real output in tests/test_report.py): a list of baseline
-entries, the workspace first,
-
-    {"rev": "workspace" | <sha>, "name": <branch> | null, "error": null | {...},
-     "data": {"rev", "timestamp", "params": {"params.yaml": {"data": {...}}},
-              "metrics": {"metrics/summary.json": {"data": {...}} | {"error": {...}}}, "deps", "outs", "meta"},
-     "experiments": null | [{"name", "executor": null | {"state": "queued"|"running"|"success"|"failed", ...},
-                             "revs": [{"rev", "name", "data": {...}, "error", "experiments": null}]}]}
+`dvc.api.exp_show()` (DVC 3.x) returns the table `dvc exp show` prints, one flat dict per row:
+"Experiment" (an experiment's name, "" for a baseline), "rev" ("workspace", a branch name or a short
+sha), "typ" ("baseline" | "branch_base" | "branch_commit"), "Created", "State" ("Queued" |
+"Running" | "Success" | "Failed", for queue runs), then a column per flattened metric and param
+(`test_acc.orig100`, `mixtures.orig50_syn1_50.syn1`, ...). A name found in both a metrics and a
+params file is prefixed with its file (`metrics/summary.json:model`, `params.yaml:model`). Numbers
+come back as floats, a file dvc could not read as "!" and a missing value as None.
 
 A queued experiment lists no metrics; a failed one lists the summary.json it started from (its
-baseline's numbers, not its own) with error {"msg": "Experiment run failed"}.
+baseline's numbers, not its own).
 """
 from __future__ import annotations
 
-import importlib.util
-import json
 import math
-import os
-import shutil
-import subprocess
-import sys
-from collections.abc import Iterable
+import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from diffaug.config import ARCHITECTURES
+from diffaug.config import ARCHITECTURES, json_schema
 from diffaug.errors import UserError
 
 SUMMARY = "metrics/summary.json"
 KIND_RANK = {"workspace": 0, "commit": 1, "experiment": 2}
 SKIP_STATES = {"queued": "queued, not run yet", "running": "still running", "failed": "failed"}
+# Top-level keys of params.yaml, from the config's own schema: an unprefixed column under one of them is a
+# param, any other a summary field (the report also passes the keys of the params file it reads).
+PARAM_SECTIONS = frozenset(json_schema()["properties"])
+DEP_HASH = re.compile(r"[0-9a-f]{32}(\.dir)?")  # a dependency column's value: dvc's md5 of the file or folder
+ROW_HEADERS = frozenset({"Experiment", "rev", "typ", "Created", "parent", "State", "Executor"})  # dvc's own columns
+
+
 @dataclass
 class Result:
     """One experiment's (or commit's, or the workspace's) metrics/summary.json."""
 
     name: str                      # experiment name, branch name or short sha, or "workspace"
-    rev: str                       # full sha, or "workspace"
+    rev: str                       # short sha (a branch name for a baseline commit), or "workspace"
     kind: str                      # "experiment" | "commit" | "workspace"
     timestamp: datetime | None  # commit/experiment time; workspace: summary.json's mtime, if known
     model: str
@@ -65,9 +65,16 @@ class Result:
         return (self.key, self.seeds, self.acc, self.std) == (other.key, other.seeds, other.acc, other.std)
 
 
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
+def _parse_created(value: Any) -> datetime | None:
+    """dvc's "Created" cell: "%I:%M %p" for today, "%b %d, %Y" before (local time), or ISO."""
+    if not isinstance(value, str) or not value:
         return None
+    for fmt, today in (("%I:%M %p", True), ("%b %d, %Y", False)):
+        try:
+            parsed = datetime.strptime(value, fmt)
+        except ValueError:
+            continue
+        return datetime.combine(date.today(), parsed.time()) if today else parsed
     try:
         ts = datetime.fromisoformat(value)
     except ValueError:
@@ -75,104 +82,129 @@ def _parse_time(value: Any) -> datetime | None:
     return ts.astimezone().replace(tzinfo=None) if ts.tzinfo else ts  # naive local, like file mtimes
 
 
-def _numbers(obj: Any) -> dict[str, float]:
-    if not isinstance(obj, dict):
-        return {}
-    return {str(k): float(v) for k, v in obj.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+def _number(value: Any) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
 
 
-def _summary_of(metrics: Any) -> tuple[str | None, dict | None]:
-    """(path, data) of the summary.json among a rev's metrics files, or (None, None)."""
-    if not isinstance(metrics, dict):
-        return None, None
-    paths = sorted(metrics, key=lambda p: (p.replace("\\", "/") != SUMMARY, p))  # the canonical path first
-    for path in paths:
-        entry = metrics[path]
-        if Path(path).name == "summary.json" and isinstance(entry, dict) and isinstance(entry.get("data"), dict) \
-                and isinstance(entry["data"].get("test_acc"), dict):
-            return path, entry["data"]
-    return None, None
+def _split(row: dict[str, Any], param_sections: frozenset[str] | set[str]) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+    """(summary.json's fields, params.yaml's fields, the summary's path) of one row, flattened.
+
+    A prefixed column names its file. An unprefixed one is a param when its first part is a top-level
+    key of params.yaml (`param_sections`), else a summary field; dvc's own columns and the
+    dependency columns (a path, an md5 value) are neither. A name in both files is prefixed by dvc, so `model` is too.
+    """
+    summary: dict[str, Any] = {}
+    params: dict[str, Any] = {}
+    paths = sorted({k.split(":", 1)[0] for k in row if ":" in k and Path(k.split(":", 1)[0]).name == "summary.json"},
+                   key=lambda p: (p.replace("\\", "/") != SUMMARY, p))  # the canonical path first
+    path = paths[0] if paths else None
+    for key, value in row.items():
+        value = None if value == "None" else value  # dvc prints a value missing from a file as "None"
+        if ":" in key:
+            where, name = key.split(":", 1)
+            if where == path:
+                summary[name] = value
+            elif Path(where).name == "params.yaml":
+                params[name] = value
+        elif key in ROW_HEADERS or "/" in key or (isinstance(value, str) and DEP_HASH.fullmatch(value)):
+            continue  # dvc's own columns and the dependencies' hashes
+        elif key.split(".", 1)[0] in param_sections:
+            params[key] = value
+        else:
+            summary[key] = value
+    return summary, params, path or (SUMMARY if summary else None)
 
 
-def _params_of(params: Any) -> dict:
-    """The rev's params.yaml values ({} when dvc listed none)."""
-    if not isinstance(params, dict):
-        return {}
-    for path in sorted(params, key=lambda p: Path(p).name != "params.yaml"):
-        data = params[path].get("data") if isinstance(params[path], dict) else None
-        if isinstance(data, dict):
-            return data
-    return {}
-
-
-def _iter_revs(exp_show: Any) -> Iterable[tuple[dict, str, str | None, str | None]]:
-    """(rev entry, kind, executor state, experiment name) for every rev (shape: the module docstring)."""
-    if not isinstance(exp_show, list):
-        raise UserError("dvc exp show --json: expected a JSON list of baselines; is this its output?")
-    for top in exp_show:
-        if not isinstance(top, dict):
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """{"syn_fd": {"syn1": 3.2}} from {"syn_fd.syn1": 3.2} (one level: mixture and set names hold no dots)."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        if value is None:
             continue
-        yield top, "workspace" if top.get("rev") == "workspace" else "commit", None, None
-        for exp in top.get("experiments") or []:
-            if not isinstance(exp, dict):
-                continue
-            state = (exp.get("executor") or {}).get("state") if isinstance(exp.get("executor"), dict) else None
-            for rev in exp.get("revs") or []:
-                if isinstance(rev, dict):
-                    yield rev, "experiment", state, exp.get("name")
+        head, _, rest = key.partition(".")
+        if rest:
+            slot = out.setdefault(head, {})
+            if isinstance(slot, dict):
+                slot[rest] = value
+        else:
+            out[head] = value
+    return out
 
 
-def parse_exp_show(exp_show: Any, workspace_root: Path | None = None) -> tuple[list[Result], list[str]]:
-    """Every usable summary in `dvc exp show --json` output, and a note per experiment left out.
+def _group(flat: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """{"a": v} from {prefix + "a": v}, leaving out None cells and deeper keys."""
+    return {k[len(prefix):]: v for k, v in flat.items()
+            if k.startswith(prefix) and "." not in k[len(prefix):] and v is not None}
+
+
+def _mixtures(params: dict[str, Any]) -> dict[str, dict[str, float]] | None:
+    """The row's params.yaml `mixtures` as {mix: {source: fraction}} (a filter's settings left out)."""
+    mixes: dict[str, dict[str, float]] = {}
+    for key, value in params.items():
+        parts = key.split(".")
+        if len(parts) == 3 and parts[0] == "mixtures" and value is not None:
+            number = _number(value)
+            if number is not None:
+                mixes.setdefault(parts[1], {})[parts[2]] = number
+    return mixes or None
+
+
+def _kind(row: dict[str, Any]) -> str:
+    if row.get("typ") == "baseline":
+        return "workspace" if row.get("rev") == "workspace" else "commit"
+    return "experiment"
+
+
+def parse_exp_show(rows: Any, workspace_root: Path | None = None,
+                   param_sections: frozenset[str] | set[str] = PARAM_SECTIONS) -> tuple[list[Result], list[str]]:
+    """Every usable summary in `dvc.api.exp_show()` rows, and a note per experiment left out.
 
     Left out: queued, running and failed experiments (a failed run still lists the summary.json it
-    started from, i.e. someone else's numbers), revs with an error, and summaries whose `model`
-    differs from the rev's own params `model` (stale: evaluate has not rerun since the change).
-    Commits without a summary.json (before the first run) are skipped silently.
+    started from, i.e. someone else's numbers), rows whose summary dvc could not read, and summaries
+    whose `model` differs from the row's own params `model` (stale: evaluate has not rerun since the
+    change). Commits without a summary.json (before the first run) are skipped silently.
     `workspace_root`: where the workspace's metrics file lies, to date it by its mtime.
+    `param_sections`: the top-level keys of params.yaml (see _split).
     """
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise UserError("exp_show: expected a JSON list of rows as dvc.api.exp_show() returns; is this its output?")
     results, notes = [], []
-    for rev, kind, state, exp_name in _iter_revs(exp_show):
-        sha = str(rev.get("rev") or "")
-        name = rev.get("name") or exp_name or ("workspace" if kind == "workspace" else sha[:7])
+    for row in rows:
+        kind = _kind(row)
+        rev = str(row.get("rev") or "")
+        name = row.get("Experiment") or rev
         label = name if kind != "commit" else f"commit {name}"
+        state = str(row.get("State") or "").lower()
         if state in SKIP_STATES:
             notes.append(f"{label}: {SKIP_STATES[state]}; left out")
             continue
-        data: dict[str, Any] = rev["data"] if isinstance(rev.get("data"), dict) else {}
-        if rev.get("error"):
-            err = rev["error"].get("msg") if isinstance(rev["error"], dict) else rev["error"]
-            notes.append(f"{label}: dvc reports an error ({err}); left out")
+        summary, params, path = _split(row, param_sections)
+        if "!" in summary.values():
+            notes.append(f"{label}: dvc could not read {path}; left out")
             continue
-        path, summary = _summary_of(data.get("metrics"))
-        if summary is None:
+        acc = {m: v for m, v in ((m, _number(v)) for m, v in _group(summary, "test_acc.").items()) if v is not None}
+        if not acc:
             if kind == "experiment":
                 notes.append(f"{label}: no {SUMMARY} with test_acc; left out")
             continue
-        assert path is not None  # _summary_of gives both or neither
-        params = _params_of(data.get("params"))
-        model = str(summary.get("model", params.get("model", "?")))
-        if "model" in params and "model" in summary and str(params["model"]) != str(summary["model"]):
-            notes.append(f"{label}: {path} is for {summary['model']} but its params say model {params['model']} "
+        model = str(summary.get("model") or params.get("model") or "?")
+        if params.get("model") not in (None, model):
+            notes.append(f"{label}: {path} is for {model} but its params say model {params['model']} "
                          "(stale summary); left out")
             continue
-        train: dict[str, Any] = params["train"] if isinstance(params.get("train"), dict) else {}
-        acc = _numbers(summary.get("test_acc"))
-        if not acc:
-            continue
-        timestamp = _parse_time(data.get("timestamp"))
-        if kind == "workspace" and workspace_root is not None and (workspace_root / path).is_file():
+        timestamp = _parse_created(row.get("Created"))
+        if kind == "workspace" and workspace_root is not None and path and (workspace_root / path).is_file():
             timestamp = datetime.fromtimestamp((workspace_root / path).stat().st_mtime)
-        mixtures = params.get("mixtures")
+        seeds = _number(summary.get("seeds"))
+        std = {m: v for m, v in ((m, _number(v)) for m, v in _group(summary, "test_acc_std.").items())
+               if v is not None and m in acc}
         results.append(Result(
-            name=str(name), rev=sha, kind=kind, timestamp=timestamp, model=model,
-            variant=str(summary.get("variant", train.get("variant", "?"))),
-            recipe=str(summary.get("recipe", train.get("recipe", "?"))),
-            seeds=int(summary.get("seeds", 1)) if isinstance(summary.get("seeds"), int) else 1,
-            acc=acc, std={m: s for m, s in _numbers(summary.get("test_acc_std")).items() if m in acc},
-            mixtures={str(k): _numbers(v) for k, v in mixtures.items()} if isinstance(mixtures, dict) else None,
-            summary=summary))
+            name=str(name), rev=rev, kind=kind, timestamp=timestamp, model=model,
+            variant=str(summary.get("variant") or params.get("train.variant") or "?"),
+            recipe=str(summary.get("recipe") or params.get("train.recipe") or "?"),
+            seeds=int(seeds) if seeds is not None and seeds.is_integer() and seeds >= 1 else 1,
+            acc=acc, std=std, mixtures=_mixtures(params), summary=_nest(summary)))
     return results, notes
 
 
@@ -215,32 +247,16 @@ def model_order(model: str) -> tuple[int, str]:
     return (ARCHITECTURES.index(model), "") if model in ARCHITECTURES else (len(ARCHITECTURES), model)
 
 
-def find_dvc() -> list[str] | None:
-    """The command that runs dvc: `dvc` on PATH, else this interpreter's dvc module, else None."""
-
-    exe = shutil.which("dvc")
-    if exe:
-        return [exe]
-    if importlib.util.find_spec("dvc") is not None:
-        return [sys.executable, "-m", "dvc"]
-    return None
-
-
-def run_exp_show(all_commits: bool = False) -> tuple[Any, str]:
-    """(parsed output, the command line) of `dvc exp show --json` in the current directory."""
-    dvc = find_dvc()
-    if dvc is None:
-        raise UserError("dvc is not available (not on PATH, not importable); install it or pass --exp-json FILE")
-    args = ["exp", "show", "--json"] + (["--all-commits"] if all_commits else [])
-    shown = "dvc " + " ".join(args)
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    proc = subprocess.run(dvc + args, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-        err = next((ln for ln in lines if ln.startswith("ERROR")), lines[-1] if lines else f"exit code {proc.returncode}")
-        raise UserError(f"`{shown}` failed in {Path.cwd()}: {err}")
+def run_exp_show(all_commits: bool = False) -> tuple[list[dict[str, Any]], str]:
+    """(rows, how they were read) of `dvc.api.exp_show()` for the repository around the current directory."""
     try:
-        return json.loads(proc.stdout), shown
-    except json.JSONDecodeError as e:
-        raise UserError(f"`{shown}` did not print JSON ({e})") from None
-
+        import dvc.api
+        from dvc.exceptions import DvcException
+    except ImportError:
+        raise UserError("dvc is not available (not importable); install it or pass --exp-json FILE") from None
+    shown = "dvc.api.exp_show(" + ("num=-1" if all_commits else "") + ")"
+    try:
+        # num=-1: every first-parent commit of HEAD and its experiments, not only HEAD's
+        return dvc.api.exp_show(num=-1 if all_commits else 1), shown
+    except DvcException as e:
+        raise UserError(f"`{shown}` failed in {Path.cwd()}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import shutil
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ from diffaug.formats.classifier import save_trained
 from diffaug.formats.mixture import RERUN as RERUN_MIXTURES
 from diffaug.formats.mixture import load_mixture, read_total
 from diffaug.formats.splits import check_arrays, load_split
-from diffaug.io import sha256_json, write_json_atomic
+from diffaug.io import sha256_file, sha256_json, write_json_atomic
 from diffaug.train.loop import Trainer, fit
 
 # Images/s of one training cell on one H100 80GB (bf16, channels_last, batch 128, 50k images; s/epoch 5.26 / 8.38 /
@@ -70,13 +69,6 @@ def load_validation(path: Path, classes: list[str], image_shape: tuple[int, ...]
     return val.images, val.labels
 
 
-def fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(images).data)
-    h.update(np.ascontiguousarray(labels, dtype=np.int64).data)
-    return h.hexdigest()
-
-
 class EpochLog:
     """Per-epoch metrics to dvclive (one Live per seed) and a line on stdout."""
 
@@ -100,8 +92,14 @@ class EpochLog:
 
 
 def run(cfg: Config, model: str, mix: str, images: np.ndarray, labels: np.ndarray, classes: list[str],
-        val_images: np.ndarray, val_labels: np.ndarray, out: Path, metrics: Path, checkpoints: Path) -> dict[str, Any]:
-    """Train every seed of cfg.train.seeds and write the stage's outputs; returns train.json's content."""
+        val_images: np.ndarray, val_labels: np.ndarray, out: Path, metrics: Path, checkpoints: Path,
+        mixture_sha256: str) -> dict[str, Any]:
+    """Train every seed of cfg.train.seeds and write the stage's outputs; returns train.json's content.
+
+    `mixture_sha256` (of the mixture's index file, which records a digest of every pool it draws
+    from) stands for the training images in the settings hash, so a checkpoint made on other data is
+    not resumed. The validation images are not in it: they never change the weights.
+    """
     tr, recipe = cfg.train, cfg.train.active
     device = use_local_rank(resolve_device(tr.device, "train.device"))  # under torchrun: GPU LOCAL_RANK
     precision = training_precision(tr.precision, device)
@@ -112,7 +110,7 @@ def run(cfg: Config, model: str, mix: str, images: np.ndarray, labels: np.ndarra
         "recipe": dataclasses.asdict(recipe), "precision": precision.name,
         "channels_last": tr.channels_last, "compile": tr.compile, "cuda_graph": tr.cuda_graph, "device": device.type,
         "train_images": len(images), "val_images": len(val_images),
-        "train_sha256": fingerprint(images, labels), "val_sha256": fingerprint(val_images, val_labels),
+        "mixture_sha256": mixture_sha256,
     }
     report: dict[str, Any] = {"model": model, "mix": mix, "settings": settings, "torch": torch.__version__, "seeds": {}}
     if precision.note:
@@ -166,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
           f"epochs = {seen:,} images, about {human_duration(seen / H100_IMAGES_PER_S[args.model])} on one H100 ({THROUGHPUT_SOURCE}; "
           f"cells run one after another){missing}", flush=True)
     report = run(cfg, args.model, args.mix, images, labels, classes, val_images, val_labels,
-                 args.out, args.metrics, args.checkpoints)
+                 args.out, args.metrics, args.checkpoints, sha256_file(args.mixture))
     for seed, summary in report["seeds"].items():
         val = summary["final_val_acc"]
         print(f"{args.model}/{args.mix} seed {seed}: train acc {summary['final_train_acc']:.4f}"
