@@ -63,7 +63,7 @@ def test_family_runs_another_family_at_its_defaults(tmp_path):
     results = bench.main(["--family", "dit", "--tiny", "--device", "cpu", "--steps", "2", "--results", str(results_md)])
     assert set(results) == {"ours", "ours fast"} and all(v > 0 for v in results.values())
     row = [line for line in results_md.read_text().splitlines() if line.startswith("| 20")]
-    assert len(row) == 1 and "dit 32² 2 steps" in row[0] and "--family dit" in row[0]
+    assert len(row) == 1 and "dit 64² 2 steps" in row[0] and "--family dit" in row[0]
 
 
 def test_a_second_sweep_appends_a_block_to_the_same_section(tmp_path):
