@@ -58,6 +58,25 @@ def read_train_split(path_arg: str) -> tuple[Split, str]:
     return split, digest
 
 
+def plan_set(cfg: Config, set_name: str, train_arg: str | None, classes: list[str],
+             image_size: tuple[int, int]) -> tuple[ModelSource, ModelInfo, Plan]:
+    """The set's model source, family and plan, after every check that needs no torch (also the pilot's)."""
+    spec = cfg.synthetic.sets[set_name]
+    train, train_sha256 = None, None
+    if isinstance(spec, Img2ImgSet):
+        if train_arg is None:
+            raise UserError(f"--train: {set_name} is an img2img set; give its real source images, "
+                            f"--train data/prepared/{TRAIN_SPLIT}")
+        train, train_sha256 = read_train_split(train_arg)
+    elif train_arg is not None:
+        raise UserError(f"--train: {set_name} is a {spec.kind} set, which reads no real images; leave --train out")
+    source = resolve_model(cfg.diffusion)  # a hub id is pinned to one snapshot (downloaded if not cached)
+    info = check_model_files(source.folder(), cfg.diffusion)  # the family, from its model_index.json
+    check_levers(cfg.diffusion, info, spec.kind, f"synthetic.sets.{set_name}",
+                 has_class_ids=getattr(spec, "class_ids", None) is not None, negative_prompt=spec.negative_prompt)
+    return source, info, build_plan(cfg, set_name, classes, image_size, source.fingerprint, train, train_sha256, info)
+
+
 @exit_on_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
@@ -66,20 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if spec is None:
         raise UserError(f"set: {args.set!r} is not declared under synthetic.sets in {args.params}; "
                         f"allowed: {', '.join(cfg.synthetic_sets) or 'a declared set'}")
-    train, train_sha256 = None, None
-    if isinstance(spec, Img2ImgSet):
-        if args.train is None:
-            raise UserError(f"--train: {args.set} is an img2img set; give its real source images, "
-                            f"--train data/prepared/{TRAIN_SPLIT}")
-        train, train_sha256 = read_train_split(args.train)
-    elif args.train is not None:
-        raise UserError(f"--train: {args.set} is a {spec.kind} set, which reads no real images; leave --train out")
-    classes, image_size = read_classes(args.classes)
-    source = resolve_model(cfg.diffusion)  # a hub id is pinned to one snapshot (downloaded if not cached)
-    info = check_model_files(source.folder(), cfg.diffusion)  # the family, from its model_index.json
-    check_levers(cfg.diffusion, info, spec.kind, f"synthetic.sets.{args.set}",
-                 has_class_ids=getattr(spec, "class_ids", None) is not None, negative_prompt=spec.negative_prompt)
-    plan = build_plan(cfg, args.set, classes, image_size, source.fingerprint, train, train_sha256, info)
+    source, info, plan = plan_set(cfg, args.set, args.train, *read_classes(args.classes))
     generator = generator_record(cfg, plan, info)
 
     # torch (several seconds to import) only now that params, classes and the model source checked out.

@@ -1,24 +1,17 @@
 """What a synthetic set is, and what making it costs (no torch).
 
-Images are ordered by (class, index): global index g = c * images_per_class + i, and shard k holds
-g in [k * S, (k + 1) * S) with S = synthetic.images_per_shard (formats.synthetic.SetLayout). The
-settings hash covers everything that changes the bytes of a shard (pixels, prompts, seeds, layout,
-the resolved diffusion settings, the family unless it is SD, whose sets predate families) and
-nothing that only changes speed, so a faster batch size never throws finished work away.
+Images are ordered by (class, index): g = c * images_per_class + i; shard k holds g in [k * S, (k + 1) * S)
+(formats.synthetic.SetLayout). The settings hash covers everything that changes a shard's bytes (pixels,
+prompts, seeds, layout, resolved diffusion settings, the family unless SD, whose sets predate families)
+and nothing that only changes speed, so a faster batch size never throws finished work away.
 
-Image `index` of class `class_name` gets the seed sha256("diffaug/v1|<diffusion seed>|<set>|<class>|
-<index>|<attempt>")[:8], `attempt` counting safety-checker regenerations; it reproduces the image in
-plain diffusers: `pipe(prompt, generator=torch.Generator("cpu").manual_seed(seed))`. Its prompt is
-`templates[i % len(templates)]` with {label} the class's word; a class-conditional (DiT) set's image
-gets `class_ids[c][i % len(class_ids[c])]` instead.
-
-`img2img` sets (SDEdit, Meng et al.; DA-Fusion, Trabucco et al.) start image g from row
-`source_rows[g]` of data/prepared/train.npz: per class, every training image in row order
-(images_per_class: null) or the first N of a permutation seeded by (diffusion seed, set, class),
-cycled; strength `strengths[i % len(strengths)]`; only int(steps * strength) denoising steps run.
-The train split's sha256 is in the settings hash. Plain diffusers reproduces image g with
-`AutoPipelineForImage2Image.from_pipe(pipe)(prompt, image=<the upsampled source>, strength=s,
-generator=torch.Generator("cpu").manual_seed(seed))`.
+Image i of class c: prompt `templates[i % len(templates)]` with {label} the class's word (a DiT set:
+`class_ids[c][i % len]`), seed sha256("diffaug/v1|<diffusion seed>|<set>|<class>|<i>|<attempt>")[:8],
+`attempt` counting safety-checker regenerations; plain diffusers reproduces it with
+`pipe(prompt, generator=torch.Generator("cpu").manual_seed(seed))`. An `img2img` set's image g starts
+from train.npz row `source_rows[g]` (per class every row in order, or the first N of a seeded
+permutation, cycled) at `strengths[i % len]`, and runs only int(steps * strength) steps; reproduced by
+`AutoPipelineForImage2Image.from_pipe(pipe)(prompt, image=<the upsampled source>, strength=s, generator=...)`.
 """
 from __future__ import annotations
 
@@ -164,21 +157,9 @@ def diffusion_settings(dif: DiffusionConfig, model_fingerprint: str | None, fami
     return settings
 
 
-def resolve_diffusion(cfg: Config, info: ModelInfo | None) -> tuple[DiffusionConfig, str]:
-    """The diffusion settings that run (family defaults for nulls) and the family; without model info
-    (no model directory at hand, e.g. a test) the SD family at 512²."""
-    if info is None:
-        info = ModelInfo(FAMILIES["sd"], "StableDiffusionPipeline", 512, has_safety_checker=True)
-    return resolve_defaults(cfg.diffusion, info), info.family.name
-
-
-def _class_ids(cfg: Config, set_name: str, classes: list[str], family: str) -> tuple[tuple[int, ...], ...]:
-    spec = cfg.synthetic.sets[set_name]
-    ids = getattr(spec, "class_ids", None)
-    if family != "dit":
-        return ()
-    key = f"synthetic.sets.{set_name}.class_ids"
-    ids = ids or {}
+def _class_ids(cfg: Config, set_name: str, classes: list[str]) -> tuple[tuple[int, ...], ...]:
+    """A class-conditional (DiT) set's ImageNet ids per class."""
+    ids, key = getattr(cfg.synthetic.sets[set_name], "class_ids", None) or {}, f"synthetic.sets.{set_name}.class_ids"
     for c in classes:
         if c not in ids:
             raise UserError(f"{key}.{c}: class {c!r} has no ImageNet id; a class-conditional model (DiT) needs one or "
@@ -186,19 +167,16 @@ def _class_ids(cfg: Config, set_name: str, classes: list[str], family: str) -> t
     return tuple(tuple(ids[c]) if isinstance(ids[c], list) else (int(ids[c]),) for c in classes)
 
 
-def prompt_words(cfg: Config, classes: list[str]) -> tuple[str, ...]:
-    """The word each class's prompts use: dataset.label_names' entry, else the name with '_' as spaces."""
-    return tuple(cfg.dataset.label_names.get(c, c.replace("_", " ")) for c in classes)
-
-
 def build_plan(cfg: Config, set_name: str, classes: list[str], image_size: tuple[int, int],
                model_fingerprint: str | None, train: Split | None = None, train_sha256: str | None = None,
                info: ModelInfo | None = None) -> Plan:
-    """The plan of set `set_name`; an img2img set also needs the train split and its file's sha256.
-    `info` (families.read_model_info) gives the family and its defaults for null diffusion settings."""
-    dif, family = resolve_diffusion(cfg, info)
+    """The plan of set `set_name`; an img2img set also needs the train split and its file's sha256. `info`
+    (families.read_model_info) gives the family and its defaults for null diffusion settings (none: SD at 512²)."""
+    info = info or ModelInfo(FAMILIES["sd"], "StableDiffusionPipeline", 512, has_safety_checker=True)
+    dif, family = resolve_defaults(cfg.diffusion, info), info.family.name
     spec, syn, key = cfg.synthetic.sets[set_name], cfg.synthetic, f"synthetic.sets.{set_name}"
-    words = prompt_words(cfg, classes)
+    # A class's prompt word: dataset.label_names' entry, else its name with '_' as spaces.
+    words = tuple(cfg.dataset.label_names.get(c, c.replace("_", " ")) for c in classes)
     settings: dict[str, Any] = {"format": FORMAT, "set": set_name, "classes": list(classes), "image_size": list(image_size),
                                 "images_per_class": syn.images_per_class, "images_per_shard": syn.images_per_shard,
                                 "prompts": {"templates": spec.templates, "words": dict(zip(classes, words)),
@@ -215,7 +193,7 @@ def build_plan(cfg: Config, set_name: str, classes: list[str], image_size: tuple
                                 "source_split": "train", "source_file": "train.npz", "source_sha256": train_sha256,
                                 "selection": SOURCE_SELECTION, "upsample": UPSAMPLE_METHOD, "method": IMG2IMG_METHOD}}
     else:
-        extra["class_ids"] = _class_ids(cfg, set_name, classes, family)
+        extra["class_ids"] = _class_ids(cfg, set_name, classes) if family == "dit" else ()
         if extra["class_ids"]:
             settings["prompts"] = {"class_ids": {c: list(ids) for c, ids in zip(classes, extra["class_ids"])}}
     settings.update({"save_full_resolution": syn.save_full_resolution, "downsample": DOWNSAMPLE_METHOD,

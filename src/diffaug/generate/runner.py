@@ -15,7 +15,6 @@ from typing import Any
 import diffusers
 import numpy as np
 import torch
-from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -29,7 +28,6 @@ from diffaug.generate.model import Levers, apply_levers
 from diffaug.generate.plan import Plan
 from diffaug.generate.reuse import BatchCache, Run, batch_run
 from diffaug.generate.sampler import BatchOutput, Sampler, family_of
-from diffaug.io import atomic_path
 
 
 @dataclass(frozen=True)
@@ -130,11 +128,6 @@ class BatchSize:
         return {"batch_size": sizes[0] if len(sizes) == 1 else sizes} if sizes else {}
 
 
-def save_png(path: Path, image: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
-
-
 def slice_vae(pipe, sizer: BatchSize, made_with: dict[str, Any]) -> None:
     """Large GPU batches decode one image at a time: the whole batch's VAE activations would set the peak."""
     if sizer.device.type == "cuda" and (sizer.auto or sizer.size >= VAE_SLICING_FROM):
@@ -154,6 +147,12 @@ def build_sampler(pipe, dif: DiffusionConfig, levers: Levers, plan: Plan) -> Sam
 
 def generate_shards(pipe, dif: DiffusionConfig, levers: Levers, plan: Plan, out_dir: Path, shards: list[int], *,
                     save_full: bool, console: Console, show_bar: bool, label: str, reuse: BatchCache | None = None) -> None:
+    """Generate each shard and write it atomically (PNGs first: a shard file implies its PNGs exist).
+
+    A shard's work is a queue of (global index, attempt): a flagged image goes back to its end with the
+    next attempt's seed, up to max_regenerations, then is kept black (as diffusers returns it) and counted.
+    NaN/inf stops the run with one line, the shard unwritten; a batch out of GPU memory goes back to the
+    queue's front at half the size."""
     sampler = build_sampler(pipe, dif, levers, plan)
     storage.remove_outdated_summary(out_dir)
     total = sum(len(plan.shard_range(k)) for k in shards)
@@ -161,13 +160,49 @@ def generate_shards(pipe, dif: DiffusionConfig, levers: Levers, plan: Plan, out_
     made_with = provenance(levers, sampler.device)
     sizer = BatchSize(levers.batch_size, sampler.device, console, label)
     slice_vae(pipe, sizer, made_with)
+    h, w = plan.image_size
     # PNG encoding of 512² images is CPU work that can overlap the GPU's next batch.
     with ThroughputReport(console, total, label, show_bar) as report, ThreadPoolExecutor(4) as png_pool:
         for k in shards:
             storage.prepare_shard_slot(out_dir, k)
-            make_shard(sampler, plan, out_dir, k, sizer=sizer, pad_batches=levers.compile,
-                       max_regenerations=dif.max_regenerations, save_full=save_full, device=device,
-                       provenance=made_with, report=report, png_pool=png_pool, label=label, reuse=reuse)
+            span = plan.shard_range(k)
+            images = np.zeros((len(span), h, w, 3), np.uint8)
+            seeds, attempts, flagged = np.zeros(len(span), np.uint64), np.zeros(len(span), np.int64), np.zeros(len(span), bool)
+            pngs: list[Future] = []
+            queue = deque((g, 0) for g in plan.work_order(span))  # img2img: grouped by strength
+            batch_number = 0
+            while queue:
+                batch = [queue.popleft() for _ in range(min(sizer.size, len(queue)))]
+                # With torch.compile a new batch shape means a recompile: fill the last batch with repeats.
+                run = batch_run(batch, sizer.size, levers.compile)
+                sizer.start_batch()
+                try:
+                    out = sample_batch(sampler, plan, run, want_full=save_full, made_with=made_with, reuse=reuse)
+                except torch.cuda.OutOfMemoryError as e:
+                    sizer.halve(e)
+                    queue.extendleft(reversed(batch))
+                    continue
+                sizer.batch_done(len(run))
+                if not out.all_finite:
+                    raise non_finite_error(plan, k, batch_number, batch, out.finite, sampler, label)
+                batch_number += 1
+                finished = 0
+                for j, (g, attempt) in enumerate(batch):
+                    if out.flagged[j] and attempt < dif.max_regenerations:
+                        queue.append((g, attempt + 1))
+                        continue
+                    i, black = g - span.start, out.flagged[j]
+                    images[i] = 0 if black else out.small[j]
+                    seeds[i], attempts[i], flagged[i] = plan.seed(g, attempt), attempt, black
+                    if out.full is not None:  # save_full
+                        full = np.zeros_like(out.full[j]) if black else out.full[j]
+                        pngs.append(png_pool.submit(storage.write_full_png, out_dir, plan, g, full))
+                    finished += 1
+                report.batch_done(generated=len(batch), finished=finished)
+            for png in pngs:
+                png.result()
+            storage.write_shard(out_dir, k, plan, images=images, seeds=seeds, regenerations=attempts, flagged=flagged,
+                                device=device, provenance={**made_with, **sizer.record()})
 
 
 def sample_batch(sampler: Sampler, plan: Plan, run: Run, *, want_full: bool, made_with: dict[str, Any],
@@ -187,62 +222,6 @@ def sample_batch(sampler: Sampler, plan: Plan, run: Run, *, want_full: bool, mad
         if keep and reuse is not None and out.all_finite:
             reuse.put(key, out)
     return out
-
-
-def make_shard(sampler: Sampler, plan: Plan, out_dir: Path, k: int, *, sizer: BatchSize, pad_batches: bool,
-               max_regenerations: int, save_full: bool, device: str, provenance: dict[str, Any],
-               report: ThroughputReport, png_pool: ThreadPoolExecutor, label: str = "", reuse: BatchCache | None = None) -> None:
-    """Generate shard k and write it atomically (PNGs first: a shard file implies its PNGs exist).
-
-    Work is a queue of (global index, attempt): a flagged image goes back to its end with the next
-    attempt's seed, up to max_regenerations, then is kept black (as diffusers returns it) and counted.
-    NaN/inf stops the run with one line, the shard unwritten; a batch out of GPU memory goes back to
-    the queue's front at half the size."""
-    span = plan.shard_range(k)
-    h, w = plan.image_size
-    images = np.zeros((len(span), h, w, 3), np.uint8)
-    seeds = np.zeros(len(span), np.uint64)
-    attempts = np.zeros(len(span), np.int64)
-    flagged = np.zeros(len(span), bool)
-    pngs: list[Future] = []
-    folder = storage.full_dir(out_dir, k)
-    queue = deque((g, 0) for g in plan.work_order(span))  # img2img: grouped by strength
-    batch_number = 0
-    while queue:
-        size = sizer.size
-        batch = [queue.popleft() for _ in range(min(size, len(queue)))]
-        # With torch.compile a new batch shape means a recompile: fill the last batch with repeats.
-        run = batch_run(batch, size, pad_batches)
-        sizer.start_batch()
-        try:
-            out = sample_batch(sampler, plan, run, want_full=save_full, made_with=provenance, reuse=reuse)
-        except torch.cuda.OutOfMemoryError as e:
-            sizer.halve(e)
-            queue.extendleft(reversed(batch))
-            continue
-        sizer.batch_done(len(run))
-        if not out.all_finite:
-            raise non_finite_error(plan, k, batch_number, batch, out.finite, sampler, label)
-        batch_number += 1
-        finished = 0
-        for j, (g, attempt) in enumerate(batch):
-            if out.flagged[j] and attempt < max_regenerations:
-                queue.append((g, attempt + 1))
-                continue
-            i = g - span.start
-            still_flagged = out.flagged[j]
-            images[i] = 0 if still_flagged else out.small[j]
-            seeds[i], attempts[i], flagged[i] = plan.seed(g, attempt), attempt, still_flagged
-            if out.full is not None:  # save_full
-                folder.mkdir(parents=True, exist_ok=True)
-                full = np.zeros_like(out.full[j]) if still_flagged else out.full[j]
-                pngs.append(png_pool.submit(save_png, folder / storage.full_png_name(plan, g), full))
-            finished += 1
-        report.batch_done(generated=len(batch), finished=finished)
-    for png in pngs:
-        png.result()
-    storage.write_shard(out_dir, k, plan, images=images, seeds=seeds, regenerations=attempts, flagged=flagged,
-                        device=device, provenance={**provenance, **sizer.record()})
 
 
 def non_finite_error(plan: Plan, k: int, batch_number: int, batch: list[tuple[int, int]], finite: np.ndarray | None,

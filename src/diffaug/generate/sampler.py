@@ -14,6 +14,7 @@ generation resolution, goes in as a [0, 1] tensor; one call per distinct strengt
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Any
@@ -53,22 +54,24 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return (images.float() * 255).round().to(torch.uint8)
 
 
-def downsample(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 NCHW -> uint8 NCHW of `size` (H, W): bilinear with antialiasing, on the images' device.
-    Against PIL's BILINEAR (the paper's), 512² -> 32² on 5085 CIFAR-10 images upsampled to 512²: max 1
-    uint8 level, mean 0.067 (PIL rounds to 8 bits between its passes); tests/test_generate_parity.py."""
+def resize(images: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """uint8 NCHW -> uint8 NCHW of `size` (H, W) on the images' device, rounded and clamped: `bilinear` with
+    antialiasing to downsample (against PIL's BILINEAR, the paper's, 512² -> 32² on 5085 CIFAR-10 images: max 1
+    uint8 level, mean 0.067, as PIL rounds between its passes), `bicubic` for img2img's real image."""
     if tuple(images.shape[-2:]) == tuple(size):
         return images
-    x = F.interpolate(images.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+    x = F.interpolate(images.float(), size=size, mode=mode, antialias=mode == "bilinear", align_corners=False)
     return x.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def upsample(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 NCHW -> uint8 NCHW of `size`: bicubic, rounded, clamped (img2img's real image; plan.UPSAMPLE_METHOD)."""
-    if tuple(images.shape[-2:]) == tuple(size):
-        return images
-    x = F.interpolate(images.float(), size=size, mode="bicubic", align_corners=False)
-    return x.round_().clamp_(0, 255).to(torch.uint8)
+downsample = functools.partial(resize, mode="bilinear")
+upsample = functools.partial(resize, mode="bicubic")  # plan.UPSAMPLE_METHOD
+
+
+def finite_rows(images: torch.Tensor, latents: torch.Tensor | None) -> torch.Tensor:
+    """Per image: its pixels (and final latents, when seen) all finite."""
+    ok = torch.isfinite(images).flatten(1).all(1)
+    return ok if latents is None else ok & torch.isfinite(latents).flatten(1).all(1)
 
 
 @dataclass
@@ -137,10 +140,6 @@ class Sampler:
         rows = [self.prompt_index[p] for p in prompts]
         return {name: torch.stack([value[i] for i in rows]) for name, value in self.embeds.items()}
 
-    def attention_kernels(self):
-        """The SDPA kernel for the denoiser's attention (`auto`: PyTorch's own choice per call)."""
-        return contextlib.nullcontext() if self.attention == "auto" else sdpa_kernel([ATTENTION_BACKENDS[self.attention]])
-
     @contextlib.contextmanager
     def cache_context(self):
         """Step caching (FirstBlockCache) starts every batch from an empty cache."""
@@ -175,7 +174,9 @@ class Sampler:
             kwargs.update(self.embeddings(prompts or []), negative_prompt=None)
         if "callback_on_step_end" in self.accepts:
             kwargs.update(callback_on_step_end=keep_latents, callback_on_step_end_tensor_inputs=["latents"])
-        with self.attention_kernels(), self.cache_context():
+        # attention `auto`: PyTorch's own SDPA kernel choice per call
+        kernels = contextlib.nullcontext() if self.attention == "auto" else sdpa_kernel([ATTENTION_BACKENDS[self.attention]])
+        with kernels, self.cache_context():
             images = self.pipe(**{k: v for k, v in kwargs.items() if k in self.accepts}).images
         return images, final.get("latents")
 
@@ -198,9 +199,7 @@ class Sampler:
         n = len(seeds)
         if init_images is None:
             images, latents = self.call(seeds, prompts, class_ids)
-            finite = torch.isfinite(images).flatten(1).all(1)
-            if latents is not None:
-                finite &= torch.isfinite(latents).flatten(1).all(1)
+            finite = finite_rows(images, latents)
         else:
             assert strengths is not None and prompts is not None and len(strengths) == len(init_images) == n
             real = torch.from_numpy(np.ascontiguousarray(init_images)).to(self.device).permute(0, 3, 1, 2)
@@ -212,8 +211,7 @@ class Sampler:
                 part, latents = self.call([seeds[j] for j in idx], [prompts[j] for j in idx], image=real[idx],
                                           strength=strength)
                 images[idx] = part.float()
-                ok = torch.isfinite(part).flatten(1).all(1)
-                finite[idx] = ok & torch.isfinite(latents).flatten(1).all(1) if latents is not None else ok
+                finite[idx] = finite_rows(part, latents)
         full = to_uint8(images)
         small = downsample(full, self.out_size).permute(0, 2, 3, 1)
         # The batch's first host sync: the small images and the finiteness flags in one copy.
