@@ -99,7 +99,7 @@ def make_pilot(cand: Candidate, classes: list[str], image_size: tuple[int, int],
     from diffaug.generate.model import choose_levers, load_pipeline
     from diffaug.generate.plan import check_cpu_cost
     from diffaug.generate.reuse import BatchCache, batch_run, pilot_batches
-    from diffaug.generate.runner import BatchSize, World, build_sampler, pick_device, provenance, sample_batch, slice_vae
+    from diffaug.generate.runner import BatchSize, World, build_sampler, pick_device, sample_batch
 
     cfg = cand.cfg
     train = str(prepared / "train.npz") if isinstance(cfg.synthetic.sets[cand.set_name], Img2ImgSet) else None
@@ -117,9 +117,7 @@ def make_pilot(cand: Candidate, classes: list[str], image_size: tuple[int, int],
     batches = pilot_batches(plan, wanted, batch_size)
     check_cpu_cost(dif, device.type, sum(len(b) for b in batches))
     pipe = load_pipeline(dif, source, info, device, img2img=plan.kind == "img2img")
-    sampler = build_sampler(pipe, dif, levers, plan)
-    made_with = provenance(levers, sampler.device)
-    slice_vae(pipe, sizer, made_with)  # as the full run does: part of the key
+    sampler, made_with = build_sampler(pipe, dif, levers, plan, sizer)  # as the full run: made_with is part of the key
     cache = BatchCache(out / cand.set_name / "batches")
     got: dict[int, tuple[np.ndarray, bool]] = {}
     times: list[tuple[int, float]] = []

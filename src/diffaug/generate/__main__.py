@@ -1,13 +1,8 @@
 """CLI: python -m diffaug.generate <set> --params params.yaml --classes data/prepared/classes.json
                                  --out data/synthetic/<set> [--train data/prepared/train.npz]
 
-An img2img set also takes --train: the training split, and nothing else (a file not named train.npz,
-or one whose bytes equal the val.npz or test.npz beside it, is refused: no val/test image can leak
-into a synthetic set). Everything that can be checked (params, classes.json, model directory and
-family, levers the family lacks, DiT class ids, safety checker, CPU cost) is checked before torch is
-imported or a model loaded: a problem is one line on stderr, exit code 2, nothing written. Then it
-makes this process's shards, and the process that completes the set writes manifest.json and
-samples.png. Rerunning resumes: valid shards are kept, others are made again.
+Everything that can be checked (params, classes.json, --train, model files and family, levers, class ids,
+CPU cost) is checked before torch is imported or a model loaded: one line, exit code 2, nothing written.
 """
 from __future__ import annotations
 
@@ -27,7 +22,6 @@ from diffaug.generate.plan import Plan, build_plan, check_cpu_cost, plan_flops, 
 from diffaug.io import sha256_file
 
 TRAIN_SPLIT = "train.npz"  # the prepare stage's name for the training split
-HELD_OUT_SPLITS = ("val.npz", "test.npz")
 
 
 def parse_args(argv):
@@ -47,14 +41,13 @@ def read_train_split(path_arg: str) -> tuple[Split, str]:
     if path.name != TRAIN_SPLIT:
         raise UserError(f"--train: got {path}; allowed: the training split data/prepared/{TRAIN_SPLIT} "
                         "(img2img never starts from val or test images)")
-    digest = sha256_file(path) if path.is_file() else None
     split = load_split(path)  # a missing or broken file: one line naming it
-    for held_out in HELD_OUT_SPLITS:
+    digest = sha256_file(path)
+    for held_out in ("val.npz", "test.npz"):
         other = path.parent / held_out
         if other.is_file() and sha256_file(other) == digest:
             raise UserError(f"--train: {path} has the same bytes as {other}; allowed: the training split only "
                             "(img2img never starts from val or test images); rerun the prepare stage")
-    assert digest is not None
     return split, digest
 
 
@@ -102,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         owned = sum(world.owns(k) for k in range(plan.num_shards))
         console.print(f"{label}: all {owned} shards of this process are valid; nothing to generate")
 
-    manifest = storage.assemble(out_dir, plan, plan.prompts, lone_process=world.size == 1, extras=plan.image_extras(),
+    prompts = [plan.prompt(g) for g in range(plan.num_images)]
+    manifest = storage.assemble(out_dir, plan, prompts, lone_process=world.size == 1, extras=plan.image_extras(),
                                 generator=generator)
     if manifest is not None:
         groups = len(manifest["provenance"]["groups"])

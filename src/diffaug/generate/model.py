@@ -40,8 +40,8 @@ def check_model_files(folder: Path, dif: DiffusionConfig) -> ModelInfo:
 
 
 def missing_safety_checker_error(dif: DiffusionConfig) -> UserError:
-    return UserError(f"diffusion.safety_checker: true, but {model_label(dif)} has no safety checker weights; set "
-                     "diffusion.safety_checker: false (e.g. dvc exp run -S diffusion.safety_checker=false) to generate without it")
+    return UserError(f"diffusion.safety_checker: true, but {model_label(dif)} has no safety checker weights; set diffusion."
+                     "safety_checker: false (e.g. dvc exp run -S diffusion.safety_checker=false) to generate without it")
 
 
 def model_label(dif: DiffusionConfig) -> str:
@@ -211,10 +211,8 @@ def denoiser(pipe):
 
 def apply_levers(pipe, levers: Levers, *, fp8: bool = False, cache: str = "none", compile_backend: str = "inductor",
                  fuse_denoiser: bool = True) -> None:
-    """Fused QKV (the VAE's, and the denoiser's where its family supports it), channels_last, fp8 (after
-    fusion, so the fused projections are quantized too), diffusers' FirstBlockCache (approximate: a step
-    whose first block's output barely moved reuses the other blocks' cached residuals) and
-    torch.compile of the denoiser; the order matters."""
+    """Fused QKV (the VAE's, and the denoiser's where its family supports it), channels_last, fp8 (after fusion,
+    so the fused projections are quantized too), diffusers' FirstBlockCache and torch.compile; the order matters."""
     import torch
     from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
 

@@ -46,9 +46,10 @@ SPEED_SETTINGS = ("batch_size", "channels_last", "fuse_qkv", "compile", "compile
                   "device", "allow_cpu", "cpu_offload")
 
 
-def image_seed(diffusion_seed: int, set_name: str, class_name: str, index: int, attempt: int = 0) -> int:
-    """A 64-bit seed (0 <= seed < 2**64, what torch.Generator.manual_seed accepts); see the module docstring."""
-    key = f"diffaug/v1|{diffusion_seed}|{set_name}|{class_name}|{index}|{attempt}"
+def image_seed(diffusion_seed: int, set_name: str, class_name: str, index: int | str, attempt: int | None = 0) -> int:
+    """A 64-bit seed (0 <= seed < 2**64, what torch.Generator.manual_seed accepts); see the module docstring.
+    An img2img class's draw of source images is seeded by index "sources" and no attempt."""
+    key = f"diffaug/v1|{diffusion_seed}|{set_name}|{class_name}|{index}" + ("" if attempt is None else f"|{attempt}")
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
 
 
@@ -74,10 +75,6 @@ class Plan(SetLayout):
             return f"imagenet class {self.class_id(g)}"
         c, i = self.class_and_index(g)
         return self.templates[i % len(self.templates)].format(label=self.words[c])
-
-    @property
-    def prompts(self) -> list[str]:
-        return [self.prompt(g) for g in range(self.num_images)]
 
     def seed(self, g: int, attempt: int = 0) -> int:
         c, i = self.class_and_index(g)
@@ -124,27 +121,6 @@ class Plan(SetLayout):
             return None
         return [{"source_split": "train", "source_row": self.source_rows[g], "source_sha256": self.source_hashes[g],
                  "strength": self.strength(g)} for g in range(self.num_images)]
-
-
-def _choose_sources(labels: np.ndarray, classes: list[str], spec: Img2ImgSet, set_name: str, diffusion_seed: int,
-                    key: str) -> tuple[int, list[int]]:
-    """(images per class, source row of every image in (class, index) order); see the module docstring."""
-    per_class = [np.flatnonzero(labels == c) for c in range(len(classes))]
-    counts = [len(rows) for rows in per_class]
-    if min(counts) == 0:
-        raise UserError(f"{key}: the training split has no image of class {classes[counts.index(0)]!r}; img2img needs one")
-    if spec.images_per_class is None:
-        if len(set(counts)) > 1:
-            raise UserError(f"{key}.images_per_class: null takes every training image, but the classes have "
-                            f"{min(counts)}..{max(counts)} images; set an integer (a class-balanced seeded draw)")
-        return counts[0], [int(r) for rows in per_class for r in rows]
-    n = spec.images_per_class
-    rows_out: list[int] = []
-    for c, rows in enumerate(per_class):
-        seed = int.from_bytes(hashlib.sha256(f"diffaug/v1|{diffusion_seed}|{set_name}|{classes[c]}|sources".encode()).digest()[:8], "big")
-        perm = np.random.default_rng(seed).permutation(rows)
-        rows_out += [int(perm[i % len(perm)]) for i in range(n)]
-    return n, rows_out
 
 
 def diffusion_settings(dif: DiffusionConfig, model_fingerprint: str | None, family: str = "sd") -> dict[str, Any]:
@@ -218,9 +194,24 @@ def _img2img_sources(spec: Img2ImgSet, classes: list[str], image_size: tuple[int
     if tuple(train.images.shape[1:3]) != tuple(image_size):
         raise UserError(f"--train: its images are {train.images.shape[1]}x{train.images.shape[2]}, classes.json says "
                         f"{image_size[0]}x{image_size[1]}; rerun the prepare stage")
-    per_class, rows = _choose_sources(train.labels, classes, spec, set_name, dif.seed, key)
+    # Which training rows each class's images start from: all in order (images_per_class null, classes of
+    # equal size), or the first N of a seeded permutation, cycled.
+    per_class = [np.flatnonzero(train.labels == c) for c in range(len(classes))]
+    counts = [len(r) for r in per_class]
+    if min(counts) == 0:
+        raise UserError(f"{key}: the training split has no image of class {classes[counts.index(0)]!r}; img2img needs one")
+    n = spec.images_per_class
+    if n is None and len(set(counts)) > 1:
+        raise UserError(f"{key}.images_per_class: null takes every training image, but the classes have "
+                        f"{min(counts)}..{max(counts)} images; set an integer (a class-balanced seeded draw)")
+    if n is None:
+        n, rows = counts[0], [int(r) for class_rows in per_class for r in class_rows]
+    else:
+        perms = [np.random.default_rng(image_seed(dif.seed, set_name, classes[c], "sources", None)).permutation(class_rows)
+                 for c, class_rows in enumerate(per_class)]
+        rows = [int(perm[i % len(perm)]) for perm in perms for i in range(n)]
     hashes = {r: hashlib.sha256(np.ascontiguousarray(train.images[r]).tobytes()).hexdigest()[:16] for r in set(rows)}
-    return dict(images_per_class=per_class, kind="img2img", strengths=tuple(spec.strengths), source_rows=tuple(rows),
+    return dict(images_per_class=n, kind="img2img", strengths=tuple(spec.strengths), source_rows=tuple(rows),
                 source_hashes=tuple(hashes[r] for r in rows), source_images=train.images)
 
 

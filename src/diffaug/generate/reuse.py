@@ -63,14 +63,13 @@ class BatchCache:
                 if str(z["key"]) != key:
                     return None
                 return BatchOutput(small=z["small"], full=z["full"] if "full" in z.files else None,
-                                   flagged=[bool(f) for f in z["flagged"]], finite=z["finite"] if "finite" in z.files else None)
+                                   flagged=[bool(f) for f in z["flagged"]], finite=z["finite"])
         except (OSError, ValueError, KeyError):  # absent, truncated or foreign: a miss, never an image
             return None
 
     def put(self, key: str, out) -> None:
-        arrays: dict[str, Any] = {"key": np.array(key), "small": out.small, "flagged": np.asarray(out.flagged, bool)}
+        arrays: dict[str, Any] = {"key": np.array(key), "small": out.small, "flagged": np.asarray(out.flagged, bool),
+                                  "finite": out.finite}
         if out.full is not None:
             arrays["full"] = out.full
-        if out.finite is not None:
-            arrays["finite"] = out.finite
         save_npz_atomic(self.path(key), **arrays)

@@ -3,6 +3,7 @@ the first batch's measured memory peak, halved on out-of-memory), safety-checker
 atomic writes, provenance, and the measured throughput and ETA."""
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
@@ -40,13 +41,12 @@ class World:
 
     @classmethod
     def from_env(cls) -> World:
-        values = []
-        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-            raw = os.environ.get(name) or ("1" if name == "WORLD_SIZE" else "0")
-            if not raw.lstrip("-").isdigit():
-                raise UserError(f"environment variable {name}={raw!r}: allowed: an integer")
-            values.append(int(raw))
-        world = cls(*values)
+        names = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+        raw = {name: os.environ.get(name) or ("1" if name == "WORLD_SIZE" else "0") for name in names}
+        for name, value in raw.items():
+            if not value.lstrip("-").isdigit():
+                raise UserError(f"environment variable {name}={value!r}: allowed: an integer")
+        world = cls(*map(int, raw.values()))
         if not (world.size >= 1 and 0 <= world.rank < world.size and world.local_rank >= 0):
             raise UserError(f"RANK={world.rank}, WORLD_SIZE={world.size}: allowed: 0 <= RANK < WORLD_SIZE")
         return world
@@ -128,21 +128,19 @@ class BatchSize:
         return {"batch_size": sizes[0] if len(sizes) == 1 else sizes} if sizes else {}
 
 
-def slice_vae(pipe, sizer: BatchSize, made_with: dict[str, Any]) -> None:
-    """Large GPU batches decode one image at a time: the whole batch's VAE activations would set the peak."""
-    if sizer.device.type == "cuda" and (sizer.auto or sizer.size >= VAE_SLICING_FROM):
-        pipe.vae.enable_slicing()
-        made_with["vae_slicing"] = True
-
-
-def build_sampler(pipe, dif: DiffusionConfig, levers: Levers, plan: Plan) -> Sampler:
-    """`pipe` with the levers applied, as a Sampler of `plan`'s images, its prompts already encoded."""
+def build_sampler(pipe, dif: DiffusionConfig, levers: Levers, plan: Plan, sizer: BatchSize) -> tuple[Sampler, dict[str, Any]]:
+    """`pipe` with the levers applied, as a Sampler of `plan`'s images (its prompts encoded), and its provenance."""
     apply_levers(pipe, levers, fp8=dif.fp8, cache=dif.cache, fuse_denoiser=family_of(pipe).fuse_qkv)
     steps, guidance_scale, resolution = settled(dif)
     sampler = Sampler(pipe, steps=steps, guidance_scale=guidance_scale, resolution=resolution, out_size=plan.image_size,
                       scheduler=dif.scheduler, safety_checker=dif.safety_checker, attention=levers.attention, cache=dif.cache)
     sampler.encode_prompts(plan.distinct_prompts, plan.negative_prompt)
-    return sampler
+    made_with = provenance(levers, sampler.device)
+    # Large GPU batches decode one image at a time: the whole batch's VAE activations would set the peak.
+    if sizer.device.type == "cuda" and (sizer.auto or sizer.size >= VAE_SLICING_FROM):
+        pipe.vae.enable_slicing()
+        made_with["vae_slicing"] = True
+    return sampler, made_with
 
 
 def generate_shards(pipe, dif: DiffusionConfig, levers: Levers, plan: Plan, out_dir: Path, shards: list[int], *,
@@ -153,13 +151,11 @@ def generate_shards(pipe, dif: DiffusionConfig, levers: Levers, plan: Plan, out_
     next attempt's seed, up to max_regenerations, then is kept black (as diffusers returns it) and counted.
     NaN/inf stops the run with one line, the shard unwritten; a batch out of GPU memory goes back to the
     queue's front at half the size."""
-    sampler = build_sampler(pipe, dif, levers, plan)
+    sizer = BatchSize(levers.batch_size, pipe._execution_device, console, label)
+    sampler, made_with = build_sampler(pipe, dif, levers, plan, sizer)
     storage.remove_outdated_summary(out_dir)
     total = sum(len(plan.shard_range(k)) for k in shards)
     device = f"cuda ({torch.cuda.get_device_name(sampler.device)})" if sampler.device.type == "cuda" else sampler.device.type
-    made_with = provenance(levers, sampler.device)
-    sizer = BatchSize(levers.batch_size, sampler.device, console, label)
-    slice_vae(pipe, sizer, made_with)
     h, w = plan.image_size
     # PNG encoding of 512² images is CPU work that can overlap the GPU's next batch.
     with ThroughputReport(console, total, label, show_bar) as report, ThreadPoolExecutor(4) as png_pool:
@@ -184,7 +180,13 @@ def generate_shards(pipe, dif: DiffusionConfig, levers: Levers, plan: Plan, out_
                     continue
                 sizer.batch_done(len(run))
                 if not out.all_finite:
-                    raise non_finite_error(plan, k, batch_number, batch, out.finite, sampler, label)
+                    bad = [g for j, (g, _) in enumerate(batch) if not out.finite[j]]
+                    c, i = plan.class_and_index(bad[0])
+                    raise UserError(
+                        f"{label or plan.set_name}: shard {k} ({storage.shard_name(k)}), batch {batch_number}: {len(bad)} "
+                        f"of {len(batch)} images have non-finite (NaN/inf) latents or pixels, first {plan.classes[c]} #{i}; "
+                        f"nothing of this shard was written. Check diffusion.guidance_scale ({sampler.guidance_scale}) and "
+                        "the model's weights, or use diffusion.dtype: float32 or bfloat16 (float16 overflows more easily)")
                 batch_number += 1
                 finished = 0
                 for j, (g, attempt) in enumerate(batch):
@@ -224,18 +226,7 @@ def sample_batch(sampler: Sampler, plan: Plan, run: Run, *, want_full: bool, mad
     return out
 
 
-def non_finite_error(plan: Plan, k: int, batch_number: int, batch: list[tuple[int, int]], finite: np.ndarray | None,
-                     sampler: Sampler, label: str) -> UserError:
-    bad = [g for j, (g, _) in enumerate(batch) if finite is not None and not finite[j]]
-    c, i = plan.class_and_index(bad[0])
-    return UserError(
-        f"{label or plan.set_name}: shard {k} ({storage.shard_name(k)}), batch {batch_number}: {len(bad)} of {len(batch)} "
-        f"images have non-finite (NaN/inf) latents or pixels, first {plan.classes[c]} #{i}; nothing of this shard was "
-        f"written. Check diffusion.guidance_scale ({sampler.guidance_scale}) and the model's weights, or use "
-        f"diffusion.dtype: float32 or bfloat16 (float16 overflows more easily)")
-
-
-class ThroughputReport:
+class ThroughputReport(contextlib.AbstractContextManager):
     """The measured images/s and ETA, printed once after a warm-up batch (which pays for compilation, cuDNN
     heuristics and allocator growth), then a progress bar. `generated` counts every image made
     (regenerations included), `finished` only images that went into a shard."""
@@ -270,9 +261,6 @@ class ThroughputReport:
                 self.task = self.progress.add_task(self.label, total=self.total, completed=self.finished, rate=0.0)
         if self.progress is not None:
             self.progress.update(self.task, completed=self.finished, rate=rate)
-
-    def __enter__(self):
-        return self
 
     def __exit__(self, *exc) -> None:
         if self.progress is not None:

@@ -28,15 +28,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from diffaug.generate.families import BY_CLASS, FAMILIES, Family
 from diffaug.generate.model import denoiser
 
-SCHEDULER_CLASSES = {  # name in params.yaml -> diffusers class, built from the model's own config
-    "pndm": "PNDMScheduler",
-    "ddim": "DDIMScheduler",
-    "dpmsolver++": "DPMSolverMultistepScheduler",
-    "euler": "EulerDiscreteScheduler",
-}
+# Name in params.yaml -> diffusers class, built from the model's own scheduler config.
+SCHEDULER_CLASSES = {"pndm": "PNDMScheduler", "ddim": "DDIMScheduler", "dpmsolver++": "DPMSolverMultistepScheduler",
+                     "euler": "EulerDiscreteScheduler"}
 ATTENTION_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
                       "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
 
 def make_scheduler(pipe, name: str):
@@ -79,11 +75,11 @@ class BatchOutput:
     small: np.ndarray  # uint8 NHWC at the dataset size
     full: np.ndarray | None  # uint8 NHWC at the generation resolution, when asked for
     flagged: list[bool]
-    finite: np.ndarray | None = None  # per image: latents and decoded pixels all finite
+    finite: np.ndarray  # per image: latents and decoded pixels all finite
 
     @property
     def all_finite(self) -> bool:
-        return self.finite is None or bool(self.finite.all())
+        return bool(self.finite.all())
 
 
 def family_of(pipe) -> Family:
@@ -131,14 +127,9 @@ class Sampler:
                     parts.setdefault(name, []).append(value)
         self.embeds = {name: torch.cat(values) for name, values in parts.items()}
         self.prompt_index = {p: i for i, p in enumerate(prompts)}
-        for name in TEXT_ENCODERS:  # their memory goes back to the GPU (or host) for the denoiser
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):  # their memory goes to the denoiser
             if getattr(self.pipe, name, None) is not None:
                 setattr(self.pipe, name, None)
-
-    def embeddings(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        """The batch's rows of every cached embedding: views joined on the device, no index tensor from the host."""
-        rows = [self.prompt_index[p] for p in prompts]
-        return {name: torch.stack([value[i] for i in rows]) for name, value in self.embeds.items()}
 
     @contextlib.contextmanager
     def cache_context(self):
@@ -170,8 +161,9 @@ class Sampler:
                             height=self.resolution, width=self.resolution, **dict(self.family.call))
         if class_ids is not None:
             kwargs["class_labels"] = class_ids
-        else:  # the embeddings stand for prompt and negative prompt (PixArt's default negative is "", not None)
-            kwargs.update(self.embeddings(prompts or []), negative_prompt=None)
+        else:  # the embeddings stand for prompt and negative prompt (PixArt's default negative is "", not None);
+            rows = [self.prompt_index[p] for p in prompts or []]  # rows joined on the device: no index tensor from the host
+            kwargs.update({name: torch.stack([v[i] for i in rows]) for name, v in self.embeds.items()}, negative_prompt=None)
         if "callback_on_step_end" in self.accepts:
             kwargs.update(callback_on_step_end=keep_latents, callback_on_step_end_tensor_inputs=["latents"])
         # attention `auto`: PyTorch's own SDPA kernel choice per call
