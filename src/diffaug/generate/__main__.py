@@ -82,13 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     generator = generator_record(cfg, plan, info)
 
     # torch (several seconds to import) only now that params, classes and the model source checked out.
-    from diffaug.generate.runner import World, shards_to_make
+    from diffaug.generate.runner import World
 
     world = World.from_env()
     out_dir = Path(args.out)
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     label = args.set if world.size == 1 else f"{args.set} rank {world.rank}/{world.size}"
-    todo = shards_to_make(out_dir, plan, world)
+    todo = [k for k in range(plan.num_shards) if world.owns(k) and storage.valid_shard(out_dir, plan, k) is None]
     if todo:
         make_shards(cfg, plan, source, info, out_dir, todo, world, console, label, generator, Path(args.reuse))
     else:
@@ -122,7 +122,7 @@ def generator_record(cfg: Config, plan: Plan, info: ModelInfo) -> dict:
 
 
 def make_shards(cfg: Config, plan: Plan, source: ModelSource, info: ModelInfo, out_dir: Path, todo: list[int], world,
-                console: Console, label: str, generator: dict, reuse_root: Path | None = None) -> None:
+                console: Console, label: str, generator: dict, reuse_root: Path) -> None:
     """Cost check, lever choice, model load, generation."""
     from diffaug.devices import check_generation
     from diffaug.generate.reuse import BatchCache
@@ -151,10 +151,9 @@ def make_shards(cfg: Config, plan: Plan, source: ModelSource, info: ModelInfo, o
                   + (f", approximate: cache {dif.cache}" if dif.cache != "none" else "")
                   + (", approximate: fp8" if dif.fp8 else ""))
     pipe = load_pipeline(dif, source, info, device, img2img=plan.kind == "img2img")
-    cache = reuse_root / plan.set_name / "batches" if reuse_root is not None else None
+    cache = reuse_root / plan.set_name / "batches"
     generate_shards(pipe, dif, levers, plan, out_dir, todo, save_full=cfg.synthetic.save_full_resolution,
-                    console=console, show_bar=world.rank == 0, label=label,
-                    reuse=BatchCache(cache) if cache is not None and cache.is_dir() else None)
+                    console=console, show_bar=world.rank == 0, label=label, reuse=BatchCache(cache) if cache.is_dir() else None)
 
 
 if __name__ == "__main__":

@@ -83,10 +83,7 @@ class Plan(SetLayout):
     @property
     def distinct_prompts(self) -> list[str]:
         """Every prompt of the set once, in a fixed order (so every process encodes the same batch)."""
-        if self.class_ids:
-            return []
-        seen = dict.fromkeys(t.format(label=w) for w in self.words for t in self.templates)
-        return list(seen)
+        return [] if self.class_ids else list(dict.fromkeys(t.format(label=w) for w in self.words for t in self.templates))
 
     # --- img2img (empty / None for prompt sets)
     kind: str = "prompt"
@@ -230,8 +227,7 @@ def image_flops(dif: DiffusionConfig, denoise_steps: int | None = None, encode: 
     all_steps, guidance, resolution = settled(dif)
     steps = all_steps if denoise_steps is None else denoise_steps
     scale = (resolution / 512) ** 2
-    flops = SD14_FLOP_PER_IMAGE * (steps / 50) * scale
-    flops = flops if guidance > 1 else flops / 2
+    flops = SD14_FLOP_PER_IMAGE * (steps / 50) * scale / (1 if guidance > 1 else 2)
     return flops + (SD14_VAE_ENCODE_FLOP * scale if encode else 0.0)
 
 

@@ -55,10 +55,6 @@ class World:
         return k % self.size == self.rank
 
 
-def shards_to_make(out_dir: Path, plan: Plan, world: World) -> list[int]:  # this process's missing shards
-    return [k for k in range(plan.num_shards) if world.owns(k) and storage.valid_shard(out_dir, plan, k) is None]
-
-
 def pick_device(dif: DiffusionConfig, world: World) -> torch.device:
     """diffusion.device, with each torchrun worker on its own GPU (cuda:LOCAL_RANK) for auto/cuda."""
     device = resolve_device(dif.device, "diffusion.device")

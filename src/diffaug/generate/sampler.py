@@ -1,15 +1,12 @@
-"""One batch of images through the family's stock diffusers pipeline, with diffaug's guarantees around it.
-
-The denoising loop, schedulers and VAE decode are diffusers' own `__call__` (text-to-image, its
-img2img twin, or DiTPipeline's). Around it: one CPU `torch.Generator` per image (an image does not
-depend on its batch); every distinct prompt encoded once per run by the pipeline's own
-`encode_prompt`, then the text encoders dropped (FLUX's T5-XXL alone is about 9.5 GB);
-`output_type="pt"`, so images stay on the device (no PIL round trip) for the uint8 conversion
-(`round(255 * x)`, as the pipeline's path to PIL) and the downsampling, and cross to the host once
-per batch with one finiteness flag per image (final latents, seen by `callback_on_step_end`, and
-pixels); the SD safety checker run by us on exactly the uint8 images the pipeline would show it,
-for its flags (to regenerate) instead of black images. img2img: the real image, upsampled to the
-generation resolution, goes in as a [0, 1] tensor; one call per distinct strength in the batch.
+"""One batch of images through the family's stock diffusers pipeline (its own `__call__`: denoising loop,
+schedulers, VAE decode), with diffaug's guarantees around it: one CPU `torch.Generator` per image (an
+image does not depend on its batch); every distinct prompt encoded once per run by the pipeline's own
+`encode_prompt`, then the text encoders dropped (FLUX's T5-XXL alone is about 9.5 GB); `output_type="pt"`,
+so images stay on the device for the uint8 conversion (`round(255 * x)`, as the pipeline's path to PIL)
+and the downsampling, and cross to the host once per batch with a finiteness flag per image (final
+latents, seen by `callback_on_step_end`, and pixels); the SD safety checker run by us on exactly the
+uint8 images the pipeline would show it, for its flags (to regenerate) instead of black images.
+img2img: the real image, upsampled, goes in as a [0, 1] tensor; one call per distinct strength.
 """
 from __future__ import annotations
 
