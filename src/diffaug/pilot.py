@@ -41,7 +41,6 @@ from diffaug.cli import human_duration, stage_parser
 from diffaug.config import Config, Img2ImgSet, parse_config
 from diffaug.errors import UserError, exit_on_error
 from diffaug.formats.splits import Split, load_split, read_classes
-from diffaug.generate.plan import build_plan
 from diffaug.io import write_json_atomic
 
 PROBE_STEPS = 300
@@ -96,22 +95,15 @@ def parse_candidates(texts: list[str], raw: dict[str, Any], source: str) -> list
 def make_pilot(cand: Candidate, classes: list[str], image_size: tuple[int, int], per_class: int, out: Path,
                prepared: Path, console) -> PilotImages:
     """The first `per_class` images of every class of the candidate's set, as whole batches of the full run."""
-    from diffaug.generate.__main__ import read_train_split
-    from diffaug.generate.families import check_levers
-    from diffaug.generate.model import check_model_files, choose_levers, load_pipeline, resolve_model
+    from diffaug.generate.__main__ import plan_set
+    from diffaug.generate.model import choose_levers, load_pipeline
     from diffaug.generate.plan import check_cpu_cost
     from diffaug.generate.reuse import BatchCache, batch_run, pilot_batches
-    from diffaug.generate.runner import BatchSize, World, build_sampler, pick_device, provenance, sample_batch, slice_vae
+    from diffaug.generate.runner import BatchSize, World, build_sampler, pick_device, sample_batch
 
-    cfg, dif = cand.cfg, cand.cfg.diffusion
-    train, train_sha = (read_train_split(str(prepared / "train.npz"))
-                        if isinstance(cfg.synthetic.sets[cand.set_name], Img2ImgSet) else (None, None))
-    spec = cfg.synthetic.sets[cand.set_name]
-    source = resolve_model(dif)
-    info = check_model_files(source.folder(), dif)  # the family, from its model_index.json
-    check_levers(dif, info, spec.kind, f"synthetic.sets.{cand.set_name}",
-                 has_class_ids=getattr(spec, "class_ids", None) is not None, negative_prompt=spec.negative_prompt)
-    plan = build_plan(cfg, cand.set_name, classes, image_size, source.fingerprint, train, train_sha, info)
+    cfg = cand.cfg
+    train = str(prepared / "train.npz") if isinstance(cfg.synthetic.sets[cand.set_name], Img2ImgSet) else None
+    source, info, plan = plan_set(cfg, cand.set_name, train, classes, image_size)
     dif = plan.diffusion  # the family's defaults filled in
     n = min(per_class, plan.images_per_class)
     wanted = {c * plan.images_per_class + i for c in range(len(classes)) for i in range(n)}
@@ -125,9 +117,7 @@ def make_pilot(cand: Candidate, classes: list[str], image_size: tuple[int, int],
     batches = pilot_batches(plan, wanted, batch_size)
     check_cpu_cost(dif, device.type, sum(len(b) for b in batches))
     pipe = load_pipeline(dif, source, info, device, img2img=plan.kind == "img2img")
-    sampler = build_sampler(pipe, dif, levers, plan)
-    made_with = provenance(levers, sampler.device)
-    slice_vae(pipe, sizer, made_with)  # as the full run does: part of the key
+    sampler, made_with = build_sampler(pipe, dif, levers, plan, sizer)  # as the full run: made_with is part of the key
     cache = BatchCache(out / cand.set_name / "batches")
     got: dict[int, tuple[np.ndarray, bool]] = {}
     times: list[tuple[int, float]] = []

@@ -133,6 +133,14 @@ def full_png_name(plan: SetLayout, g: int) -> str:
     return f"{plan.classes[c]}_{i:05d}.png"
 
 
+def write_full_png(out_dir: Path, plan: SetLayout, g: int, image: np.ndarray) -> None:
+    """Image g at the generation resolution (uint8 HWC), written atomically into its shard's folder."""
+    path = full_dir(out_dir, g // plan.images_per_shard) / full_png_name(plan, g)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+
+
 def _full_files_present(out_dir: Path, plan: SetLayout, k: int) -> bool:
     folder = full_dir(out_dir, k)
     return all((folder / full_png_name(plan, g)).is_file() for g in plan.shard_range(k))

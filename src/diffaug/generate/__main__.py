@@ -1,13 +1,8 @@
 """CLI: python -m diffaug.generate <set> --params params.yaml --classes data/prepared/classes.json
                                  --out data/synthetic/<set> [--train data/prepared/train.npz]
 
-An img2img set also takes --train: the training split, and nothing else (a file not named train.npz,
-or one whose bytes equal the val.npz or test.npz beside it, is refused: no val/test image can leak
-into a synthetic set). Everything that can be checked (params, classes.json, model directory and
-family, levers the family lacks, DiT class ids, safety checker, CPU cost) is checked before torch is
-imported or a model loaded: a problem is one line on stderr, exit code 2, nothing written. Then it
-makes this process's shards, and the process that completes the set writes manifest.json and
-samples.png. Rerunning resumes: valid shards are kept, others are made again.
+Everything that can be checked (params, classes.json, --train, model files and family, levers, class ids,
+CPU cost) is checked before torch is imported or a model loaded: one line, exit code 2, nothing written.
 """
 from __future__ import annotations
 
@@ -27,7 +22,6 @@ from diffaug.generate.plan import Plan, build_plan, check_cpu_cost, plan_flops, 
 from diffaug.io import sha256_file
 
 TRAIN_SPLIT = "train.npz"  # the prepare stage's name for the training split
-HELD_OUT_SPLITS = ("val.npz", "test.npz")
 
 
 def parse_args(argv):
@@ -47,15 +41,33 @@ def read_train_split(path_arg: str) -> tuple[Split, str]:
     if path.name != TRAIN_SPLIT:
         raise UserError(f"--train: got {path}; allowed: the training split data/prepared/{TRAIN_SPLIT} "
                         "(img2img never starts from val or test images)")
-    digest = sha256_file(path) if path.is_file() else None
     split = load_split(path)  # a missing or broken file: one line naming it
-    for held_out in HELD_OUT_SPLITS:
+    digest = sha256_file(path)
+    for held_out in ("val.npz", "test.npz"):
         other = path.parent / held_out
         if other.is_file() and sha256_file(other) == digest:
             raise UserError(f"--train: {path} has the same bytes as {other}; allowed: the training split only "
                             "(img2img never starts from val or test images); rerun the prepare stage")
-    assert digest is not None
     return split, digest
+
+
+def plan_set(cfg: Config, set_name: str, train_arg: str | None, classes: list[str],
+             image_size: tuple[int, int]) -> tuple[ModelSource, ModelInfo, Plan]:
+    """The set's model source, family and plan, after every check that needs no torch (also the pilot's)."""
+    spec = cfg.synthetic.sets[set_name]
+    train, train_sha256 = None, None
+    if isinstance(spec, Img2ImgSet):
+        if train_arg is None:
+            raise UserError(f"--train: {set_name} is an img2img set; give its real source images, "
+                            f"--train data/prepared/{TRAIN_SPLIT}")
+        train, train_sha256 = read_train_split(train_arg)
+    elif train_arg is not None:
+        raise UserError(f"--train: {set_name} is a {spec.kind} set, which reads no real images; leave --train out")
+    source = resolve_model(cfg.diffusion)  # a hub id is pinned to one snapshot (downloaded if not cached)
+    info = check_model_files(source.folder(), cfg.diffusion)  # the family, from its model_index.json
+    check_levers(cfg.diffusion, info, spec.kind, f"synthetic.sets.{set_name}",
+                 has_class_ids=getattr(spec, "class_ids", None) is not None, negative_prompt=spec.negative_prompt)
+    return source, info, build_plan(cfg, set_name, classes, image_size, source.fingerprint, train, train_sha256, info)
 
 
 @exit_on_error
@@ -66,37 +78,25 @@ def main(argv: list[str] | None = None) -> int:
     if spec is None:
         raise UserError(f"set: {args.set!r} is not declared under synthetic.sets in {args.params}; "
                         f"allowed: {', '.join(cfg.synthetic_sets) or 'a declared set'}")
-    train, train_sha256 = None, None
-    if isinstance(spec, Img2ImgSet):
-        if args.train is None:
-            raise UserError(f"--train: {args.set} is an img2img set; give its real source images, "
-                            f"--train data/prepared/{TRAIN_SPLIT}")
-        train, train_sha256 = read_train_split(args.train)
-    elif args.train is not None:
-        raise UserError(f"--train: {args.set} is a {spec.kind} set, which reads no real images; leave --train out")
-    classes, image_size = read_classes(args.classes)
-    source = resolve_model(cfg.diffusion)  # a hub id is pinned to one snapshot (downloaded if not cached)
-    info = check_model_files(source.folder(), cfg.diffusion)  # the family, from its model_index.json
-    check_levers(cfg.diffusion, info, spec.kind, f"synthetic.sets.{args.set}",
-                 has_class_ids=getattr(spec, "class_ids", None) is not None, negative_prompt=spec.negative_prompt)
-    plan = build_plan(cfg, args.set, classes, image_size, source.fingerprint, train, train_sha256, info)
+    source, info, plan = plan_set(cfg, args.set, args.train, *read_classes(args.classes))
     generator = generator_record(cfg, plan, info)
 
     # torch (several seconds to import) only now that params, classes and the model source checked out.
-    from diffaug.generate.runner import World, shards_to_make
+    from diffaug.generate.runner import World
 
     world = World.from_env()
     out_dir = Path(args.out)
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     label = args.set if world.size == 1 else f"{args.set} rank {world.rank}/{world.size}"
-    todo = shards_to_make(out_dir, plan, world)
+    todo = [k for k in range(plan.num_shards) if world.owns(k) and storage.valid_shard(out_dir, plan, k) is None]
     if todo:
         make_shards(cfg, plan, source, info, out_dir, todo, world, console, label, generator, Path(args.reuse))
     else:
         owned = sum(world.owns(k) for k in range(plan.num_shards))
         console.print(f"{label}: all {owned} shards of this process are valid; nothing to generate")
 
-    manifest = storage.assemble(out_dir, plan, plan.prompts, lone_process=world.size == 1, extras=plan.image_extras(),
+    prompts = [plan.prompt(g) for g in range(plan.num_images)]
+    manifest = storage.assemble(out_dir, plan, prompts, lone_process=world.size == 1, extras=plan.image_extras(),
                                 generator=generator)
     if manifest is not None:
         groups = len(manifest["provenance"]["groups"])
@@ -122,7 +122,7 @@ def generator_record(cfg: Config, plan: Plan, info: ModelInfo) -> dict:
 
 
 def make_shards(cfg: Config, plan: Plan, source: ModelSource, info: ModelInfo, out_dir: Path, todo: list[int], world,
-                console: Console, label: str, generator: dict, reuse_root: Path | None = None) -> None:
+                console: Console, label: str, generator: dict, reuse_root: Path) -> None:
     """Cost check, lever choice, model load, generation."""
     from diffaug.devices import check_generation
     from diffaug.generate.reuse import BatchCache
@@ -151,10 +151,9 @@ def make_shards(cfg: Config, plan: Plan, source: ModelSource, info: ModelInfo, o
                   + (f", approximate: cache {dif.cache}" if dif.cache != "none" else "")
                   + (", approximate: fp8" if dif.fp8 else ""))
     pipe = load_pipeline(dif, source, info, device, img2img=plan.kind == "img2img")
-    cache = reuse_root / plan.set_name / "batches" if reuse_root is not None else None
+    cache = reuse_root / plan.set_name / "batches"
     generate_shards(pipe, dif, levers, plan, out_dir, todo, save_full=cfg.synthetic.save_full_resolution,
-                    console=console, show_bar=world.rank == 0, label=label,
-                    reuse=BatchCache(cache) if cache is not None and cache.is_dir() else None)
+                    console=console, show_bar=world.rank == 0, label=label, reuse=BatchCache(cache) if cache.is_dir() else None)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,7 @@
-"""Model families: which diffusers pipeline a model directory is, its defaults, which levers apply.
-
-The family is read from the model's own `model_index.json` (`_class_name`). Defaults are the
-installed pipelines' own `__call__` defaults (a test checks the table against them), except for the
-distilled models' (from their model cards): SDXL-Turbo (an SDXL UNet native at 512²) 1 step without
-guidance, FLUX.1-schnell (no guidance embeddings) 4 steps without guidance; the native resolution
-is the denoiser's `sample_size` times the VAE's downsampling. They fill only the keys params.yaml
-leaves null (diffusion.steps, guidance_scale, resolution). No torch here.
+"""Model families: which diffusers pipeline a model directory is (its model_index.json's `_class_name`),
+its defaults, which levers apply. Defaults are the installed pipelines' own `__call__` defaults (a test
+checks the table against them), except the distilled models' (SDXL-Turbo, FLUX.1-schnell: their model
+cards); they fill only the diffusion keys params.yaml leaves null. No torch here.
 """
 from __future__ import annotations
 
@@ -36,10 +32,6 @@ class Family:
     schedulers: bool = True  # the classic presets (pndm, ddim, dpmsolver++, euler) fit its noise schedule
     negative_prompt: bool = True
     call: tuple[tuple[str, object], ...] = ()  # fixed __call__ arguments
-
-    @property
-    def unet(self) -> bool:
-        return self.denoiser == "unet"
 
 
 _POOLED = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
@@ -135,7 +127,7 @@ def check_levers(dif: DiffusionConfig, info: ModelInfo, set_kind: str, set_key: 
         with_cache = ", ".join(f.name for f in FAMILIES.values() if f.cache)
         raise UserError(f"diffusion.cache: {dif.cache} needs a transformer whose blocks diffusers' cache hooks know; "
                         f"{label} has none; allowed: none (families with it: {with_cache})")
-    if dif.channels_last and not fam.unet:
+    if dif.channels_last and fam.denoiser != "unet":
         raise UserError(f"diffusion.channels_last: applies to UNet convolutions; {label} has a transformer; set false")
     if dif.scheduler != "default" and not fam.schedulers:
         raise UserError(f"diffusion.scheduler: {dif.scheduler} does not fit {label}'s flow-matching schedule; "

@@ -1,12 +1,8 @@
 """The model: where its weights come from, their fingerprint, its family, loading, and the levers.
 
-`diffusion.model` (a hub id or a `save_pretrained` directory) is loaded by the family's stock
-pipeline (`AutoPipelineForText2Image`, or `DiTPipeline`), an img2img set's by
-`AutoPipelineForImage2Image.from_pipe` on it (shared components, no second load). `resolve_model`
-pins it once, before the plan: a directory by content, a hub id by snapshot commit (downloaded
-first when none is cached); the fingerprint is in the settings hash. Speed levers never change which
-images are meant (shard provenance records them); approximate ones (fp8, cache) are pixel settings.
-torch and diffusers are imported inside functions: the CLI's checks fail in well under a second.
+`resolve_model` pins `diffusion.model` once, before the plan (whose hash holds the fingerprint): a
+directory by content, a hub id by snapshot commit (downloaded first when none is cached). torch and
+diffusers are imported inside functions: the CLI's checks fail in well under a second.
 """
 from __future__ import annotations
 
@@ -25,21 +21,9 @@ from diffaug.generate.plan import COMPILE_AUTO_IMAGES
 from diffaug.io import sha256_file
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-_OFF_HINT = "set diffusion.safety_checker: false (e.g. dvc exp run -S diffusion.safety_checker=false) to generate without it"
 # Inductor's compiled kernels and FX graphs, kept in the repository (git-ignored) so a resumed run
 # does not compile again. An INDUCTOR cache directory set in the environment wins.
 INDUCTOR_CACHE = Path(".cache") / "torchinductor"
-
-
-def local_model_dir(model: str) -> Path | None:
-    """The directory `model` names, or None when it is a hub id; a path-like name that is absent fails."""
-    path = Path(model).expanduser()
-    if path.exists():
-        return path
-    if not _HUB_ID.match(model):  # "/x", "./x", "~/x", "a/b/c": a path, and it is not there
-        raise UserError(f"diffusion.model: directory {model!r} not found; allowed: a hub id such as "
-                        "CompVis/stable-diffusion-v1-4 or a directory written by save_pretrained")
-    return None
 
 
 def check_model_files(folder: Path, dif: DiffusionConfig) -> ModelInfo:
@@ -56,7 +40,8 @@ def check_model_files(folder: Path, dif: DiffusionConfig) -> ModelInfo:
 
 
 def missing_safety_checker_error(dif: DiffusionConfig) -> UserError:
-    return UserError(f"diffusion.safety_checker: true, but {model_label(dif)} has no safety checker weights; {_OFF_HINT}")
+    return UserError(f"diffusion.safety_checker: true, but {model_label(dif)} has no safety checker weights; set diffusion."
+                     "safety_checker: false (e.g. dvc exp run -S diffusion.safety_checker=false) to generate without it")
 
 
 def model_label(dif: DiffusionConfig) -> str:
@@ -86,19 +71,17 @@ class ModelSource:
         """Where its model_index.json and configs are: the directory, or the hub snapshot in the cache."""
         if self.revision is None:
             return Path(self.load_from)
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(self.load_from, "model_index.json", revision=self.revision)
-        assert isinstance(cached, str), "resolve_model pinned a cached snapshot"
-        return Path(cached).parent
+        cached = cached_hub_snapshot(self.load_from, self.revision)
+        assert cached is not None, "resolve_model pinned a cached snapshot"
+        return cached
 
 
-def cached_hub_commit(model: str, revision: str | None) -> str | None:
-    """The commit of the snapshot of `model` at `revision` in the local hub cache, or None."""
+def cached_hub_snapshot(model: str, revision: str | None) -> Path | None:
+    """The folder .../snapshots/<commit> of `model` at `revision` in the local hub cache, or None."""
     from huggingface_hub import try_to_load_from_cache
 
     cached = try_to_load_from_cache(model, "model_index.json", revision=revision)
-    return Path(cached).parent.name if isinstance(cached, str) else None  # .../snapshots/<commit>/model_index.json
+    return Path(cached).parent if isinstance(cached, str) else None
 
 
 def download_hub_snapshot(dif: DiffusionConfig) -> str:
@@ -115,13 +98,17 @@ def download_hub_snapshot(dif: DiffusionConfig) -> str:
 
 def resolve_model(dif: DiffusionConfig) -> ModelSource:
     """Check the source and pin it: once per run, before the plan (whose hash includes the fingerprint)."""
-    path = local_model_dir(dif.model)
-    if path is not None:
+    path = Path(dif.model).expanduser()
+    if not path.exists() and not _HUB_ID.match(dif.model):  # "/x", "./x", "~/x", "a/b/c": a path, not there
+        raise UserError(f"diffusion.model: directory {dif.model!r} not found; allowed: a hub id such as "
+                        "CompVis/stable-diffusion-v1-4 or a directory written by save_pretrained")
+    if path.exists():
         if not path.is_dir() or not (path / "model_index.json").is_file():
             raise UserError(f"diffusion.model: {model_label(dif)} has no model_index.json; allowed: a directory "
                             "written by a diffusers pipeline's save_pretrained, or a hub id")
         return ModelSource(str(path), None, "sha256:" + directory_digest(path))
-    commit = cached_hub_commit(dif.model, dif.revision) or download_hub_snapshot(dif)
+    cached = cached_hub_snapshot(dif.model, dif.revision)
+    commit = cached.name if cached is not None else download_hub_snapshot(dif)
     return ModelSource(dif.model, commit, "hub-commit:" + commit)
 
 
@@ -196,10 +183,8 @@ class Levers:
 
 def choose_levers(dif: DiffusionConfig, device_type: str, n_images: int) -> Levers:
     """Resolve `compile: auto`: on for CUDA runs long enough to pay for compiling, else eager."""
-    if dif.compile is True:
-        on, why = True, "diffusion.compile: true"
-    elif dif.compile is False:
-        on, why = False, "diffusion.compile: false"
+    if isinstance(dif.compile, bool):
+        on, why = dif.compile, f"diffusion.compile: {str(dif.compile).lower()}"
     elif device_type != "cuda":
         on, why = False, f"compile: auto stays eager on {device_type} (inductor's gains are measured on CUDA only)"
     else:
@@ -226,10 +211,8 @@ def denoiser(pipe):
 
 def apply_levers(pipe, levers: Levers, *, fp8: bool = False, cache: str = "none", compile_backend: str = "inductor",
                  fuse_denoiser: bool = True) -> None:
-    """Fused QKV (the VAE's, and the denoiser's where its family supports it), channels_last, fp8 (after
-    fusion, so the fused projections are quantized too), diffusers' FirstBlockCache (approximate: a step
-    whose first block's output barely moved reuses the other blocks' cached residuals) and
-    torch.compile of the denoiser; the order matters."""
+    """Fused QKV (the VAE's, and the denoiser's where its family supports it), channels_last, fp8 (after fusion,
+    so the fused projections are quantized too), diffusers' FirstBlockCache and torch.compile; the order matters."""
     import torch
     from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
 
@@ -248,7 +231,7 @@ def apply_levers(pipe, levers: Levers, *, fp8: bool = False, cache: str = "none"
     if levers.compile:
         if compile_backend == "inductor":
             use_inductor_cache()
-        compile_denoiser(net, levers.inductor_mode if levers.compile else "default", compile_backend)
+        compile_denoiser(net, levers.inductor_mode, compile_backend)
 
 
 def compile_denoiser(net, mode: str, backend: str = "inductor") -> None:

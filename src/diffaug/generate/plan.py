@@ -1,24 +1,17 @@
 """What a synthetic set is, and what making it costs (no torch).
 
-Images are ordered by (class, index): global index g = c * images_per_class + i, and shard k holds
-g in [k * S, (k + 1) * S) with S = synthetic.images_per_shard (formats.synthetic.SetLayout). The
-settings hash covers everything that changes the bytes of a shard (pixels, prompts, seeds, layout,
-the resolved diffusion settings, the family unless it is SD, whose sets predate families) and
-nothing that only changes speed, so a faster batch size never throws finished work away.
+Images are ordered by (class, index): g = c * images_per_class + i; shard k holds g in [k * S, (k + 1) * S)
+(formats.synthetic.SetLayout). The settings hash covers everything that changes a shard's bytes (pixels,
+prompts, seeds, layout, resolved diffusion settings, the family unless SD, whose sets predate families)
+and nothing that only changes speed, so a faster batch size never throws finished work away.
 
-Image `index` of class `class_name` gets the seed sha256("diffaug/v1|<diffusion seed>|<set>|<class>|
-<index>|<attempt>")[:8], `attempt` counting safety-checker regenerations; it reproduces the image in
-plain diffusers: `pipe(prompt, generator=torch.Generator("cpu").manual_seed(seed))`. Its prompt is
-`templates[i % len(templates)]` with {label} the class's word; a class-conditional (DiT) set's image
-gets `class_ids[c][i % len(class_ids[c])]` instead.
-
-`img2img` sets (SDEdit, Meng et al.; DA-Fusion, Trabucco et al.) start image g from row
-`source_rows[g]` of data/prepared/train.npz: per class, every training image in row order
-(images_per_class: null) or the first N of a permutation seeded by (diffusion seed, set, class),
-cycled; strength `strengths[i % len(strengths)]`; only int(steps * strength) denoising steps run.
-The train split's sha256 is in the settings hash. Plain diffusers reproduces image g with
-`AutoPipelineForImage2Image.from_pipe(pipe)(prompt, image=<the upsampled source>, strength=s,
-generator=torch.Generator("cpu").manual_seed(seed))`.
+Image i of class c: prompt `templates[i % len(templates)]` with {label} the class's word (a DiT set:
+`class_ids[c][i % len]`), seed sha256("diffaug/v1|<diffusion seed>|<set>|<class>|<i>|<attempt>")[:8],
+`attempt` counting safety-checker regenerations; plain diffusers reproduces it with
+`pipe(prompt, generator=torch.Generator("cpu").manual_seed(seed))`. An `img2img` set's image g starts
+from train.npz row `source_rows[g]` (per class every row in order, or the first N of a seeded
+permutation, cycled) at `strengths[i % len]`, and runs only int(steps * strength) steps; reproduced by
+`AutoPipelineForImage2Image.from_pipe(pipe)(prompt, image=<the upsampled source>, strength=s, generator=...)`.
 """
 from __future__ import annotations
 
@@ -53,9 +46,10 @@ SPEED_SETTINGS = ("batch_size", "channels_last", "fuse_qkv", "compile", "compile
                   "device", "allow_cpu", "cpu_offload")
 
 
-def image_seed(diffusion_seed: int, set_name: str, class_name: str, index: int, attempt: int = 0) -> int:
-    """A 64-bit seed (0 <= seed < 2**64, what torch.Generator.manual_seed accepts); see the module docstring."""
-    key = f"diffaug/v1|{diffusion_seed}|{set_name}|{class_name}|{index}|{attempt}"
+def image_seed(diffusion_seed: int, set_name: str, class_name: str, index: int | str, attempt: int | None = 0) -> int:
+    """A 64-bit seed (0 <= seed < 2**64, what torch.Generator.manual_seed accepts); see the module docstring.
+    An img2img class's draw of source images is seeded by index "sources" and no attempt."""
+    key = f"diffaug/v1|{diffusion_seed}|{set_name}|{class_name}|{index}" + ("" if attempt is None else f"|{attempt}")
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
 
 
@@ -82,10 +76,6 @@ class Plan(SetLayout):
         c, i = self.class_and_index(g)
         return self.templates[i % len(self.templates)].format(label=self.words[c])
 
-    @property
-    def prompts(self) -> list[str]:
-        return [self.prompt(g) for g in range(self.num_images)]
-
     def seed(self, g: int, attempt: int = 0) -> int:
         c, i = self.class_and_index(g)
         return image_seed(self.diffusion_seed, self.set_name, self.classes[c], i, attempt)
@@ -93,10 +83,7 @@ class Plan(SetLayout):
     @property
     def distinct_prompts(self) -> list[str]:
         """Every prompt of the set once, in a fixed order (so every process encodes the same batch)."""
-        if self.class_ids:
-            return []
-        seen = dict.fromkeys(t.format(label=w) for w in self.words for t in self.templates)
-        return list(seen)
+        return [] if self.class_ids else list(dict.fromkeys(t.format(label=w) for w in self.words for t in self.templates))
 
     # --- img2img (empty / None for prompt sets)
     kind: str = "prompt"
@@ -133,27 +120,6 @@ class Plan(SetLayout):
                  "strength": self.strength(g)} for g in range(self.num_images)]
 
 
-def _choose_sources(labels: np.ndarray, classes: list[str], spec: Img2ImgSet, set_name: str, diffusion_seed: int,
-                    key: str) -> tuple[int, list[int]]:
-    """(images per class, source row of every image in (class, index) order); see the module docstring."""
-    per_class = [np.flatnonzero(labels == c) for c in range(len(classes))]
-    counts = [len(rows) for rows in per_class]
-    if min(counts) == 0:
-        raise UserError(f"{key}: the training split has no image of class {classes[counts.index(0)]!r}; img2img needs one")
-    if spec.images_per_class is None:
-        if len(set(counts)) > 1:
-            raise UserError(f"{key}.images_per_class: null takes every training image, but the classes have "
-                            f"{min(counts)}..{max(counts)} images; set an integer (a class-balanced seeded draw)")
-        return counts[0], [int(r) for rows in per_class for r in rows]
-    n = spec.images_per_class
-    rows_out: list[int] = []
-    for c, rows in enumerate(per_class):
-        seed = int.from_bytes(hashlib.sha256(f"diffaug/v1|{diffusion_seed}|{set_name}|{classes[c]}|sources".encode()).digest()[:8], "big")
-        perm = np.random.default_rng(seed).permutation(rows)
-        rows_out += [int(perm[i % len(perm)]) for i in range(n)]
-    return n, rows_out
-
-
 def diffusion_settings(dif: DiffusionConfig, model_fingerprint: str | None, family: str = "sd") -> dict[str, Any]:
     values = dataclasses.asdict(dif)
     # Approximate levers enter the hash only when on, so sets made before they existed stay valid.
@@ -164,21 +130,9 @@ def diffusion_settings(dif: DiffusionConfig, model_fingerprint: str | None, fami
     return settings
 
 
-def resolve_diffusion(cfg: Config, info: ModelInfo | None) -> tuple[DiffusionConfig, str]:
-    """The diffusion settings that run (family defaults for nulls) and the family; without model info
-    (no model directory at hand, e.g. a test) the SD family at 512²."""
-    if info is None:
-        info = ModelInfo(FAMILIES["sd"], "StableDiffusionPipeline", 512, has_safety_checker=True)
-    return resolve_defaults(cfg.diffusion, info), info.family.name
-
-
-def _class_ids(cfg: Config, set_name: str, classes: list[str], family: str) -> tuple[tuple[int, ...], ...]:
-    spec = cfg.synthetic.sets[set_name]
-    ids = getattr(spec, "class_ids", None)
-    if family != "dit":
-        return ()
-    key = f"synthetic.sets.{set_name}.class_ids"
-    ids = ids or {}
+def _class_ids(cfg: Config, set_name: str, classes: list[str]) -> tuple[tuple[int, ...], ...]:
+    """A class-conditional (DiT) set's ImageNet ids per class."""
+    ids, key = getattr(cfg.synthetic.sets[set_name], "class_ids", None) or {}, f"synthetic.sets.{set_name}.class_ids"
     for c in classes:
         if c not in ids:
             raise UserError(f"{key}.{c}: class {c!r} has no ImageNet id; a class-conditional model (DiT) needs one or "
@@ -186,19 +140,16 @@ def _class_ids(cfg: Config, set_name: str, classes: list[str], family: str) -> t
     return tuple(tuple(ids[c]) if isinstance(ids[c], list) else (int(ids[c]),) for c in classes)
 
 
-def prompt_words(cfg: Config, classes: list[str]) -> tuple[str, ...]:
-    """The word each class's prompts use: dataset.label_names' entry, else the name with '_' as spaces."""
-    return tuple(cfg.dataset.label_names.get(c, c.replace("_", " ")) for c in classes)
-
-
 def build_plan(cfg: Config, set_name: str, classes: list[str], image_size: tuple[int, int],
                model_fingerprint: str | None, train: Split | None = None, train_sha256: str | None = None,
                info: ModelInfo | None = None) -> Plan:
-    """The plan of set `set_name`; an img2img set also needs the train split and its file's sha256.
-    `info` (families.read_model_info) gives the family and its defaults for null diffusion settings."""
-    dif, family = resolve_diffusion(cfg, info)
+    """The plan of set `set_name`; an img2img set also needs the train split and its file's sha256. `info`
+    (families.read_model_info) gives the family and its defaults for null diffusion settings (none: SD at 512²)."""
+    info = info or ModelInfo(FAMILIES["sd"], "StableDiffusionPipeline", 512, has_safety_checker=True)
+    dif, family = resolve_defaults(cfg.diffusion, info), info.family.name
     spec, syn, key = cfg.synthetic.sets[set_name], cfg.synthetic, f"synthetic.sets.{set_name}"
-    words = prompt_words(cfg, classes)
+    # A class's prompt word: dataset.label_names' entry, else its name with '_' as spaces.
+    words = tuple(cfg.dataset.label_names.get(c, c.replace("_", " ")) for c in classes)
     settings: dict[str, Any] = {"format": FORMAT, "set": set_name, "classes": list(classes), "image_size": list(image_size),
                                 "images_per_class": syn.images_per_class, "images_per_shard": syn.images_per_shard,
                                 "prompts": {"templates": spec.templates, "words": dict(zip(classes, words)),
@@ -215,7 +166,7 @@ def build_plan(cfg: Config, set_name: str, classes: list[str], image_size: tuple
                                 "source_split": "train", "source_file": "train.npz", "source_sha256": train_sha256,
                                 "selection": SOURCE_SELECTION, "upsample": UPSAMPLE_METHOD, "method": IMG2IMG_METHOD}}
     else:
-        extra["class_ids"] = _class_ids(cfg, set_name, classes, family)
+        extra["class_ids"] = _class_ids(cfg, set_name, classes) if family == "dit" else ()
         if extra["class_ids"]:
             settings["prompts"] = {"class_ids": {c: list(ids) for c, ids in zip(classes, extra["class_ids"])}}
     settings.update({"save_full_resolution": syn.save_full_resolution, "downsample": DOWNSAMPLE_METHOD,
@@ -240,9 +191,24 @@ def _img2img_sources(spec: Img2ImgSet, classes: list[str], image_size: tuple[int
     if tuple(train.images.shape[1:3]) != tuple(image_size):
         raise UserError(f"--train: its images are {train.images.shape[1]}x{train.images.shape[2]}, classes.json says "
                         f"{image_size[0]}x{image_size[1]}; rerun the prepare stage")
-    per_class, rows = _choose_sources(train.labels, classes, spec, set_name, dif.seed, key)
+    # Which training rows each class's images start from: all in order (images_per_class null, classes of
+    # equal size), or the first N of a seeded permutation, cycled.
+    per_class = [np.flatnonzero(train.labels == c) for c in range(len(classes))]
+    counts = [len(r) for r in per_class]
+    if min(counts) == 0:
+        raise UserError(f"{key}: the training split has no image of class {classes[counts.index(0)]!r}; img2img needs one")
+    n = spec.images_per_class
+    if n is None and len(set(counts)) > 1:
+        raise UserError(f"{key}.images_per_class: null takes every training image, but the classes have "
+                        f"{min(counts)}..{max(counts)} images; set an integer (a class-balanced seeded draw)")
+    if n is None:
+        n, rows = counts[0], [int(r) for class_rows in per_class for r in class_rows]
+    else:
+        perms = [np.random.default_rng(image_seed(dif.seed, set_name, classes[c], "sources", None)).permutation(class_rows)
+                 for c, class_rows in enumerate(per_class)]
+        rows = [int(perm[i % len(perm)]) for perm in perms for i in range(n)]
     hashes = {r: hashlib.sha256(np.ascontiguousarray(train.images[r]).tobytes()).hexdigest()[:16] for r in set(rows)}
-    return dict(images_per_class=per_class, kind="img2img", strengths=tuple(spec.strengths), source_rows=tuple(rows),
+    return dict(images_per_class=n, kind="img2img", strengths=tuple(spec.strengths), source_rows=tuple(rows),
                 source_hashes=tuple(hashes[r] for r in rows), source_images=train.images)
 
 
@@ -261,8 +227,7 @@ def image_flops(dif: DiffusionConfig, denoise_steps: int | None = None, encode: 
     all_steps, guidance, resolution = settled(dif)
     steps = all_steps if denoise_steps is None else denoise_steps
     scale = (resolution / 512) ** 2
-    flops = SD14_FLOP_PER_IMAGE * (steps / 50) * scale
-    flops = flops if guidance > 1 else flops / 2
+    flops = SD14_FLOP_PER_IMAGE * (steps / 50) * scale / (1 if guidance > 1 else 2)
     return flops + (SD14_VAE_ENCODE_FLOP * scale if encode else 0.0)
 
 

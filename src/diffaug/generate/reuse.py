@@ -1,23 +1,14 @@
 """Batches made ahead of the full run (by `python -m diffaug.pilot`), reused by it: the one seam between them.
 
-An image's bytes depend on the batch it was made in (batch size, the other images beside it, padding),
-so what is stored is the sampler's whole output for one exact batch, under a key of everything that
-decides those bytes:
+An image's bytes depend on the batch it was made in (batch size, the images beside it, padding), so what
+is stored is the sampler's whole output for one exact batch, keyed by everything that decides those
+bytes: the plan's settings hash, the batch as run ([[g, attempt], ...], padding included), want_full and
+runner.provenance (levers, device, GPU, torch, diffusers). The full run (runner.sample_batch) looks each
+batch up first and uses a hit as if the sampler had just returned it, so a set made after a pilot is
+byte-identical to one made without; a miss is simply generated. The full run never deletes entries.
 
-    sha256_json({"settings": plan.settings_hash,           # pixels, prompts, seeds, layout, model
-                 "run": [[g, attempt], ...],               # the batch as run, padding included
-                 "want_full": save_full_resolution,
-                 "made_with": runner.provenance(levers, device)})  # levers, device, GPU, torch, diffusers
-
-The full run (runner.make_shard) looks each batch up before running it; a hit is used as if the sampler
-had just returned it, so a set made after a pilot is byte-identical to one made without: the same
-batches go through the same post-processing. A miss (other settings, levers, device or software, or a
-batch that regenerations filled differently) is simply generated. Entries are never deleted by the
-full run: the pilot's folder stays its record, and `rm -r data/pilot` drops it.
-
-`pilot_batches` says which batches the full run will make first for a set of wanted images: a shard's
-queue is `plan.work_order(span)`, cut into batch_size chunks from its start; regenerations go to the end
-of the queue, so every chunk before the last is the full run's batch whatever the safety checker flags.
+A shard's queue is `plan.work_order(span)` cut into batch_size chunks and regenerations go to its end,
+so every chunk but the last is the full run's batch whatever the safety checker flags (pilot_batches).
 """
 from __future__ import annotations
 
@@ -40,8 +31,7 @@ def batch_run(batch: Run, batch_size: int, pad: bool) -> Run:
 def pilot_batches(plan: Plan, wanted: set[int], batch_size: int) -> list[Run]:
     """The first-pass batches of the full run (attempt 0, unpadded) that hold any image of `wanted`."""
     out: list[Run] = []
-    shards = sorted({g // plan.images_per_shard for g in wanted})
-    for k in shards:
+    for k in sorted({g // plan.images_per_shard for g in wanted}):
         order = plan.work_order(plan.shard_range(k))
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
@@ -68,22 +58,18 @@ class BatchCache:
         """The stored BatchOutput for `key`, or None."""
         from diffaug.generate.sampler import BatchOutput
 
-        path = self.path(key)
-        if not path.is_file():
-            return None
         try:
-            with np.load(path, allow_pickle=False) as z:
+            with np.load(self.path(key), allow_pickle=False) as z:
                 if str(z["key"]) != key:
                     return None
                 return BatchOutput(small=z["small"], full=z["full"] if "full" in z.files else None,
-                                   flagged=[bool(f) for f in z["flagged"]], finite=z["finite"] if "finite" in z.files else None)
-        except (OSError, ValueError, KeyError):  # a truncated or foreign file is a miss, never an image
+                                   flagged=[bool(f) for f in z["flagged"]], finite=z["finite"])
+        except (OSError, ValueError, KeyError):  # absent, truncated or foreign: a miss, never an image
             return None
 
     def put(self, key: str, out) -> None:
-        arrays: dict[str, Any] = {"key": np.array(key), "small": out.small, "flagged": np.asarray(out.flagged, bool)}
+        arrays: dict[str, Any] = {"key": np.array(key), "small": out.small, "flagged": np.asarray(out.flagged, bool),
+                                  "finite": out.finite}
         if out.full is not None:
             arrays["full"] = out.full
-        if out.finite is not None:
-            arrays["finite"] = out.finite
         save_npz_atomic(self.path(key), **arrays)

@@ -3,6 +3,7 @@ the first batch's measured memory peak, halved on out-of-memory), safety-checker
 atomic writes, provenance, and the measured throughput and ETA."""
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
@@ -15,7 +16,6 @@ from typing import Any
 import diffusers
 import numpy as np
 import torch
-from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -29,7 +29,6 @@ from diffaug.generate.model import Levers, apply_levers
 from diffaug.generate.plan import Plan
 from diffaug.generate.reuse import BatchCache, Run, batch_run
 from diffaug.generate.sampler import BatchOutput, Sampler, family_of
-from diffaug.io import atomic_path
 
 
 @dataclass(frozen=True)
@@ -42,23 +41,18 @@ class World:
 
     @classmethod
     def from_env(cls) -> World:
-        values = []
-        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-            raw = os.environ.get(name) or ("1" if name == "WORLD_SIZE" else "0")
-            if not raw.lstrip("-").isdigit():
-                raise UserError(f"environment variable {name}={raw!r}: allowed: an integer")
-            values.append(int(raw))
-        world = cls(*values)
+        names = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+        raw = {name: os.environ.get(name) or ("1" if name == "WORLD_SIZE" else "0") for name in names}
+        for name, value in raw.items():
+            if not value.lstrip("-").isdigit():
+                raise UserError(f"environment variable {name}={value!r}: allowed: an integer")
+        world = cls(*map(int, raw.values()))
         if not (world.size >= 1 and 0 <= world.rank < world.size and world.local_rank >= 0):
             raise UserError(f"RANK={world.rank}, WORLD_SIZE={world.size}: allowed: 0 <= RANK < WORLD_SIZE")
         return world
 
     def owns(self, k: int) -> bool:
         return k % self.size == self.rank
-
-
-def shards_to_make(out_dir: Path, plan: Plan, world: World) -> list[int]:  # this process's missing shards
-    return [k for k in range(plan.num_shards) if world.owns(k) and storage.valid_shard(out_dir, plan, k) is None]
 
 
 def pick_device(dif: DiffusionConfig, world: World) -> torch.device:
@@ -130,44 +124,83 @@ class BatchSize:
         return {"batch_size": sizes[0] if len(sizes) == 1 else sizes} if sizes else {}
 
 
-def save_png(path: Path, image: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
-
-
-def slice_vae(pipe, sizer: BatchSize, made_with: dict[str, Any]) -> None:
-    """Large GPU batches decode one image at a time: the whole batch's VAE activations would set the peak."""
-    if sizer.device.type == "cuda" and (sizer.auto or sizer.size >= VAE_SLICING_FROM):
-        pipe.vae.enable_slicing()
-        made_with["vae_slicing"] = True
-
-
-def build_sampler(pipe, dif: DiffusionConfig, levers: Levers, plan: Plan) -> Sampler:
-    """`pipe` with the levers applied, as a Sampler of `plan`'s images, its prompts already encoded."""
+def build_sampler(pipe, dif: DiffusionConfig, levers: Levers, plan: Plan, sizer: BatchSize) -> tuple[Sampler, dict[str, Any]]:
+    """`pipe` with the levers applied, as a Sampler of `plan`'s images (its prompts encoded), and its provenance."""
     apply_levers(pipe, levers, fp8=dif.fp8, cache=dif.cache, fuse_denoiser=family_of(pipe).fuse_qkv)
     steps, guidance_scale, resolution = settled(dif)
     sampler = Sampler(pipe, steps=steps, guidance_scale=guidance_scale, resolution=resolution, out_size=plan.image_size,
                       scheduler=dif.scheduler, safety_checker=dif.safety_checker, attention=levers.attention, cache=dif.cache)
     sampler.encode_prompts(plan.distinct_prompts, plan.negative_prompt)
-    return sampler
+    made_with = provenance(levers, sampler.device)
+    # Large GPU batches decode one image at a time: the whole batch's VAE activations would set the peak.
+    if sizer.device.type == "cuda" and (sizer.auto or sizer.size >= VAE_SLICING_FROM):
+        pipe.vae.enable_slicing()
+        made_with["vae_slicing"] = True
+    return sampler, made_with
 
 
 def generate_shards(pipe, dif: DiffusionConfig, levers: Levers, plan: Plan, out_dir: Path, shards: list[int], *,
                     save_full: bool, console: Console, show_bar: bool, label: str, reuse: BatchCache | None = None) -> None:
-    sampler = build_sampler(pipe, dif, levers, plan)
+    """Generate each shard and write it atomically (PNGs first: a shard file implies its PNGs exist).
+
+    A shard's work is a queue of (global index, attempt): a flagged image goes back to its end with the
+    next attempt's seed, up to max_regenerations, then is kept black (as diffusers returns it) and counted.
+    NaN/inf stops the run with one line, the shard unwritten; a batch out of GPU memory goes back to the
+    queue's front at half the size."""
+    sizer = BatchSize(levers.batch_size, pipe._execution_device, console, label)
+    sampler, made_with = build_sampler(pipe, dif, levers, plan, sizer)
     storage.remove_outdated_summary(out_dir)
     total = sum(len(plan.shard_range(k)) for k in shards)
     device = f"cuda ({torch.cuda.get_device_name(sampler.device)})" if sampler.device.type == "cuda" else sampler.device.type
-    made_with = provenance(levers, sampler.device)
-    sizer = BatchSize(levers.batch_size, sampler.device, console, label)
-    slice_vae(pipe, sizer, made_with)
+    h, w = plan.image_size
     # PNG encoding of 512² images is CPU work that can overlap the GPU's next batch.
     with ThroughputReport(console, total, label, show_bar) as report, ThreadPoolExecutor(4) as png_pool:
         for k in shards:
             storage.prepare_shard_slot(out_dir, k)
-            make_shard(sampler, plan, out_dir, k, sizer=sizer, pad_batches=levers.compile,
-                       max_regenerations=dif.max_regenerations, save_full=save_full, device=device,
-                       provenance=made_with, report=report, png_pool=png_pool, label=label, reuse=reuse)
+            span = plan.shard_range(k)
+            images = np.zeros((len(span), h, w, 3), np.uint8)
+            seeds, attempts, flagged = np.zeros(len(span), np.uint64), np.zeros(len(span), np.int64), np.zeros(len(span), bool)
+            pngs: list[Future] = []
+            queue = deque((g, 0) for g in plan.work_order(span))  # img2img: grouped by strength
+            batch_number = 0
+            while queue:
+                batch = [queue.popleft() for _ in range(min(sizer.size, len(queue)))]
+                # With torch.compile a new batch shape means a recompile: fill the last batch with repeats.
+                run = batch_run(batch, sizer.size, levers.compile)
+                sizer.start_batch()
+                try:
+                    out = sample_batch(sampler, plan, run, want_full=save_full, made_with=made_with, reuse=reuse)
+                except torch.cuda.OutOfMemoryError as e:
+                    sizer.halve(e)
+                    queue.extendleft(reversed(batch))
+                    continue
+                sizer.batch_done(len(run))
+                if not out.all_finite:
+                    bad = [g for j, (g, _) in enumerate(batch) if not out.finite[j]]
+                    c, i = plan.class_and_index(bad[0])
+                    raise UserError(
+                        f"{label or plan.set_name}: shard {k} ({storage.shard_name(k)}), batch {batch_number}: {len(bad)} "
+                        f"of {len(batch)} images have non-finite (NaN/inf) latents or pixels, first {plan.classes[c]} #{i}; "
+                        f"nothing of this shard was written. Check diffusion.guidance_scale ({sampler.guidance_scale}) and "
+                        "the model's weights, or use diffusion.dtype: float32 or bfloat16 (float16 overflows more easily)")
+                batch_number += 1
+                finished = 0
+                for j, (g, attempt) in enumerate(batch):
+                    if out.flagged[j] and attempt < dif.max_regenerations:
+                        queue.append((g, attempt + 1))
+                        continue
+                    i, black = g - span.start, out.flagged[j]
+                    images[i] = 0 if black else out.small[j]
+                    seeds[i], attempts[i], flagged[i] = plan.seed(g, attempt), attempt, black
+                    if out.full is not None:  # save_full
+                        full = np.zeros_like(out.full[j]) if black else out.full[j]
+                        pngs.append(png_pool.submit(storage.write_full_png, out_dir, plan, g, full))
+                    finished += 1
+                report.batch_done(generated=len(batch), finished=finished)
+            for png in pngs:
+                png.result()
+            storage.write_shard(out_dir, k, plan, images=images, seeds=seeds, regenerations=attempts, flagged=flagged,
+                                device=device, provenance={**made_with, **sizer.record()})
 
 
 def sample_batch(sampler: Sampler, plan: Plan, run: Run, *, want_full: bool, made_with: dict[str, Any],
@@ -189,74 +222,7 @@ def sample_batch(sampler: Sampler, plan: Plan, run: Run, *, want_full: bool, mad
     return out
 
 
-def make_shard(sampler: Sampler, plan: Plan, out_dir: Path, k: int, *, sizer: BatchSize, pad_batches: bool,
-               max_regenerations: int, save_full: bool, device: str, provenance: dict[str, Any],
-               report: ThroughputReport, png_pool: ThreadPoolExecutor, label: str = "", reuse: BatchCache | None = None) -> None:
-    """Generate shard k and write it atomically (PNGs first: a shard file implies its PNGs exist).
-
-    Work is a queue of (global index, attempt): a flagged image goes back to its end with the next
-    attempt's seed, up to max_regenerations, then is kept black (as diffusers returns it) and counted.
-    NaN/inf stops the run with one line, the shard unwritten; a batch out of GPU memory goes back to
-    the queue's front at half the size."""
-    span = plan.shard_range(k)
-    h, w = plan.image_size
-    images = np.zeros((len(span), h, w, 3), np.uint8)
-    seeds = np.zeros(len(span), np.uint64)
-    attempts = np.zeros(len(span), np.int64)
-    flagged = np.zeros(len(span), bool)
-    pngs: list[Future] = []
-    folder = storage.full_dir(out_dir, k)
-    queue = deque((g, 0) for g in plan.work_order(span))  # img2img: grouped by strength
-    batch_number = 0
-    while queue:
-        size = sizer.size
-        batch = [queue.popleft() for _ in range(min(size, len(queue)))]
-        # With torch.compile a new batch shape means a recompile: fill the last batch with repeats.
-        run = batch_run(batch, size, pad_batches)
-        sizer.start_batch()
-        try:
-            out = sample_batch(sampler, plan, run, want_full=save_full, made_with=provenance, reuse=reuse)
-        except torch.cuda.OutOfMemoryError as e:
-            sizer.halve(e)
-            queue.extendleft(reversed(batch))
-            continue
-        sizer.batch_done(len(run))
-        if not out.all_finite:
-            raise non_finite_error(plan, k, batch_number, batch, out.finite, sampler, label)
-        batch_number += 1
-        finished = 0
-        for j, (g, attempt) in enumerate(batch):
-            if out.flagged[j] and attempt < max_regenerations:
-                queue.append((g, attempt + 1))
-                continue
-            i = g - span.start
-            still_flagged = out.flagged[j]
-            images[i] = 0 if still_flagged else out.small[j]
-            seeds[i], attempts[i], flagged[i] = plan.seed(g, attempt), attempt, still_flagged
-            if out.full is not None:  # save_full
-                folder.mkdir(parents=True, exist_ok=True)
-                full = np.zeros_like(out.full[j]) if still_flagged else out.full[j]
-                pngs.append(png_pool.submit(save_png, folder / storage.full_png_name(plan, g), full))
-            finished += 1
-        report.batch_done(generated=len(batch), finished=finished)
-    for png in pngs:
-        png.result()
-    storage.write_shard(out_dir, k, plan, images=images, seeds=seeds, regenerations=attempts, flagged=flagged,
-                        device=device, provenance={**provenance, **sizer.record()})
-
-
-def non_finite_error(plan: Plan, k: int, batch_number: int, batch: list[tuple[int, int]], finite: np.ndarray | None,
-                     sampler: Sampler, label: str) -> UserError:
-    bad = [g for j, (g, _) in enumerate(batch) if finite is not None and not finite[j]]
-    c, i = plan.class_and_index(bad[0])
-    return UserError(
-        f"{label or plan.set_name}: shard {k} ({storage.shard_name(k)}), batch {batch_number}: {len(bad)} of {len(batch)} "
-        f"images have non-finite (NaN/inf) latents or pixels, first {plan.classes[c]} #{i}; nothing of this shard was "
-        f"written. Check diffusion.guidance_scale ({sampler.guidance_scale}) and the model's weights, or use "
-        f"diffusion.dtype: float32 or bfloat16 (float16 overflows more easily)")
-
-
-class ThroughputReport:
+class ThroughputReport(contextlib.AbstractContextManager):
     """The measured images/s and ETA, printed once after a warm-up batch (which pays for compilation, cuDNN
     heuristics and allocator growth), then a progress bar. `generated` counts every image made
     (regenerations included), `finished` only images that went into a shard."""
@@ -291,9 +257,6 @@ class ThroughputReport:
                 self.task = self.progress.add_task(self.label, total=self.total, completed=self.finished, rate=0.0)
         if self.progress is not None:
             self.progress.update(self.task, completed=self.finished, rate=rate)
-
-    def __enter__(self):
-        return self
 
     def __exit__(self, *exc) -> None:
         if self.progress is not None:

@@ -1,19 +1,17 @@
-"""One batch of images through the family's stock diffusers pipeline, with diffaug's guarantees around it.
-
-The denoising loop, schedulers and VAE decode are diffusers' own `__call__` (text-to-image, its
-img2img twin, or DiTPipeline's). Around it: one CPU `torch.Generator` per image (an image does not
-depend on its batch); every distinct prompt encoded once per run by the pipeline's own
-`encode_prompt`, then the text encoders dropped (FLUX's T5-XXL alone is about 9.5 GB);
-`output_type="pt"`, so images stay on the device (no PIL round trip) for the uint8 conversion
-(`round(255 * x)`, as the pipeline's path to PIL) and the downsampling, and cross to the host once
-per batch with one finiteness flag per image (final latents, seen by `callback_on_step_end`, and
-pixels); the SD safety checker run by us on exactly the uint8 images the pipeline would show it,
-for its flags (to regenerate) instead of black images. img2img: the real image, upsampled to the
-generation resolution, goes in as a [0, 1] tensor; one call per distinct strength in the batch.
+"""One batch of images through the family's stock diffusers pipeline (its own `__call__`: denoising loop,
+schedulers, VAE decode), with diffaug's guarantees around it: one CPU `torch.Generator` per image (an
+image does not depend on its batch); every distinct prompt encoded once per run by the pipeline's own
+`encode_prompt`, then the text encoders dropped (FLUX's T5-XXL alone is about 9.5 GB); `output_type="pt"`,
+so images stay on the device for the uint8 conversion (`round(255 * x)`, as the pipeline's path to PIL)
+and the downsampling, and cross to the host once per batch with a finiteness flag per image (final
+latents, seen by `callback_on_step_end`, and pixels); the SD safety checker run by us on exactly the
+uint8 images the pipeline would show it, for its flags (to regenerate) instead of black images.
+img2img: the real image, upsampled, goes in as a [0, 1] tensor; one call per distinct strength.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Any
@@ -27,15 +25,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from diffaug.generate.families import BY_CLASS, FAMILIES, Family
 from diffaug.generate.model import denoiser
 
-SCHEDULER_CLASSES = {  # name in params.yaml -> diffusers class, built from the model's own config
-    "pndm": "PNDMScheduler",
-    "ddim": "DDIMScheduler",
-    "dpmsolver++": "DPMSolverMultistepScheduler",
-    "euler": "EulerDiscreteScheduler",
-}
+# Name in params.yaml -> diffusers class, built from the model's own scheduler config.
+SCHEDULER_CLASSES = {"pndm": "PNDMScheduler", "ddim": "DDIMScheduler", "dpmsolver++": "DPMSolverMultistepScheduler",
+                     "euler": "EulerDiscreteScheduler"}
 ATTENTION_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
                       "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
 
 def make_scheduler(pipe, name: str):
@@ -53,22 +47,24 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return (images.float() * 255).round().to(torch.uint8)
 
 
-def downsample(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 NCHW -> uint8 NCHW of `size` (H, W): bilinear with antialiasing, on the images' device.
-    Against PIL's BILINEAR (the paper's), 512² -> 32² on 5085 CIFAR-10 images upsampled to 512²: max 1
-    uint8 level, mean 0.067 (PIL rounds to 8 bits between its passes); tests/test_generate_parity.py."""
+def resize(images: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """uint8 NCHW -> uint8 NCHW of `size` (H, W) on the images' device, rounded and clamped: `bilinear` with
+    antialiasing to downsample (against PIL's BILINEAR, the paper's, 512² -> 32² on 5085 CIFAR-10 images: max 1
+    uint8 level, mean 0.067, as PIL rounds between its passes), `bicubic` for img2img's real image."""
     if tuple(images.shape[-2:]) == tuple(size):
         return images
-    x = F.interpolate(images.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+    x = F.interpolate(images.float(), size=size, mode=mode, antialias=mode == "bilinear", align_corners=False)
     return x.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def upsample(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 NCHW -> uint8 NCHW of `size`: bicubic, rounded, clamped (img2img's real image; plan.UPSAMPLE_METHOD)."""
-    if tuple(images.shape[-2:]) == tuple(size):
-        return images
-    x = F.interpolate(images.float(), size=size, mode="bicubic", align_corners=False)
-    return x.round_().clamp_(0, 255).to(torch.uint8)
+downsample = functools.partial(resize, mode="bilinear")
+upsample = functools.partial(resize, mode="bicubic")  # plan.UPSAMPLE_METHOD
+
+
+def finite_rows(images: torch.Tensor, latents: torch.Tensor | None) -> torch.Tensor:
+    """Per image: its pixels (and final latents, when seen) all finite."""
+    ok = torch.isfinite(images).flatten(1).all(1)
+    return ok if latents is None else ok & torch.isfinite(latents).flatten(1).all(1)
 
 
 @dataclass
@@ -76,11 +72,11 @@ class BatchOutput:
     small: np.ndarray  # uint8 NHWC at the dataset size
     full: np.ndarray | None  # uint8 NHWC at the generation resolution, when asked for
     flagged: list[bool]
-    finite: np.ndarray | None = None  # per image: latents and decoded pixels all finite
+    finite: np.ndarray  # per image: latents and decoded pixels all finite
 
     @property
     def all_finite(self) -> bool:
-        return self.finite is None or bool(self.finite.all())
+        return bool(self.finite.all())
 
 
 def family_of(pipe) -> Family:
@@ -128,18 +124,9 @@ class Sampler:
                     parts.setdefault(name, []).append(value)
         self.embeds = {name: torch.cat(values) for name, values in parts.items()}
         self.prompt_index = {p: i for i, p in enumerate(prompts)}
-        for name in TEXT_ENCODERS:  # their memory goes back to the GPU (or host) for the denoiser
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):  # their memory goes to the denoiser
             if getattr(self.pipe, name, None) is not None:
                 setattr(self.pipe, name, None)
-
-    def embeddings(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        """The batch's rows of every cached embedding: views joined on the device, no index tensor from the host."""
-        rows = [self.prompt_index[p] for p in prompts]
-        return {name: torch.stack([value[i] for i in rows]) for name, value in self.embeds.items()}
-
-    def attention_kernels(self):
-        """The SDPA kernel for the denoiser's attention (`auto`: PyTorch's own choice per call)."""
-        return contextlib.nullcontext() if self.attention == "auto" else sdpa_kernel([ATTENTION_BACKENDS[self.attention]])
 
     @contextlib.contextmanager
     def cache_context(self):
@@ -171,11 +158,14 @@ class Sampler:
                             height=self.resolution, width=self.resolution, **dict(self.family.call))
         if class_ids is not None:
             kwargs["class_labels"] = class_ids
-        else:  # the embeddings stand for prompt and negative prompt (PixArt's default negative is "", not None)
-            kwargs.update(self.embeddings(prompts or []), negative_prompt=None)
+        else:  # the embeddings stand for prompt and negative prompt (PixArt's default negative is "", not None);
+            rows = [self.prompt_index[p] for p in prompts or []]  # rows joined on the device: no index tensor from the host
+            kwargs.update({name: torch.stack([v[i] for i in rows]) for name, v in self.embeds.items()}, negative_prompt=None)
         if "callback_on_step_end" in self.accepts:
             kwargs.update(callback_on_step_end=keep_latents, callback_on_step_end_tensor_inputs=["latents"])
-        with self.attention_kernels(), self.cache_context():
+        # attention `auto`: PyTorch's own SDPA kernel choice per call
+        kernels = contextlib.nullcontext() if self.attention == "auto" else sdpa_kernel([ATTENTION_BACKENDS[self.attention]])
+        with kernels, self.cache_context():
             images = self.pipe(**{k: v for k, v in kwargs.items() if k in self.accepts}).images
         return images, final.get("latents")
 
@@ -198,9 +188,7 @@ class Sampler:
         n = len(seeds)
         if init_images is None:
             images, latents = self.call(seeds, prompts, class_ids)
-            finite = torch.isfinite(images).flatten(1).all(1)
-            if latents is not None:
-                finite &= torch.isfinite(latents).flatten(1).all(1)
+            finite = finite_rows(images, latents)
         else:
             assert strengths is not None and prompts is not None and len(strengths) == len(init_images) == n
             real = torch.from_numpy(np.ascontiguousarray(init_images)).to(self.device).permute(0, 3, 1, 2)
@@ -212,8 +200,7 @@ class Sampler:
                 part, latents = self.call([seeds[j] for j in idx], [prompts[j] for j in idx], image=real[idx],
                                           strength=strength)
                 images[idx] = part.float()
-                ok = torch.isfinite(part).flatten(1).all(1)
-                finite[idx] = ok & torch.isfinite(latents).flatten(1).all(1) if latents is not None else ok
+                finite[idx] = finite_rows(part, latents)
         full = to_uint8(images)
         small = downsample(full, self.out_size).permute(0, 2, 3, 1)
         # The batch's first host sync: the small images and the finiteness flags in one copy.
