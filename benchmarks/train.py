@@ -91,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ablation", nargs="*", metavar="VARIANT",
                    help="--real-check: the default and the default with each lever switched, or only the VARIANTs named: "
                         "'no tta_hflip', 'no EMA', 'no cutout', 'trivial_augment on', 'no label smoothing', 'batch 128, lr 0.1')")
-    p.add_argument("--sweep", action="store_true", help="every measurement of issue 11 in one run")
+    p.add_argument("--sweep", action="store_true", help="every training-speed measurement in one run (batches, models, concurrent cells)")
     p.add_argument("--budget-s", type=float, default=SWEEP_BUDGET_S, help="--sweep: start nothing after this many seconds")
     p.add_argument("--smoke", action="store_true", help="a few images and one timed step (CPU, tests)")
     p.add_argument("--results", type=Path, help="Markdown file to append to (default benchmarks/RESULTS.md; none with --smoke)")
@@ -432,7 +432,7 @@ def real_rows(stamp: list[str], results: list[dict]) -> list[list[str]]:
 
 
 def sweep(args: argparse.Namespace, cfg: Config, device: torch.device, stamp: list[str]) -> dict:
-    """Every measurement of issue 11 in one run, most important first, under a time guard."""
+    """Every training-speed measurement in one run, most important first, under a time guard."""
     t0 = time.perf_counter()
     smoke = args.smoke
     count = 32 if smoke else args.images

@@ -1,4 +1,4 @@
-"""Filtering as a mixture option (issue 12): config rules, exact recorded drops on a toy classifier,
+"""Filtering as a mixture option: config rules, exact recorded drops on a toy classifier,
 one-line errors. The dvc end-to-end rerun is in test_sharing_pipeline.py (slow)."""
 import copy
 import json

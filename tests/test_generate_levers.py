@@ -172,7 +172,7 @@ def test_resume_with_another_batch_size_continues_and_the_manifest_says_so(tiny_
 
 
 def test_batch_size_differences_on_this_cpu_are_at_most_one_level(tiny_sd):
-    """The README's CPU figure: the same 24 images at batch 1, 4 and 8; fraction of uint8 values that differ."""
+    """The CPU figure of docs/generators.md: the same 24 images at batch 1, 4 and 8; fraction of uint8 values that differ."""
     pipe = load(tiny_sd)
     s = Sampler(pipe, steps=8, guidance_scale=7.5, resolution=64, out_size=(32, 32))
     s.encode_prompts(sorted(set(PROMPTS)), None)

@@ -18,12 +18,14 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from diffaug.sandbox.demo import DEMO_FILTERED, STORAGE, build_demo, make_sandbox, run, tool_env
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
-PAGES = [README] + [REPO / "docs" / f"{name}.md" for name in ("experiments", "training", "sharing", "beyond-the-paper", "speed")]
+DOCS = ("generators", "generator-memory", "training", "experiments", "sharing", "beyond-the-paper", "gpu", "speed", "worth")
+PAGES = [README] + [REPO / "docs" / f"{name}.md" for name in DOCS]  # in the order the README links them
 PAPER = "Reproduce the paper"  # the README's first section: its block runs in test_reproduce_the_paper_...
 VENV = Path(sys.prefix)  # the venv the tests run in: the one `make test` created
 MIXES = ["orig100", "orig50_syn1_50"]  # what the docs' narrowed grid names; few cells keep this test short
@@ -58,6 +60,8 @@ COMMANDS = {
     "dvc push": RUN,
     "dvc pull": RUN + " in a fresh git clone of it, then `dvc repro` must rerun nothing",
     ".venv/bin/python -m pytest -m not slow": "this test suite",
+    "dvc exp run -S +diffusion.batch_size=8": "the demo's params.yaml writes every diffusion key, and `+` refuses a key "
+        "that is already there (plain -S sets it); test_a_plus_override_adds_a_key_params_yaml_leaves_out checks it",
     # docs/experiments.md
     "dvc exp run -n resnet50 -S model=resnet50": RUN,
     "dvc exp run -S mixes=[orig100,orig50_syn1_50]": RUN,
@@ -88,10 +92,18 @@ COMMANDS = {
     "dvc artifacts get https://github.com/you/diffaug syn1": "placeholder URL; test_pipeline.py gets an artifact from a clone",
     "python -m diffaug.export syn1 --format imagefolder --out exports/syn1": RUN,
     "python -m diffaug.export syn1 --format parquet --out exports/syn1-pq": RUN,
-    # docs/speed.md
+    # docs/generators.md
     "dvc repro generate_syn1": RUN,
     "dvc commit generate_syn1": RUN,
+    # docs/gpu.md
+    "python -m diffaug.doctor": RUN + " (on a CPU it checks the CPU path)",
+    "python -m diffaug.doctor --params my.yaml --json out/doctor.json --budget-s 120": "placeholder params file; the line above runs",
+    # docs/speed.md
     "CUDA_VISIBLE_DEVICES=0 dvc queue start -j 3": "several workers per GPU: needs a GPU",
+    # docs/worth.md
+    "python -m diffaug.pilot syn1 syn2 syn2@steps=20,scheduler=dpmsolver++ --per-class 20": RUN,
+    "dvc repro train@<model>-orig100": "prose; the demo trains its orig100 classifier",
+    "dvc exp run --queue": "prose; the Experiments block's queue lines run",
 }
 
 
@@ -127,6 +139,26 @@ def page_commands(page: Path) -> list[tuple[str, str, str, bool]]:
 def commands() -> list[tuple[Path, str, str, str, bool]]:
     """(page, section, key, line, in a block) for every command of every page in PAGES."""
     return [(page, *cmd) for page in PAGES for cmd in page_commands(page)]
+
+
+def test_every_docs_page_is_checked():
+    assert sorted(p.name for p in (REPO / "docs").glob("*.md")) == sorted(f"{name}.md" for name in DOCS)
+
+
+def test_a_plus_override_adds_a_key_params_yaml_leaves_out(tmp_path):
+    """The README's `-S +key=value` for a key params.yaml does not write: dvc's override adds it, and the
+    result passes the config's checks."""
+    from dvc.utils.hydra import apply_overrides
+
+    from diffaug.config import load_config
+
+    params = tmp_path / "params.yaml"
+    shutil.copy2(REPO / "params.yaml", params)
+    assert "batch_size" not in yaml.safe_load(params.read_text())["diffusion"]  # the example adds a new key
+    apply_overrides(str(params), ["+diffusion.batch_size=8"])
+    assert load_config(params).diffusion.batch_size == 8
+    with pytest.raises(Exception, match="Invalid `--set-param` value"):  # `+` on a key params.yaml writes
+        apply_overrides(str(params), ["+diffusion.batch_size=4"])
 
 
 def test_every_command_shown_is_known_here():

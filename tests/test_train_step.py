@@ -1,6 +1,6 @@
-"""The training step (issue 11): the static (CUDA-graph) way equals the eager way, padding keeps every image
+"""The training step: the static (CUDA-graph) way equals the eager way, padding keeps every image
 once per epoch, SGD matches torch's, each recipe lever is on or off exactly as params say (the paper recipe
-unchanged), a non-finite loss stops the cell (issue 9), and the train stage prints the grid ETA."""
+unchanged), a non-finite loss stops the cell, and the train stage prints the grid ETA."""
 import dataclasses
 import json
 from pathlib import Path
@@ -287,7 +287,7 @@ def test_resume_with_every_lever_on_is_exact(tmp_path):
     assert [h["train/loss"] for h in full] == [h["train/loss"] for h in result.history]
 
 
-# ----------------------------------------------------------------------------- non-finite loss (issue 9)
+# ----------------------------------------------------------------------------- non-finite loss
 HUGE_LR = 1e6  # diverges in the first epoch on these toy images
 
 

@@ -217,7 +217,7 @@ def _img2img_sources(spec: Img2ImgSet, classes: list[str], image_size: tuple[int
 SD14_FLOP_PER_IMAGE, SD14_VAE_ENCODE_FLOP, CPU_FLOP_PER_S, CPU_SECONDS_ALLOWED = 82.8e12, 1.1e12, 1e12, 3600.0
 # compile: auto compiles a CUDA run of at least this many images: compiling the denoiser (about 2 min
 # cold, faster from the .cache/torchinductor cache) paid for itself after ~1,200 SD-v1.4 images on an
-# H100 (3.10 -> 4.46 images/s measured at batch 32).
+# H100 with the previous, hand-written sampler (3.10 -> 4.45 images/s at batch 32; the stock pipelines are unmeasured).
 COMPILE_AUTO_IMAGES = 1200
 
 
