@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffaug.formats.classifier import logits_of
+
 K_NEIGHBOURS = 3        # Kynkaenniemi et al.'s default
 KID_SUBSETS = 100       # clean-fid / torch-fidelity defaults
 KID_SUBSET_SIZE = 1000
@@ -164,16 +166,10 @@ def penultimate_features(classifier: torch.nn.Module, images: np.ndarray, batch_
     grabbed: list[torch.Tensor] = []
     hook = heads[-1].register_forward_hook(lambda _m, inp, _out: grabbed.append(inp[0].detach().float().flatten(1).cpu()))
     tta = getattr(classifier, "tta_hflip", False)
-    logits = []
     try:
         classifier.tta_hflip = False  # type: ignore[assignment]
-        with torch.inference_mode():
-            for start in range(0, len(images), batch_size):
-                batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device).permute(0, 3, 1, 2)
-                logits.append(classifier(batch).float().cpu())
+        logits = logits_of(classifier, images, batch_size, device)  # type: ignore[arg-type]
     finally:
         hook.remove()
         classifier.tta_hflip = tta  # type: ignore[assignment]
-    if not logits:
-        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
-    return torch.cat(grabbed).numpy(), torch.cat(logits).numpy()
+    return (torch.cat(grabbed).numpy() if grabbed else np.zeros((0, 0), np.float32)), logits
