@@ -15,6 +15,7 @@ import torch
 from diffaug.config import Recipe
 from diffaug.train import loop
 from diffaug.train.loop import LossScaler, Trainer, fit
+from test_train_step import fake_cuda_capture
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CPU = torch.device("cpu")
@@ -58,15 +59,7 @@ def fake_cuda(monkeypatch):
         state.rng_reads += 1
         return torch.get_rng_state()
 
-    stream = types.SimpleNamespace(wait_stream=lambda other: None)
-    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: stream)
-    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: stream)
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
-    monkeypatch.setattr(torch.cuda, "graph", graph)
-    monkeypatch.setattr(torch.cuda, "get_rng_state", get_rng_state)
-    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device=None: torch.set_rng_state(s))
+    fake_cuda_capture(monkeypatch, FakeGraph, graph, get_rng_state)
     return state
 
 

@@ -1,8 +1,10 @@
 """The training step: the static (CUDA-graph) way equals the eager way, padding keeps every image
 once per epoch, SGD matches torch's, each recipe lever is on or off exactly as params say (the paper recipe
 unchanged), a non-finite loss stops the cell, and the train stage prints the grid ETA."""
+import contextlib
 import dataclasses
 import json
+import types
 from pathlib import Path
 
 import numpy as np
@@ -407,14 +409,26 @@ def test_paper_recipe_step_is_the_plain_torch_step():
     assert t._loss_sum.item() == pytest.approx(loss.item() * 8, rel=EPS32)
 
 
+def fake_cuda_capture(monkeypatch, graph_class, graph=lambda g: contextlib.nullcontext(),
+                      get_rng_state=lambda device=None: torch.get_rng_state()) -> None:
+    """torch.cuda's capture API on a CPU: device and stream contexts that do nothing, `graph_class` as
+    CUDAGraph, `graph` as the capture context, and the CUDA RNG state read and set through the CPU's."""
+    stream = types.SimpleNamespace(wait_stream=lambda other: None)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: stream)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", graph_class)
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", get_rng_state)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device=None: torch.set_rng_state(state))
+
+
 def test_graph_capture_leaves_no_trace_of_its_warm_up(monkeypatch):
     """`_capture` runs warm-up steps and then the captured step; on a GPU the capture only records, here
     (torch.cuda faked on a CPU) both run for real. Either way `_capture` must put back every tensor the
     steps change (weights, BatchNorm statistics, momentum, EMA and its step count), so training with the
     replayed graph gives the eager weights exactly (tolerance 0, as in the static-step test above)."""
-    import contextlib
-    import types
-
     recipe = dataclasses.replace(BASE, **{k: v for k, v in LEVERS.items() if k != "trivial_augment"})
     graphed = trainer(recipe, cuda_graph=True)
 
@@ -422,15 +436,7 @@ def test_graph_capture_leaves_no_trace_of_its_warm_up(monkeypatch):
         def replay(self):
             graphed._static_step()
 
-    stream = types.SimpleNamespace(wait_stream=lambda other: None)
-    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: stream)
-    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: stream)
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
-    monkeypatch.setattr(torch.cuda, "graph", lambda g: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device=None: torch.get_rng_state())
-    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device=None: torch.set_rng_state(state))
+    fake_cuda_capture(monkeypatch, FakeGraph)
     before = {k: v.clone() for k, v in graphed.model.state_dict().items()}
     graphed._capture()  # on a plan of zeros: image 0 and lr 0 in every slot, as before the first epoch
     assert_same(before, graphed.model.state_dict())
