@@ -554,11 +554,10 @@ def quiet_libraries() -> None:
 
     warnings.filterwarnings("ignore")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    for name in ("diffusers", "transformers"):
-        if importlib.util.find_spec(name) is not None:
-            module = importlib.import_module(f"{name}.utils.logging")
-            module.set_verbosity_error()
-            getattr(module, "disable_progress_bar", lambda: None)()
+    if importlib.util.find_spec("diffusers") is not None:  # a GPU machine may lack it: the checks that need it say so
+        from diffaug.generate.model import quiet_libraries as quiet_diffusers
+
+        quiet_diffusers()
 
 
 def run(cfg: Config, budget_s: float, params_note: str) -> Report:
