@@ -210,3 +210,14 @@ def test_without_mixes_every_mixture_without_a_filter_is_trained():
     cfg = parse_config(p)
     assert cfg.mixes == list(BASE["mixtures"]) and cfg.trained_mixes == list(BASE["mixtures"]) + ["conf"]
     assert cfg.mixtures["conf"] == {"orig": 0.5, "syn1": 0.5} and cfg.filters["conf"].keep_fraction == 0.5
+
+
+def test_params_yaml_is_read_as_dvc_reads_it(tmp_path):
+    """YAML 1.2, as dvc parses params.yaml for `dvc exp show` and `-S`: `1e-3` is a number (YAML 1.1 readers make it a string)."""
+    text = (REPO / "params.yaml").read_text()
+    assert "      lr: 0.1\n" in text
+    (tmp_path / "params.yaml").write_text(text.replace("      lr: 0.1\n", "      lr: 1e-3\n", 1))
+    assert load_config(tmp_path / "params.yaml").train.recipes["default"].lr == 0.001
+    from dvc.utils.serialize import load_yaml
+
+    assert load_yaml(tmp_path / "params.yaml")["train"]["recipes"]["default"]["lr"] == 0.001

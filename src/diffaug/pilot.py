@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
+from ruamel.yaml import YAML
 
 from diffaug.cli import human_duration, stage_parser
-from diffaug.config import Config, Img2ImgSet, parse_config
+from diffaug.config import Config, Img2ImgSet, parse_config, read_params
 from diffaug.errors import UserError, exit_on_error
 from diffaug.formats.splits import Split, load_split, read_classes
 from diffaug.io import write_json_atomic
@@ -84,7 +84,7 @@ def parse_candidates(texts: list[str], raw: dict[str, Any], source: str) -> list
             key, eq, value = pair.partition("=")
             if not eq:
                 raise UserError(f"candidate {text!r}: {pair!r} is not key=value; e.g. syn1@steps=20,scheduler=ddim")
-            data.setdefault("diffusion", {})[key.strip()] = yaml.safe_load(value)
+            data.setdefault("diffusion", {})[key.strip()] = YAML(typ="safe").load(value)  # as params.yaml is read
         out.append(Candidate(text, name, parse_config(data, f"{source} (candidate {text})")))
     if len({c.label for c in out}) != len(out):
         raise UserError("candidates: one is named twice")
@@ -259,9 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.per_class < 1:
         raise UserError(f"--per-class: got {args.per_class}; allowed: an integer >= 1")
-    if not args.params.is_file():
-        raise UserError(f"{args.params}: file not found; run from the repository root or pass --params")
-    raw = yaml.safe_load(args.params.read_text()) or {}
+    raw = read_params(args.params) or {}
     candidates = parse_candidates(args.candidates, raw, str(args.params))
     classes, image_size = read_classes(args.classes)
     base = candidates[0].cfg

@@ -1,11 +1,11 @@
 """The params.yaml schema: one frozen pydantic dataclass per section; defaults are the paper's settings.
 
-A rule on one value sits in its type (a `Rule`), a rule across fields in the section's `model_validator`,
-a rule across sections in Config's. A broken rule raises `Invalid(message, key)`, `key` naming the part
-below the validated value ('' the value itself).
+A rule on one value sits in its type (a `Rule`), a rule across fields in the section's validator, a rule across
+sections in Config's. A broken rule raises `Invalid(message, key)`, `key` naming the part below the checked value.
 """
 from __future__ import annotations
 
+import dataclasses
 import string
 from collections.abc import Callable
 from functools import cached_property
@@ -20,19 +20,14 @@ ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "vgg16", "densenet121")
 REAL_SOURCES = ("orig", "rot90", "vflip")
 # The paper's sources in the order of their codes in mixture files (formats.mixture): fixed, so that declaring a set changes no file.
 PAPER_SOURCES = REAL_SOURCES + ("syn1", "syn2")
-PAPER_PROMPT_SETS = ("syn1", "syn2")  # the paper's sets, each with a dvc.yaml stage of its own
 SET_KINDS = ("prompt", "img2img")
-SCHEDULERS = ("default", "pndm", "ddim", "dpmsolver++", "euler")
-FILTER_BY = ("confidence", "clip")
 SEED_MAX = 2**32 - 1  # what numpy's and torch's generators both accept, the same rule for every seed
 SECTION = ConfigDict(extra="forbid", allow_inf_nan=False)
-__all__ = ["ARCHITECTURES", "PAPER_SOURCES", "REAL_SOURCES", "SCHEDULERS", "SET_KINDS", "Config", "DatasetConfig", "DiffusionConfig",
-           "EvaluateConfig", "Img2ImgSet", "Invalid", "MixtureFilter", "PromptSet", "Recipe", "SyntheticConfig", "SyntheticSet", "TrainConfig"]
+__all__ = ["ARCHITECTURES", "PAPER_SOURCES", "REAL_SOURCES", "SET_KINDS", "Config", "DatasetConfig", "DiffusionConfig", "EvaluateConfig",
+           "Img2ImgSet", "Invalid", "MixtureFilter", "PromptSet", "Recipe", "SyntheticConfig", "TrainConfig"]
 
 
 class Invalid(ValueError):
-    """A broken rule: `key` is where, below the value being validated ('' = the value itself)."""
-
     def __init__(self, message: str, key: str = "") -> None:
         super().__init__(message)
         self.key = key
@@ -44,13 +39,13 @@ def need(ok: bool, message: str, key: str = "") -> None:
 
 
 class Rule:
-    """Annotated metadata: a value must pass `ok`, else 'got <value>; allowed: <allowed>'; `json_schema` tells editors the same."""
+    """Annotated metadata: a value (null passes) must pass `ok`, else 'got <value>; allowed: <allowed>'; `json_schema` tells editors the same."""
 
     def __init__(self, allowed: str, ok: Callable[[Any], bool], **json_schema: Any) -> None:
         self.allowed, self.ok, self.json_schema = allowed, ok, json_schema
 
     def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
-        check = lambda v: v if self.ok(v) else need(False, f"got {v!r}; allowed: {self.allowed}")
+        check = lambda v: v if v is None or self.ok(v) else need(False, f"got {v!r}; allowed: {self.allowed}")
         return core_schema.no_info_after_validator_function(check, handler(source))
 
     def __get_pydantic_json_schema__(self, schema: Any, handler: Any) -> dict[str, Any]:
@@ -66,7 +61,6 @@ NonNegativeInt = Annotated[Int, Rule("an integer >= 0", lambda v: v >= 0, minimu
 Seed = Annotated[Int, Rule(f"an integer seed in 0..{SEED_MAX}", lambda v: 0 <= v <= SEED_MAX, minimum=0, maximum=SEED_MAX)]
 NonNegative = Annotated[Float, Rule("a number >= 0", lambda v: v >= 0, minimum=0)]
 Below1 = Annotated[Float, Rule("a number in [0, 1)", lambda v: 0 <= v < 1, minimum=0, exclusiveMaximum=1)]
-NonEmpty = Rule("a non-empty prompt word", lambda v: v.strip() != "", minLength=1)
 Device = Annotated[Str, Rule("auto | cpu | cuda | cuda:N", lambda v: v in ("auto", "cpu", "cuda") or (v[:5] == "cuda:" and v[5:].isdigit()),
                              pattern=r"^(auto|cpu|cuda|cuda:\d+)$")]
 
@@ -89,11 +83,22 @@ def _strengths(value: float | list[float]) -> float | list[float]:
     return value
 
 
-def _imagenet_ids(ids: int | list[int]) -> bool:
-    return ids != [] and all(0 <= v < 1000 for v in (ids if isinstance(ids, list) else [ids]))
-
-
 Templates = Annotated[Str | list[Str], AfterValidator(_templates)]
+ImageNetIds = Annotated[Int | list[Int], Rule("an ImageNet class id in 0..999 or a non-empty list of them",
+                                              lambda ids: ids != [] and all(0 <= v < 1000 for v in (ids if isinstance(ids, list) else [ids])))]
+
+
+@dataclass(frozen=True, config=SECTION)
+class Section:
+    """Every section: unknown keys and non-finite numbers refused; an unknown key is told the keys there are."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        keys = [getattr(f.default, "alias", None) or f.name for f in dataclasses.fields(cls)]
+        for key in data if isinstance(data, dict) else []:
+            need(key in keys, f"unknown key; allowed: {', '.join(keys)}", str(key))
+        return data
 
 
 class _Prompted:
@@ -105,14 +110,16 @@ class _Prompted:
 
 
 # ----------------------------------------------------------------------------- sections
-@dataclass(frozen=True, config=SECTION)
-class DatasetConfig:
-    name: Str = "cifar10"  # cifar10 | cifar100 | npz:<path> | imagefolder:<path>
-    test: Str | None = None  # npz:<path> | imagefolder:<path>, with an npz/imagefolder dataset
+@dataclass(frozen=True)
+class DatasetConfig(Section):
+    name: Annotated[Str, Rule("cifar10 | cifar100 | npz:<path> | imagefolder:<path>", lambda v: v in ("cifar10", "cifar100") or (
+        v.partition(":")[0] in ("npz", "imagefolder") and v.partition(":")[2] != ""))] = "cifar10"
+    test: Annotated[Str | None, Rule("null, or npz:<path> | imagefolder:<path> with an npz/imagefolder dataset",
+                                     lambda v: v.partition(":")[0] in ("npz", "imagefolder") and v.partition(":")[2] != "")] = None
     test_per_class: Count = 100
     val_per_class: NonNegativeInt = 0
     split_seed: Seed = 0
-    label_names: dict[Str, Annotated[Str, NonEmpty]] = Field(default_factory=dict)
+    label_names: dict[Str, Annotated[Str, Rule("a non-empty prompt word", lambda v: v.strip() != "", minLength=1)]] = Field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -123,28 +130,24 @@ class DatasetConfig:
         return self.name.split(":", 1)[1] if ":" in self.name else None
 
     @model_validator(mode="after")
-    def _sources(self) -> DatasetConfig:
-        need(self.kind in ("cifar10", "cifar100", "npz", "imagefolder") and (self.kind in ("cifar10", "cifar100")) == (self.path is None),
-             f"got {self.name!r}; allowed: cifar10 | cifar100 | npz:<path> | imagefolder:<path>", "name")
-        need(self.path != "", "the path after the colon is empty", "name")
-        need(self.test is None or (self.test.split(":", 1)[0] in ("npz", "imagefolder") and ":" in self.test and self.path is not None),
-             f"got {self.test!r}; allowed: null, or npz:<path> | imagefolder:<path> with an npz/imagefolder dataset", "test")
+    def _test_split_of_a_dataset_on_disk(self) -> DatasetConfig:
+        need(self.test is None or self.path is not None, f"got {self.test!r}; allowed: null with dataset {self.name}", "test")
         return self
 
 
-@dataclass(frozen=True, config=SECTION)
-class PromptSet(_Prompted):
+@dataclass(frozen=True)
+class PromptSet(Section, _Prompted):
     """`kind: prompt`: text-to-image from the class label alone (Paulsen et al.'s syn1 and syn2)."""
 
     kind: Literal["prompt"] = "prompt"
     prompt: Templates = "{label}"  # a template or a list of templates, cycled per image
     negative_prompt: Str | None = None
     # Class-conditional models (DiT) take ImageNet ids, not prompts: class -> one id or a list, cycled per image like the templates.
-    class_ids: dict[Str, Annotated[Int | list[Int], Rule("an ImageNet class id in 0..999 or a non-empty list of them", _imagenet_ids)]] | None = None
+    class_ids: dict[Str, ImageNetIds] | None = None
 
 
-@dataclass(frozen=True, config=ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={"required": ["kind"]}))
-class Img2ImgSet(_Prompted):
+@dataclass(frozen=True, config=ConfigDict(**SECTION, json_schema_extra={"required": ["kind"]}))
+class Img2ImgSet(Section, _Prompted):
     """`kind: img2img`: SDEdit / DA-Fusion-style image-to-image from each real training image (or a
     seeded class-balanced subset), noised to `strength` and denoised for int(steps * strength) steps."""
 
@@ -153,16 +156,16 @@ class Img2ImgSet(_Prompted):
     prompt: Templates = "a photo of a {label}"
     negative_prompt: Str | None = None
     # null: one image per real training image (classes must be balanced)
-    images_per_class: Annotated[Int | None, Rule("null (every real training image) or an integer >= 1", lambda v: v is None or v >= 1, minimum=1)] = None
+    images_per_class: Annotated[Int | None, Rule("null (every real training image) or an integer >= 1", lambda v: v >= 1, minimum=1)] = None
 
     @property
     def strengths(self) -> list[float]:
         return list(self.strength) if isinstance(self.strength, list) else [float(self.strength)]
 
 
-# chosen by `kind`, prompt when absent
-SyntheticSet = Annotated[Annotated[PromptSet, Tag("prompt")] | Annotated[Img2ImgSet, Tag("img2img")],
-                         Discriminator(lambda v: v.get("kind", "prompt") if isinstance(v, dict) else getattr(v, "kind", None))]
+# chosen by `kind`, prompt when absent; the tags are how pydantic names the arm in an error's location, never a key of a set
+SyntheticSet = Annotated[Annotated[PromptSet, Tag("kind=prompt")] | Annotated[Img2ImgSet, Tag("kind=img2img")],
+                         Discriminator(lambda v: f"kind={v.get('kind', 'prompt')}" if isinstance(v, dict) else getattr(v, "kind", None) and f"kind={v.kind}")]
 
 
 def _set_names(sets: dict[str, Any]) -> dict[str, Any]:
@@ -172,8 +175,8 @@ def _set_names(sets: dict[str, Any]) -> dict[str, Any]:
     return sets
 
 
-@dataclass(frozen=True, config=SECTION)
-class SyntheticConfig:
+@dataclass(frozen=True)
+class SyntheticConfig(Section):
     images_per_class: Count = 5000  # of every prompt set (an img2img set has its own)
     images_per_shard: Count = 1000
     save_full_resolution: Bool = False
@@ -181,18 +184,17 @@ class SyntheticConfig:
         default_factory=lambda: dict[str, PromptSet | Img2ImgSet](syn1=PromptSet(prompt="{label}"), syn2=PromptSet(prompt="a photo of a {label}")))
 
 
-@dataclass(frozen=True, config=SECTION)
-class DiffusionConfig:
+@dataclass(frozen=True)
+class DiffusionConfig(Section):
     model: Annotated[Str, Rule("a hub id or a local directory", lambda v: v.strip() != "", minLength=1)] = "CompVis/stable-diffusion-v1-4"
     revision: Str | None = None
     variant: Str | None = "fp16"
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     # null: the model family's default (generate/families.py); params.yaml sets the paper's 512, 7.5, 50.
-    resolution: Annotated[Int | None, Rule("a multiple of 8, at least 64 (the paper: 512)", lambda v: v is None or (v >= 64 and v % 8 == 0),
-                                           minimum=64, multipleOf=8)] = None
-    guidance_scale: Annotated[Float | None, Rule("a number >= 0", lambda v: v is None or v >= 0, minimum=0)] = None
-    steps: Annotated[Int | None, Rule("an integer >= 1", lambda v: v is None or v >= 1, minimum=1)] = None
-    scheduler: Literal[SCHEDULERS] = "default"  # type: ignore[valid-type]
+    resolution: Annotated[Int | None, Rule("a multiple of 8, at least 64 (the paper: 512)", lambda v: v >= 64 and v % 8 == 0, minimum=64, multipleOf=8)] = None
+    guidance_scale: Annotated[Float | None, Rule("a number >= 0", lambda v: v >= 0, minimum=0)] = None
+    steps: Annotated[Int | None, Rule("an integer >= 1", lambda v: v >= 1, minimum=1)] = None
+    scheduler: Literal["default", "pndm", "ddim", "dpmsolver++", "euler"] = "default"
     seed: Seed = 0
     safety_checker: Bool = True
     max_regenerations: NonNegativeInt = 10
@@ -212,8 +214,8 @@ class DiffusionConfig:
     allow_cpu: Bool = False
 
 
-@dataclass(frozen=True, config=SECTION)
-class Recipe:
+@dataclass(frozen=True)
+class Recipe(Section):
     epochs: Count = 250
     batch_size: Count = 128
     lr: Annotated[Float, Rule("a number > 0", lambda v: v > 0, exclusiveMinimum=0)] = 0.1
@@ -227,9 +229,9 @@ class Recipe:
     hflip: Bool = True
     # Levers, all off by default (the paper's behaviour); each applies identically to real and synthetic images.
     pad_last_batch: Bool = False    # pad the last partial batch with zero-weight samples: one static shape
-    cutout: NonNegativeInt = 0          # side of a square cut out of every training image, in pixels (0: off)
+    cutout: NonNegativeInt = 0      # side of a square cut out of every training image, in pixels (0: off)
     trivial_augment: Bool = False   # TrivialAugmentWide (torchvision.transforms.v2) on the device
-    ema_decay: Below1 = 0.0          # EMA of the weights, per step (0: off); the EMA weights are the result
+    ema_decay: Below1 = 0.0         # EMA of the weights, per step (0: off); the EMA weights are the result
     tta_hflip: Bool = False         # evaluation averages the logits of each image and its mirror image
 
     @model_validator(mode="after")
@@ -241,20 +243,28 @@ class Recipe:
         return self
 
 
-def _distinct(seeds: list[int]) -> list[int]:
+def _seeds(seeds: list[int]) -> list[int]:
     need(len(seeds) >= 1 and len(set(seeds)) == len(seeds), "allowed: a non-empty list of distinct integers")
     return seeds
 
 
-@dataclass(frozen=True, config=SECTION)
-class TrainConfig:
+def _distinct(names: list[str]) -> list[str]:
+    need(len(set(names)) == len(names), "lists a name twice; allowed: each once")
+    return names
+
+
+Distinct = AfterValidator(_distinct)
+
+
+@dataclass(frozen=True)
+class TrainConfig(Section):
     recipe: Str = "default"  # a key of recipes
     variant: Literal["cifar", "paper"] = "cifar"
-    seeds: Annotated[list[Seed], AfterValidator(_distinct)] = Field(default_factory=lambda: [0])
+    seeds: Annotated[list[Seed], AfterValidator(_seeds)] = Field(default_factory=lambda: [0])
     precision: Literal["bf16", "fp32"] = "bf16"
     channels_last: Bool = True
     compile: Bool = False
-    cuda_graph: Bool = True         # capture the whole training step in one CUDA graph (CUDA only)
+    cuda_graph: Bool = True  # capture the whole training step in one CUDA graph (CUDA only)
     checkpoint_every: Count = 10
     device: Device = "auto"
     recipes: dict[Str, Recipe] = Field(default_factory=lambda: {"default": Recipe()})
@@ -269,21 +279,21 @@ class TrainConfig:
         return self
 
 
-@dataclass(frozen=True, config=SECTION)
-class EvaluateConfig:
+@dataclass(frozen=True)
+class EvaluateConfig(Section):
     batch_size: Count = 1000
     device: Device = "auto"
 
 
-@dataclass(frozen=True, config=SECTION)
-class MixtureFilter:
+@dataclass(frozen=True)
+class MixtureFilter(Section):
     """`mixtures.<name>.filter`: drop the synthetic images of a mixture's draw that the orig100 classifier
     (first seed) finds implausible (ALIA: its confidence; He et al.: CLIP image-text similarity).
     Exactly one of `threshold` (keep scores >= it) or `keep_fraction` (the best-scored share, per class)."""
 
-    by: Literal[FILTER_BY] = "confidence"  # type: ignore[valid-type]
+    by: Literal["confidence", "clip"] = "confidence"
     threshold: Float | None = None
-    keep_fraction: Annotated[Float | None, Rule("a number in (0, 1]", lambda v: v is None or 0 < v <= 1, exclusiveMinimum=0, maximum=1)] = None
+    keep_fraction: Annotated[Float | None, Rule("a number in (0, 1]", lambda v: 0 < v <= 1, exclusiveMinimum=0, maximum=1)] = None
 
     @model_validator(mode="after")
     def _one_rule(self) -> MixtureFilter:
@@ -294,23 +304,35 @@ class MixtureFilter:
         return self
 
 
-def _unique(listed: list[str], key: str, what: str) -> None:
-    need(len(set(listed)) == len(listed), f"lists {what} twice", key)
+def _mixture(spec: dict[str, float | MixtureFilter]) -> dict[str, float | MixtureFilter]:
+    for source, value in spec.items():
+        if isinstance(value, MixtureFilter):
+            need(source == "filter", "got a mapping; allowed: a fraction in [0, 1] (only `filter` takes a mapping)", source)
+        else:
+            need(source != "filter", f"got {value!r}; allowed: a mapping with keys by, threshold, keep_fraction", source)
+            need(0.0 <= value <= 1.0, f"fraction {value} is outside [0, 1]", source)
+    fractions = {s: v for s, v in spec.items() if not isinstance(v, MixtureFilter)}
+    for copy in ("rot90", "vflip"):
+        orig = fractions.get("orig", 0.0)
+        need(fractions.get(copy, 0.0) <= orig, f"copies the real images that orig draws, so it may not exceed orig ({orig})", copy)
+    need(sum(fractions.values()) > 0, "all fractions are 0 or none is given; allowed: at least one fraction > 0")
+    return spec
 
 
-@dataclass(frozen=True, config=SECTION)
-class Config:
+@dataclass(frozen=True)
+class Config(Section):
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
     mixture_seed: Seed = 0
     # name -> {source: fraction}, and optionally `filter:` (a MixtureFilter); `mixtures` and `filters` split them
-    specs: dict[Str, dict[Str, Float | MixtureFilter]] = Field(default_factory=dict, alias="mixtures")
-    model: Literal[ARCHITECTURES] = "resnet18"  # type: ignore[valid-type]
-    mixes: list[Str] = Field(default_factory=list)  # what dvc.yaml's train@ trains; absent: every mixture without a filter
-    img2img_sets: list[Str] = Field(default_factory=list)  # dvc.yaml's generate_img2img@<set> matrix: every img2img set
-    prompt_sets: list[Str] = Field(default_factory=list)  # dvc.yaml's generate_prompt@<set> matrix: prompt sets beyond syn1, syn2
-    filtered_mixes: list[Str] = Field(default_factory=list)  # mixtures with a filter: trained after their classifier
+    specs: dict[Str, Annotated[dict[Str, Float | MixtureFilter], AfterValidator(_mixture)]] = Field(default_factory=dict, alias="mixtures")
+    model: Literal["resnet18", "resnet34", "resnet50", "vgg16", "densenet121"] = "resnet18"
+    # The lists dvc.yaml's stage matrices run over (dvc cannot filter a mapping):
+    mixes: Annotated[list[Str], Distinct] = Field(default_factory=list)  # train@: absent, every mixture without a filter
+    img2img_sets: Annotated[list[Str], Distinct] = Field(default_factory=list)  # generate_img2img@<set>: every img2img set
+    prompt_sets: Annotated[list[Str], Distinct] = Field(default_factory=list)  # generate_prompt@<set>: prompt sets beyond syn1, syn2
+    filtered_mixes: Annotated[list[Str], Distinct] = Field(default_factory=list)  # train_filtered@: the mixtures with a filter
     real_curve: list[Str] = Field(default_factory=list)  # real-only mixes, accuracy vs real images: the exchange rate
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
@@ -324,8 +346,8 @@ class Config:
         return {m: f for m, spec in self.specs.items() if isinstance(f := spec.get("filter"), MixtureFilter)}
 
     @property
-    def trained_mixes(self) -> list[str]:  # every cell's mixture: `mixes`, then `filtered_mixes` (trained by train_filtered@)
-        return list(self.mixes) + [m for m in self.filtered_mixes if m not in self.mixes]
+    def trained_mixes(self) -> list[str]:  # every cell's mixture: `mixes`, then `filtered_mixes`
+        return list(self.mixes) + list(self.filtered_mixes)
 
     @property
     def synthetic_sets(self) -> tuple[str, ...]:  # every declared synthetic set, in params.yaml's order
@@ -357,61 +379,37 @@ class Config:
             for s in spec.strengths if isinstance(spec, Img2ImgSet) else []:
                 need(steps is None or int(steps * s) >= 1, f"got {s}: int(diffusion.steps * strength) = int({steps} * {s}) = 0 steps; "
                      f"allowed: a strength >= {1 / (steps or 1):.4g}", f"synthetic.sets.{name}.strength")
-        img2img = [n for n, s in sets.items() if isinstance(s, Img2ImgSet)]
-        extra = [n for n, s in sets.items() if isinstance(s, PromptSet) and n not in PAPER_PROMPT_SETS]
-        for field, kinds, what, why in (
-                ("img2img_sets", img2img, "an img2img set under synthetic.sets", "every img2img set here, so dvc.yaml's generate_img2img@<set> stage"),
-                ("prompt_sets", extra, "a prompt set under synthetic.sets other than syn1 and syn2",
-                 "every prompt set other than syn1 and syn2 here, so dvc.yaml's generate_prompt@<set>")):
-            listed: list[str] = getattr(self, field)
+        for key, kind, what in (("img2img_sets", "img2img", "an img2img set"), ("prompt_sets", "prompt", "a prompt set")):
+            other = " other than syn1 and syn2" if kind == "prompt" else ""  # syn1 and syn2 have stages of their own
+            declared, listed = [n for n, s in sets.items() if s.kind == kind and not (other and n in ("syn1", "syn2"))], getattr(self, key)
             for i, name in enumerate(listed):
-                need(name in kinds, f"{name!r} is not {what}; allowed: {', '.join(kinds) or 'none declared'}", f"{field}[{i}]")
-            _unique(listed, field, "a set")
-            for name in kinds:
-                need(name in listed, f"misses {name!r}: list {why} makes it", field)
+                need(name in declared, f"{name!r} is not {what} under synthetic.sets{other}; allowed: {', '.join(declared) or 'none'}", f"{key}[{i}]")
+            for name in declared:
+                need(name in listed, f"misses {name!r}: list every {kind} set{other} here, so dvc.yaml's generate_{kind}@<set> stage makes it", key)
         self._check_mixtures()
         return self
 
     def _check_mixtures(self) -> None:
-        sources = ", ".join(self.sources)
         need(len(self.specs) > 0, "empty; allowed: at least one named mixture", "mixtures")
-        for mix, spec in self.specs.items():
-            key, fractions = f"mixtures.{mix}", self.mixtures[mix]
-            need(mix.replace("_", "").replace("-", "").isalnum(), "a mixture name may hold only letters, digits, '_' and '-'", key)
-            need(len(fractions) > 0, f"no sources; allowed sources: {sources}", key)
-            for src, frac in spec.items():
-                need(src != "filter" or isinstance(frac, MixtureFilter), f"got {frac!r}; allowed: a mapping with keys by, threshold, "
-                     "keep_fraction", f"{key}.filter")
-                need(src == "filter" or not isinstance(frac, MixtureFilter), "got a mapping; allowed: a fraction in [0, 1] "
-                     "(only `filter` takes a mapping)", f"{key}.{src}")
-            for src, frac in fractions.items():
-                need(src in self.sources, f"unknown source (no synthetic set {src!r} under synthetic.sets); allowed: {sources}", f"{key}.{src}")
-                need(0.0 <= frac <= 1.0, f"fraction {frac} is outside [0, 1]", f"{key}.{src}")
-            for copy in ("rot90", "vflip"):
-                need(fractions.get(copy, 0.0) <= fractions.get("orig", 0.0), "copies the real images that orig draws, so it may not "
-                     f"exceed orig ({fractions.get('orig', 0.0)})", f"{key}.{copy}")
-            need(sum(fractions.values()) > 0, "all fractions are 0; allowed: at least one fraction > 0", key)
+        for mix, fractions in self.mixtures.items():
+            need(mix.replace("_", "").replace("-", "").isalnum(), "a mixture name may hold only letters, digits, '_' and '-'", f"mixtures.{mix}")
+            for src in fractions:
+                need(src in self.sources, f"unknown source (no synthetic set {src!r} under synthetic.sets); allowed: {', '.join(self.sources)}",
+                     f"mixtures.{mix}.{src}")
         need(len(self.mixes) > 0, "empty; allowed: a list of names from mixtures", "mixes")
         for i, mix in enumerate(self.mixes):
             need(mix in self.specs, f"unknown mixture {mix!r}; allowed: {', '.join(self.specs)}", f"mixes[{i}]")
-        _unique(self.mixes, "mixes", "a mixture")
+            need(mix not in self.filters, f"{mix} has a filter; list it under filtered_mixes (its cells train after the classifier that filters it)",
+                 f"mixes[{i}]")
         for mix in self.filters:
             key = f"mixtures.{mix}.filter"
-            need(any(self.is_synthetic(s) for s in self.mixtures[mix]), f"{mix} draws no synthetic images; a filter drops synthetic images only", key)
+            need(any(map(self.is_synthetic, self.mixtures[mix])), f"{mix} draws no synthetic images; a filter drops synthetic images only", key)
             need(self.mixtures.get("orig100") == {"orig": 1.0}, "the filtering classifier is orig100's: define it as {orig: 1.0}", key)
             need("orig100" in self.mixes, "orig100 is not in mixes, so no classifier is trained to filter with; add it to mixes", key)
         for i, mix in enumerate(self.filtered_mixes):
-            key = f"filtered_mixes[{i}]"
-            need(mix in self.specs, f"unknown mixture {mix!r}; allowed: {', '.join(self.filters) or 'a mixture with a filter'}", key)
-            need(mix in self.filters, f"{mix} has no filter; list it under mixes", key)
-            need(mix not in self.mixes, f"{mix} is also in mixes; list it once", key)
-        _unique(self.filtered_mixes, "filtered_mixes", "a mixture")
-        for i, mix in enumerate(self.mixes):
-            need(mix not in self.filters, f"{mix} has a filter; list it under filtered_mixes (its cells train after the classifier "
-                 "that filters it)", f"mixes[{i}]")
+            need(mix in self.filters, f"{mix} has no filter; list it under mixes" if mix in self.specs else
+                 f"unknown mixture {mix!r}; allowed: {', '.join(self.filters) or 'a mixture with a filter'}", f"filtered_mixes[{i}]")
         for i, mix in enumerate(self.real_curve):
-            need(mix in self.mixtures and set(self.mixtures[mix]) == {"orig"}, f"got {mix!r}; allowed: a mixture that draws from orig alone",
-                 f"real_curve[{i}]")
-        curve = {self.mixtures[m]["orig"] for m in self.real_curve}
-        need(not self.real_curve or (len(curve) >= 3 and len(set(self.real_curve)) == len(self.real_curve)),
+            need(set(self.mixtures.get(mix, {})) == {"orig"}, f"got {mix!r}; allowed: a mixture that draws from orig alone", f"real_curve[{i}]")
+        need(not self.real_curve or len({self.mixtures[m]["orig"] for m in self.real_curve}) == len(self.real_curve) >= 3,
              "allowed: [] (off) or at least 3 distinct mixtures with distinct orig fractions (the curve has 3 parameters)", "real_curve")

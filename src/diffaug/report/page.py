@@ -10,9 +10,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import yaml
-
-from diffaug.config import Img2ImgSet, load_config
+from diffaug.config import Img2ImgSet, load_config, read_params
 from diffaug.errors import UserError, exit_on_error
 from diffaug.io import atomic_path, write_bytes_atomic
 from diffaug.report.figures import (
@@ -207,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     cfg = load_config(args.params)
     # the params file's own top-level keys tell its columns from summary.json's in the exp_show rows
-    sections = PARAM_SECTIONS | set(yaml.safe_load(Path(args.params).read_text()) or {})
+    sections = PARAM_SECTIONS | set(read_params(args.params) or {})
     now = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     command = " ".join(["python -m diffaug.report", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     if args.exp_json is not None:
