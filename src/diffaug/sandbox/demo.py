@@ -40,7 +40,7 @@ SHAPES = ("circle", "square", "cross")
 STORAGE = "dvc-storage"  # the sandbox's default DVC remote, a git-ignored folder inside it
 DEMO_IMG2IMG = "i2i50"  # the demo's img2img set (tiny_params)
 BANNER = ("DEMO ONLY - these numbers mean nothing: a random-weight diffusion model, a toy dataset of "
-          "coloured shapes and a few epochs of training. Run `make repro` on a GPU box for the paper's numbers.")
+          "coloured shapes and a few epochs of training. The README's 'Reproduce the paper' commands, on a GPU box, give the paper's numbers.")
 
 
 def shapes_dataset(per_class: int, size: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
