@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from diffaug.config import read_params
 from diffaug.io import save_npz_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -126,7 +127,7 @@ def make_sandbox(workdir: Path, *, mixes: list[str], epochs: int = 2, images_per
     data = shapes_dataset(per_class_real)
     save_npz_atomic(workdir / "inputs" / "shapes.npz", **data)
     sd_dir = build_tiny_pipeline(workdir / "inputs" / "tiny-sd")
-    base = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    base = read_params(REPO_ROOT / "params.yaml")
     params = tiny_params(base, sd_dir.resolve(), str((workdir / "inputs" / "shapes.npz").resolve()), mixes=mixes, epochs=epochs,
                          images_per_class=images_per_class)
     for key, value in (overrides or {}).items():
