@@ -109,10 +109,21 @@ def test_a_gpu_the_wheel_has_no_kernels_for_is_one_line(monkeypatch):
     one_line_error(lambda: resolve_device("auto", "train.device"), "train.device", "Fake GPU", "6.1", "sm_61")
 
 
+def strict_set_device(monkeypatch) -> list[torch.device]:
+    """torch.cuda.set_device faked as strictly as torch's: a device without an index is a ValueError."""
+    current: list[torch.device] = []
+
+    def set_device(d):
+        if torch.device(d).index is None:
+            raise ValueError(f"Expected a torch.device with a specified index or an integer, but got:{d}")
+        current.append(torch.device(d))
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    return current
+
+
 def test_under_torchrun_each_rank_takes_its_local_gpu(monkeypatch):
     fake_gpus(monkeypatch, 4)
-    current = []
-    monkeypatch.setattr(torch.cuda, "set_device", lambda d: current.append(torch.device(d)))
+    current = strict_set_device(monkeypatch)
     assert devices.use_local_rank(torch.device("cuda"), {"LOCAL_RANK": "3"}) == torch.device("cuda", 3)
     assert devices.use_local_rank(torch.device("cuda"), {}) == torch.device("cuda", 0)
     assert devices.use_local_rank(torch.device("cuda", 1), {"LOCAL_RANK": "3"}) == torch.device("cuda", 1)  # named
@@ -177,3 +188,17 @@ def test_a_bad_device_index_exits_2_with_one_line_from_the_train_cli(tmp_path):
     lines = run.stderr.strip().splitlines()
     assert run.returncode == 2 and len(lines) == 1, run.stderr
     assert lines[0].startswith("error: train.device: 'cuda:9'"), lines
+
+
+def test_generation_on_one_gpu_makes_an_indexed_device_current(monkeypatch):
+    from diffaug.config import DiffusionConfig
+    from diffaug.generate.runner import pick_device
+
+    fake_gpus(monkeypatch, 2)
+    current = strict_set_device(monkeypatch)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert pick_device(DiffusionConfig(device="auto")) == torch.device("cuda", 0) and current == [torch.device("cuda", 0)]
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a torchrun worker
+    assert pick_device(DiffusionConfig(device="cuda")) == torch.device("cuda", 1)
+    assert pick_device(DiffusionConfig(device="cpu")) == torch.device("cpu") and len(current) == 2

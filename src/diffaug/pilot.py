@@ -99,7 +99,7 @@ def make_pilot(cand: Candidate, classes: list[str], image_size: tuple[int, int],
     from diffaug.generate.model import choose_levers, load_pipeline
     from diffaug.generate.plan import check_cpu_cost
     from diffaug.generate.reuse import BatchCache, batch_run, pilot_batches
-    from diffaug.generate.runner import BatchSize, World, build_sampler, pick_device, sample_batch
+    from diffaug.generate.runner import BatchSize, build_sampler, pick_device, sample_batch
 
     cfg = cand.cfg
     train = str(prepared / "train.npz") if isinstance(cfg.synthetic.sets[cand.set_name], Img2ImgSet) else None
@@ -107,7 +107,7 @@ def make_pilot(cand: Candidate, classes: list[str], image_size: tuple[int, int],
     dif = plan.diffusion  # the family's defaults filled in
     n = min(per_class, plan.images_per_class)
     wanted = {c * plan.images_per_class + i for c in range(len(classes)) for i in range(n)}
-    device = pick_device(dif, World())
+    device = pick_device(dif)
     levers = choose_levers(dif, device.type, plan.num_images)  # the full run's levers: its batches, its bytes
     sizer = BatchSize(levers.batch_size, device, console, f"pilot {cand.label}")
     if sizer.probing:

@@ -129,7 +129,7 @@ def make_shards(cfg: Config, plan: Plan, source: ModelSource, info: ModelInfo, o
     from diffaug.generate.runner import generate_shards, pick_device  # torch: see main()
 
     dif = plan.diffusion  # the family's defaults filled in
-    device = pick_device(dif, world)
+    device = pick_device(dif)
     images = [g for k in todo for g in plan.shard_range(k)]
     n_images, flops = len(images), plan_flops(plan, dif, images)  # img2img: only int(steps * strength) steps per image
     check_cpu_cost(dif, device.type, n_images, flops)

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from diffaug.cli import human_duration
 from diffaug.config import DiffusionConfig
-from diffaug.devices import resolve_device
+from diffaug.devices import resolve_device, use_local_rank
 from diffaug.errors import UserError
 from diffaug.formats import synthetic as storage
 from diffaug.generate.families import settled
@@ -55,14 +55,9 @@ class World:
         return k % self.size == self.rank
 
 
-def pick_device(dif: DiffusionConfig, world: World) -> torch.device:
-    """diffusion.device, with each torchrun worker on its own GPU (cuda:LOCAL_RANK) for auto/cuda."""
-    device = resolve_device(dif.device, "diffusion.device")
-    if device.type == "cuda" and device.index is None and world.size > 1:
-        device = torch.device("cuda", world.local_rank % torch.cuda.device_count())
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # so no library opens a context on GPU 0 behind this rank's back
-    return device
+def pick_device(dif: DiffusionConfig) -> torch.device:
+    """diffusion.device, made current; each torchrun worker on its own GPU (cuda:LOCAL_RANK) for auto/cuda."""
+    return use_local_rank(resolve_device(dif.device, "diffusion.device"))
 
 
 def provenance(levers: Levers, device: torch.device) -> dict[str, Any]:
