@@ -564,7 +564,7 @@ def fig_exchange_rate(ctx: Context) -> Made:
     from diffaug.exchange import fit_power_law
 
     made: Made = []
-    usable = [r for r in ctx.rows if _column(r, "n_real") and _column(r, "real_equiv") is not None]
+    usable = [r for r in ctx.rows if _column(r, "n_real")]
     for row in usable:
         n_real, n_syn = _column(row, "n_real"), _column(row, "n_syn")
         curve = [(n_real[m], row.acc[m]) for m in ctx.cfg.real_curve if m in n_real and m in row.acc]

@@ -10,7 +10,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from diffaug.config import Img2ImgSet, load_config, read_params
+from diffaug.config import Img2ImgSet, load_config
 from diffaug.errors import UserError, exit_on_error
 from diffaug.io import atomic_path, write_bytes_atomic
 from diffaug.report.figures import (
@@ -28,7 +28,7 @@ from diffaug.report.figures import (
     fig_synthetic_quality,
     fig_training_curves,
 )
-from diffaug.report.results import PARAM_SECTIONS, SUMMARY, parse_exp_show, run_exp_show, select_rows
+from diffaug.report.results import SUMMARY, parse_exp_show, run_exp_show, select_rows
 
 # Files this command owns in --out: one not written this time (its figure was skipped) is removed,
 # so report.md never sits next to a stale picture. Nothing else in --out is touched.
@@ -204,8 +204,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--synthetic", type=Path, default=Path("data/synthetic"), help="synthetic sets (their samples.png)")
     args = ap.parse_args(argv)
     cfg = load_config(args.params)
-    # the params file's own top-level keys tell its columns from summary.json's in the exp_show rows
-    sections = PARAM_SECTIONS | set(read_params(args.params) or {})
     now = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     command = " ".join(["python -m diffaug.report", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     if args.exp_json is not None:
@@ -213,12 +211,12 @@ def main(argv: list[str] | None = None) -> None:
             exp_show = json.loads(sys.stdin.read() if str(args.exp_json) == "-" else args.exp_json.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise UserError(f"--exp-json {args.exp_json}: cannot read JSON ({e})") from None
-        results, notes = parse_exp_show(exp_show, param_sections=sections)
+        results, notes = parse_exp_show(exp_show)
         source = (f"Numbers: each experiment's `{SUMMARY}` as saved in `{args.exp_json}` (rows of "
                   f"`dvc.api.exp_show()`); page built {now} by `{command}`.")
     else:
         exp_show, shown = run_exp_show(args.all_commits)
-        results, notes = parse_exp_show(exp_show, workspace_root=Path.cwd(), param_sections=sections)
+        results, notes = parse_exp_show(exp_show, workspace_root=Path.cwd())
         source = (f"Numbers: each experiment's `{SUMMARY}` as listed by `{shown}` in `{Path.cwd()}` on {now}; "
                   f"page built by `{command}`.")
     rows, superseded = select_rows(results)
