@@ -43,9 +43,13 @@ except ImportError:  # a GPU box with the repository but no `pip install -e .`
 
 from diffaug.devices import check_generation  # noqa: E402
 from diffaug.errors import ConfigError  # noqa: E402
-from diffaug.generate.families import FAMILIES, read_model_info  # noqa: E402
+from diffaug.generate.families import (  # noqa: E402
+    FAMILIES,
+    family_of,  # noqa: E402
+    read_model_info,
+)
 from diffaug.generate.model import Levers, apply_levers, quiet_libraries  # noqa: E402
-from diffaug.generate.sampler import Sampler, family_of  # noqa: E402
+from diffaug.generate.sampler import Sampler  # noqa: E402
 from diffaug.io import write_bytes_atomic  # noqa: E402
 from diffaug.sandbox.tiny import build_sd14_random, build_tiny_pipeline  # noqa: E402
 
@@ -227,7 +231,7 @@ def main(argv=None) -> dict:
         if not args.family:  # the stock pipeline first, before any lever touches the modules
             for b in args.plain_batches:
                 measure(f"plain b{b}", f"plain diffusers, PNDM {args.steps} steps", plain_runner(pipe, args), b)
-        apply_levers(pipe, Levers(fuse_qkv=True), fuse_denoiser=family_of(pipe).fuse_qkv)
+        apply_levers(pipe, Levers(fuse_qkv=True))
         s = sampler_for(pipe, args)
         measure("ours", f"ours {model} (fused QKV), {args.steps} steps", lambda b: batch_call(s, b), args.batch)
         if args.fast_steps and family_of(pipe).schedulers:

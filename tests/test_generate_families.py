@@ -244,6 +244,15 @@ def test_fp8_quantizes_after_qkv_fusion(tiny_sd, monkeypatch):
     assert seen == [True]
 
 
+def test_fused_qkv_leaves_the_denoiser_of_a_family_that_cannot_take_it(tiny):
+    """apply_levers asks the pipeline's family: SD3's and DiT's transformers stay unfused, their VAEs are fused."""
+    for family, cls in (("sd3", diffusers.StableDiffusion3Pipeline), ("dit", diffusers.DiTPipeline)):
+        pipe = cls.from_pretrained(str(tiny(family)))
+        model_module.apply_levers(pipe, model_module.Levers(fuse_qkv=True))
+        assert not any(hasattr(m, "to_qkv") for m in pipe.transformer.modules()), family
+        assert any(hasattr(m, "to_qkv") for m in pipe.vae.modules()), family
+
+
 # ----------------------------------------------------------------------------- dvc
 @pytest.mark.slow
 def test_dvc_repro_generate_syn2_with_every_family(tmp_path):

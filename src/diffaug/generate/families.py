@@ -55,6 +55,11 @@ BY_CLASS = {c: f for f in FAMILIES.values() for c in f.classes}
 DISTILLED = {"turbo": (1, 0.0), "schnell": (4, 0.0)}  # (steps, guidance) of SDXL-Turbo, FLUX.1-schnell: model cards
 
 
+def family_of(pipe) -> Family:
+    """The family of a loaded pipeline (an img2img twin counts as its text-to-image pipeline's)."""
+    return BY_CLASS.get(type(pipe).__name__.replace("Img2Img", ""), FAMILIES["sd"])
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What the model directory says about itself, read from its JSON configs alone."""

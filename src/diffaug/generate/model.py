@@ -16,7 +16,7 @@ from typing import Any
 
 from diffaug.config import DiffusionConfig
 from diffaug.errors import UserError
-from diffaug.generate.families import ModelInfo, read_model_info
+from diffaug.generate.families import ModelInfo, family_of, read_model_info
 from diffaug.generate.plan import COMPILE_AUTO_IMAGES
 from diffaug.io import sha256_file
 
@@ -209,8 +209,7 @@ def denoiser(pipe):
     return pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
 
 
-def apply_levers(pipe, levers: Levers, *, fp8: bool = False, cache: str = "none", compile_backend: str = "inductor",
-                 fuse_denoiser: bool = True) -> None:
+def apply_levers(pipe, levers: Levers, *, fp8: bool = False, cache: str = "none", compile_backend: str = "inductor") -> None:
     """Fused QKV (the VAE's, and the denoiser's where its family supports it), channels_last, fp8 (after fusion,
     so the fused projections are quantized too), diffusers' FirstBlockCache and torch.compile; the order matters."""
     import torch
@@ -218,7 +217,7 @@ def apply_levers(pipe, levers: Levers, *, fp8: bool = False, cache: str = "none"
 
     net = denoiser(pipe)
     if levers.fuse_qkv:  # one matmul for Q, K and V (and K, V in cross-attention)
-        for module in (net, pipe.vae) if fuse_denoiser else (pipe.vae,):
+        for module in (net, pipe.vae) if family_of(pipe).fuse_qkv else (pipe.vae,):
             if hasattr(module, "fuse_qkv_projections"):
                 module.fuse_qkv_projections()
     if levers.channels_last:  # NHWC convolutions (measured slower eager on an H100: off by default)

@@ -28,7 +28,7 @@ from diffaug.generate.families import settled
 from diffaug.generate.model import Levers, apply_levers
 from diffaug.generate.plan import Plan
 from diffaug.generate.reuse import BatchCache, Run, batch_run
-from diffaug.generate.sampler import BatchOutput, Sampler, family_of
+from diffaug.generate.sampler import BatchOutput, Sampler
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class BatchSize:
 
 def build_sampler(pipe, dif: DiffusionConfig, levers: Levers, plan: Plan, sizer: BatchSize) -> tuple[Sampler, dict[str, Any]]:
     """`pipe` with the levers applied, as a Sampler of `plan`'s images (its prompts encoded), and its provenance."""
-    apply_levers(pipe, levers, fp8=dif.fp8, cache=dif.cache, fuse_denoiser=family_of(pipe).fuse_qkv)
+    apply_levers(pipe, levers, fp8=dif.fp8, cache=dif.cache)
     steps, guidance_scale, resolution = settled(dif)
     sampler = Sampler(pipe, steps=steps, guidance_scale=guidance_scale, resolution=resolution, out_size=plan.image_size,
                       scheduler=dif.scheduler, safety_checker=dif.safety_checker, attention=levers.attention, cache=dif.cache)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from diffaug.generate.families import BY_CLASS, FAMILIES, Family
+from diffaug.generate.families import family_of
 from diffaug.generate.model import denoiser
 
 # Name in params.yaml -> diffusers class, built from the model's own scheduler config.
@@ -77,10 +77,6 @@ class BatchOutput:
     @property
     def all_finite(self) -> bool:
         return bool(self.finite.all())
-
-
-def family_of(pipe) -> Family:
-    return BY_CLASS.get(type(pipe).__name__.replace("Img2Img", ""), FAMILIES["sd"])
 
 
 class Sampler:
