@@ -41,13 +41,10 @@ try:
 except ImportError:  # a GPU box with the repository but no `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from diffaug.config import DiffusionConfig  # noqa: E402
 from diffaug.devices import check_generation  # noqa: E402
 from diffaug.errors import ConfigError  # noqa: E402
-from diffaug.generate.families import (  # noqa: E402
-    FAMILIES,
-    family_of,  # noqa: E402
-    read_model_info,
-)
+from diffaug.generate.families import FAMILIES, family_of, read_model_info, resolve_defaults, settled  # noqa: E402
 from diffaug.generate.model import Levers, apply_levers, quiet_libraries  # noqa: E402
 from diffaug.generate.sampler import Sampler  # noqa: E402
 from diffaug.io import write_bytes_atomic  # noqa: E402
@@ -92,14 +89,13 @@ def parse_args(argv=None):
     return args
 
 
-def settings_for(args, pipe) -> None:
+def settings_for(args) -> None:
     """Resolution, steps and guidance: given, else the paper's (SD-v1.4) or the family's defaults."""
-    fam = family_of(pipe)
-    if args.family:
-        native = read_model_info(Path(args.model_dir), args.family).native_resolution
-        args.resolution = args.resolution or (64 if args.tiny and fam.name != "dit" else native)
-        args.steps = args.steps or fam.steps
-        args.guidance = fam.guidance_scale if args.guidance is None else args.guidance
+    if args.family:  # the generate stage's defaults, distilled variants (SDXL-Turbo, FLUX.1-schnell) included
+        info = read_model_info(Path(args.model_dir), args.family)
+        given = DiffusionConfig(steps=args.steps or None, guidance_scale=args.guidance, resolution=None)
+        args.steps, args.guidance, native = settled(resolve_defaults(given, info))
+        args.resolution = args.resolution or (64 if args.tiny and info.family.name != "dit" else native)
     else:
         args.resolution = args.resolution or (64 if args.tiny else 512)
         args.steps = args.steps or (3 if args.tiny else 50)
@@ -226,7 +222,7 @@ def main(argv=None) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         pipe = build(args, device, tmp)
-        settings_for(args, pipe)
+        settings_for(args)
         model = args.family or "sd"
         if not args.family:  # the stock pipeline first, before any lever touches the modules
             for b in args.plain_batches:
@@ -377,7 +373,8 @@ def sweep(args, argv: list[str], device: torch.device) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     exact: np.ndarray | None = None
     with tempfile.TemporaryDirectory() as tmp:
-        settings_for(args, build(args, device, tmp))
+        build(args, device, tmp)  # writes the tiny model folder that settings_for reads (args.model_dir)
+        settings_for(args)
         for c in sweep_configs(args):
             reason = skip_reason(c, device)
             if reason is None and time.perf_counter() - started >= budget:

@@ -85,3 +85,23 @@ def test_the_gpu_sweep_drops_configurations_when_time_runs_out(tmp_path):
     rows = json.loads(out_json.read_text())["configs"]
     assert all(r["status"].startswith("skipped") for r in rows)
     assert any("time budget" in r["status"] for r in rows)
+
+
+def test_family_benchmarks_take_the_generate_stages_defaults_distilled_variants_included(tmp_path):
+    """`--family flux` on a FLUX.1-schnell layout times its 4 steps without guidance, as the generate stage runs it."""
+    import argparse
+    import json
+
+    from diffaug.generate.families import FAMILIES
+    from diffaug.sandbox.tiny import build_tiny_pipeline
+
+    bench = load_benchmark()
+    path = build_tiny_pipeline(tmp_path / "flux", "flux")
+    args = argparse.Namespace(family="flux", model_dir=str(path), tiny=True, steps=None, guidance=None, resolution=None)
+    bench.settings_for(args)
+    assert (args.steps, args.guidance, args.resolution) == (FAMILIES["flux"].steps, FAMILIES["flux"].guidance_scale, 64)
+    config = json.loads((path / "transformer" / "config.json").read_text())
+    (path / "transformer" / "config.json").write_text(json.dumps({**config, "guidance_embeds": False}))  # schnell
+    args = argparse.Namespace(family="flux", model_dir=str(path), tiny=True, steps=None, guidance=None, resolution=None)
+    bench.settings_for(args)
+    assert (args.steps, args.guidance) == (4, 0.0)
