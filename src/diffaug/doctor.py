@@ -23,6 +23,7 @@ training steps. Every check runs in a try: a failure is its line, never a traceb
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import importlib.metadata
@@ -45,7 +46,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from diffaug.config import Config, load_config  # noqa: E402
-from diffaug.devices import GpuInfo, check_generation, gpu_info, has_kernels_for, resolve_device, training_precision  # noqa: E402
+from diffaug.devices import GpuInfo, check_generation, gpu_info, resolve_device, training_precision  # noqa: E402
 from diffaug.errors import ConfigError, OneLineParser, UserError, exit_on_error  # noqa: E402
 from diffaug.io import write_bytes_atomic  # noqa: E402
 
@@ -153,12 +154,9 @@ def machine_checks(report: Report, device: torch.device) -> GpuInfo | None:
                 "bf16": gpu.bf16}
     report.add("machine", "GPU", "info", f"{gpu.name} (cuda:{gpu.index} of {torch.cuda.device_count()}), compute "
                f"capability {gpu.sm}, {free / 2**30:.1f} of {total / 2**30:.1f} GiB free")
-    if has_kernels_for(gpu.capability, gpu.arch_list):
-        report.add("machine", "kernels", "ok", f"this torch has kernels for sm_{gpu.capability[0]}{gpu.capability[1]} "
-                   f"({' '.join(gpu.arch_list)})")
-    else:
-        report.add("machine", "kernels", "no", f"this torch has no kernels for sm_{gpu.capability[0]}{gpu.capability[1]} "
-                   f"({' '.join(gpu.arch_list)})", "install a torch wheel built for this GPU")
+    # resolve_device has refused a GPU this torch has no kernels for (devices.check_architecture)
+    report.add("machine", "kernels", "ok", f"this torch has kernels for sm_{gpu.capability[0]}{gpu.capability[1]} "
+               f"({' '.join(gpu.arch_list)})")
     report.add("machine", "bf16", "ok" if gpu.bf16 else "no",
                "bf16 tensor cores (compute capability >= 8.0)" if gpu.bf16
                else f"no bf16 tensor cores (compute capability {gpu.sm} < 8.0): bf16 is emulated, slowly",
@@ -240,14 +238,13 @@ def unet_inputs(unet: Any, batch: int, latent: int, dtype: torch.dtype, device: 
 def time_unet(unet: Any, batch: int, latent: int, dtype: torch.dtype, device: torch.device,
               attention: str = "auto", channels_last: bool = False, steps: int | None = None) -> float:
     """Seconds per denoising step (one UNet call on 2 x batch latents) after one warm-up call."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention import sdpa_kernel
+
+    from diffaug.generate.sampler import ATTENTION_BACKENDS
 
     steps = steps or TIMED_STEPS
-
-    backends = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-                "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
     x, text = unet_inputs(getattr(unet, "_orig_mod", unet), batch, latent, dtype, device, channels_last)
-    context = sdpa_kernel(backends[attention]) if attention in backends else _null()
+    context = sdpa_kernel(ATTENTION_BACKENDS[attention]) if attention in ATTENTION_BACKENDS else contextlib.nullcontext()
     with torch.inference_mode(), context:
         unet(x, 999, encoder_hidden_states=text)
         synchronize(device)
@@ -256,11 +253,6 @@ def time_unet(unet: Any, batch: int, latent: int, dtype: torch.dtype, device: to
             unet(x, 999 - 20 * step, encoder_hidden_states=text)
         synchronize(device)
     return (time.perf_counter() - start) / steps
-
-
-@contextmanager
-def _null() -> Iterator[None]:
-    yield
 
 
 def generation_checks(report: Report, dif: Any, device: torch.device, gpu: GpuInfo) -> None:
@@ -345,19 +337,11 @@ def fp8_check(report: Report, unet: Any, dif: Any, device: torch.device, gpu: Gp
     if not report.room(area, "fp8", 40):
         return
     with attempt(report, area, "fp8"):
-        from torchao.quantization import quantize_
+        from diffaug.generate.model import apply_fp8
 
-        try:
-            from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
-
-            config: Any = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
-        except ImportError:  # torchao < 0.10 spelled it as a function
-            from torchao.quantization import PerRow, float8_dynamic_activation_float8_weight
-
-            config = float8_dynamic_activation_float8_weight(granularity=PerRow())
         unet.to(torch.bfloat16)
-        unet.fuse_qkv_projections()  # quantize the fused projections too: fuse first
-        quantize_(unet, config)
+        unet.fuse_qkv_projections()  # quantize the fused projections too: fuse first, as generation does
+        apply_fp8(unet)
         linears = [m for m in unet.modules() if isinstance(m, torch.nn.Linear)]
         plain = [m for m in linears if type(m.weight).__name__ in ("Parameter", "Tensor")]
         s = time_unet(unet, LEVER_BATCH, latent, torch.bfloat16, device)
@@ -617,7 +601,6 @@ def main(argv: list[str] | None = None) -> None:
            "cpu_only": report.machine.get("gpu") is None,
            "checks": [dataclasses.asdict(c) for c in report.checks],
            "recommendations": report.recommend, "recommended_yaml": yaml_text}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(args.json, (json.dumps(out, indent=1, default=str) + "\n").encode())
     print(f"doctor: {len(report.checks)} checks in {elapsed:.0f}s; wrote {args.json}", file=sys.stderr)
 
