@@ -190,15 +190,34 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
     return float((pred == test_y).mean())
 
 
-def score(pilot: PilotImages, classifier, reference: Split, probe_test: Split, batch_size: int, device) -> dict[str, Any]:
+@dataclass
+class Scoring:
+    """The real-only classifier and the real images every candidate is scored against, their features computed once."""
+    classifier: Any
+    reference: Split
+    probe_test: Split
+    real_feats: np.ndarray
+    test_feats: np.ndarray
+    batch_size: int
+    device: Any
+
+    @classmethod
+    def build(cls, classifier, reference: Split, probe_test: Split, batch_size: int, device) -> Scoring:
+        from diffaug.metrics import penultimate_features
+
+        real_feats = penultimate_features(classifier, reference.images, batch_size, device)[0]
+        test_feats = real_feats if probe_test is reference else penultimate_features(classifier, probe_test.images, batch_size, device)[0]
+        return cls(classifier, reference, probe_test, real_feats, test_feats, batch_size, device)
+
+
+def score(pilot: PilotImages, s: Scoring) -> dict[str, Any]:
     from diffaug.metrics import K_NEIGHBOURS, penultimate_features, set_quality
 
+    reference, probe_test, real_feats, test_feats = s.reference, s.probe_test, s.real_feats, s.test_feats
     num_classes = len(reference.classes)
     if len(pilot.images) <= K_NEIGHBOURS:
         return {"note": f"only {len(pilot.images)} usable images; the metrics need more than {K_NEIGHBOURS}"}
-    feats, logits = penultimate_features(classifier, pilot.images, batch_size, device)
-    real_feats, _ = penultimate_features(classifier, reference.images, batch_size, device)
-    test_feats = real_feats if probe_test is reference else penultimate_features(classifier, probe_test.images, batch_size, device)[0]
+    feats, logits = penultimate_features(s.classifier, pilot.images, s.batch_size, s.device)
     q = set_quality(real_feats, reference.labels, feats, pilot.labels, reference.classes, max_samples=None)
     return {**q["overall"], "per_class": q["per_class"],
             "recognised": float((logits.argmax(1) == pilot.labels).mean()),
@@ -275,14 +294,14 @@ def main(argv: list[str] | None = None) -> None:
     pilots = [(c, make_pilot(c, classes, image_size, args.per_class, args.out, args.prepared, console)) for c in candidates]
 
     rows = []
-    scoring = None
+    scoring: Scoring | None = None
     if not missing:
         from diffaug.devices import resolve_device
         from diffaug.formats.classifier import load_trained
 
         device = resolve_device(base.evaluate.device, "evaluate.device")
         classifier, _ = load_trained(classifier_path, device)
-        scoring = (classifier, *real_reference(args.prepared, REAL_PER_CLASS), base.evaluate.batch_size, device)
+        scoring = Scoring.build(classifier, *real_reference(args.prepared, REAL_PER_CLASS), base.evaluate.batch_size, device)
     for cand, pilot in pilots:
         row: dict[str, Any] = {"candidate": cand.label, "set": cand.set_name, "images": int(len(pilot.images)),
                                "flagged": pilot.flagged, "made": pilot.made, "reused": pilot.reused, "device": pilot.device,
@@ -294,12 +313,12 @@ def main(argv: list[str] | None = None) -> None:
             row["device_hours"] = seconds / 3600
             row["cost"] = f"{seconds / 3600 * args.gpu_hour_price:.2f}" if args.gpu_hour_price else f"{seconds / 3600:.3g} device-h"
         if scoring is not None:
-            row.update(score(pilot, *scoring))
+            row.update(score(pilot, scoring))
         rows.append(row)
     ranked = rank(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / "pilot.json", {"per_class": args.per_class, "classifier": str(classifier_path) if scoring else None,
-                                                "probe_test": "val.npz" if scoring and scoring[2] is not scoring[1] else "train.npz draw",
+                                                "probe_test": "val.npz" if scoring and scoring.probe_test is not scoring.reference else "train.npz draw",
                                                 "candidates": ranked})
     table = table_markdown(ranked)
     (args.out / "pilot.md").write_text(f"# Pilot: {args.per_class} images per class of each candidate\n\n{table}\n")
