@@ -138,10 +138,12 @@ def decoded_50k(jpeg: Path, cache: Path = CACHE) -> Path | None:
     return decoded
 
 
-def benchmark_images(path: Path, count: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """`count` 32x32 images: the real ones (tiled if fewer), or random pixels (speed does not depend on content)."""
+def benchmark_images(path: Path, count: int | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """`count` 32x32 images (None: every image of `path`): the real ones (tiled if fewer), or random pixels
+    (speed does not depend on content)."""
     if path.is_file():
         data = load_npz(path)
+        count = len(data["images"]) if count is None else count
         if count == len(data["images"]):
             return data["images"], data["labels"].astype(np.int64), f"all {count} real images of {path.name}"
         reps = -(-count // len(data["images"]))
@@ -441,10 +443,10 @@ def sweep(args: argparse.Namespace, cfg: Config, device: torch.device, stamp: li
     timed, warmup = (1, 1) if smoke else (None, WARMUP_STEPS)
     scale = 0.1 if smoke else 1.0  # smoke: CPU seconds are not H100 seconds; the guard still runs
     full = None if smoke else decoded_50k(args.jpeg, args.cache_dir)
-    if full is not None:  # every real training image, once: no tiling, no resizing
-        count = len(load_npz(full)["labels"])
     args.timing_data = full or args.data
-    images, labels, source = benchmark_images(args.timing_data, count)
+    # the 50k set: every real training image, once (no tiling, no resizing)
+    images, labels, source = benchmark_images(args.timing_data, None if full is not None else count)
+    count = len(labels)
     capture = "CUDA graph" if device.type == "cuda" else "static path, uncaptured (CPU)"
     report = {"device": stamp[1], "torch": torch.__version__, "date": stamp[0], "command": stamp[2], "images": count,
               "image_source": source, "precision": cfg.train.precision if device.type == "cuda" else "fp32",
