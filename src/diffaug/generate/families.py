@@ -139,7 +139,7 @@ def check_levers(dif: DiffusionConfig, info: ModelInfo, set_kind: str, set_key: 
                         "allowed: default")
     if set_kind == "img2img" and not fam.img2img:
         raise UserError(f"{set_key}.kind: img2img needs an image-to-image pipeline, and {label} has none in diffusers; "
-                        "allowed: families sd, sdxl, sd3, flux")
+                        f"allowed: families {', '.join(f.name for f in FAMILIES.values() if f.img2img)}")
     if fam.name == "dit":
         if dif.resolution is not None and dif.resolution != info.native_resolution:
             raise UserError(f"diffusion.resolution: {label} generates {info.native_resolution}² only; set null or "

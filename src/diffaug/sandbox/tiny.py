@@ -30,10 +30,12 @@ from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNe
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-FAMILIES = ("sd", "sdxl", "sd3", "flux", "pixart", "sana", "dit")
-# Families whose text-to-image pipeline diffusers 0.42 maps to an img2img one
-# (AutoPipelineForImage2Image.from_pipe); PixArt-Sigma, Sana and DiT have none.
-IMG2IMG_FAMILIES = ("sd", "sdxl", "sd3", "flux")
+from diffaug.generate.families import FAMILIES as GENERATE_FAMILIES
+
+FAMILIES = tuple(GENERATE_FAMILIES)
+# Families whose text-to-image pipeline diffusers maps to an img2img one (AutoPipelineForImage2Image.from_pipe),
+# as the family table says; tests/test_tiny_families.py checks the table against diffusers.
+IMG2IMG_FAMILIES = tuple(name for name, family in GENERATE_FAMILIES.items() if family.img2img)
 
 # SD-v1.4's scheduler/scheduler_config.json (the model's own scheduler, PNDM).
 SD14_SCHEDULER = dict(
