@@ -13,6 +13,7 @@ from diffaug.config import parse_config
 from diffaug.errors import UserError
 from diffaug.formats.curves import read_live_curves, write_curves
 from diffaug.io import save_npz_atomic
+from diffaug.metrics import clip_similarities, load_clip
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["cat", "dog", "ship"]
@@ -38,6 +39,12 @@ def layout(tmp_path):
     return tmp_path, labels
 
 
+@pytest.fixture
+def models_are_paths(monkeypatch):
+    """Loading a trained cell gives its file's path, which the fake inference below reads its plan from."""
+    monkeypatch.setattr(evaluate, "load_trained", lambda path, device: (path, {}))
+
+
 def fake_predictions(plan):
     """Replace model inference: `plan[(mix, seed)]` is the predicted class of each image."""
     def predict(path, images, batch_size, device):
@@ -55,13 +62,13 @@ def fake_features(path, images, batch_size, device):
     return images.reshape(len(images), -1)[:, :8].astype(np.float32)
 
 
-def test_summary_is_keyed_by_mixture_with_mean_and_std_over_seeds(layout, monkeypatch):
+def test_summary_is_keyed_by_mixture_with_mean_and_std_over_seeds(layout, monkeypatch, models_are_paths):
     root, labels = layout
     monkeypatch.setattr(evaluate, "features_of", fake_features)
     wrong_one = labels.copy()
     wrong_one[0] = 1
     plan = {("orig100", 0): labels, ("orig100", 1): wrong_one, ("syn1_100", 0): np.zeros(8, int), ("syn1_100", 1): np.zeros(8, int)}
-    monkeypatch.setattr(evaluate, "predict", fake_predictions(plan))
+    monkeypatch.setattr(evaluate, "logits_of", fake_predictions(plan))
     syn_labels = np.repeat(np.arange(3), 4)
     syn_images = np.random.default_rng(1).integers(0, 256, (12, 4, 4, 3), dtype=np.uint8)
     monkeypatch.setattr("diffaug.formats.synthetic.load_synthetic", lambda d: (syn_images, syn_labels))
@@ -90,7 +97,7 @@ def test_summary_is_keyed_by_mixture_with_mean_and_std_over_seeds(layout, monkey
     assert summary["syn_fd"]["syn1"] > 0 and "real_equiv" not in summary  # real_curve mixtures not trained here
 
 
-def test_cells_come_from_params_not_from_leftover_files(layout, monkeypatch):
+def test_cells_come_from_params_not_from_leftover_files(layout, monkeypatch, models_are_paths):
     root, labels = layout
     seen = []
 
@@ -98,7 +105,7 @@ def test_cells_come_from_params_not_from_leftover_files(layout, monkeypatch):
         seen.append(path.parent.name)
         return fake_predictions({(path.parent.name, 0): labels})(path, images, batch_size, device)
 
-    monkeypatch.setattr(evaluate, "predict", predict)
+    monkeypatch.setattr(evaluate, "logits_of", predict)
     summary = evaluate.evaluate(config(["orig50"], [0]), root / "prepared", root / "synthetic", root / "models",
                                 root / "out", root / "summary.json")
     assert set(seen) == {"orig50"} and set(summary["test_acc"]) == {"orig50"}
@@ -113,7 +120,7 @@ def test_a_missing_cell_fails_before_any_output(layout):
     assert not (root / "out").exists() and not (root / "summary.json").exists()
 
 
-def test_predict_runs_the_saved_model_on_uint8_pixels(tmp_path):
+def test_a_cell_is_loaded_and_run_on_uint8_pixels(tmp_path):
     from diffaug.formats.classifier import ImageClassifier, load_trained, save_trained
     from diffaug.models import build_model
 
@@ -122,7 +129,8 @@ def test_predict_runs_the_saved_model_on_uint8_pixels(tmp_path):
     meta = {"model": "resnet18", "variant": "cifar", "num_classes": 3, "classes": CLASSES, "epochs": 1, "settings": {}}
     save_trained(tmp_path / "seed-0.pt", model, meta)
     images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
-    logits = evaluate.predict(tmp_path / "seed-0.pt", images, batch_size=2, device=torch.device("cpu"))
+    [loaded] = evaluate.load_seeds(tmp_path, [0], torch.device("cpu"))
+    logits = evaluate.logits_of(loaded, images, batch_size=2, device=torch.device("cpu"))
     with torch.no_grad():
         expected = model(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
     assert logits.shape == (5, 3)
@@ -148,7 +156,7 @@ def test_curves_format_reads_dvclive_tsvs(tmp_path):
     assert first == "0\t0.3\t\t0.7\t\t0.1"
 
 
-def test_exchange_rate_columns_from_the_real_curve(tmp_path, monkeypatch):
+def test_exchange_rate_columns_from_the_real_curve(tmp_path, monkeypatch, models_are_paths):
     """Accuracies placed on a known power law: evaluate reports the known real-equivalents."""
     from diffaug.exchange import PowerLaw
 
@@ -173,7 +181,7 @@ def test_exchange_rate_columns_from_the_real_curve(tmp_path, monkeypatch):
         pred[right:] = (pred[right:] + 1) % 3
         return np.eye(3, dtype=np.float32)[pred] * 5
 
-    monkeypatch.setattr(evaluate, "predict", predict)
+    monkeypatch.setattr(evaluate, "logits_of", predict)
     mixes = [*real, "orig50_syn1_50", "syn1_100"]
     for mix in mixes:
         (tmp_path / "models" / mix).mkdir(parents=True)
@@ -207,7 +215,7 @@ def test_missing_inception_and_clip_weights_are_named_in_one_line(tmp_path, monk
     assert "openai/clip-vit-base-patch32 not in the Hugging Face cache" in line
 
 
-def test_a_flat_real_curve_gives_no_exchange_rate(tmp_path, monkeypatch, capsys):
+def test_a_flat_real_curve_gives_no_exchange_rate(tmp_path, monkeypatch, capsys, models_are_paths):
     n_test = 300
     test_labels = np.arange(n_test) % 3
     save_npz_atomic(tmp_path / "prepared" / "test.npz", images=np.zeros((n_test, 2, 2, 3), np.uint8), labels=test_labels,
@@ -224,7 +232,7 @@ def test_a_flat_real_curve_gives_no_exchange_rate(tmp_path, monkeypatch, capsys)
         labels[right:] = (labels[right:] + 1) % 3
         return np.eye(3, dtype=np.float32)[labels]
 
-    monkeypatch.setattr(evaluate, "predict", predict)
+    monkeypatch.setattr(evaluate, "logits_of", predict)
     for mix in falling:
         (tmp_path / "models" / mix).mkdir(parents=True)
         (tmp_path / "models" / mix / "seed-0.pt").write_bytes(b"stand-in")
@@ -234,41 +242,20 @@ def test_a_flat_real_curve_gives_no_exchange_rate(tmp_path, monkeypatch, capsys)
     assert "no exchange rate: accuracy does not rise with real images" in capsys.readouterr().out
 
 
-def tiny_clip_in_cache(cache: Path) -> Path:
-    """A random-weight CLIP model saved where the Hugging Face cache keeps openai/clip-vit-base-patch32."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    from diffaug.sandbox.tiny import TINY_CLIP, byte_level_tokenizer
-
-    tokenizer = byte_level_tokenizer()
-    text = dict(vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513, **TINY_CLIP)
-    torch.manual_seed(0)
-    model = CLIPModel(CLIPConfig(text_config=text, vision_config=dict(image_size=32, patch_size=8, **TINY_CLIP), projection_dim=16))
-    commit = "0" * 40
-    snapshot = cache / "models--openai--clip-vit-base-patch32" / "snapshots" / commit
-    model.save_pretrained(snapshot)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(snapshot)
-    (cache / "models--openai--clip-vit-base-patch32" / "refs").mkdir()
-    (cache / "models--openai--clip-vit-base-patch32" / "refs" / "main").write_text(commit)
-    return snapshot
-
-
-def test_clip_score_when_a_clip_model_is_cached(layout, tmp_path, monkeypatch):
-    import huggingface_hub.constants
-
+def test_clip_score_when_a_clip_model_is_cached(layout, tiny_clip_cache, monkeypatch, models_are_paths):
     root, labels = layout
-    snapshot = tiny_clip_in_cache(tmp_path / "hf")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    snapshot = tiny_clip_cache
     assert evaluate.cached_clip() == snapshot
     assert "CLIP score (syn_clip) with" in evaluate.cached_weights_note(snapshot)
     rng = np.random.default_rng(2)
     images, syn_labels = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8), np.repeat(np.arange(3), 4)
-    score = evaluate.clip_score(snapshot, images, syn_labels, CLASSES, 5, torch.device("cpu"))
-    assert 0 <= score <= 100
-    assert evaluate.clip_score(snapshot, images, syn_labels, CLASSES, 12, torch.device("cpu")) == pytest.approx(score, abs=1e-4)
+    clip = load_clip(snapshot, "cpu")
+    cos = clip_similarities(clip, images, syn_labels, CLASSES, "cpu", batch_size=5)
+    np.testing.assert_allclose(clip_similarities(clip, images, syn_labels, CLASSES, "cpu", batch_size=12), cos, atol=1e-5)
+    score = 100 * np.clip(cos, 0, None).mean()  # the CLIP score: 100 x max(cos, 0), mean over images
+    assert 0 <= score <= 100 and (cos > 0).any()
     monkeypatch.setattr(evaluate, "features_of", fake_features)
-    monkeypatch.setattr(evaluate, "predict", fake_predictions({(m, s): labels for m in ("orig100", "syn1_100") for s in (0, 1)}))
+    monkeypatch.setattr(evaluate, "logits_of", fake_predictions({(m, s): labels for m in ("orig100", "syn1_100") for s in (0, 1)}))
     monkeypatch.setattr("diffaug.formats.synthetic.load_synthetic", lambda d: (images, syn_labels))
     summary = evaluate.evaluate(config(["orig100", "syn1_100"], [0, 1]), root / "prepared", root / "synthetic",
                                 root / "models", root / "out", root / "summary.json")

@@ -103,6 +103,27 @@ def test_keep_fraction_drops_exactly_the_lowest_confidence_per_class_and_records
     assert len(images) == 24 and np.bincount(labels_loaded).tolist() == [8, 8, 8]
 
 
+def test_clip_filter_scores_each_image_against_its_class_text(world, tiny_clip_cache):
+    """by: clip loads CLIP from the local cache and scores as CLIP's own forward pass does: the cosine of the image
+    and "a photo of a <class word>" (dataset.label_names' word where it has one)."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    _, mixdir, account, out = run_filter(world, {"by": "clip", "keep_fraction": 0.5}, out="clip")
+    before = read_mixture(mixdir / f"{MIX}.unfiltered.npz")
+    syn = before.source == before.source_names.index("syn1")
+    rows, labels = before.row[syn], before.label[syn]
+    model, processor = CLIPModel.from_pretrained(tiny_clip_cache).eval(), CLIPProcessor.from_pretrained(tiny_clip_cache)
+    words = [PARAMS["dataset"]["label_names"].get(c, c) for c in CLASSES]
+    with torch.no_grad():
+        out_ = model(**processor(text=[f"a photo of a {w}" for w in words], images=list(world["syn_images"][rows]),
+                                 return_tensors="pt", padding=True))
+    cosines = (out_.logits_per_image / model.logit_scale.exp()).detach().numpy()[np.arange(len(rows)), labels]
+    record = read_filter_record(out / f"{MIX}.npz")
+    recorded = np.concatenate([record.score[~np.isnan(record.score)], record.dropped_score])
+    np.testing.assert_allclose(np.sort(recorded), np.sort(cosines), atol=1e-5)
+    assert len(record.dropped_row) == 9 and record.settings["scorer"] == {"clip": "openai/clip-vit-base-patch32", "prompt": "a photo of a {label}"}
+
+
 def test_threshold_keeps_scores_at_or_above_it(world):
     _, mixdir, account, out = run_filter(world, {"by": "confidence", "threshold": 0.34}, out="thr")
     before = read_mixture(mixdir / f"{MIX}.unfiltered.npz")

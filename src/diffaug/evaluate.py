@@ -42,21 +42,20 @@ from diffaug.devices import resolve_device
 from diffaug.errors import exit_on_error
 from diffaug.exchange import exchange_rates
 from diffaug.formats import synthetic
-from diffaug.formats.classifier import load_trained, logits_of, require_files
+from diffaug.formats.classifier import ImageClassifier, load_trained, logits_of, require_files
 from diffaug.formats.curves import read_live_curves, write_curves
 from diffaug.formats.splits import load_split
 from diffaug.io import write_json_atomic
-from diffaug.metrics import K_NEIGHBOURS, penultimate_features, set_quality
+from diffaug.metrics import K_NEIGHBOURS, clip_similarities, load_clip, penultimate_features, set_quality
 
 # Distribution metrics compare at most this many images per side (a seeded draw): precision/recall
 # costs n_real x n_synthetic distances, and 10k images keep it to seconds on one GPU or CPU core.
 QUALITY_MAX_SAMPLES = 10000
 
 
-def predict(model_path: Path, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
-    """Logits (float32, N x classes) of the final weights at `model_path` on uint8 NHWC images."""
-    model, _ = load_trained(model_path, device)  # normalises its own input: uint8 NCHW pixels in
-    return logits_of(model, images, batch_size, device)
+def load_seeds(cell: Path, seeds: list[int], device: torch.device) -> list[ImageClassifier]:
+    """The final weights of every seed of one trained cell (models/<model>/<mix>), each loaded once."""
+    return [load_trained(cell / f"seed-{s}.pt", device)[0] for s in seeds]  # each normalises its own uint8 input
 
 
 def scores(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
@@ -76,9 +75,8 @@ def draw(n: int, limit: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
 
 
-def features_of(model_path: Path, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
-    """Penultimate-layer features of the classifier at `model_path` (see diffaug.metrics)."""
-    model, _ = load_trained(model_path, device)
+def features_of(model: torch.nn.Module, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+    """Penultimate-layer features of a trained classifier (see diffaug.metrics)."""
     return penultimate_features(model, images, batch_size, device)[0]
 
 
@@ -93,25 +91,6 @@ def cached_clip() -> Path | None:
         if isinstance(found, str):
             return Path(found).parent
     return None
-
-
-def clip_score(snapshot: Path, images: np.ndarray, labels: np.ndarray, words: list[str], batch_size: int,
-               device: torch.device) -> float:
-    """CLIP score: 100 x max(cos(image, text), 0), with text "a photo of a <class word>", mean over images."""
-    from transformers import CLIPModel, CLIPProcessor
-
-    model: Any = CLIPModel.from_pretrained(snapshot, local_files_only=True)
-    model = model.to(device).eval()
-    processor = CLIPProcessor.from_pretrained(snapshot, local_files_only=True)
-    texts = [f"a photo of a {w}" for w in words]
-    scores = []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            inputs = processor(text=texts, images=list(images[start:start + batch_size]), return_tensors="pt", padding=True)
-            out = model(**{k: v.to(device) for k, v in inputs.items()})
-            cos = (out.image_embeds * out.text_embeds[torch.from_numpy(labels[start:start + batch_size]).to(device)]).sum(-1)
-            scores.append((100 * cos.clamp(min=0)).float().cpu())
-    return float(torch.cat(scores).mean())
 
 
 def cached_weights_note(clip: Path | None = None) -> str:
@@ -163,9 +142,11 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
 
     results: dict[str, dict[str, Any]] = {}
     confusion: list[dict[str, str]] = []
+    reference, reference_models = real_only_mix(cfg), list[ImageClassifier]()
     for mix in cfg.trained_mixes:
-        runs = [scores(predict(models / mix / f"seed-{s}.pt", test.images, cfg.evaluate.batch_size, device), test.labels, len(classes))
-                for s in seeds]
+        cell = load_seeds(models / mix, seeds, device)
+        runs = [scores(logits_of(model, test.images, cfg.evaluate.batch_size, device), test.labels, len(classes)) for model in cell]
+        reference_models = cell if mix == reference else reference_models
         accs = np.array([r["acc"] for r in runs])
         results[mix] = {"acc": float(accs.mean()), "std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0,
                         "loss": float(np.mean([r["loss"] for r in runs])), "per_class": np.mean([r["per_class"] for r in runs], axis=0).tolist(),
@@ -174,30 +155,28 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
             confusion = [{"actual": classes[a], "predicted": classes[p]} for a, p in zip(test.labels, runs[0]["pred"])]
 
     quality: dict[str, dict[str, Any]] = {"recognisability": {}, "train_on_synthetic": {}}
-    reference = real_only_mix(cfg)
     distribution: dict[str, Any] = {}
     syn_labels: dict[str, np.ndarray] = {}
-    if reference is not None and cfg.synthetic_sets_used:
-        train = load_split(prepared / "train.npz")
-        ref_path = models / reference / f"seed-{seeds[0]}.pt"
+    train = load_split(prepared / "train.npz") if (reference and cfg.synthetic_sets_used) or cfg.real_curve else None
+    if reference is not None and train is not None and cfg.synthetic_sets_used:
         keep = draw(len(train.labels), QUALITY_MAX_SAMPLES)
-        real_feats = features_of(ref_path, train.images[keep], cfg.evaluate.batch_size, device)
+        real_feats = features_of(reference_models[0], train.images[keep], cfg.evaluate.batch_size, device)
         real_labels = train.labels[keep]
-        clip = cached_clip()
-        words = [cfg.dataset.label_names.get(c, c.replace("_", " ")) for c in classes]  # the prompts' class words
+        clip = load_clip(snapshot, str(device)) if (snapshot := cached_clip()) else None
         for name in cfg.synthetic_sets_used:
             images, labels = synthetic.load_synthetic(synthetic_root / name)
             syn_labels[name] = labels
-            if clip is not None:
-                quality.setdefault("clip_score", {})[name] = clip_score(clip, images, labels, words, cfg.evaluate.batch_size, device)
-            runs = [scores(predict(models / reference / f"seed-{s}.pt", images, cfg.evaluate.batch_size, device), labels, len(classes)) for s in seeds]
+            if clip is not None:  # CLIP score: 100 x max(cos(image, "a photo of a <class word>"), 0), mean over images
+                cos = clip_similarities(clip, images, labels, cfg.dataset.words(classes), str(device))
+                quality.setdefault("clip_score", {})[name] = float(100 * np.clip(cos, 0, None).mean())
+            runs = [scores(logits_of(model, images, cfg.evaluate.batch_size, device), labels, len(classes)) for model in reference_models]
             quality["recognisability"][name] = {
                 "classifier": f"{cfg.model}-{reference}", "acc": float(np.mean([r["acc"] for r in runs])),
                 "per_class": dict(zip(classes, np.mean([r["per_class"] for r in runs], axis=0).tolist()))}
             keep = draw(len(labels), QUALITY_MAX_SAMPLES)
             if min(len(keep), len(real_labels)) <= K_NEIGHBOURS:  # k-NN radii need more than k images per side
                 continue
-            feats = features_of(ref_path, images[keep], cfg.evaluate.batch_size, device)
+            feats = features_of(reference_models[0], images[keep], cfg.evaluate.batch_size, device)
             distribution[name] = {"classifier": f"{cfg.model}-{reference} seed {seeds[0]}, penultimate layer",
                                   **set_quality(real_feats, real_labels, feats, labels[keep], classes, max_samples=None)}
         quality["distribution"] = distribution
@@ -217,7 +196,7 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
             summary[f"syn_{key}"] = {n: round(d["overall"][key], 6 if key != "fd" else 4) for n, d in distribution.items()}
     if quality.get("clip_score"):
         summary["syn_clip"] = {n: round(v, 4) for n, v in quality["clip_score"].items()}
-    exchange = worth_in_real_images(cfg, prepared, synthetic_root, results, syn_labels, len(classes))
+    exchange = worth_in_real_images(cfg, train.labels if train else None, synthetic_root, results, syn_labels, len(classes))
     if exchange is not None:
         rows = exchange["mixtures"]
         summary["real_equiv"] = {m: _finite(r["real_equiv"], 0) for m, r in rows.items()}
@@ -262,16 +241,16 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def worth_in_real_images(cfg: Config, prepared: Path, synthetic_root: Path, results: dict[str, dict[str, Any]],
+def worth_in_real_images(cfg: Config, train_labels: np.ndarray | None, synthetic_root: Path, results: dict[str, dict[str, Any]],
                          syn_labels: dict[str, np.ndarray], num_classes: int) -> dict[str, Any] | None:
     """The exchange rate of every trained, unfiltered mixture with synthetic images (None without real_curve)."""
-    if not cfg.real_curve:
+    if not cfg.real_curve or train_labels is None:
         return None
     untrained = [m for m in cfg.real_curve if m not in cfg.mixes]
     if untrained:
         print(f"evaluate: no exchange rate: real_curve mixtures {', '.join(untrained)} are not in mixes (not trained)")
         return None
-    pools = {"orig": load_split(prepared / "train.npz").labels}
+    pools = {"orig": train_labels}
     for mix in cfg.mixes:
         for source in cfg.mixtures[mix]:
             if cfg.is_synthetic(source) and source not in pools:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,9 +49,7 @@ from diffaug.formats.mixture import (
     write_mixture,
 )
 from diffaug.io import sha256_file
-
-CLIP_MODEL = "openai/clip-vit-base-patch32"
-CLIP_PROMPT = "a photo of a {label}"
+from diffaug.metrics import CLIP_MODEL, CLIP_PROMPT, clip_similarities, load_clip
 
 
 # ----------------------------------------------------------------------------- scores
@@ -67,28 +66,13 @@ def confidence_scores(classifier: Path, images: np.ndarray, labels: np.ndarray, 
     return probs[np.arange(len(probs)), labels].astype(np.float32)
 
 
-def clip_scores(images: np.ndarray, labels: np.ndarray, words: list[str], key: str, device: str = "cpu") -> np.ndarray:
-    """float32 cosine similarity of each image with the text of its intended class (He et al.).
-
-    Uses CLIP weights from the local Hugging Face cache only; without them, one UserError line naming `key`."""
+def load_clip_or_explain(key: str, device: str) -> tuple[Any, Any]:
+    """CLIP from the local Hugging Face cache; without its weights, one line naming `key`."""
     try:
-        from transformers import CLIPModel, CLIPProcessor
-
-        model = CLIPModel.from_pretrained(CLIP_MODEL, local_files_only=True).to(device).eval()  # type: ignore[arg-type]
-        processor = CLIPProcessor.from_pretrained(CLIP_MODEL, local_files_only=True)
+        return load_clip(CLIP_MODEL, device)
     except Exception as e:  # not cached (no network here), or transformers lacks CLIP
         raise UserError(f"{key}: clip needs CLIP weights ({CLIP_MODEL}) in the local Hugging Face cache, which are not "
                         f"available ({type(e).__name__}); allowed here: by: confidence") from None
-    with torch.inference_mode():
-        text = processor(text=[CLIP_PROMPT.format(label=w) for w in words], return_tensors="pt", padding=True).to(device)
-        text_emb = torch.nn.functional.normalize(model.get_text_features(**text).float(), dim=-1)
-        out = []
-        for start in range(0, len(images), 256):
-            pixels = processor(images=list(images[start:start + 256]), return_tensors="pt").to(device)
-            emb = torch.nn.functional.normalize(model.get_image_features(**pixels).float(), dim=-1)
-            lab = torch.from_numpy(labels[start:start + 256]).to(device)
-            out.append((emb * text_emb[lab]).sum(-1).cpu().numpy())
-    return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
 
 
 # ----------------------------------------------------------------------------- selection
@@ -128,6 +112,7 @@ def filter_mixture(cfg: Config, mix: str, mixtures_dir: Path, prepared: Path, sy
     names = index.source_names
     scored = np.array([names[c] not in REAL_SOURCES for c in codes], bool)  # every synthetic set
     scores = np.full(len(index.row), np.nan, np.float32)
+    clip = load_clip_or_explain(f"{key}.by", device) if spec.by == "clip" else (None, None)
     pixels, _, _ = load_mixture(source_path, prepared, synthetic_root)
     for src in index.used:
         if src in REAL_SOURCES:
@@ -137,8 +122,7 @@ def filter_mixture(cfg: Config, mix: str, mixtures_dir: Path, prepared: Path, sy
         if spec.by == "confidence":
             scores[sel] = confidence_scores(classifier, images, labels, classes, cfg.evaluate.batch_size, device)
         else:
-            words = [cfg.dataset.label_names.get(c, c.replace("_", " ")) for c in classes]
-            scores[sel] = clip_scores(images, labels, words, f"{key}.by", device)
+            scores[sel] = clip_similarities(clip, images, labels, cfg.dataset.words(classes), device)
 
     groups = codes.astype(np.int64) * len(classes) + index.label
     keep_scored, cutoffs = select(scores[scored], groups[scored], index.row[scored], spec)

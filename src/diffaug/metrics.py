@@ -12,6 +12,8 @@
                      images realistic?). Recall: the share of real features inside the synthetic
                      manifold (does the set cover the real variety?).
   set_quality        all of the above, overall and per class.
+  clip_similarities  cosine of each image's CLIP embedding with its class's text, "a photo of a <word>"
+                     (He et al. 2023), from CLIP weights in the local Hugging Face cache.
 
 Pure numpy / torch (no scipy): the matrix square root's trace comes from the eigenvalues of the
 symmetric product S_r^1/2 S_s S_r^1/2, which has the same spectrum as S_r S_s. Everything is
@@ -21,6 +23,7 @@ the pairwise distances. Random subsets use a numpy Generator with a fixed seed: 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +35,8 @@ K_NEIGHBOURS = 3        # Kynkaenniemi et al.'s default
 KID_SUBSETS = 100       # clean-fid / torch-fidelity defaults
 KID_SUBSET_SIZE = 1000
 CHUNK = 4096            # rows per block of the pairwise-distance matrices (memory, not results)
+CLIP_MODEL = "openai/clip-vit-base-patch32"
+CLIP_PROMPT = "a photo of a {label}"
 
 
 def _as64(x: np.ndarray) -> np.ndarray:
@@ -173,3 +178,32 @@ def penultimate_features(classifier: torch.nn.Module, images: np.ndarray, batch_
         hook.remove()
         classifier.tta_hflip = tta  # type: ignore[assignment]
     return (torch.cat(grabbed).numpy() if grabbed else np.zeros((0, 0), np.float32)), logits
+
+
+def load_clip(clip: str | Path, device: str) -> tuple[Any, Any]:
+    """(model, processor) of CLIP `clip` (a hub id or a snapshot folder), from the local Hugging Face cache only."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    model: Any = CLIPModel.from_pretrained(clip, local_files_only=True)
+    return model.to(device).eval(), CLIPProcessor.from_pretrained(clip, local_files_only=True)
+
+
+def clip_similarities(clip: tuple[Any, Any], images: np.ndarray, labels: np.ndarray, words: list[str], device: str,
+                      batch_size: int = 256) -> np.ndarray:
+    """float32 cosine similarity of each uint8 NHWC image with the text CLIP_PROMPT of its class's word."""
+    model, processor = clip
+    with torch.inference_mode():
+        text = processor(text=[CLIP_PROMPT.format(label=w) for w in words], return_tensors="pt", padding=True).to(device)
+        text_emb = torch.nn.functional.normalize(_projected(model.get_text_features(**text)).float(), dim=-1)
+        out = []
+        for start in range(0, len(images), batch_size):
+            pixels = processor(images=list(images[start:start + batch_size]), return_tensors="pt").to(device)
+            emb = torch.nn.functional.normalize(_projected(model.get_image_features(**pixels)).float(), dim=-1)
+            lab = torch.from_numpy(labels[start:start + batch_size]).to(device)
+            out.append((emb * text_emb[lab]).sum(-1).cpu().numpy())
+    return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
+
+
+def _projected(features: Any) -> torch.Tensor:
+    """CLIP's projected embedding: transformers 4's get_*_features return it, 5's return an output holding it as pooler_output."""
+    return features if isinstance(features, torch.Tensor) else features.pooler_output

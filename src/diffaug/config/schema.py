@@ -129,6 +129,9 @@ class DatasetConfig(Section):
     def path(self) -> str | None:
         return self.name.split(":", 1)[1] if ":" in self.name else None
 
+    def words(self, classes: list[str]) -> list[str]:  # each class's prompt word: label_names' entry, else its name with '_' as spaces
+        return [self.label_names.get(c, c.replace("_", " ")) for c in classes]
+
     @model_validator(mode="after")
     def _test_split_of_a_dataset_on_disk(self) -> DatasetConfig:
         need(self.test is None or self.path is not None, f"got {self.test!r}; allowed: null with dataset {self.name}", "test")

@@ -148,8 +148,7 @@ def build_plan(cfg: Config, set_name: str, classes: list[str], image_size: tuple
     info = info or ModelInfo(FAMILIES["sd"], "StableDiffusionPipeline", 512, has_safety_checker=True)
     dif, family = resolve_defaults(cfg.diffusion, info), info.family.name
     spec, syn, key = cfg.synthetic.sets[set_name], cfg.synthetic, f"synthetic.sets.{set_name}"
-    # A class's prompt word: dataset.label_names' entry, else its name with '_' as spaces.
-    words = tuple(cfg.dataset.label_names.get(c, c.replace("_", " ")) for c in classes)
+    words = tuple(cfg.dataset.words(classes))
     settings: dict[str, Any] = {"format": FORMAT, "set": set_name, "classes": list(classes), "image_size": list(image_size),
                                 "images_per_class": syn.images_per_class, "images_per_shard": syn.images_per_shard,
                                 "prompts": {"templates": spec.templates, "words": dict(zip(classes, words)),
