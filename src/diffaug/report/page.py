@@ -7,6 +7,7 @@ import re
 import shlex
 import sys
 import time
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 
@@ -109,33 +110,40 @@ def _num(value, fmt: str, none: str = "n/a") -> str:
     return none if not isinstance(value, int | float) else format(value, fmt)
 
 
+def _percent(fraction) -> str:
+    return _num(fraction * 100 if isinstance(fraction, int | float) else None, ".2f")
+
+
+def exchange_table(summary: dict, mixes: Iterable[str]) -> list[str]:
+    """Markdown rows: what each of `mixes` is worth in real images, from a nested summary.json (docs/worth.md)."""
+    n_real, n_syn, equiv = summary.get("n_real") or {}, summary.get("n_syn") or {}, summary.get("real_equiv") or {}
+    std, rate, budget = summary.get("real_equiv_std") or {}, summary.get("syn_per_real") or {}, summary.get("equal_budget_acc") or {}
+    acc = summary.get("test_acc") or {}
+    out = ["| mixture | real | synthetic | test acc | real-equivalent | synthetic per real-equivalent | equal budget, real only |",
+           "|---|---|---|---|---|---|---|"]
+    for mix in mixes:
+        eq = equiv.get(mix)
+        eq_text = "beyond the curve" if eq is None else f"{eq:,.0f}" + (f" ± {std[mix]:,.0f}" if isinstance(std.get(mix), int | float) else "")
+        total, at_budget = (n_real.get(mix) or 0) + (n_syn.get(mix) or 0), budget.get(mix)
+        out.append(f"| `{mix}` | {_num(n_real.get(mix), ',')} | {n_syn[mix]:,} | {_percent(acc.get(mix))} | {eq_text} | "
+                   f"{_num(rate.get(mix), '.2f', 'no gain' if eq is not None else '-')} | {_percent(at_budget)} ({total:,} real) |")
+    return out
+
+
 def exchange_tables(ctx: Context) -> str:
     """Per experiment row and synthetic set: what each mixture drawing from that set is worth in real images."""
     out = []
-    generator = ctx.cfg.diffusion.model
     for row in ctx.rows:
-        s = row.summary
-        n_real, n_syn, equiv = s.get("n_real") or {}, s.get("n_syn") or {}, s.get("real_equiv") or {}
+        n_syn = row.summary.get("n_syn")
         if not isinstance(n_syn, dict) or not n_syn:
             continue
-        std, rate, budget = s.get("real_equiv_std") or {}, s.get("syn_per_real") or {}, s.get("equal_budget_acc") or {}
         by_set: dict[str, list[str]] = {}
         for mix in n_syn:
             drawn = [k for k in (ctx.cfg.mixtures.get(mix) or {}) if ctx.cfg.is_synthetic(k)] or ["?"]
             by_set.setdefault(" + ".join(drawn), []).append(mix)
         for sets, mixes in by_set.items():
-            out.append(f"**{ctx.row_label(row)}, {sets}** (generator {generator}):\n")
-            out.append("| mixture | real | synthetic | test acc | real-equivalent | synthetic per real-equivalent | "
-                       "equal budget, real only |\n|---|---|---|---|---|---|---|")
-            for mix in mixes:
-                eq = equiv.get(mix)
-                eq_text = "beyond the curve" if eq is None else f"{eq:,.0f}" + (f" ± {std[mix]:,.0f}" if isinstance(std.get(mix), int | float) else "")
-                total = (n_real.get(mix) or 0) + (n_syn.get(mix) or 0)
-                acc, at_budget = row.acc.get(mix), budget.get(mix)
-                out.append(f"| `{mix}` | {_num(n_real.get(mix), ',')} | {n_syn[mix]:,} | {_num(acc * 100 if acc is not None else None, '.2f')} | "
-                           f"{eq_text} | {_num(rate.get(mix), '.2f', 'no gain' if eq is not None else '-')} | "
-                           f"{_num(at_budget * 100 if isinstance(at_budget, int | float) else None, '.2f')} ({total:,} real) |")
-            out.append("")
+            out += [f"**{ctx.row_label(row)}, {sets}** (generator {ctx.cfg.diffusion.model}):\n",
+                    *exchange_table({**row.summary, "test_acc": row.acc}, mixes), ""]
     return "\n".join(out)
 
 

@@ -34,6 +34,7 @@ import yaml
 
 from diffaug.config import read_params
 from diffaug.io import save_npz_atomic
+from diffaug.report.page import exchange_table
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 PIPELINE_FILES = ("dvc.yaml", "params.yaml", "src", ".dvcignore")
@@ -192,18 +193,6 @@ def build_demo(workdir: Path, *, epochs: int, real_per_class: int, mixes: list[s
     return workdir
 
 
-def exchange_table(summary: dict) -> str:
-    """The exchange-rate columns of a summary.json as a Markdown table (docs/worth.md explains them)."""
-    lines = ["| mixture | real | synthetic | test acc | real-equivalent | synthetic per real-equivalent | equal budget, real only |",
-             "|---|---|---|---|---|---|---|"]
-    for mix, n_syn in (summary.get("n_syn") or {}).items():
-        equiv, rate, budget = summary["real_equiv"].get(mix), summary["syn_per_real"].get(mix), summary["equal_budget_acc"].get(mix)
-        lines.append(f"| {mix} | {summary['n_real'][mix]} | {n_syn} | {summary['test_acc'][mix]:.3f} | "
-                     f"{'beyond the curve' if equiv is None else equiv} | "
-                     f"{('no gain' if equiv is not None else '-') if rate is None else rate} | {budget:.3f} |")
-    return "\n".join(lines)
-
-
 def show_worth(workdir: Path) -> None:
     """What `make demo` adds beyond the paper: quality columns, a pilot ranking, the exchange rate."""
     import json
@@ -215,7 +204,7 @@ def show_worth(workdir: Path) -> None:
     summary = json.loads((workdir / "metrics" / "summary.json").read_text())
     if summary.get("n_syn"):
         print(f"demo: exchange rate against the real curve {', '.join(DEMO_REAL_CURVE)} (metrics/evaluate/exchange_rate.json):")
-        print(exchange_table(summary) + "\n")
+        print("\n".join(exchange_table(summary, summary["n_syn"])) + "\n")
     else:
         print("demo: no exchange-rate table this time: the toy real curve did not rise with more real images "
               "(evaluate said so above); `make demo` with its default 10 epochs usually gets one\n")
