@@ -178,7 +178,7 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
                 continue
             feats = features_of(reference_models[0], images[keep], cfg.evaluate.batch_size, device)
             distribution[name] = {"classifier": f"{cfg.model}-{reference} seed {seeds[0]}, penultimate layer",
-                                  **set_quality(real_feats, real_labels, feats, labels[keep], classes, max_samples=None)}
+                                  **set_quality(real_feats, real_labels, feats, labels[keep], classes)}
         quality["distribution"] = distribution
     for mix in cfg.trained_mixes:
         if set(cfg.mixtures[mix]) <= set(cfg.synthetic_sets):

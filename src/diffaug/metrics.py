@@ -124,13 +124,6 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = K_NEIGHBOURS) 
     return float(precision), float(recall)
 
 
-def _subsample(x: np.ndarray, labels: np.ndarray, limit: int | None, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    if limit is None or len(x) <= limit:
-        return x, labels
-    keep = np.sort(rng.choice(len(x), limit, replace=False))
-    return x[keep], labels[keep]
-
-
 def _all_metrics(real: np.ndarray, fake: np.ndarray, seed: int, subsets: int, subset_size: int, k: int) -> dict[str, float]:
     kid_value, kid_se = kid(real, fake, subsets=subsets, subset_size=subset_size, seed=seed)
     precision, recall = precision_recall(real, fake, k)
@@ -139,17 +132,15 @@ def _all_metrics(real: np.ndarray, fake: np.ndarray, seed: int, subsets: int, su
 
 
 def set_quality(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray, fake_labels: np.ndarray,
-                classes: Sequence[str], *, max_samples: int | None = 10000, seed: int = 0, subsets: int = KID_SUBSETS,
-                subset_size: int = KID_SUBSET_SIZE, k: int = K_NEIGHBOURS) -> dict[str, Any]:
+                classes: Sequence[str], *, seed: int = 0, subsets: int = KID_SUBSETS, subset_size: int = KID_SUBSET_SIZE,
+                k: int = K_NEIGHBOURS) -> dict[str, Any]:
     """{"overall": {fd, kid, kid_se, precision, recall, n_real, n_synthetic}, "per_class": {class: {...}}}.
 
-    Each side is first reduced to at most `max_samples` features by a seeded draw (precision/recall
-    cost grows with n_real x n_synthetic); per class, the class's features within that draw. A class
-    with k or fewer features on either side gets no entry (its k-NN radii are undefined).
+    Precision/recall cost grows with n_real x n_synthetic: callers pass a seeded draw of a large set
+    (evaluate.QUALITY_MAX_SAMPLES). A class with k or fewer features on either side gets no entry (its
+    k-NN radii are undefined).
     """
-    rng = np.random.default_rng(seed)
-    real, real_labels = _subsample(np.asarray(real), np.asarray(real_labels), max_samples, rng)
-    fake, fake_labels = _subsample(np.asarray(fake), np.asarray(fake_labels), max_samples, rng)
+    real, real_labels, fake, fake_labels = map(np.asarray, (real, real_labels, fake, fake_labels))
     out: dict[str, Any] = {"overall": _all_metrics(real, fake, seed, subsets, subset_size, k), "per_class": {}}
     for c, name in enumerate(classes):
         r, f = real[real_labels == c], fake[fake_labels == c]

@@ -218,7 +218,7 @@ def score(pilot: PilotImages, s: Scoring) -> dict[str, Any]:
     if len(pilot.images) <= K_NEIGHBOURS:
         return {"note": f"only {len(pilot.images)} usable images; the metrics need more than {K_NEIGHBOURS}"}
     feats, logits = penultimate_features(s.classifier, pilot.images, s.batch_size, s.device)
-    q = set_quality(real_feats, reference.labels, feats, pilot.labels, reference.classes, max_samples=None)
+    q = set_quality(real_feats, reference.labels, feats, pilot.labels, reference.classes)
     return {**q["overall"], "per_class": q["per_class"],
             "recognised": float((logits.argmax(1) == pilot.labels).mean()),
             "probe": linear_probe(feats, pilot.labels, test_feats, probe_test.labels, num_classes)}
