@@ -124,11 +124,10 @@ def make_pilot(cand: Candidate, classes: list[str], image_size: tuple[int, int],
     reused = 0
     for batch in batches:
         run = batch_run(batch, batch_size, levers.compile)
-        hit = cache.get(cache.key(plan, run, cfg.synthetic.save_full_resolution, made_with)) is not None
         start = time.perf_counter()
         result = sample_batch(sampler, plan, run, want_full=cfg.synthetic.save_full_resolution, made_with=made_with,
                               reuse=cache, keep=True)
-        if hit:
+        if result.read_back:
             reused += len(batch)
         else:
             times.append((len(batch), time.perf_counter() - start))

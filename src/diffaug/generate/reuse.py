@@ -63,7 +63,7 @@ class BatchCache:
                 if str(z["key"]) != key:
                     return None
                 return BatchOutput(small=z["small"], full=z["full"] if "full" in z.files else None,
-                                   flagged=[bool(f) for f in z["flagged"]], finite=z["finite"])
+                                   flagged=[bool(f) for f in z["flagged"]], finite=z["finite"], read_back=True)
         except (OSError, ValueError, KeyError):  # absent, truncated or foreign: a miss, never an image
             return None
 
