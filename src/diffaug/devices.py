@@ -175,12 +175,10 @@ def check_generation(dif: Any, device: torch.device, gpu: GpuInfo | None = None,
 # ----------------------------------------------------------------------------- training
 @dataclass(frozen=True)
 class Precision:
-    """How the training step runs: the autocast dtype (None: float32) and whether a GradScaler guards
-    float16 gradients from underflow; `note` says why it differs from train.precision, if it does."""
+    """How the training step runs (the Trainer's `precision`): bf16 autocast, fp16 autocast with loss scaling
+    against gradient underflow, or float32; `note` says why it differs from train.precision, if it does."""
 
     name: str  # bf16 | fp16 | fp32: what actually runs (recorded in train.json)
-    autocast: torch.dtype | None
-    grad_scaler: bool
     note: str | None = None
 
 
@@ -189,14 +187,13 @@ def training_precision(precision: str, device: torch.device, gpu: GpuInfo | None
     it becomes float16 autocast with a GradScaler (the same tensor-core speed, loss scaled against
     underflow). On a CPU training is float32 (CPU bf16 autocast is slower, not faster)."""
     if device.type != "cuda" or precision == "fp32":
-        return Precision("fp32", None, False)
+        return Precision("fp32")
     if gpu is None:
         gpu = gpu_info(device)
     assert gpu is not None
     if precision == "bf16" and not gpu.bf16:
-        return Precision("fp16", torch.float16, True,
-                         f"train.precision: bf16 is emulated on {gpu.name} (compute capability {gpu.sm} < 8.0): "
+        return Precision("fp16", f"train.precision: bf16 is emulated on {gpu.name} (compute capability {gpu.sm} < 8.0): "
                          f"training in fp16 autocast with a GradScaler instead (train.precision: fp32 for float32)")
     if precision == "fp16":
-        return Precision("fp16", torch.float16, True)
-    return Precision("bf16", torch.bfloat16, False)
+        return Precision("fp16")
+    return Precision("bf16")
