@@ -169,7 +169,7 @@ def test_capture_warm_up_leaves_the_dropout_rng_where_it_was(fake_cuda, monkeypa
     before = torch.get_rng_state()
     t._plan_epoch()
     t._prove_graph()
-    assert torch.equal(torch.get_rng_state(), before) and fake_cuda.rng_reads >= 2
+    assert torch.equal(torch.get_rng_state(), before) and fake_cuda.rng_reads >= 1
     assert t.step_mode == "cuda_graph"
     fresh = graphed(fake_cuda)
     fit(fresh)

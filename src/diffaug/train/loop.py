@@ -363,8 +363,10 @@ class Trainer:
     def _capture(self) -> None:
         """Capture `_static_step` in a CUDA graph. The warm-up steps it needs are undone afterwards, so the
         training run is the same whether or not (and when) a graph was captured."""
+        start, rng = self._snapshot(), self._cuda_rng()  # dropout draws from the RNG: the warm-up must not move it
         with torch.cuda.device(self.device):  # capture on the trainer's GPU, whichever is current
-            self._capture_here()
+            self._record_graph()
+        self._restore(start, rng)
 
     def _cuda_rng(self) -> torch.Tensor:
         return torch.cuda.get_rng_state(self.device)
@@ -372,9 +374,8 @@ class Trainer:
     def _set_cuda_rng(self, state: torch.Tensor) -> None:
         torch.cuda.set_rng_state(state, self.device)
 
-    def _capture_here(self) -> None:
-        saved = [t.detach().clone() for t in self._state_tensors()]
-        rng = self._cuda_rng()  # dropout draws from it: the warm-up must not move it
+    def _record_graph(self) -> None:
+        """Warm up on a side stream, then record one `_static_step` as `self._graph`; both move the state (callers restore it)."""
         stream = torch.cuda.current_stream(self.device)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(stream)
@@ -386,10 +387,6 @@ class Trainer:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             self._static_step()
-        with torch.no_grad():
-            for tensor, value in zip(self._state_tensors(), saved):
-                tensor.copy_(value)
-        self._set_cuda_rng(rng)
         self._graph = graph
 
     def _live(self) -> list[torch.Tensor]:
@@ -436,7 +433,7 @@ class Trainer:
         phase = "capture"
         try:
             with torch.cuda.device(self.device):  # the trainer's GPU, whichever is current
-                self._capture_here()
+                self._record_graph()
                 phase = "the proof run"
                 self._restore(start, rng)  # the warm-up's sums and counter too, not only the state
                 self._counter.zero_()
