@@ -176,24 +176,21 @@ def time_epoch(trainer: Trainer, device: torch.device, timed_steps: int | None, 
 
 def time_ours(cfg: Config, model: str, images: np.ndarray, labels: np.ndarray, device: torch.device,
               batch_size: int, compile: bool, timed_steps: int | None, warmup_steps: int,
-              cuda_graph: bool | None = None) -> float:
-    """Seconds per epoch of diffaug's loop (measured over a full epoch, or `timed_steps` scaled up)."""
+              cuda_graph: bool | None = None) -> tuple[float, str]:
+    """(seconds per epoch of diffaug's loop, measured over a full epoch or `timed_steps` scaled up; the step
+    mode that ran: a graph that failed its check ran eager, and the row must say so)."""
     graph = cfg.train.cuda_graph if cuda_graph is None else cuda_graph
     trainer = make_trainer(cfg, model, images, labels, device, batch_size, compile, graph)
-    seconds = time_epoch(trainer, device, timed_steps, warmup_steps)
-    STEP_MODE["last"] = trainer.step_mode  # a graph that failed its check ran eager: the row says so
+    seconds, mode = time_epoch(trainer, device, timed_steps, warmup_steps), trainer.step_mode
     del trainer
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return seconds
+    return seconds, mode
 
 
-STEP_MODE = {"last": ""}
-
-
-def step_label(wanted: str) -> str:
+def step_label(wanted: str, ran: str) -> str:
     """The row's step column: what was asked for, or the fallback that ran instead."""
-    return STEP_MODE["last"] if STEP_MODE["last"].startswith("eager (fallback") else wanted
+    return ran if ran.startswith("eager (fallback") else wanted
 
 
 # ----------------------------------------------------------------------------- the usual recipe
@@ -275,7 +272,7 @@ def worker(job_path: Path) -> None:
     Path(job["out"]).write_text(json.dumps({"start": start, "end": end, "images": seen}))
 
 
-def time_cells(args: argparse.Namespace, cells: int, images: int, batch: int, epochs: int, steps: int | None,
+def time_cells(params: Path, data: Path, cells: int, images: int, batch: int, epochs: int, steps: int | None,
                warmup: int, timeout_s: float) -> dict:
     """Aggregate images/s of `cells` ResNet-18 cells training at once, each its own process (as
     `dvc queue start -j N` runs them), timed from the first start to the last end after all are ready."""
@@ -284,7 +281,7 @@ def time_cells(args: argparse.Namespace, cells: int, images: int, batch: int, ep
         go = tmp / "go"
         procs = []
         for i in range(cells):
-            job = {"params": str(args.params), "data": str(getattr(args, "timing_data", args.data)), "images": images, "batch": batch, "epochs": epochs,
+            job = {"params": str(params), "data": str(data), "images": images, "batch": batch, "epochs": epochs,
                    "steps": steps, "warmup": warmup, "ready": str(tmp / f"ready-{i}"), "go": str(go),
                    "out": str(tmp / f"out-{i}.json"), "wait_s": timeout_s}
             (tmp / f"job-{i}.json").write_text(json.dumps(job))
@@ -339,10 +336,10 @@ def ablations(recipe) -> dict[str, dict]:
 
 
 def real_check(args: argparse.Namespace, cfg: Config, device: torch.device, seeds: list[int] | None = None,
-               variants: dict[str, dict] | None = None) -> list[dict]:
-    """Train ResNet-18 on 4085 real images (--full: 45,000) per seed and variant; each result: variant, seed,
+               variants: dict[str, dict] | None = None, full: bool = False) -> list[dict]:
+    """Train ResNet-18 on 4085 real images (`full`: 45,000) per seed and variant; each result: variant, seed,
     val acc, wall."""
-    if getattr(args, "full", False):
+    if full:
         path = decoded_50k(args.jpeg, args.cache_dir)
         if path is None:
             raise FileNotFoundError(f"{args.jpeg}: not found; --real-check --full needs the 50,000 real CIFAR-10 "
@@ -443,9 +440,9 @@ def sweep(args: argparse.Namespace, cfg: Config, device: torch.device, stamp: li
     timed, warmup = (1, 1) if smoke else (None, WARMUP_STEPS)
     scale = 0.1 if smoke else 1.0  # smoke: CPU seconds are not H100 seconds; the guard still runs
     full = None if smoke else decoded_50k(args.jpeg, args.cache_dir)
-    args.timing_data = full or args.data
+    timing_data = full or args.data
     # the 50k set: every real training image, once (no tiling, no resizing)
-    images, labels, source = benchmark_images(args.timing_data, None if full is not None else count)
+    images, labels, source = benchmark_images(timing_data, None if full is not None else count)
     count = len(labels)
     capture = "CUDA graph" if device.type == "cuda" else "static path, uncaptured (CPU)"
     report = {"device": stamp[1], "torch": torch.__version__, "date": stamp[0], "command": stamp[2], "images": count,
@@ -478,17 +475,17 @@ def sweep(args: argparse.Namespace, cfg: Config, device: torch.device, stamp: li
         for graph in (False, True):
             step = capture if graph else "eager"
             if room("ours", f"ours resnet18 batch {batch} {step}"):
-                seconds = time_ours(cfg, "resnet18", images, labels, device, batch, args.compile or cfg.train.compile,
-                                    timed, warmup, graph)
-                row("ours", "resnet18", batch, step_label(step), seconds)
+                seconds, ran = time_ours(cfg, "resnet18", images, labels, device, batch, args.compile or cfg.train.compile,
+                                         timed, warmup, graph)
+                row("ours", "resnet18", batch, step_label(step, ran), seconds)
     for model in ARCHITECTURES:
         if room("arch", f"{model} at batch {default_batch}"):
-            seconds = time_ours(cfg, model, images, labels, device, default_batch, args.compile or cfg.train.compile,
-                                timed, warmup, True)
-            row("ours, default batch", model, default_batch, step_label(capture), seconds)
+            seconds, ran = time_ours(cfg, model, images, labels, device, default_batch, args.compile or cfg.train.compile,
+                                     timed, warmup, True)
+            row("ours, default batch", model, default_batch, step_label(capture, ran), seconds)
     for cells in (1, 2) if smoke else SWEEP_CELLS:
         if room("cells", f"{cells} concurrent cells"):
-            result = time_cells(args, cells, count, default_batch, 1 if smoke else 3, 1 if smoke else None,
+            result = time_cells(args.params, timing_data, cells, count, default_batch, 1 if smoke else 3, 1 if smoke else None,
                                 1 if smoke else WARMUP_STEPS, 240 if smoke else 180)
             report["cells"].append(result)
             if "error" in result:
@@ -502,7 +499,7 @@ def sweep(args: argparse.Namespace, cfg: Config, device: torch.device, stamp: li
         print(note, flush=True)
         report["skipped"].append(note)
     elif room("real_check", "--real-check"):
-        report["real_check"] = real_check(argparse.Namespace(**{**vars(args), "full": False}), cfg, device, [0])
+        report["real_check"] = real_check(args, cfg, device, [0])  # the 5085 lossless images, whatever --full says
     report["total_s"] = time.perf_counter() - t0
     table = {r["model"]: round(r["images_per_s"]) for r in report["rows"] if r["measurement"] == "ours, default batch"}
     if table and device.type == "cuda":
@@ -560,7 +557,7 @@ def main(argv: list[str] | None = None) -> None:
                     sys.exit(f"error: --ablation: unknown variant(s) {unknown}; allowed: {', '.join(list(variants)[1:])}")
                 if args.ablation:  # just the variants named (the default's own seeds: --real-check alone)
                     variants = {k: v for k, v in variants.items() if k in args.ablation}
-            results = real_check(args, cfg, device, args.seeds, variants)
+            results = real_check(args, cfg, device, args.seeds, variants, full=args.full)
         except FileNotFoundError as e:
             sys.exit(f"error: {e}")
         for variant in dict.fromkeys(r["variant"] for r in results):
@@ -580,7 +577,7 @@ def main(argv: list[str] | None = None) -> None:
     usual = time_usual(images, labels, device, batch, timed, warmup)
     ours = {}
     for model in ARCHITECTURES:
-        ours[model] = time_ours(cfg, model, images, labels, device, batch, compile, timed, warmup)
+        ours[model] = time_ours(cfg, model, images, labels, device, batch, compile, timed, warmup)[0]
         print(f"  ours {model:12s} {ours[model]:8.2f} s/epoch", flush=True)
     ratio = usual / ours["resnet18"]
     print(f"ResNet-18: usual {usual:.2f} s/epoch, ours {ours['resnet18']:.2f} s/epoch: {ratio:.1f}x faster")
