@@ -194,6 +194,4 @@ def training_precision(precision: str, device: torch.device, gpu: GpuInfo | None
     if precision == "bf16" and not gpu.bf16:
         return Precision("fp16", f"train.precision: bf16 is emulated on {gpu.name} (compute capability {gpu.sm} < 8.0): "
                          f"training in fp16 autocast with a GradScaler instead (train.precision: fp32 for float32)")
-    if precision == "fp16":
-        return Precision("fp16")
     return Precision("bf16")

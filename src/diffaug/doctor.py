@@ -434,9 +434,7 @@ def mixture_sizes(cfg: Config) -> dict[str, int]:
     sizes = {}
     for mix in cfg.trained_mixes:
         total = 0.0
-        for source, frac in cfg.mixtures[mix].items():
-            if not isinstance(frac, (int, float)):
-                continue  # a filter: keeps a fraction of the mixture; its size is before filtering
+        for source, frac in cfg.mixtures[mix].items():  # a filtered mixture: its size before filtering
             if cfg.is_synthetic(source):
                 per_class = getattr(cfg.synthetic.sets[source], "images_per_class", None) or cfg.synthetic.images_per_class
                 total += frac * per_class * classes

@@ -126,8 +126,6 @@ def write_parquet(tmp: Path, name: str, images: np.ndarray, labels: np.ndarray, 
 
 
 def export(set_dir: Path, fmt: str, out: Path, force: bool = False) -> Path:
-    if fmt not in FORMATS:
-        raise UserError(f"--format: got {fmt!r}; allowed: {' | '.join(FORMATS)}")
     if out.exists() and not force:
         raise UserError(f"{out}: already exists; pass --force to replace it, or choose another --out")
     manifest = synthetic.read_manifest(set_dir)

@@ -124,16 +124,15 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = K_NEIGHBOURS) 
     return float(precision), float(recall)
 
 
-def _all_metrics(real: np.ndarray, fake: np.ndarray, seed: int, subsets: int, subset_size: int, k: int) -> dict[str, float]:
-    kid_value, kid_se = kid(real, fake, subsets=subsets, subset_size=subset_size, seed=seed)
-    precision, recall = precision_recall(real, fake, k)
+def _all_metrics(real: np.ndarray, fake: np.ndarray) -> dict[str, float]:
+    kid_value, kid_se = kid(real, fake)
+    precision, recall = precision_recall(real, fake)
     return {"fd": frechet_distance(real, fake), "kid": kid_value, "kid_se": kid_se, "precision": precision,
             "recall": recall, "n_real": int(len(real)), "n_synthetic": int(len(fake))}
 
 
 def set_quality(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray, fake_labels: np.ndarray,
-                classes: Sequence[str], *, seed: int = 0, subsets: int = KID_SUBSETS, subset_size: int = KID_SUBSET_SIZE,
-                k: int = K_NEIGHBOURS) -> dict[str, Any]:
+                classes: Sequence[str]) -> dict[str, Any]:
     """{"overall": {fd, kid, kid_se, precision, recall, n_real, n_synthetic}, "per_class": {class: {...}}}.
 
     Precision/recall cost grows with n_real x n_synthetic: callers pass a seeded draw of a large set
@@ -141,11 +140,11 @@ def set_quality(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray, fak
     k-NN radii are undefined).
     """
     real, real_labels, fake, fake_labels = map(np.asarray, (real, real_labels, fake, fake_labels))
-    out: dict[str, Any] = {"overall": _all_metrics(real, fake, seed, subsets, subset_size, k), "per_class": {}}
+    out: dict[str, Any] = {"overall": _all_metrics(real, fake), "per_class": {}}
     for c, name in enumerate(classes):
         r, f = real[real_labels == c], fake[fake_labels == c]
-        if len(r) > k and len(f) > k:
-            out["per_class"][name] = _all_metrics(r, f, seed, subsets, subset_size, k)
+        if len(r) > K_NEIGHBOURS and len(f) > K_NEIGHBOURS:
+            out["per_class"][name] = _all_metrics(r, f)
     return out
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,6 @@ class PilotImages:
     rate: float | None     # measured images/s (None when every batch was read back)
     full_set: int          # images of the full set
     device: str
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- candidates

@@ -9,13 +9,14 @@ import dataclasses
 import string
 from collections.abc import Callable
 from functools import cached_property
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, ConfigDict, Discriminator, Field, StrictBool, StrictFloat, StrictInt, StrictStr, Tag, model_validator
 from pydantic.dataclasses import dataclass
 from pydantic_core import core_schema
 
-ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "vgg16", "densenet121")
+Architecture = Literal["resnet18", "resnet34", "resnet50", "vgg16", "densenet121"]
+ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 # The real training images (orig, and its rot90 / vflip copies); every other source is a set declared under synthetic.sets.
 REAL_SOURCES = ("orig", "rot90", "vflip")
 # The paper's sources in the order of their codes in mixture files (formats.mixture): fixed, so that declaring a set changes no file.
@@ -330,7 +331,7 @@ class Config(Section):
     mixture_seed: Seed = 0
     # name -> {source: fraction}, and optionally `filter:` (a MixtureFilter); `mixtures` and `filters` split them
     specs: dict[Str, Annotated[dict[Str, Float | MixtureFilter], AfterValidator(_mixture)]] = Field(default_factory=dict, alias="mixtures")
-    model: Literal["resnet18", "resnet34", "resnet50", "vgg16", "densenet121"] = "resnet18"
+    model: Architecture = "resnet18"
     # The lists dvc.yaml's stage matrices run over (dvc cannot filter a mapping):
     mixes: Annotated[list[Str], Distinct] = Field(default_factory=list)  # train@: absent, every mixture without a filter
     img2img_sets: Annotated[list[Str], Distinct] = Field(default_factory=list)  # generate_img2img@<set>: every img2img set

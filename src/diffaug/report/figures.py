@@ -19,12 +19,12 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure  # no pyplot: no global state; savefig uses the Agg canvas
 from matplotlib.ticker import MaxNLocator
 
-from diffaug.config import REAL_SOURCES, Config, Img2ImgSet
+from diffaug.config import ARCHITECTURES, REAL_SOURCES, Config, Img2ImgSet
 from diffaug.config.schema import MixtureFilter
 from diffaug.formats.curves import read_live_curves
 from diffaug.report.results import Result, model_order
 
-RESNETS = ("resnet18", "resnet34", "resnet50")
+RESNETS = ARCHITECTURES[:3]
 COPIES = {"rot90": "rotated", "vflip": "v-flipped"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FAMILY_COLOURS = {"real only": "#7f7f7f", "real + synthetic": "#1f77b4", "synthetic only": "#ff7f0e",

@@ -27,7 +27,7 @@ SUMMARY = "metrics/summary.json"
 KIND_RANK = {"workspace": 0, "commit": 1, "experiment": 2}
 SKIP_STATES = {"queued": "queued, not run yet", "running": "still running", "failed": "failed"}
 # Top-level keys of params.yaml, from the config's own schema: an unprefixed column under one of them is a
-# param, any other a summary field (the report also passes the keys of the params file it reads).
+# param, any other a summary field.
 PARAM_SECTIONS = frozenset(json_schema()["properties"])
 DEP_HASH = re.compile(r"[0-9a-f]{32}(\.dir)?")  # a dependency column's value: dvc's md5 of the file or folder
 ROW_HEADERS = frozenset({"Experiment", "rev", "typ", "Created", "parent", "State", "Executor"})  # dvc's own columns
@@ -87,11 +87,11 @@ def _number(value: Any) -> float | None:
     return float(value) if ok else None
 
 
-def _split(row: dict[str, Any], param_sections: frozenset[str] | set[str]) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+def _split(row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], str | None]:
     """(summary.json's fields, params.yaml's fields, the summary's path) of one row, flattened.
 
     A prefixed column names its file. An unprefixed one is a param when its first part is a top-level
-    key of params.yaml (`param_sections`), else a summary field; dvc's own columns and the
+    key of params.yaml (PARAM_SECTIONS), else a summary field; dvc's own columns and the
     dependency columns (a path, an md5 value) are neither. A name in both files is prefixed by dvc, so `model` is too.
     """
     summary: dict[str, Any] = {}
@@ -109,7 +109,7 @@ def _split(row: dict[str, Any], param_sections: frozenset[str] | set[str]) -> tu
                 params[name] = value
         elif key in ROW_HEADERS or "/" in key or (isinstance(value, str) and DEP_HASH.fullmatch(value)):
             continue  # dvc's own columns and the dependencies' hashes
-        elif key.split(".", 1)[0] in param_sections:
+        elif key.split(".", 1)[0] in PARAM_SECTIONS:
             params[key] = value
         else:
             summary[key] = value
@@ -156,8 +156,7 @@ def _kind(row: dict[str, Any]) -> str:
     return "experiment"
 
 
-def parse_exp_show(rows: Any, workspace_root: Path | None = None,
-                   param_sections: frozenset[str] | set[str] = PARAM_SECTIONS) -> tuple[list[Result], list[str]]:
+def parse_exp_show(rows: Any, workspace_root: Path | None = None) -> tuple[list[Result], list[str]]:
     """Every usable summary in `dvc.api.exp_show()` rows, and a note per experiment left out.
 
     Left out: queued, running and failed experiments (a failed run still lists the summary.json it
@@ -165,7 +164,6 @@ def parse_exp_show(rows: Any, workspace_root: Path | None = None,
     whose `model` differs from the row's own params `model` (stale: evaluate has not rerun since the
     change). Commits without a summary.json (before the first run) are skipped silently.
     `workspace_root`: where the workspace's metrics file lies, to date it by its mtime.
-    `param_sections`: the top-level keys of params.yaml (see _split).
     """
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise UserError("exp_show: expected a JSON list of rows as dvc.api.exp_show() returns; is this its output?")
@@ -179,7 +177,7 @@ def parse_exp_show(rows: Any, workspace_root: Path | None = None,
         if state in SKIP_STATES:
             notes.append(f"{label}: {SKIP_STATES[state]}; left out")
             continue
-        summary, params, path = _split(row, param_sections)
+        summary, params, path = _split(row)
         if "!" in summary.values():
             notes.append(f"{label}: dvc could not read {path}; left out")
             continue

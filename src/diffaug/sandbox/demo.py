@@ -164,15 +164,16 @@ DEMO_REAL_CURVE = ["orig25", "orig50", "orig100"]
 DEMO_PILOT = ["syn1", "syn2", "syn2@steps=2"]
 # One filtered mixture (ALIA-style): orig50_syn1_50's draw minus the half of its syn1 images per class that the
 # orig100 classifier is least confident about; stages filter@<mix>, then train_filtered@resnet18-<mix>.
-DEMO_FILTERED = {"mixtures.orig50_syn1_50_conf": {"orig": 0.5, "syn1": 0.5, "filter": {"by": "confidence", "keep_fraction": 0.5}},
-                 "filtered_mixes": ["orig50_syn1_50_conf"]}
+DEMO_FILTERED_MIX = "orig50_syn1_50_conf"
+DEMO_FILTERED = {f"mixtures.{DEMO_FILTERED_MIX}": {"orig": 0.5, "syn1": 0.5, "filter": {"by": "confidence", "keep_fraction": 0.5}},
+                 "filtered_mixes": [DEMO_FILTERED_MIX]}
 
 
 def build_demo(workdir: Path, *, epochs: int, real_per_class: int, mixes: list[str] = DEMO_MIXES,
-               images_per_class: int = 6, quiet: bool = False, filtered: bool = True) -> Path:
+               images_per_class: int = 6, quiet: bool = False) -> Path:
     """What `make demo` does: the sandbox, `dvc repro`, the results committed as the `main` baseline,
     `dvc push` to the sandbox's own remote. With quiet=False dvc's output streams to the terminal."""
-    overrides: dict = dict(DEMO_FILTERED) if filtered and "orig100" in mixes else {}
+    overrides: dict = dict(DEMO_FILTERED) if "orig100" in mixes else {}
     if set(DEMO_REAL_CURVE) <= set(mixes):
         overrides["real_curve"] = DEMO_REAL_CURVE
     make_sandbox(workdir, mixes=mixes, epochs=epochs, per_class_real=real_per_class, images_per_class=images_per_class,
@@ -181,8 +182,8 @@ def build_demo(workdir: Path, *, epochs: int, real_per_class: int, mixes: list[s
     for cmd in (["dvc", "repro"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "baseline: dvc repro of the tiny pipeline"],
                 ["dvc", "push"]):
         if cmd[0] == "dvc":
-            stages = ("prepare, generate_syn1, generate_syn2, generate_img2img@i2i50, build_mixtures, train@..., "
-                      "filter@orig50_syn1_50_conf, train_filtered@..., evaluate")
+            stages = (f"prepare, generate_syn1, generate_syn2, generate_img2img@{DEMO_IMG2IMG}, build_mixtures, train@..., "
+                      f"filter@{DEMO_FILTERED_MIX}, train_filtered@..., evaluate")
             say(f"demo: {' '.join(cmd)}" + (f" ({stages})" if cmd[1] == "repro" else f" (to {workdir / STORAGE})"))
         proc = subprocess.run(cmd, cwd=workdir, env=tool_env(), text=True,
                               stdout=subprocess.PIPE if quiet else None, stderr=subprocess.STDOUT if quiet else None)

@@ -351,18 +351,18 @@ def _dit():
 _BUILDERS = {"sdxl": _sdxl, "sd3": _sd3, "flux": _flux, "pixart": _pixart, "sana": _sana, "dit": _dit}
 
 
-def tiny_diffusion_params(path: str | Path, *, safety_checker: bool = True) -> dict[str, Any]:
+def tiny_diffusion_params(path: str | Path) -> dict[str, Any]:
     """`diffusion:` overrides for the tiny pipeline: 20 images of 32x32 take a few seconds on a CPU."""
     return {
         "model": str(path), "revision": None, "variant": None, "dtype": "float32", "resolution": 64,
         "guidance_scale": 7.5, "steps": 3, "scheduler": "default", "seed": 0,
-        "safety_checker": safety_checker, "max_regenerations": 10, "batch_size": 4,
+        "safety_checker": True, "max_regenerations": 10, "batch_size": 4,
         "channels_last": False, "fuse_qkv": False, "compile": False, "compile_mode": "default", "cuda_graphs": False,
         "attention": "auto", "fp8": False, "device": "cpu", "allow_cpu": False,
     }
 
 
-def build_sd14_random(dtype, device, *, safety_checker: bool = True):
+def build_sd14_random(dtype, device):
     """The full-size SD-v1.4 pipeline with random weights, built on `device` (for benchmarks).
 
     Sizes are SD-v1.4's configs; the tokenizer is the byte-level one above (ids < 514 <= 49408), which
@@ -370,20 +370,16 @@ def build_sd14_random(dtype, device, *, safety_checker: bool = True):
     regenerations.
     """
     tokenizer = byte_level_tokenizer()
-    text_config = _text_config(tokenizer, **{**SD14_TEXT, "vocab_size": SD14_TEXT["vocab_size"]})
+    text_config = _text_config(tokenizer, **SD14_TEXT)
     with torch.device(device):  # initialise directly on the GPU: minutes faster than on the CPU
+        clip = CLIPConfig(text_config=text_config.to_dict(), vision_config=SD14_SAFETY_VISION, projection_dim=768)
         parts: dict[str, Any] = dict(
             unet=UNet2DConditionModel(**SD14_UNET),
             vae=AutoencoderKL(**SD14_VAE),
             text_encoder=CLIPTextModel(text_config),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=safety_checker,
+            safety_checker=_never_flagging(StableDiffusionSafetyChecker(clip)),
+            feature_extractor=CLIPImageProcessor(),  # 224 px, bicubic, CLIP mean/std: SD-v1.4's
         )
-        if safety_checker:
-            clip = CLIPConfig(text_config=text_config.to_dict(), vision_config=SD14_SAFETY_VISION, projection_dim=768)
-            parts["safety_checker"] = _never_flagging(StableDiffusionSafetyChecker(clip))
-            parts["feature_extractor"] = CLIPImageProcessor()  # 224 px, bicubic, CLIP mean/std: SD-v1.4's
     pipe: Any = StableDiffusionPipeline(tokenizer=tokenizer, scheduler=PNDMScheduler.from_config(SD14_SCHEDULER), **parts)
     return pipe.to(device=device, dtype=dtype)
 
