@@ -21,7 +21,6 @@ import argparse
 import datetime
 import json
 import math
-import platform
 import shlex
 import sys
 import tempfile
@@ -42,7 +41,7 @@ except ImportError:  # a GPU box with the repository but no `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from diffaug.config import DiffusionConfig  # noqa: E402
-from diffaug.devices import check_generation  # noqa: E402
+from diffaug.devices import check_generation, device_name, synchronize  # noqa: E402
 from diffaug.errors import ConfigError  # noqa: E402
 from diffaug.generate.families import FAMILIES, family_of, read_model_info, resolve_defaults, settled  # noqa: E402
 from diffaug.generate.model import Levers, apply_levers, quiet_libraries  # noqa: E402
@@ -121,11 +120,6 @@ def build(args, device: torch.device, tmp: str):
     return pipe
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def images_per_second(fn, batch: int, images: int, device: torch.device) -> float:
     """Warm up once (excluded), then time whole batches covering at least `images` images."""
     fn(batch)
@@ -165,12 +159,6 @@ def batch_call(s: Sampler, batch: int, want_full: bool = False):
     if s.family.name == "dit":
         return s.run_batch(seeds, None, want_full=want_full, class_ids=[(207 + i) % 1000 for i in seeds])
     return s.run_batch(seeds, [PROMPTS[i % len(PROMPTS)] for i in seeds], want_full=want_full)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
 def command_line(argv: list[str]) -> str:

@@ -40,7 +40,6 @@ import datetime
 import hashlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -55,7 +54,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from diffaug.config import ARCHITECTURES, Config, load_config  # noqa: E402
-from diffaug.devices import resolve_device, training_precision  # noqa: E402
+from diffaug.devices import device_name, resolve_device, synchronize, training_precision  # noqa: E402
 from diffaug.io import load_npz, write_bytes_atomic  # noqa: E402
 from diffaug.models import build_model  # noqa: E402
 from diffaug.train.loop import Trainer, fit  # noqa: E402
@@ -103,17 +102,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.json_out is None and not args.smoke:
         args.json_out = REPO / "benchmarks" / "results" / f"train-{datetime.date.today().isoformat()}.json"
     return args
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.machine()} ({torch.get_num_threads()} threads)"
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def decoded_50k(jpeg: Path, cache: Path = CACHE) -> Path | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import platform
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,19 @@ def gpu_info(device: torch.device) -> GpuInfo | None:
     props = torch.cuda.get_device_properties(index)
     major, minor = torch.cuda.get_device_capability(index)
     return GpuInfo(index, props.name, (major, minor), int(props.total_memory), tuple(torch.cuda.get_arch_list()))
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a timing boundary); a no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    """What a benchmark row names as its device: the GPU's name, or the CPU and its thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
 def has_kernels_for(capability: tuple[int, int], arch_list: tuple[str, ...]) -> bool:

@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from diffaug.config import Config, load_config  # noqa: E402
-from diffaug.devices import GpuInfo, check_generation, gpu_info, resolve_device, training_precision  # noqa: E402
+from diffaug.devices import GpuInfo, check_generation, gpu_info, resolve_device, synchronize, training_precision  # noqa: E402
 from diffaug.errors import ConfigError, OneLineParser, UserError, exit_on_error  # noqa: E402
 from diffaug.io import write_bytes_atomic  # noqa: E402
 
@@ -126,11 +126,6 @@ def version(package: str) -> str | None:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ----------------------------------------------------------------------------- machine
