@@ -239,3 +239,15 @@ def test_inductor_cache_is_a_git_ignored_folder_of_the_repository(tmp_path, monk
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(folder) and os.environ["TORCHINDUCTOR_FX_GRAPH_CACHE"] == "1"
     ignored = subprocess.run(["git", "check-ignore", "-q", ".cache/torchinductor/fxgraph/x"], cwd=REPO)
     assert ignored.returncode == 0, ".cache/ must be in .gitignore"
+
+
+def test_cpu_offload_hooks_the_pipeline_onto_the_gpu_instead_of_moving_it(tiny_sd):
+    """diffusion.cpu_offload on a GPU: diffusers' enable_model_cpu_offload (accelerate's hooks) in place of .to(device).
+    Installing the hooks moves nothing, so a CPU-only machine checks them with a CUDA device named. (Without the
+    safety checker, which diffusers keeps out of offloading: it would be moved to the GPU at once.)"""
+    dif = DiffusionConfig(model=str(tiny_sd), variant=None, dtype="float32", cpu_offload=True, safety_checker=False)
+    source = model.resolve_model(dif)
+    pipe = model.load_pipeline(dif, source, model.check_model_files(Path(source.load_from), dif), torch.device("cuda", 0))
+    assert pipe._offload_device == torch.device("cuda", 0)
+    assert all(hasattr(part, "_hf_hook") for part in (pipe.text_encoder, pipe.unet, pipe.vae))  # each moves to the GPU when called
+    assert {p.device.type for p in pipe.unet.parameters()} == {"cpu"}
