@@ -5,7 +5,8 @@
 
   imagefolder   DIR/<class>/<class>_<index>.png and DIR/metadata.csv: loads with
                 torchvision.datasets.ImageFolder(DIR) (class folders) and with Hugging Face
-                datasets.load_dataset("imagefolder", data_dir=DIR) (metadata.csv: file_name + provenance)
+                datasets.load_dataset("imagefolder", data_dir=DIR) (metadata.csv: file_name + provenance;
+                its seed is hexadecimal text, 0x + 16 digits, as CSV readers take integers as signed 64-bit)
   parquet       DIR/<set>.parquet: loads with datasets.load_dataset("parquet", data_files=...) as
                 `image` (an Image feature, PNG bytes), `label` (a ClassLabel) and provenance columns;
                 pandas/pyarrow read it too
@@ -84,8 +85,14 @@ def write_imagefolder(tmp: Path, images: np.ndarray, labels: np.ndarray, classes
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
         for name, label, row in zip(names, labels, rows):
-            writer.writerow({**{k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in row.items()},
-                             "file_name": name, "label": classes[int(label)]})
+            writer.writerow({**{k: _csv_value(k, v) for k, v in row.items()}, "file_name": name, "label": classes[int(label)]})
+
+
+def _csv_value(column: str, value: Any) -> Any:
+    """A seed spans 0..2**64-1, beyond the int64 that pandas and pyarrow read CSV integers as: hexadecimal text."""
+    if column == "seed" and isinstance(value, int):
+        return f"{value:#018x}"
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
 
 
 def _value_type(column: str, values: list[Any]) -> str:
