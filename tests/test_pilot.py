@@ -142,3 +142,7 @@ def test_a_bad_candidate_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         pilot.main(["syn1@steps=many", "--params", str(params), "--classes", str(classes)])
     assert "diffusion.steps" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_code:  # a value that is no YAML at all
+        pilot.main(["syn1@steps=[", "--params", str(params), "--classes", str(classes)])
+    err = capsys.readouterr().err.strip()
+    assert exit_code.value.code == 2 and "\n" not in err and err.startswith("error: candidate 'syn1@steps=[': steps: not valid YAML"), err

@@ -35,10 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ruamel.yaml import YAML
 
 from diffaug.cli import human_duration, stage_parser
-from diffaug.config import Config, Img2ImgSet, parse_config, read_params
+from diffaug.config import Config, Img2ImgSet, parse_config, parse_yaml, read_params
 from diffaug.errors import UserError, exit_on_error
 from diffaug.formats.splits import Split, load_split, read_classes
 from diffaug.io import write_json_atomic
@@ -83,7 +82,7 @@ def parse_candidates(texts: list[str], raw: dict[str, Any], source: str) -> list
             key, eq, value = pair.partition("=")
             if not eq:
                 raise UserError(f"candidate {text!r}: {pair!r} is not key=value; e.g. syn1@steps=20,scheduler=ddim")
-            data.setdefault("diffusion", {})[key.strip()] = YAML(typ="safe").load(value)  # as params.yaml is read
+            data.setdefault("diffusion", {})[key.strip()] = parse_yaml(value, f"candidate {text!r}: {key.strip()}")  # as params.yaml is read
         out.append(Candidate(text, name, parse_config(data, f"{source} (candidate {text})")))
     if len({c.label for c in out}) != len(out):
         raise UserError("candidates: one is named twice")

@@ -18,7 +18,7 @@ from diffaug.config.schema import SET_KINDS, Config, Invalid
 from diffaug.config.schema import __all__ as _sections
 from diffaug.errors import ConfigError
 
-__all__ = [*_sections, "ConfigError", "json_schema", "load_config", "parse_config", "read_params"]
+__all__ = [*_sections, "ConfigError", "json_schema", "load_config", "parse_config", "parse_yaml", "read_params"]
 ADAPTER = TypeAdapter(Config)
 # What a value that is not of the type at all is told (pydantic's error types, and the names it gives union arms)
 NAMES = {"int": "an integer", "float": "a number", "str": "a string", "string": "a string", "bool": "true or false", "list": "a list",
@@ -41,19 +41,27 @@ def parse_config(data: Any, source: str = "params.yaml") -> Config:
 
 
 def read_params(path: str | Path = "params.yaml") -> Any:
-    """params.yaml's YAML as dvc reads it: ruamel.yaml, YAML 1.2 (`1e-3` is a number), a key given twice an error."""
+    """params.yaml's YAML as dvc reads it (see parse_yaml)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: file not found; run from the repository root or pass --params")
     try:
-        return YAML(typ="safe").load(path.read_text())
+        text = path.read_text()
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text; allowed: a YAML file") from None
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML as dvc reads it: ruamel.yaml, YAML 1.2 (`1e-3` is a number), a key given twice an error; a broken
+    text is one ConfigError line starting with `where`."""
+    try:
+        return YAML(typ="safe").load(text)
     except DuplicateKeyError as e:  # its problem reads 'found duplicate key "steps" with value ...'
         line = e.problem_mark.line + 1 if e.problem_mark else "?"
-        raise ConfigError(f"{path}: {(e.problem or '').split(chr(34))[1]}: given twice at line {line}; allowed: each key once per section") from None
+        raise ConfigError(f"{where}: {(e.problem or '').split(chr(34))[1]}: given twice at line {line}; allowed: each key once per section") from None
     except YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0] if str(e) else 'invalid YAML'})") from None
+        raise ConfigError(f"{where}: not valid YAML ({str(e).splitlines()[0] if str(e) else 'invalid YAML'})") from None
 
 
 def load_config(path: str | Path = "params.yaml") -> Config:
