@@ -284,23 +284,10 @@ def test_dvc_repro_generate_syn2_with_every_family(tmp_path):
 def test_batch_size_auto_sizes_from_the_first_batchs_measured_peak(monkeypatch):
     """The CUDA arithmetic with a faked allocator: 2 probe images took 3 GiB above the 10 GiB already
     allocated; 40 GiB free plus 2 GiB of unused reserve -> 85% of 42 GiB at 1.5 GiB an image = 23."""
-    from rich.console import Console
-
-    from diffaug.generate.runner import BatchSize
+    from diffaug.generate.runner import first_batch_size, measured_batch_size
 
     gib = 2**30
-    for name, value in (("synchronize", None), ("reset_peak_memory_stats", None), ("memory_allocated", 10 * gib),
-                        ("max_memory_allocated", 13 * gib), ("memory_reserved", 12 * gib), ("mem_get_info", (40 * gib, 80 * gib))):
+    for name, value in (("max_memory_allocated", 13 * gib), ("memory_reserved", 12 * gib), ("mem_get_info", (40 * gib, 80 * gib))):
         monkeypatch.setattr(torch.cuda, name, lambda *a, v=value: v)
-    console = Console(stderr=True, highlight=False)
-    sizer = BatchSize("auto", torch.device("cuda"), console, "syn1")
-    assert sizer.size == 2 and sizer.probing
-    sizer.start_batch()
-    sizer.batch_done(2)
-    assert sizer.size == int(0.85 * (40 + 12 - 10) * gib // (1.5 * gib)) == 23 and not sizer.probing
-    sizer.batch_done(23)
-    assert sizer.record() == {"batch_size": [2, 23]}  # the shard ran at both sizes
-    fixed = BatchSize(16, torch.device("cuda"), console, "syn1")
-    fixed.start_batch()
-    fixed.batch_done(16)
-    assert fixed.size == 16 and fixed.record() == {"batch_size": 16}
+    assert first_batch_size("auto", torch.device("cuda")) == 2 and first_batch_size(16, torch.device("cuda")) == 16
+    assert measured_batch_size(torch.device("cuda"), 10 * gib, 2) == int(0.85 * (40 + 12 - 10) * gib // (1.5 * gib)) == 23

@@ -1,4 +1,5 @@
-"""The pilot: its images are the full set's first images, byte for byte, and the full run does not make them again."""
+"""The pilot: its images are the full set's first images through generate's own sampler, kept in a cache
+whose damaged entries are made again; bad candidates and output folders are one line before any model loads."""
 from __future__ import annotations
 
 import json
@@ -12,15 +13,13 @@ import yaml
 import diffaug.pilot as pilot
 from diffaug.formats import synthetic as storage
 from diffaug.generate.__main__ import main as generate_main
-from diffaug.generate.plan import build_plan
-from diffaug.generate.reuse import pilot_batches
 from diffaug.generate.sampler import Sampler
 from diffaug.io import save_npz_atomic
 from diffaug.sandbox.tiny import tiny_diffusion_params
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["airplane", "automobile", "bird"]
-PER_CLASS, PER_SHARD, BATCH = 6, 4, 3  # classes straddle shards and batches: the hard case for reuse
+PER_CLASS, PER_SHARD, BATCH = 6, 4, 3
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,10 +32,6 @@ def write_inputs(folder: Path, model: Path) -> tuple[Path, Path]:
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     (folder / "classes.json").write_text(json.dumps({"classes": CLASSES, "image_size": [32, 32]}))
     return folder / "params.yaml", folder / "classes.json"
-
-
-def files(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def count_sampled(monkeypatch) -> list[int]:
@@ -52,58 +47,59 @@ def count_sampled(monkeypatch) -> list[int]:
     return calls
 
 
-def test_pilot_batches_are_the_full_runs_first_batches(tiny_sd, tmp_path):
-    from diffaug.config import load_config
-
-    params, _ = write_inputs(tmp_path, tiny_sd)
-    plan = build_plan(load_config(params), "syn1", CLASSES, (32, 32), "fingerprint")
-    wanted = {c * PER_CLASS + i for c in range(3) for i in range(2)}  # 0, 1, 6, 7, 12, 13
-    # shards [0-3] [4-7] [8-11] [12-15] [16-17], cut into batches of 3 from each shard's start
-    assert pilot_batches(plan, wanted, BATCH) == [[(0, 0), (1, 0), (2, 0)], [(4, 0), (5, 0), (6, 0)], [(7, 0)],
-                                                  [(12, 0), (13, 0), (14, 0)]]
-
-
-def test_a_pilot_then_the_full_set_equals_the_full_set_alone(tiny_sd, tmp_path, monkeypatch, capsys):
-    params, classes = write_inputs(tmp_path, tiny_sd)
-    common = ["syn1", "--params", str(params), "--classes", str(classes)]
-    assert generate_main([*common, "--out", str(tmp_path / "alone"), "--reuse", str(tmp_path / "no-pilot")]) == 0
-
-    pilot.main(["syn1", "--per-class", "2", "--params", str(params), "--classes", str(classes),
-                "--prepared", str(tmp_path / "no-data"), "--out", str(tmp_path / "pilot")])
-    report = json.loads((tmp_path / "pilot" / "pilot.json").read_text())
-    (row,) = report["candidates"]
-    assert row["made"] == 10 and row["images"] == 6 and row["full_set_images"] == 18 and row["images_per_s"] > 0
-    assert "probe" not in row and "missing" in capsys.readouterr().err  # no classifier here: speed and samples only
-
-    calls = count_sampled(monkeypatch)
-    assert generate_main([*common, "--out", str(tmp_path / "after"), "--reuse", str(tmp_path / "pilot")]) == 0
-    assert sum(calls) == 18 - 10  # only the images the pilot did not make
-    assert files(tmp_path / "after") == files(tmp_path / "alone")
-
-    # and the pilot's images are the set's first images of each class, byte for byte
-    images, labels = storage.load_synthetic(tmp_path / "alone")
-    first = np.concatenate([np.flatnonzero(labels == c)[:2] for c in range(3)])
-    cached = pilot.make_pilot(pilot.parse_candidates(["syn1"], yaml.safe_load(params.read_text()), "p")[0], CLASSES, (32, 32),
-                              2, tmp_path / "pilot", tmp_path, _Quiet())
-    assert cached.reused == 10 and np.array_equal(cached.images, images[first])
-
-
 class _Quiet:
     def print(self, *args, **kwargs) -> None:
         pass
 
 
-def test_a_batch_made_with_other_levers_is_not_reused(tiny_sd, tmp_path, monkeypatch):
+DAMAGE = {"flipped byte": lambda b: b[:len(b) // 2] + bytes([b[len(b) // 2] ^ 0xFF]) + b[len(b) // 2 + 1:],
+          "truncated": lambda b: b[:len(b) // 2], "empty": lambda b: b""}
+
+
+def test_pilot_images_are_the_sets_first_images_and_a_damaged_cache_entry_is_made_again(tiny_sd, tmp_path, monkeypatch, capsys):
     params, classes = write_inputs(tmp_path, tiny_sd)
-    pilot.main(["syn1", "--per-class", "1", "--params", str(params), "--classes", str(classes),
+    assert generate_main(["syn1", "--params", str(params), "--classes", str(classes), "--out", str(tmp_path / "set")]) == 0
+    pilot.main(["syn1", "--per-class", "2", "--params", str(params), "--classes", str(classes),
                 "--prepared", str(tmp_path / "no-data"), "--out", str(tmp_path / "pilot")])
-    data = yaml.safe_load(params.read_text())
-    data["diffusion"]["batch_size"] = 2  # other batches: other bytes, so nothing may be read back
-    params.write_text(yaml.safe_dump(data))
+    (row,) = json.loads((tmp_path / "pilot" / "pilot.json").read_text())["candidates"]
+    assert row["images"] == 6 and row["full_set_images"] == 18 and row["images_per_s"] > 0 and not row["cached"]
+    assert "probe" not in row and "missing" in capsys.readouterr().err  # no classifier here: speed and samples only
+
+    def again():
+        cand = pilot.parse_candidates(["syn1"], yaml.safe_load(params.read_text()), "p")[0]
+        return pilot.make_pilot(cand, CLASSES, (32, 32), 2, tmp_path / "pilot", tmp_path, _Quiet())
+
     calls = count_sampled(monkeypatch)
-    assert generate_main(["syn1", "--params", str(params), "--classes", str(classes), "--out", str(tmp_path / "out"),
-                          "--reuse", str(tmp_path / "pilot")]) == 0
-    assert sum(calls) == 18
+    first = again()
+    assert first.cached and calls == [] and first.rate == row["images_per_s"]
+    images, labels = storage.load_synthetic(tmp_path / "set")  # other batches: within 1 uint8 level
+    wanted = np.concatenate([np.flatnonzero(labels == c)[:2] for c in range(3)])
+    assert np.abs(first.images.astype(int) - images[wanted]).max() <= 1 and np.array_equal(first.labels, labels[wanted])
+    (entry,) = (tmp_path / "pilot" / "cache").glob("*.npz")
+    for damage in DAMAGE.values():
+        entry.write_bytes(damage(entry.read_bytes()))
+        calls.clear()
+        remade = again()
+        assert not remade.cached and sum(calls) == 6 and np.array_equal(remade.images, first.images)
+        assert again().cached  # and stored again
+
+
+def bad_run(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_code:
+        pilot.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_code.value.code == 2 and "\n" not in err, err
+    return err
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line_before_the_model_loads(tiny_sd, tmp_path, capsys, monkeypatch):
+    params, classes = write_inputs(tmp_path, tiny_sd)
+    monkeypatch.setattr(pilot, "make_pilot", lambda *a, **k: pytest.fail("generated before checking --out"))
+    (tmp_path / "a-file").write_text("x")
+    for out in (tmp_path / "a-file", tmp_path / "a-file" / "pilot"):
+        err = bad_run(capsys, ["syn1", "--params", str(params), "--classes", str(classes), "--out", str(out)])
+        assert err.startswith(f"error: --out: {out}: cannot write") and "is a file, not a folder" in err
+    assert (tmp_path / "a-file").read_text() == "x"
 
 
 def test_candidates_are_scored_and_ranked(tiny_sd, tmp_path):
@@ -133,6 +129,7 @@ def test_candidates_are_scored_and_ranked(tiny_sd, tmp_path):
 
 
 def test_a_bad_candidate_is_one_line(tmp_path, capsys):
+    """Before any model loads: an unknown set, a wrong type, no YAML, an empty value, a key given twice."""
     params, classes = write_inputs(tmp_path, tmp_path / "no-model")
     with pytest.raises(SystemExit) as exit_code:
         pilot.main(["syn9", "--params", str(params), "--classes", str(classes)])
@@ -146,3 +143,8 @@ def test_a_bad_candidate_is_one_line(tmp_path, capsys):
         pilot.main(["syn1@steps=[", "--params", str(params), "--classes", str(classes)])
     err = capsys.readouterr().err.strip()
     assert exit_code.value.code == 2 and "\n" not in err and err.startswith("error: candidate 'syn1@steps=[': steps: not valid YAML"), err
+    for text, says in (("syn1@steps=", "'steps=' is not key=value with a value"), ("syn1@=3", "'=3' is not key=value"),
+                       ("syn1@steps=2,steps=3", "steps given twice; allowed: each key once"),
+                       ("syn1@guidance_scale=high", "diffusion.guidance_scale")):
+        err = bad_run(capsys, [text, "--params", str(params), "--classes", str(classes)])
+        assert err.startswith(f"error: candidate {text!r}: {says}") or says in err, err

@@ -19,16 +19,15 @@ Candidates are ranked by probe accuracy (then by fd); a table goes to the termin
 <out>/pilot.md (and pilot.json), and a sample grid (one row of images per candidate) to <out>/samples.png.
 Without the classifier the pilot still measures speed and draws the grid, and says what is missing.
 
-The pilot wastes nothing: it makes whole batches of the full run (the batches holding the wanted images,
-with the full run's batch size and speed levers) and keeps each batch's output under
-<out>/<set>/batches (diffaug.generate.reuse). The generate stage reads them back (`--reuse`, default
-data/pilot), so those images are not made again and the full set is byte-identical to one made
-without a pilot. Reuse needs the same settings, batch size, levers, device and software; anything else
-is a miss and is simply generated.
+Each candidate's images are kept under <out>/cache, keyed by its settings, images, batch size, levers,
+device and software: a rerun (another candidate added, say) makes only what changed. An entry that
+cannot be read is made again. The pilot's images have the full set's seeds and prompts; made in other
+batches, they match the full set's images to within 1 uint8 level.
 """
 from __future__ import annotations
 
 import copy
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from diffaug.cli import human_duration, stage_parser
 from diffaug.config import Config, Img2ImgSet, parse_config, parse_yaml, read_params
 from diffaug.errors import UserError, exit_on_error
 from diffaug.formats.splits import Split, load_split, read_classes
-from diffaug.io import write_json_atomic
+from diffaug.io import load_npz, save_npz_atomic, sha256_json, write_json_atomic
 
 PROBE_STEPS = 300
 REAL_PER_CLASS = 100  # real images per class for the metrics' reference and the probe's test
@@ -57,14 +56,24 @@ class Candidate:
 class PilotImages:
     """What one candidate's pilot made."""
 
-    images: np.ndarray     # uint8 NHWC, the wanted images that the safety checker let through
+    images: np.ndarray     # uint8 NHWC, the images that the safety checker let through
     labels: np.ndarray
-    flagged: int           # wanted images the safety checker flagged (the full run regenerates them)
-    made: int              # images generated or read back (whole batches: may exceed the wanted ones)
-    reused: int            # of those, read back from an earlier pilot
-    rate: float | None     # measured images/s (None when every batch was read back)
+    flagged: int           # images the safety checker flagged (the full run regenerates them)
+    rate: float | None     # measured images/s (None: no batch measured)
+    cached: bool           # read back from <out>/cache, not made now
     full_set: int          # images of the full set
     device: str
+
+
+def probe_writable(path: Path, key: str) -> None:
+    """One line, before any model loads, when folder `path` cannot be created and written; writes nothing."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is a file, not a folder")
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as e:
+        raise UserError(f"{key}: {path}: cannot write ({e.strerror or e})") from None
 
 
 # ----------------------------------------------------------------------------- candidates
@@ -77,12 +86,15 @@ def parse_candidates(texts: list[str], raw: dict[str, Any], source: str) -> list
         if name not in sets:
             raise UserError(f"candidate {text!r}: no set {name!r} under synthetic.sets in {source}; "
                             f"allowed: {', '.join(sets) or 'a declared set'}")
-        data = copy.deepcopy(raw)
+        data, changed = copy.deepcopy(raw), set()
         for pair in filter(None, changes.split(",")):
-            key, eq, value = pair.partition("=")
-            if not eq:
-                raise UserError(f"candidate {text!r}: {pair!r} is not key=value; e.g. syn1@steps=20,scheduler=ddim")
-            data.setdefault("diffusion", {})[key.strip()] = parse_yaml(value, f"candidate {text!r}: {key.strip()}")  # as params.yaml is read
+            key, eq, value = (part.strip() for part in pair.partition("="))
+            if not (eq and key and value):
+                raise UserError(f"candidate {text!r}: {pair!r} is not key=value with a value; e.g. syn1@steps=20,scheduler=ddim")
+            if key in changed:
+                raise UserError(f"candidate {text!r}: {key} given twice; allowed: each key once")
+            changed.add(key)
+            data.setdefault("diffusion", {})[key] = parse_yaml(value, f"candidate {text!r}: {key}")  # as params.yaml is read
         out.append(Candidate(text, name, parse_config(data, f"{source} (candidate {text})")))
     if len({c.label for c in out}) != len(out):
         raise UserError("candidates: one is named twice")
@@ -92,63 +104,65 @@ def parse_candidates(texts: list[str], raw: dict[str, Any], source: str) -> list
 # ----------------------------------------------------------------------------- generation (the generate stage's own code)
 def make_pilot(cand: Candidate, classes: list[str], image_size: tuple[int, int], per_class: int, out: Path,
                prepared: Path, console) -> PilotImages:
-    """The first `per_class` images of every class of the candidate's set, as whole batches of the full run."""
+    """The first `per_class` images of every class of the candidate's set, through generate's own sampler."""
     from diffaug.generate.__main__ import plan_set
-    from diffaug.generate.model import choose_levers, load_pipeline
+    from diffaug.generate.model import choose_levers
     from diffaug.generate.plan import check_cpu_cost
-    from diffaug.generate.reuse import BatchCache, batch_run, pilot_batches
-    from diffaug.generate.runner import BatchSize, build_sampler, pick_device, sample_batch
+    from diffaug.generate.runner import AUTO_CPU_BATCH, open_sampler, pick_device, provenance, sample_batch
 
     cfg = cand.cfg
     train = str(prepared / "train.npz") if isinstance(cfg.synthetic.sets[cand.set_name], Img2ImgSet) else None
     source, info, plan = plan_set(cfg, cand.set_name, train, classes, image_size)
     dif = plan.diffusion  # the family's defaults filled in
     n = min(per_class, plan.images_per_class)
-    wanted = {c * plan.images_per_class + i for c in range(len(classes)) for i in range(n)}
+    wanted = [c * plan.images_per_class + i for c in range(len(classes)) for i in range(n)]
     device = pick_device(dif)
-    levers = choose_levers(dif, device.type, plan.num_images)  # the full run's levers: its batches, its bytes
-    sizer = BatchSize(levers.batch_size, device, console, f"pilot {cand.label}")
-    if sizer.probing:
-        console.print(f"pilot {cand.label}: diffusion.batch_size auto sizes a GPU run's batches from measured memory, so the "
-                      "full run cannot reuse these images; set the same -S diffusion.batch_size=N for the pilot and the full run")
-    batch_size = sizer.size
-    batches = pilot_batches(plan, wanted, batch_size)
-    check_cpu_cost(dif, device.type, sum(len(b) for b in batches))
-    pipe = load_pipeline(dif, source, info, device, img2img=plan.kind == "img2img")
-    sampler, made_with = build_sampler(pipe, dif, levers, plan, sizer)  # as the full run: made_with is part of the key
-    cache = BatchCache(out / cand.set_name / "batches")
-    got: dict[int, tuple[np.ndarray, bool]] = {}
-    times: list[tuple[int, float]] = []
-    reused = 0
-    for batch in batches:
-        run = batch_run(batch, batch_size, levers.compile)
-        start = time.perf_counter()
-        result = sample_batch(sampler, plan, run, want_full=cfg.synthetic.save_full_resolution, made_with=made_with,
-                              reuse=cache, keep=True)
-        if result.read_back:
-            reused += len(batch)
-        else:
-            times.append((len(batch), time.perf_counter() - start))
+    levers = choose_levers(dif, device.type, plan.num_images)
+    batch = AUTO_CPU_BATCH if levers.batch_size == "auto" else int(levers.batch_size)  # a pilot is too small to size
+    key = sha256_json({"settings": plan.settings_hash, "images": wanted, "batch": batch, "made_with": provenance(levers, device)})
+    entry = out / "cache" / f"{key[:32]}.npz"
+    found = read_cached(entry, key, plan.num_images, str(device))
+    if found is not None:
+        console.print(f"pilot {cand.label}: {len(wanted)} images read back from {entry}")
+        return found
+    check_cpu_cost(dif, device.type, len(wanted))
+    sampler, _ = open_sampler(dif, source, info, device, levers, plan)
+    small, flagged, times = [], [], []
+    for start in range(0, len(wanted), batch):
+        chunk = wanted[start:start + batch]
+        began = time.perf_counter()
+        result = sample_batch(sampler, plan, [(g, 0) for g in chunk])
+        times.append((len(chunk), time.perf_counter() - began))
         if not result.all_finite:
             raise UserError(f"{cand.label}: non-finite (NaN/inf) pixels in a pilot batch; check diffusion.guidance_scale "
                             "and the model, or use diffusion.dtype: float32 or bfloat16")
-        for j, (g, _) in enumerate(batch):
-            got[g] = (result.small[j], bool(result.flagged[j]))
-    keep = sorted(g for g in wanted if not got[g][1])
+        small.append(result.small)
+        flagged.extend(result.flagged)
+    keep = ~np.array(flagged, bool)
     rate = _rate(times)
-    console.print(f"pilot {cand.label}: {len(wanted)} images wanted, {sum(len(b) for b in batches)} made in whole batches "
-                  f"of {batch_size} ({reused} read back)" + (f", {rate:.3g} images/s on {device}" if rate else ""))
-    h, w = plan.image_size
-    images = np.stack([got[g][0] for g in keep]) if keep else np.zeros((0, h, w, 3), np.uint8)
-    return PilotImages(images=images, labels=np.array([plan.class_and_index(g)[0] for g in keep], np.int64),
-                       flagged=len(wanted) - len(keep), made=sum(len(b) for b in batches), reused=reused, rate=rate,
-                       full_set=plan.num_images, device=str(device))
+    console.print(f"pilot {cand.label}: {len(wanted)} images in batches of {batch}, {rate:.3g} images/s on {device}")
+    labels = np.array([plan.class_and_index(g)[0] for g in wanted], np.int64)[keep]
+    made = PilotImages(np.concatenate(small)[keep], labels, int((~keep).sum()), rate, False, plan.num_images, str(device))
+    save_npz_atomic(entry, key=np.array(key), images=made.images, labels=made.labels, flagged=np.array(made.flagged),
+                    rate=np.array(rate))
+    return made
 
 
-def _rate(times: list[tuple[int, float]]) -> float | None:
-    """images/s after the first (warm-up) batch when there are several, else including it."""
-    if not times:
+def read_cached(entry: Path, key: str, full_set: int, device: str) -> PilotImages | None:
+    """The pilot stored under `entry` for `key`; None when absent, damaged (any way) or another key's."""
+    if not entry.is_file():
         return None
+    try:
+        z = load_npz(entry)
+        if str(z["key"]) != key:
+            return None
+        return PilotImages(z["images"], z["labels"], int(z["flagged"]), float(z["rate"]), True, full_set, device)
+    except (UserError, KeyError, ValueError, TypeError):  # truncated, a flipped byte, empty: made again
+        return None
+
+
+def _rate(times: list[tuple[int, float]]) -> float:
+    """images/s after the first (warm-up) batch when there are several, else including it."""
     use = times[1:] if len(times) > 1 else times
     return sum(n for n, _ in use) / max(sum(t for _, t in use), 1e-9)
 
@@ -270,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--per-class", type=int, default=20, help="images per class of each candidate (default 20)")
     ap.add_argument("--classes", type=Path, default=Path("data/prepared/classes.json"))
     ap.add_argument("--classifier", type=Path, help="the real-only classifier (default models/<model>/orig100/seed-<first seed>.pt)")
-    ap.add_argument("--out", type=Path, default=Path("data/pilot"), help="report and reusable batches (generate reads them back)")
+    ap.add_argument("--out", type=Path, default=Path("data/pilot"), help="the report, and the candidates' images (a cache)")
     ap.add_argument("--gpu-hour-price", type=float, help="price of one device-hour, for the cost column")
     args = ap.parse_args(argv)
     if args.per_class < 1:
@@ -278,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     raw = read_params(args.params) or {}
     candidates = parse_candidates(args.candidates, raw, str(args.params))
     classes, image_size = read_classes(args.classes)
+    probe_writable(args.out, "--out")
     base = candidates[0].cfg
     classifier_path = args.classifier or Path("models") / base.model / "orig100" / f"seed-{base.train.seeds[0]}.pt"
 
@@ -301,10 +316,10 @@ def main(argv: list[str] | None = None) -> None:
         scoring = Scoring.build(classifier, *real_reference(args.prepared, REAL_PER_CLASS), base.evaluate.batch_size, device)
     for cand, pilot in pilots:
         row: dict[str, Any] = {"candidate": cand.label, "set": cand.set_name, "images": int(len(pilot.images)),
-                               "flagged": pilot.flagged, "made": pilot.made, "reused": pilot.reused, "device": pilot.device,
+                               "flagged": pilot.flagged, "cached": pilot.cached, "device": pilot.device,
                                "images_per_s": pilot.rate, "full_set_images": pilot.full_set}
         if pilot.rate:
-            seconds = (pilot.full_set - pilot.made) / pilot.rate
+            seconds = pilot.full_set / pilot.rate
             row["eta_s"] = seconds
             row["eta"] = human_duration(seconds)
             row["device_hours"] = seconds / 3600
@@ -321,8 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "pilot.md").write_text(f"# Pilot: {args.per_class} images per class of each candidate\n\n{table}\n")
     sample_grid(args.out / "samples.png", [(c.label, p) for c, p in pilots], len(classes))
     print(table)
-    print(f"pilot: {args.out / 'pilot.md'}, {args.out / 'samples.png'}; the full sets reuse these batches "
-          f"(python -m diffaug.generate ... --reuse {args.out})")
+    print(f"pilot: {args.out / 'pilot.md'}, {args.out / 'samples.png'}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ and each shard's provenance says how it was made. Shards are uint8 with a manife
 
 Modules: families (pipeline, defaults, levers per family), plan (prompts, seeds, settings hash, cost),
 model (weights source, fingerprint, loading, levers), sampler (one batch through the pipeline), runner
-(this process's shards, batch size, provenance, progress), reuse (a pilot's batches), __main__ (the CLI).
+(this process's shards, batch size, provenance, progress), __main__ (the CLI).
 
 Several GPUs: shard k is made by rank k % WORLD_SIZE, with no communication (`torchrun --nproc-per-node 8
 -m diffaug.generate ...`, one out directory on a shared filesystem across machines). The process that

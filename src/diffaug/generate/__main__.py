@@ -17,7 +17,7 @@ from diffaug.errors import UserError, exit_on_error
 from diffaug.formats import synthetic as storage
 from diffaug.formats.splits import Split, load_split, read_classes
 from diffaug.generate.families import ModelInfo, check_levers
-from diffaug.generate.model import ModelSource, check_model_files, choose_levers, load_pipeline, resolve_model
+from diffaug.generate.model import ModelSource, check_model_files, choose_levers, resolve_model
 from diffaug.generate.plan import Plan, build_plan, check_cpu_cost, plan_flops, steps_note
 from diffaug.io import sha256_file
 
@@ -30,8 +30,6 @@ def parse_args(argv):
     parser.add_argument("--classes", default="data/prepared/classes.json", help="written by the prepare stage")
     parser.add_argument("--out", required=True, help="output directory (kept between runs: resume)")
     parser.add_argument("--train", help="img2img sets only: the training split, data/prepared/train.npz")
-    parser.add_argument("--reuse", default="data/pilot", help="where `python -m diffaug.pilot` keeps the batches it made: "
-                        "batches found there with the same settings, levers and software are not made again")
     return parser.parse_args(argv)
 
 
@@ -90,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     label = args.set if world.size == 1 else f"{args.set} rank {world.rank}/{world.size}"
     todo = [k for k in range(plan.num_shards) if world.owns(k) and storage.valid_shard(out_dir, plan, k) is None]
     if todo:
-        make_shards(cfg, plan, source, info, out_dir, todo, world, console, label, generator, Path(args.reuse))
+        make_shards(cfg, plan, source, info, out_dir, todo, world, console, label, generator)
     else:
         owned = sum(world.owns(k) for k in range(plan.num_shards))
         console.print(f"{label}: all {owned} shards of this process are valid; nothing to generate")
@@ -122,11 +120,10 @@ def generator_record(cfg: Config, plan: Plan, info: ModelInfo) -> dict:
 
 
 def make_shards(cfg: Config, plan: Plan, source: ModelSource, info: ModelInfo, out_dir: Path, todo: list[int], world,
-                console: Console, label: str, generator: dict, reuse_root: Path) -> None:
+                console: Console, label: str, generator: dict) -> None:
     """Cost check, lever choice, model load, generation."""
     from diffaug.devices import check_generation
-    from diffaug.generate.reuse import BatchCache
-    from diffaug.generate.runner import generate_shards, pick_device  # torch: see main()
+    from diffaug.generate.runner import generate_shards, open_sampler, pick_device  # torch: see main()
 
     dif = plan.diffusion  # the family's defaults filled in
     device = pick_device(dif)
@@ -150,10 +147,9 @@ def make_shards(cfg: Config, plan: Plan, source: ModelSource, info: ModelInfo, o
                   + (", model CPU offload" if dif.cpu_offload else "")
                   + (f", approximate: cache {dif.cache}" if dif.cache != "none" else "")
                   + (", approximate: fp8" if dif.fp8 else ""))
-    pipe = load_pipeline(dif, source, info, device, img2img=plan.kind == "img2img")
-    cache = reuse_root / plan.set_name / "batches"
-    generate_shards(pipe, dif, levers, plan, out_dir, todo, save_full=cfg.synthetic.save_full_resolution,
-                    console=console, show_bar=world.rank == 0, label=label, reuse=BatchCache(cache) if cache.is_dir() else None)
+    sampler, made_with = open_sampler(dif, source, info, device, levers, plan)
+    generate_shards(sampler, made_with, dif, levers, plan, out_dir, todo, save_full=cfg.synthetic.save_full_resolution,
+                    console=console, show_bar=world.rank == 0, label=label)
 
 
 if __name__ == "__main__":

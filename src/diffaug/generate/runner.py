@@ -1,21 +1,23 @@
-"""Make the missing shards of one process: placement among workers, batches (their size: `auto` from
-the first batch's measured memory peak, halved on out-of-memory), safety-checker regenerations,
-atomic writes, provenance, and the measured throughput and ETA."""
+"""Make the missing shards of one process: placement among workers, batches, safety-checker
+regenerations, atomic writes, provenance, and progress (rich's bar and its own rate and ETA).
+
+A batch that runs out of memory is retried at half the size by accelerate's find_executable_batch_size;
+`auto` on a GPU first runs one batch of 2 and sizes the rest from its measured memory peak, which
+accelerate has no counterpart for (it only shrinks from a guess)."""
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
-import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import diffusers
 import numpy as np
 import torch
+from accelerate.utils import find_executable_batch_size
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -24,10 +26,9 @@ from diffaug.config import DiffusionConfig
 from diffaug.devices import resolve_device, use_local_rank
 from diffaug.errors import UserError
 from diffaug.formats import synthetic as storage
-from diffaug.generate.families import settled
-from diffaug.generate.model import Levers, apply_levers
+from diffaug.generate.families import ModelInfo, settled
+from diffaug.generate.model import Levers, ModelSource, apply_levers, load_pipeline
 from diffaug.generate.plan import Plan
-from diffaug.generate.reuse import BatchCache, Run, batch_run
 from diffaug.generate.sampler import BatchOutput, Sampler
 
 
@@ -75,52 +76,25 @@ AUTO_MEMORY_SHARE = 0.85  # of the memory free for activations: room for fragmen
 VAE_SLICING_FROM = 16  # batches this large decode one image at a time (VAE activations dominate the peak)
 
 
-class BatchSize:
-    """The batch size in use: fixed, or `auto`; halved (with one line) when a batch runs out of memory."""
-
-    def __init__(self, setting: int | str, device: torch.device, console: Console, label: str):
-        self.auto = setting == "auto"
-        self.console, self.label, self.device = console, label, device
-        self.probing = self.auto and device.type == "cuda"
-        self.size = int(setting) if not self.auto else AUTO_PROBE_BATCH if self.probing else AUTO_CPU_BATCH
-        self.used: list[int] = []
-
-    def start_batch(self) -> None:  # auto's first batch: its peak is measured
-        if self.probing:
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.before = torch.cuda.memory_allocated(self.device)
-
-    def batch_done(self, n: int) -> None:
-        """After a batch of n images (n <= size: a shard's last batch may be short)."""
-        self.used.append(self.size)
-        if not self.probing:
-            return
-        self.probing = False
-        per_image = max((torch.cuda.max_memory_allocated(self.device) - self.before) / n, 1.0)
-        free = torch.cuda.mem_get_info(self.device)[0] + torch.cuda.memory_reserved(self.device) - self.before
-        self.size = int(max(1, min(AUTO_MAX_BATCH, AUTO_MEMORY_SHARE * free // per_image)))
-        self.console.print(f"{self.label}: batch_size auto: {per_image / 2**20:.0f} MiB per image measured, "
-                           f"{free / 2**30:.1f} GiB free: batch {self.size}")
-
-    def halve(self, error: Exception) -> None:
-        if self.size == 1:
-            raise UserError(f"diffusion.batch_size: out of GPU memory at batch 1 ({str(error).splitlines()[0][:200]}); "
-                            "set diffusion.cpu_offload: true, a lower diffusion.resolution, or use a larger GPU")
-        self.size //= 2
-        self.probing = False
-        self.console.print(f"{self.label}: out of GPU memory; batch size halved to {self.size}, the batch is retried")
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-
-    def record(self) -> dict[str, Any]:
-        """The shard's provenance: the batch size it ran at (every size, when it changed)."""
-        sizes, self.used = sorted(set(self.used)), []
-        return {"batch_size": sizes[0] if len(sizes) == 1 else sizes} if sizes else {}
+def first_batch_size(setting: int | str, device: torch.device) -> int:
+    if setting != "auto":
+        return int(setting)
+    return AUTO_PROBE_BATCH if device.type == "cuda" else AUTO_CPU_BATCH
 
 
-def build_sampler(pipe, dif: DiffusionConfig, levers: Levers, plan: Plan, sizer: BatchSize) -> tuple[Sampler, dict[str, Any]]:
-    """`pipe` with the levers applied, as a Sampler of `plan`'s images (its prompts encoded), and its provenance."""
+def measured_batch_size(device: torch.device, allocated_before: int, n: int) -> int:
+    """auto: the batch whose activations fill AUTO_MEMORY_SHARE of the free memory, at the peak per image
+    measured for a batch of n (every cached block not in use counts as free)."""
+    per_image = max((torch.cuda.max_memory_allocated(device) - allocated_before) / n, 1.0)
+    free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - allocated_before
+    return int(max(1, min(AUTO_MAX_BATCH, AUTO_MEMORY_SHARE * free // per_image)))
+
+
+def open_sampler(dif: DiffusionConfig, source: ModelSource, info: ModelInfo, device: torch.device, levers: Levers,
+                 plan: Plan) -> tuple[Sampler, dict[str, Any]]:
+    """The family's pipeline with the levers applied, as a Sampler of `plan`'s images (its prompts encoded),
+    and its provenance: what generate, the pilot and the doctor all run."""
+    pipe = load_pipeline(dif, source, info, device, img2img=plan.kind == "img2img")
     apply_levers(pipe, levers, fp8=dif.fp8, cache=dif.cache)
     steps, guidance_scale, resolution = settled(dif)
     sampler = Sampler(pipe, steps=steps, guidance_scale=guidance_scale, resolution=resolution, out_size=plan.image_size,
@@ -128,131 +102,153 @@ def build_sampler(pipe, dif: DiffusionConfig, levers: Levers, plan: Plan, sizer:
     sampler.encode_prompts(plan.distinct_prompts, plan.negative_prompt)
     made_with = provenance(levers, sampler.device)
     # Large GPU batches decode one image at a time: the whole batch's VAE activations would set the peak.
-    if sizer.device.type == "cuda" and (sizer.auto or sizer.size >= VAE_SLICING_FROM):
+    if device.type == "cuda" and (levers.batch_size == "auto" or int(levers.batch_size) >= VAE_SLICING_FROM):
         pipe.vae.enable_slicing()
         made_with["vae_slicing"] = True
     return sampler, made_with
 
 
-def generate_shards(pipe, dif: DiffusionConfig, levers: Levers, plan: Plan, out_dir: Path, shards: list[int], *,
-                    save_full: bool, console: Console, show_bar: bool, label: str, reuse: BatchCache | None = None) -> None:
+def sample_batch(sampler: Sampler, plan: Plan, run: list[tuple[int, int]], want_full: bool = False) -> BatchOutput:
+    """The sampler's output for one batch of (global index, attempt), padding included."""
+    gs = [g for g, _ in run]
+    init = plan.init_images(gs)  # img2img: the real source images; None for a prompt set
+    return sampler.run_batch([plan.seed(g, a) for g, a in run], None if plan.class_ids else [plan.prompt(g) for g in gs],
+                             want_full=want_full, init_images=init, strengths=None if init is None else plan.strengths_of(gs),
+                             class_ids=[plan.class_id(g) for g in gs] if plan.class_ids else None)
+
+
+@dataclass
+class Shard:
+    """One shard being made: its queue of (global index, attempt) and what its finished images are."""
+
+    k: int
+    span: range
+    queue: deque
+    images: np.ndarray
+    seeds: np.ndarray
+    attempts: np.ndarray
+    flagged: np.ndarray
+    sizes: set[int] = field(default_factory=set)  # the batch sizes it ran at, for its provenance
+    pngs: list[Future] = field(default_factory=list)
+    batches: int = 0
+
+    @classmethod
+    def start(cls, plan: Plan, k: int) -> Shard:
+        span = plan.shard_range(k)
+        h, w = plan.image_size
+        return cls(k, span, deque((g, 0) for g in plan.work_order(span)), np.zeros((len(span), h, w, 3), np.uint8),
+                   np.zeros(len(span), np.uint64), np.zeros(len(span), np.int64), np.zeros(len(span), bool))
+
+
+class ShardMaker:
+    """Drains shards' queues batch by batch; see generate_shards."""
+
+    def __init__(self, sampler: Sampler, plan: Plan, dif: DiffusionConfig, levers: Levers, out_dir: Path, *,
+                 save_full: bool, console: Console, label: str, progress: Progress, png_pool: ThreadPoolExecutor):
+        self.sampler, self.plan, self.dif, self.levers, self.out_dir = sampler, plan, dif, levers, out_dir
+        self.save_full, self.console, self.label, self.progress, self.png_pool = save_full, console, label, progress, png_pool
+        self.device = sampler.device
+        self.size = first_batch_size(levers.batch_size, self.device)
+        self.probing = levers.batch_size == "auto" and self.device.type == "cuda"
+        self.task = progress.add_task(label, total=0)
+        self.batches = 0
+
+    def halve(self) -> int:
+        if self.size == 1:
+            raise UserError("diffusion.batch_size: out of GPU memory at batch 1; set diffusion.cpu_offload: true, a lower "
+                            "diffusion.resolution, or use a larger GPU")
+        self.size //= 2
+        self.probing = False
+        self.console.print(f"{self.label}: out of GPU memory; batch size halved to {self.size}, the batch is retried")
+        return self.size
+
+    def make(self, shard: Shard) -> None:
+        def drain(batch_size: int) -> None:
+            self.size = batch_size
+            while shard.queue:
+                self.one_batch(shard)
+        find_executable_batch_size(drain, starting_batch_size=self.size, reduce_batch_size_fn=self.halve)()
+
+    def one_batch(self, shard: Shard) -> None:
+        plan, queue = self.plan, shard.queue
+        batch = [queue.popleft() for _ in range(min(self.size, len(queue)))]
+        # With torch.compile a new batch shape means a recompile: fill the last batch with repeats.
+        run = batch + [batch[-1]] * (self.size - len(batch)) if self.levers.compile else batch
+        before = 0
+        if self.probing:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+        try:
+            out = sample_batch(self.sampler, plan, run, self.save_full)
+        except BaseException:
+            queue.extendleft(reversed(batch))  # out of memory: the batch goes back to the front, retried smaller
+            raise
+        shard.sizes.add(self.size)
+        if self.probing:
+            self.probing = False
+            self.size = measured_batch_size(self.device, before, len(run))
+            self.console.print(f"{self.label}: batch_size auto: {len(run)} images took "
+                               f"{(torch.cuda.max_memory_allocated(self.device) - before) / 2**20:.0f} MiB: batch {self.size}")
+        if not out.all_finite:
+            bad = [g for j, (g, _) in enumerate(batch) if not out.finite[j]]
+            c, i = plan.class_and_index(bad[0])
+            raise UserError(
+                f"{self.label or plan.set_name}: shard {shard.k} ({storage.shard_name(shard.k)}), batch {shard.batches}: "
+                f"{len(bad)} of {len(batch)} images have non-finite (NaN/inf) latents or pixels, first {plan.classes[c]} #{i}; "
+                f"nothing of this shard was written. Check diffusion.guidance_scale ({self.sampler.guidance_scale}) and "
+                "the model's weights, or use diffusion.dtype: float32 or bfloat16 (float16 overflows more easily)")
+        shard.batches += 1
+        finished = 0
+        for j, (g, attempt) in enumerate(batch):
+            if out.flagged[j] and attempt < self.dif.max_regenerations:
+                queue.append((g, attempt + 1))
+                continue
+            i, black = g - shard.span.start, out.flagged[j]
+            shard.images[i] = 0 if black else out.small[j]
+            shard.seeds[i], shard.attempts[i], shard.flagged[i] = plan.seed(g, attempt), attempt, black
+            if out.full is not None:  # save_full
+                full = np.zeros_like(out.full[j]) if black else out.full[j]
+                shard.pngs.append(self.png_pool.submit(storage.write_full_png, self.out_dir, plan, g, full))
+            finished += 1
+        self.report(finished)
+
+    def report(self, finished: int) -> None:
+        """Advance the bar; after the second batch, one line with rich's rate (which leaves out the first,
+        warm-up batch: compilation, cuDNN heuristics, allocator growth) and its ETA."""
+        self.progress.advance(self.task, finished)
+        task = self.progress.tasks[self.task]
+        self.batches += 1
+        if self.batches == 2 and task.speed:
+            self.console.print(f"{self.label}: measured {task.speed:.2f} images/s (after a warm-up batch); "
+                               f"{task.remaining:.0f} images left, ETA {human_duration(task.time_remaining or 0)}")
+
+
+def generate_shards(sampler: Sampler, made_with: dict[str, Any], dif: DiffusionConfig, levers: Levers, plan: Plan,
+                    out_dir: Path, shards: list[int], *, save_full: bool, console: Console, show_bar: bool,
+                    label: str) -> None:
     """Generate each shard and write it atomically (PNGs first: a shard file implies its PNGs exist).
 
     A shard's work is a queue of (global index, attempt): a flagged image goes back to its end with the
     next attempt's seed, up to max_regenerations, then is kept black (as diffusers returns it) and counted.
-    NaN/inf stops the run with one line, the shard unwritten; a batch out of GPU memory goes back to the
-    queue's front at half the size."""
-    sizer = BatchSize(levers.batch_size, pipe._execution_device, console, label)
-    sampler, made_with = build_sampler(pipe, dif, levers, plan, sizer)
+    NaN/inf stops the run with one line, the shard unwritten."""
     storage.remove_outdated_summary(out_dir)
-    total = sum(len(plan.shard_range(k)) for k in shards)
     device = f"cuda ({torch.cuda.get_device_name(sampler.device)})" if sampler.device.type == "cuda" else sampler.device.type
-    h, w = plan.image_size
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not show_bar,
+                        speed_estimate_period=600)
     # PNG encoding of 512² images is CPU work that can overlap the GPU's next batch.
-    with ThroughputReport(console, total, label, show_bar) as report, ThreadPoolExecutor(4) as png_pool:
+    with progress, ThreadPoolExecutor(4) as png_pool:
+        maker = ShardMaker(sampler, plan, dif, levers, out_dir, save_full=save_full, console=console, label=label,
+                           progress=progress, png_pool=png_pool)
+        progress.update(maker.task, total=sum(len(plan.shard_range(k)) for k in shards))
         for k in shards:
             storage.prepare_shard_slot(out_dir, k)
-            span = plan.shard_range(k)
-            images = np.zeros((len(span), h, w, 3), np.uint8)
-            seeds, attempts, flagged = np.zeros(len(span), np.uint64), np.zeros(len(span), np.int64), np.zeros(len(span), bool)
-            pngs: list[Future] = []
-            queue = deque((g, 0) for g in plan.work_order(span))  # img2img: grouped by strength
-            batch_number = 0
-            while queue:
-                batch = [queue.popleft() for _ in range(min(sizer.size, len(queue)))]
-                # With torch.compile a new batch shape means a recompile: fill the last batch with repeats.
-                run = batch_run(batch, sizer.size, levers.compile)
-                sizer.start_batch()
-                try:
-                    out = sample_batch(sampler, plan, run, want_full=save_full, made_with=made_with, reuse=reuse)
-                except torch.cuda.OutOfMemoryError as e:
-                    sizer.halve(e)
-                    queue.extendleft(reversed(batch))
-                    continue
-                sizer.batch_done(len(run))
-                if not out.all_finite:
-                    bad = [g for j, (g, _) in enumerate(batch) if not out.finite[j]]
-                    c, i = plan.class_and_index(bad[0])
-                    raise UserError(
-                        f"{label or plan.set_name}: shard {k} ({storage.shard_name(k)}), batch {batch_number}: {len(bad)} "
-                        f"of {len(batch)} images have non-finite (NaN/inf) latents or pixels, first {plan.classes[c]} #{i}; "
-                        f"nothing of this shard was written. Check diffusion.guidance_scale ({sampler.guidance_scale}) and "
-                        "the model's weights, or use diffusion.dtype: float32 or bfloat16 (float16 overflows more easily)")
-                batch_number += 1
-                finished = 0
-                for j, (g, attempt) in enumerate(batch):
-                    if out.flagged[j] and attempt < dif.max_regenerations:
-                        queue.append((g, attempt + 1))
-                        continue
-                    i, black = g - span.start, out.flagged[j]
-                    images[i] = 0 if black else out.small[j]
-                    seeds[i], attempts[i], flagged[i] = plan.seed(g, attempt), attempt, black
-                    if out.full is not None:  # save_full
-                        full = np.zeros_like(out.full[j]) if black else out.full[j]
-                        pngs.append(png_pool.submit(storage.write_full_png, out_dir, plan, g, full))
-                    finished += 1
-                report.batch_done(generated=len(batch), finished=finished)
-            for png in pngs:
+            shard = Shard.start(plan, k)
+            maker.make(shard)
+            for png in shard.pngs:
                 png.result()
-            storage.write_shard(out_dir, k, plan, images=images, seeds=seeds, regenerations=attempts, flagged=flagged,
-                                device=device, provenance={**made_with, **sizer.record()})
-
-
-def sample_batch(sampler: Sampler, plan: Plan, run: Run, *, want_full: bool, made_with: dict[str, Any],
-                 reuse: BatchCache | None = None, keep: bool = False) -> BatchOutput:
-    """The sampler's output for one batch as run (padding included). With `reuse`: a batch a pilot already
-    made with these exact settings, levers and software is read back instead (generate/reuse.py); `keep`
-    (the pilot) stores what it makes there."""
-    key = BatchCache.key(plan, run, want_full, made_with) if reuse is not None else ""
-    out = reuse.get(key) if reuse is not None else None
-    if out is None:
-        gs = [g for g, _ in run]
-        init = plan.init_images(gs)  # img2img: the real source images; None for a prompt set
-        out = sampler.run_batch([plan.seed(g, a) for g, a in run], None if plan.class_ids else [plan.prompt(g) for g in gs],
-                                want_full=want_full, init_images=init,
-                                strengths=None if init is None else plan.strengths_of(gs),
-                                class_ids=[plan.class_id(g) for g in gs] if plan.class_ids else None)
-        if keep and reuse is not None and out.all_finite:
-            reuse.put(key, out)
-    return out
-
-
-class ThroughputReport(contextlib.AbstractContextManager):
-    """The measured images/s and ETA, printed once after a warm-up batch (which pays for compilation, cuDNN
-    heuristics and allocator growth), then a progress bar. `generated` counts every image made
-    (regenerations included), `finished` only images that went into a shard."""
-
-    def __init__(self, console: Console, total: int, label: str, show_bar: bool):
-        self.console, self.total, self.label, self.show_bar = console, total, label, show_bar
-        self.finished = self.batches = self.generated = 0
-        self.started = self.warm_at = time.perf_counter()
-        self.progress: Progress | None = None
-        self.task: Any = None
-
-    def batch_done(self, generated: int, finished: int) -> None:
-        now = time.perf_counter()
-        self.batches += 1
-        self.finished += finished
-        if self.batches == 1:
-            self.warm_at = now
-        else:
-            self.generated += generated
-        rate = (self.generated / max(now - self.warm_at, 1e-9) if self.batches > 1
-                else self.finished / max(now - self.started, 1e-9))
-        if self.batches == 2 or (self.batches == 1 and self.finished >= self.total):
-            left = self.total - self.finished
-            self.console.print(f"{self.label}: measured {rate:.2f} images/s "
-                               f"({'after a warm-up batch' if self.batches == 2 else 'one batch, warm-up included'}); "
-                               f"{left} images left, ETA {human_duration(left / rate) if rate > 0 else 'unknown'}")
-            if self.show_bar:
-                self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                         TextColumn("{task.fields[rate]:.2f} img/s"), TimeElapsedColumn(), TextColumn("ETA"),
-                                         TimeRemainingColumn(), console=self.console)
-                self.progress.start()
-                self.task = self.progress.add_task(self.label, total=self.total, completed=self.finished, rate=0.0)
-        if self.progress is not None:
-            self.progress.update(self.task, completed=self.finished, rate=rate)
-
-    def __exit__(self, *exc) -> None:
-        if self.progress is not None:
-            self.progress.stop()
+            sizes = sorted(shard.sizes)
+            storage.write_shard(out_dir, k, plan, images=shard.images, seeds=shard.seeds, regenerations=shard.attempts,
+                                flagged=shard.flagged, device=device,
+                                provenance={**made_with, "batch_size": sizes[0] if len(sizes) == 1 else sizes})

@@ -73,7 +73,6 @@ class BatchOutput:
     full: np.ndarray | None  # uint8 NHWC at the generation resolution, when asked for
     flagged: list[bool]
     finite: np.ndarray  # per image: latents and decoded pixels all finite
-    read_back: bool = False  # read from a pilot's stored batches (generate/reuse.py), not generated now
 
     @property
     def all_finite(self) -> bool:
