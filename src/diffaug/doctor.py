@@ -171,8 +171,7 @@ def training_check(report: Report, cfg: Config, device: torch.device, gpu: GpuIn
     step_batch = recipe.batch_size if on_gpu else min(recipe.batch_size, CPU_STEP_BATCH)
     if not report.room("training", f"{cfg.model} step", 30 if on_gpu else 15):
         return
-    timed, rng = (10 if on_gpu else 2), np.random.default_rng(0)
-    n = step_batch * (timed + 2)
+    timed, rng, n = (10 if on_gpu else 2), np.random.default_rng(0), step_batch * 12
     trainer = Trainer(cfg.model, tr.variant, 10, dataclasses.replace(recipe, batch_size=step_batch),
                       rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n), seed=0, device=device,
                       precision=precision.name, channels_last=tr.channels_last, compile=tr.compile, cuda_graph=tr.cuda_graph)
@@ -186,12 +185,13 @@ def training_check(report: Report, cfg: Config, device: torch.device, gpu: GpuIn
     if on_gpu and tr.cuda_graph:
         report.recommend["train"]["cuda_graph"] = mode == "cuda_graph"  # else the line says why it fell back
     sizes = {m: int(sum(cfg.mixtures[m].values()) * REAL_TRAIN_IMAGES) for m in cfg.trained_mixes} or {"a 50k mixture": REAL_TRAIN_IMAGES}
-    largest = max(sizes, key=lambda m: sizes[m])
-    epoch = per_step * steps_per_epoch(sizes[largest], recipe.batch_size, recipe.pad_last_batch)
+    epochs = {m: per_step * steps_per_epoch(n, recipe.batch_size, recipe.pad_last_batch) for m, n in sizes.items()}
+    largest, grid_h = max(sizes, key=lambda m: sizes[m]), sum(epochs.values()) * recipe.epochs * len(tr.seeds) / 3600
     report.add("training", f"{cfg.model} step", "ok", f"{per_step * 1000:.1f} ms/step at batch {recipe.batch_size}"
                + ("" if step_batch == recipe.batch_size else f" (timed at batch {step_batch}, scaled)")
-               + f", {precision.name}, {mode}: about {epoch:.1f}s per epoch of {largest} ({sizes[largest]} images)",
-               value={"s_per_step": per_step, "s_per_epoch": epoch, "mixture": largest, "step": mode})
+               + f", {precision.name}, {mode}: about {epochs[largest]:.1f}s per epoch of {largest} ({sizes[largest]} images); "
+               f"the {len(sizes)} mixtures x {recipe.epochs} epochs x {len(tr.seeds)} seeds: about {grid_h:.1f} h",
+               value={"s_per_step": per_step, "s_per_epoch": epochs[largest], "mixture": largest, "step": mode, "grid_h": grid_h})
 
 
 def recommended_yaml(report: Report) -> str:
