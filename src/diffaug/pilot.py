@@ -2,27 +2,16 @@
 
     python -m diffaug.pilot syn1 syn2 'syn2@steps=20,scheduler=dpmsolver++' --per-class 20
 
-A candidate is a set under synthetic.sets, optionally with diffusion settings changed for it after `@`
-(key=value pairs, comma-separated: steps, scheduler, guidance_scale, model, ...; checked as params.yaml
-is). For each candidate the pilot makes the first --per-class images of every class, exactly as the
-full set's generate stage would make them, and reports:
-
-  fd, kid ± se, precision, recall   against the real training images, in the feature space of the
-                                    real-only classifier (models/<model>/orig100/seed-<s>.pt; diffaug.metrics)
-  recognised                        how often that classifier gives a pilot image its class
-  probe                             train on synthetic, test on real: a linear classifier fitted on
-                                    the pilot images' features, scored on real images it never saw
-                                    (val.npz when the split has one, else a seeded draw of train.npz)
-  images/s, full-set ETA, cost      measured here, for the rest of the full set at that rate
-
-Candidates are ranked by probe accuracy (then by fd); a table goes to the terminal and to
-<out>/pilot.md (and pilot.json), and a sample grid (one row of images per candidate) to <out>/samples.png.
-Without the classifier the pilot still measures speed and draws the grid, and says what is missing.
-
-Each candidate's images are kept under <out>/cache, keyed by its settings, images, batch size, levers,
-device and software: a rerun (another candidate added, say) makes only what changed. An entry that
-cannot be read is made again. The pilot's images have the full set's seeds and prompts; made in other
-batches, they match the full set's images to within 1 uint8 level.
+A candidate is a set under synthetic.sets, with diffusion settings changed after `@` (checked as
+params.yaml is). For each, the first --per-class images of every class, made by generate's own code
+with the full set's seeds and prompts, are scored against real images in the feature space of the
+real-only classifier (models/<model>/orig100/seed-<s>.pt): fd, kid ± se, precision, recall
+(diffaug.metrics); recognised (how often it gives an image its class); probe (a linear classifier fitted
+on the images' features, scored on real images it never saw: val.npz, else a seeded draw of train.npz);
+and the measured images/s, full-set ETA and cost. Ranked by probe, then fd, into <out>/pilot.md and
+pilot.json, with a sample grid in <out>/samples.png; without the classifier, speed and samples only.
+Each candidate's images are kept in <out>/cache (keyed by settings, images, batch, levers, device and
+software); an entry that cannot be read is made again. Details: docs/worth.md.
 """
 from __future__ import annotations
 
@@ -184,55 +173,36 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
     import torch
 
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-    x = torch.from_numpy((train_x - mean) / std).float()
-    y = torch.from_numpy(train_y).long()
-    g = torch.Generator().manual_seed(0)
-    layer = torch.nn.Linear(x.shape[1], num_classes)
-    with torch.no_grad():
-        layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) * 0.01)
-        layer.bias.zero_()
-    opt = torch.optim.Adam(layer.parameters(), lr=0.01, weight_decay=1e-3)
+    x, y = torch.from_numpy((train_x - mean) / std).float(), torch.from_numpy(train_y).long()
+    weight = (torch.randn(num_classes, x.shape[1], generator=torch.Generator().manual_seed(0)) * 0.01).requires_grad_()
+    bias = torch.zeros(num_classes, requires_grad=True)
+    opt = torch.optim.Adam([weight, bias], lr=0.01, weight_decay=1e-3)
     for _ in range(PROBE_STEPS):
         opt.zero_grad()
-        torch.nn.functional.cross_entropy(layer(x), y).backward()
+        torch.nn.functional.cross_entropy(x @ weight.T + bias, y).backward()
         opt.step()
     with torch.no_grad():
-        pred = layer(torch.from_numpy((test_x - mean) / std).float()).argmax(1).numpy()
+        pred = (torch.from_numpy((test_x - mean) / std).float() @ weight.T + bias).argmax(1).numpy()
     return float((pred == test_y).mean())
 
 
-@dataclass
-class Scoring:
-    """The real-only classifier and the real images every candidate is scored against, their features computed once."""
-    classifier: Any
-    reference: Split
-    probe_test: Split
-    real_feats: np.ndarray
-    test_feats: np.ndarray
-    batch_size: int
-    device: Any
-
-    @classmethod
-    def build(cls, classifier, reference: Split, probe_test: Split, batch_size: int, device) -> Scoring:
-        from diffaug.metrics import penultimate_features
-
-        real_feats = penultimate_features(classifier, reference.images, batch_size, device)[0]
-        test_feats = real_feats if probe_test is reference else penultimate_features(classifier, probe_test.images, batch_size, device)[0]
-        return cls(classifier, reference, probe_test, real_feats, test_feats, batch_size, device)
-
-
-def score(pilot: PilotImages, s: Scoring) -> dict[str, Any]:
+def scorer(classifier, prepared: Path, batch_size: int, device) -> tuple[Any, bool]:
+    """score(pilot) against the real images, whose features are computed once; and whether the probe tests on val.npz."""
     from diffaug.metrics import K_NEIGHBOURS, penultimate_features, set_quality
 
-    reference, probe_test, real_feats, test_feats = s.reference, s.probe_test, s.real_feats, s.test_feats
-    num_classes = len(reference.classes)
-    if len(pilot.images) <= K_NEIGHBOURS:
-        return {"note": f"only {len(pilot.images)} usable images; the metrics need more than {K_NEIGHBOURS}"}
-    feats, logits = penultimate_features(s.classifier, pilot.images, s.batch_size, s.device)
-    q = set_quality(real_feats, reference.labels, feats, pilot.labels, reference.classes)
-    return {**q["overall"], "per_class": q["per_class"],
-            "recognised": float((logits.argmax(1) == pilot.labels).mean()),
-            "probe": linear_probe(feats, pilot.labels, test_feats, probe_test.labels, num_classes)}
+    reference, probe_test = real_reference(prepared, REAL_PER_CLASS)
+    real_feats = penultimate_features(classifier, reference.images, batch_size, device)[0]
+    test_feats = real_feats if probe_test is reference else penultimate_features(classifier, probe_test.images, batch_size, device)[0]
+
+    def score(pilot: PilotImages) -> dict[str, Any]:
+        if len(pilot.images) <= K_NEIGHBOURS:
+            return {"note": f"only {len(pilot.images)} usable images; the metrics need more than {K_NEIGHBOURS}"}
+        feats, logits = penultimate_features(classifier, pilot.images, batch_size, device)
+        q = set_quality(real_feats, reference.labels, feats, pilot.labels, reference.classes)
+        return {**q["overall"], "per_class": q["per_class"], "recognised": float((logits.argmax(1) == pilot.labels).mean()),
+                "probe": linear_probe(feats, pilot.labels, test_feats, probe_test.labels, len(reference.classes))}
+
+    return score, probe_test is not reference
 
 
 # ----------------------------------------------------------------------------- report
@@ -305,33 +275,28 @@ def main(argv: list[str] | None = None) -> None:
                       f"(dvc repro train@{base.model}-orig100 makes the classifier)")
     pilots = [(c, make_pilot(c, classes, image_size, args.per_class, args.out, args.prepared, console)) for c in candidates]
 
-    rows = []
-    scoring: Scoring | None = None
+    rows, score, on_val = [], None, False
     if not missing:
         from diffaug.devices import resolve_device
         from diffaug.formats.classifier import load_trained
 
         device = resolve_device(base.evaluate.device, "evaluate.device")
-        classifier, _ = load_trained(classifier_path, device)
-        scoring = Scoring.build(classifier, *real_reference(args.prepared, REAL_PER_CLASS), base.evaluate.batch_size, device)
+        score, on_val = scorer(load_trained(classifier_path, device)[0], args.prepared, base.evaluate.batch_size, device)
     for cand, pilot in pilots:
         row: dict[str, Any] = {"candidate": cand.label, "set": cand.set_name, "images": int(len(pilot.images)),
                                "flagged": pilot.flagged, "cached": pilot.cached, "device": pilot.device,
                                "images_per_s": pilot.rate, "full_set_images": pilot.full_set}
         if pilot.rate:
             seconds = pilot.full_set / pilot.rate
-            row["eta_s"] = seconds
-            row["eta"] = human_duration(seconds)
-            row["device_hours"] = seconds / 3600
-            row["cost"] = f"{seconds / 3600 * args.gpu_hour_price:.2f}" if args.gpu_hour_price else f"{seconds / 3600:.3g} device-h"
-        if scoring is not None:
-            row.update(score(pilot, scoring))
+            row.update(eta_s=seconds, eta=human_duration(seconds), device_hours=seconds / 3600,
+                       cost=f"{seconds / 3600 * args.gpu_hour_price:.2f}" if args.gpu_hour_price else f"{seconds / 3600:.3g} device-h")
+        if score is not None:
+            row.update(score(pilot))
         rows.append(row)
     ranked = rank(rows)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "pilot.json", {"per_class": args.per_class, "classifier": str(classifier_path) if scoring else None,
-                                                "probe_test": "val.npz" if scoring and scoring.probe_test is not scoring.reference else "train.npz draw",
-                                                "candidates": ranked})
+    write_json_atomic(args.out / "pilot.json", {"per_class": args.per_class, "classifier": str(classifier_path) if score else None,
+                                                "probe_test": "val.npz" if on_val else "train.npz draw", "candidates": ranked})
     table = table_markdown(ranked)
     (args.out / "pilot.md").write_text(f"# Pilot: {args.per_class} images per class of each candidate\n\n{table}\n")
     sample_grid(args.out / "samples.png", [(c.label, p) for c, p in pilots], len(classes))
