@@ -10,7 +10,7 @@ import os
 import platform
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,41 +117,40 @@ def sample_batch(sampler: Sampler, plan: Plan, run: list[tuple[int, int]], want_
                              class_ids=[plan.class_id(g) for g in gs] if plan.class_ids else None)
 
 
-@dataclass
-class Shard:
-    """One shard being made: its queue of (global index, attempt) and what its finished images are."""
-
-    k: int
-    span: range
-    queue: deque
-    images: np.ndarray
-    seeds: np.ndarray
-    attempts: np.ndarray
-    flagged: np.ndarray
-    sizes: set[int] = field(default_factory=set)  # the batch sizes it ran at, for its provenance
-    pngs: list[Future] = field(default_factory=list)
-    batches: int = 0
-
-    @classmethod
-    def start(cls, plan: Plan, k: int) -> Shard:
-        span = plan.shard_range(k)
-        h, w = plan.image_size
-        return cls(k, span, deque((g, 0) for g in plan.work_order(span)), np.zeros((len(span), h, w, 3), np.uint8),
-                   np.zeros(len(span), np.uint64), np.zeros(len(span), np.int64), np.zeros(len(span), bool))
-
-
 class ShardMaker:
-    """Drains shards' queues batch by batch; see generate_shards."""
+    """Makes shards one after the other, each by draining its queue batch by batch; see generate_shards."""
 
-    def __init__(self, sampler: Sampler, plan: Plan, dif: DiffusionConfig, levers: Levers, out_dir: Path, *,
-                 save_full: bool, console: Console, label: str, progress: Progress, png_pool: ThreadPoolExecutor):
-        self.sampler, self.plan, self.dif, self.levers, self.out_dir = sampler, plan, dif, levers, out_dir
-        self.save_full, self.console, self.label, self.progress, self.png_pool = save_full, console, label, progress, png_pool
-        self.device = sampler.device
+    def __init__(self, sampler: Sampler, made_with: dict[str, Any], dif: DiffusionConfig, levers: Levers, plan: Plan,
+                 out_dir: Path, *, save_full: bool, console: Console, label: str, progress: Progress, png_pool: ThreadPoolExecutor):
+        self.sampler, self.made_with, self.dif, self.levers, self.plan = sampler, made_with, dif, levers, plan
+        self.out_dir, self.save_full, self.console, self.label = out_dir, save_full, console, label
+        self.progress, self.png_pool, self.device = progress, png_pool, sampler.device
         self.size = first_batch_size(levers.batch_size, self.device)
         self.probing = levers.batch_size == "auto" and self.device.type == "cuda"
-        self.task = progress.add_task(label, total=0)
-        self.batches = 0
+        self.task, self.batches = progress.add_task(label, total=0), 0
+
+    def make_shard(self, k: int, device_name: str) -> None:
+        """Shard k: its queue of (global index, attempt) drained at the largest batch that fits, then written."""
+        plan, span = self.plan, self.plan.shard_range(k)
+        storage.prepare_shard_slot(self.out_dir, k)
+        self.k, self.span, self.queue = k, span, deque((g, 0) for g in plan.work_order(span))
+        self.images, self.seeds = np.zeros((len(span), *plan.image_size, 3), np.uint8), np.zeros(len(span), np.uint64)
+        self.attempts, self.flagged = np.zeros(len(span), np.int64), np.zeros(len(span), bool)
+        self.sizes: set[int] = set()  # the batch sizes it ran at, for its provenance
+        self.pngs: list[Future] = []
+        self.shard_batches = 0
+
+        def drain(batch_size: int) -> None:
+            self.size = batch_size
+            while self.queue:
+                self.one_batch()
+        find_executable_batch_size(drain, starting_batch_size=self.size, reduce_batch_size_fn=self.halve)()
+        for png in self.pngs:
+            png.result()
+        sizes = sorted(self.sizes)
+        storage.write_shard(self.out_dir, k, plan, images=self.images, seeds=self.seeds, regenerations=self.attempts,
+                            flagged=self.flagged, device=device_name,
+                            provenance={**self.made_with, "batch_size": sizes[0] if len(sizes) == 1 else sizes})
 
     def halve(self) -> int:
         if self.size == 1:
@@ -162,15 +161,8 @@ class ShardMaker:
         self.console.print(f"{self.label}: out of GPU memory; batch size halved to {self.size}, the batch is retried")
         return self.size
 
-    def make(self, shard: Shard) -> None:
-        def drain(batch_size: int) -> None:
-            self.size = batch_size
-            while shard.queue:
-                self.one_batch(shard)
-        find_executable_batch_size(drain, starting_batch_size=self.size, reduce_batch_size_fn=self.halve)()
-
-    def one_batch(self, shard: Shard) -> None:
-        plan, queue = self.plan, shard.queue
+    def one_batch(self) -> None:
+        plan, queue = self.plan, self.queue
         batch = [queue.popleft() for _ in range(min(self.size, len(queue)))]
         # With torch.compile a new batch shape means a recompile: fill the last batch with repeats.
         run = batch + [batch[-1]] * (self.size - len(batch)) if self.levers.compile else batch
@@ -184,7 +176,7 @@ class ShardMaker:
         except BaseException:
             queue.extendleft(reversed(batch))  # out of memory: the batch goes back to the front, retried smaller
             raise
-        shard.sizes.add(self.size)
+        self.sizes.add(self.size)
         if self.probing:
             self.probing = False
             self.size = measured_batch_size(self.device, before, len(run))
@@ -194,22 +186,22 @@ class ShardMaker:
             bad = [g for j, (g, _) in enumerate(batch) if not out.finite[j]]
             c, i = plan.class_and_index(bad[0])
             raise UserError(
-                f"{self.label or plan.set_name}: shard {shard.k} ({storage.shard_name(shard.k)}), batch {shard.batches}: "
+                f"{self.label or plan.set_name}: shard {self.k} ({storage.shard_name(self.k)}), batch {self.shard_batches}: "
                 f"{len(bad)} of {len(batch)} images have non-finite (NaN/inf) latents or pixels, first {plan.classes[c]} #{i}; "
                 f"nothing of this shard was written. Check diffusion.guidance_scale ({self.sampler.guidance_scale}) and "
                 "the model's weights, or use diffusion.dtype: float32 or bfloat16 (float16 overflows more easily)")
-        shard.batches += 1
+        self.shard_batches += 1
         finished = 0
         for j, (g, attempt) in enumerate(batch):
             if out.flagged[j] and attempt < self.dif.max_regenerations:
                 queue.append((g, attempt + 1))
                 continue
-            i, black = g - shard.span.start, out.flagged[j]
-            shard.images[i] = 0 if black else out.small[j]
-            shard.seeds[i], shard.attempts[i], shard.flagged[i] = plan.seed(g, attempt), attempt, black
+            i, black = g - self.span.start, out.flagged[j]
+            self.images[i] = 0 if black else out.small[j]
+            self.seeds[i], self.attempts[i], self.flagged[i] = plan.seed(g, attempt), attempt, black
             if out.full is not None:  # save_full
                 full = np.zeros_like(out.full[j]) if black else out.full[j]
-                shard.pngs.append(self.png_pool.submit(storage.write_full_png, self.out_dir, plan, g, full))
+                self.pngs.append(self.png_pool.submit(storage.write_full_png, self.out_dir, plan, g, full))
             finished += 1
         self.report(finished)
 
@@ -239,16 +231,8 @@ def generate_shards(sampler: Sampler, made_with: dict[str, Any], dif: DiffusionC
                         speed_estimate_period=600)
     # PNG encoding of 512² images is CPU work that can overlap the GPU's next batch.
     with progress, ThreadPoolExecutor(4) as png_pool:
-        maker = ShardMaker(sampler, plan, dif, levers, out_dir, save_full=save_full, console=console, label=label,
+        maker = ShardMaker(sampler, made_with, dif, levers, plan, out_dir, save_full=save_full, console=console, label=label,
                            progress=progress, png_pool=png_pool)
         progress.update(maker.task, total=sum(len(plan.shard_range(k)) for k in shards))
         for k in shards:
-            storage.prepare_shard_slot(out_dir, k)
-            shard = Shard.start(plan, k)
-            maker.make(shard)
-            for png in shard.pngs:
-                png.result()
-            sizes = sorted(shard.sizes)
-            storage.write_shard(out_dir, k, plan, images=shard.images, seeds=shard.seeds, regenerations=shard.attempts,
-                                flagged=shard.flagged, device=device,
-                                provenance={**made_with, "batch_size": sizes[0] if len(sizes) == 1 else sizes})
+            maker.make_shard(k, device)
