@@ -103,7 +103,6 @@ COMMANDS = {
     # docs/worth.md
     "python -m diffaug.pilot syn1 syn2 syn2@steps=20,scheduler=dpmsolver++ --per-class 20": RUN,
     "dvc repro train@<model>-orig100": "prose; the demo trains its orig100 classifier",
-    "dvc exp run --queue": "prose; the Experiments block's queue lines run",
 }
 
 
