@@ -23,10 +23,10 @@ import torch
 import yaml
 from PIL import Image
 
-import diffaug.generate.__main__ as cli
 from diffaug.config import DiffusionConfig, load_config
 from diffaug.errors import UserError
 from diffaug.formats import synthetic as storage
+from diffaug.generate import runner
 from diffaug.generate.__main__ import main
 from diffaug.generate.plan import PIXEL_SETTINGS, SPEED_SETTINGS, build_plan, image_seed
 from diffaug.generate.sampler import Sampler, downsample
@@ -241,11 +241,11 @@ def test_a_final_single_pass_assembles_without_a_model(reference, tmp_path):
     def no_model(*args, **kwargs):
         raise AssertionError("the model must not be loaded when every shard is valid")
 
-    original, cli.load_pipeline = cli.load_pipeline, no_model
+    original, runner.open_sampler = runner.open_sampler, no_model
     try:
         generate(params, classes, copy)
     finally:
-        cli.load_pipeline = original
+        runner.open_sampler = original
     assert files(copy) == files(out)
 
 
