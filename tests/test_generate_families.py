@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-import diffaug.generate.__main__ as cli
 from diffaug.formats import synthetic as storage
 from diffaug.generate import model as model_module
+from diffaug.generate import runner
 from diffaug.generate.__main__ import main
 from diffaug.generate.families import FAMILIES
 from diffaug.generate.sampler import Sampler
@@ -150,7 +150,7 @@ def test_img2img_sets_on_every_family_with_a_twin(tiny, tmp_path, family):
 def no_load(monkeypatch):
     def fail(*a, **k):
         raise AssertionError("the model must not be loaded")
-    monkeypatch.setattr(cli, "load_pipeline", fail)
+    monkeypatch.setattr(runner, "open_sampler", fail)
 
 
 def test_an_unsupported_family_is_one_line(tmp_path, capsys, no_load):
