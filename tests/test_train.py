@@ -251,6 +251,7 @@ def test_stage_with_an_empty_validation_split_logs_no_validation(stage_inputs, m
     assert report["seeds"]["0"]["final_val_acc"] is None and report["settings"]["val_images"] == 0
     plots = tmp / "metrics" / "seed-0" / "plots" / "metrics"
     assert (plots / "train" / "loss.tsv").is_file() and not (plots / "val").exists()
+    assert sorted(p.name for p in (tmp / "metrics" / "seed-0").iterdir()) == ["plots"]  # curves only: dvc.yaml plots it all
     model, meta = load_trained(tmp / "out" / "seed-0.pt")
     assert meta["epochs"] == 2 and meta["classes"] == ["a", "b", "c"]
 
