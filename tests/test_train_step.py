@@ -392,8 +392,8 @@ def test_paper_recipe_step_is_the_plain_torch_step():
 
 
 def test_graph_capture_leaves_no_trace_of_its_warm_up(monkeypatch):
-    """`_capture` runs warm-up steps and then the captured step; on a GPU the capture only records, here
-    (torch.cuda faked on a CPU) both run for real. Either way `_capture` must put back every tensor the
+    """`_prove_graph` runs warm-up steps, the captured step and the proof; on a GPU the capture only records,
+    here (torch.cuda faked on a CPU) all of them run for real. Either way it must put back every tensor the
     steps change (weights, BatchNorm statistics, momentum, EMA and its step count), so training with the
     replayed graph gives the eager weights exactly (tolerance 0, as in the static-step test above)."""
     recipe = dataclasses.replace(BASE, **{k: v for k, v in LEVERS.items() if k != "trivial_augment"})
@@ -405,7 +405,8 @@ def test_graph_capture_leaves_no_trace_of_its_warm_up(monkeypatch):
 
     fake_cuda_capture(monkeypatch, FakeGraph)
     before = {k: v.clone() for k, v in graphed.model.state_dict().items()}
-    graphed._capture()  # on a plan of zeros: image 0 and lr 0 in every slot, as before the first epoch
+    graphed._prove_graph()  # on a plan of zeros: image 0 and lr 0 in every slot, as before the first epoch
+    assert graphed.step_mode == "cuda_graph"
     assert_same(before, graphed.model.state_dict())
     assert graphed._ema_steps.item() == 0 and all(torch.count_nonzero(b) == 0 for b in graphed.momentum_buffers)
     eager = trainer(recipe, cuda_graph=False)

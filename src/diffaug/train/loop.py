@@ -1,29 +1,19 @@
 """The training loop, airbench style: the whole mixture sits on the device as uint8 and every batch is
-gathered, augmented and normalised there, so no DataLoader, no worker processes and no host round trip
-per step. Loss, accuracy and an is-finite flag are accumulated on the device and read once per epoch,
-together with the validation metrics (one host read per epoch).
+gathered, augmented and normalised there (no DataLoader, no host round trip per step). Loss, accuracy,
+an is-finite flag and the validation metrics are read from the device once per epoch.
 
-One step = gather + crop/flip (+ cutout) + forward + loss + backward + torch's fused SGD (+ EMA), written
-once (`Trainer._step`) and run in one of two ways that compute the same thing:
+One step (`Trainer._step`: gather, crop/flip, cutout, forward, loss, backward, torch's fused SGD, EMA) runs
+eager (Python picks its slice of the epoch plan and its lr) or static (it reads both from device tensors
+through a device step counter, so every launch is identical: on CUDA it is captured once in a CUDA graph
+and replayed, `train.cuda_graph`; on a CPU it runs uncaptured, which the tests compare with eager).
+The graph is proven before use (`_prove_graph`): its first replays must match the uncaptured step from
+the same state, else every tensor and RNG is put back, one line says why and training continues eager.
 
-  eager   Python picks the step's slice of the epoch plan and its lr;
-  static  the step reads its slice and lr from device tensors through a device step counter, so every
-          launch is identical: on CUDA it is captured once in a CUDA graph and replayed (`train.cuda_graph`),
-          on a CPU it runs uncaptured (the same code, which the tests compare with the eager way).
-
-The captured graph is not trusted blindly: before its first real replay it is run on the epoch's first
-batches and compared with the uncaptured step from the same state (`_prove_graph`, tolerances there). If
-the capture raises or the replay disagrees, every state tensor and RNG is put back, one line names the
-reason and training continues eager; `step_mode` says which way ran (recorded in train.json).
-
-All of an epoch's random numbers (permutation, crop offsets, flips, cutout centres, TrivialAugment's ops)
-and its learning rates are drawn before its first step (`_plan_epoch`), so both ways consume the same
-numbers and a checkpoint at an epoch boundary resumes bit for bit. Shapes are static: with
-`pad_last_batch` the last partial batch is filled up with zero-weight samples (every image still counts
-exactly once per epoch); without it (the paper) the last, smaller batch runs eagerly after the replays.
-
-Independent of dvc/dvclive (benchmarks/train.py runs it on machines without them): metrics leave
-through the `log` callback of `fit`.
+All of an epoch's random numbers and learning rates are drawn before its first step (`_plan_epoch`), so
+both ways consume the same numbers and a checkpoint at an epoch boundary resumes bit for bit. With
+`pad_last_batch` the last batch is filled up with zero-weight samples (every image counts once per
+epoch); without it (the paper) the last, smaller batch runs eagerly after the replays. Independent of
+dvc/dvclive (benchmarks/train.py runs it without them): metrics leave through `fit`'s `log` callback.
 """
 from __future__ import annotations
 
@@ -129,6 +119,7 @@ class Trainer:
         self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device)  # uint8 NHWC
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
         self.val_images = self.val_labels = None
+        self.num_val = 0 if val_images is None else len(val_images)
         if val_images is not None and len(val_images) > 0:
             self.val_images = torch.from_numpy(np.ascontiguousarray(val_images)).to(device)
             self.val_labels = torch.from_numpy(np.asarray(val_labels, dtype=np.int64)).to(device)
@@ -198,14 +189,6 @@ class Trainer:
         self._first_lr = recipe.lr
         self._ema_steps = torch.zeros((), dtype=torch.float64, device=device)  # steps averaged so far
         self._augment_rng = torch.Generator().manual_seed(seed).get_state()  # TrivialAugment's op draws
-
-    @property
-    def has_validation(self) -> bool:
-        return self.val_images is not None
-
-    @property
-    def num_val(self) -> int:
-        return 0 if self.val_images is None else len(self.val_images)
 
     @property
     def final_model(self) -> ImageClassifier:
@@ -307,21 +290,7 @@ class Trainer:
             tensors += [*self.ema.parameters(), *self.ema.buffers(), self._ema_steps]
         return tensors
 
-    def _capture(self) -> None:
-        """Capture `_static_step` in a CUDA graph. The warm-up steps it needs are undone afterwards, so the
-        training run is the same whether or not (and when) a graph was captured."""
-        start, rng = self._snapshot(), self._cuda_rng()  # dropout draws from the RNG: the warm-up must not move it
-        with torch.cuda.device(self.device):  # capture on the trainer's GPU, whichever is current
-            self._record_graph()
-        self._restore(start, rng)
-
-    def _cuda_rng(self) -> torch.Tensor:
-        return torch.cuda.get_rng_state(self.device)
-
-    def _set_cuda_rng(self, state: torch.Tensor) -> None:
-        torch.cuda.set_rng_state(state, self.device)
-
-    def _record_graph(self) -> None:
+    def _record_graph(self) -> torch.cuda.CUDAGraph:
         """Warm up on a side stream, then record one `_static_step` as `self._graph`; both move the state (callers restore it)."""
         stream = torch.cuda.current_stream(self.device)
         side = torch.cuda.Stream(self.device)
@@ -335,6 +304,7 @@ class Trainer:
         with torch.cuda.graph(graph):
             self._static_step()
         self._graph = graph
+        return graph
 
     def _live(self) -> list[torch.Tensor]:
         """Everything a step changes: the state tensors, the step counter and the epoch's sums."""
@@ -347,7 +317,7 @@ class Trainer:
         with torch.no_grad():
             for tensor, value in zip(self._live(), saved, strict=True):
                 tensor.copy_(value)
-        self._set_cuda_rng(rng)
+        torch.cuda.set_rng_state(rng, self.device)
 
     @torch.no_grad()
     def _graph_disagreement(self, start: list[torch.Tensor], eager: list[torch.Tensor],
@@ -374,13 +344,13 @@ class Trainer:
         """Capture the step and check it: its first replays against the uncaptured step from the same state
         on the same batches. Any failure means eager training, said in one line and in `step_mode`."""
         steps = min(PROOF_STEPS, self.full_steps)
-        rng = self._cuda_rng()
+        rng = torch.cuda.get_rng_state(self.device)
         start = self._snapshot()
         reason = None
         phase = "capture"
         try:
             with torch.cuda.device(self.device):  # the trainer's GPU, whichever is current
-                self._record_graph()
+                graph = self._record_graph()
                 phase = "the proof run"
                 self._restore(start, rng)  # the warm-up's sums and counter too, not only the state
                 self._counter.zero_()
@@ -390,7 +360,7 @@ class Trainer:
                 self._restore(start, rng)
                 self._counter.zero_()
                 for _ in range(steps):
-                    self._graph_replay()
+                    graph.replay()
                 reason = self._graph_disagreement(start, eager, self._live(), steps)  # two copies at most
         except Exception as e:  # noqa: BLE001  any failure of the fast path means the slow one, never a crash
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
@@ -409,10 +379,6 @@ class Trainer:
         print(f"note: train.cuda_graph: {reason}; training continues eager, same results, slower "
               f"(train.cuda_graph: false skips the attempt)", file=sys.stderr, flush=True)
 
-    def _graph_replay(self) -> None:
-        assert self._graph is not None
-        self._graph.replay()
-
     # ------------------------------------------------------------------------- epochs
     def _train_steps(self, max_steps: int | None) -> int:
         self.model.train()
@@ -426,7 +392,7 @@ class Trainer:
         self._counter.zero_()
         for step in range(steps):
             if step < self.full_steps and self._graph is not None:
-                self._graph_replay()
+                self._graph.replay()
             elif step < self.full_steps and self.static:
                 self._static_step()
             else:  # the last, smaller batch of an unpadded epoch (or no static path asked for)
@@ -458,7 +424,7 @@ class Trainer:
         seen = self._train_steps(max_steps)
         weights_finite = torch.stack(torch._foreach_norm(self._checked)).sum().isfinite()  # BatchNorm statistics too
         parts = [self._loss_sum, self._correct, self._finite.float(), weights_finite.float()]
-        if validate and self.has_validation:
+        if validate and self.val_images is not None:
             parts.append(self._evaluate_on_device())
         values = torch.cat([p.reshape(-1).double() for p in parts]).tolist()  # the epoch's one host read
         if not (values[2] and values[3]):
