@@ -372,6 +372,11 @@ def test_end_to_end_with_live_dvc_matches_the_saved_output(tmp_path):
         page.main(["--params", str(repo / "params.yaml"), "--out", str(out)])  # runs `dvc exp show --json` itself
     md = (out / "report.md").read_text()
     assert "`dvc exp show --json`" in md and str(repo) in md and (out / "acc_vgg16.png").is_file()
+    sh(repo, "git", "commit", "-qm", "second commit", "--allow-empty")  # HEAD moves: its experiments are the first's
+    with cwd(repo), redirect_stdout(io.StringIO()):
+        page.main(["--params", str(repo / "params.yaml"), "--out", str(out), "--all-commits"])
+    md = (out / "report.md").read_text()
+    assert "`dvc exp show --json --all-commits`" in md and all(name in md for name in EXPERIMENTS.values())
     proc = subprocess.run([sys.executable, "-m", "diffaug.report", "--params", str(repo / "params.yaml")], cwd=tmp_path,
                           env=env(), text=True, capture_output=True)  # not a DVC repository
     err = proc.stderr.strip().splitlines()
