@@ -150,7 +150,7 @@ class Trainer:
         # which a CUDA graph cannot capture), so each replay applies the step's own lr.
         self.lr = torch.tensor(recipe.lr, dtype=torch.float32, device=device)
         self.optimizer = torch.optim.SGD(self.params, lr=self.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
-                                         nesterov=recipe.nesterov and recipe.momentum > 0, fused=True)
+                                         nesterov=recipe.nesterov, fused=True)
         # Zero buffers from the start (0.9 * 0 + g == g: torch's first step), so the tensors a graph captures never change.
         self.momentum_buffers = [torch.zeros_like(p) for p in self.params] if recipe.momentum else []
         for p, buffer in zip(self.params, self.momentum_buffers):
