@@ -11,7 +11,6 @@ import yaml
 import diffaug.evaluate as evaluate
 from diffaug.config import parse_config
 from diffaug.errors import UserError
-from diffaug.formats.curves import read_live_curves, write_curves
 from diffaug.io import save_npz_atomic
 from diffaug.metrics import clip_similarities, load_clip
 
@@ -137,23 +136,6 @@ def test_a_cell_is_loaded_and_run_on_uint8_pixels(tmp_path):
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
     reloaded, _ = load_trained(tmp_path / "seed-0.pt")
     assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), model.state_dict().values()))
-
-
-def test_curves_format_reads_dvclive_tsvs(tmp_path):
-    from dvclive import Live
-
-    with Live(str(tmp_path / "seed-0"), dvcyaml=None, save_dvc_exp=False) as live:
-        for acc in (0.3, 0.6):
-            live.log_metric("train/acc", acc)
-            live.log_metric("train/loss", 1 - acc)
-            live.log_metric("lr", 0.1)
-            live.next_step()
-    rows = read_live_curves(tmp_path / "seed-0")
-    assert rows == [{"step": 0, "train_acc": 0.3, "train_loss": 0.7, "lr": 0.1}, {"step": 1, "train_acc": 0.6, "train_loss": 0.4, "lr": 0.1}]
-    write_curves(tmp_path / "curve.tsv", rows)
-    header, first, _ = (tmp_path / "curve.tsv").read_text().splitlines()
-    assert header == "step\ttrain_acc\tval_acc\ttrain_loss\tval_loss\tlr"  # val columns stay, empty: no validation here
-    assert first == "0\t0.3\t\t0.7\t\t0.1"
 
 
 def test_exchange_rate_columns_from_the_real_curve(tmp_path, monkeypatch, models_are_paths):

@@ -72,7 +72,8 @@ COMMANDS = {
     "CUDA_VISIBLE_DEVICES=0 dvc queue start -j 1": NEEDS_GPUS,
     "CUDA_VISIBLE_DEVICES=1 dvc queue start -j 1": NEEDS_GPUS,
     "dvc exp run -S model=...": "placeholder; the Experiments block's lines run",
-    "python -c import dvc.api, json; json.dump(dvc.api.exp_show(), open('exp.json', 'w'))": RUN,
+    "dvc exp show --json": "prose; what the report reads (`make report` runs it)",
+    "dvc exp show --json > exp.json": RUN,
     "python -m diffaug.report --exp-json exp.json --out reports-saved": RUN,
     "dvc plots show": RUN,
     "dvc plots diff <exp> …": RUN + " with <exp> = resnet50",
@@ -268,11 +269,9 @@ def test_reproduce_the_paper_runs_as_written_in_a_sandbox(tmp_path):
                 assert out.count("Queued experiment") == len(ARCHITECTURES), out
     finally:
         run(["dvc", "queue", "stop", "--kill"], path, check=False)
-    from dvc.api import exp_show
+    from diffaug.report.results import parse_exp_show, run_exp_show
 
-    from diffaug.report.results import parse_exp_show
-
-    found, _ = parse_exp_show(exp_show(repo=str(path)))
+    found, _ = parse_exp_show(run_exp_show(cwd=path)[0])
     runs = {r.model: r for r in found if r.kind == "experiment"}
     assert sorted(runs) == sorted(ARCHITECTURES), found
     assert all(r.variant == "paper" and r.recipe == "paper" and set(r.acc) == set(PAPER_MIXES) for r in runs.values()), found

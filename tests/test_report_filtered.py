@@ -11,7 +11,7 @@ from PIL import Image
 
 from diffaug.config import parse_config
 from diffaug.report import page
-from diffaug.report.figures import Context, Skip, fig_filtered, fig_half_half
+from diffaug.report.figures import Context, Skip, bar_chart, filtered, half_half
 from diffaug.report.results import Result
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,19 +36,18 @@ def row(model: str, acc: dict) -> Result:
 
 def test_filtered_bars_are_drawn_beside_their_unfiltered_twin(tmp_path):
     rows = [row("resnet18", {"orig100": 0.93, "orig50": 0.90, "orig50_syn1_50": 0.91, FILTERED: 0.915}),
-            row("vgg16", {"orig100": 0.92, "orig50_syn1_50": 0.89})]  # no filtered run: not a group
-    ctx = Context(cfg(), rows, tmp_path, tmp_path)
+            row("vgg16", {"orig100": 0.92, "orig50_syn1_50": 0.89})]  # no filtered run: not drawn
+    ctx = Context(cfg(), rows, tmp_path)
     assert ctx.label(FILTERED) == "50% real + 50% syn1, confidence-filtered (best 80%)"
     assert ctx.find({"orig": 0.5, "syn1": 0.5}) == "orig50_syn1_50"
-    [(name, fig, caption)] = fig_filtered(ctx)
-    assert name == "filtered_vs_unfiltered.png"
-    ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["resnet18"]
-    heights = sorted(round(p.get_height() + ax.get_ylim()[0], 2) for p in ax.patches)
-    assert heights == [91.0, 91.5]
+    [chart] = filtered(ctx)
+    assert chart.file == "filtered_vs_unfiltered.png" and [r.model for r in chart.rows] == ["resnet18"]
+    assert chart.mixes == ["orig50_syn1_50", FILTERED]
+    ax = bar_chart(ctx, chart).axes[0]
+    assert sorted(round(p.get_width() + ax.get_xlim()[0], 2) for p in ax.patches) == [91.0, 91.5]
     # the paper's half/half figure still uses the unfiltered mixture only
-    [(_, half, _)] = fig_half_half(ctx)
-    assert "confidence-filtered" not in " ".join(t.get_text() for t in half.legends[0].get_texts())
+    [half] = half_half(ctx)
+    assert FILTERED not in half.mixes
     figures, skipped = page.write_report(ctx, tmp_path / "out", "Numbers: test.", [])
     assert "filtered_vs_unfiltered.png" in figures
     with Image.open(tmp_path / "out" / "filtered_vs_unfiltered.png") as im:
@@ -59,10 +58,10 @@ def test_filtered_bars_are_drawn_beside_their_unfiltered_twin(tmp_path):
 
 def test_without_filtered_runs_the_figure_is_skipped_with_a_line(tmp_path):
     rows = [row("resnet18", {"orig100": 0.93, "orig50_syn1_50": 0.91})]
-    with pytest.raises(Skip, match="no experiment has both a filtered mixture and its unfiltered twin"):
-        fig_filtered(Context(cfg(), rows, tmp_path, tmp_path))
+    with pytest.raises(Skip, match=f"no experiment has both one of orig50_syn1_50 and one of {FILTERED}"):
+        filtered(Context(cfg(), rows, tmp_path))
     with pytest.raises(Skip, match=r"defines no filtered mixture \(mixtures.<name>.filter\)"):
-        fig_filtered(Context(cfg(with_filter=False), rows, tmp_path, tmp_path))
-    figures, skipped = page.write_report(Context(cfg(with_filter=False), rows, tmp_path, tmp_path), tmp_path / "out", "N.", [])
+        filtered(Context(cfg(with_filter=False), rows, tmp_path))
+    figures, skipped = page.write_report(Context(cfg(with_filter=False), rows, tmp_path), tmp_path / "out", "N.", [])
     assert "filtered_vs_unfiltered.png" not in figures
     assert any(s.startswith("filtered_vs_unfiltered.png: skipped: params.yaml defines no filtered mixture") for s in skipped)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from diffaug.config import parse_config
 from diffaug.report import page
-from diffaug.report.figures import Context, Skip, fig_img2img_strength, fig_synthetic_only, img2img_series, mixture_family
+from diffaug.report.figures import Context, Skip, bar_chart, img2img, img2img_strength, synthetic_only
 from diffaug.report.results import Result
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,26 +34,25 @@ def row(model: str, acc: dict) -> Result:
                   variant="cifar", recipe="default", seeds=1, acc=acc)
 
 
-def test_series_groups_mixtures_that_differ_only_in_the_img2img_strength():
-    series = img2img_series(cfg())
-    assert series == {"50% real + 50% img2img": [(0.25, "orig50_i2i25_50"), (0.5, "orig50_i2i50_50"), (0.75, "orig50_i2i75_50")],
-                      "100% img2img": [(0.5, "i2i50_100")]}  # a set with a list of strengths has no single x
-    assert mixture_family({"orig": 0.5, "i2i50": 0.5}) == "real + synthetic"
+def test_strength_is_read_from_the_one_img2img_set_a_mixture_draws_from():
+    c = cfg()
+    assert [img2img_strength(c, m) for m in ("orig50_i2i25_50", "orig50_i2i50_50", "orig50_i2i75_50", "i2i50_100")] == \
+        [0.25, 0.5, 0.75, 0.5]
+    assert img2img_strength(c, "orig50_i2imix_50") is None  # a set with a list of strengths has no single one
+    assert img2img_strength(c, "orig50_syn1_50") is None
 
 
-def test_the_strength_series_is_drawn_per_experiment_with_the_real_only_reference(tmp_path):
+def test_the_strength_bars_are_drawn_per_experiment_beside_the_real_only_reference(tmp_path):
     rows = [row("resnet18", {"orig50": 0.80, "orig50_i2i25_50": 0.84, "orig50_i2i50_50": 0.86, "orig50_i2i75_50": 0.83}),
-            row("vgg16", {"orig100": 0.9})]  # no img2img result: no line
-    ctx = Context(cfg(), rows, tmp_path, tmp_path)
-    [(name, fig, caption)] = fig_img2img_strength(ctx)
-    assert name == "img2img_strength.png" and "strength" in caption
-    ax = fig.axes[0]
-    data_lines = [line for line in ax.get_lines() if len(line.get_xdata()) == 3]
-    assert len(data_lines) == 1
-    assert list(data_lines[0].get_xdata()) == [0.25, 0.5, 0.75]
-    assert np.allclose(data_lines[0].get_ydata(), [84, 86, 83])
-    assert [list(line.get_ydata()) for line in ax.get_lines() if line.get_linestyle() == "--"] == [[80.0, 80.0]]  # orig50 alone
-    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["resnet18: 50% real + 50% img2img"]
+            row("vgg16", {"orig100": 0.9})]  # no img2img result: not drawn
+    ctx = Context(cfg(), rows, tmp_path)
+    [chart] = img2img(ctx)
+    assert chart.file == "img2img_strength.png" and "strength" in chart.caption
+    assert [r.model for r in chart.rows] == ["resnet18"]
+    assert chart.mixes == ["orig50", "orig50_i2i25_50", "orig50_i2i50_50", "orig50_i2i75_50"]  # by strength
+    ax = bar_chart(ctx, chart).axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()][1] == "50% real + 50% i2i25 (img2img strength 0.25)"
+    assert np.allclose([p.get_width() + ax.get_xlim()[0] for p in ax.patches], [80, 84, 86, 83])
     figures, skipped = page.write_report(ctx, tmp_path / "out", "Numbers: test.", [])
     assert "img2img_strength.png" in figures and not any(s.startswith("img2img_strength.png") for s in skipped)
     with Image.open(tmp_path / "out" / "img2img_strength.png") as im:
@@ -61,20 +60,20 @@ def test_the_strength_series_is_drawn_per_experiment_with_the_real_only_referenc
     md = (tmp_path / "out" / "report.md").read_text()
     assert "](img2img_strength.png)" in md and "50% real + 50% i2i50" in md
     # an img2img-only mixture is a synthetic-only mixture, like syn1_100
-    [(_, only, _)] = fig_synthetic_only(Context(cfg(), [row("resnet18", {"orig100": 0.9, "i2i50_100": 0.5})], tmp_path, tmp_path))
-    assert "100% i2i50" in [t.get_text() for t in only.legends[0].get_texts()]
+    [only] = synthetic_only(Context(cfg(), [row("resnet18", {"orig100": 0.9, "i2i50_100": 0.5})], tmp_path))
+    assert "i2i50_100" in only.mixes
 
 
 def test_without_img2img_runs_the_figure_is_skipped_with_a_line(tmp_path):
     rows = [row("resnet18", {"orig100": 0.93, "orig50_syn1_50": 0.91})]
-    with pytest.raises(Skip, match=r"no experiment has a result for an img2img mixture \(orig50_i2i25_50, "):
-        fig_img2img_strength(Context(cfg(), rows, tmp_path, tmp_path))
+    with pytest.raises(Skip, match=r"no experiment has both one of orig50 and one of orig50_i2i25_50, "):
+        img2img(Context(cfg(), rows, tmp_path))
     with pytest.raises(Skip, match=r"defines no mixture drawing from an img2img set with a single strength"):
-        fig_img2img_strength(Context(cfg(with_img2img=False), rows, tmp_path, tmp_path))
+        img2img(Context(cfg(with_img2img=False), rows, tmp_path))
     out = tmp_path / "out"
     out.mkdir()
     (out / "img2img_strength.png").write_bytes(b"stale")  # from an earlier report: removed, never left beside report.md
-    figures, skipped = page.write_report(Context(cfg(), rows, tmp_path, tmp_path), out, "N.", [])
+    figures, skipped = page.write_report(Context(cfg(), rows, tmp_path), out, "N.", [])
     assert "img2img_strength.png" not in figures and not (out / "img2img_strength.png").exists()
-    assert any(s.startswith("img2img_strength.png: skipped: no experiment has a result for an img2img mixture") for s in skipped)
-    assert "_Not drawn: no experiment has a result for an img2img mixture" in (out / "report.md").read_text()
+    assert any(s.startswith("img2img_strength.png: skipped: no experiment has both") for s in skipped)
+    assert "_Not drawn: no experiment has both one of orig50" in (out / "report.md").read_text()

@@ -15,24 +15,22 @@ from diffaug.config import Recipe, parse_config
 from diffaug.errors import UserError
 from diffaug.formats.classifier import load_trained, save_trained
 from diffaug.io import load_npz
+from diffaug.models import build_model
+from diffaug.train import loop
 from diffaug.train.loop import Trainer, fit, steps_per_epoch
-from diffaug.train.schedule import build_scheduler
+from diffaug.train.schedule import learning_rate
 from diffaug.train.stage import main
+from tiny_training import assert_same, tiny_network  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.usefixtures("one_thread")  # a fixed thread count: same CPU floats every run, quicker when shared
+# A fixed thread count: same CPU floats every run, quicker when shared. The loop trains tiny_net (one ResNet-18 smoke test).
+pytestmark = pytest.mark.usefixtures("one_thread", "tiny_network")
 
 
 def lr_trace(recipe: Recipe, per_epoch: int, steps: int) -> np.ndarray:
-    """The lr each optimizer step uses, as the loop steps the scheduler (once per batch)."""
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=recipe.lr)
-    scheduler = build_scheduler(optimizer, recipe, per_epoch)
-    lrs = []
-    for _ in range(steps):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    return np.array(lrs)
+    """The lr of each step, from the schedule's lr(step)."""
+    lr = learning_rate(recipe, per_epoch)
+    return np.array([lr(step) for step in range(steps)])
 
 
 def test_cosine_warms_up_linearly_then_decays_to_zero_over_the_whole_run():
@@ -89,19 +87,13 @@ def tiny_trainer(seed=0, recipe=TINY, val=True):
                    val_images=val_images if val else None, val_labels=val_labels if val else None)
 
 
-def assert_same_weights(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"tensors differ: {different[:5]}"
-
-
 def test_same_seed_same_weights_other_seed_other_weights():
     runs = {}
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         trainer = tiny_trainer(seed)
         result = fit(trainer)
         runs[name] = (trainer.model.state_dict(), result.history)
-    assert_same_weights(runs["a"][0], runs["b"][0])
+    assert_same(runs["a"][0], runs["b"][0])
     assert [h["train/loss"] for h in runs["a"][1]] == [h["train/loss"] for h in runs["b"][1]]
     assert not torch.equal(runs["a"][0]["net.fc.weight"], runs["c"][0]["net.fc.weight"])
     history = runs["a"][1]
@@ -123,13 +115,13 @@ def test_a_checkpoint_from_other_settings_is_ignored_and_a_finished_one_is_not_r
     other = tiny_trainer()
     result = fit(other, checkpoint=checkpoint, checkpoint_every=1, settings_hash="B")
     assert result.resumed_from == 0 and len(result.history) == 3
-    assert_same_weights(first.model.state_dict(), other.model.state_dict())
+    assert_same(first.model.state_dict(), other.model.state_dict())
     fit(tiny_trainer(), checkpoint=checkpoint, checkpoint_every=1, settings_hash="A")  # rewrite under A
     again = tiny_trainer()
     logged = []
     result = fit(again, checkpoint=checkpoint, settings_hash="A", log=logged.append)
     assert result.resumed_from == 3 and [m["epoch"] for m in logged] == [0, 1, 2]
-    assert_same_weights(first.model.state_dict(), again.model.state_dict())
+    assert_same(first.model.state_dict(), again.model.state_dict())
 
 
 def test_unreadable_checkpoint_is_ignored(tmp_path):
@@ -153,7 +145,7 @@ def test_load_trained_round_trips_with_weights_only(tmp_path, monkeypatch):
     model, loaded_meta = load_trained(path, "cpu")
     assert calls and all(k.get("weights_only") is True for k in calls)
     assert loaded_meta == meta and not model.training
-    assert_same_weights(trainer.model.state_dict(), model.state_dict())
+    assert_same(trainer.model.state_dict(), model.state_dict())
     images = torch.from_numpy(toy_data(5, seed=9)[0]).permute(0, 3, 1, 2)
     trainer.model.eval()
     with torch.no_grad():
@@ -234,6 +226,7 @@ def test_unknown_model_and_mix_and_missing_inputs(stage_inputs, capsys, monkeypa
     assert "mix.npz: 'images' is uint8 (4, 8, 8); allowed: uint8 (N, H, W, 3)" in run_main(tmp, capsys)
 
 
+@pytest.mark.slow  # a subprocess of the whole stage
 def test_python_dash_m_reports_an_unknown_model_in_one_line(stage_inputs):
     tmp, _ = stage_inputs
     done = subprocess.run([sys.executable, "-m", "diffaug.train", "--params", str(tmp / "params.yaml"), "--model", "vgg19",
@@ -258,19 +251,22 @@ def test_stage_with_an_empty_validation_split_logs_no_validation(stage_inputs, m
     assert report["seeds"]["0"]["final_val_acc"] is None and report["settings"]["val_images"] == 0
     plots = tmp / "metrics" / "seed-0" / "plots" / "metrics"
     assert (plots / "train" / "loss.tsv").is_file() and not (plots / "val").exists()
+    assert sorted(p.name for p in (tmp / "metrics" / "seed-0").iterdir()) == ["plots"]  # curves only: dvc.yaml plots it all
     model, meta = load_trained(tmp / "out" / "seed-0.pt")
     assert meta["epochs"] == 2 and meta["classes"] == ["a", "b", "c"]
 
 
-def test_the_recipes_optimizer_and_the_evaluate_batch_are_what_the_trainer_uses(monkeypatch, one_thread):
-    import diffaug.train.loop as loop
-
+def test_the_recipes_optimizer_and_the_evaluate_batch_are_what_the_trainer_uses(monkeypatch):
+    recipe = Recipe(epochs=1, batch_size=16, lr=0.05, momentum=0.8, nesterov=False, weight_decay=1e-3, warmup_epochs=0,
+                    schedule="constant")
+    trainer = tiny_trainer(recipe=recipe)
     calls = []
-    real = loop.sgd_step
-    monkeypatch.setattr(loop, "sgd_step", lambda *a: calls.append(1) or real(*a))
-    trainer = tiny_trainer()
+    real = trainer.optimizer.step
+    monkeypatch.setattr(trainer.optimizer, "step", lambda *a, **k: calls.append(float(trainer.lr)) or real(*a, **k))
     trainer.train_epoch()
-    assert len(calls) == trainer.steps_per_epoch  # the SGD step, every step
+    assert calls == [pytest.approx(0.05)] * trainer.steps_per_epoch  # torch's SGD step, every step, at the step's lr
+    group = trainer.optimizer.param_groups[0]
+    assert (group["momentum"], group["nesterov"], group["weight_decay"], group["fused"]) == (0.8, False, 1e-3, True)
     images, labels = toy_data(12, seed=1)
     small = Trainer("resnet18", "cifar", 3, TINY, *toy_data(), seed=0, device=torch.device("cpu"), precision="fp32",
                     eval_batch=5, val_images=images, val_labels=labels)
@@ -278,3 +274,23 @@ def test_the_recipes_optimizer_and_the_evaluate_batch_are_what_the_trainer_uses(
     small.final_model.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
     small.run_epoch(validate=True)
     assert seen[-3:] == [5, 5, 2]  # the validation after the epoch runs at evaluate.batch_size, not a constant of the loop
+
+
+def test_resnet18_smoke(monkeypatch, tmp_path):
+    """The one real architecture the loop tests train (the others use tiny_net): a ResNet-18 trains on the
+    static path, its metrics are finite, and its trained-model file loads back with the same outputs."""
+    monkeypatch.setattr(loop, "build_model", build_model)
+    monkeypatch.setattr("diffaug.formats.classifier.build_model", build_model)
+    images, labels = toy_data(24, size=8)
+    trainer = Trainer("resnet18", "cifar", 3, Recipe(epochs=1, batch_size=8, warmup_epochs=0), images, labels, seed=0,
+                      device=torch.device("cpu"), precision="fp32", cuda_graph=True, val_images=images[:6], val_labels=labels[:6])
+    history = fit(trainer).history
+    assert trainer.step_mode == "static (uncaptured: no CUDA)" and "net.layer4.1.conv2.weight" in trainer.model.state_dict()
+    assert math.isfinite(history[0]["train/loss"]) and 0 <= history[0]["val/acc"] <= 1
+    save_trained(tmp_path / "seed-0.pt", trainer.model, {"model": "resnet18", "variant": "cifar", "num_classes": 3,
+                                                         "classes": ["a", "b", "c"], "epochs": 1,
+                                                         "settings": {"channels_last": True}})
+    model, _ = load_trained(tmp_path / "seed-0.pt", "cpu")
+    x = torch.from_numpy(images[:4]).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        assert torch.equal(model(x), trainer.model.eval()(x))

@@ -1,41 +1,30 @@
 """The training fast path proves itself: the CUDA-graph step is captured and its first replays compared with
 the uncaptured step from the same state; a capture that raises or a replay that disagrees means eager
 training, one line naming the reason and `step_mode` recording it, with the eager run's exact weights.
-The capture warm-up leaves the CUDA RNG (dropout) where it was. Float16 loss scaling skips overflowing steps.
+The capture warm-up leaves the CUDA RNG (dropout) where it was. Float16 runs torch's GradScaler, which skips
+overflowing steps.
 
 torch.cuda is faked on this CPU as in test_train_step.py: a "graph" replays by running the static step
 for real, and the "CUDA RNG" is torch's CPU generator, which dropout draws from on a CPU."""
 import contextlib
 import types
 
-import numpy as np
 import pytest
 import torch
 
 from diffaug.config import Recipe
 from diffaug.train import loop
-from diffaug.train.loop import LossScaler, Trainer, fit
-from test_train_step import fake_cuda_capture
+from diffaug.train.loop import Trainer, fit
+from tiny_training import CPU, assert_same, fake_cuda_capture, tiny_network, toy  # noqa: F401
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-CPU = torch.device("cpu")
+pytestmark = pytest.mark.usefixtures("one_thread", "tiny_network")
 # 37 images in batches of 8: 4 full (graph) batches and an eager rest of 5.
 BASE = Recipe(epochs=2, batch_size=8, lr=0.05, warmup_epochs=1, label_smoothing=0.1, crop_padding=2)
-
-
-def toy(n=37, size=8, classes=3, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), rng.integers(0, classes, n)
 
 
 def make(cuda_graph, model="resnet18", variant="cifar", recipe=BASE, size=8, n=37):
     images, labels = toy(n, size=size)
     return Trainer(model, variant, 3, recipe, images, labels, seed=0, device=CPU, precision="fp32", cuda_graph=cuda_graph)
-
-
-def assert_same(a: dict, b: dict) -> None:
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"tensors differ: {different[:5]}"
 
 
 @pytest.fixture
@@ -182,30 +171,22 @@ def test_no_capture_is_tried_without_cuda_and_the_mode_says_so():
 
 
 # ----------------------------------------------------------------------------- float16 loss scaling
-def test_loss_scaler_unscales_exactly_skips_overflow_and_adapts_the_scale():
-    scaler = LossScaler(CPU, init=2.0 ** 4, interval=2)
-    grads = [torch.tensor([16.0, -32.0]), torch.tensor([8.0])]
-    assert scaler.unscale(grads) is True
-    assert grads[0].tolist() == [1.0, -2.0] and grads[1].tolist() == [0.5]
-    assert scaler.unscale([torch.tensor([1.0])]) is True and scaler.scale.item() == 32.0  # 2 good steps: doubled
-    assert scaler.unscale([torch.tensor([float("inf")])]) is False and scaler.scale.item() == 16.0 and scaler.skipped == 1
-
-
 def test_a_scaled_step_equals_the_plain_step_and_an_overflow_is_skipped():
     """Scaling by a power of two and back is exact in float32, so the weights equal the unscaled step's
-    (tolerance 0); an overflowing scale skips the update, halves the scale, and leaves the weights alone."""
+    (tolerance 0); an overflowing gradient skips the update, halves the scale, and leaves the weights alone."""
     plain, scaled = make(False), make(False)
-    scaled.scaler = LossScaler(CPU)
+    scaled.scaler = torch.amp.GradScaler("cpu")  # what precision fp16 sets on a GPU
     plain._plan_epoch(), scaled._plan_epoch()
     plain._eager_step(0), scaled._eager_step(0)
     assert_same(plain.model.state_dict(), scaled.model.state_dict())
     before = {k: v.clone() for k, v in scaled.model.state_dict().items() if "running" not in k and "num_batches" not in k}
-    scaled.scaler.scale.fill_(3e38)
+    overflow = scaled.params[0].register_hook(lambda grad: grad * float("inf"))  # as a float16 gradient overflows
     scaled._eager_step(1)
+    overflow.remove()
     after = scaled.model.state_dict()
     assert_same(before, {k: after[k] for k in before})
-    assert scaled.scaler.skipped == 1 and scaled.scaler.scale.item() == pytest.approx(1.5e38)
-    assert "loss_scaler" in scaled.state_dict()
+    assert scaled.scaler.get_scale() == 2.0 ** 15  # GradScaler's initial 2^16, halved
+    assert "grad_scaler" in scaled.state_dict()
 
 
 def test_fp16_training_is_never_captured():

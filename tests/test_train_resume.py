@@ -14,14 +14,18 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-EPOCHS = 8
+EPOCHS = 20  # the tiny network trains fast: enough epochs that the kill lands inside seed 1
 
+pytestmark = pytest.mark.slow  # subprocesses of the whole stage, one killed
 # Runs the real CLI; only the mixture loader (which reads prepared and synthetic shards) is replaced by
-# a reader of one toy npz, so the test depends on nothing but the train stage.
-RUNNER = '''
+# a reader of one toy npz, and the network by tests/tiny_training.py's, so the test depends on nothing but the train stage.
+RUNNER = f'''
 import sys
 import numpy as np
-from diffaug.train import stage
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from tiny_training import tiny_net
+from diffaug.train import loop, stage
+loop.build_model = tiny_net
 def load_mixture(mixture_path, prepared_dir, synthetic_root):
     d = np.load(mixture_path, allow_pickle=False)
     return d["images"], d["labels"].astype(np.int64), [str(c) for c in d["classes"]]

@@ -1,10 +1,8 @@
 """The training step: the static (CUDA-graph) way equals the eager way, padding keeps every image
 once per epoch, SGD matches torch's, each recipe lever is on or off exactly as params say (the paper recipe
 unchanged), a non-finite loss stops the cell, and the train stage prints the grid ETA."""
-import contextlib
 import dataclasses
 import json
-import types
 from pathlib import Path
 
 import numpy as np
@@ -15,19 +13,14 @@ import yaml
 from diffaug.config import Recipe, load_config
 from diffaug.errors import UserError
 from diffaug.formats.classifier import ImageClassifier, load_trained, save_trained
-from diffaug.models import build_model
 from diffaug.train import loop, stage
-from diffaug.train.loop import NonFiniteTraining, Trainer, fit, sgd_step, steps_per_epoch
+from diffaug.train.loop import NonFiniteTraining, Trainer, fit, steps_per_epoch
+from diffaug.train.schedule import learning_rate
+from tiny_training import CPU, HostReads, assert_same, fake_cuda_capture, tiny_net, tiny_network, toy  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.usefixtures("one_thread")
-CPU = torch.device("cpu")
+pytestmark = pytest.mark.usefixtures("one_thread", "tiny_network")
 EPS32 = float(np.finfo(np.float32).eps)
-
-
-def toy(n=37, size=8, classes=3, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), rng.integers(0, classes, n)
 
 
 # 37 images in batches of 8: 4 full batches and a rest of 5, so padding (3 slots) and the partial batch both occur.
@@ -40,12 +33,6 @@ def trainer(recipe=BASE, cuda_graph=False, seed=0, n=37, val=True):
     val_images, val_labels = toy(10, seed=1)
     return Trainer("resnet18", "cifar", 3, recipe, images, labels, seed=seed, device=CPU, precision="fp32",
                    cuda_graph=cuda_graph, val_images=val_images if val else None, val_labels=val_labels if val else None)
-
-
-def assert_same(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"tensors differ: {different[:5]}"
 
 
 # ----------------------------------------------------------------------------- graph-style step == eager step
@@ -81,38 +68,26 @@ def test_the_static_path_is_what_runs_for_full_batches(monkeypatch):
     assert calls == {"static": 5, "eager": 0}  # padded: one static shape for every step
 
 
-def test_sgd_step_is_torch_sgd_within_float32_rounding():
-    """sgd_step takes the lr as a float32 device tensor and applies p - (lr * d) where torch applies
-    p + (-lr) * d with a float64 lr: each step may round differently by about one float32 ulp of the
-    largest |p| (and of lr), so after S steps the weights may differ by S * 4 * eps32 * max|p|."""
-    torch.manual_seed(0)
-    steps = 20
-    for nesterov, momentum, wd in ((True, 0.9, 5e-4), (False, 0.9, 0.0), (False, 0.0, 1e-3)):
-        params = [torch.randn(40, 7) for _ in range(3)]
-        ref = [p.clone().requires_grad_() for p in params]
-        optimizer = torch.optim.SGD(ref, lr=0.1, momentum=momentum, nesterov=nesterov, weight_decay=wd, foreach=False)
-        mine, buffers = [p.clone() for p in params], ([torch.zeros_like(p) for p in params] if momentum else [])
-        for s in range(steps):
-            grads = [torch.randn_like(p) for p in params]
-            lr = 0.1 * (s + 1) / steps
-            optimizer.param_groups[0]["lr"] = lr
-            for r, g in zip(ref, grads):
-                r.grad = g.clone()
-            optimizer.step()
-            sgd_step(mine, [g.clone() for g in grads], buffers, torch.tensor(lr, dtype=torch.float32), momentum, nesterov, wd)
-        scale = max(p.abs().max().item() for p in mine)
-        for a, b in zip(mine, ref):
-            torch.testing.assert_close(a, b.detach(), rtol=0, atol=steps * 4 * EPS32 * scale)
-        if wd:  # the tolerance still catches a wrong update rule: here, weight decay left out
-            no_wd, no_wd_buffers = [p.clone() for p in params], [torch.zeros_like(p) for p in params] if momentum else []
-            torch.manual_seed(1)
-            for _ in range(steps):
-                sgd_step(no_wd, [torch.randn_like(p) for p in params], no_wd_buffers, torch.tensor(0.1), momentum, nesterov, 0.0)
-            torch.manual_seed(1)
-            with_wd, wd_buffers = [p.clone() for p in params], [torch.zeros_like(p) for p in params] if momentum else []
-            for _ in range(steps):
-                sgd_step(with_wd, [torch.randn_like(p) for p in params], wd_buffers, torch.tensor(0.1), momentum, nesterov, wd)
-            assert max((x - y).abs().max().item() for x, y in zip(no_wd, with_wd)) > steps * 4 * EPS32 * scale
+def test_the_captured_step_reads_nothing_on_the_host_and_why_its_parts_are_these():
+    """A host read (.item(), bool()) is a device sync, which a CUDA graph cannot capture: the static step has
+    none with every lever on. The alternatives it does not use do read: torch's foreach SGD turns a tensor lr
+    into a number, swa_utils.AveragedModel branches on its step count (why the EMA is hand-written)."""
+    t = trainer(dataclasses.replace(BASE, **LEVERS), cuda_graph=True)
+    t.model.train()
+    t._plan_epoch()
+    with HostReads() as reads:
+        t._static_step()
+    assert reads.count == 0 and t.optimizer.defaults["fused"] is True
+    param = torch.nn.Parameter(torch.ones(3))
+    param.grad = torch.ones(3)
+    with HostReads() as reads:
+        torch.optim.SGD([param], lr=torch.tensor(0.1), momentum=0.9, foreach=True).step()
+    assert reads.count > 0
+    net = torch.nn.Linear(2, 2)
+    ema = torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9))
+    with HostReads() as reads:
+        ema.update_parameters(net)
+    assert reads.count > 0
 
 
 # ----------------------------------------------------------------------------- every image once per epoch
@@ -248,7 +223,7 @@ def test_ema_is_the_exponential_average_of_the_weights():
 
 def test_tta_averages_an_image_and_its_mirror_at_evaluation_only_and_survives_saving(tmp_path):
     torch.manual_seed(0)
-    net = build_model("resnet18", "cifar", 3)
+    net = tiny_net("resnet18", "cifar", 3)
     model = ImageClassifier(net, torch.full((3,), 120.0), torch.full((3,), 60.0), tta_hflip=True).eval()
     x = torch.from_numpy(toy(4)[0]).permute(0, 3, 1, 2).contiguous()  # the layout the model uses: same kernels
     with torch.no_grad():
@@ -294,7 +269,7 @@ HUGE_LR = 1e6  # diverges in the first epoch on these toy images
 
 
 def test_a_huge_lr_stops_with_the_epoch_and_keeps_the_last_good_checkpoint(tmp_path):
-    # lr 100 warmed up over 5 epochs: epoch 1 stays finite on these toy images, epoch 2 does not
+    # lr 100 warmed up over 5 epochs: the first epoch stays finite on these toy images, a later one does not
     # (deterministic: one CPU thread, seeded), so a good checkpoint exists when training stops.
     recipe = dataclasses.replace(BASE, epochs=6, lr=100.0, warmup_epochs=5, schedule="constant")
     checkpoint = tmp_path / "c.pt"
@@ -302,13 +277,14 @@ def test_a_huge_lr_stops_with_the_epoch_and_keeps_the_last_good_checkpoint(tmp_p
     with pytest.raises(NonFiniteTraining) as info:
         fit(trainer(recipe), checkpoint=checkpoint, checkpoint_every=1, settings_hash="h", log=logged.append,
             label="resnet18/orig100 seed 0")
-    message = str(info.value)
-    assert isinstance(info.value, UserError) and "\n" not in message
-    assert message.startswith("resnet18/orig100 seed 0: training diverged in epoch 2/6: the loss or the weights are not finite")
-    assert [m["epoch"] for m in logged] == [0]  # the diverged epoch is neither logged nor checkpointed
+    message, diverged = str(info.value), info.value.epoch
+    assert isinstance(info.value, UserError) and "\n" not in message and diverged >= 1
+    assert message.startswith(f"resnet18/orig100 seed 0: training diverged in epoch {diverged + 1}/6: the loss or the "
+                              "weights are not finite")
+    assert [m["epoch"] for m in logged] == list(range(diverged))  # the diverged epoch is neither logged nor checkpointed
     state = torch.load(checkpoint, weights_only=True)
-    assert state["trainer"]["epoch"] == 1 == info.value.epoch
-    # weights and BatchNorm statistics: all finite (a BatchNorm running_var overflowed first here)
+    assert state["trainer"]["epoch"] == diverged
+    # weights and BatchNorm statistics: all finite (a BatchNorm running_var may overflow first)
     assert all(torch.isfinite(v).all() for v in state["trainer"]["model"].values() if v.is_floating_point())
 
 
@@ -364,33 +340,39 @@ def test_stage_prints_the_grid_eta_before_training_and_records_every_lever(stage
     assert model.tta_hflip == params["train"]["recipes"]["default"]["tta_hflip"]
 
 
+def test_paper_schedule_is_torchs_cosine_annealing_stepped_per_batch():
+    """The paper's code: torch.optim.SGD with CosineAnnealingLR(T_max=200) stepped every batch. lr(step) is its
+    closed form; torch computes it recursively, so the two agree to float rounding over several cycles."""
+    paper = Recipe(**PAPER)
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=paper.lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=200, eta_min=0.0)
+    theirs = []
+    for _ in range(1000):
+        theirs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()  # no gradients: only the scheduler's clock moves
+        scheduler.step()
+    lr = learning_rate(paper, steps_per_epoch=391)
+    np.testing.assert_allclose([lr(s) for s in range(1000)], theirs, rtol=0, atol=1e-12 * paper.lr)
+
+
 def test_paper_recipe_step_is_the_plain_torch_step():
-    """The paper's step as its code wrote it (mean cross-entropy, loss.backward(), torch.optim.SGD with a
-    per-batch CosineAnnealingLR) against ours on the same batch: the lrs are the same numbers, the
-    forward/backward are the same kernels (BatchNorm statistics and gradients identical), and the weights
-    after the update differ by at most the SGD rounding bounded in test_sgd_step_is_torch_sgd_within_float32_rounding
-    (one step: 4 * eps32 * max|p| per tensor)."""
+    """The paper's step as its code wrote it (mean cross-entropy, loss.backward(), torch.optim.SGD) against
+    ours on the same batch: forward/backward are the same kernels (BatchNorm statistics identical) and the
+    weights after the update agree to float32 rounding (ours is torch's fused SGD with a float32 tensor lr)."""
     import copy
 
     import torch.nn.functional as F
 
     from diffaug.train.augment import apply_crop_flip
-    from diffaug.train.schedule import build_scheduler
 
     paper = dataclasses.replace(Recipe(**PAPER), epochs=2, batch_size=8, crop_padding=2)
     t = trainer(paper)
     reference = copy.deepcopy(t.model).train()
-    optimizer = torch.optim.SGD(reference.parameters(), lr=paper.lr, momentum=paper.momentum, nesterov=paper.nesterov,
-                                weight_decay=paper.weight_decay)
-    scheduler = build_scheduler(optimizer, paper, t.steps_per_epoch)
     t.model.train()
     t._plan_epoch()
-    lrs = []
-    for _ in range(t.steps_per_epoch):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()  # no gradients yet: only the scheduler's clock moves
-        scheduler.step()
-    assert t._lrs.tolist() == pytest.approx(lrs, rel=EPS32, abs=0)  # float64 lrs stored as float32
+    assert t._lrs.tolist() == pytest.approx([learning_rate(paper, t.steps_per_epoch)(s) for s in range(t.steps_per_epoch)],
+                                            rel=EPS32, abs=0)  # float64 lrs stored as float32
     optimizer = torch.optim.SGD(reference.parameters(), lr=float(t._lrs[0]), momentum=paper.momentum,
                                 nesterov=paper.nesterov, weight_decay=paper.weight_decay)
     plan = t._plan[:8]
@@ -409,24 +391,9 @@ def test_paper_recipe_step_is_the_plain_torch_step():
     assert t._loss_sum.item() == pytest.approx(loss.item() * 8, rel=EPS32)
 
 
-def fake_cuda_capture(monkeypatch, graph_class, graph=lambda g: contextlib.nullcontext(),
-                      get_rng_state=lambda device=None: torch.get_rng_state()) -> None:
-    """torch.cuda's capture API on a CPU: device and stream contexts that do nothing, `graph_class` as
-    CUDAGraph, `graph` as the capture context, and the CUDA RNG state read and set through the CPU's."""
-    stream = types.SimpleNamespace(wait_stream=lambda other: None)
-    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: stream)
-    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: stream)
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", graph_class)
-    monkeypatch.setattr(torch.cuda, "graph", graph)
-    monkeypatch.setattr(torch.cuda, "get_rng_state", get_rng_state)
-    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device=None: torch.set_rng_state(state))
-
-
 def test_graph_capture_leaves_no_trace_of_its_warm_up(monkeypatch):
-    """`_capture` runs warm-up steps and then the captured step; on a GPU the capture only records, here
-    (torch.cuda faked on a CPU) both run for real. Either way `_capture` must put back every tensor the
+    """`_prove_graph` runs warm-up steps, the captured step and the proof; on a GPU the capture only records,
+    here (torch.cuda faked on a CPU) all of them run for real. Either way it must put back every tensor the
     steps change (weights, BatchNorm statistics, momentum, EMA and its step count), so training with the
     replayed graph gives the eager weights exactly (tolerance 0, as in the static-step test above)."""
     recipe = dataclasses.replace(BASE, **{k: v for k, v in LEVERS.items() if k != "trivial_augment"})
@@ -438,7 +405,8 @@ def test_graph_capture_leaves_no_trace_of_its_warm_up(monkeypatch):
 
     fake_cuda_capture(monkeypatch, FakeGraph)
     before = {k: v.clone() for k, v in graphed.model.state_dict().items()}
-    graphed._capture()  # on a plan of zeros: image 0 and lr 0 in every slot, as before the first epoch
+    graphed._prove_graph()  # on a plan of zeros: image 0 and lr 0 in every slot, as before the first epoch
+    assert graphed.step_mode == "cuda_graph"
     assert_same(before, graphed.model.state_dict())
     assert graphed._ema_steps.item() == 0 and all(torch.count_nonzero(b) == 0 for b in graphed.momentum_buffers)
     eager = trainer(recipe, cuda_graph=False)

@@ -13,7 +13,6 @@ Writes:
   metrics/evaluate/accuracy.json     one row per mixture, for `dvc plots`
   metrics/evaluate/confusion.json    {actual, predicted} rows of the first mixture, seed 0
   metrics/evaluate/per_class.json    per mixture and class: test accuracy (mean over seeds)
-  metrics/curves/<mix>.tsv     per-epoch train/val accuracy, loss and lr of the first seed, for `dvc plots`
   metrics/evaluate/synthetic_quality.json
       (a) recognisability: how a real-data-only model classifies each synthetic set, per class;
       (b) train-on-synthetic, test-on-real: test accuracy of the synthetic-only mixtures, per class;
@@ -43,7 +42,6 @@ from diffaug.errors import exit_on_error
 from diffaug.exchange import exchange_rates
 from diffaug.formats import synthetic
 from diffaug.formats.classifier import ImageClassifier, load_trained, logits_of, require_files
-from diffaug.formats.curves import read_live_curves, write_curves
 from diffaug.formats.splits import load_split
 from diffaug.io import write_json_atomic
 from diffaug.metrics import K_NEIGHBOURS, clip_similarities, load_clip, penultimate_features, set_quality
@@ -131,8 +129,7 @@ def real_only_mix(cfg: Config) -> str | None:
     return max(candidates, key=lambda m: cfg.mixtures[m]["orig"], default=None)
 
 
-def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, out: Path, summary_path: Path,
-             train_metrics: Path | None = None, curves: Path | None = None) -> dict:
+def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, out: Path, summary_path: Path) -> dict:
     device = resolve_device(cfg.evaluate.device, "evaluate.device")
     test = load_split(prepared / "test.npz")
     classes, seeds = test.classes, cfg.train.seeds
@@ -216,10 +213,6 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
     write_json_atomic(out / "synthetic_quality.json", quality)
     if exchange is not None:
         write_json_atomic(out / "exchange_rate.json", _json_safe(exchange))
-    if train_metrics is not None and curves is not None:  # first seed's curve per mixture, for `dvc plots`
-        curves.mkdir(parents=True, exist_ok=True)
-        for mix in cfg.trained_mixes:
-            write_curves(curves / f"{mix}.tsv", read_live_curves(train_metrics / mix / f"seed-{seeds[0]}"))
     write_json_atomic(summary_path, summary)
     return summary
 
@@ -277,11 +270,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", type=Path, required=True, help="models/<model>: one folder per mixture")
     ap.add_argument("--out", type=Path, default=Path("metrics/evaluate"))
     ap.add_argument("--summary", type=Path, default=Path("metrics/summary.json"))
-    ap.add_argument("--train-metrics", type=Path, help="metrics/train/<model>: the cells' dvclive folders")
-    ap.add_argument("--curves", type=Path, help="where to gather one training-curve TSV per mixture")
     args = ap.parse_args(argv)
     cfg = load_config(args.params)
-    summary = evaluate(cfg, args.prepared, args.synthetic, args.models, args.out, args.summary, args.train_metrics, args.curves)
+    summary = evaluate(cfg, args.prepared, args.synthetic, args.models, args.out, args.summary)
     print(cached_weights_note(cached_clip()))
     width = max(len(m) for m in summary["test_acc"])
     print(f"evaluate: {cfg.model} ({cfg.train.variant}, recipe {cfg.train.recipe}, {len(cfg.train.seeds)} seed(s)), test accuracy:")

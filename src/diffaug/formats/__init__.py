@@ -4,7 +4,6 @@
   synthetic   data/synthetic/<set>/: shards, manifest.json, samples.png
   mixture     data/mixtures/<mix>.npz index files, and their pixels (with the rot90/vflip copies)
   classifier  models/<model>/<mix>/seed-<s>.pt trained classifiers (weights + normalisation)
-  curves      dvclive's per-epoch TSVs and the gathered metrics/curves/<mix>.tsv
 
 Stages import these, never each other, so a stage's dvc.yaml deps are its own code plus the
 formats it reads or writes. Every reader turns every way its file can be broken into one

@@ -1,4 +1,5 @@
-"""The report page: draws every figure, copies the sample grids, writes report.md; and the CLI."""
+"""The report page: the results table, the bar charts, the exchange-rate and quality tables, the sample
+grids, report.md; and the CLI."""
 from __future__ import annotations
 
 import argparse
@@ -14,45 +15,19 @@ from pathlib import Path
 from diffaug.config import Img2ImgSet, load_config
 from diffaug.errors import UserError, exit_on_error
 from diffaug.io import atomic_path, write_bytes_atomic
-from diffaug.report.figures import (
-    PNG_MAGIC,
-    Context,
-    Skip,
-    fig_classic,
-    fig_exchange_rate,
-    fig_filtered,
-    fig_half_half,
-    fig_img2img_strength,
-    fig_per_architecture,
-    fig_resnet_sizes,
-    fig_synthetic_only,
-    fig_synthetic_quality,
-    fig_training_curves,
-)
+from diffaug.report.figures import COMPARISONS, Context, Skip, bar_chart
 from diffaug.report.results import SUMMARY, parse_exp_show, run_exp_show, select_rows
 
 # Files this command owns in --out: one not written this time (its figure was skipped) is removed,
 # so report.md never sits next to a stale picture. Nothing else in --out is touched.
 OWNED_PNG = re.compile(r"^(acc_.+|resnet_sizes|half_real_half_synthetic|synthetic_only|classic_augmentation|"
-                       r"training_curves|filtered_vs_unfiltered|img2img_strength|samples_.+|synthetic_quality|exchange_rate_.+)\.png$")
-SECTIONS = (("Test accuracy per architecture (paper Fig. 2-6)", "acc_<model>.png", fig_per_architecture),
-            ("ResNet depth", "resnet_sizes.png", fig_resnet_sizes),
-            ("Half real, half synthetic", "half_real_half_synthetic.png", fig_half_half),
-            ("Synthetic images only", "synthetic_only.png", fig_synthetic_only),
-            ("Classical augmentation baselines (paper Fig. 7)", "classic_augmentation.png", fig_classic),
-            ("Filtered vs unfiltered synthetic images (beyond the paper: ALIA, He et al.)", "filtered_vs_unfiltered.png",
-             fig_filtered),
-            ("Synthetic images from real ones: img2img strength (beyond the paper: SDEdit, DA-Fusion)",
-             "img2img_strength.png", fig_img2img_strength),
-            ("Synthetic data quality: distance to the real images (beyond the paper)", "synthetic_quality.png",
-             fig_synthetic_quality),
-            ("What synthetic images are worth in real images (beyond the paper)", "exchange_rate_<model>.png", fig_exchange_rate),
-            ("Training curves", "training_curves.png", fig_training_curves))
-
-
-def save_png(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+                       r"filtered_vs_unfiltered|img2img_strength|samples_.+)\.png$")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+QUALITY = (("syn_fd", "Fréchet distance", ".2f"), ("syn_kid", "KID", ".4f"), ("syn_kid_se", "KID se", ".4f"),
+           ("syn_precision", "precision", ".3f"), ("syn_recall", "recall", ".3f"))
+CURVES = ("## Training curves\n\nEvery cell logs its epochs with dvclive under `metrics/train/<model>/<mix>/seed-<s>/` "
+          "(train and validation loss and accuracy, lr). `dvc plots show` draws them with the other plots of "
+          "dvc.yaml; `dvc plots diff <exp> ...` compares experiments.\n")
 
 
 def copy_samples(ctx: Context, out: Path) -> tuple[list[tuple[str, str]], list[str]]:
@@ -76,13 +51,17 @@ def copy_samples(ctx: Context, out: Path) -> tuple[list[tuple[str, str]], list[s
     return copied, skipped
 
 
-def _fmt_cell(acc: float, std: float | None) -> str:
+def _cell(acc: float, std: float | None) -> str:
     return f"{acc * 100:.2f}" + (f" ± {std * 100:.2f}" if std is not None else "")
 
 
+def _sources(sources: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in sources.items())
+
+
 def table_markdown(ctx: Context) -> tuple[str, list[str]]:
-    """A row per experiment, a column per mixture: test accuracy in %, mean ± std with several seeds.
-    The best of a column is bold (with several rows); '–': not trained in that experiment."""
+    """The paper's table: a row per experiment, a column per mixture, test accuracy in %, mean ± std with
+    several seeds. The best of a column is bold (with several rows); '–': not trained in that experiment."""
     mixes = ctx.all_mixes()
     head = ["experiment", "model", "variant", "recipe", "seeds"] + [ctx.label(m) for m in mixes]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 5 + "---:|" * len(mixes)]
@@ -91,15 +70,12 @@ def table_markdown(ctx: Context) -> tuple[str, list[str]]:
     for r in ctx.rows:
         cells = []
         for m in mixes:
-            if m not in r.acc:
-                cells.append("–")
-                continue
-            text = _fmt_cell(r.acc[m], r.std.get(m))
-            if ctx.redefined(r, m):
+            text = "–" if m not in r.acc else _cell(r.acc[m], r.std.get(m))
+            if m in r.acc and ctx.redefined(r, m):
                 text += " †"
                 footnotes.append(f"† {r.display}: `{m}` was {_sources((r.mixtures or {})[m])} in that run, not "
                                  f"{_sources(ctx.cfg.mixtures[m])} as in params.yaml now; left out of the figures.")
-            elif len(ctx.rows) > 1 and r.acc[m] == best[m]:
+            elif m in r.acc and len(ctx.rows) > 1 and r.acc[m] == best[m]:
                 text = f"**{text}**"
             cells.append(text)
         lines.append("| " + " | ".join([r.display, r.model, r.variant, r.recipe, str(r.seeds)] + cells) + " |")
@@ -115,7 +91,7 @@ def _percent(fraction) -> str:
 
 
 def exchange_table(summary: dict, mixes: Iterable[str]) -> list[str]:
-    """Markdown rows: what each of `mixes` is worth in real images, from a nested summary.json (docs/worth.md)."""
+    """Markdown rows: what each of `mixes` is worth in real images, from a summary.json (docs/worth.md)."""
     n_real, n_syn, equiv = summary.get("n_real") or {}, summary.get("n_syn") or {}, summary.get("real_equiv") or {}
     std, rate, budget = summary.get("real_equiv_std") or {}, summary.get("syn_per_real") or {}, summary.get("equal_budget_acc") or {}
     acc = summary.get("test_acc") or {}
@@ -144,41 +120,57 @@ def exchange_tables(ctx: Context) -> str:
         for sets, mixes in by_set.items():
             out += [f"**{ctx.row_label(row)}, {sets}** (generator {ctx.cfg.diffusion.model}):\n",
                     *exchange_table({**row.summary, "test_acc": row.acc}, mixes), ""]
-    return "\n".join(out)
+    return "\n".join(out) or ("_No experiment has exchange-rate columns (set real_curve and train its mixtures; "
+                              "a curve that does not rise gives none)._\n")
 
 
-def _sources(sources: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:g}" for k, v in sources.items())
+def quality_table(ctx: Context) -> str:
+    """FD, KID ± se, precision and recall of each synthetic set, per experiment row (docs/worth.md)."""
+    lines = ["| experiment | set | " + " | ".join(title for _, title, _ in QUALITY) + " |", "|---|---|" + "---:|" * len(QUALITY)]
+    for row in ctx.rows:
+        columns: list[dict] = [c if isinstance(c := row.summary.get(key), dict) else {} for key, _, _ in QUALITY]
+        for name in columns[0]:
+            cells = [_num(col.get(name), fmt) for col, (_, _, fmt) in zip(columns, QUALITY)]
+            lines.append(f"| {ctx.row_label(row)} | {name} | " + " | ".join(cells) + " |")
+    if len(lines) == 2:
+        return "_No experiment has syn_fd columns (evaluate computes them when a real-only mixture and a synthetic set are trained)._\n"
+    return "\n".join(lines) + "\n"
+
+
+def draw_figures(ctx: Context, out: Path) -> tuple[list[str], list[str], list[str]]:
+    """Every comparison as a bar chart in `out`: ([report.md lines], [files written], [skip lines])."""
+    body: list[str] = []
+    figures: list[str] = []
+    skipped: list[str] = []
+    for heading, file, build in COMPARISONS:
+        body.append(f"## {heading}\n")
+        try:
+            charts = build(ctx)
+        except Skip as e:
+            skipped.append(f"{file}: skipped: {e}")
+            body.append(f"_Not drawn: {e}._\n")
+            continue
+        for chart in charts:
+            with atomic_path(out / chart.file) as tmp:
+                bar_chart(ctx, chart).savefig(tmp, format="png")
+            figures.append(chart.file)
+            body.append(f"![{chart.caption}]({chart.file})\n")
+    return body, figures, skipped
 
 
 def write_report(ctx: Context, out: Path, source: str, notes: list[str]) -> tuple[list[str], list[str]]:
     """Draw every figure, copy the sample grids, write report.md: ([files written], [skip lines])."""
     out.mkdir(parents=True, exist_ok=True)
-    figures: list[str] = []
-    skipped: list[str] = []
-    body = []
-    for heading, fname, build in SECTIONS:
-        body.append(f"## {heading}\n")
-        try:
-            made = build(ctx)
-        except Skip as e:
-            skipped.append(f"{fname}: skipped: {e}")
-            body.append(f"_Not drawn: {e}._\n")
-            continue
-        for name, fig, caption in made:
-            save_png(fig, out / name)
-            figures.append(name)
-            body.append(f"![{caption}]({name})\n")
-        if build is fig_exchange_rate:
-            body.append(exchange_tables(ctx) + "\n")
-    body.append("## Sample images per prompt set (paper Fig. 8)\n")
+    body, figures, skipped = draw_figures(ctx, out)
+    body += ["## Synthetic data quality: distance to the real images (beyond the paper)\n", quality_table(ctx),
+             "## What synthetic images are worth in real images (beyond the paper)\n", exchange_tables(ctx), CURVES,
+             "## Sample images per prompt set (paper Fig. 8)\n"]
     copied, sample_skips = copy_samples(ctx, out)
     for name, caption in copied:
         figures.append(name)
         body.append(f"{caption}\n\n![{name.removesuffix('.png')} sample grid]({name})\n")
     body += [f"_Not included: {line.split(': skipped: ', 1)[1]}._\n" for line in sample_skips]
     skipped += sample_skips
-
     for stale in out.glob("*.png"):
         if OWNED_PNG.match(stale.name) and stale.name not in figures:
             stale.unlink()
@@ -194,39 +186,39 @@ def write_report(ctx: Context, out: Path, source: str, notes: list[str]) -> tupl
             "and rotated / v-flipped copies of the real images drawn:\n", legend + "\n"]
     if notes:
         page += ["Left out or superseded:\n", "\n".join(f"- {n}" for n in notes) + "\n"]
-    page += body
-    write_bytes_atomic(out / "report.md", "\n".join(page).encode())
+    write_bytes_atomic(out / "report.md", "\n".join(page + body).encode())
     return figures, skipped
+
+
+def read_exp_json(path: Path) -> list:
+    try:
+        return json.loads(sys.stdin.read() if str(path) == "-" else path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"--exp-json {path}: cannot read JSON ({e})") from None
 
 
 @exit_on_error
 def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     ap = argparse.ArgumentParser(prog="python -m diffaug.report",
-                                 description="Bar charts and a Markdown page of test accuracy across DVC experiments.")
-    ap.add_argument("--params", default="params.yaml", help="mixture definitions and the workspace's cells")
-    ap.add_argument("--exp-json", type=Path, help="rows of dvc.api.exp_show() saved as JSON ('-': stdin); default: read them here")
+                                 description="The results table and bar charts of test accuracy across DVC experiments.")
+    ap.add_argument("--params", default="params.yaml", help="mixture definitions")
+    ap.add_argument("--exp-json", type=Path, help="output of `dvc exp show --json` saved to a file ('-': stdin); "
+                                                  "default: run it here")
     ap.add_argument("--out", type=Path, default=Path("reports"))
-    ap.add_argument("--all-commits", action="store_true", help="every commit of HEAD's history and its experiments, not only HEAD's")
-    ap.add_argument("--train-metrics", type=Path, default=Path("metrics/train"), help="dvclive logs of the train cells")
+    ap.add_argument("--all-commits", action="store_true", help="experiments of every commit, not only HEAD's")
     ap.add_argument("--synthetic", type=Path, default=Path("data/synthetic"), help="synthetic sets (their samples.png)")
     args = ap.parse_args(argv)
     cfg = load_config(args.params)
     now = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     command = " ".join(["python -m diffaug.report", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     if args.exp_json is not None:
-        try:
-            exp_show = json.loads(sys.stdin.read() if str(args.exp_json) == "-" else args.exp_json.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UserError(f"--exp-json {args.exp_json}: cannot read JSON ({e})") from None
-        results, notes = parse_exp_show(exp_show)
-        source = (f"Numbers: each experiment's `{SUMMARY}` as saved in `{args.exp_json}` (rows of "
-                  f"`dvc.api.exp_show()`); page built {now} by `{command}`.")
+        results, notes = parse_exp_show(read_exp_json(args.exp_json))
+        source = f"Numbers: each experiment's `{SUMMARY}` as saved in `{args.exp_json}` (`dvc exp show --json`); page built {now} by `{command}`."
     else:
         exp_show, shown = run_exp_show(args.all_commits)
         results, notes = parse_exp_show(exp_show, workspace_root=Path.cwd())
-        source = (f"Numbers: each experiment's `{SUMMARY}` as listed by `{shown}` in `{Path.cwd()}` on {now}; "
-                  f"page built by `{command}`.")
+        source = f"Numbers: each experiment's `{SUMMARY}` as listed by `{shown}` in `{Path.cwd()}` on {now}; page built by `{command}`."
     rows, superseded = select_rows(results)
     if not rows:
         raise UserError(f"no results: no experiment or commit has a {SUMMARY} with test_acc (run `dvc repro` or "
@@ -234,8 +226,7 @@ def main(argv: list[str] | None = None) -> None:
                         + (f" (+{len(notes) - 3} more)" if len(notes) > 3 else ""))
     for line in notes + superseded:
         print(f"report: {line}")
-    ctx = Context(cfg, rows, args.train_metrics, args.synthetic)
-    figures, skipped = write_report(ctx, args.out, source, notes + superseded)
+    figures, skipped = write_report(Context(cfg, rows, args.synthetic), args.out, source, notes + superseded)
     for line in skipped:
         print(f"report: {line}")
     print(f"report: {len(rows)} experiment row(s), {len(figures)} figure(s), {len(skipped)} skipped -> "

@@ -1,36 +1,31 @@
-"""Results from DVC: every experiment's metrics/summary.json, read from `dvc.api.exp_show()` rows.
+"""Results from DVC: every experiment's metrics/summary.json, read from `dvc exp show --json`.
 
-`dvc.api.exp_show()` (DVC 3.x) returns the table `dvc exp show` prints, one flat dict per row:
-"Experiment" (an experiment's name, "" for a baseline), "rev" ("workspace", a branch name or a short
-sha), "typ" ("baseline" | "branch_base" | "branch_commit"), "Created", "State" ("Queued" |
-"Running" | "Success" | "Failed", for queue runs), then a column per flattened metric and param
-(`test_acc.orig100`, `mixtures.orig50_syn1_50.syn1`, ...). A name found in both a metrics and a
-params file is prefixed with its file (`metrics/summary.json:model`, `params.yaml:model`). Numbers
-come back as floats, a file dvc could not read as "!" and a missing value as None.
+That JSON (DVC 3.x) is a list of baselines: the workspace, then commits. Each is {"rev", "name", "data":
+{"timestamp", "params": {file: {"data": {...}}}, "metrics": {file: {"data": {...}} or {"error": ...}}},
+"experiments": [{"revs": [<the same shape>], "executor": {"state": "queued" | "running" | "failed" | ...}}]}.
+Numbers stay numbers and each file keeps its own nesting: nothing is parsed back from display text.
 
 A queued experiment lists no metrics; a failed one lists the summary.json it started from (its
 baseline's numbers, not its own).
 """
 from __future__ import annotations
 
-import math
-import re
+import importlib.util
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from diffaug.config import ARCHITECTURES, json_schema
+from diffaug.config import ARCHITECTURES
 from diffaug.errors import UserError
 
 SUMMARY = "metrics/summary.json"
 KIND_RANK = {"workspace": 0, "commit": 1, "experiment": 2}
 SKIP_STATES = {"queued": "queued, not run yet", "running": "still running", "failed": "failed"}
-# Top-level keys of params.yaml, from the config's own schema: an unprefixed column under one of them is a
-# param, any other a summary field.
-PARAM_SECTIONS = frozenset(json_schema()["properties"])
-DEP_HASH = re.compile(r"[0-9a-f]{32}(\.dir)?")  # a dependency column's value: dvc's md5 of the file or folder
-ROW_HEADERS = frozenset({"Experiment", "rev", "typ", "Created", "parent", "State", "Executor"})  # dvc's own columns
 
 
 @dataclass
@@ -38,9 +33,9 @@ class Result:
     """One experiment's (or commit's, or the workspace's) metrics/summary.json."""
 
     name: str                      # experiment name, branch name or short sha, or "workspace"
-    rev: str                       # short sha (a branch name for a baseline commit), or "workspace"
+    rev: str                       # full sha, or "workspace"
     kind: str                      # "experiment" | "commit" | "workspace"
-    timestamp: datetime | None  # commit/experiment time; workspace: summary.json's mtime, if known
+    timestamp: datetime | None     # commit/experiment time; workspace: summary.json's mtime, if known
     model: str
     variant: str
     recipe: str
@@ -65,144 +60,80 @@ class Result:
         return (self.key, self.seeds, self.acc, self.std) == (other.key, other.seeds, other.acc, other.std)
 
 
-def _parse_created(value: Any) -> datetime | None:
-    """dvc's "Created" cell: "%I:%M %p" for today, "%b %d, %Y" before (local time), or ISO."""
-    if not isinstance(value, str) or not value:
-        return None
-    for fmt, today in (("%I:%M %p", True), ("%b %d, %Y", False)):
-        try:
-            parsed = datetime.strptime(value, fmt)
-        except ValueError:
-            continue
-        return datetime.combine(date.today(), parsed.time()) if today else parsed
-    try:
-        ts = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return ts.astimezone().replace(tzinfo=None) if ts.tzinfo else ts  # naive local, like file mtimes
+def _numbers(values: Any) -> dict[str, float]:
+    """The finite numbers of a {name: value} dict (None, text and booleans left out)."""
+    if not isinstance(values, dict):
+        return {}
+    return {k: float(v) for k, v in values.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and abs(v) != float("inf") and v == v}
 
 
-def _number(value: Any) -> float | None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return float(value) if ok else None
+def _revs(exp_show: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], str, str]]:
+    """(rev entry, kind, executor state) of every baseline and experiment."""
+    for baseline in exp_show:
+        yield baseline, "workspace" if baseline.get("rev") == "workspace" else "commit", ""
+        for exp in baseline.get("experiments") or []:
+            if exp.get("revs"):
+                yield exp["revs"][0], "experiment", str((exp.get("executor") or {}).get("state") or "")
 
 
-def _split(row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], str | None]:
-    """(summary.json's fields, params.yaml's fields, the summary's path) of one row, flattened.
-
-    A prefixed column names its file. An unprefixed one is a param when its first part is a top-level
-    key of params.yaml (PARAM_SECTIONS), else a summary field; dvc's own columns and the
-    dependency columns (a path, an md5 value) are neither. A name in both files is prefixed by dvc, so `model` is too.
-    """
-    summary: dict[str, Any] = {}
-    params: dict[str, Any] = {}
-    paths = sorted({k.split(":", 1)[0] for k in row if ":" in k and Path(k.split(":", 1)[0]).name == "summary.json"},
-                   key=lambda p: (p.replace("\\", "/") != SUMMARY, p))  # the canonical path first
-    path = paths[0] if paths else None
-    for key, value in row.items():
-        value = None if value == "None" else value  # dvc prints a value missing from a file as "None"
-        if ":" in key:
-            where, name = key.split(":", 1)
-            if where == path:
-                summary[name] = value
-            elif Path(where).name == "params.yaml":
-                params[name] = value
-        elif key in ROW_HEADERS or "/" in key or (isinstance(value, str) and DEP_HASH.fullmatch(value)):
-            continue  # dvc's own columns and the dependencies' hashes
-        elif key.split(".", 1)[0] in PARAM_SECTIONS:
-            params[key] = value
-        else:
-            summary[key] = value
-    return summary, params, path or (SUMMARY if summary else None)
+def _file(files: Any, name: str) -> dict[str, Any]:
+    """One file's entry of a rev's "params" or "metrics" (the canonical path first, then any */<name>)."""
+    files = files if isinstance(files, dict) else {}
+    paths = sorted((p for p in files if Path(p).name == name), key=lambda p: (p.replace("\\", "/") != SUMMARY, p))
+    return files[paths[0]] if paths else {}
 
 
-def _nest(flat: dict[str, Any]) -> dict[str, Any]:
-    """{"syn_fd": {"syn1": 3.2}} from {"syn_fd.syn1": 3.2} (one level: mixture and set names hold no dots)."""
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        if value is None:
-            continue
-        head, _, rest = key.partition(".")
-        if rest:
-            slot = out.setdefault(head, {})
-            if isinstance(slot, dict):
-                slot[rest] = value
-        else:
-            out[head] = value
-    return out
-
-
-def _group(flat: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """{"a": v} from {prefix + "a": v}, leaving out None cells and deeper keys."""
-    return {k[len(prefix):]: v for k, v in flat.items()
-            if k.startswith(prefix) and "." not in k[len(prefix):] and v is not None}
-
-
-def _mixtures(params: dict[str, Any]) -> dict[str, dict[str, float]] | None:
-    """The row's params.yaml `mixtures` as {mix: {source: fraction}} (a filter's settings left out)."""
-    mixes: dict[str, dict[str, float]] = {}
-    for key, value in params.items():
-        parts = key.split(".")
-        if len(parts) == 3 and parts[0] == "mixtures" and value is not None:
-            number = _number(value)
-            if number is not None:
-                mixes.setdefault(parts[1], {})[parts[2]] = number
-    return mixes or None
-
-
-def _kind(row: dict[str, Any]) -> str:
-    if row.get("typ") == "baseline":
-        return "workspace" if row.get("rev") == "workspace" else "commit"
-    return "experiment"
-
-
-def parse_exp_show(rows: Any, workspace_root: Path | None = None) -> tuple[list[Result], list[str]]:
-    """Every usable summary in `dvc.api.exp_show()` rows, and a note per experiment left out.
+def parse_exp_show(exp_show: Any, workspace_root: Path | None = None) -> tuple[list[Result], list[str]]:
+    """Every usable summary in `dvc exp show --json` output, and a note per experiment left out.
 
     Left out: queued, running and failed experiments (a failed run still lists the summary.json it
-    started from, i.e. someone else's numbers), rows whose summary dvc could not read, and summaries
-    whose `model` differs from the row's own params `model` (stale: evaluate has not rerun since the
-    change). Commits without a summary.json (before the first run) are skipped silently.
+    started from, i.e. someone else's numbers), summaries dvc could not read, and summaries whose
+    `model` differs from the run's own params `model` (stale: evaluate has not rerun since the change).
+    Commits without a summary.json (before the first run) are skipped silently.
     `workspace_root`: where the workspace's metrics file lies, to date it by its mtime.
     """
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise UserError("exp_show: expected a JSON list of rows as dvc.api.exp_show() returns; is this its output?")
+    if not isinstance(exp_show, list) or not all(isinstance(r, dict) for r in exp_show):
+        raise UserError("exp show: expected the JSON list that `dvc exp show --json` prints; is this its output?")
     results, notes = [], []
-    for row in rows:
-        kind = _kind(row)
-        rev = str(row.get("rev") or "")
-        name = row.get("Experiment") or rev
+    for entry, kind, state in _revs(exp_show):
+        rev = str(entry.get("rev") or "")
+        name = str(entry.get("name") or rev[:7])
         label = name if kind != "commit" else f"commit {name}"
-        state = str(row.get("State") or "").lower()
         if state in SKIP_STATES:
             notes.append(f"{label}: {SKIP_STATES[state]}; left out")
             continue
-        summary, params, path = _split(row)
-        if "!" in summary.values():
-            notes.append(f"{label}: dvc could not read {path}; left out")
+        data = entry.get("data") or {}
+        params = _file(data.get("params"), "params.yaml").get("data") or {}
+        metrics = _file(data.get("metrics"), "summary.json")
+        error = (metrics.get("error") or {}).get("type")
+        if error not in (None, "FileNotFoundError"):
+            notes.append(f"{label}: dvc could not read {SUMMARY} ({error}); left out")
             continue
-        acc = {m: v for m, v in ((m, _number(v)) for m, v in _group(summary, "test_acc.").items()) if v is not None}
+        summary = metrics.get("data") or {}
+        acc = _numbers(summary.get("test_acc"))
         if not acc:
             if kind == "experiment":
                 notes.append(f"{label}: no {SUMMARY} with test_acc; left out")
             continue
         model = str(summary.get("model") or params.get("model") or "?")
         if params.get("model") not in (None, model):
-            notes.append(f"{label}: {path} is for {model} but its params say model {params['model']} "
+            notes.append(f"{label}: {SUMMARY} is for {model} but its params say model {params['model']} "
                          "(stale summary); left out")
             continue
-        timestamp = _parse_created(row.get("Created"))
-        if kind == "workspace" and workspace_root is not None and path and (workspace_root / path).is_file():
-            timestamp = datetime.fromtimestamp((workspace_root / path).stat().st_mtime)
-        seeds = _number(summary.get("seeds"))
-        std = {m: v for m, v in ((m, _number(v)) for m, v in _group(summary, "test_acc_std.").items())
-               if v is not None and m in acc}
+        timestamp = datetime.fromisoformat(data["timestamp"]) if data.get("timestamp") else None
+        if kind == "workspace" and workspace_root is not None and (workspace_root / SUMMARY).is_file():
+            timestamp = datetime.fromtimestamp((workspace_root / SUMMARY).stat().st_mtime)
+        seeds = summary.get("seeds")
+        mixtures = {m: _numbers(s) for m, s in params["mixtures"].items()} if isinstance(params.get("mixtures"), dict) else None
+        train = params.get("train") or {}
         results.append(Result(
-            name=str(name), rev=rev, kind=kind, timestamp=timestamp, model=model,
-            variant=str(summary.get("variant") or params.get("train.variant") or "?"),
-            recipe=str(summary.get("recipe") or params.get("train.recipe") or "?"),
-            seeds=int(seeds) if seeds is not None and seeds.is_integer() and seeds >= 1 else 1,
-            acc=acc, std=std, mixtures=_mixtures(params), summary=_nest(summary)))
+            name=name, rev=rev, kind=kind, timestamp=timestamp, model=model,
+            variant=str(summary.get("variant") or train.get("variant") or "?"),
+            recipe=str(summary.get("recipe") or train.get("recipe") or "?"),
+            seeds=seeds if isinstance(seeds, int) and seeds >= 1 else 1,
+            acc=acc, std={m: v for m, v in _numbers(summary.get("test_acc_std")).items() if m in acc},
+            mixtures=mixtures, summary=summary))
     return results, notes
 
 
@@ -219,17 +150,11 @@ def select_rows(results: list[Result]) -> tuple[list[Result], list[str]]:
     Rows come out ordered by architecture (config.ARCHITECTURES order), variant, recipe.
     """
     named = [r for r in results if r.kind != "workspace"]
-    candidates, notes = [], []
-    for r in results:
-        if r.kind == "workspace":
-            twin = next((n for n in named if r.same_numbers(n)), None)
-            if twin is not None:
-                continue  # the workspace is a copy of a named result
-        candidates.append(r)
+    candidates = [r for r in results if r.kind != "workspace" or not any(r.same_numbers(n) for n in named)]
     groups: dict[tuple, list[Result]] = {}
     for r in candidates:
         groups.setdefault(r.key, []).append(r)
-    rows = []
+    rows, notes = [], []
     for group in groups.values():
         ranked = sorted(enumerate(group), key=lambda ir: (ir[1].timestamp or datetime.min, KIND_RANK[ir[1].kind], -ir[0]),
                         reverse=True)
@@ -245,16 +170,15 @@ def model_order(model: str) -> tuple[int, str]:
     return (ARCHITECTURES.index(model), "") if model in ARCHITECTURES else (len(ARCHITECTURES), model)
 
 
-def run_exp_show(all_commits: bool = False) -> tuple[list[dict[str, Any]], str]:
-    """(rows, how they were read) of `dvc.api.exp_show()` for the repository around the current directory."""
-    try:
-        import dvc.api
-        from dvc.exceptions import DvcException
-    except ImportError:
-        raise UserError("dvc is not available (not importable); install it or pass --exp-json FILE") from None
-    shown = "dvc.api.exp_show(" + ("num=-1" if all_commits else "") + ")"
-    try:
-        # num=-1: every first-parent commit of HEAD and its experiments, not only HEAD's
-        return dvc.api.exp_show(num=-1 if all_commits else 1), shown
-    except DvcException as e:
-        raise UserError(f"`{shown}` failed in {Path.cwd()}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+def run_exp_show(all_commits: bool = False, cwd: Path | None = None) -> tuple[list[dict[str, Any]], str]:
+    """(`dvc exp show --json` output, the command) for the repository around `cwd` (default: the current directory)."""
+    if importlib.util.find_spec("dvc") is None:
+        raise UserError("dvc is not available (not importable); install it or pass --exp-json FILE")
+    args = ["exp", "show", "--json"] + (["--all-commits"] if all_commits else [])
+    shown = "dvc " + " ".join(args)
+    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        why = next((line for line in lines if line.startswith("ERROR")), lines[-1] if lines else f"exit code {done.returncode}")
+        raise UserError(f"`{shown}` failed in {cwd or Path.cwd()}: {why}")
+    return json.loads(done.stdout), shown

@@ -1,12 +1,12 @@
 """Resumable training state: `<checkpoints>/seed-<s>.pt`.
 
 A checkpoint holds everything that decides what happens next, so a run killed at any moment and
-resumed ends with the same weights as one never interrupted (on the same device): model, optimizer
-and scheduler state, every RNG the run draws from (torch's CPU generator, the CUDA generator that
-dropout uses, and the run's own device generator for shuffling and augmentation), the epochs done,
-the per-epoch metrics history (replayed into dvclive on resume) and the hash of the settings that
-produced it. A checkpoint whose hash differs (other data, recipe, model, seed, device type) is ignored.
-Writes are atomic: a kill mid-write leaves the previous checkpoint.
+resumed ends with the same weights as one never interrupted (on the same device): model, momentum
+(and GradScaler) state, every RNG the run draws from (torch's CPU generator, the CUDA generator that
+dropout uses, and the run's own device generator for shuffling and augmentation), the epochs done
+(they also fix the lr: the schedule is a function of the step), the per-epoch metrics history
+(replayed into dvclive on resume) and the hash of the settings that produced it. A checkpoint whose
+hash differs (other data, recipe, model, seed, device type) is ignored. Writes are atomic: a kill mid-write leaves the previous checkpoint.
 """
 from __future__ import annotations
 

@@ -1,29 +1,19 @@
 """The training loop, airbench style: the whole mixture sits on the device as uint8 and every batch is
-gathered, augmented and normalised there, so no DataLoader, no worker processes and no host round trip
-per step. Loss, accuracy and an is-finite flag are accumulated on the device and read once per epoch,
-together with the validation metrics (one host read per epoch).
+gathered, augmented and normalised there (no DataLoader, no host round trip per step). Loss, accuracy,
+an is-finite flag and the validation metrics are read from the device once per epoch.
 
-One step = gather + crop/flip (+ cutout) + forward + loss + backward + SGD (+ EMA), written once
-(`Trainer._step`) and run in one of two ways that compute the same thing:
+One step (`Trainer._step`: gather, crop/flip, cutout, forward, loss, backward, torch's fused SGD, EMA) runs
+eager (Python picks its slice of the epoch plan and its lr) or static (it reads both from device tensors
+through a device step counter, so every launch is identical: on CUDA it is captured once in a CUDA graph
+and replayed, `train.cuda_graph`; on a CPU it runs uncaptured, which the tests compare with eager).
+The graph is proven before use (`_prove_graph`): its first replays must match the uncaptured step from
+the same state, else every tensor and RNG is put back, one line says why and training continues eager.
 
-  eager   Python picks the step's slice of the epoch plan and its lr;
-  static  the step reads its slice and lr from device tensors through a device step counter, so every
-          launch is identical: on CUDA it is captured once in a CUDA graph and replayed (`train.cuda_graph`),
-          on a CPU it runs uncaptured (the same code, which the tests compare with the eager way).
-
-The captured graph is not trusted blindly: before its first real replay it is run on the epoch's first
-batches and compared with the uncaptured step from the same state (`_prove_graph`, tolerances there). If
-the capture raises or the replay disagrees, every state tensor and RNG is put back, one line names the
-reason and training continues eager; `step_mode` says which way ran (recorded in train.json).
-
-All of an epoch's random numbers (permutation, crop offsets, flips, cutout centres, TrivialAugment's ops)
-and its learning rates are drawn before its first step (`_plan_epoch`), so both ways consume the same
-numbers and a checkpoint at an epoch boundary resumes bit for bit. Shapes are static: with
-`pad_last_batch` the last partial batch is filled up with zero-weight samples (every image still counts
-exactly once per epoch); without it (the paper) the last, smaller batch runs eagerly after the replays.
-
-Independent of dvc/dvclive (benchmarks/train.py runs it on machines without them): metrics leave
-through the `log` callback of `fit`.
+All of an epoch's random numbers and learning rates are drawn before its first step (`_plan_epoch`), so
+both ways consume the same numbers and a checkpoint at an epoch boundary resumes bit for bit. With
+`pad_last_batch` the last batch is filled up with zero-weight samples (every image counts once per
+epoch); without it (the paper) the last, smaller batch runs eagerly after the replays. Independent of
+dvc/dvclive (benchmarks/train.py runs it without them): metrics leave through `fit`'s `log` callback.
 """
 from __future__ import annotations
 
@@ -31,7 +21,6 @@ import copy
 import os
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +39,7 @@ from diffaug.formats.classifier import ImageClassifier
 from diffaug.models import build_model
 from diffaug.train.augment import apply_crop_flip, apply_cutout, draw_crop_flip, draw_cutout, trivial_augment
 from diffaug.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from diffaug.train.schedule import build_scheduler
+from diffaug.train.schedule import learning_rate
 
 EVAL_BATCH = 1000  # images per validation forward when the caller passes none (evaluate.batch_size in the stage)
 GRAPH_WARMUP_STEPS = 3  # eager runs on a side stream before capture (cuDNN/cuBLAS handles, autograd state)
@@ -66,36 +55,6 @@ GRAPH_TOLERANCE = {"autocast": 5e-2, "fp32": 1e-3}
 # Columns of the epoch plan: one row per sample slot of the epoch.
 LABEL_ROW, IMAGE_ROW, CROP, CUT, WEIGHT = 0, 1, slice(2, 5), slice(5, 7), 7
 PLAN_COLUMNS = 8
-
-
-class LossScaler:
-    """Dynamic loss scaling for float16 autocast (torch.amp.GradScaler's rule, on our foreach SGD): the
-    loss is multiplied by `scale` before backward; a step whose gradients overflow is skipped and the scale
-    halved; after `interval` good steps in a row it doubles. The skip is a host decision (one read per
-    step), which is why a float16 run is not CUDA-graph captured."""
-
-    def __init__(self, device: torch.device, init: float = 2.0 ** 16, interval: int = 2000):
-        self.scale = torch.full((), init, dtype=torch.float32, device=device)
-        self.growth_tracker = torch.zeros((), dtype=torch.int32, device=device)
-        self.interval = interval
-        self.skipped = 0
-
-    def unscale(self, grads: list[torch.Tensor]) -> bool:
-        """Divide `grads` by the scale in place; True when they are all finite (the step may be applied)."""
-        found_inf = torch.zeros((), dtype=torch.float32, device=self.scale.device)
-        torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, self.scale.double().reciprocal().float())
-        torch._amp_update_scale_(self.scale, self.growth_tracker, found_inf, 2.0, 0.5, self.interval)
-        ok = not bool(found_inf.item())
-        self.skipped += 0 if ok else 1
-        return ok
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"scale": self.scale.clone(), "growth_tracker": self.growth_tracker.clone(), "skipped": self.skipped}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.scale.copy_(state["scale"])
-        self.growth_tracker.copy_(state["growth_tracker"])
-        self.skipped = int(state["skipped"])
 
 
 class NonFiniteTraining(UserError):
@@ -142,24 +101,6 @@ def steps_per_epoch(num_images: int, batch_size: int, pad_last_batch: bool = Fal
     return full + (1 if rest >= 2 else 0)
 
 
-def sgd_step(params: list[torch.Tensor], grads: list[torch.Tensor], momentum_buffers: list[torch.Tensor],
-             lr: torch.Tensor, momentum: float, nesterov: bool, weight_decay: float) -> None:
-    """torch.optim.SGD's update (dampening 0), as foreach kernels with the lr a device tensor, so a CUDA
-    graph replays it with each step's lr. Momentum buffers start at zero: 0.9 * 0 + g == g, exactly
-    torch's first-step `buf = g`. `grads` is overwritten."""
-    if weight_decay:
-        torch._foreach_add_(grads, params, alpha=weight_decay)
-    update = grads
-    if momentum:
-        torch._foreach_mul_(momentum_buffers, momentum)
-        torch._foreach_add_(momentum_buffers, grads)
-        if nesterov:
-            torch._foreach_add_(grads, momentum_buffers, alpha=momentum)
-        else:
-            update = momentum_buffers
-    torch._foreach_sub_(params, torch._foreach_mul(update, lr))
-
-
 class Trainer:
     """One seed's model, optimizer state, schedule and RNGs over one training set (and optional validation)."""
 
@@ -171,7 +112,6 @@ class Trainer:
         if len(images) < 2:
             raise ValueError("training needs at least 2 images")
         self.recipe, self.device, self.eval_batch = recipe, device, eval_batch
-        self.optimizer_step = sgd_step
         make_deterministic(device)
         torch.manual_seed(seed)  # model initialisation and dropout
         self.generator = torch.Generator(device=device)  # shuffling and augmentation, on the device
@@ -179,6 +119,7 @@ class Trainer:
         self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device)  # uint8 NHWC
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
         self.val_images = self.val_labels = None
+        self.num_val = 0 if val_images is None else len(val_images)
         if val_images is not None and len(val_images) > 0:
             self.val_images = torch.from_numpy(np.ascontiguousarray(val_images)).to(device)
             self.val_labels = torch.from_numpy(np.asarray(val_labels, dtype=np.int64)).to(device)
@@ -196,24 +137,29 @@ class Trainer:
             self._ema_float = [p for p in pairs if p[0].is_floating_point()]
             self._ema_other = [p for p in pairs if not p[0].is_floating_point()]  # BatchNorm's batch counters
         self.forward = torch.compile(self.model) if compile else self.model
-        # precision as resolved by diffaug.devices.training_precision: bf16 | fp16 (with loss scaling) | fp32.
+        # precision as resolved by diffaug.devices.training_precision: bf16 | fp16 (with a GradScaler) | fp32.
         # CPU autocast is slower, not faster: float32 there.
         if precision not in ("bf16", "fp16", "fp32"):
             raise ValueError(f"precision: got {precision!r}; allowed: bf16 | fp16 | fp32")
         self.precision = precision if device.type == "cuda" else "fp32"
         self.autocast = self.precision != "fp32"
         self.autocast_dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
-        self.scaler = LossScaler(device) if self.precision == "fp16" else None
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")  # a no-op unless fp16
         self.params: list[torch.Tensor] = [p for p in self.model.parameters() if p.requires_grad]
+        # torch's SGD, fused: it reads a device-tensor lr inside its kernel (foreach SGD reads it on the host,
+        # which a CUDA graph cannot capture), so each replay applies the step's own lr.
+        self.lr = torch.tensor(recipe.lr, dtype=torch.float32, device=device)
+        self.optimizer = torch.optim.SGD(self.params, lr=self.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
+                                         nesterov=recipe.nesterov, fused=True)
+        # Zero buffers from the start (0.9 * 0 + g == g: torch's first step), so the tensors a graph captures never change.
         self.momentum_buffers = [torch.zeros_like(p) for p in self.params] if recipe.momentum else []
+        for p, buffer in zip(self.params, self.momentum_buffers):
+            self.optimizer.state[p]["momentum_buffer"] = buffer
         # What must stay finite for an epoch to count: every float tensor a checkpoint or the result holds.
         kept = [self.model] + ([self.ema] if self.ema is not None else [])
         self._checked = [t for m in kept for t in (*m.parameters(), *m.buffers()) if t.is_floating_point()]
         self.steps_per_epoch = steps_per_epoch(len(self.images), recipe.batch_size, recipe.pad_last_batch)
-        # The schedule runs on the host on a stand-in optimizer: it only produces each step's lr, which
-        # the epoch plan uploads once per epoch. Its state is checkpointed as before.
-        self._lr_clock = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=recipe.lr)
-        self.scheduler = build_scheduler(self._lr_clock, recipe, self.steps_per_epoch)
+        self.schedule = learning_rate(recipe, self.steps_per_epoch)  # lr(step); the epoch plan uploads an epoch's lrs
         self.epoch = 0
         # The epoch plan and the step's static inputs: allocated once, refilled in place every epoch.
         batch, n = recipe.batch_size, len(self.images)
@@ -233,9 +179,9 @@ class Trainer:
         self._graph: torch.cuda.CUDAGraph | None = None
         if not cuda_graph:
             self.step_mode = "eager"
-        elif self.scaler is not None:  # a skipped float16 step is decided on the host: not capturable
+        elif self.scaler.is_enabled():  # GradScaler's scale lives in private tensors the graph proof cannot snapshot
             self.capture_graphs = self.static = False
-            self.step_mode = "eager (fallback: fp16 loss scaling decides each step on the host)"
+            self.step_mode = "eager (fallback: fp16 loss scaling is not captured)"
         elif device.type != "cuda":
             self.step_mode = "static (uncaptured: no CUDA)"
         else:
@@ -243,14 +189,6 @@ class Trainer:
         self._first_lr = recipe.lr
         self._ema_steps = torch.zeros((), dtype=torch.float64, device=device)  # steps averaged so far
         self._augment_rng = torch.Generator().manual_seed(seed).get_state()  # TrivialAugment's op draws
-
-    @property
-    def has_validation(self) -> bool:
-        return self.val_images is not None
-
-    @property
-    def num_val(self) -> int:
-        return 0 if self.val_images is None else len(self.val_images)
 
     @property
     def final_model(self) -> ImageClassifier:
@@ -286,13 +224,8 @@ class Trainer:
                 self._augment_rng = torch.get_rng_state()
             image_rows = torch.arange(slots, device=self.device)
         self._plan.copy_(torch.cat([rows[:, None], image_rows[:, None], crop, cut, weight[:, None]], dim=1))
-        lrs: list[float] = []
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "scheduler.step() before optimizer.step()": a stand-in
-            for _ in range(self.steps_per_epoch):
-                lrs.append(float(self.scheduler.get_last_lr()[0]))
-                self._lr_clock.step()
-                self.scheduler.step()
+        first = self.epoch * self.steps_per_epoch
+        lrs = [self.schedule(first + step) for step in range(self.steps_per_epoch)]
         self._lrs.copy_(torch.tensor(lrs, dtype=torch.float32))
         self._first_lr = lrs[0]
 
@@ -315,24 +248,21 @@ class Trainer:
                 loss = (losses * weight).sum() / count
             else:
                 loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
-        if self.scaler is None:
-            grads = list(torch.autograd.grad(loss, self.params))
-            apply = True
-        else:
-            grads = list(torch.autograd.grad(loss.float() * self.scaler.scale, self.params))
-            apply = self.scaler.unscale(grads)
+        self.optimizer.zero_grad(set_to_none=True)  # backward allocates them: in a capture, from the graph's pool
+        self.scaler.scale(loss).backward()
         with torch.no_grad():
-            if apply:
-                self.optimizer_step(self.params, grads, self.momentum_buffers, lr, recipe.momentum, recipe.nesterov,
-                                    recipe.weight_decay)
-                if self.ema is not None:
-                    self._ema_update()
+            self.lr.copy_(lr)
+            self.scaler.step(self.optimizer)  # fp16: a step whose gradients overflow is skipped inside the kernel
+            self.scaler.update()
+            if self.ema is not None:
+                self._ema_update()
             loss = loss.detach().float()
             self._loss_sum.add_(loss * count)
             self._correct.add_(((logits.detach().argmax(1) == y).float() * weight).sum())
             self._finite.logical_and_(torch.isfinite(loss))
 
     def _ema_update(self) -> None:
+        # Hand-written: torch.optim.swa_utils.AveragedModel branches on its step count on the host (a sync a graph cannot capture).
         """ema = d * ema + (1 - d) * weights with d = min(ema_decay, (1 + t) / (10 + t)) at step t: the usual
         warm-up, so a short run's EMA is not dominated by its random initialisation. d is a device tensor."""
         decay = torch.clamp((1 + self._ema_steps) / (10 + self._ema_steps), max=self.recipe.ema_decay).float()
@@ -360,21 +290,7 @@ class Trainer:
             tensors += [*self.ema.parameters(), *self.ema.buffers(), self._ema_steps]
         return tensors
 
-    def _capture(self) -> None:
-        """Capture `_static_step` in a CUDA graph. The warm-up steps it needs are undone afterwards, so the
-        training run is the same whether or not (and when) a graph was captured."""
-        start, rng = self._snapshot(), self._cuda_rng()  # dropout draws from the RNG: the warm-up must not move it
-        with torch.cuda.device(self.device):  # capture on the trainer's GPU, whichever is current
-            self._record_graph()
-        self._restore(start, rng)
-
-    def _cuda_rng(self) -> torch.Tensor:
-        return torch.cuda.get_rng_state(self.device)
-
-    def _set_cuda_rng(self, state: torch.Tensor) -> None:
-        torch.cuda.set_rng_state(state, self.device)
-
-    def _record_graph(self) -> None:
+    def _record_graph(self) -> torch.cuda.CUDAGraph:
         """Warm up on a side stream, then record one `_static_step` as `self._graph`; both move the state (callers restore it)."""
         stream = torch.cuda.current_stream(self.device)
         side = torch.cuda.Stream(self.device)
@@ -388,6 +304,7 @@ class Trainer:
         with torch.cuda.graph(graph):
             self._static_step()
         self._graph = graph
+        return graph
 
     def _live(self) -> list[torch.Tensor]:
         """Everything a step changes: the state tensors, the step counter and the epoch's sums."""
@@ -400,7 +317,7 @@ class Trainer:
         with torch.no_grad():
             for tensor, value in zip(self._live(), saved, strict=True):
                 tensor.copy_(value)
-        self._set_cuda_rng(rng)
+        torch.cuda.set_rng_state(rng, self.device)
 
     @torch.no_grad()
     def _graph_disagreement(self, start: list[torch.Tensor], eager: list[torch.Tensor],
@@ -427,13 +344,13 @@ class Trainer:
         """Capture the step and check it: its first replays against the uncaptured step from the same state
         on the same batches. Any failure means eager training, said in one line and in `step_mode`."""
         steps = min(PROOF_STEPS, self.full_steps)
-        rng = self._cuda_rng()
+        rng = torch.cuda.get_rng_state(self.device)
         start = self._snapshot()
         reason = None
         phase = "capture"
         try:
             with torch.cuda.device(self.device):  # the trainer's GPU, whichever is current
-                self._record_graph()
+                graph = self._record_graph()
                 phase = "the proof run"
                 self._restore(start, rng)  # the warm-up's sums and counter too, not only the state
                 self._counter.zero_()
@@ -443,7 +360,7 @@ class Trainer:
                 self._restore(start, rng)
                 self._counter.zero_()
                 for _ in range(steps):
-                    self._graph_replay()
+                    graph.replay()
                 reason = self._graph_disagreement(start, eager, self._live(), steps)  # two copies at most
         except Exception as e:  # noqa: BLE001  any failure of the fast path means the slow one, never a crash
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
@@ -462,10 +379,6 @@ class Trainer:
         print(f"note: train.cuda_graph: {reason}; training continues eager, same results, slower "
               f"(train.cuda_graph: false skips the attempt)", file=sys.stderr, flush=True)
 
-    def _graph_replay(self) -> None:
-        assert self._graph is not None
-        self._graph.replay()
-
     # ------------------------------------------------------------------------- epochs
     def _train_steps(self, max_steps: int | None) -> int:
         self.model.train()
@@ -479,7 +392,7 @@ class Trainer:
         self._counter.zero_()
         for step in range(steps):
             if step < self.full_steps and self._graph is not None:
-                self._graph_replay()
+                self._graph.replay()
             elif step < self.full_steps and self.static:
                 self._static_step()
             else:  # the last, smaller batch of an unpadded epoch (or no static path asked for)
@@ -511,7 +424,7 @@ class Trainer:
         seen = self._train_steps(max_steps)
         weights_finite = torch.stack(torch._foreach_norm(self._checked)).sum().isfinite()  # BatchNorm statistics too
         parts = [self._loss_sum, self._correct, self._finite.float(), weights_finite.float()]
-        if validate and self.has_validation:
+        if validate and self.val_images is not None:
             parts.append(self._evaluate_on_device())
         values = torch.cat([p.reshape(-1).double() for p in parts]).tolist()  # the epoch's one host read
         if not (values[2] and values[3]):
@@ -532,13 +445,13 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         state = {"epoch": self.epoch, "model": self.model.state_dict(),
                  "momentum": [b.detach().clone() for b in self.momentum_buffers],
-                 "scheduler": self.scheduler.state_dict(), "rng": capture_rng(self.device, self.generator),
+                 "rng": capture_rng(self.device, self.generator),
                  "augment_rng": self._augment_rng.clone()}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
             state["ema_steps"] = self._ema_steps.clone()
-        if self.scaler is not None:
-            state["loss_scaler"] = self.scaler.state_dict()
+        if self.scaler.is_enabled():
+            state["grad_scaler"] = self.scaler.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -550,9 +463,8 @@ class Trainer:
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
             self._ema_steps.copy_(state["ema_steps"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and "loss_scaler" in state:
-            self.scaler.load_state_dict(state["loss_scaler"])
+        if self.scaler.is_enabled() and "grad_scaler" in state:
+            self.scaler.load_state_dict(state["grad_scaler"])
         restore_rng(state["rng"], self.device, self.generator)
         self._augment_rng = state["augment_rng"].clone()
         self.epoch = int(state["epoch"])

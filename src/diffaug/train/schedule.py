@@ -1,27 +1,27 @@
-"""Learning-rate schedules, all stepped once per batch (the lr used by step s is the recipe's lr(s)).
+"""Learning-rate schedules: `learning_rate(recipe, steps_per_epoch)` is the plain function lr(step),
+step counted from 0 over the whole run (one step per batch).
 
   constant      linear warm-up over warmup_epochs, then the recipe's lr.
   cosine        linear warm-up, then a half cosine from lr to 0 over the rest of the run.
   paper_cyclic  a reproduction of the paper's bug, kept on purpose: torch's CosineAnnealingLR with
                 T_max=200 and eta_min=0, stepped every batch rather than every epoch, so the lr falls
                 to 0 in 200 iterations and climbs back in the next 200 (a 400-iteration cycle) for the
-                whole run, whatever its length. Warm-up is not part of it (config rejects it).
-Schedules are torch LR schedulers, so their state goes into checkpoints with `state_dict()`.
+                whole run, whatever its length (its closed form). Warm-up is not part of it (config rejects it).
+A run's position is its step, so a checkpoint needs no schedule state.
 """
 from __future__ import annotations
 
 import math
-
-import torch
+from collections.abc import Callable
 
 from diffaug.config import Recipe
 
 PAPER_T_MAX = 200
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+def learning_rate(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
     if recipe.schedule == "paper_cyclic":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=PAPER_T_MAX, eta_min=0.0)
+        return lambda step: recipe.lr * (1.0 + math.cos(math.pi * step / PAPER_T_MAX)) / 2
     total = recipe.epochs * steps_per_epoch
     warmup = recipe.warmup_epochs * steps_per_epoch
     cosine = recipe.schedule == "cosine"
@@ -33,4 +33,4 @@ def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_
             return 1.0
         return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / (total - warmup)))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return lambda step: recipe.lr * factor(step)

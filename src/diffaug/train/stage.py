@@ -76,7 +76,7 @@ class EpochLog:
         # Rebuilt from scratch every run; fit() replays restored epochs first, so no epoch is doubled or lost.
         shutil.rmtree(directory, ignore_errors=True)
         self.live = Live(str(directory), dvcyaml=None, save_dvc_exp=False)
-        self.seed, self.epochs = seed, epochs
+        self.directory, self.seed, self.epochs = directory, seed, epochs
 
     def __call__(self, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
@@ -89,6 +89,9 @@ class EpochLog:
 
     def close(self) -> None:
         self.live.end()
+        # dvclive's summary repeats the last row of the curves and is no plot: dvc.yaml's `plots: metrics/train`
+        # reads every file under it and fails on this one.
+        (self.directory / "metrics.json").unlink(missing_ok=True)
 
 
 def run(cfg: Config, model: str, mix: str, images: np.ndarray, labels: np.ndarray, classes: list[str],
