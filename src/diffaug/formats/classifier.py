@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from diffaug.errors import UserError
-from diffaug.io import atomic_path
+from diffaug.io import save_torch_atomic
 from diffaug.models import build_model
 
 META_KEYS = ("model", "variant", "num_classes", "classes", "epochs", "settings")
@@ -80,8 +80,7 @@ def save_trained(path: str | Path, model: ImageClassifier, meta: dict[str, Any])
     bad = non_finite(state)
     if bad:
         raise ValueError(f"save_trained: {len(bad)} tensors hold nan/inf (first: {bad[0]}); not saved")
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": state, "state_sha256": state_sha256(state), **{k: meta[k] for k in META_KEYS}}, tmp)
+    save_torch_atomic(path, {"state_dict": state, "state_sha256": state_sha256(state), **{k: meta[k] for k in META_KEYS}})
 
 
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[ImageClassifier, dict[str, Any]]:

@@ -136,7 +136,6 @@ def full_png_name(plan: SetLayout, g: int) -> str:
 def write_full_png(out_dir: Path, plan: SetLayout, g: int, image: np.ndarray) -> None:
     """Image g at the generation resolution (uint8 HWC), written atomically into its shard's folder."""
     path = full_dir(out_dir, g // plan.images_per_shard) / full_png_name(plan, g)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from diffaug.io import atomic_path
+from diffaug.io import save_torch_atomic
 
 
 def capture_rng(device: torch.device, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -34,8 +34,7 @@ def restore_rng(state: dict[str, torch.Tensor], device: torch.device, generator:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_torch_atomic(path, state)
 
 
 def load_checkpoint(path: str | Path, settings_hash: str) -> dict[str, Any] | None:

@@ -27,7 +27,7 @@ from diffaug.formats.classifier import save_trained
 from diffaug.formats.mixture import RERUN as RERUN_MIXTURES
 from diffaug.formats.mixture import load_mixture, read_total
 from diffaug.formats.splits import check_arrays, load_split
-from diffaug.io import sha256_file, sha256_json, write_json_atomic
+from diffaug.io import ensure_writable_dir, sha256_file, sha256_json, write_json_atomic
 from diffaug.train.loop import Trainer, fit
 
 # Images/s of one training cell on one H100 80GB (bf16, channels_last, batch 128, 50k images; s/epoch 5.26 / 8.38 /
@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.mix not in cfg.mixtures:
         raise ConfigError(f"--mix: got {args.mix!r}; allowed: {' | '.join(cfg.mixtures)}")
     resolve_device(cfg.train.device, "train.device")  # a missing or bad CUDA device: one line before data is read
+    for key, folder in (("--out", args.out), ("--metrics", args.metrics), ("--checkpoints", args.checkpoints)):
+        ensure_writable_dir(folder, key)  # before the data is read and a model trained
     images, labels, classes = load_training_data(args.mixture, args.prepared, args.synthetic)
     val_images, val_labels = load_validation(args.prepared / "val.npz", classes, images.shape[1:])
     # The grid's ETA: images seen over every cell / images/s of one cell (build_mixtures' <mix>.json give the sizes)
