@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         groups = len(manifest["provenance"]["groups"])
         console.print(f"{label}: {out_dir / storage.MANIFEST}: {manifest['num_images']} images, "
                       f"{manifest['regenerations']} safety regenerations, digest {manifest['digest']}"
-                      + (f"; shards made with {groups} different speed settings (see its 'provenance')" if groups > 1 else ""))
+                      + (f"; shards made under {groups} different provenances (see its 'provenance')" if groups > 1 else ""))
     elif world.size > 1:
         console.print(f"{label}: my shards are done; the process that finishes the last shard writes manifest.json")
     else:

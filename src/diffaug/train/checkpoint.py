@@ -48,6 +48,7 @@ def load_checkpoint(path: str | Path, settings_hash: str) -> dict[str, Any] | No
         print(f"note: ignoring unreadable checkpoint {path} ({type(e).__name__}); training from scratch", file=sys.stderr)
         return None
     if not isinstance(state, dict) or state.get("settings_hash") != settings_hash:
-        print(f"note: ignoring checkpoint {path}: written under other settings; training from scratch", file=sys.stderr)
+        print(f"note: ignoring checkpoint {path}: written under other settings or conditions (device, CPU threads, "
+              "library versions...); training from scratch", file=sys.stderr)
         return None
     return state
