@@ -172,8 +172,9 @@ STAGES = {
 }
 
 
+@pytest.mark.parametrize("fault", ["--out under a file", "--out is a file", "read-only"])
 @pytest.mark.parametrize("stage", sorted(STAGES))
-def test_every_stage_refuses_an_unwritable_output_before_its_work(stage, tmp_path, monkeypatch, capsys):
+def test_every_stage_refuses_an_unwritable_output_before_its_work(stage, fault, tmp_path, monkeypatch, capsys):
     module_name, argv, work = STAGES[stage]
     module = importlib.import_module(module_name)
     if stage == "export":  # its folder is made beside --out; the probe comes before any shard is read
@@ -182,10 +183,17 @@ def test_every_stage_refuses_an_unwritable_output_before_its_work(stage, tmp_pat
         monkeypatch.setattr(module, work, failing(errno.EIO))  # reaching the work would be a different line
     blocker = tmp_path / "blocker"
     blocker.write_text("")
-    out = str(blocker / "out")
-    args = [a.replace("OUT", out) for a in argv(tmp_path)] + (["--params", str(REPO / "params.yaml")] if stage != "export" else [])
+    out, (probed, cause) = {
+        "--out under a file": (blocker / "out", (blocker / "out", f"{blocker} is a file, not a folder")),
+        "--out is a file": (blocker, (blocker, "it is a file, not a folder")),
+        "read-only": (tmp_path / "ro", (tmp_path / "ro", "read-only file system")),
+    }[fault]
+    if fault == "read-only":
+        monkeypatch.setattr(tempfile, "TemporaryFile", failing(errno.EROFS))
+    args = [a.replace("OUT", str(out)) for a in argv(tmp_path)]  # export: --out OUT/export, whose folder OUT is probed
+    args += ["--params", str(REPO / "params.yaml")] if stage != "export" else []
     err = one_line_exit_2(capsys, lambda: module.main(args))
-    assert f"--out: {out}" in err and f"cannot write: {blocker} is a file, not a folder" in err, err
+    assert err == f"error: --out: {probed}: cannot write: {cause}"
     assert leftovers(tmp_path) == sorted(["blocker", *(["set", storage.MANIFEST] if stage == "export" else [])])
 
 
