@@ -220,3 +220,35 @@ def test_a_disk_full_after_the_first_shard_is_one_line_and_the_shard_stays_whole
     monkeypatch.undo()
     assert main(cli_args(params, classes, out)) == 0  # once there is room: resumed from the whole shard
     assert json.loads((out / storage.MANIFEST).read_text())["num_images"] == 6
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_disk_full_when_the_weights_are_saved_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    import diffaug.train.stage as stage
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"].update(device="cpu", seeds=[0])
+    params["train"]["recipes"]["default"].update(epochs=1, batch_size=4, warmup_epochs=0)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    images, labels = np.zeros((8, 8, 8, 3), np.uint8), np.arange(8) % 3
+    monkeypatch.setattr(stage, "load_mixture", lambda *paths: (images, labels, ["a", "b", "c"]))
+    monkeypatch.setattr(stage, "load_validation", lambda *args: (images[:0], labels[:0]))
+    (tmp_path / "mix.npz").write_bytes(b"stands for the mixture's index file")
+    real_write_bytes, out = Path.write_bytes, tmp_path / "out"
+
+    def write_bytes(path: Path, data) -> int:  # the disk fills up halfway through the final weights
+        if path.parent == out and path.name.startswith(".seed-0.pt."):
+            real_write_bytes(path, bytes(data)[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write_bytes(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+    argv = ["--params", str(tmp_path / "params.yaml"), "--model", "resnet18", "--mix", "orig100", "--mixture",
+            str(tmp_path / "mix.npz"), "--prepared", "p", "--synthetic", "s", "--out", str(out),
+            "--metrics", str(tmp_path / "metrics"), "--checkpoints", str(tmp_path / "ckpt")]
+    err = one_line_exit_2(capsys, lambda: stage.main(argv), progress_before=True)
+    assert err == f"error: {out / 'seed-0.pt'}: cannot write: no space left on the device"
+    assert not out.exists() or leftovers(out) == [], "no weights, no temp file, no train.json"
+    assert leftovers(tmp_path / "ckpt") == ["seed-0.pt"], "the last checkpoint stays: a rerun resumes from it"
