@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from dvclive import Live
 
 from diffaug.cli import human_duration, stage_parser
@@ -115,8 +114,7 @@ def run(cfg: Config, model: str, mix: str, images: np.ndarray, labels: np.ndarra
         "mixture_sha256": mixture_sha256,
     }
     conditions = run_conditions(device, precision.name)
-    report: dict[str, Any] = {"model": model, "mix": mix, "settings": settings, "conditions": conditions,
-                              "torch": torch.__version__, "seeds": {}}
+    report: dict[str, Any] = {"model": model, "mix": mix, "settings": settings, "conditions": conditions, "seeds": {}}
     if precision.note:
         report["precision_note"] = precision.note
     for seed in tr.seeds:
