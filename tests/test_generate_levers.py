@@ -165,7 +165,7 @@ def test_resume_with_another_batch_size_continues_and_the_manifest_says_so(tiny_
     groups = manifest["provenance"]["groups"]
     assert [g["shards"] for g in groups] == [[0, 1, 2, 3], [4, 5]]
     assert [g["provenance"]["batch_size"] for g in groups] == [3, 2]
-    assert "2 different speed settings" in manifest["provenance"]["note"] and "1 uint8 level" in manifest["provenance"]["note"]
+    assert "2 different provenances" in manifest["provenance"]["note"] and "match no single run" in manifest["provenance"]["note"]
     ref = generate(params, classes, tmp_path / "ref")
     diff = np.abs(storage.load_synthetic(ref)[0].astype(int) - storage.load_synthetic(out)[0])
     assert diff.max() <= 1

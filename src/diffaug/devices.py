@@ -11,6 +11,7 @@ Every check takes a `GpuInfo` (what torch reports about one GPU), so the tests c
 """
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 import platform
@@ -70,6 +71,42 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+# The libraries whose kernels, schedulers or image codecs a result's bytes pass through (torch apart: its
+# distribution's version drops the local tag, +cu130 or +cpu, which says which kernels it ships).
+LIBRARIES = ("torchvision", "diffusers", "transformers", "accelerate", "numpy", "pillow")
+
+
+def run_conditions(device: torch.device, dtype: str) -> dict[str, Any]:
+    """Everything beyond a stage's settings that can change the bytes it makes on `device` in `dtype`.
+
+    Recorded with every synthetic shard and every trained classifier, and what a resume compares: two
+    runs of the same settings agree bit for bit only when these agree too. On a CPU the thread count
+    changes how float sums are split (a 1-thread and a 2-thread set differ by 1 uint8 level in a few
+    pixels), the instruction set which kernels run; on a GPU its model and compute capability, CUDA and
+    cuDNN. Library versions change kernels and defaults everywhere.
+    """
+    gpu = gpu_info(device)
+    conditions: dict[str, Any] = {
+        "device": device.type,
+        "gpu": gpu.name if gpu else None,
+        "capability": gpu.sm if gpu else None,
+        "cuda": torch.version.cuda if gpu else None,
+        "cudnn": torch.backends.cudnn.version() if gpu else None,
+        "cpu": platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_threads": torch.get_num_threads(),
+        "dtype": dtype,
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),  # a plain str: torch's TorchVersion is refused by weights_only loading
+    }
+    for dist in LIBRARIES:
+        try:
+            conditions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            conditions[dist] = None
+    return conditions
 
 
 def has_kernels_for(capability: tuple[int, int], arch_list: tuple[str, ...]) -> bool:

@@ -31,8 +31,7 @@ from diffaug.config import Config, parse_config, read_params
 from diffaug.devices import GpuInfo, check_generation, gpu_info, resolve_device, synchronize, training_precision
 from diffaug.errors import ConfigError, OneLineParser, UserError, exit_on_error
 from diffaug.generate.model import quiet_libraries
-from diffaug.io import write_json_atomic
-from diffaug.pilot import probe_writable
+from diffaug.io import ensure_writable_dir, write_json_atomic
 
 CPU_STEP_BATCH = 8  # a CPU times small training steps and scales them to the recipe's batch
 REAL_TRAIN_IMAGES = 50_000  # CIFAR's training images: a mixture's size is its fractions times these
@@ -227,7 +226,7 @@ def parse_args(argv: list[str] | None):
     args = p.parse_args(argv)
     if not (math.isfinite(args.budget_s) and args.budget_s > 0):
         raise UserError(f"--budget-s: got {args.budget_s}; allowed: a number of seconds > 0")
-    probe_writable(args.json.parent, "--json")
+    ensure_writable_dir(args.json.parent, "--json")
     if args.json.is_dir():
         raise UserError(f"--json: {args.json}: cannot write (it is a folder); give a file name")
     return args

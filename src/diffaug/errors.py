@@ -2,14 +2,17 @@
 
 A `ConfigError` is a bad parameter, a `UserError` any other bad input (a missing archive, a corrupt
 file). Both carry one line that names the key or file, what is wrong and what is allowed; stage
-entry points wrapped in `exit_on_error` print it on stderr and exit with code 2.
+entry points wrapped in `exit_on_error` print it on stderr and exit with code 2. So does an `OSError`
+(a full disk, a read-only folder): one line naming the path and the cause, never a traceback.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -23,8 +26,42 @@ class UserError(RuntimeError):
     """Bad input other than params (a missing archive, a corrupt shard): one line, exit 2."""
 
 
+# What an OSError means, in the words a user acts on.
+_CAUSES = {
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for this file system",
+    errno.EISDIR: "it is a folder",
+    errno.ENAMETOOLONG: "name too long",
+}
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The nearest of `path` and its parents that exists, when it is not a folder."""
+    for candidate in (path, *path.parents):
+        if candidate.exists() or candidate.is_symlink():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
+def os_fault(error: OSError, path: str | Path | None = None, action: str = "cannot write") -> UserError:
+    """One line for an OSError met while writing `path` (default: the file the OS names): the path, `action`
+    and the cause (read-only, no space, file too large, a file where a folder should be...)."""
+    target = Path(path) if path is not None else Path(error.filename) if error.filename is not None else None
+    blocker = _file_in_the_way(target) if target is not None and error.errno in (errno.ENOTDIR, errno.EEXIST) else None
+    if blocker is not None:
+        cause = "it is a file, not a folder" if blocker == target else f"{blocker} is a file, not a folder"
+    else:
+        cause = _CAUSES.get(error.errno or 0) or error.strerror or type(error).__name__
+    what = f"{action}: {cause}" if action else cause
+    return UserError(f"{target}: {what}" if target is not None else what)
+
+
 def exit_on_error(fn: F) -> F:
-    """Decorator for stage entry points: a ConfigError or UserError becomes one line on stderr and exit 2."""
+    """Decorator for stage entry points: a ConfigError, UserError or OSError becomes one line on stderr and exit 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -32,6 +69,9 @@ def exit_on_error(fn: F) -> F:
             return fn(*args, **kwargs)
         except (ConfigError, UserError) as e:
             print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except OSError as e:  # a write outside diffaug.io (a library's log file, a checkpoint folder)
+            print(f"error: {os_fault(e, action='')}", file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapper  # type: ignore[return-value]

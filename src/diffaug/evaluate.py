@@ -43,7 +43,7 @@ from diffaug.exchange import exchange_rates
 from diffaug.formats import synthetic
 from diffaug.formats.classifier import ImageClassifier, load_trained, logits_of, require_files
 from diffaug.formats.splits import load_split
-from diffaug.io import write_json_atomic
+from diffaug.io import ensure_writable_dir, write_json_atomic
 from diffaug.metrics import K_NEIGHBOURS, clip_similarities, load_clip, penultimate_features, set_quality
 
 # Distribution metrics compare at most this many images per side (a seeded draw): precision/recall
@@ -272,6 +272,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--summary", type=Path, default=Path("metrics/summary.json"))
     args = ap.parse_args(argv)
     cfg = load_config(args.params)
+    for key, folder in (("--out", args.out), ("--summary", args.summary.parent)):
+        ensure_writable_dir(folder, key)  # before any model is loaded
     summary = evaluate(cfg, args.prepared, args.synthetic, args.models, args.out, args.summary)
     print(cached_weights_note(cached_clip()))
     width = max(len(m) for m in summary["test_acc"])

@@ -35,6 +35,7 @@ from PIL import Image
 
 from diffaug.errors import OneLineParser, UserError, exit_on_error
 from diffaug.formats import synthetic
+from diffaug.io import ensure_writable_dir
 
 FORMATS = ("imagefolder", "parquet")
 METADATA = "metadata.csv"
@@ -135,6 +136,7 @@ def write_parquet(tmp: Path, name: str, images: np.ndarray, labels: np.ndarray, 
 def export(set_dir: Path, fmt: str, out: Path, force: bool = False) -> Path:
     if out.exists() and not force:
         raise UserError(f"{out}: already exists; pass --force to replace it, or choose another --out")
+    ensure_writable_dir(out.parent, "--out")  # the export is made beside it: before every shard is read
     manifest = synthetic.read_manifest(set_dir)
     images, labels = synthetic.load_synthetic(set_dir)  # checks every shard's sha256
     classes = [str(c) for c in manifest["classes"]]

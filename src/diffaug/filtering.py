@@ -48,7 +48,7 @@ from diffaug.formats.mixture import (
     write_composition,
     write_mixture,
 )
-from diffaug.io import sha256_file
+from diffaug.io import ensure_writable_dir, sha256_file
 from diffaug.metrics import CLIP_MODEL, CLIP_PROMPT, clip_similarities, load_clip
 
 
@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     cfg = load_config(args.params)
     device = str(resolve_device(cfg.evaluate.device, "evaluate.device"))
+    ensure_writable_dir(args.out, "--out")  # before a classifier or CLIP is loaded
     account = filter_mixture(cfg, args.mix, args.mixtures, args.prepared, args.synthetic, args.classifier, args.out, device)
     dropped = len(account["dropped"])
     print(f"filter@{args.mix}: kept {account['total']} of {account['candidates']} images, dropped {dropped} synthetic "

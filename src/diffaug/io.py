@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -17,33 +18,79 @@ from typing import Any
 
 import numpy as np
 
-from diffaug.errors import UserError
+from diffaug.errors import UserError, os_fault
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def ensure_writable_dir(path: str | Path, key: str, keep: bool = False) -> None:
+    """Check, before any expensive work, that `path` is (or can become) a folder this process can write in.
+
+    Unless `keep`, the folders it had to create are removed again (so is its probe file, always): a stage
+    that then stops on a bad input leaves nothing behind; its own writes create the folder for real. Any
+    fault is one line naming `key`, the path and the cause.
+    """
+    path = Path(path)
+    created: list[Path] = []
+    try:
+        missing = path
+        while not missing.exists() and missing != missing.parent:
+            created.append(missing)
+            missing = missing.parent
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path) as probe:
+            probe.write(b"\0")
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as e:
+        raise UserError(f"{key}: {os_fault(e, path)}") from None
+    finally:
+        for folder in created if not keep else ():  # innermost first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success it replaces `path` atomically."""
+    """Yield a temporary path next to `path`; on success it replaces `path` atomically.
+
+    Any OSError (no space, read-only, file too large...) becomes one UserError line naming the path
+    and the cause, and the temporary file is removed: the old file stays, or none.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
+    tmp: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        raise os_fault(e, path) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+def write_bytes_atomic(path: str | Path, data: bytes | memoryview) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def save_torch_atomic(path: str | Path, obj: Any) -> None:
+    """torch.save, atomically. Serialised in memory first: torch's writer turns a full disk into an opaque
+    RuntimeError ("unexpected pos"), where a plain write raises the OSError that names the cause."""
+    import torch  # here: the numpy-only readers of this module do not pay for importing torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes_atomic(path, buffer.getbuffer())
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:

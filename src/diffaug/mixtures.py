@@ -35,6 +35,7 @@ from diffaug.errors import UserError, exit_on_error
 from diffaug.formats import synthetic
 from diffaug.formats.mixture import COPY_TRANSFORMS, MixtureIndex, pool_digest, unfiltered_name, write_composition, write_mixture
 from diffaug.formats.splits import load_split
+from diffaug.io import ensure_writable_dir
 
 
 def _draw(labels: np.ndarray, num_classes: int, fraction: float, seed: int, source: str,
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("data/mixtures"))
     args = ap.parse_args(argv)
     cfg = load_config(args.params)
+    ensure_writable_dir(args.out, "--out")
     summary = build(cfg, args.prepared, args.synthetic, args.out)
     for mix, comp in summary.items():
         parts = ", ".join(f"{s} {n}" for s, n in comp["per_source"].items())

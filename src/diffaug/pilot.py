@@ -16,7 +16,6 @@ software); an entry that cannot be read is made again. Details: docs/worth.md.
 from __future__ import annotations
 
 import copy
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from diffaug.cli import human_duration, stage_parser
 from diffaug.config import Config, Img2ImgSet, parse_config, parse_yaml, read_params
 from diffaug.errors import UserError, exit_on_error
 from diffaug.formats.splits import Split, load_split, read_classes
-from diffaug.io import load_npz, save_npz_atomic, sha256_json, write_json_atomic
+from diffaug.io import ensure_writable_dir, load_npz, save_npz_atomic, sha256_json, write_json_atomic
 
 PROBE_STEPS = 300
 REAL_PER_CLASS = 100  # real images per class for the metrics' reference and the probe's test
@@ -52,17 +51,6 @@ class PilotImages:
     cached: bool           # read back from <out>/cache, not made now
     full_set: int          # images of the full set
     device: str
-
-
-def probe_writable(path: Path, key: str) -> None:
-    """One line, before any model loads, when folder `path` cannot be created and written; writes nothing."""
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    try:
-        if not existing.is_dir():
-            raise NotADirectoryError(f"{existing} is a file, not a folder")
-        tempfile.TemporaryFile(dir=existing).close()
-    except OSError as e:
-        raise UserError(f"{key}: {path}: cannot write ({e.strerror or e})") from None
 
 
 # ----------------------------------------------------------------------------- candidates
@@ -108,7 +96,7 @@ def make_pilot(cand: Candidate, classes: list[str], image_size: tuple[int, int],
     device = pick_device(dif)
     levers = choose_levers(dif, device.type, plan.num_images)
     batch = AUTO_CPU_BATCH if levers.batch_size == "auto" else int(levers.batch_size)  # a pilot is too small to size
-    key = sha256_json({"settings": plan.settings_hash, "images": wanted, "batch": batch, "made_with": provenance(levers, device)})
+    key = sha256_json({"settings": plan.settings_hash, "images": wanted, "batch": batch, "made_with": provenance(levers, device, dif.dtype)})
     entry = out / "cache" / f"{key[:32]}.npz"
     found = read_cached(entry, key, plan.num_images, str(device))
     if found is not None:
@@ -262,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     raw = read_params(args.params) or {}
     candidates = parse_candidates(args.candidates, raw, str(args.params))
     classes, image_size = read_classes(args.classes)
-    probe_writable(args.out, "--out")
+    ensure_writable_dir(args.out, "--out")
     base = candidates[0].cfg
     classifier_path = args.classifier or Path("models") / base.model / "orig100" / f"seed-{base.train.seeds[0]}.pt"
 

@@ -24,7 +24,7 @@ from diffaug.cli import stage_parser
 from diffaug.config import Config, DatasetConfig, load_config
 from diffaug.errors import UserError, exit_on_error
 from diffaug.formats.splits import Split, read_npz_split, save_split, write_classes
-from diffaug.io import sha256_file, write_json_atomic
+from diffaug.io import ensure_writable_dir, sha256_file, write_json_atomic
 
 CIFAR_ARCHIVES = {  # torchvision's own file names and md5 sums, repeated here for the error message
     "cifar10": ("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),
@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("data/prepared"))
     args = ap.parse_args(argv)
     cfg: Config = load_config(args.params)
+    ensure_writable_dir(args.out, "--out")  # before a download or a decode
 
     train, val, test = make_splits(cfg.dataset, args.raw)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -16,10 +16,11 @@ import torch
 from torch import nn
 
 from diffaug.errors import UserError
-from diffaug.io import atomic_path
+from diffaug.io import save_torch_atomic
 from diffaug.models import build_model
 
 META_KEYS = ("model", "variant", "num_classes", "classes", "epochs", "settings")
+OPTIONAL_META_KEYS = ("conditions",)  # diffaug.devices.run_conditions of the run that trained it
 
 
 class ImageClassifier(nn.Module):
@@ -80,8 +81,8 @@ def save_trained(path: str | Path, model: ImageClassifier, meta: dict[str, Any])
     bad = non_finite(state)
     if bad:
         raise ValueError(f"save_trained: {len(bad)} tensors hold nan/inf (first: {bad[0]}); not saved")
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": state, "state_sha256": state_sha256(state), **{k: meta[k] for k in META_KEYS}}, tmp)
+    kept = [*META_KEYS, *(k for k in OPTIONAL_META_KEYS if k in meta)]
+    save_torch_atomic(path, {"state_dict": state, "state_sha256": state_sha256(state), **{k: meta[k] for k in kept}})
 
 
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[ImageClassifier, dict[str, Any]]:
@@ -94,7 +95,7 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     require_files([path], RERUN)
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        meta = {k: saved[k] for k in META_KEYS}
+        meta = {k: saved[k] for k in META_KEYS} | {k: saved[k] for k in OPTIONAL_META_KEYS if k in saved}
         state = saved["state_dict"]
     except Exception as e:  # a truncated or foreign file: name it, in one line
         first = str(e).splitlines()[0][:160] if str(e) else ""

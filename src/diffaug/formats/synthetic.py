@@ -3,13 +3,14 @@
 Layout of `data/synthetic/<set>/`:
   shard-00000.npz ...  uint8 NHWC images at the dataset size, in (class, index) order, with labels,
                        seeds, regeneration counts, and a `meta` JSON string: settings hash, first
-                       global index, count, device, provenance (batch size, speed levers, software,
-                       GPU); the zip's CRC-32s catch a damaged shard before the manifest lists it
+                       global index, count, device, provenance (batch size, speed levers, and the
+                       run's conditions: device, GPU, CPU threads, dtype, library versions); the
+                       zip's CRC-32s catch a damaged shard before the manifest lists it
   full/shard-00000/    512² PNGs `<class>_<index>.png`, only with synthetic.save_full_resolution
   manifest.json        written last, once every shard exists: settings (+ hash), generator (model
-                       family, pipeline, family defaults applied, safety checker), software, per
-                       shard file/sha256/range/device/provenance, the groups of shards made with
-                       the same speed settings, per image class/prompt/seed/regenerations (an
+                       family, pipeline, family defaults applied, safety checker), per shard
+                       file/sha256/range/device/provenance, the groups of shards made under the
+                       same provenance, per image class/prompt/seed/regenerations (an
                        img2img image also its real source: split, row, pixel sha256, strength)
   samples.png          a row per class, the first images of each (like the paper's Fig. 8)
 
@@ -20,9 +21,7 @@ images are made; the generate stage describes its plan with one.
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import json
-import platform
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -136,7 +135,6 @@ def full_png_name(plan: SetLayout, g: int) -> str:
 def write_full_png(out_dir: Path, plan: SetLayout, g: int, image: np.ndarray) -> None:
     """Image g at the generation resolution (uint8 HWC), written atomically into its shard's folder."""
     path = full_dir(out_dir, g // plan.images_per_shard) / full_png_name(plan, g)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
 
@@ -188,16 +186,6 @@ def _remove_strays(out_dir: Path, plan: SetLayout, *, all_temp_files: bool) -> N
 
 
 # ----------------------------------------------------------------------------- manifest
-def software_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for dist in ("torch", "torchvision", "diffusers", "transformers", "numpy", "pillow"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = "absent"
-    return versions
-
-
 def _manifest_text(manifest: dict[str, Any]) -> str:
     """Indented JSON, but one line per image: a 50k-image manifest stays readable and small."""
     head = {k: v for k, v in manifest.items() if k != "images"}
@@ -206,7 +194,8 @@ def _manifest_text(manifest: dict[str, Any]) -> str:
 
 
 def provenance_groups(provenances: list[dict[str, Any]]) -> dict[str, Any]:
-    """Which shards were made with which speed settings, and what that means for their pixels."""
+    """Which shards were made under which provenance (speed levers and run conditions: device, GPU, CPU
+    threads, dtype, library versions), and what that means for their bytes, claiming no more than holds."""
     groups: list[dict[str, Any]] = []
     for k, prov in enumerate(provenances):
         for group in groups:
@@ -216,11 +205,12 @@ def provenance_groups(provenances: list[dict[str, Any]]) -> dict[str, Any]:
         else:
             groups.append({"shards": [k], "provenance": prov})
     if len(groups) == 1:
-        note = ("every shard was made with the same batch size, speed levers, software and device: "
-                "a rerun with these gives the same bytes")
+        note = ("every shard was made under the same provenance (see groups): batch size, speed levers, device, GPU, "
+                "CPU threads, dtype and library versions; only a rerun under all of these can give the same bytes")
     else:
-        note = (f"shards were made with {len(groups)} different speed settings (see groups): the same seeds and "
-                "pixel settings, so images agree within 1 uint8 level across groups, not bit for bit")
+        note = (f"shards were made under {len(groups)} different provenances (see groups): the same seeds and pixel "
+                "settings, but the set's bytes match no single run; a rerun gives a shard's bytes only under its "
+                "own group's provenance")
     return {"note": note, "groups": groups}
 
 
@@ -266,7 +256,6 @@ def assemble(out_dir: Path, plan: SetLayout, prompts: Sequence[str], *, lone_pro
         "still_flagged_blacked_out": unresolved,
         "settings": plan.settings,
         **({"generator": generator} if generator is not None else {}),
-        "software": software_versions(),
         "provenance": provenance_groups([s["provenance"] for s in shard_entries]),
         "shards": shard_entries,
         "images": entries,

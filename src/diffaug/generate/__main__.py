@@ -1,11 +1,13 @@
 """CLI: python -m diffaug.generate <set> --params params.yaml --classes data/prepared/classes.json
                                  --out data/synthetic/<set> [--train data/prepared/train.npz]
 
-Everything that can be checked (params, classes.json, --train, model files and family, levers, class ids,
-CPU cost) is checked before torch is imported or a model loaded: one line, exit code 2, nothing written.
+Everything that can be checked (params, whether --out can be written, classes.json, --train, model files and
+family, levers, class ids, CPU cost) is checked before torch is imported or a model loaded: one line, exit
+code 2, nothing written.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from diffaug.formats.splits import Split, load_split, read_classes
 from diffaug.generate.families import ModelInfo, check_levers
 from diffaug.generate.model import ModelSource, check_model_files, choose_levers, resolve_model
 from diffaug.generate.plan import Plan, build_plan, check_cpu_cost, plan_flops, steps_note
-from diffaug.io import sha256_file
+from diffaug.io import ensure_writable_dir, sha256_file
 
 TRAIN_SPLIT = "train.npz"  # the prepare stage's name for the training split
 
@@ -76,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     if spec is None:
         raise UserError(f"set: {args.set!r} is not declared under synthetic.sets in {args.params}; "
                         f"allowed: {', '.join(cfg.synthetic_sets) or 'a declared set'}")
+    # Before a model is fetched or loaded. torchrun workers keep the folder they probe: one removing it while
+    # another probes would fail that one.
+    ensure_writable_dir(args.out, "--out", keep=os.environ.get("WORLD_SIZE", "1") != "1")
     source, info, plan = plan_set(cfg, args.set, args.train, *read_classes(args.classes))
     generator = generator_record(cfg, plan, info)
 
@@ -100,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         groups = len(manifest["provenance"]["groups"])
         console.print(f"{label}: {out_dir / storage.MANIFEST}: {manifest['num_images']} images, "
                       f"{manifest['regenerations']} safety regenerations, digest {manifest['digest']}"
-                      + (f"; shards made with {groups} different speed settings (see its 'provenance')" if groups > 1 else ""))
+                      + (f"; shards made under {groups} different provenances (see its 'provenance')" if groups > 1 else ""))
     elif world.size > 1:
         console.print(f"{label}: my shards are done; the process that finishes the last shard writes manifest.json")
     else:

@@ -7,14 +7,12 @@ accelerate has no counterpart for (it only shrinks from a guess)."""
 from __future__ import annotations
 
 import os
-import platform
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import diffusers
 import numpy as np
 import torch
 from accelerate.utils import find_executable_batch_size
@@ -23,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from diffaug.cli import human_duration
 from diffaug.config import DiffusionConfig
-from diffaug.devices import resolve_device, use_local_rank
+from diffaug.devices import resolve_device, run_conditions, use_local_rank
 from diffaug.errors import UserError
 from diffaug.formats import synthetic as storage
 from diffaug.generate.families import ModelInfo, settled
@@ -61,12 +59,10 @@ def pick_device(dif: DiffusionConfig) -> torch.device:
     return use_local_rank(resolve_device(dif.device, "diffusion.device"))
 
 
-def provenance(levers: Levers, device: torch.device) -> dict[str, Any]:
-    """How a shard was made, beyond its settings: what can move low-order bits (not in the settings hash)."""
-    cuda = device.type == "cuda"
-    return {**levers.record(), "device": device.type, "gpu": torch.cuda.get_device_name(device) if cuda else None,
-            "cpu": platform.machine() if device.type == "cpu" else None, "torch": torch.__version__,
-            "diffusers": diffusers.__version__, "cuda": torch.version.cuda if cuda else None}
+def provenance(levers: Levers, device: torch.device, dtype: str) -> dict[str, Any]:
+    """How a shard was made, beyond its settings: its speed levers and the run's conditions (device, GPU,
+    CPU threads, library versions, dtype), all of which can move low-order bits (not in the settings hash)."""
+    return {**levers.record(), **run_conditions(device, dtype)}
 
 
 AUTO_PROBE_BATCH = 2  # auto: the first batch, whose measured peak sizes the rest
@@ -100,7 +96,7 @@ def open_sampler(dif: DiffusionConfig, source: ModelSource, info: ModelInfo, dev
     sampler = Sampler(pipe, steps=steps, guidance_scale=guidance_scale, resolution=resolution, out_size=plan.image_size,
                       scheduler=dif.scheduler, safety_checker=dif.safety_checker, attention=levers.attention, cache=dif.cache)
     sampler.encode_prompts(plan.distinct_prompts, plan.negative_prompt)
-    made_with = provenance(levers, sampler.device)
+    made_with = provenance(levers, sampler.device, dif.dtype)
     # Large GPU batches decode one image at a time: the whole batch's VAE activations would set the peak.
     if device.type == "cuda" and (levers.batch_size == "auto" or int(levers.batch_size) >= VAE_SLICING_FROM):
         pipe.vae.enable_slicing()

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from diffaug.io import atomic_path
+from diffaug.io import save_torch_atomic
 
 
 def capture_rng(device: torch.device, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -34,8 +34,7 @@ def restore_rng(state: dict[str, torch.Tensor], device: torch.device, generator:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_torch_atomic(path, state)
 
 
 def load_checkpoint(path: str | Path, settings_hash: str) -> dict[str, Any] | None:
@@ -49,6 +48,7 @@ def load_checkpoint(path: str | Path, settings_hash: str) -> dict[str, Any] | No
         print(f"note: ignoring unreadable checkpoint {path} ({type(e).__name__}); training from scratch", file=sys.stderr)
         return None
     if not isinstance(state, dict) or state.get("settings_hash") != settings_hash:
-        print(f"note: ignoring checkpoint {path}: written under other settings; training from scratch", file=sys.stderr)
+        print(f"note: ignoring checkpoint {path}: written under other settings or conditions (device, CPU threads, "
+              "library versions...); training from scratch", file=sys.stderr)
         return None
     return state

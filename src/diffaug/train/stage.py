@@ -16,18 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from dvclive import Live
 
 from diffaug.cli import human_duration, stage_parser
 from diffaug.config import ARCHITECTURES, Config, load_config
-from diffaug.devices import resolve_device, training_precision, use_local_rank
+from diffaug.devices import resolve_device, run_conditions, training_precision, use_local_rank
 from diffaug.errors import ConfigError, UserError, exit_on_error
 from diffaug.formats.classifier import save_trained
 from diffaug.formats.mixture import RERUN as RERUN_MIXTURES
 from diffaug.formats.mixture import load_mixture, read_total
 from diffaug.formats.splits import check_arrays, load_split
-from diffaug.io import sha256_file, sha256_json, write_json_atomic
+from diffaug.io import ensure_writable_dir, sha256_file, sha256_json, write_json_atomic
 from diffaug.train.loop import Trainer, fit
 
 # Images/s of one training cell on one H100 80GB (bf16, channels_last, batch 128, 50k images; s/epoch 5.26 / 8.38 /
@@ -101,7 +100,9 @@ def run(cfg: Config, model: str, mix: str, images: np.ndarray, labels: np.ndarra
 
     `mixture_sha256` (of the mixture's index file, which records a digest of every pool it draws
     from) stands for the training images in the settings hash, so a checkpoint made on other data is
-    not resumed. The validation images are not in it: they never change the weights.
+    not resumed. The validation images are not in it: they never change the weights. Nor is a checkpoint
+    made under other conditions (GPU, CPU threads, library versions...) resumed: the weights would match
+    neither run's, so the classifier's recorded conditions would claim too much.
     """
     tr, recipe = cfg.train, cfg.train.active
     device = use_local_rank(resolve_device(tr.device, "train.device"))  # under torchrun: GPU LOCAL_RANK
@@ -115,7 +116,8 @@ def run(cfg: Config, model: str, mix: str, images: np.ndarray, labels: np.ndarra
         "train_images": len(images), "val_images": len(val_images),
         "mixture_sha256": mixture_sha256,
     }
-    report: dict[str, Any] = {"model": model, "mix": mix, "settings": settings, "torch": torch.__version__, "seeds": {}}
+    conditions = run_conditions(device, precision.name)
+    report: dict[str, Any] = {"model": model, "mix": mix, "settings": settings, "conditions": conditions, "seeds": {}}
     if precision.note:
         report["precision_note"] = precision.note
     for seed in tr.seeds:
@@ -126,11 +128,12 @@ def run(cfg: Config, model: str, mix: str, images: np.ndarray, labels: np.ndarra
                           val_images=val_images, val_labels=val_labels)
         log = EpochLog(metrics / f"seed-{seed}", seed, recipe.epochs)
         result = fit(trainer, checkpoint=checkpoints / f"seed-{seed}.pt", checkpoint_every=tr.checkpoint_every,
-                     settings_hash=sha256_json(seed_settings), log=log, label=f"{model}/{mix} seed {seed}")
+                     settings_hash=sha256_json({**seed_settings, "conditions": conditions}), log=log,
+                     label=f"{model}/{mix} seed {seed}")
         log.close()
         save_trained(out / f"seed-{seed}.pt", trainer.final_model,  # the EMA weights when the recipe keeps them
                      {"model": model, "variant": tr.variant, "num_classes": len(classes), "classes": classes,
-                      "epochs": recipe.epochs, "settings": seed_settings})
+                      "epochs": recipe.epochs, "settings": seed_settings, "conditions": conditions})
         step_mode = trainer.step_mode
         del trainer  # frees its device copy of the images before the next seed uploads them again
         last = result.history[-1]
@@ -156,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.mix not in cfg.mixtures:
         raise ConfigError(f"--mix: got {args.mix!r}; allowed: {' | '.join(cfg.mixtures)}")
     resolve_device(cfg.train.device, "train.device")  # a missing or bad CUDA device: one line before data is read
+    for key, folder in (("--out", args.out), ("--metrics", args.metrics), ("--checkpoints", args.checkpoints)):
+        ensure_writable_dir(folder, key)  # before the data is read and a model trained
     images, labels, classes = load_training_data(args.mixture, args.prepared, args.synthetic)
     val_images, val_labels = load_validation(args.prepared / "val.npz", classes, images.shape[1:])
     # The grid's ETA: images seen over every cell / images/s of one cell (build_mixtures' <mix>.json give the sizes)
