@@ -61,7 +61,7 @@ def test_a_model_that_is_not_cached_is_skipped_not_downloaded(tmp_path, capsys):
     (["--budget-s", "nan"], "error: --budget-s: got nan; allowed: a number of seconds > 0"),
     (["--budget-s", "inf"], "error: --budget-s: got inf; allowed: a number of seconds > 0"),
     (["--budget-s", "0"], "error: --budget-s: got 0.0; allowed: a number of seconds > 0"),
-    (["--json", "{file}/doctor.json"], "error: --json: {file}: cannot write ("),
+    (["--json", "{file}/doctor.json"], "error: --json: {file}: cannot write: it is a file, not a folder"),
     (["--json", "{folder}"], "error: --json: {folder}: cannot write (it is a folder)"),
 ])
 def test_bad_arguments_are_one_line_before_any_check(tmp_path, capsys, monkeypatch, argv, says):
