@@ -226,3 +226,11 @@ def test_params_yaml_is_read_as_dvc_reads_it(tmp_path):
     from dvc.utils.serialize import load_yaml
 
     assert load_yaml(tmp_path / "params.yaml")["train"]["recipes"]["default"]["lr"] == 0.001
+
+
+def test_a_bad_value_is_told_before_a_missing_key():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"model": "resnet19"})
+    assert str(err.value).startswith("params.yaml: model: Input should be 'resnet18', ") and str(err.value).endswith(" (got 'resnet19')")
+    with pytest.raises(ConfigError, match=r"^params.yaml: mixtures: Field required$"):
+        parse_config({"model": "resnet18"})

@@ -64,14 +64,17 @@ def load_config(path: str | Path = "params.yaml") -> Config:
 
 
 def explain(errors: list[ErrorDetails], data: Any) -> str:
-    """'<dotted key>: <pydantic's message> (got <value>)' for the deepest of pydantic's errors (of a union's arms, the one
-    the value was meant for; a type mismatch only if every arm refuses the type), plus the keys there are for an unknown
-    key. A location's parts that are no key or index of the data name a union's arm: the key leaves them out."""
+    """'<dotted key>: <pydantic's message> (got <value>)' for pydantic's first error (a missing key only if nothing else is
+    wrong), plus the keys there are for an unknown key. A location's parts that are no key or index of the data name a
+    union's arm: the key leaves them out. Of the errors of a union's arms, the deepest wins (the arm the value was meant
+    for), and a type mismatch only if every arm refuses the type: their messages are joined."""
     found = [(*_located(e, data), e) for e in errors]
-    deepest = [f for f in found if len(f[0]) == max(len(f[0]) for f in found)]
+    first = next((f for f in found if f[2]["type"] != "missing"), found[0])[0]
+    related = [f for f in found if f[0][:len(first)] == first or first[:len(f[0])] == f[0]]
+    deepest = [f for f in related if len(f[0]) == max(len(f[0]) for f in related)]
     chosen = [f for f in deepest if not f[2]["type"].endswith("_type")] or deepest
     path, value, err = chosen[0]
-    message = " or ".join(dict.fromkeys(str((e.get("ctx") or {}).get("error") or e["msg"]) for *_, e in chosen))
+    message = " or ".join(dict.fromkeys(str((e.get("ctx") or {}).get("error") or e["msg"]) for p, _, e in chosen if p == path))
     key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
     got = "" if err["type"] == "missing" else f" (got {value!r:.100})"
     allowed = f"; allowed: {', '.join(_keys(err['loc']))}" if err["type"] in ("extra_forbidden", "unexpected_keyword_argument") else ""
@@ -84,15 +87,16 @@ def _located(err: ErrorDetails, data: Any) -> tuple[list[str | int], Any]:
     invalid, path = (err.get("ctx") or {}).get("error"), []
     loc = (*err["loc"], *(invalid.key if isinstance(invalid, Invalid) else ()))
     for i, part in enumerate(loc):
-        if isinstance(data, dict) and part in data or isinstance(data, list) and isinstance(part, int) and part < len(data):
+        node = dict(enumerate(data)) if isinstance(data, list) else data
+        if isinstance(node, dict) and part in node:
             path.append(part)
-            data = data[part]
+            data = node[part]
         elif isinstance(data, dict | None) and i == len(loc) - 1:  # a key not given: a default refused, or one required
             path.append(part)
     return path, data if isinstance(invalid, Invalid) else err["input"]
 
 
-def _models_in(annotation: Any) -> list[type]:
+def _models_in(annotation: Any) -> list[Any]:
     if isinstance(annotation, type) and hasattr(annotation, "__pydantic_fields__"):
         return [annotation]
     return [m for arg in get_args(annotation) for m in _models_in(arg)]
@@ -100,7 +104,7 @@ def _models_in(annotation: Any) -> list[type]:
 
 def _keys(loc: tuple[str | int, ...]) -> list[str]:
     """The keys of the section an unknown key (at `loc`) lies in: the models are followed along the location."""
-    models: list[type] = [Config]
+    models: list[Any] = [Config]
     for part in loc[:-1]:
         if named := [m for m in models if m.__name__ == part]:  # a tagged union's arm: its tag is the class name
             models = named

@@ -46,7 +46,11 @@ def need(ok: bool, message: str, *key: str | int) -> None:
 
 
 SECTION = ConfigDict(extra="forbid", allow_inf_nan=False)  # every section: unknown keys and non-finite numbers refused
-Int, Float, Str, Bool = StrictInt, StrictFloat, StrictStr, StrictBool  # no YAML value is coerced into another type
+# No YAML value is coerced into another type.
+Int = StrictInt
+Float = StrictFloat
+Str = StrictStr
+Bool = StrictBool
 Count = Annotated[Int, Field(ge=1)]
 NonNegativeInt = Annotated[Int, Field(ge=0)]
 Seed = Annotated[Int, Field(ge=0, le=SEED_MAX)]
@@ -98,7 +102,7 @@ class DatasetConfig:
     kind = property(lambda self: self.name.split(":", 1)[0])  # cifar10, cifar100, npz or imagefolder
     path = property(lambda self: self.name.split(":", 1)[1] if ":" in self.name else None)
 
-    def words(self, classes: list[Str]) -> list[Str]:
+    def words(self, classes: list[str]) -> list[str]:
         """Each class's prompt word: label_names' entry, else its name with '_' as spaces. The one check, for every stage
         that reads label_names, that each of its keys names a class (the classes are known only at stage time)."""
         for name in self.label_names:
@@ -160,7 +164,7 @@ class SyntheticConfig:
     images_per_shard: Count = 1000
     save_full_resolution: Bool = False
     sets: Annotated[dict[SetName, SyntheticSet], AfterValidator(_set_names)] = Field(  # name -> kind and settings
-        default_factory=lambda: {"syn1": PromptSet(prompt="{label}"), "syn2": PromptSet(prompt="a photo of a {label}")})
+        default_factory=lambda: dict[str, PromptSet | Img2ImgSet](syn1=PromptSet(prompt="{label}"), syn2=PromptSet(prompt="a photo of a {label}")))
 
 
 @dataclass(frozen=True, config=SECTION)
@@ -272,7 +276,7 @@ class Mixture(BaseModel):
     """`mixtures.<name>`: source -> fraction in [0, 1] (an absent source: 0), and optionally a `filter`."""
 
     model_config = ConfigDict(extra="allow", strict=True, frozen=True, allow_inf_nan=False)
-    __pydantic_extra__: dict[Str, Fraction] = Field(init=False)  # type: ignore[assignment]
+    __pydantic_extra__: dict[str, Fraction] = Field(init=False)
     filter: MixtureFilter | None = None
 
     @model_validator(mode="after")
