@@ -45,7 +45,7 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from diffaug.config import Config, load_config  # noqa: E402
+from diffaug.config import Config, load_config, parse_config  # noqa: E402
 from diffaug.devices import GpuInfo, check_generation, gpu_info, resolve_device, synchronize, training_precision  # noqa: E402
 from diffaug.errors import ConfigError, OneLineParser, UserError, exit_on_error  # noqa: E402
 from diffaug.io import write_bytes_atomic  # noqa: E402
@@ -584,7 +584,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.params.is_file():
         cfg, note = load_config(args.params), f"settings from {args.params}"
     else:
-        cfg, note = Config(), f"{args.params} not found: checking the built-in defaults"
+        cfg, note = parse_config({"mixtures": {"orig100": {"orig": 1.0}}}), f"{args.params} not found: checking the built-in defaults"
     report = run(cfg, args.budget_s, note)
     print_table(report)
     yaml_text = recommended_yaml(report)
