@@ -56,32 +56,36 @@ def test_all_eleven_paper_mixtures_and_fig7_baselines_are_defined():
 
 BAD = [
     # (key to change, value, text the one-line error must contain)
-    ("diffusion.colour", "red", "diffusion.colour: unknown key"),
-    ("real_curve", ["orig50_syn1_50", "orig50", "orig100"], "real_curve[0]: got 'orig50_syn1_50'; allowed: a mixture that draws from orig alone"),
-    ("real_curve", ["orig50", "orig100"], "real_curve: allowed: [] (off) or at least 3 distinct mixtures"),
-    ("diffusion.steps", "fifty", "diffusion.steps: got 'fifty'; allowed: an integer"),
-    ("diffusion.resolution", 500, "diffusion.resolution: got 500; allowed: a multiple of 8"),
-    ("diffusion.dtype", "int8", "diffusion.dtype: got 'int8'; allowed: 'float16' | 'bfloat16' | 'float32'"),
-    ("diffusion.scheduler", "lms", "diffusion.scheduler: got 'lms'"),
-    ("diffusion.guidance_scale", True, "diffusion.guidance_scale: got True; allowed: a number"),
-    ("model", "resnet101", "model: got 'resnet101'; allowed: 'resnet18'"),
-    ("mixes", ["orig100", "orig33"], "mixes[1]: unknown mixture 'orig33'"),
-    ("mixtures.orig100", {"orig": 1.5}, "mixtures.orig100.orig: fraction 1.5 is outside [0, 1]"),
-    ("mixtures.orig100", {"syn3": 1.0}, "mixtures.orig100.syn3: unknown source (no synthetic set 'syn3' under "
-     "synthetic.sets); allowed: orig, rot90, vflip, syn1, syn2"),
-    ("mixtures.orig50_rot50", {"orig": 0.25, "rot90": 0.5}, "mixtures.orig50_rot50.rot90: copies the real images that orig draws"),
-    ("synthetic.sets.syn2.prompt", "a photo of a bird", "synthetic.sets.syn2.prompt: 'a photo of a bird' must contain {label}"),
-    ("synthetic.sets.syn1.prompt", ["{label}", "{label} by {artist}"], "must contain {label} and no other {field}"),
-    ("synthetic.sets.syn1.kind", "text", "synthetic.sets.syn1.kind: got 'text'; allowed: 'prompt' | 'img2img'"),
-    ("synthetic.sets.syn1.strength", 0.5, "synthetic.sets.syn1.strength: unknown key; allowed: kind, prompt, negative_prompt"),
-    ("synthetic.sets.orig", {"kind": "prompt"}, "synthetic.sets.orig: 'orig' is a reserved source name"),
-    ("synthetic.images_per_class", 0, "synthetic.images_per_class: got 0; allowed: an integer >= 1"),
-    ("dataset.name", "mnist", "dataset.name: got 'mnist'; allowed: cifar10 | cifar100 | npz:<path> | imagefolder:<path>"),
-    ("train.recipe", "fast", "train.recipe: got 'fast'; allowed: default, paper"),
-    ("train.recipes.default.lr", -0.1, "train.recipes.default.lr: got -0.1; allowed: a number > 0"),
-    ("train.seeds", [0, 0], "train.seeds: allowed: a non-empty list of distinct integers"),
-    ("train.variant", "imagenet", "train.variant: got 'imagenet'; allowed: 'cifar' | 'paper'"),
-    ("evaluate.device", "tpu", "evaluate.device: got 'tpu'; allowed: auto | cpu | cuda | cuda:N"),
+    ("diffusion.colour", "red", "diffusion.colour: Unexpected keyword argument (got 'red'); allowed: model, revision, variant"),
+    ("real_curve", ["orig50_syn1_50", "orig50", "orig100"], "real_curve[0]: allowed: a mixture that draws from orig alone (got 'orig50_syn1_50')"),
+    ("real_curve", ["orig50", "orig100"], "real_curve: allowed: [] (off) or at least 3 distinct mixtures with distinct orig fractions (the curve has 3 "
+     "parameters) "
+     "(got ['orig50', 'orig100'])"),
+    ("diffusion.steps", "fifty", "diffusion.steps: Input should be a valid integer (got 'fifty')"),
+    ("diffusion.resolution", 500, "diffusion.resolution: Input should be a multiple of 8 (got 500)"),
+    ("diffusion.dtype", "int8", "diffusion.dtype: Input should be 'float16', 'bfloat16' or 'float32' (got 'int8')"),
+    ("diffusion.scheduler", "lms", "diffusion.scheduler: Input should be 'default', 'pndm', 'ddim', 'dpmsolver++' or 'euler' (got 'lms')"),
+    ("diffusion.guidance_scale", True, "diffusion.guidance_scale: Input should be a valid number (got True)"),
+    ("model", "resnet101", "model: Input should be 'resnet18', 'resnet34', 'resnet50', 'vgg16' or 'densenet121' (got 'resnet101')"),
+    ("mixes", ["orig100", "orig33"], "mixes[1]: unknown mixture; allowed: orig100, orig75, orig50"),
+    ("mixtures.orig100", {"orig": 1.5}, "mixtures.orig100.orig: Input should be less than or equal to 1 (got 1.5)"),
+    ("mixtures.orig100", {"syn3": 1.0}, "mixtures.orig100.syn3: unknown source; allowed: orig, rot90, vflip, syn1, syn2 "
+     "(the sets under synthetic.sets) (got 1.0)"),
+    ("mixtures.orig50_rot50", {"orig": 0.25, "rot90": 0.5}, "mixtures.orig50_rot50.rot90: allowed: at most orig's fraction (0.25) (got 0.5)"),
+    ("synthetic.sets.syn2.prompt", "a photo of a bird", "synthetic.sets.syn2.prompt: 'a photo of a bird': allowed: text whose only field is {label}"),
+    ("synthetic.sets.syn1.prompt", ["{label}", "{label} by {artist}"], "synthetic.sets.syn1.prompt: '{label} by {artist}' is not a template "
+     "(KeyError: 'artist'); allowed: text whose only field is {label}"),
+    ("synthetic.sets.syn1.kind", "text", "synthetic.sets.syn1: kind must be 'prompt' or 'img2img' (got {'kind': 'text'"),
+    ("synthetic.sets.syn1.strength", 0.5, "synthetic.sets.syn1.strength: Unexpected keyword argument (got 0.5); "
+     "allowed: kind, prompt, negative_prompt, class_ids"),
+    ("synthetic.sets.orig", {"kind": "prompt"}, "synthetic.sets.orig: 'orig' is a reserved source name; allowed: any other name (got {'kind': 'prompt'})"),
+    ("synthetic.images_per_class", 0, "synthetic.images_per_class: Input should be greater than or equal to 1 (got 0)"),
+    ("dataset.name", "mnist", "dataset.name: String should match pattern '^(cifar10|cifar100|(npz|imagefolder):.+)$' (got 'mnist')"),
+    ("train.recipe", "fast", "train.recipe: allowed: default, paper (got 'fast')"),
+    ("train.recipes.default.lr", -0.1, "train.recipes.default.lr: Input should be greater than 0 (got -0.1)"),
+    ("train.seeds", [0, 0], "train.seeds: lists an entry twice; allowed: each once (got [0, 0])"),
+    ("train.variant", "imagenet", "train.variant: Input should be 'cifar' or 'paper' (got 'imagenet')"),
+    ("evaluate.device", "tpu", "evaluate.device: String should match pattern '^(auto|cpu|cuda|cuda:\\d+)$' (got 'tpu')"),
 ]
 
 
@@ -120,17 +124,18 @@ def test_an_img2img_set_parses_with_its_defaults_and_a_strength_list():
 
 
 BAD_IMG2IMG = [
-    ({"strength": 0}, "synthetic.sets.i2i.strength: got 0.0; allowed: a number in (0, 1]"),
-    ({"strength": 1.5}, "synthetic.sets.i2i.strength: got 1.5; allowed: a number in (0, 1]"),
-    ({"strength": -0.2}, "synthetic.sets.i2i.strength: got -0.2; allowed: a number in (0, 1]"),
-    ({"strength": [0.5, 1.01]}, "synthetic.sets.i2i.strength: got 1.01; allowed: a number in (0, 1]"),
-    ({"strength": []}, "synthetic.sets.i2i.strength: empty list"),
-    ({"strength": 0.01}, "synthetic.sets.i2i.strength: got 0.01: int(diffusion.steps * strength) = int(50 * 0.01) = 0 steps"),
-    ({"strength": "high"}, "synthetic.sets.i2i.strength: got 'high'; allowed: a number or a list of a number"),
-    ({"strength": float("nan")}, "synthetic.sets.i2i.strength: got nan; allowed: a finite number"),
-    ({"images_per_class": 0}, "synthetic.sets.i2i.images_per_class: got 0; allowed: null (every real training image)"),
-    ({"prompt": "a photo"}, "synthetic.sets.i2i.prompt: 'a photo' must contain {label}"),
-    ({"guidance": 3}, "synthetic.sets.i2i.guidance: unknown key; allowed: kind, strength, prompt"),
+    ({"strength": 0}, "synthetic.sets.i2i.strength: Input should be greater than 0 (got 0)"),
+    ({"strength": 1.5}, "synthetic.sets.i2i.strength: Input should be less than or equal to 1 (got 1.5)"),
+    ({"strength": -0.2}, "synthetic.sets.i2i.strength: Input should be greater than 0 (got -0.2)"),
+    ({"strength": [0.5, 1.01]}, "synthetic.sets.i2i.strength[1]: Input should be less than or equal to 1 (got 1.01)"),
+    ({"strength": []}, "synthetic.sets.i2i.strength: List should have at least 1 item after validation, not 0 (got [])"),
+    ({"strength": 0.01}, "synthetic.sets.i2i.strength: int(diffusion.steps * strength) = int(50 * 0.01) = 0 steps; "
+     "allowed: a strength >= 0.02 (got 0.01)"),
+    ({"strength": "high"}, "synthetic.sets.i2i.strength: Input should be a valid number or Input should be a valid list (got 'high')"),
+    ({"strength": float("nan")}, "synthetic.sets.i2i.strength: Input should be a finite number (got nan)"),
+    ({"images_per_class": 0}, "synthetic.sets.i2i.images_per_class: Input should be greater than or equal to 1 (got 0)"),
+    ({"prompt": "a photo"}, "synthetic.sets.i2i.prompt: 'a photo': allowed: text whose only field is {label}"),
+    ({"guidance": 3}, "synthetic.sets.i2i.guidance: Unexpected keyword argument (got 3); allowed: kind, strength, prompt"),
 ]
 
 
@@ -143,9 +148,9 @@ def test_bad_img2img_value_is_one_line_naming_the_key(spec, message):
 
 
 def test_img2img_sets_lists_exactly_the_img2img_sets():
-    with pytest.raises(ConfigError, match=r"img2img_sets: misses 'i2i': list every img2img set here"):
+    with pytest.raises(ConfigError, match=r"img2img_sets: misses 'i2i': list every img2img set here.* \(got \[\]\)"):
         parse_config(with_img2img({"strength": 0.5}, listed=False))
-    with pytest.raises(ConfigError, match=r"img2img_sets\[0\]: 'syn1' is not an img2img set under synthetic.sets"):
+    with pytest.raises(ConfigError, match=r"img2img_sets\[0\]: not an img2img set under synthetic.sets; allowed: i2i \(got 'syn1'\)"):
         parse_config(with_img2img({"strength": 0.5}, listed=False, img2img_sets=["syn1"]))
 
 
@@ -157,7 +162,7 @@ def test_prompt_sets_lists_exactly_the_prompt_sets_beyond_syn1_and_syn2():
     p["prompt_sets"] = ["syn3"]
     assert parse_config(p).synthetic_sets == ("syn1", "syn2", "syn3")
     p["prompt_sets"] = ["syn3", "syn1"]
-    with pytest.raises(ConfigError, match=r"prompt_sets\[1\]: 'syn1' is not a prompt set under synthetic.sets other than syn1 and syn2"):
+    with pytest.raises(ConfigError, match=r"prompt_sets\[1\]: not a prompt set under synthetic.sets other than syn1 and syn2; allowed: syn3 \(got 'syn1'\)"):
         parse_config(p)
 
 
@@ -178,7 +183,7 @@ def test_stage_exits_2_with_one_line_and_writes_nothing(tmp_path, module):
                           capture_output=True, text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert lines == ["error: params.yaml: diffusion.resolution: got 500; allowed: a multiple of 8, at least 64 (the paper: 512)"]
+    assert lines == ["error: params.yaml: diffusion.resolution: Input should be a multiple of 8 (got 500)"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
@@ -198,7 +203,7 @@ def test_a_standard_json_schema_validator_accepts_params_and_rejects_a_misspelle
         errors = [e.message for e in validator.iter_errors(with_change(key, value))]
         assert errors == [f"Additional properties are not allowed ('{key.rsplit('.', 1)[-1]}' was unexpected)"], errors
     assert list(validator.iter_errors(with_change("diffusion.resolution", 500)))  # the rules travel too: a multiple of 8
-    with pytest.raises(ConfigError, match=r"diffusion\.stpes: unknown key; allowed: model, revision"):
+    with pytest.raises(ConfigError, match=r"diffusion\.stpes: Unexpected keyword argument \(got 20\); allowed: model, revision"):
         parse_config(with_change("diffusion.stpes", 20))  # and params.yaml's own check says the same
 
 
@@ -221,3 +226,11 @@ def test_params_yaml_is_read_as_dvc_reads_it(tmp_path):
     from dvc.utils.serialize import load_yaml
 
     assert load_yaml(tmp_path / "params.yaml")["train"]["recipes"]["default"]["lr"] == 0.001
+
+
+def test_a_bad_value_is_told_before_a_missing_key():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"model": "resnet19"})
+    assert str(err.value).startswith("params.yaml: model: Input should be 'resnet18', ") and str(err.value).endswith(" (got 'resnet19')")
+    with pytest.raises(ConfigError, match=r"^params.yaml: mixtures: Field required$"):
+        parse_config({"model": "resnet18"})

@@ -22,6 +22,7 @@ def config(mixes, seeds):
     p = yaml.safe_load((REPO / "params.yaml").read_text())
     p["mixes"], p["train"]["seeds"] = mixes, seeds
     p["evaluate"]["device"] = "cpu"
+    p["dataset"]["label_names"] = {}  # the toy classes have no automobile, and evaluate refuses a name for no class
     return parse_config(copy.deepcopy(p))
 
 
@@ -170,6 +171,7 @@ def test_exchange_rate_columns_from_the_real_curve(tmp_path, monkeypatch, models
         (tmp_path / "models" / mix / "seed-0.pt").write_bytes(b"stand-in; predict is replaced")
     p = yaml.safe_load((REPO / "params.yaml").read_text())
     p["mixes"], p["train"]["seeds"], p["evaluate"]["device"] = mixes, [0], "cpu"
+    p["dataset"]["label_names"] = {}  # the toy classes have no automobile
     p["mixtures"]["syn1_100"] = {"syn1": 1.0}
     p["synthetic"]["images_per_class"] = 200
     summary = evaluate.evaluate(parse_config(p), tmp_path / "prepared", tmp_path / "synthetic", tmp_path / "models",

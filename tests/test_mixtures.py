@@ -180,6 +180,7 @@ def test_a_mixture_drawing_from_an_undeclared_set_is_one_line():
     with pytest.raises(ConfigError) as err:
         parse_config(p)
     message = str(err.value)
-    assert message.startswith("params.yaml: mixtures.orig50_i2i50.i2i: unknown source (no synthetic set 'i2i' under synthetic.sets)")
+    assert message.startswith("params.yaml: mixtures.orig50_i2i50.i2i: unknown source; allowed: orig, rot90, vflip, syn1, syn2 "
+                              "(the sets under synthetic.sets) (got 0.5)")
     assert "allowed: orig, rot90, vflip, syn1, syn2" in message and "\n" not in message
     assert parse_config(with_set(p)).mixtures["orig50_i2i50"] == {"orig": 0.5, "i2i": 0.5}

@@ -57,10 +57,11 @@ COMMANDS = {
     "dvc exp run": "prose; the Experiments block's `dvc exp run` lines run",
     "dvc import": "prose",
     "dvc plots": "prose; `dvc plots show` runs",
+    "dvc params diff": "prose; tests/test_params_complete.py runs it on a changed params.yaml",
     "dvc push": RUN,
     "dvc pull": RUN + " in a fresh git clone of it, then `dvc repro` must rerun nothing",
     ".venv/bin/python -m pytest -m not slow": "this test suite",
-    "dvc exp run -S +diffusion.batch_size=8": "the demo's params.yaml writes every diffusion key, and `+` refuses a key "
+    "dvc exp run -S +train.checkpoint_every=5": "the demo's params.yaml writes train.checkpoint_every, and `+` refuses a key "
         "that is already there (plain -S sets it); test_a_plus_override_adds_a_key_params_yaml_leaves_out checks it",
     # docs/experiments.md
     "dvc exp run -n resnet50 -S model=resnet50": RUN,
@@ -154,11 +155,11 @@ def test_a_plus_override_adds_a_key_params_yaml_leaves_out(tmp_path):
 
     params = tmp_path / "params.yaml"
     shutil.copy2(REPO / "params.yaml", params)
-    assert "batch_size" not in yaml.safe_load(params.read_text())["diffusion"]  # the example adds a new key
-    apply_overrides(str(params), ["+diffusion.batch_size=8"])
-    assert load_config(params).diffusion.batch_size == 8
+    assert "checkpoint_every" not in yaml.safe_load(params.read_text())["train"]  # the example adds a new key
+    apply_overrides(str(params), ["+train.checkpoint_every=5"])
+    assert load_config(params).train.checkpoint_every == 5
     with pytest.raises(Exception, match="Invalid `--set-param` value"):  # `+` on a key params.yaml writes
-        apply_overrides(str(params), ["+diffusion.batch_size=4"])
+        apply_overrides(str(params), ["+train.checkpoint_every=4"])
 
 
 def test_every_command_shown_is_known_here():

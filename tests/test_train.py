@@ -189,8 +189,8 @@ def run_main(tmp, capsys, *extra, model="resnet18", mixture="mix.npz"):
 
 
 @pytest.mark.parametrize("edit, expected", [
-    (lambda p: p["train"].update(recipe="fast"), "train.recipe: got 'fast'; allowed: default, paper"),
-    (lambda p: p["train"]["recipes"]["default"].update(lr=-0.1), "train.recipes.default.lr: got -0.1; allowed: a number > 0"),
+    (lambda p: p["train"].update(recipe="fast"), "train.recipe: allowed: default, paper (got 'fast')"),
+    (lambda p: p["train"]["recipes"]["default"].update(lr=-0.1), "train.recipes.default.lr: Input should be greater than 0 (got -0.1)"),
     (lambda p: p["train"]["recipes"]["default"].update(schedule="step"), "train.recipes.default.schedule"),
     (lambda p: p["train"]["recipes"]["default"].update(epochs=0), "train.recipes.default.epochs"),
     (lambda p: p["train"].update(variant="imagenet"), "train.variant"),

@@ -203,9 +203,11 @@ def recommended_yaml(report: Report) -> str:
 
 def run(raw: dict[str, Any], source: str, budget_s: float, classes_path: Path) -> Report:
     quiet_libraries()
-    report, cfg = Report(budget_s), parse_config(raw, source)
+    report = Report(budget_s)
     report.add("machine", "params", "info", f"settings from {source}" if raw else f"{source}: not found or empty: "
                "checking the built-in defaults")
+    raw = raw or {"mixtures": {"orig100": {"orig": 1.0}}}  # params.yaml must declare a mixture; real only is the lightest
+    cfg = parse_config(raw, source)
     device = resolve_device(cfg.diffusion.device, "diffusion.device")
     gpu = machine_checks(report, device)
     fixed = settings_checks(report, raw, source, device, gpu)

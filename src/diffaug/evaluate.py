@@ -133,6 +133,7 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
     device = resolve_device(cfg.evaluate.device, "evaluate.device")
     test = load_split(prepared / "test.npz")
     classes, seeds = test.classes, cfg.train.seeds
+    cfg.dataset.words(classes)  # refuses a label_names key that names no class, as every stage that reads them does
     # Check every weight file before any work, so a missing cell fails fast and writes nothing.
     for mix in cfg.trained_mixes:
         require_files([models / mix / f"seed-{s}.pt" for s in seeds], f"train@{cfg.model}-{mix} has not run (dvc repro)")

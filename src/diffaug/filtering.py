@@ -105,6 +105,7 @@ def filter_mixture(cfg: Config, mix: str, mixtures_dir: Path, prepared: Path, sy
     key = f"mixtures.{mix}.filter"
     source_path = mixtures_dir / f"{unfiltered_name(mix)}.npz"
     index = read_mixture(source_path)
+    cfg.dataset.words(index.classes)  # refuses a label_names key that names no class, as every stage that reads them does
     if spec.by == "confidence":
         require_files([classifier], f"the filter of {mix} needs train@{cfg.model}-orig100 first (dvc repro)")
     classes = index.classes

@@ -250,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     raw = read_params(args.params) or {}
     candidates = parse_candidates(args.candidates, raw, str(args.params))
     classes, image_size = read_classes(args.classes)
+    candidates[0].cfg.dataset.words(classes)  # refuses a label_names key that names no class, before any output
     ensure_writable_dir(args.out, "--out")
     base = candidates[0].cfg
     classifier_path = args.classifier or Path("models") / base.model / "orig100" / f"seed-{base.train.seeds[0]}.pt"

@@ -1,12 +1,12 @@
 """One validated configuration object, read from params.yaml (the sections and their rules: `schema`).
 
-Every stage calls `load_config()` first: a bad value stops it with one line naming the key and what is allowed
-(exit code 2) before any data is read or anything written: pydantic's first error, re-worded.
+Every stage calls `load_config()` first: a bad value stops it with one line, `params.yaml: <dotted key>: <pydantic's
+message> (got <value>)` (exit code 2), before any data is read or anything written.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
@@ -14,17 +14,12 @@ from ruamel.yaml import YAML, YAMLError
 from ruamel.yaml.constructor import DuplicateKeyError
 
 from diffaug.config.schema import *  # noqa: F403 (the sections and constants are the package's API)
-from diffaug.config.schema import SET_KINDS, Config, Invalid
+from diffaug.config.schema import Config, Invalid
 from diffaug.config.schema import __all__ as _sections
 from diffaug.errors import ConfigError
 
 __all__ = [*_sections, "ConfigError", "json_schema", "load_config", "parse_config", "parse_yaml", "read_params"]
 ADAPTER = TypeAdapter(Config)
-# What a value that is not of the type at all is told (pydantic's error types, and the names it gives union arms)
-NAMES = {"int": "an integer", "float": "a number", "str": "a string", "string": "a string", "bool": "true or false", "list": "a list",
-         "dict": "a mapping", "dataclass": "a mapping", "MixtureFilter": "a mapping", "union_tag_not_found": "a mapping", "finite_number": "a finite number"}
-MISMATCH = {"int_type", "float_type", "string_type", "bool_type", "list_type", "dict_type", "dataclass_type", "literal_error", "none_required",
-            "union_tag_not_found"}
 
 
 def json_schema() -> dict[str, Any]:
@@ -37,7 +32,7 @@ def parse_config(data: Any, source: str = "params.yaml") -> Config:
     try:
         return ADAPTER.validate_python(data if data is not None else {})
     except ValidationError as e:
-        raise ConfigError(f"{source}: {explain(e.errors(), data).removeprefix(': ')}") from None
+        raise ConfigError(f"{source}: {explain(e.errors(), data)}") from None
 
 
 def read_params(path: str | Path = "params.yaml") -> Any:
@@ -68,41 +63,51 @@ def load_config(path: str | Path = "params.yaml") -> Config:
     return parse_config(read_params(path), str(path))
 
 
-def _named(what: str) -> str:
-    """'a number' for pydantic's float_type or a union arm named 'float'; 'a list of a number' for 'list[float]'."""
-    if what.startswith("function-"):  # a section with a validator: 'function-after[_one_rule(), MixtureFilter]'
-        return _named(what[:-1].rsplit(", ", 1)[1])
-    if what.startswith("list["):
-        return f"a list of {_named(what[5:-1])}"
-    if what.startswith("literal["):
-        return what[8:-1].replace(", ", " | ")
-    return NAMES.get(what.removesuffix("_type"), what)
-
-
 def explain(errors: list[ErrorDetails], data: Any) -> str:
-    """'<dotted.key>: <what is wrong>; allowed: ...' for the first of pydantic's errors.
+    """'<dotted key>: <pydantic's message> (got <value>)' for pydantic's first error (a missing key only if nothing else is
+    wrong), plus the keys there are for an unknown key. A location's parts that are no key or index of the data name a
+    union's arm: the key leaves them out. Of the errors of a union's arms, the deepest wins (the arm the value was meant
+    for), and a type mismatch only if every arm refuses the type: their messages are joined."""
+    found = [(*_located(e, data), e) for e in errors]
+    first = next((f for f in found if f[2]["type"] != "missing"), found[0])[0]
+    related = [f for f in found if f[0][:len(first)] == first or first[:len(f[0])] == f[0]]
+    deepest = [f for f in related if len(f[0]) == max(len(f[0]) for f in related)]
+    chosen = [f for f in deepest if not f[2]["type"].endswith("_type")] or deepest
+    path, value, err = chosen[0]
+    message = " or ".join(dict.fromkeys(str((e.get("ctx") or {}).get("error") or e["msg"]) for p, _, e in chosen if p == path))
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    got = "" if err["type"] == "missing" else f" (got {value!r:.100})"
+    allowed = f"; allowed: {', '.join(_keys(err['loc']))}" if err["type"] in ("extra_forbidden", "unexpected_keyword_argument") else ""
+    return f"{key + ': ' if key else ''}{message}{got}{allowed}"
 
-    Its location is walked through the YAML data: a part that is no key or index there names a union's arm. Of a union's
-    arms, the error inside the arm the value was meant for wins (a list given for `float | list[float]` is told about its
-    bad element); when every arm refuses the value's type, the line names them all."""
-    err, key, i = errors[0], "", -1
-    while (i := i + 1) < len(err["loc"]):
-        part = err["loc"][i]
-        if isinstance(data, list) and isinstance(part, int) and part < len(data):
-            key, data = f"{key}[{part}]", data[part]
-        elif isinstance(data, dict) and part in data:
-            key, data = f"{key}.{part}".lstrip("."), data[part]
-        elif part != "[key]":  # a union's arm
-            group = [e for e in errors if e["loc"][:i] == err["loc"][:i]]
-            inner = [e for e in group if len(e["loc"]) > i + 1 or e["type"] not in MISMATCH]
-            if not inner:
-                return f"{key}: got {data!r}; allowed: {' or '.join(_named(str(e['loc'][i])) for e in group)}"
-            err = inner[0]
-    kind, ctx = err["type"], err.get("ctx") or {}
-    if isinstance(ctx.get("error"), Invalid):
-        return f"{'.'.join(k for k in (key, ctx['error'].key) if k)}: {ctx['error']}"
-    if kind == "union_tag_invalid":
-        return f"{key}.kind: got {data.get('kind')!r}; allowed: {' | '.join(map(repr, SET_KINDS))}"
-    if kind == "literal_error":
-        return f"{key}: got {err['input']!r}; allowed: {ctx['expected'].replace(', ', ' | ').replace(' or ', ' | ')}"
-    return f"{key}: got {err['input']!r}; allowed: {_named(kind) if kind in MISMATCH or kind == 'finite_number' else err['msg']}"
+
+def _located(err: ErrorDetails, data: Any) -> tuple[list[str | int], Any]:
+    """The parts of the error's location (and of an Invalid's key below it) that are keys or indexes of the data (or the
+    last part, a key not given), and the value: at an Invalid's key; any other error's input."""
+    invalid, path = (err.get("ctx") or {}).get("error"), []
+    loc = (*err["loc"], *(invalid.key if isinstance(invalid, Invalid) else ()))
+    for i, part in enumerate(loc):
+        node = dict(enumerate(data)) if isinstance(data, list) else data
+        if isinstance(node, dict) and part in node:
+            path.append(part)
+            data = node[part]
+        elif isinstance(data, dict | None) and i == len(loc) - 1:  # a key not given: a default refused, or one required
+            path.append(part)
+    return path, data if isinstance(invalid, Invalid) else err["input"]
+
+
+def _models_in(annotation: Any) -> list[Any]:
+    if isinstance(annotation, type) and hasattr(annotation, "__pydantic_fields__"):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
+def _keys(loc: tuple[str | int, ...]) -> list[str]:
+    """The keys of the section an unknown key (at `loc`) lies in: the models are followed along the location."""
+    models: list[Any] = [Config]
+    for part in loc[:-1]:
+        if named := [m for m in models if m.__name__ == part]:  # a tagged union's arm: its tag is the class name
+            models = named
+        elif len(models) == 1 and (field := next((f for n, f in models[0].__pydantic_fields__.items() if part in (n, f.alias)), None)):
+            models = _models_in(field.annotation) or models
+    return [f.alias or n for n, f in models[0].__pydantic_fields__.items()]

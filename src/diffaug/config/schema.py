@@ -1,19 +1,18 @@
-"""The params.yaml schema: one frozen pydantic dataclass per section; defaults are the paper's settings.
+"""The params.yaml schema: one frozen pydantic model per section; defaults are the paper's settings.
 
-A rule on one value sits in its type (a `Rule`), a rule across fields in the section's validator, a rule across
-sections in Config's. A broken rule raises `Invalid(message, key)`, `key` naming the part below the checked value.
+A rule on one value sits in its `Field`, a rule across fields in the section's validator, a rule across sections
+in Config's. A validator's broken rule raises `Invalid(message, *key)`, `key` naming the part below the checked value.
 """
 from __future__ import annotations
 
-import dataclasses
 import string
-from collections.abc import Callable
 from functools import cached_property
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, ConfigDict, Discriminator, Field, StrictBool, StrictFloat, StrictInt, StrictStr, Tag, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, StrictBool, StrictFloat, StrictInt, StrictStr, Tag, model_validator
 from pydantic.dataclasses import dataclass
-from pydantic_core import core_schema
+
+from diffaug.errors import ConfigError
 
 Architecture = Literal["resnet18", "resnet34", "resnet50", "vgg16", "densenet121"]
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
@@ -23,181 +22,160 @@ REAL_SOURCES = ("orig", "rot90", "vflip")
 PAPER_SOURCES = REAL_SOURCES + ("syn1", "syn2")
 SET_KINDS = ("prompt", "img2img")
 SEED_MAX = 2**32 - 1  # what numpy's and torch's generators both accept, the same rule for every seed
-SECTION = ConfigDict(extra="forbid", allow_inf_nan=False)
-__all__ = ["ARCHITECTURES", "PAPER_SOURCES", "REAL_SOURCES", "SET_KINDS", "Config", "DatasetConfig", "DiffusionConfig", "EvaluateConfig",
-           "Img2ImgSet", "Invalid", "MixtureFilter", "PromptSet", "Recipe", "SyntheticConfig", "TrainConfig"]
+# The only keys params.yaml may leave at their code default: they change how a number is made, never its bytes.
+# tests/test_params_levers.py runs each both ways and compares bytes; where that needs a GPU, the reason says so.
+LEVERS = {
+    "train.checkpoint_every": "how often a resumable checkpoint is written; writing one changes no training state "
+                              "(equal weights with 1 and 10, tested on CPU)",
+    "diffusion.cpu_offload": "moves each component to the GPU when called instead of at load: the same kernels on "
+                             "the same device (CUDA only; on a CPU it is a no-op, which is what the CPU test checks)",
+}
+__all__ = ["ARCHITECTURES", "LEVERS", "PAPER_SOURCES", "REAL_SOURCES", "SET_KINDS", "Config", "DatasetConfig", "DiffusionConfig",
+           "EvaluateConfig", "Img2ImgSet", "Invalid", "Mixture", "MixtureFilter", "PromptSet", "Recipe", "SyntheticConfig", "TrainConfig"]
 
 
 class Invalid(ValueError):
-    def __init__(self, message: str, key: str = "") -> None:
+    def __init__(self, message: str, *key: str | int) -> None:
         super().__init__(message)
         self.key = key
 
 
-def need(ok: bool, message: str, key: str = "") -> None:
+def need(ok: bool, message: str, *key: str | int) -> None:
     if not ok:
-        raise Invalid(message, key)
+        raise Invalid(message, *key)
 
 
-class Rule:
-    """Annotated metadata: a value (null passes) must pass `ok`, else 'got <value>; allowed: <allowed>'; `json_schema` tells editors the same."""
-
-    def __init__(self, allowed: str, ok: Callable[[Any], bool], **json_schema: Any) -> None:
-        self.allowed, self.ok, self.json_schema = allowed, ok, json_schema
-
-    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
-        check = lambda v: v if v is None or self.ok(v) else need(False, f"got {v!r}; allowed: {self.allowed}")
-        return core_schema.no_info_after_validator_function(check, handler(source))
-
-    def __get_pydantic_json_schema__(self, schema: Any, handler: Any) -> dict[str, Any]:
-        return {**handler(schema), **self.json_schema}
-
-
+SECTION = ConfigDict(extra="forbid", allow_inf_nan=False)  # every section: unknown keys and non-finite numbers refused
+# No YAML value is coerced into another type.
 Int = StrictInt
 Float = StrictFloat
 Str = StrictStr
 Bool = StrictBool
-Count = Annotated[Int, Rule("an integer >= 1", lambda v: v >= 1, minimum=1)]
-NonNegativeInt = Annotated[Int, Rule("an integer >= 0", lambda v: v >= 0, minimum=0)]
-Seed = Annotated[Int, Rule(f"an integer seed in 0..{SEED_MAX}", lambda v: 0 <= v <= SEED_MAX, minimum=0, maximum=SEED_MAX)]
-NonNegative = Annotated[Float, Rule("a number >= 0", lambda v: v >= 0, minimum=0)]
-Below1 = Annotated[Float, Rule("a number in [0, 1)", lambda v: 0 <= v < 1, minimum=0, exclusiveMaximum=1)]
-Device = Annotated[Str, Rule("auto | cpu | cuda | cuda:N", lambda v: v in ("auto", "cpu", "cuda") or (v[:5] == "cuda:" and v[5:].isdigit()),
-                             pattern=r"^(auto|cpu|cuda|cuda:\d+)$")]
+Count = Annotated[Int, Field(ge=1)]
+NonNegativeInt = Annotated[Int, Field(ge=0)]
+Seed = Annotated[Int, Field(ge=0, le=SEED_MAX)]
+NonNegative = Annotated[Float, Field(ge=0)]
+Below1 = Annotated[Float, Field(ge=0, lt=1)]
+Fraction = Annotated[Float, Field(ge=0, le=1)]
+Device = Annotated[Str, Field(pattern=r"^(auto|cpu|cuda|cuda:\d+)$")]
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _distinct(values: list[Any]) -> list[Any]:
+    need(len(set(values)) == len(values), "lists an entry twice; allowed: each once")
+    return values
 
 
 def _templates(value: str | list[str]) -> str | list[str]:
-    need(value != [], "empty list; allowed: a template or a non-empty list of templates")
-    for t in [value] if isinstance(value, str) else value:
+    """Each template formatted with a test word now, so a bad one stops here rather than after the model has loaded;
+    a conversion or format spec ({label!r}, {label:>9}) formats, but would change the prompt word, so it is refused too."""
+    rule = "allowed: text whose only field is {label}, with no conversion or format spec, e.g. 'a photo of a {label}'"
+    for t in _as_list(value):
         try:
-            fields = {f for _, f, _, _ in string.Formatter().parse(t) if f is not None}
-        except ValueError as e:
-            raise Invalid(f"{t!r} is not a valid template ({e})") from None
-        need(fields == {"label"}, f"{t!r} must contain {{label}} and no other {{field}}; e.g. 'a photo of a {{label}}'")
+            fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(t) if f is not None]
+            t.format(label="test")
+        except (ValueError, KeyError, IndexError, AttributeError) as e:
+            raise Invalid(f"{t!r} is not a template ({type(e).__name__}: {e}); {rule}") from None
+        need(fields != [] and all(f == ("label", "", None) for f in fields), f"{t!r}: {rule}")
     return value
 
 
-def _strengths(value: float | list[float]) -> float | list[float]:
-    need(value != [], "empty list; allowed: a number in (0, 1] or a non-empty list of them")
-    for s in value if isinstance(value, list) else [value]:
-        need(0.0 < s <= 1.0, f"got {s}; allowed: a number in (0, 1] (the share of the steps run from the noised real image; 1 = from pure noise)")
-    return value
-
-
-Templates = Annotated[Str | list[Str], AfterValidator(_templates)]
-ImageNetIds = Annotated[Int | list[Int], Rule("an ImageNet class id in 0..999 or a non-empty list of them",
-                                              lambda ids: ids != [] and all(0 <= v < 1000 for v in (ids if isinstance(ids, list) else [ids])))]
+Distinct = AfterValidator(_distinct)
+Templates = Annotated[Str | Annotated[list[Str], Field(min_length=1)], AfterValidator(_templates)]
+Strength = Annotated[Float, Field(gt=0, le=1)]  # the share of the steps run from the noised real image; 1 = from pure noise
+ImageNetId = Annotated[Int, Field(ge=0, le=999)]
 
 
 @dataclass(frozen=True, config=SECTION)
-class Section:
-    """Every section: unknown keys and non-finite numbers refused; an unknown key is told the keys there are."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        keys = [getattr(f.default, "alias", None) or f.name for f in dataclasses.fields(cls)]
-        for key in data if isinstance(data, dict) else []:
-            need(key in keys, f"unknown key; allowed: {', '.join(keys)}", str(key))
-        return data
-
-
-class _Prompted:
-    prompt: str | list[str]
-
-    @property
-    def templates(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
-
-
-# ----------------------------------------------------------------------------- sections
-@dataclass(frozen=True)
-class DatasetConfig(Section):
-    name: Annotated[Str, Rule("cifar10 | cifar100 | npz:<path> | imagefolder:<path>", lambda v: v in ("cifar10", "cifar100") or (
-        v.partition(":")[0] in ("npz", "imagefolder") and v.partition(":")[2] != ""))] = "cifar10"
-    test: Annotated[Str | None, Rule("null, or npz:<path> | imagefolder:<path> with an npz/imagefolder dataset",
-                                     lambda v: v.partition(":")[0] in ("npz", "imagefolder") and v.partition(":")[2] != "")] = None
+class DatasetConfig:
+    name: Annotated[Str, Field(pattern=r"^(cifar10|cifar100|(npz|imagefolder):.+)$")] = "cifar10"
+    test: Annotated[Str, Field(pattern=r"^(npz|imagefolder):.+$")] | None = None  # a test split on disk, for npz/imagefolder datasets
     test_per_class: Count = 100
     val_per_class: NonNegativeInt = 0
     split_seed: Seed = 0
-    label_names: dict[Str, Annotated[Str, Rule("a non-empty prompt word", lambda v: v.strip() != "", minLength=1)]] = Field(default_factory=dict)
+    label_names: dict[Str, Annotated[Str, Field(pattern=r"\S")]] = Field(default_factory=dict)
 
-    @property
-    def kind(self) -> str:
-        return self.name.split(":", 1)[0]
+    kind = property(lambda self: self.name.split(":", 1)[0])  # cifar10, cifar100, npz or imagefolder
+    path = property(lambda self: self.name.split(":", 1)[1] if ":" in self.name else None)
 
-    @property
-    def path(self) -> str | None:
-        return self.name.split(":", 1)[1] if ":" in self.name else None
-
-    def words(self, classes: list[str]) -> list[str]:  # each class's prompt word: label_names' entry, else its name with '_' as spaces
+    def words(self, classes: list[str]) -> list[str]:
+        """Each class's prompt word: label_names' entry, else its name with '_' as spaces. The one check, for every stage
+        that reads label_names, that each of its keys names a class (the classes are known only at stage time)."""
+        for name in self.label_names:
+            if name not in classes:
+                raise ConfigError(f"params.yaml: dataset.label_names.{name}: names no class (got {name!r}); allowed: {', '.join(classes)}")
         return [self.label_names.get(c, c.replace("_", " ")) for c in classes]
 
     @model_validator(mode="after")
     def _test_split_of_a_dataset_on_disk(self) -> DatasetConfig:
-        need(self.test is None or self.path is not None, f"got {self.test!r}; allowed: null with dataset {self.name}", "test")
+        need(self.test is None or self.path is not None, f"allowed: null with dataset {self.name}", "test")
         return self
 
 
-@dataclass(frozen=True)
-class PromptSet(Section, _Prompted):
+@dataclass(frozen=True, config=SECTION)
+class PromptSet:
     """`kind: prompt`: text-to-image from the class label alone (Paulsen et al.'s syn1 and syn2)."""
 
     kind: Literal["prompt"] = "prompt"
     prompt: Templates = "{label}"  # a template or a list of templates, cycled per image
     negative_prompt: Str | None = None
     # Class-conditional models (DiT) take ImageNet ids, not prompts: class -> one id or a list, cycled per image like the templates.
-    class_ids: dict[Str, ImageNetIds] | None = None
+    class_ids: dict[Str, ImageNetId | Annotated[list[ImageNetId], Field(min_length=1)]] | None = None
+    templates = property(lambda self: _as_list(self.prompt))
 
 
 @dataclass(frozen=True, config=ConfigDict(**SECTION, json_schema_extra={"required": ["kind"]}))
-class Img2ImgSet(Section, _Prompted):
+class Img2ImgSet:
     """`kind: img2img`: SDEdit / DA-Fusion-style image-to-image from each real training image (or a
     seeded class-balanced subset), noised to `strength` and denoised for int(steps * strength) steps."""
 
     kind: Literal["img2img"] = "img2img"
-    strength: Annotated[Float | list[Float], AfterValidator(_strengths)] = 0.5  # in (0, 1]; a list is cycled by image index
+    strength: Strength | Annotated[list[Strength], Field(min_length=1)] = 0.5  # a list is cycled by image index
     prompt: Templates = "a photo of a {label}"
     negative_prompt: Str | None = None
-    # null: one image per real training image (classes must be balanced)
-    images_per_class: Annotated[Int | None, Rule("null (every real training image) or an integer >= 1", lambda v: v >= 1, minimum=1)] = None
-
-    @property
-    def strengths(self) -> list[float]:
-        return list(self.strength) if isinstance(self.strength, list) else [float(self.strength)]
+    images_per_class: Count | None = None  # null: one image per real training image (classes must be balanced)
+    templates = property(lambda self: _as_list(self.prompt))
+    strengths = property(lambda self: [float(s) for s in _as_list(self.strength)])
 
 
-# chosen by `kind`, prompt when absent; the tags are how pydantic names the arm in an error's location, never a key of a set
-SyntheticSet = Annotated[Annotated[PromptSet, Tag("kind=prompt")] | Annotated[Img2ImgSet, Tag("kind=img2img")],
-                         Discriminator(lambda v: f"kind={v.get('kind', 'prompt')}" if isinstance(v, dict) else getattr(v, "kind", None) and f"kind={v.kind}")]
+def _set_class(value: Any) -> str | None:  # a set is a prompt set unless it says otherwise
+    kind = value.get("kind", "prompt") if isinstance(value, dict) else getattr(value, "kind", None)
+    return {"prompt": PromptSet.__name__, "img2img": Img2ImgSet.__name__}.get(kind)  # type: ignore[arg-type]
 
 
-def _set_names(sets: dict[str, Any]) -> dict[str, Any]:
+SyntheticSet = Annotated[Annotated[PromptSet, Tag(PromptSet.__name__)] | Annotated[Img2ImgSet, Tag(Img2ImgSet.__name__)],
+                         Discriminator(_set_class, custom_error_type="set_kind", custom_error_message="kind must be 'prompt' or 'img2img'")]
+SetName = Annotated[Str, Field(pattern=r"^[\w-]+$")]
+
+
+def _set_names(sets: dict[Str, Any]) -> dict[Str, Any]:
     for name in sets:
-        need(name.replace("_", "").replace("-", "").isalnum(), "a set name may hold only letters, digits, '_' and '-'", name)
-        need(name not in REAL_SOURCES and name != "filter", f"{name!r} is a reserved source name; allowed: any other name", name)
+        need(name not in REAL_SOURCES + ("filter",), f"{name!r} is a reserved source name; allowed: any other name", name)
     return sets
 
 
-@dataclass(frozen=True)
-class SyntheticConfig(Section):
+@dataclass(frozen=True, config=SECTION)
+class SyntheticConfig:
     images_per_class: Count = 5000  # of every prompt set (an img2img set has its own)
     images_per_shard: Count = 1000
     save_full_resolution: Bool = False
-    sets: Annotated[dict[Str, SyntheticSet], AfterValidator(_set_names)] = Field(  # name -> kind and settings
+    sets: Annotated[dict[SetName, SyntheticSet], AfterValidator(_set_names)] = Field(  # name -> kind and settings
         default_factory=lambda: dict[str, PromptSet | Img2ImgSet](syn1=PromptSet(prompt="{label}"), syn2=PromptSet(prompt="a photo of a {label}")))
 
 
-@dataclass(frozen=True)
-class DiffusionConfig(Section):
-    model: Annotated[Str, Rule("a hub id or a local directory", lambda v: v.strip() != "", minLength=1)] = "CompVis/stable-diffusion-v1-4"
+@dataclass(frozen=True, config=SECTION)
+class DiffusionConfig:
+    model: Annotated[Str, Field(pattern=r"\S")] = "CompVis/stable-diffusion-v1-4"  # a hub id or a local directory
     revision: Str | None = None
     variant: Str | None = "fp16"
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     # null: the model family's default (generate/families.py); params.yaml sets the paper's 512, 7.5, 50.
-    resolution: Annotated[Int | None, Rule("a multiple of 8, at least 64 (the paper: 512)", lambda v: v >= 64 and v % 8 == 0, minimum=64, multipleOf=8)] = None
-    guidance_scale: Annotated[Float | None, Rule("a number >= 0", lambda v: v >= 0, minimum=0)] = None
-    steps: Annotated[Int | None, Rule("an integer >= 1", lambda v: v >= 1, minimum=1)] = None
+    resolution: Annotated[Int, Field(ge=64, multiple_of=8)] | None = None
+    guidance_scale: NonNegative | None = None
+    steps: Count | None = None
     scheduler: Literal["default", "pndm", "ddim", "dpmsolver++", "euler"] = "default"
     seed: Seed = 0
     safety_checker: Bool = True
@@ -205,8 +183,8 @@ class DiffusionConfig(Section):
     # Approximate levers (change the images; in the settings hash): off unless asked for.
     cache: Literal["none", "first_block"] = "none"  # diffusers' FirstBlockCache on transformer families
     fp8: Bool = False  # float8 matmuls in the denoiser (torchao, CUDA sm89+)
-    # Speed levers (never change which images are meant; see generate/model.py).
-    batch_size: Annotated[Int | Literal["auto"], Rule("auto or an integer >= 1", lambda v: v == "auto" or v >= 1)] = "auto"
+    # Speed levers (never change which images are meant, but may change a pixel by a level; see generate/model.py).
+    batch_size: Count | Literal["auto"] = "auto"
     cpu_offload: Bool = False  # enable_model_cpu_offload(): for GPUs too small for the whole model
     channels_last: Bool = False
     fuse_qkv: Bool = True
@@ -218,11 +196,11 @@ class DiffusionConfig(Section):
     allow_cpu: Bool = False
 
 
-@dataclass(frozen=True)
-class Recipe(Section):
+@dataclass(frozen=True, config=SECTION)
+class Recipe:
     epochs: Count = 250
     batch_size: Count = 128
-    lr: Annotated[Float, Rule("a number > 0", lambda v: v > 0, exclusiveMinimum=0)] = 0.1
+    lr: Annotated[Float, Field(gt=0)] = 0.1
     momentum: Below1 = 0.9
     nesterov: Bool = True
     weight_decay: NonNegative = 5e-4
@@ -240,31 +218,17 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
-        need(self.warmup_epochs < self.epochs, f"got {self.warmup_epochs}; allowed: 0 <= warmup_epochs < epochs", "warmup_epochs")
-        need(self.schedule != "paper_cyclic" or self.warmup_epochs == 0,
-             f"got {self.warmup_epochs}; allowed: 0 with schedule paper_cyclic (the paper's schedule has no warm-up)", "warmup_epochs")
+        need(self.warmup_epochs < self.epochs, f"allowed: 0 <= warmup_epochs < epochs ({self.epochs})", "warmup_epochs")
+        need(self.schedule != "paper_cyclic" or self.warmup_epochs == 0, "allowed: 0 with schedule paper_cyclic (it has no warm-up)", "warmup_epochs")
         need(not self.nesterov or self.momentum > 0, "Nesterov momentum needs momentum > 0", "nesterov")
         return self
 
 
-def _seeds(seeds: list[int]) -> list[int]:
-    need(len(seeds) >= 1 and len(set(seeds)) == len(seeds), "allowed: a non-empty list of distinct integers")
-    return seeds
-
-
-def _distinct(names: list[str]) -> list[str]:
-    need(len(set(names)) == len(names), "lists a name twice; allowed: each once")
-    return names
-
-
-Distinct = AfterValidator(_distinct)
-
-
-@dataclass(frozen=True)
-class TrainConfig(Section):
+@dataclass(frozen=True, config=SECTION)
+class TrainConfig:
     recipe: Str = "default"  # a key of recipes
     variant: Literal["cifar", "paper"] = "cifar"
-    seeds: Annotated[list[Seed], AfterValidator(_seeds)] = Field(default_factory=lambda: [0])
+    seeds: Annotated[list[Seed], Field(min_length=1), Distinct] = Field(default_factory=lambda: [0])
     precision: Literal["bf16", "fp32"] = "bf16"
     channels_last: Bool = True
     compile: Bool = False
@@ -279,61 +243,61 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _known_recipe(self) -> TrainConfig:
-        need(self.recipe in self.recipes, f"got {self.recipe!r}; allowed: {', '.join(self.recipes) or 'a key of train.recipes'}", "recipe")
+        need(self.recipe in self.recipes, f"allowed: {', '.join(self.recipes) or 'a key of train.recipes'}", "recipe")
         return self
 
 
-@dataclass(frozen=True)
-class EvaluateConfig(Section):
+@dataclass(frozen=True, config=SECTION)
+class EvaluateConfig:
     batch_size: Count = 1000
     device: Device = "auto"
 
 
-@dataclass(frozen=True)
-class MixtureFilter(Section):
+@dataclass(frozen=True, config=SECTION)
+class MixtureFilter:
     """`mixtures.<name>.filter`: drop the synthetic images of a mixture's draw that the orig100 classifier
     (first seed) finds implausible (ALIA: its confidence; He et al.: CLIP image-text similarity).
     Exactly one of `threshold` (keep scores >= it) or `keep_fraction` (the best-scored share, per class)."""
 
     by: Literal["confidence", "clip"] = "confidence"
     threshold: Float | None = None
-    keep_fraction: Annotated[Float | None, Rule("a number in (0, 1]", lambda v: 0 < v <= 1, exclusiveMinimum=0, maximum=1)] = None
+    keep_fraction: Annotated[Float, Field(gt=0, le=1)] | None = None
 
     @model_validator(mode="after")
     def _one_rule(self) -> MixtureFilter:
-        need((self.threshold is None) != (self.keep_fraction is None),
-             "set exactly one of threshold (keep scores >= it) or keep_fraction (the best-scored share per class)")
+        need((self.threshold is None) != (self.keep_fraction is None), "set exactly one of threshold or keep_fraction")
         low, what = (0.0, "probability") if self.by == "confidence" else (-1.0, "cosine similarity")
-        need(self.threshold is None or low <= self.threshold <= 1.0, f"got {self.threshold}; allowed: a number in [{low:g}, 1] (a {what})", "threshold")
+        need(self.threshold is None or low <= self.threshold <= 1.0, f"allowed: a number in [{low:g}, 1] (a {what})", "threshold")
         return self
 
 
-def _mixture(spec: dict[str, float | MixtureFilter]) -> dict[str, float | MixtureFilter]:
-    for source, value in spec.items():
-        if isinstance(value, MixtureFilter):
-            need(source == "filter", "got a mapping; allowed: a fraction in [0, 1] (only `filter` takes a mapping)", source)
-        else:
-            need(source != "filter", f"got {value!r}; allowed: a mapping with keys by, threshold, keep_fraction", source)
-            need(0.0 <= value <= 1.0, f"fraction {value} is outside [0, 1]", source)
-    fractions = {s: v for s, v in spec.items() if not isinstance(v, MixtureFilter)}
-    for copy in ("rot90", "vflip"):
-        orig = fractions.get("orig", 0.0)
-        need(fractions.get(copy, 0.0) <= orig, f"copies the real images that orig draws, so it may not exceed orig ({orig})", copy)
-    need(sum(fractions.values()) > 0, "all fractions are 0 or none is given; allowed: at least one fraction > 0")
-    return spec
+class Mixture(BaseModel):
+    """`mixtures.<name>`: source -> fraction in [0, 1] (an absent source: 0), and optionally a `filter`."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True, allow_inf_nan=False)
+    __pydantic_extra__: dict[str, Fraction] = Field(init=False)
+    filter: MixtureFilter | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Mixture:
+        fractions = self.model_extra or {}
+        for copy in ("rot90", "vflip"):  # copies of the real images that orig draws
+            need(fractions.get(copy, 0.0) <= fractions.get("orig", 0.0), f"allowed: at most orig's fraction ({fractions.get('orig', 0.0)})", copy)
+        need(sum(fractions.values()) > 0, "allowed: at least one fraction > 0")
+        return self
 
 
-@dataclass(frozen=True)
-class Config(Section):
+@dataclass(frozen=True, config=SECTION, kw_only=True)  # kw_only: mixtures and mixes are required, among keys with defaults
+class Config:
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
     mixture_seed: Seed = 0
-    # name -> {source: fraction}, and optionally `filter:` (a MixtureFilter); `mixtures` and `filters` split them
-    specs: dict[Str, Annotated[dict[Str, Float | MixtureFilter], AfterValidator(_mixture)]] = Field(default_factory=dict, alias="mixtures")
+    # name -> its sources' fractions and optional filter (`mixtures` and `filters` split them)
+    specs: dict[Annotated[Str, Field(pattern=r"^[\w-]+$")], Mixture] = Field(min_length=1, alias="mixtures")
     model: Architecture = "resnet18"
     # The lists dvc.yaml's stage matrices run over (dvc cannot filter a mapping):
-    mixes: Annotated[list[Str], Distinct] = Field(default_factory=list)  # train@: absent, every mixture without a filter
+    mixes: Annotated[list[Str], Field(min_length=1), Distinct]  # train@: absent, every mixture without a filter
     img2img_sets: Annotated[list[Str], Distinct] = Field(default_factory=list)  # generate_img2img@<set>: every img2img set
     prompt_sets: Annotated[list[Str], Distinct] = Field(default_factory=list)  # generate_prompt@<set>: prompt sets beyond syn1, syn2
     filtered_mixes: Annotated[list[Str], Distinct] = Field(default_factory=list)  # train_filtered@: the mixtures with a filter
@@ -343,31 +307,18 @@ class Config(Section):
 
     @cached_property
     def mixtures(self) -> dict[str, dict[str, float]]:
-        return {m: {s: v for s, v in spec.items() if not isinstance(v, MixtureFilter)} for m, spec in self.specs.items()}
+        return {m: dict(spec.model_extra or {}) for m, spec in self.specs.items()}
 
     @cached_property
-    def filters(self) -> dict[str, MixtureFilter]:  # the mixtures that carry a `filter:`, and their filters
-        return {m: f for m, spec in self.specs.items() if isinstance(f := spec.get("filter"), MixtureFilter)}
+    def filters(self) -> dict[Str, MixtureFilter]:  # the mixtures that carry a `filter:`, and their filters
+        return {m: spec.filter for m, spec in self.specs.items() if spec.filter is not None}
 
-    @property
-    def trained_mixes(self) -> list[str]:  # every cell's mixture: `mixes`, then `filtered_mixes`
-        return list(self.mixes) + list(self.filtered_mixes)
-
-    @property
-    def synthetic_sets(self) -> tuple[str, ...]:  # every declared synthetic set, in params.yaml's order
-        return tuple(self.synthetic.sets)
-
-    @property
-    def sources(self) -> tuple[str, ...]:  # what a mixture may draw from: the real images, their copies, every declared set
-        return REAL_SOURCES + self.synthetic_sets
-
-    def is_synthetic(self, source: str) -> bool:
-        return source in self.synthetic.sets
-
-    @property
-    def synthetic_sets_used(self) -> list[str]:  # the sets that some trained mixture draws from, in declaration order
-        used = {s for m in self.trained_mixes for s in self.mixtures[m]}
-        return [s for s in self.synthetic_sets if s in used]
+    trained_mixes = property(lambda self: [*self.mixes, *self.filtered_mixes])  # every cell's mixture
+    synthetic_sets = property(lambda self: tuple(self.synthetic.sets))  # every declared synthetic set, in params.yaml's order
+    sources = property(lambda self: REAL_SOURCES + self.synthetic_sets)  # what a mixture may draw from
+    is_synthetic = lambda self, source: source in self.synthetic.sets  # noqa: E731
+    # the sets that some trained mixture draws from, in declaration order
+    synthetic_sets_used = property(lambda self: [s for s in self.synthetic_sets if any(s in self.mixtures[m] for m in self.trained_mixes)])
 
     @model_validator(mode="before")
     @classmethod
@@ -381,39 +332,35 @@ class Config(Section):
         sets, steps = self.synthetic.sets, self.diffusion.steps
         for name, spec in sets.items():  # steps null: the family's, checked by the generate stage
             for s in spec.strengths if isinstance(spec, Img2ImgSet) else []:
-                need(steps is None or int(steps * s) >= 1, f"got {s}: int(diffusion.steps * strength) = int({steps} * {s}) = 0 steps; "
-                     f"allowed: a strength >= {1 / (steps or 1):.4g}", f"synthetic.sets.{name}.strength")
-        for key, kind, what in (("img2img_sets", "img2img", "an img2img set"), ("prompt_sets", "prompt", "a prompt set")):
+                need(steps is None or int(steps * s) >= 1, f"int(diffusion.steps * strength) = int({steps} * {s}) = 0 steps; "
+                     f"allowed: a strength >= {1 / (steps or 1):.4g}", "synthetic", "sets", name, "strength")
+        for key, kind in (("img2img_sets", "img2img"), ("prompt_sets", "prompt")):
             other = " other than syn1 and syn2" if kind == "prompt" else ""  # syn1 and syn2 have stages of their own
-            declared, listed = [n for n, s in sets.items() if s.kind == kind and not (other and n in ("syn1", "syn2"))], getattr(self, key)
-            for i, name in enumerate(listed):
-                need(name in declared, f"{name!r} is not {what} under synthetic.sets{other}; allowed: {', '.join(declared) or 'none'}", f"{key}[{i}]")
+            declared = [n for n, s in sets.items() if s.kind == kind and not (other and n in ("syn1", "syn2"))]
+            for i, name in enumerate(getattr(self, key)):
+                need(name in declared, f"not {'an' if kind[0] == 'i' else 'a'} {kind} set under synthetic.sets{other}; "
+                     f"allowed: {', '.join(declared) or 'none'}", key, i)
             for name in declared:
-                need(name in listed, f"misses {name!r}: list every {kind} set{other} here, so dvc.yaml's generate_{kind}@<set> stage makes it", key)
+                need(name in getattr(self, key), f"misses {name!r}: list every {kind} set{other} here, so dvc.yaml's generate_{kind}@<set> makes it", key)
         self._check_mixtures()
         return self
 
     def _check_mixtures(self) -> None:
-        need(len(self.specs) > 0, "empty; allowed: at least one named mixture", "mixtures")
         for mix, fractions in self.mixtures.items():
-            need(mix.replace("_", "").replace("-", "").isalnum(), "a mixture name may hold only letters, digits, '_' and '-'", f"mixtures.{mix}")
             for src in fractions:
-                need(src in self.sources, f"unknown source (no synthetic set {src!r} under synthetic.sets); allowed: {', '.join(self.sources)}",
-                     f"mixtures.{mix}.{src}")
-        need(len(self.mixes) > 0, "empty; allowed: a list of names from mixtures", "mixes")
+                need(src in self.sources, f"unknown source; allowed: {', '.join(self.sources)} (the sets under synthetic.sets)", "mixtures", mix, src)
         for i, mix in enumerate(self.mixes):
-            need(mix in self.specs, f"unknown mixture {mix!r}; allowed: {', '.join(self.specs)}", f"mixes[{i}]")
-            need(mix not in self.filters, f"{mix} has a filter; list it under filtered_mixes (its cells train after the classifier that filters it)",
-                 f"mixes[{i}]")
+            need(mix in self.specs, f"unknown mixture; allowed: {', '.join(self.specs)}", "mixes", i)
+            need(mix not in self.filters, f"{mix} has a filter; list it under filtered_mixes (trained after the classifier that filters it)", "mixes", i)
         for mix in self.filters:
-            key = f"mixtures.{mix}.filter"
-            need(any(map(self.is_synthetic, self.mixtures[mix])), f"{mix} draws no synthetic images; a filter drops synthetic images only", key)
-            need(self.mixtures.get("orig100") == {"orig": 1.0}, "the filtering classifier is orig100's: define it as {orig: 1.0}", key)
-            need("orig100" in self.mixes, "orig100 is not in mixes, so no classifier is trained to filter with; add it to mixes", key)
+            key = ("mixtures", mix, "filter")
+            need(any(map(self.is_synthetic, self.mixtures[mix])), f"{mix} draws no synthetic images; a filter drops synthetic images only", *key)
+            need(self.mixtures.get("orig100") == {"orig": 1.0}, "the filtering classifier is orig100's: define it as {orig: 1.0}", *key)
+            need("orig100" in self.mixes, "orig100 is not in mixes, so no classifier is trained to filter with; add it to mixes", *key)
         for i, mix in enumerate(self.filtered_mixes):
             need(mix in self.filters, f"{mix} has no filter; list it under mixes" if mix in self.specs else
-                 f"unknown mixture {mix!r}; allowed: {', '.join(self.filters) or 'a mixture with a filter'}", f"filtered_mixes[{i}]")
+                 f"unknown mixture; allowed: {', '.join(self.filters) or 'a mixture with a filter'}", "filtered_mixes", i)
         for i, mix in enumerate(self.real_curve):
-            need(set(self.mixtures.get(mix, {})) == {"orig"}, f"got {mix!r}; allowed: a mixture that draws from orig alone", f"real_curve[{i}]")
+            need(set(self.mixtures.get(mix, {})) == {"orig"}, "allowed: a mixture that draws from orig alone", "real_curve", i)
         need(not self.real_curve or len({self.mixtures[m]["orig"] for m in self.real_curve}) == len(self.real_curve) >= 3,
              "allowed: [] (off) or at least 3 distinct mixtures with distinct orig fractions (the curve has 3 parameters)", "real_curve")
