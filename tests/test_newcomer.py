@@ -332,6 +332,7 @@ def test_commands_of_the_readme_and_docs_work_as_written_in_the_demo_repository(
     assert done == {k for k, v in COMMANDS.items() if v.startswith(RUN)}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_repro_that_fails_leaves_nothing_behind(tmp_path):
     """Offline, the prepare stage cannot download CIFAR-10: `make repro` fails with the one-line hint
