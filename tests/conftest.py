@@ -29,7 +29,7 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     # Workers share the cores: one worker's torch (and the stage subprocesses it starts, which inherit
     # this) on more threads than its share only adds contention. Set before torch is imported.
     workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // workers)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
 
 # The end-to-end repository: every stage of dvc.yaml with one tiny setting that all its tests share.
 E2E_MIXES = ["orig100", "orig50_syn1_50", "syn2_100", "orig50_rot50"]

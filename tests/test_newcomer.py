@@ -49,7 +49,7 @@ COMMANDS = {
     "make report": RUN + " (its Makefile's report target; also in the paper's block)",
     # README: Set up and test, the demo, what else it does
     "make repro": "test_make_repro_that_fails_leaves_nothing_behind (the pipeline as committed needs a GPU and network)",
-    "make test": "this test suite",
+    "make test": "this test suite but its end-to-end tests (marked slow)",
     "source .venv/bin/activate": "prefixed to every command run here",
     "make demo": "the `demo` fixture: build_demo(), what `make demo` runs, with 1 epoch",
     "dvc …": "prose, not a command",
@@ -59,7 +59,7 @@ COMMANDS = {
     "dvc plots": "prose; `dvc plots show` runs",
     "dvc push": RUN,
     "dvc pull": RUN + " in a fresh git clone of it, then `dvc repro` must rerun nothing",
-    ".venv/bin/python -m pytest -m not slow": "this test suite",
+    "make test-all": "this test suite, the end-to-end tests included",
     "dvc exp run -S +diffusion.batch_size=8": "the demo's params.yaml writes every diffusion key, and `+` refuses a key "
         "that is already there (plain -S sets it); test_a_plus_override_adds_a_key_params_yaml_leaves_out checks it",
     # docs/experiments.md
