@@ -30,6 +30,8 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     # this) on more threads than its share only adds contention. Set before torch is imported.
     workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    # torch.compile's inductor otherwise starts a pool of compile processes in every worker
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 # The end-to-end repository: every stage of dvc.yaml with one tiny setting that all its tests share.
 E2E_MIXES = ["orig100", "orig50_syn1_50", "syn2_100", "orig50_rot50"]
