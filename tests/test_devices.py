@@ -2,8 +2,6 @@
 the key and what would work (ConfigError/UserError: exit 2 through the stage CLIs), every automatic
 choice is a note; a good combination passes silently."""
 import dataclasses
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -174,19 +172,20 @@ def test_the_train_stage_prints_and_records_the_precision_it_chose(tmp_path, mon
     assert report["seeds"]["0"]["step"] == "static (uncaptured: no CUDA)"
 
 
-def test_a_bad_device_index_exits_2_with_one_line_from_the_train_cli(tmp_path):
-    """Through the real command line (subprocess): on this machine any cuda:N is refused in one line."""
+def test_a_bad_device_index_exits_2_with_one_line_from_the_train_cli(tmp_path, capsys):
+    """The train command line's main (in this process): on this machine any cuda:N is refused in one line."""
+    from diffaug.train import stage
+
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["train"]["device"] = "cuda:9"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     mixes = next(iter(params["mixtures"]))
-    run = subprocess.run([sys.executable, "-m", "diffaug.train", "--params", str(tmp_path / "params.yaml"),
-                          "--model", "resnet18", "--mix", mixes, "--mixture", str(tmp_path / "m.npz"),
-                          "--prepared", str(tmp_path), "--synthetic", str(tmp_path), "--out", str(tmp_path / "o"),
-                          "--metrics", str(tmp_path / "x"), "--checkpoints", str(tmp_path / "c")],
-                         capture_output=True, text=True, cwd=REPO, timeout=120)
-    lines = run.stderr.strip().splitlines()
-    assert run.returncode == 2 and len(lines) == 1, run.stderr
+    with pytest.raises(SystemExit) as exit_info:
+        stage.main(["--params", str(tmp_path / "params.yaml"), "--model", "resnet18", "--mix", mixes,
+                    "--mixture", str(tmp_path / "m.npz"), "--prepared", str(tmp_path), "--synthetic", str(tmp_path),
+                    "--out", str(tmp_path / "o"), "--metrics", str(tmp_path / "x"), "--checkpoints", str(tmp_path / "c")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1, lines
     assert lines[0].startswith("error: train.device: 'cuda:9'"), lines
 
 

@@ -30,7 +30,7 @@ from diffaug.generate import runner
 from diffaug.generate.__main__ import main
 from diffaug.generate.plan import PIXEL_SETTINGS, SPEED_SETTINGS, build_plan, image_seed
 from diffaug.generate.sampler import Sampler, downsample
-from diffaug.sandbox.tiny import build_tiny_pipeline, tiny_diffusion_params
+from diffaug.sandbox.tiny import tiny_diffusion_params
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["airplane", "automobile", "bird"]
@@ -41,9 +41,9 @@ ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_TH
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def tiny_without_checker(tmp_path_factory) -> Path:
-    return build_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd-nochecker", safety_checker=False)
+@pytest.fixture(scope="session")
+def tiny_without_checker(tiny_pipelines) -> Path:
+    return tiny_pipelines("sd", safety_checker=False)
 
 
 def write_inputs(folder: Path, model: Path, *, diffusion=None, synthetic=None, syn1=None) -> tuple[Path, Path]:
@@ -148,6 +148,7 @@ def test_batch_size_changes_no_seed_and_at_most_one_level(reference, tmp_path):
     assert np.abs(a - b).max() <= 1
 
 
+@pytest.mark.slow  # end to end: a CLI subprocess killed, or two under torchrun
 def test_kill_9_mid_run_then_rerun_equals_uninterrupted(tiny_sd, tmp_path):
     params, classes = write_inputs(tmp_path, tiny_sd, diffusion={"steps": 30, "batch_size": 2})
     expected = files(generate(params, classes, tmp_path / "uninterrupted"))
@@ -219,6 +220,7 @@ def test_a_smaller_set_drops_stale_shards(reference, tmp_path):
     assert storage.load_synthetic(copy)[0].shape == (6, 32, 32, 3)
 
 
+@pytest.mark.slow  # end to end: a CLI subprocess killed, or two under torchrun
 def test_two_processes_equal_one(reference, tmp_path):
     params, classes, out = reference
     multi = tmp_path / "out"

@@ -20,7 +20,6 @@ from diffaug.generate import runner
 from diffaug.generate.__main__ import main
 from diffaug.generate.families import FAMILIES
 from diffaug.generate.sampler import Sampler
-from diffaug.sandbox.tiny import build_tiny_pipeline
 from test_generate import cli_args, write_inputs
 from test_generate_img2img import args as img2img_args
 from test_generate_img2img import real_splits, write_params
@@ -29,19 +28,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 CLASS_IDS = {"airplane": [404], "automobile": [817, 511], "bird": 10}
 PIPELINES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline", "sd3": "StableDiffusion3Pipeline",
              "flux": "FluxPipeline", "pixart": "PixArtSigmaPipeline", "sana": "SanaPipeline", "dit": "DiTPipeline"}
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    """family -> its tiny pipeline directory, built on first use."""
-    root = tmp_path_factory.mktemp("tiny-families")
-    built: dict[str, Path] = {}
-
-    def get(family: str) -> Path:
-        if family not in built:
-            built[family] = build_tiny_pipeline(root / family, family)
-        return built[family]
-    return get
 
 
 def inputs(tmp_path: Path, model: Path, family: str, syn1: dict | None = None, **diffusion):
@@ -76,10 +62,10 @@ def test_family_defaults_are_the_installed_pipelines_own():
 
 # ----------------------------------------------------------------------------- every family, through the CLI
 @pytest.mark.parametrize("family", list(PIPELINES))
-def test_each_family_makes_a_set_through_the_cli(tiny, tmp_path, capsys, family):
+def test_each_family_makes_a_set_through_the_cli(tiny_pipelines, tmp_path, capsys, family):
     """With fused QKV, and FirstBlockCache where the family has it: the levers apply to every family."""
     cache = "first_block" if FAMILIES[family].cache else "none"
-    params, classes = inputs(tmp_path, tiny(family), family, safety_checker=True, fuse_qkv=True, cache=cache)
+    params, classes = inputs(tmp_path, tiny_pipelines(family), family, safety_checker=True, fuse_qkv=True, cache=cache)
     out = tmp_path / "out"
     assert main(cli_args(params, classes, out)) == 0
     err = capsys.readouterr().err
@@ -104,8 +90,8 @@ def test_each_family_makes_a_set_through_the_cli(tiny, tmp_path, capsys, family)
         assert manifest["settings"]["prompts"] == {"class_ids": {"airplane": [404], "automobile": [817, 511], "bird": [10]}}
 
 
-def test_family_defaults_fill_nulls_and_enter_the_hash(tiny, tmp_path):
-    params, classes = inputs(tmp_path, tiny("dit"), "dit", steps=None, guidance_scale=None)
+def test_family_defaults_fill_nulls_and_enter_the_hash(tiny_pipelines, tmp_path):
+    params, classes = inputs(tmp_path, tiny_pipelines("dit"), "dit", steps=None, guidance_scale=None)
     assert main(cli_args(params, classes, tmp_path / "out")) == 0
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     dif = manifest["settings"]["diffusion"]
@@ -113,8 +99,8 @@ def test_family_defaults_fill_nulls_and_enter_the_hash(tiny, tmp_path):
     assert manifest["generator"]["family_defaults"] == ["steps", "guidance_scale", "resolution"]
 
 
-def test_a_flux_run_interrupted_between_shards_resumes(tiny, tmp_path, monkeypatch):
-    params, classes = inputs(tmp_path, tiny("flux"), "flux")
+def test_a_flux_run_interrupted_between_shards_resumes(tiny_pipelines, tmp_path, monkeypatch):
+    params, classes = inputs(tmp_path, tiny_pipelines("flux"), "flux")
     reference = tmp_path / "reference"
     assert main(cli_args(params, classes, reference)) == 0
     out, written, real_write = tmp_path / "out", [], storage.write_shard
@@ -135,9 +121,9 @@ def test_a_flux_run_interrupted_between_shards_resumes(tiny, tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
-def test_img2img_sets_on_every_family_with_a_twin(tiny, tmp_path, family):
+def test_img2img_sets_on_every_family_with_a_twin(tiny_pipelines, tmp_path, family):
     prepared = real_splits(tmp_path / "prepared")
-    params = write_params(tmp_path, tiny(family), diffusion={"steps": 4, "safety_checker": False},
+    params = write_params(tmp_path, tiny_pipelines(family), diffusion={"steps": 4, "safety_checker": False},
                           spec={"images_per_class": 1})
     assert main(img2img_args(params, prepared, tmp_path / "out")) == 0
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
@@ -162,8 +148,8 @@ def test_an_unsupported_family_is_one_line(tmp_path, capsys, no_load):
     assert "diffusion.model" in err and "KandinskyV22Pipeline" in err and "sdxl (StableDiffusionXLPipeline)" in err
 
 
-def test_a_dit_class_without_ids_is_one_line(tiny, tmp_path, capsys, no_load):
-    params, classes = write_inputs(tmp_path, tiny("dit"), diffusion={"steps": 2, "resolution": None, "safety_checker": False},
+def test_a_dit_class_without_ids_is_one_line(tiny_pipelines, tmp_path, capsys, no_load):
+    params, classes = write_inputs(tmp_path, tiny_pipelines("dit"), diffusion={"steps": 2, "resolution": None, "safety_checker": False},
                                    syn1={"class_ids": {"airplane": 1, "automobile": 2}})
     err = refused(params, classes, tmp_path / "out", capsys)
     assert "synthetic.sets.syn1.class_ids.bird" in err
@@ -178,16 +164,16 @@ def test_a_dit_class_without_ids_is_one_line(tiny, tmp_path, capsys, no_load):
     ("sdxl", {}, "synthetic.sets.syn1.class_ids"),
     ("flux", {"syn1": {"negative_prompt": "blurry"}}, "synthetic.sets.syn1.negative_prompt"),
 ])
-def test_a_setting_the_family_lacks_is_one_line(tiny, tmp_path, capsys, no_load, family, change, key):
-    params, classes = inputs(tmp_path, tiny(family), family, **change)
+def test_a_setting_the_family_lacks_is_one_line(tiny_pipelines, tmp_path, capsys, no_load, family, change, key):
+    params, classes = inputs(tmp_path, tiny_pipelines(family), family, **change)
     if family == "sdxl":
         params.write_text(params.read_text().replace("syn1:\n", "syn1:\n      class_ids: {airplane: 1}\n", 1))
     assert key in refused(params, classes, tmp_path / "out", capsys)
 
 
-def test_img2img_on_a_family_without_a_twin_is_one_line(tiny, tmp_path, capsys, no_load):
+def test_img2img_on_a_family_without_a_twin_is_one_line(tiny_pipelines, tmp_path, capsys, no_load):
     prepared = real_splits(tmp_path / "prepared")
-    params = write_params(tmp_path, tiny("pixart"), diffusion={"steps": 4, "safety_checker": False})
+    params = write_params(tmp_path, tiny_pipelines("pixart"), diffusion={"steps": 4, "safety_checker": False})
     err = refused(params, None, tmp_path / "out", capsys, argv=img2img_args(params, prepared, tmp_path / "out"))
     assert "synthetic.sets.i2i.kind: img2img" in err and "PixArtSigmaPipeline" in err
 
@@ -244,10 +230,10 @@ def test_fp8_quantizes_after_qkv_fusion(tiny_sd, monkeypatch):
     assert seen == [True]
 
 
-def test_fused_qkv_leaves_the_denoiser_of_a_family_that_cannot_take_it(tiny):
+def test_fused_qkv_leaves_the_denoiser_of_a_family_that_cannot_take_it(tiny_pipelines):
     """apply_levers asks the pipeline's family: SD3's and DiT's transformers stay unfused, their VAEs are fused."""
     for family, cls in (("sd3", diffusers.StableDiffusion3Pipeline), ("dit", diffusers.DiTPipeline)):
-        pipe = cls.from_pretrained(str(tiny(family)))
+        pipe = cls.from_pretrained(str(tiny_pipelines(family)))
         model_module.apply_levers(pipe, model_module.Levers(fuse_qkv=True))
         assert not any(hasattr(m, "to_qkv") for m in pipe.transformer.modules()), family
         assert any(hasattr(m, "to_qkv") for m in pipe.vae.modules()), family
@@ -255,20 +241,18 @@ def test_fused_qkv_leaves_the_denoiser_of_a_family_that_cannot_take_it(tiny):
 
 # ----------------------------------------------------------------------------- dvc
 @pytest.mark.slow
-def test_dvc_repro_generate_syn2_with_every_family(tmp_path):
-    """The pipeline's own stage makes syn2 with each family's model in turn (one sandbox repository); the
-    manifest names the family, and settings left null hold the family's defaults."""
+def test_dvc_repro_generate_syn2_with_every_family(tiny_pipelines, e2e_copy):
+    """The pipeline's own stage makes syn2 with each family's model in turn (a copy of the shared reproduced
+    repository); the manifest names the family, and settings left null hold the family's defaults."""
     import yaml
 
-    from diffaug.sandbox.demo import SHAPES, make_sandbox, run
+    from diffaug.sandbox.demo import SHAPES, run
 
-    repo = make_sandbox(tmp_path / "repo", mixes=["orig100", "syn2_100"], epochs=1, images_per_class=2, per_class_real=30,
-                        overrides={"diffusion.resolution": 64, "diffusion.steps": 2, "diffusion.guidance_scale": None,
-                                   "diffusion.safety_checker": False})
+    repo = e2e_copy
     for family in FAMILIES:
-        model = build_tiny_pipeline(tmp_path / f"tiny-{family}", family).resolve()
         params = yaml.safe_load((repo / "params.yaml").read_text())
-        params["diffusion"].update(model=str(model), resolution=None if family == "dit" else 64)
+        params["diffusion"].update(model=str(tiny_pipelines(family).resolve()), resolution=None if family == "dit" else 64,
+                                   steps=2, guidance_scale=None, safety_checker=False)
         params["synthetic"]["sets"]["syn2"]["class_ids"] = {c: i for i, c in enumerate(SHAPES)} if family == "dit" else None
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         done = run(["dvc", "repro", "generate_syn2"], repo, check=False)
@@ -278,7 +262,8 @@ def test_dvc_repro_generate_syn2_with_every_family(tmp_path):
         dif = manifest["settings"]["diffusion"]
         assert dif["steps"] == 2 and dif["resolution"] == 64
         assert dif["guidance_scale"] == FAMILIES[family].guidance_scale, family  # null: the family's default
-        assert storage.load_synthetic(repo / "data" / "synthetic" / "syn2")[0].shape[0] == manifest["num_images"] == 6
+        made = storage.load_synthetic(repo / "data" / "synthetic" / "syn2")[0].shape[0]
+        assert made == manifest["num_images"] == len(SHAPES) * params["synthetic"]["images_per_class"]
 
 
 def test_batch_size_auto_sizes_from_the_first_batchs_measured_peak(monkeypatch):

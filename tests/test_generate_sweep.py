@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -87,16 +88,14 @@ def test_the_gpu_sweep_drops_configurations_when_time_runs_out(tmp_path):
     assert any("time budget" in r["status"] for r in rows)
 
 
-def test_family_benchmarks_take_the_generate_stages_defaults_distilled_variants_included(tmp_path):
+def test_family_benchmarks_take_the_generate_stages_defaults_distilled_variants_included(tiny_pipelines, tmp_path):
     """`--family flux` on a FLUX.1-schnell layout times its 4 steps without guidance, as the generate stage runs it."""
     import argparse
     import json
 
     from diffaug.generate.families import FAMILIES
-    from diffaug.sandbox.tiny import build_tiny_pipeline
-
     bench = load_benchmark()
-    path = build_tiny_pipeline(tmp_path / "flux", "flux")
+    path = shutil.copytree(tiny_pipelines("flux"), tmp_path / "flux")  # a copy: this test edits its config
     args = argparse.Namespace(family="flux", model_dir=str(path), tiny=True, steps=None, guidance=None, resolution=None)
     bench.settings_for(args)
     assert (args.steps, args.guidance, args.resolution) == (FAMILIES["flux"].steps, FAMILIES["flux"].guidance_scale, 64)

@@ -49,7 +49,7 @@ COMMANDS = {
     "make report": RUN + " (its Makefile's report target; also in the paper's block)",
     # README: Set up and test, the demo, what else it does
     "make repro": "test_make_repro_that_fails_leaves_nothing_behind (the pipeline as committed needs a GPU and network)",
-    "make test": "this test suite",
+    "make test": "this test suite but its end-to-end tests (marked slow)",
     "source .venv/bin/activate": "prefixed to every command run here",
     "make demo": "the `demo` fixture: build_demo(), what `make demo` runs, with 1 epoch",
     "dvc …": "prose, not a command",
@@ -60,9 +60,9 @@ COMMANDS = {
     "dvc params diff": "prose; tests/test_params_complete.py runs it on a changed params.yaml",
     "dvc push": RUN,
     "dvc pull": RUN + " in a fresh git clone of it, then `dvc repro` must rerun nothing",
-    ".venv/bin/python -m pytest -m not slow": "this test suite",
-    "dvc exp run -S +train.checkpoint_every=5": "the demo's params.yaml writes train.checkpoint_every, and `+` refuses a key "
-        "that is already there (plain -S sets it); test_a_plus_override_adds_a_key_params_yaml_leaves_out checks it",
+    "make test-all": "this test suite, the end-to-end tests included",
+    "dvc exp run -S +train.checkpoint_every=5": "the demo's params.yaml leaves the lever train.checkpoint_every out, so `+` adds it "
+        "(`+` refuses a key that is already there; plain -S sets it); test_a_plus_override_adds_a_key_params_yaml_leaves_out checks it",
     # docs/experiments.md
     "dvc exp run -n resnet50 -S model=resnet50": RUN,
     "dvc exp run -S mixes=[orig100,orig50_syn1_50]": RUN,
@@ -331,6 +331,7 @@ def test_commands_of_the_readme_and_docs_work_as_written_in_the_demo_repository(
     assert done == {k for k, v in COMMANDS.items() if v.startswith(RUN)}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_repro_that_fails_leaves_nothing_behind(tmp_path):
     """Offline, the prepare stage cannot download CIFAR-10: `make repro` fails with the one-line hint

@@ -1,16 +1,18 @@
-"""End to end in the dvc sandbox (slow): a filtered mixture's stages rerun when the classifier that
-filters it changes, and `dvc artifacts get` fetches the synthetic sets and classifiers from a fresh clone."""
+"""End to end in the dvc sandbox (slow): a filtered mixture added to the shared reproduced repository
+(conftest's e2e_repo, copied) runs only its own stages, they rerun when the classifier that filters it
+changes, and `dvc artifacts get` fetches the synthetic sets and classifiers from a fresh clone."""
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
-from diffaug.sandbox.demo import make_sandbox, run, tool_env
+from conftest import E2E_MIXES, copy_repo
+from diffaug.sandbox.demo import DEMO_FILTERED, DEMO_FILTERED_MIX, run, tool_env
 
-pytestmark = pytest.mark.slow
-MIXES = ["orig100", "orig50_syn1_50"]
-FILTERED = "orig50_syn1_50_conf"
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sharing")]
+FILTERED = DEMO_FILTERED_MIX
 
 
 def dvc(repo: Path, *args: str, check: bool = True) -> str:
@@ -21,23 +23,27 @@ def dvc(repo: Path, *args: str, check: bool = True) -> str:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
+def repo(e2e_repo, tmp_path_factory):
+    """The shared repository with the demo's confidence-filtered mixture added, then `dvc repro`."""
     root = tmp_path_factory.mktemp("sharing")
-    overrides = {f"mixtures.{FILTERED}": {"orig": 0.5, "syn1": 0.5, "filter": {"by": "confidence", "keep_fraction": 0.5}},
-                 "filtered_mixes": [FILTERED]}
-    sandbox = make_sandbox(root / "repo", mixes=MIXES, epochs=1, images_per_class=4, per_class_real=30, overrides=overrides)
+    sandbox = copy_repo(e2e_repo, root / "repo")
+    params = yaml.safe_load((sandbox / "params.yaml").read_text())
+    params["mixtures"][FILTERED] = DEMO_FILTERED[f"mixtures.{FILTERED}"]
+    params["filtered_mixes"] = DEMO_FILTERED["filtered_mixes"]
+    (sandbox / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     log = dvc(sandbox, "repro")
     return {"path": sandbox, "root": root, "log": log}
 
 
 def test_filtered_mixture_is_built_trained_and_evaluated(repo):
-    for stage in (f"filter@{FILTERED}", f"train_filtered@resnet18-{FILTERED}", "train@resnet18-orig100", "evaluate"):
+    for stage in (f"filter@{FILTERED}", f"train_filtered@resnet18-{FILTERED}", "evaluate"):
         assert f"Running stage '{stage}'" in repo["log"], repo["log"]
+    assert "Running stage 'train@" not in repo["log"] and "Running stage 'generate" not in repo["log"], repo["log"]
     account = json.loads((repo["path"] / "data" / "filtered" / f"{FILTERED}.json").read_text())
     # 16 real training images per class (30 - 10 test - 4 val), 4 syn1: half of each drawn, then half the syn1 dropped
     assert account["candidates"] == 3 * 8 + 3 * 2 and account["total"] == 3 * 8 + 3 and len(account["dropped"]) == 3
     summary = json.loads((repo["path"] / "metrics" / "summary.json").read_text())
-    assert set(summary["test_acc"]) == set(MIXES) | {FILTERED}
+    assert set(summary["test_acc"]) == set(E2E_MIXES) | {FILTERED}
 
 
 def test_a_filtering_mixture_reruns_when_its_classifier_changes(repo):

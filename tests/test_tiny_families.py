@@ -31,9 +31,8 @@ def _quiet():
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny-families")
-    return {f: build_tiny_pipeline(root / f, f) for f in FAMILIES}
+def built(tiny_pipelines) -> dict[str, Path]:
+    return {f: tiny_pipelines(f) for f in FAMILIES}
 
 
 @pytest.fixture(scope="module")

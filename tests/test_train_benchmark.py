@@ -1,5 +1,6 @@
 """benchmarks/train.py --smoke and --sweep --smoke: run on a CPU without dvc/dvclive and append their rows to a
-RESULTS.md given on the command line (a tmp file here, never the repository's)."""
+RESULTS.md given on the command line (a tmp file here, never the repository's). The whole-benchmark runs, each a
+subprocess of a minute or so, are marked slow (`make test-all`)."""
 import json
 import os
 import subprocess
@@ -25,6 +26,7 @@ def run_benchmark(*args: str) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 def test_smoke_times_both_recipes_and_all_architectures(tmp_path):
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmarks\n\n## Someone else's table\n\n| a |\n|---|\n| 1 |\n")
@@ -38,6 +40,7 @@ def test_smoke_times_both_recipes_and_all_architectures(tmp_path):
     assert len(rows) == 1 and rows[0].count("|") == 12 and "smoke" in rows[0]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED_CIFAR.is_file(), reason="needs the 5085 real CIFAR-10 images")
 def test_smoke_real_check(tmp_path):
     out = run_benchmark("--smoke", "--real-check", "--results", str(tmp_path / "RESULTS.md"))
@@ -45,6 +48,7 @@ def test_smoke_real_check(tmp_path):
     assert "| default | 0 | 64 | 100 | 1 |" in (tmp_path / "RESULTS.md").read_text()
 
 
+@pytest.mark.slow
 def test_sweep_smoke_times_everything_in_one_run(tmp_path):
     results, report = tmp_path / "RESULTS.md", tmp_path / "results" / "train-x.json"
     results.write_text("# Benchmarks\n\n## Someone else's table\n\n| a |\n|---|\n| 1 |\n")
@@ -69,6 +73,7 @@ def test_sweep_smoke_times_everything_in_one_run(tmp_path):
     assert "sweep done in" in out
 
 
+@pytest.mark.slow
 def test_sweep_time_guard_skips_with_a_note_instead_of_overrunning(tmp_path):
     report = tmp_path / "train.json"
     out = run_benchmark("--sweep", "--smoke", "--budget-s", "0", "--json-out", str(report))
@@ -122,6 +127,7 @@ def test_the_jpeg_set_is_decoded_once_and_used_whole(tmp_path):
     assert bench.decoded_50k(tmp_path / "absent.npz", tmp_path / "cache") is None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not DECODER.is_file(), reason="needs ../shared/data/cifar10_jpeg.py")
 def test_real_check_full_trains_on_the_jpeg_set_minus_a_stratified_holdout(tmp_path):
     jpeg = tiny_jpeg_set(tmp_path / "data")
