@@ -1,7 +1,7 @@
 """End to end: the real dvc.yaml in a scratch git repository, tiny params, no network.
 
 The tests work in one copy of the shared reproduced repository (conftest's e2e_repo); they run in file
-order, in one xdist worker, and build on each other like a user's session would.
+order, in one xdist worker (--dist loadfile), and build on each other like a user's session would.
 """
 import json
 import shutil
@@ -17,7 +17,7 @@ from conftest import E2E_MIXES, copy_repo, e2e_log
 from diffaug.report.results import parse_exp_show, run_exp_show
 from diffaug.sandbox.demo import run, tool_env
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]
+pytestmark = pytest.mark.slow
 MIXES = E2E_MIXES
 STAGES = ["prepare", "generate_syn1", "generate_syn2", "build_mixtures"] + [f"train@resnet18-{m}" for m in MIXES] + ["evaluate"]
 

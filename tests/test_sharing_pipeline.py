@@ -11,7 +11,7 @@ import yaml
 from conftest import E2E_MIXES, copy_repo
 from diffaug.sandbox.demo import DEMO_FILTERED, DEMO_FILTERED_MIX, run, tool_env
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sharing")]
+pytestmark = pytest.mark.slow
 FILTERED = DEMO_FILTERED_MIX
 
 
