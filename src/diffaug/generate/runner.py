@@ -8,6 +8,7 @@ import os
 import platform
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,66 +137,83 @@ def build_sampler(pipe, dif: DiffusionConfig, levers: Levers, plan: Plan, sizer:
 
 def generate_shards(pipe, dif: DiffusionConfig, levers: Levers, plan: Plan, out_dir: Path, shards: list[int], *,
                     save_full: bool, console: Console, show_bar: bool, label: str, reuse: BatchCache | None = None) -> None:
-    """Generate each shard and write it atomically (PNGs first: a shard file implies its PNGs exist).
-
-    A shard's work is a queue of (global index, attempt): a flagged image goes back to its end with the
-    next attempt's seed, up to max_regenerations, then is kept black (as diffusers returns it) and counted.
-    NaN/inf stops the run with one line, the shard unwritten; a batch out of GPU memory goes back to the
-    queue's front at half the size."""
-    sizer = BatchSize(levers.batch_size, pipe._execution_device, console, label)
-    sampler, made_with = build_sampler(pipe, dif, levers, plan, sizer)
+    """Generate each shard and write it atomically (PNGs first: a shard file implies its PNGs exist)."""
+    maker = ShardMaker(pipe, dif, levers, plan, save_full=save_full, console=console, label=label, reuse=reuse)
     storage.remove_outdated_summary(out_dir)
     total = sum(len(plan.shard_range(k)) for k in shards)
-    device = f"cuda ({torch.cuda.get_device_name(sampler.device)})" if sampler.device.type == "cuda" else sampler.device.type
-    h, w = plan.image_size
     # PNG encoding of 512² images is CPU work that can overlap the GPU's next batch.
     with ThroughputReport(console, total, label, show_bar) as report, ThreadPoolExecutor(4) as png_pool:
         for k in shards:
             storage.prepare_shard_slot(out_dir, k)
-            span = plan.shard_range(k)
-            images = np.zeros((len(span), h, w, 3), np.uint8)
-            seeds, attempts, flagged = np.zeros(len(span), np.uint64), np.zeros(len(span), np.int64), np.zeros(len(span), bool)
             pngs: list[Future] = []
-            queue = deque((g, 0) for g in plan.work_order(span))  # img2img: grouped by strength
-            batch_number = 0
-            while queue:
-                batch = [queue.popleft() for _ in range(min(sizer.size, len(queue)))]
-                # With torch.compile a new batch shape means a recompile: fill the last batch with repeats.
-                run = batch_run(batch, sizer.size, levers.compile)
-                sizer.start_batch()
-                try:
-                    out = sample_batch(sampler, plan, run, want_full=save_full, made_with=made_with, reuse=reuse)
-                except torch.cuda.OutOfMemoryError as e:
-                    sizer.halve(e)
-                    queue.extendleft(reversed(batch))
-                    continue
-                sizer.batch_done(len(run))
-                if not out.all_finite:
-                    bad = [g for j, (g, _) in enumerate(batch) if not out.finite[j]]
-                    c, i = plan.class_and_index(bad[0])
-                    raise UserError(
-                        f"{label or plan.set_name}: shard {k} ({storage.shard_name(k)}), batch {batch_number}: {len(bad)} "
-                        f"of {len(batch)} images have non-finite (NaN/inf) latents or pixels, first {plan.classes[c]} #{i}; "
-                        f"nothing of this shard was written. Check diffusion.guidance_scale ({sampler.guidance_scale}) and "
-                        "the model's weights, or use diffusion.dtype: float32 or bfloat16 (float16 overflows more easily)")
-                batch_number += 1
-                finished = 0
-                for j, (g, attempt) in enumerate(batch):
-                    if out.flagged[j] and attempt < dif.max_regenerations:
-                        queue.append((g, attempt + 1))
-                        continue
-                    i, black = g - span.start, out.flagged[j]
-                    images[i] = 0 if black else out.small[j]
-                    seeds[i], attempts[i], flagged[i] = plan.seed(g, attempt), attempt, black
-                    if out.full is not None:  # save_full
-                        full = np.zeros_like(out.full[j]) if black else out.full[j]
-                        pngs.append(png_pool.submit(storage.write_full_png, out_dir, plan, g, full))
-                    finished += 1
-                report.batch_done(generated=len(batch), finished=finished)
+            arrays = maker.make(k, report, lambda g, full, pngs=pngs: pngs.append(
+                png_pool.submit(storage.write_full_png, out_dir, plan, g, full)))
             for png in pngs:
                 png.result()
-            storage.write_shard(out_dir, k, plan, images=images, seeds=seeds, regenerations=attempts, flagged=flagged,
-                                device=device, provenance={**made_with, **sizer.record()})
+            storage.write_shard(out_dir, k, plan, **arrays)
+
+
+class ShardMaker:
+    """A loaded pipeline that makes one shard's arrays at a time, writing nothing: the local loop above
+    writes them, a Ray worker (generate/ray_engine.py) sends them to its driver, which writes them."""
+
+    def __init__(self, pipe, dif: DiffusionConfig, levers: Levers, plan: Plan, *, save_full: bool, console: Console,
+                 label: str, reuse: BatchCache | None = None):
+        self.sizer = BatchSize(levers.batch_size, pipe._execution_device, console, label)
+        self.sampler, self.made_with = build_sampler(pipe, dif, levers, plan, self.sizer)
+        self.dif, self.levers, self.plan, self.save_full, self.label, self.reuse = dif, levers, plan, save_full, label, reuse
+        device = self.sampler.device
+        self.device = f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
+
+    def make(self, k: int, report: Any, on_full: Callable[[int, np.ndarray], object]) -> dict[str, Any]:
+        """Shard k as storage.write_shard's keyword arguments; each full-resolution image goes to `on_full`.
+
+        A shard's work is a queue of (global index, attempt): a flagged image goes back to its end with the
+        next attempt's seed, up to max_regenerations, then is kept black (as diffusers returns it) and counted.
+        NaN/inf stops the run with one line, the shard unwritten; a batch out of GPU memory goes back to the
+        queue's front at half the size."""
+        plan, sizer, dif = self.plan, self.sizer, self.dif
+        h, w = plan.image_size
+        span = plan.shard_range(k)
+        images = np.zeros((len(span), h, w, 3), np.uint8)
+        seeds, attempts, flagged = np.zeros(len(span), np.uint64), np.zeros(len(span), np.int64), np.zeros(len(span), bool)
+        queue = deque((g, 0) for g in plan.work_order(span))  # img2img: grouped by strength
+        batch_number = 0
+        while queue:
+            batch = [queue.popleft() for _ in range(min(sizer.size, len(queue)))]
+            # With torch.compile a new batch shape means a recompile: fill the last batch with repeats.
+            run = batch_run(batch, sizer.size, self.levers.compile)
+            sizer.start_batch()
+            try:
+                out = sample_batch(self.sampler, plan, run, want_full=self.save_full, made_with=self.made_with, reuse=self.reuse)
+            except torch.cuda.OutOfMemoryError as e:
+                sizer.halve(e)
+                queue.extendleft(reversed(batch))
+                continue
+            sizer.batch_done(len(run))
+            if not out.all_finite:
+                bad = [g for j, (g, _) in enumerate(batch) if not out.finite[j]]
+                c, i = plan.class_and_index(bad[0])
+                raise UserError(
+                    f"{self.label or plan.set_name}: shard {k} ({storage.shard_name(k)}), batch {batch_number}: {len(bad)} "
+                    f"of {len(batch)} images have non-finite (NaN/inf) latents or pixels, first {plan.classes[c]} #{i}; "
+                    f"nothing of this shard was written. Check diffusion.guidance_scale ({self.sampler.guidance_scale}) and "
+                    "the model's weights, or use diffusion.dtype: float32 or bfloat16 (float16 overflows more easily)")
+            batch_number += 1
+            finished = 0
+            for j, (g, attempt) in enumerate(batch):
+                if out.flagged[j] and attempt < dif.max_regenerations:
+                    queue.append((g, attempt + 1))
+                    continue
+                i, black = g - span.start, out.flagged[j]
+                images[i] = 0 if black else out.small[j]
+                seeds[i], attempts[i], flagged[i] = plan.seed(g, attempt), attempt, black
+                if out.full is not None:  # save_full
+                    on_full(g, np.zeros_like(out.full[j]) if black else out.full[j])
+                finished += 1
+            report.batch_done(generated=len(batch), finished=finished)
+        return dict(images=images, seeds=seeds, regenerations=attempts, flagged=flagged, device=self.device,
+                    provenance={**self.made_with, **sizer.record()})
 
 
 def sample_batch(sampler: Sampler, plan: Plan, run: Run, *, want_full: bool, made_with: dict[str, Any],
