@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -59,7 +60,8 @@ def run_cell(cmd: str, cwd: str) -> int:
 
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         die_with_parent = lambda: libc.prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-    return subprocess.run(cmd, shell=True, cwd=cwd, env=env, preexec_fn=die_with_parent).returncode
+    # No shell between the worker and the command: the signal would reach the shell, not the command.
+    return subprocess.run(shlex.split(cmd), cwd=cwd, env=env, preexec_fn=die_with_parent).returncode
 
 
 def train_on_ray(root: Path, cells: list[tuple[str, str]]) -> list[str]:

@@ -101,7 +101,7 @@ def generate_on_ray(plan: Plan, source: ModelSource, info: ModelInfo, out_dir: P
     options = dict(num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1, max_restarts=-1, max_task_retries=0,
                    runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}})
     run_id = uuid.uuid4().hex[:8]
-    workers = [ray.remote(ShardWorker).options(name=f"{ACTOR_PREFIX}-{run_id}-{i}", **options)
+    workers: list[Any] = [ray.remote(ShardWorker).options(name=f"{ACTOR_PREFIX}-{run_id}-{i}", **options)
                .remote(dif, levers, plan, source, info, save_full) for i in range(n_workers)]
     try:
         _feed(workers, todo, plan, out_dir, console, label)

@@ -146,8 +146,11 @@ def generate_shards(pipe, dif: DiffusionConfig, levers: Levers, plan: Plan, out_
         for k in shards:
             storage.prepare_shard_slot(out_dir, k)
             pngs: list[Future] = []
-            arrays = maker.make(k, report, lambda g, full, pngs=pngs: pngs.append(
-                png_pool.submit(storage.write_full_png, out_dir, plan, g, full)))
+
+            def write_png(g: int, full: np.ndarray, pngs: list[Future] = pngs) -> None:
+                pngs.append(png_pool.submit(storage.write_full_png, out_dir, plan, g, full))
+
+            arrays = maker.make(k, report, write_png)
             for png in pngs:
                 png.result()
             storage.write_shard(out_dir, k, plan, **arrays)
