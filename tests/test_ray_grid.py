@@ -54,9 +54,12 @@ def test_grid_trains_every_stale_cell_resumes_a_killed_one_and_commits(sandbox, 
         while not checkpoint.exists():
             assert thread.is_alive() and time.monotonic() < deadline, "no checkpoint appeared"
             time.sleep(0.05)
-        trainer = next(p for p in psutil.process_iter(["cmdline"])
-                       if "--mix" in (p.info["cmdline"] or []) and "orig100" in p.info["cmdline"] and "diffaug.train" in p.info["cmdline"])
-        trainer.parent().send_signal(signal.SIGKILL)  # the Ray worker, as a preempted node takes it
+        # This sandbox's own trainer only (other dvc runs on the machine train orig100 cells too).
+        trainer = next(p for p in psutil.process_iter(["cmdline", "cwd"])
+                       if p.info["cwd"] == str(sandbox) and "diffaug.train" in (p.info["cmdline"] or []) and "orig100" in p.info["cmdline"])
+        worker = trainer.parent()
+        assert worker.name().startswith("ray::"), worker.name()
+        worker.send_signal(signal.SIGKILL)  # the Ray worker, as a preempted node takes it
         thread.join(600)
     finally:
         ray.shutdown()
