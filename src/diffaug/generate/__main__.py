@@ -21,6 +21,7 @@ from diffaug.formats.splits import Split, load_split, read_classes
 from diffaug.generate.families import ModelInfo, check_levers
 from diffaug.generate.model import ModelSource, check_model_files, choose_levers, resolve_model
 from diffaug.generate.plan import Plan, build_plan, check_cpu_cost, plan_flops, steps_note
+from diffaug.generate.ray_engine import ENGINE_ENV, ENGINES, choose_engine, generate_on_ray
 from diffaug.io import ensure_writable_dir, sha256_file
 
 TRAIN_SPLIT = "train.npz"  # the prepare stage's name for the training split
@@ -32,6 +33,8 @@ def parse_args(argv):
     parser.add_argument("--classes", default="data/prepared/classes.json", help="written by the prepare stage")
     parser.add_argument("--out", required=True, help="output directory (kept between runs: resume)")
     parser.add_argument("--train", help="img2img sets only: the training split, data/prepared/train.npz")
+    parser.add_argument("--engine", choices=ENGINES, help="local: this process (or each torchrun process); ray: the shards "
+                        f"go to a Ray cluster's workers (docs/scale.md); default: ${ENGINE_ENV}, else local")
     return parser.parse_args(argv)
 
 
@@ -92,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     label = args.set if world.size == 1 else f"{args.set} rank {world.rank}/{world.size}"
     todo = [k for k in range(plan.num_shards) if world.owns(k) and storage.valid_shard(out_dir, plan, k) is None]
-    if todo:
+    if todo and choose_engine(args.engine, world.size) == "ray":  # workers make shards, this process writes them
+        generate_on_ray(plan, source, info, out_dir, todo, save_full=cfg.synthetic.save_full_resolution, console=console, label=label)
+    elif todo:
         make_shards(cfg, plan, source, info, out_dir, todo, world, console, label, generator)
     else:
         owned = sum(world.owns(k) for k in range(plan.num_shards))

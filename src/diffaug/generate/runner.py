@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,26 +115,28 @@ def sample_batch(sampler: Sampler, plan: Plan, run: list[tuple[int, int]], want_
 
 
 class ShardMaker:
-    """Makes shards one after the other, each by draining its queue batch by batch; see generate_shards."""
+    """Makes shards' arrays one after the other, each by draining its queue batch by batch, and writes nothing:
+    generate_shards writes them here, a Ray worker (generate/ray_engine.py) sends them to its driver.
+    Each full-resolution image (save_full) goes to `on_full(global index, pixels)`."""
 
-    def __init__(self, sampler: Sampler, made_with: dict[str, Any], dif: DiffusionConfig, levers: Levers, plan: Plan,
-                 out_dir: Path, *, save_full: bool, console: Console, label: str, progress: Progress, png_pool: ThreadPoolExecutor):
+    def __init__(self, sampler: Sampler, made_with: dict[str, Any], dif: DiffusionConfig, levers: Levers, plan: Plan, *,
+                 save_full: bool, console: Console, label: str, progress: Progress, on_full: Callable[[int, np.ndarray], object]):
         self.sampler, self.made_with, self.dif, self.levers, self.plan = sampler, made_with, dif, levers, plan
-        self.out_dir, self.save_full, self.console, self.label = out_dir, save_full, console, label
-        self.progress, self.png_pool, self.device = progress, png_pool, sampler.device
+        self.save_full, self.console, self.label = save_full, console, label
+        self.progress, self.on_full, self.device = progress, on_full, sampler.device
+        self.device_name = f"cuda ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else self.device.type
         self.size = first_batch_size(levers.batch_size, self.device)
         self.probing = levers.batch_size == "auto" and self.device.type == "cuda"
         self.task, self.batches = progress.add_task(label, total=0), 0
 
-    def make_shard(self, k: int, device_name: str) -> None:
-        """Shard k: its queue of (global index, attempt) drained at the largest batch that fits, then written."""
+    def make(self, k: int) -> dict[str, Any]:
+        """Shard k, as storage.write_shard's keyword arguments: its queue of (global index, attempt) drained at
+        the largest batch that fits."""
         plan, span = self.plan, self.plan.shard_range(k)
-        storage.prepare_shard_slot(self.out_dir, k)
         self.k, self.span, self.queue = k, span, deque((g, 0) for g in plan.work_order(span))
         self.images, self.seeds = np.zeros((len(span), *plan.image_size, 3), np.uint8), np.zeros(len(span), np.uint64)
         self.attempts, self.flagged = np.zeros(len(span), np.int64), np.zeros(len(span), bool)
         self.sizes: set[int] = set()  # the batch sizes it ran at, for its provenance
-        self.pngs: list[Future] = []
         self.shard_batches = 0
 
         def drain(batch_size: int) -> None:
@@ -141,12 +144,9 @@ class ShardMaker:
             while self.queue:
                 self.one_batch()
         find_executable_batch_size(drain, starting_batch_size=self.size, reduce_batch_size_fn=self.halve)()
-        for png in self.pngs:
-            png.result()
         sizes = sorted(self.sizes)
-        storage.write_shard(self.out_dir, k, plan, images=self.images, seeds=self.seeds, regenerations=self.attempts,
-                            flagged=self.flagged, device=device_name,
-                            provenance={**self.made_with, "batch_size": sizes[0] if len(sizes) == 1 else sizes})
+        return dict(images=self.images, seeds=self.seeds, regenerations=self.attempts, flagged=self.flagged,
+                    device=self.device_name, provenance={**self.made_with, "batch_size": sizes[0] if len(sizes) == 1 else sizes})
 
     def halve(self) -> int:
         if self.size == 1:
@@ -197,7 +197,7 @@ class ShardMaker:
             self.seeds[i], self.attempts[i], self.flagged[i] = plan.seed(g, attempt), attempt, black
             if out.full is not None:  # save_full
                 full = np.zeros_like(out.full[j]) if black else out.full[j]
-                self.pngs.append(self.png_pool.submit(storage.write_full_png, self.out_dir, plan, g, full))
+                self.on_full(g, full)
             finished += 1
         self.report(finished)
 
@@ -221,14 +221,23 @@ def generate_shards(sampler: Sampler, made_with: dict[str, Any], dif: DiffusionC
     next attempt's seed, up to max_regenerations, then is kept black (as diffusers returns it) and counted.
     NaN/inf stops the run with one line, the shard unwritten."""
     storage.remove_outdated_summary(out_dir)
-    device = f"cuda ({torch.cuda.get_device_name(sampler.device)})" if sampler.device.type == "cuda" else sampler.device.type
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not show_bar,
                         speed_estimate_period=600)
     # PNG encoding of 512² images is CPU work that can overlap the GPU's next batch.
     with progress, ThreadPoolExecutor(4) as png_pool:
-        maker = ShardMaker(sampler, made_with, dif, levers, plan, out_dir, save_full=save_full, console=console, label=label,
-                           progress=progress, png_pool=png_pool)
+        pngs: list[Future] = []
+
+        def write_png(g: int, full: np.ndarray) -> None:
+            pngs.append(png_pool.submit(storage.write_full_png, out_dir, plan, g, full))
+
+        maker = ShardMaker(sampler, made_with, dif, levers, plan, save_full=save_full, console=console, label=label,
+                           progress=progress, on_full=write_png)
         progress.update(maker.task, total=sum(len(plan.shard_range(k)) for k in shards))
         for k in shards:
-            maker.make_shard(k, device)
+            storage.prepare_shard_slot(out_dir, k)
+            arrays = maker.make(k)
+            for png in pngs:  # a shard file implies its PNGs exist
+                png.result()
+            pngs.clear()
+            storage.write_shard(out_dir, k, plan, **arrays)
