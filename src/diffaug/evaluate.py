@@ -29,14 +29,16 @@ weights are already in the local cache, otherwise one line names what is missing
 """
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from diffaug.cli import stage_parser
-from diffaug.config import Config, load_config
+from diffaug.config import REAL_SOURCES, Config, load_config
 from diffaug.devices import resolve_device
 from diffaug.errors import exit_on_error
 from diffaug.exchange import exchange_rates
@@ -45,10 +47,13 @@ from diffaug.formats.classifier import ImageClassifier, load_trained, logits_of,
 from diffaug.formats.splits import load_split
 from diffaug.io import ensure_writable_dir, write_json_atomic
 from diffaug.metrics import K_NEIGHBOURS, clip_similarities, load_clip, penultimate_features, set_quality
+from diffaug.mixtures import compose
 
 # Distribution metrics compare at most this many images per side (a seeded draw): precision/recall
 # costs n_real x n_synthetic distances, and 10k images keep it to seconds on one GPU or CPU core.
 QUALITY_MAX_SAMPLES = 10000
+INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
+CLIP_MODELS = ("openai/clip-vit-large-patch14", "openai/clip-vit-base-patch32")
 
 
 def load_seeds(cell: Path, seeds: list[int], device: torch.device) -> list[ImageClassifier]:
@@ -57,13 +62,11 @@ def load_seeds(cell: Path, seeds: list[int], device: torch.device) -> list[Image
 
 
 def scores(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     pred = logits.argmax(axis=1)
     correct = pred == labels
     per_class = [float(correct[labels == c].mean()) if (labels == c).any() else float("nan") for c in range(num_classes)]
-    return {"acc": float(correct.mean()), "loss": float(-log_probs[np.arange(len(labels)), labels].mean()),
-            "per_class": per_class, "pred": pred}
+    loss = F.cross_entropy(torch.from_numpy(logits).double(), torch.from_numpy(labels).long())
+    return {"acc": float(correct.mean()), "loss": float(loss), "per_class": per_class, "pred": pred}
 
 
 def draw(n: int, limit: int, seed: int = 0) -> np.ndarray:
@@ -93,34 +96,20 @@ def cached_clip() -> Path | None:
 
 def cached_weights_note(clip: Path | None = None) -> str:
     """One line on the Inception FID and CLIP score: they need weights that are not downloaded here."""
-    missing = []
     hub = Path(torch.hub.get_dir()) / "checkpoints"
-    import importlib.util
-
     lacks = ([] if importlib.util.find_spec("pytorch_fid") else ["the pytorch-fid package is not installed"]) + \
         ([] if (hub / INCEPTION_WEIGHTS).is_file() else [f"{INCEPTION_WEIGHTS} not in {hub}"])
-    missing.append(f"Inception FID ({' and '.join(lacks) if lacks else 'pytorch-fid and its weights are there, but this version does not compute it'})")
+    missing = [f"Inception FID ({' and '.join(lacks) or 'pytorch-fid and its weights are there, but this version does not compute it'})"]
     if clip is None:
         missing.append(f"CLIP score ({' or '.join(CLIP_MODELS)} not in the Hugging Face cache)")
     done = f"CLIP score (syn_clip) with {clip}; " if clip is not None else ""
     return f"evaluate: {done}skipped " + "; ".join(missing) + "; the classifier-feature metrics need no download"
 
 
-INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
-CLIP_MODELS = ("openai/clip-vit-large-patch14", "openai/clip-vit-base-patch32")
-
-
 def mixture_counts(fractions: dict[str, float], pools: dict[str, np.ndarray], num_classes: int) -> tuple[int, int]:
-    """(real images, synthetic images) of a mixture: per class round(fraction * n_class), as build_mixtures draws."""
-    real = syn = 0
-    for source, frac in fractions.items():
-        labels = pools["orig"] if source in ("orig", "rot90", "vflip") else pools[source]
-        n = sum(int(round(frac * int((labels == c).sum()))) for c in range(num_classes))
-        if source == "orig":
-            real += n
-        elif source in pools:
-            syn += n
-    return real, syn
+    """(real images, synthetic images) of a mixture, counted by build_mixtures' own draw."""
+    counts = compose(fractions, pools, num_classes, seed=0)[2]  # the counts do not depend on the seed
+    return sum(counts.get("orig", [])), sum(sum(n) for s, n in counts.items() if s not in REAL_SOURCES)
 
 
 def real_only_mix(cfg: Config) -> str | None:
