@@ -26,7 +26,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -124,13 +123,14 @@ def export(set_dir: Path, fmt: str, out: Path, force: bool = False) -> Path:
     rows = provenance_rows(manifest, len(images))
     name = str(manifest.get("set") or set_dir.name)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"  # mkdir, not mkdtemp: the folder gets the umask's mode
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run that had this pid
+    tmp.mkdir()
     try:
         if fmt == "imagefolder":
             write_imagefolder(tmp, images, labels, classes, rows)
         else:
             write_parquet(tmp, name, images, labels, classes, rows)
-        os.chmod(tmp, 0o777 & ~_umask())
         old = None
         if out.exists():  # --force: swap, then remove the old export
             old = out.parent / f".{out.name}.old-{os.getpid()}"
@@ -141,12 +141,6 @@ def export(set_dir: Path, fmt: str, out: Path, force: bool = False) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 @exit_on_error
