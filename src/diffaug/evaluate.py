@@ -47,7 +47,6 @@ from diffaug.formats.classifier import ImageClassifier, load_trained, logits_of,
 from diffaug.formats.splits import load_split
 from diffaug.io import ensure_writable_dir, write_json_atomic
 from diffaug.metrics import K_NEIGHBOURS, clip_similarities, load_clip, penultimate_features, set_quality
-from diffaug.mixtures import compose
 
 # Distribution metrics compare at most this many images per side (a seeded draw): precision/recall
 # costs n_real x n_synthetic distances, and 10k images keep it to seconds on one GPU or CPU core.
@@ -107,9 +106,17 @@ def cached_weights_note(clip: Path | None = None) -> str:
 
 
 def mixture_counts(fractions: dict[str, float], pools: dict[str, np.ndarray], num_classes: int) -> tuple[int, int]:
-    """(real images, synthetic images) of a mixture, counted by build_mixtures' own draw."""
-    counts = compose(fractions, pools, num_classes, seed=0)[2]  # the counts do not depend on the seed
-    return sum(counts.get("orig", [])), sum(sum(n) for s, n in counts.items() if s not in REAL_SOURCES)
+    """(real images, synthetic images) of a mixture: per class round(fraction * n_class), as build_mixtures draws
+    (a stage may not import another stage, so the rule is restated here)."""
+    real = syn = 0
+    for source, frac in fractions.items():
+        labels = pools["orig"] if source in REAL_SOURCES else pools[source]
+        n = sum(int(round(frac * int((labels == c).sum()))) for c in range(num_classes))
+        if source == "orig":
+            real += n
+        elif source in pools:
+            syn += n
+    return real, syn
 
 
 def real_only_mix(cfg: Config) -> str | None:
