@@ -439,12 +439,12 @@ class Trainer:
         return self.run_epoch(validate=False, max_steps=max_steps)
 
     def state_dict(self) -> dict[str, Any]:
+        rng = {"torch_cpu": torch.get_rng_state(), "device_generator": self.generator.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         state = {"epoch": self.epoch, "model": self.model.state_dict(),
                  "momentum": [b.detach().clone() for b in self.momentum_buffers],
-                 "rng": {"torch_cpu": torch.get_rng_state(), "device_generator": self.generator.get_state()},
-                 "augment_rng": self._augment_rng.clone()}
-        if self.device.type == "cuda":
-            state["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
+                 "rng": rng, "augment_rng": self._augment_rng.clone()}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
             state["ema_steps"] = self._ema_steps.clone()
