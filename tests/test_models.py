@@ -87,6 +87,6 @@ def test_bad_names_are_config_errors():
 
 def test_the_registry_covers_exactly_the_architectures_params_allow():
     from diffaug.config import ARCHITECTURES
-    from diffaug.models import BUILDERS
+    from diffaug.models import HEADS
 
-    assert set(BUILDERS) == set(ARCHITECTURES)
+    assert set(HEADS) == set(ARCHITECTURES)

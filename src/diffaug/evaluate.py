@@ -29,14 +29,16 @@ weights are already in the local cache, otherwise one line names what is missing
 """
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from diffaug.cli import stage_parser
-from diffaug.config import Config, load_config
+from diffaug.config import REAL_SOURCES, Config, load_config
 from diffaug.devices import resolve_device
 from diffaug.errors import exit_on_error
 from diffaug.exchange import exchange_rates
@@ -49,6 +51,8 @@ from diffaug.metrics import K_NEIGHBOURS, clip_similarities, load_clip, penultim
 # Distribution metrics compare at most this many images per side (a seeded draw): precision/recall
 # costs n_real x n_synthetic distances, and 10k images keep it to seconds on one GPU or CPU core.
 QUALITY_MAX_SAMPLES = 10000
+INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
+CLIP_MODELS = ("openai/clip-vit-large-patch14", "openai/clip-vit-base-patch32")
 
 
 def load_seeds(cell: Path, seeds: list[int], device: torch.device) -> list[ImageClassifier]:
@@ -57,13 +61,11 @@ def load_seeds(cell: Path, seeds: list[int], device: torch.device) -> list[Image
 
 
 def scores(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     pred = logits.argmax(axis=1)
     correct = pred == labels
     per_class = [float(correct[labels == c].mean()) if (labels == c).any() else float("nan") for c in range(num_classes)]
-    return {"acc": float(correct.mean()), "loss": float(-log_probs[np.arange(len(labels)), labels].mean()),
-            "per_class": per_class, "pred": pred}
+    loss = F.cross_entropy(torch.from_numpy(logits).double(), torch.from_numpy(labels).long())
+    return {"acc": float(correct.mean()), "loss": float(loss), "per_class": per_class, "pred": pred}
 
 
 def draw(n: int, limit: int, seed: int = 0) -> np.ndarray:
@@ -93,28 +95,22 @@ def cached_clip() -> Path | None:
 
 def cached_weights_note(clip: Path | None = None) -> str:
     """One line on the Inception FID and CLIP score: they need weights that are not downloaded here."""
-    missing = []
     hub = Path(torch.hub.get_dir()) / "checkpoints"
-    import importlib.util
-
     lacks = ([] if importlib.util.find_spec("pytorch_fid") else ["the pytorch-fid package is not installed"]) + \
         ([] if (hub / INCEPTION_WEIGHTS).is_file() else [f"{INCEPTION_WEIGHTS} not in {hub}"])
-    missing.append(f"Inception FID ({' and '.join(lacks) if lacks else 'pytorch-fid and its weights are there, but this version does not compute it'})")
+    missing = [f"Inception FID ({' and '.join(lacks) or 'pytorch-fid and its weights are there, but this version does not compute it'})"]
     if clip is None:
         missing.append(f"CLIP score ({' or '.join(CLIP_MODELS)} not in the Hugging Face cache)")
     done = f"CLIP score (syn_clip) with {clip}; " if clip is not None else ""
     return f"evaluate: {done}skipped " + "; ".join(missing) + "; the classifier-feature metrics need no download"
 
 
-INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
-CLIP_MODELS = ("openai/clip-vit-large-patch14", "openai/clip-vit-base-patch32")
-
-
 def mixture_counts(fractions: dict[str, float], pools: dict[str, np.ndarray], num_classes: int) -> tuple[int, int]:
-    """(real images, synthetic images) of a mixture: per class round(fraction * n_class), as build_mixtures draws."""
+    """(real images, synthetic images) of a mixture: per class round(fraction * n_class), as build_mixtures draws
+    (a stage may not import another stage, so the rule is restated here)."""
     real = syn = 0
     for source, frac in fractions.items():
-        labels = pools["orig"] if source in ("orig", "rot90", "vflip") else pools[source]
+        labels = pools["orig"] if source in REAL_SOURCES else pools[source]
         n = sum(int(round(frac * int((labels == c).sum()))) for c in range(num_classes))
         if source == "orig":
             real += n

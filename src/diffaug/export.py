@@ -26,7 +26,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -96,41 +95,22 @@ def _csv_value(column: str, value: Any) -> Any:
     return json.dumps(value) if isinstance(value, (list, dict)) else value
 
 
-def _value_type(column: str, values: list[Any]) -> str:
-    """The datasets Value dtype of a provenance column (seeds are uint64: they span 0..2**64-1)."""
-    present = [v for v in values if v is not None]
-    if column == "seed":
-        return "uint64"
-    for dtype, ok in (("bool", lambda v: isinstance(v, bool)), ("int64", lambda v: isinstance(v, int) and not isinstance(v, bool)),
-                      ("float64", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))):
-        if present and all(ok(v) for v in present):
-            return dtype
-    return "string"
-
-
 def write_parquet(tmp: Path, name: str, images: np.ndarray, labels: np.ndarray, classes: list[str], rows: list[dict]) -> None:
-    """DIR/<name>.parquet through `datasets`: its Features (Image, ClassLabel, Value) travel in the file."""
+    """DIR/<name>.parquet through `datasets`: its Features (Image, ClassLabel, inferred values) travel in the file."""
     import pyarrow as pa
-    from datasets import ClassLabel, Dataset, Features, Value
+    from datasets import ClassLabel, Dataset
     from datasets import Image as ImageFeature
 
-    columns = [k for k in _columns(rows) if k not in ("image", "label")]
     data: dict[str, Any] = {
         "image": [{"bytes": _png(im), "path": f"{classes[int(lab)]}_{int(r.get('index', i)):05d}.png"}
                   for i, (im, lab, r) in enumerate(zip(images, labels, rows))],
         "label": [int(lab) for lab in labels],
+        **{k: [r.get(k) for r in rows] for k in _columns(rows) if k not in ("image", "label")},
     }
-    features = {"image": ImageFeature(), "label": ClassLabel(names=list(classes))}
-    for col in columns:
-        values = [r.get(col) for r in rows]
-        dtype = _value_type(col, values)
-        if dtype == "uint64":  # an arrow array: datasets would infer int64 from Python ints and overflow
-            data[col] = pa.array(values, pa.uint64())
-        else:
-            data[col] = [json.dumps(v) if isinstance(v, (list, dict)) or (dtype == "string" and v is not None
-                                                                          and not isinstance(v, str)) else v for v in values]
-        features[col] = Value(dtype)
-    Dataset.from_dict(data, features=Features(features)).to_parquet(str(tmp / f"{name}.parquet"), batch_size=1000)
+    if "seed" in data:  # seeds span 0..2**64-1: datasets would infer int64 from Python ints and overflow
+        data["seed"] = pa.array(data["seed"], pa.uint64())
+    ds = Dataset.from_dict(data).cast_column("image", ImageFeature()).cast_column("label", ClassLabel(names=list(classes)))
+    ds.to_parquet(str(tmp / f"{name}.parquet"), batch_size=1000)
 
 
 def export(set_dir: Path, fmt: str, out: Path, force: bool = False) -> Path:
@@ -143,13 +123,14 @@ def export(set_dir: Path, fmt: str, out: Path, force: bool = False) -> Path:
     rows = provenance_rows(manifest, len(images))
     name = str(manifest.get("set") or set_dir.name)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"  # mkdir, not mkdtemp: the folder gets the umask's mode
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run that had this pid
+    tmp.mkdir()
     try:
         if fmt == "imagefolder":
             write_imagefolder(tmp, images, labels, classes, rows)
         else:
             write_parquet(tmp, name, images, labels, classes, rows)
-        os.chmod(tmp, 0o777 & ~_umask())
         old = None
         if out.exists():  # --force: swap, then remove the old export
             old = out.parent / f".{out.name}.old-{os.getpid()}"
@@ -160,12 +141,6 @@ def export(set_dir: Path, fmt: str, out: Path, force: bool = False) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 @exit_on_error

@@ -4,16 +4,11 @@
         --prepared data/prepared --synthetic data/synthetic \
         --classifier models/<model>/orig100/seed-<first seed>.pt --out data/filtered
 
-`mixtures.<mix>.filter` in params.yaml says how (see config.schema.MixtureFilter):
-
-  by: confidence   the softmax probability that the real-data classifier (the cell trained on
-                   orig100, first seed) gives each synthetic image's intended class
-                   (ALIA, Dunlap et al. 2023)
-  by: clip         cosine similarity of CLIP's image and text embeddings, text "a photo of a <label>"
-                   (He et al. 2023); needs CLIP weights in the local Hugging Face cache, else one line
-  threshold: t     keep the images scoring >= t
-  keep_fraction: f keep the ceil(f * n) best-scored images of each class of each synthetic source
-                   (ties: the lower row first)
+`mixtures.<mix>.filter` (config.schema.MixtureFilter) says how each synthetic image is scored: `by:
+confidence`, the softmax probability of its intended class under the orig100 cell's first seed (ALIA,
+Dunlap et al. 2023), or `by: clip`, the cosine of CLIP's image and "a photo of a <label>" embeddings
+(He et al. 2023; weights from the local Hugging Face cache only). `threshold` keeps scores >= t;
+`keep_fraction` keeps the ceil(f * n) best of each class of each source (ties: the lower row first).
 
 Only synthetic rows are scored and dropped; real rows and their rot90/vflip copies stay. The input is
 build_mixtures' `<mix>.unfiltered.npz` (the same draw the unfiltered mixture makes), so a filtered and

@@ -52,19 +52,14 @@ def _sqrt_psd(m: np.ndarray) -> np.ndarray:
     return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
 
 
-def frechet_from_moments(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
-    root1 = _sqrt_psd(s1)
-    cross = np.linalg.eigvalsh(root1 @ s2 @ root1)
-    tr_sqrt = float(np.sqrt(np.clip(cross, 0, None)).sum())
-    diff = mu1 - mu2
-    return max(float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt), 0.0)
-
-
 def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (unbiased covariances)."""
     a, b = _as64(real), _as64(fake)
-    return frechet_from_moments(a.mean(0), np.cov(a, rowvar=False).reshape(a.shape[1], -1),
-                                b.mean(0), np.cov(b, rowvar=False).reshape(b.shape[1], -1))
+    s1, s2 = np.cov(a, rowvar=False).reshape(a.shape[1], -1), np.cov(b, rowvar=False).reshape(b.shape[1], -1)
+    root1 = _sqrt_psd(s1)
+    tr_sqrt = float(np.sqrt(np.clip(np.linalg.eigvalsh(root1 @ s2 @ root1), 0, None)).sum())
+    diff = a.mean(0) - b.mean(0)
+    return max(float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt), 0.0)
 
 
 def _kernel_sums(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
@@ -96,21 +91,14 @@ def kid(real: np.ndarray, fake: np.ndarray, subsets: int = KID_SUBSETS, subset_s
 
 
 def _kth_neighbour_radii(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Distance of each row of x to its k-th nearest other row."""
-    radii = []
-    for start in range(0, len(x), CHUNK):
-        d = torch.cdist(x[start:start + CHUNK], x)
-        radii.append(d.kthvalue(k + 1, dim=1).values)  # the 1st smallest is the row itself (distance 0)
-    return torch.cat(radii)
+    """Distance of each row of x to its k-th nearest other row (the 1st smallest is the row itself)."""
+    return torch.cat([torch.cdist(x[i:i + CHUNK], x).kthvalue(k + 1, dim=1).values for i in range(0, len(x), CHUNK)])
 
 
 def _inside_manifold(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
     """For each point: whether it lies within radius of at least one centre."""
-    inside = []
-    for start in range(0, len(points), CHUNK):
-        d = torch.cdist(points[start:start + CHUNK], centres)
-        inside.append((d <= radii[None, :]).any(dim=1))
-    return torch.cat(inside)
+    return torch.cat([(torch.cdist(points[i:i + CHUNK], centres) <= radii[None, :]).any(dim=1)
+                      for i in range(0, len(points), CHUNK)])
 
 
 def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = K_NEIGHBOURS) -> tuple[float, float]:

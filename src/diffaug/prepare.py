@@ -26,16 +26,13 @@ from diffaug.errors import UserError, exit_on_error
 from diffaug.formats.splits import Split, read_npz_split, save_split, write_classes
 from diffaug.io import ensure_writable_dir, sha256_file, write_json_atomic
 
-CIFAR_ARCHIVES = {  # torchvision's own file names and md5 sums, repeated here for the error message
-    "cifar10": ("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),
-    "cifar100": ("cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"),
-}
+CIFAR = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}
 
 
 # ----------------------------------------------------------------------------- sources
 def _load_cifar(kind: str, raw: Path, train: bool) -> Split:
-    cls = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
-    archive, md5 = CIFAR_ARCHIVES[kind]
+    cls = CIFAR[kind]
+    archive, md5 = cls.filename, cls.tgz_md5  # torchvision's own archive name and md5
     where = raw / archive
     if where.exists() and not check_integrity(str(where), md5):
         raise UserError(f"{where}: md5 does not match the official {kind} archive ({md5}); replace it with the original file")
@@ -92,7 +89,7 @@ def _load_imagefolder(path: Path, key: str) -> Split:
 
 def load_source(spec: str, key: str, raw: Path, train: bool = True) -> Split:
     kind, _, path = spec.partition(":")
-    if kind in CIFAR_ARCHIVES:
+    if kind in CIFAR:
         return _load_cifar(kind, raw, train)
     return _load_npz_source(Path(path), key) if kind == "npz" else _load_imagefolder(Path(path), key)
 
@@ -121,7 +118,7 @@ def hold_out(split: Split, per_class: int, seed: int, what: str) -> tuple[Split,
 
 def make_splits(ds: DatasetConfig, raw: Path) -> tuple[Split, Split, Split]:
     train = load_source(ds.name, "dataset.name", raw, train=True)
-    if ds.kind in CIFAR_ARCHIVES:
+    if ds.kind in CIFAR:
         test = load_source(ds.name, "dataset.name", raw, train=False)
     elif ds.test is not None:
         test = load_source(ds.test, "dataset.test", raw)

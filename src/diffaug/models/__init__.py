@@ -1,37 +1,56 @@
 """The one model registry: `build_model(name, variant, num_classes)`.
 
 Every architecture is torchvision's own definition, changed only where a variant says so:
-  cifar  the 32x32 standard: a 3x3 stride-1 stem and no max-pool, so the last stage still sees 4x4
-         feature maps instead of 1x1 (VGG16 gets BatchNorm and a small head, see vgg.py);
   paper  torchvision's ImageNet definition as Paulsen et al. trained it from scratch on 32x32 images,
-         with the new num_classes head placed where it belongs (the paper's DenseNet bug is not kept).
+         with a fresh num_classes Linear where the head belongs (`HEADS`). The paper assigned DenseNet's
+         head to `.fc`, which DenseNet does not use, so it trained the 1000-way output: not kept here.
+  cifar  the 32x32 standard: the 7x7/2 conv and max-pool stem (`STEMS`) become one 3x3/1 conv, so the
+         last stage still sees 4x4 feature maps instead of 1x1. VGG16 has no such stem; it becomes
+         `vgg16_bn` (BatchNorm after every conv: plain VGG16 trains poorly from scratch at lr 0.1), and
+         as its five max-pools leave 1x1x512 features at 32x32, its 7x7 adaptive pool (which would copy
+         the one pixel 49 times) and 25088-4096-4096 head (120M parameters for 10 classes) become a
+         global average pool and one Linear(512, num_classes): the usual CIFAR VGG head.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
+import torchvision
 from torch import nn
 
 from diffaug.config import ARCHITECTURES
 from diffaug.errors import ConfigError
-from diffaug.models.densenet import build_densenet
-from diffaug.models.resnet import build_resnet
-from diffaug.models.vgg import build_vgg
 
 VARIANTS = ("cifar", "paper")
-BUILDERS: dict[str, Callable[[str, str, int], nn.Module]] = {
-    "resnet18": build_resnet, "resnet34": build_resnet, "resnet50": build_resnet,
-    "vgg16": build_vgg, "densenet121": build_densenet,
-}
-assert set(BUILDERS) == set(ARCHITECTURES)  # params.yaml's allowed names are exactly the registry's
+HEADS = {"resnet18": "fc", "resnet34": "fc", "resnet50": "fc", "vgg16": "classifier.6", "densenet121": "classifier"}
+STEMS = {"resnet18": ("conv1", "maxpool"), "resnet34": ("conv1", "maxpool"), "resnet50": ("conv1", "maxpool"),
+         "densenet121": ("features.conv0", "features.pool0")}
+assert set(HEADS) == set(ARCHITECTURES)  # params.yaml's allowed names are exactly the registry's
 
 
 def build_model(name: str, variant: str, num_classes: int) -> nn.Module:
     """A freshly initialised classifier (uses torch's global RNG: seed it first for reproducible weights)."""
-    if name not in BUILDERS:
+    if name not in HEADS:
         raise ConfigError(f"model: got {name!r}; allowed: {' | '.join(ARCHITECTURES)}")
     if variant not in VARIANTS:
         raise ConfigError(f"train.variant: got {variant!r}; allowed: {' | '.join(VARIANTS)}")
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(f"num_classes: got {num_classes!r}; allowed: an integer >= 2")
-    return BUILDERS[name](name, variant, num_classes)
+    if variant == "paper":
+        model = getattr(torchvision.models, name)(weights=None)
+        head = model.get_submodule(HEADS[name])
+        model.set_submodule(HEADS[name], nn.Linear(head.in_features, num_classes))
+        return model
+    if name == "vgg16":
+        model = torchvision.models.vgg16_bn(weights=None)
+        model.avgpool = nn.AdaptiveAvgPool2d(1)
+        model.classifier = nn.Linear(512, num_classes)
+        return model
+    model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
+    conv, pool = STEMS[name]
+    stem = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    if name == "densenet121":  # each family's own conv init, as torchvision applies it to the stem it replaces
+        nn.init.kaiming_normal_(stem.weight)
+    else:
+        nn.init.kaiming_normal_(stem.weight, mode="fan_out", nonlinearity="relu")
+    model.set_submodule(conv, stem)
+    model.set_submodule(pool, nn.Identity())
+    return model

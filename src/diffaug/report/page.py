@@ -22,7 +22,6 @@ from diffaug.report.results import SUMMARY, parse_exp_show, run_exp_show, select
 # so report.md never sits next to a stale picture. Nothing else in --out is touched.
 OWNED_PNG = re.compile(r"^(acc_.+|resnet_sizes|half_real_half_synthetic|synthetic_only|classic_augmentation|"
                        r"filtered_vs_unfiltered|img2img_strength|samples_.+)\.png$")
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 QUALITY = (("syn_fd", "Fréchet distance", ".2f"), ("syn_kid", "KID", ".4f"), ("syn_kid_se", "KID se", ".4f"),
            ("syn_precision", "precision", ".3f"), ("syn_recall", "recall", ".3f"))
 CURVES = ("## Training curves\n\nEvery cell logs its epochs with dvclive under `metrics/train/<model>/<mix>/seed-<s>/` "
@@ -39,11 +38,7 @@ def copy_samples(ctx: Context, out: Path) -> tuple[list[tuple[str, str]], list[s
         if not src.is_file():
             skipped.append(f"samples_{name}.png: skipped: {src} does not exist ({stage} has not run here)")
             continue
-        data = src.read_bytes()
-        if not data.startswith(PNG_MAGIC):
-            skipped.append(f"samples_{name}.png: skipped: {src} is not a PNG file")
-            continue
-        write_bytes_atomic(out / f"samples_{name}.png", data)
+        write_bytes_atomic(out / f"samples_{name}.png", src.read_bytes())
         prompts = " / ".join(f"`{t}`" for t in spec.templates)
         how = (f"img2img from the real training images at strength {', '.join(f'{x:g}' for x in spec.strengths)}, "
                if isinstance(spec, Img2ImgSet) else "")

@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from diffaug.config import Recipe
 from diffaug.errors import UserError
 from diffaug.formats.classifier import ImageClassifier
+from diffaug.io import save_torch_atomic
 from diffaug.models import build_model
 from diffaug.train.augment import apply_crop_flip, apply_cutout, draw_crop_flip, draw_cutout, trivial_augment
-from diffaug.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from diffaug.train.schedule import learning_rate
 
 EVAL_BATCH = 1000  # images per validation forward when the caller passes none (evaluate.batch_size in the stage)
@@ -280,16 +280,6 @@ class Trainer:
         self._step(plan, lr)
         self._counter.add_(1)
 
-    def _eager_step(self, step: int) -> None:
-        batch = self.recipe.batch_size
-        self._step(self._plan[step * batch:(step + 1) * batch], self._lrs[step])
-
-    def _state_tensors(self) -> list[torch.Tensor]:
-        tensors = [*self.model.parameters(), *self.model.buffers(), *self.momentum_buffers]
-        if self.ema is not None:
-            tensors += [*self.ema.parameters(), *self.ema.buffers(), self._ema_steps]
-        return tensors
-
     def _record_graph(self) -> torch.cuda.CUDAGraph:
         """Warm up on a side stream, then record one `_static_step` as `self._graph`; both move the state (callers restore it)."""
         stream = torch.cuda.current_stream(self.device)
@@ -306,9 +296,15 @@ class Trainer:
         self._graph = graph
         return graph
 
+    def _eager_step(self, step: int) -> None:
+        batch = self.recipe.batch_size
+        self._step(self._plan[step * batch:(step + 1) * batch], self._lrs[step])
+
     def _live(self) -> list[torch.Tensor]:
-        """Everything a step changes: the state tensors, the step counter and the epoch's sums."""
-        return [*self._state_tensors(), self._counter, self._loss_sum, self._correct, self._finite]
+        """Everything a step changes: weights, momentum, EMA, the step counter and the epoch's sums."""
+        ema = [*self.ema.parameters(), *self.ema.buffers(), self._ema_steps] if self.ema is not None else []
+        return [*self.model.parameters(), *self.model.buffers(), *self.momentum_buffers, *ema,
+                self._counter, self._loss_sum, self._correct, self._finite]
 
     def _snapshot(self) -> list[torch.Tensor]:
         return [t.detach().clone() for t in self._live()]
@@ -443,10 +439,12 @@ class Trainer:
         return self.run_epoch(validate=False, max_steps=max_steps)
 
     def state_dict(self) -> dict[str, Any]:
+        rng = {"torch_cpu": torch.get_rng_state(), "device_generator": self.generator.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         state = {"epoch": self.epoch, "model": self.model.state_dict(),
                  "momentum": [b.detach().clone() for b in self.momentum_buffers],
-                 "rng": capture_rng(self.device, self.generator),
-                 "augment_rng": self._augment_rng.clone()}
+                 "rng": rng, "augment_rng": self._augment_rng.clone()}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
             state["ema_steps"] = self._ema_steps.clone()
@@ -465,9 +463,34 @@ class Trainer:
             self._ema_steps.copy_(state["ema_steps"])
         if self.scaler.is_enabled() and "grad_scaler" in state:
             self.scaler.load_state_dict(state["grad_scaler"])
-        restore_rng(state["rng"], self.device, self.generator)
+        torch.set_rng_state(state["rng"]["torch_cpu"])
+        self.generator.set_state(state["rng"]["device_generator"])
+        if self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         self._augment_rng = state["augment_rng"].clone()
         self.epoch = int(state["epoch"])
+
+
+def load_checkpoint(path: Path, settings_hash: str) -> dict[str, Any] | None:
+    """The checkpoint at `path` if it was written under `settings_hash`, else None (and say why).
+
+    It holds everything that decides what happens next, so a run killed at any moment and resumed ends
+    with the same weights as one never interrupted (on the same device): `Trainer.state_dict` (model,
+    momentum, GradScaler, every RNG the run draws from, the epochs done, which fix the lr), the metrics
+    history (replayed into dvclive) and the settings hash. Another hash (other data, recipe, model,
+    seed, device, conditions) means training from scratch."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unreadable: starting over is always correct, only slower
+        print(f"note: ignoring unreadable checkpoint {path} ({type(e).__name__}); training from scratch", file=sys.stderr)
+        return None
+    if not isinstance(state, dict) or state.get("settings_hash") != settings_hash:
+        print(f"note: ignoring checkpoint {path}: written under other settings or conditions (device, CPU threads, "
+              "library versions...); training from scratch", file=sys.stderr)
+        return None
+    return state
 
 
 @dataclass
@@ -508,7 +531,7 @@ def fit(trainer: Trainer, *, checkpoint: Path | None = None, checkpoint_every: i
         if log:
             log(metrics)
         if checkpoint is not None and (trainer.epoch % checkpoint_every == 0 or trainer.epoch == epochs):
-            save_checkpoint(checkpoint, {"settings_hash": settings_hash, "trainer": trainer.state_dict(),
+            save_torch_atomic(checkpoint, {"settings_hash": settings_hash, "trainer": trainer.state_dict(),
                                          "history": history, "elapsed_s": elapsed + time.perf_counter() - start})
     return FitResult(history, elapsed + time.perf_counter() - start, resumed_from)
 
