@@ -174,8 +174,7 @@ def check_generation(dif: Any, device: torch.device, gpu: GpuInfo | None = None,
     would fail after minutes of loading; returns notes (one line each) for settings that are ignored
     here. `gpu` defaults to what torch reports for `device`; `torchao` to whether it is importable."""
     notes: list[str] = []
-    if gpu is None:
-        gpu = gpu_info(device)
+    gpu = gpu or gpu_info(device)
     dtype = dif.dtype
     if dif.fp8:
         if gpu is None:
@@ -223,8 +222,7 @@ def training_precision(precision: str, device: torch.device, gpu: GpuInfo | None
     underflow). On a CPU training is float32 (CPU bf16 autocast is slower, not faster)."""
     if device.type != "cuda" or precision == "fp32":
         return Precision("fp32")
-    if gpu is None:
-        gpu = gpu_info(device)
+    gpu = gpu or gpu_info(device)
     assert gpu is not None
     if precision == "bf16" and not gpu.bf16:
         return Precision("fp16", f"train.precision: bf16 is emulated on {gpu.name} (compute capability {gpu.sm} < 8.0): "

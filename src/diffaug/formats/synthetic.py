@@ -250,7 +250,7 @@ def assemble(out_dir: Path, plan: SetLayout, prompts: Sequence[str], *, lone_pro
     return manifest
 
 
-def write_image_grid(path: Path, rows: Sequence[tuple[str, Sequence[np.ndarray]]]) -> None:
+def write_image_grid(path: Path, rows: Sequence[tuple[str, Sequence[np.ndarray] | np.ndarray]]) -> None:
     """A row of uint8 HWC tiles per name, upscaled (nearest) to >= 64 px so 32² images are visible, the name
     at the left of each row (like the paper's Fig. 8). Nothing is written without a tile."""
     tiles = [tile for _, row in rows for tile in row]
