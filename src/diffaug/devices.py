@@ -33,8 +33,6 @@ BF16_MIN_CAPABILITY = (8, 0)  # bf16 tensor cores; below, bf16 convolutions and 
 
 @dataclass(frozen=True)
 class GpuInfo:
-    """What torch reports about one CUDA device (or a fake of it in the tests)."""
-
     index: int
     name: str
     capability: tuple[int, int]
@@ -51,7 +49,6 @@ class GpuInfo:
 
 
 def gpu_info(device: torch.device) -> GpuInfo | None:
-    """What torch says about `device`, or None for a CPU."""
     if device.type != "cuda":
         return None
     index = device.index if device.index is not None else torch.cuda.current_device()
@@ -131,22 +128,6 @@ def has_kernels_for(capability: tuple[int, int], arch_list: tuple[str, ...]) -> 
     return False
 
 
-def check_architecture(gpu: GpuInfo, key: str = "device") -> None:
-    if not has_kernels_for(gpu.capability, gpu.arch_list):
-        raise UserError(f"{key}: {gpu.name} (compute capability {gpu.sm}) has no kernels in this torch "
-                        f"{torch.__version__} (built for {' '.join(gpu.arch_list)}); install a torch wheel built for "
-                        f"sm_{gpu.capability[0]}{gpu.capability[1]}, or use {key}: cpu")
-
-
-def check_device_index(name: str, count: int, key: str = "device") -> None:
-    if name.startswith("cuda:"):
-        index = int(name[5:])
-        if index >= count:
-            allowed = f"cuda:0..cuda:{count - 1}" if count > 1 else "cuda:0"
-            raise ConfigError(f"{key}: got {name!r} but torch sees {count} CUDA device{'s' if count != 1 else ''}; "
-                              f"allowed here: auto | cuda | {allowed} | cpu")
-
-
 def resolve_device(name: str, key: str = "device") -> torch.device:
     """The torch device for a `device` param; a bad index or a GPU without kernels is one line, exit 2."""
     if name == "auto":
@@ -155,11 +136,19 @@ def resolve_device(name: str, key: str = "device") -> torch.device:
         raise UserError(f"{key}: {name!r} was asked for but torch sees no CUDA device; use auto or cpu")
     else:
         device = torch.device(name)
-    if device.type == "cuda":
-        check_device_index(name, torch.cuda.device_count(), key)
-        info = gpu_info(device)
-        assert info is not None
-        check_architecture(info, key)
+    if device.type != "cuda":
+        return device
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        allowed = f"cuda:0..cuda:{count - 1}" if count > 1 else "cuda:0"
+        raise ConfigError(f"{key}: got {name!r} but torch sees {count} CUDA device{'s' if count != 1 else ''}; "
+                          f"allowed here: auto | cuda | {allowed} | cpu")
+    gpu = gpu_info(device)
+    assert gpu is not None
+    if not has_kernels_for(gpu.capability, gpu.arch_list):
+        raise UserError(f"{key}: {gpu.name} (compute capability {gpu.sm}) has no kernels in this torch "
+                        f"{torch.__version__} (built for {' '.join(gpu.arch_list)}); install a torch wheel built for "
+                        f"sm_{gpu.capability[0]}{gpu.capability[1]}, or use {key}: cpu")
     return device
 
 
@@ -168,9 +157,7 @@ def use_local_rank(device: torch.device, env: dict[str, str] | None = None) -> t
     so no library opens a context on GPU 0 behind its back. Outside torchrun: the device, made current."""
     if device.type != "cuda":
         return device
-    env = os.environ if env is None else env  # type: ignore[assignment]
-    assert env is not None
-    local = env.get("LOCAL_RANK", "")
+    local = (os.environ if env is None else env).get("LOCAL_RANK", "")
     if device.index is None:
         index = int(local) % torch.cuda.device_count() if local.isdigit() else torch.cuda.current_device()
         device = torch.device("cuda", index)
@@ -187,8 +174,7 @@ def check_generation(dif: Any, device: torch.device, gpu: GpuInfo | None = None,
     would fail after minutes of loading; returns notes (one line each) for settings that are ignored
     here. `gpu` defaults to what torch reports for `device`; `torchao` to whether it is importable."""
     notes: list[str] = []
-    if gpu is None:
-        gpu = gpu_info(device)
+    gpu = gpu or gpu_info(device)
     dtype = dif.dtype
     if dif.fp8:
         if gpu is None:
@@ -209,7 +195,7 @@ def check_generation(dif: Any, device: torch.device, gpu: GpuInfo | None = None,
         if dtype not in HALF_DTYPES:
             raise ConfigError(f"diffusion.attention: {dif.attention} runs in float16/bfloat16 only, diffusion.dtype "
                               f"is {dtype}; use diffusion.attention: efficient or auto (or a half dtype)")
-        if gpu is not None and gpu.capability < SDPA_MIN_CAPABILITY[dif.attention]:
+        if gpu.capability < SDPA_MIN_CAPABILITY[dif.attention]:
             raise ConfigError(f"diffusion.attention: {dif.attention} needs compute capability >= 8.0, {gpu.name} has "
                               f"{gpu.sm}; use diffusion.attention: efficient or auto")
     if gpu is not None and dtype == "bfloat16" and not gpu.bf16:
@@ -226,11 +212,8 @@ def check_generation(dif: Any, device: torch.device, gpu: GpuInfo | None = None,
 # ----------------------------------------------------------------------------- training
 @dataclass(frozen=True)
 class Precision:
-    """How the training step runs (the Trainer's `precision`): bf16 autocast, fp16 autocast with loss scaling
-    against gradient underflow, or float32; `note` says why it differs from train.precision, if it does."""
-
-    name: str  # bf16 | fp16 | fp32: what actually runs (recorded in train.json)
-    note: str | None = None
+    name: str  # bf16 | fp16 | fp32: what the Trainer actually runs (recorded in train.json)
+    note: str | None = None  # why it differs from train.precision, if it does
 
 
 def training_precision(precision: str, device: torch.device, gpu: GpuInfo | None = None) -> Precision:
@@ -239,8 +222,7 @@ def training_precision(precision: str, device: torch.device, gpu: GpuInfo | None
     underflow). On a CPU training is float32 (CPU bf16 autocast is slower, not faster)."""
     if device.type != "cuda" or precision == "fp32":
         return Precision("fp32")
-    if gpu is None:
-        gpu = gpu_info(device)
+    gpu = gpu or gpu_info(device)
     assert gpu is not None
     if precision == "bf16" and not gpu.bf16:
         return Precision("fp16", f"train.precision: bf16 is emulated on {gpu.name} (compute capability {gpu.sm} < 8.0): "

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from diffaug.config import Config, parse_config, read_params
 from diffaug.devices import GpuInfo, check_generation, gpu_info, resolve_device, synchronize, training_precision
@@ -194,11 +195,9 @@ def training_check(report: Report, cfg: Config, device: torch.device, gpu: GpuIn
 
 
 def recommended_yaml(report: Report) -> str:
-    lines = ["# params.yaml lines diffaug.doctor recommends for this machine"]
-    for section, values in report.recommend.items():
-        lines += [f"{section}:"] * bool(values)
-        lines += [f"  {key}: {str(value).lower() if isinstance(value, bool) else value}" for key, value in values.items()]
-    return "\n".join(lines)
+    sections = {section: values for section, values in report.recommend.items() if values}
+    return ("# params.yaml lines diffaug.doctor recommends for this machine\n"
+            + (yaml.safe_dump(sections, sort_keys=False) if sections else ""))
 
 
 def run(raw: dict[str, Any], source: str, budget_s: float, classes_path: Path) -> Report:

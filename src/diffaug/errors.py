@@ -67,11 +67,8 @@ def exit_on_error(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, UserError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            raise SystemExit(2) from None
-        except OSError as e:  # a write outside diffaug.io (a library's log file, a checkpoint folder)
-            print(f"error: {os_fault(e, action='')}", file=sys.stderr)
+        except (ConfigError, UserError, OSError) as e:  # an OSError: a write outside diffaug.io (a library's log file)
+            print(f"error: {os_fault(e, action='') if isinstance(e, OSError) else e}", file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapper  # type: ignore[return-value]

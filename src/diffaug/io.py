@@ -27,10 +27,8 @@ os.umask(_UMASK)
 def ensure_writable_dir(path: str | Path, key: str, keep: bool = False) -> None:
     """Check, before any expensive work, that `path` is (or can become) a folder this process can write in.
 
-    Unless `keep`, the folders it had to create are removed again (so is its probe file, always): a stage
-    that then stops on a bad input leaves nothing behind; its own writes create the folder for real. Any
-    fault is one line naming `key`, the path and the cause.
-    """
+    Unless `keep`, the folders it had to create are removed again: a stage that then stops on a bad input
+    leaves nothing behind; its own writes create the folder for real."""
     path = Path(path)
     created: list[Path] = []
     try:
@@ -53,11 +51,8 @@ def ensure_writable_dir(path: str | Path, key: str, keep: bool = False) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success it replaces `path` atomically.
-
-    Any OSError (no space, read-only, file too large...) becomes one UserError line naming the path
-    and the cause, and the temporary file is removed: the old file stays, or none.
-    """
+    """Yield a temporary path next to `path`; on success it replaces `path` atomically. On any OSError
+    the temporary file is removed (the old file stays, or none) and the error is one UserError line."""
     path = Path(path)
     tmp: Path | None = None
     try:
@@ -98,12 +93,9 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 
 
 def save_npz_atomic(path: str | Path, **arrays: np.ndarray) -> None:
-    """Uncompressed .npz (fast to load; pixels barely compress), written atomically.
-
-    Byte-for-byte deterministic: np.savez stamps the current time into each zip entry, so the same
-    arrays would hash differently on every run and DVC would see a changed output. Entries here
-    carry a fixed timestamp; np.load reads the result like any .npz.
-    """
+    """Uncompressed .npz (fast to load; pixels barely compress), written atomically, with a fixed
+    timestamp per entry: np.savez stamps the current time, so the same arrays would hash differently on
+    every run and DVC would see a changed output."""
     with atomic_path(path) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             for name, array in arrays.items():
@@ -116,11 +108,8 @@ _ZIP_MAGIC = b"PK\x03\x04"
 
 
 def load_npz(path: str | Path, fix: str = "", label: str | None = None) -> dict[str, np.ndarray]:
-    """Every array of an .npz, never unpickling; any way the file can be broken is one UserError line.
-
-    Messages start with `label` (default: the path) and end with `fix`, what to do about it (e.g.
-    "rerun the prepare stage").
-    """
+    """Every array of an .npz, never unpickling; any way the file can be broken is one UserError line
+    starting with `label` (default: the path) and ending with `fix` (e.g. "rerun the prepare stage")."""
     path = Path(path)
     hint = f"; {fix}" if fix else ""
     name = label or str(path)
@@ -144,10 +133,7 @@ def load_npz(path: str | Path, fix: str = "", label: str | None = None) -> dict[
 
 
 def read_json(path: str | Path, missing: str, suffix: str = "") -> Any:
-    """Parsed JSON at `path`; a missing or unparsable file is a one-line UserError.
-
-    `missing`: what to say when the file is absent; `suffix`: appended to the invalid-JSON message.
-    """
+    """Parsed JSON at `path`; a missing (`missing` says so) or unparsable file is a one-line UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: {missing}")

@@ -27,9 +27,11 @@ from diffaug.cli import human_duration, stage_parser
 from diffaug.config import Config, Img2ImgSet, parse_config, parse_yaml, read_params
 from diffaug.errors import UserError, exit_on_error
 from diffaug.formats.splits import Split, load_split, read_classes
+from diffaug.formats.synthetic import write_image_grid
 from diffaug.io import ensure_writable_dir, load_npz, save_npz_atomic, sha256_json, write_json_atomic
 
 PROBE_STEPS = 300
+SAMPLES_PER_CLASS = 4  # the pilot's sample grid: this many images of each class per candidate
 REAL_PER_CLASS = 100  # real images per class for the metrics' reference and the probe's test
 
 
@@ -216,25 +218,6 @@ def table_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def sample_grid(path: Path, rows: list[tuple[str, PilotImages]], num_classes: int, per_class: int = 4) -> None:
-    """One row per candidate: the first `per_class` images of each class, the candidate's name on the left."""
-    from PIL import Image, ImageDraw
-
-    if not rows or not any(len(p.images) for _, p in rows):
-        return
-    h, w = next(p.images.shape[1:3] for _, p in rows if len(p.images))
-    label_w = 8 * max(len(name) for name, _ in rows) + 8
-    grid = Image.new("RGB", (label_w + num_classes * per_class * w, len(rows) * h), "white")
-    draw = ImageDraw.Draw(grid)
-    for r, (name, pilot) in enumerate(rows):
-        draw.text((4, r * h + h // 2 - 6), name, fill="black")
-        for c in range(num_classes):
-            for j, img in enumerate(pilot.images[pilot.labels == c][:per_class]):
-                grid.paste(Image.fromarray(img), (label_w + (c * per_class + j) * w, r * h))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
-
-
 @exit_on_error
 def main(argv: list[str] | None = None) -> None:
     ap = stage_parser("python -m diffaug.pilot", __doc__.splitlines()[0], data_dirs=True)
@@ -288,7 +271,9 @@ def main(argv: list[str] | None = None) -> None:
                                                 "probe_test": "val.npz" if on_val else "train.npz draw", "candidates": ranked})
     table = table_markdown(ranked)
     (args.out / "pilot.md").write_text(f"# Pilot: {args.per_class} images per class of each candidate\n\n{table}\n")
-    sample_grid(args.out / "samples.png", [(c.label, p) for c, p in pilots], len(classes))
+    write_image_grid(args.out / "samples.png", [(c.label, [image for k in range(len(classes))
+                                                             for image in p.images[p.labels == k][:SAMPLES_PER_CLASS]])
+                                                for c, p in pilots])
     print(table)
     print(f"pilot: {args.out / 'pilot.md'}, {args.out / 'samples.png'}")
 

@@ -133,14 +133,8 @@ def load_mixture(mixture_path: str | Path, prepared_dir: str | Path,
     """
     mixture_path, prepared_dir, synthetic_root = Path(mixture_path), Path(prepared_dir), Path(synthetic_root)
     index = read_mixture(mixture_path)
-    pools: dict[str, np.ndarray] = {}  # each pool loaded once, however many sources draw on it
-    for src in index.used:
-        pool = pool_of(src)
-        if pool not in pools:
-            if pool == REAL_POOL:
-                pools[pool] = load_split(prepared_dir / "train.npz").images
-            else:
-                pools[pool] = synthetic.load_synthetic(synthetic_root / pool)[0]
+    pools = {pool: load_split(prepared_dir / "train.npz").images if pool == REAL_POOL  # each pool loaded once
+             else synthetic.load_synthetic(synthetic_root / pool)[0] for pool in dict.fromkeys(map(pool_of, index.used))}
     if not pools:
         raise UserError(f"{mixture_path}: draws from no source; {RERUN}")
     out = np.empty((len(index.row),) + next(iter(pools.values())).shape[1:], np.uint8)

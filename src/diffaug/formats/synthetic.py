@@ -96,25 +96,17 @@ def write_shard(out_dir: Path, k: int, plan: SetLayout, *, images: np.ndarray, s
     save_npz_atomic(out_dir / shard_name(k), meta=np.array(json.dumps(meta, sort_keys=True)), **arrays)
 
 
-def read_shard(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Arrays and meta of a readable shard (zip CRCs intact, every array present); raises ValueError otherwise."""
-    try:
-        data = load_npz(path)
-        meta = json.loads(str(data["meta"]))
-        arrays = {name: data[name] for name in _ARRAYS}
-    except Exception as e:  # a truncated zip, a missing key, bad JSON: all mean "not a shard"
-        raise ValueError(f"unreadable ({type(e).__name__})") from None
-    return arrays, meta
-
-
 def valid_shard(out_dir: Path, plan: SetLayout, k: int) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
-    """The shard's arrays and meta if shard k exists and belongs to exactly this plan, else None."""
+    """The shard's arrays and meta if shard k exists, is readable (zip CRCs intact, every array present) and
+    belongs to exactly this plan (with its full-resolution PNGs, when the plan keeps them), else None."""
     path = out_dir / shard_name(k)
     if not path.is_file():
         return None
     try:
-        arrays, meta = read_shard(path)
-    except ValueError:
+        data = load_npz(path)
+        meta = json.loads(str(data["meta"]))
+        arrays = {name: data[name] for name in _ARRAYS}
+    except Exception:  # a truncated zip, a missing key, bad JSON: all mean "not a shard"
         return None
     span = plan.shard_range(k)
     h, w = plan.image_size
@@ -122,7 +114,7 @@ def valid_shard(out_dir: Path, plan: SetLayout, k: int) -> tuple[dict[str, np.nd
             or meta.get("count") != len(span) or arrays["images"].shape != (len(span), h, w, 3)
             or arrays["images"].dtype != np.uint8):
         return None
-    if plan.save_full_resolution and not _full_files_present(out_dir, plan, k):
+    if plan.save_full_resolution and not all((full_dir(out_dir, k) / full_png_name(plan, g)).is_file() for g in span):
         return None
     return arrays, meta
 
@@ -139,35 +131,26 @@ def write_full_png(out_dir: Path, plan: SetLayout, g: int, image: np.ndarray) ->
         Image.fromarray(image).save(tmp, format="PNG")
 
 
-def _full_files_present(out_dir: Path, plan: SetLayout, k: int) -> bool:
-    folder = full_dir(out_dir, k)
-    return all((folder / full_png_name(plan, g)).is_file() for g in plan.shard_range(k))
-
-
 # ----------------------------------------------------------------------------- cleanup
 def remove_outdated_summary(out_dir: Path) -> None:
     """Before new shards are written: the manifest and grid describe an older state of the set."""
     for name in (MANIFEST, SAMPLES):
-        (out_dir / name).unlink(missing_ok=True)
-        for tmp in out_dir.glob(f".{name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
+        for path in (out_dir / name, *out_dir.glob(f".{name}.*.tmp")):
+            path.unlink(missing_ok=True)
 
 
 def prepare_shard_slot(out_dir: Path, k: int) -> None:
     """Remove what a killed or outdated attempt at shard k left: the shard, its temp files, its PNGs."""
-    (out_dir / shard_name(k)).unlink(missing_ok=True)
-    for tmp in out_dir.glob(f".{shard_name(k)}.*.tmp"):
-        tmp.unlink(missing_ok=True)
+    for path in (out_dir / shard_name(k), *out_dir.glob(f".{shard_name(k)}.*.tmp")):
+        path.unlink(missing_ok=True)
     shutil.rmtree(full_dir(out_dir, k), ignore_errors=True)
 
 
 def _remove_strays(out_dir: Path, plan: SetLayout, *, all_temp_files: bool) -> None:
     expected = {shard_name(k) for k in range(plan.num_shards)}
-    for path in out_dir.glob("shard-*.npz"):
+    for path in [*out_dir.glob("shard-*.npz"), *out_dir.glob(".shard-*.tmp")]:
         if path.name not in expected:
             path.unlink(missing_ok=True)
-    for path in out_dir.glob(".shard-*.tmp"):
-        path.unlink(missing_ok=True)
     if all_temp_files:  # only a lone process may: another rank could be writing its manifest copy
         for path in out_dir.glob(".*.tmp"):
             path.unlink(missing_ok=True)
@@ -260,30 +243,34 @@ def assemble(out_dir: Path, plan: SetLayout, prompts: Sequence[str], *, lone_pro
         "shards": shard_entries,
         "images": entries,
     }
-    write_sample_grid(out_dir / SAMPLES, np.concatenate(images), plan)
+    pixels, per_row = np.concatenate(images), min(SAMPLES_PER_CLASS, plan.images_per_class)
+    write_image_grid(out_dir / SAMPLES, [(name, pixels[c * plan.images_per_class:][:per_row])
+                                         for c, name in enumerate(plan.classes)])
     write_bytes_atomic(out_dir / MANIFEST, _manifest_text(manifest).encode())  # last: it marks completion
     return manifest
 
 
-def write_sample_grid(path: Path, images: np.ndarray, plan: SetLayout) -> None:
-    """A row per class with its first images, upscaled (nearest) to >= 64 px so 32² images are
-    visible, the class name at the left of each row (like the paper's Fig. 8)."""
-    per_row = min(SAMPLES_PER_CLASS, plan.images_per_class)
-    h, w = plan.image_size
+def write_image_grid(path: Path, rows: Sequence[tuple[str, Sequence[np.ndarray] | np.ndarray]]) -> None:
+    """A row of uint8 HWC tiles per name, upscaled (nearest) to >= 64 px so 32² images are visible, the name
+    at the left of each row (like the paper's Fig. 8). Nothing is written without a tile."""
+    tiles = [tile for _, row in rows for tile in row]
+    if not tiles:
+        return
+    h, w = tiles[0].shape[:2]
     scale = max(1, -(-64 // min(h, w)))
     pad = 2
     font = ImageFont.load_default()
-    label_width = pad + max(int(np.ceil(font.getlength(name))) for name in plan.classes) + 2 * pad
-    grid = np.full((len(plan.classes) * (h * scale + pad) + pad, label_width + per_row * (w * scale + pad), 3), 255, np.uint8)
-    for c in range(len(plan.classes)):
-        for i in range(per_row):
-            tile = images[c * plan.images_per_class + i].repeat(scale, 0).repeat(scale, 1)
-            y, x = pad + c * (h * scale + pad), label_width + i * (w * scale + pad)
-            grid[y:y + h * scale, x:x + w * scale] = tile
+    label_width = pad + max(int(np.ceil(font.getlength(name))) for name, _ in rows) + 2 * pad
+    per_row = max(len(row) for _, row in rows)
+    grid = np.full((len(rows) * (h * scale + pad) + pad, label_width + per_row * (w * scale + pad), 3), 255, np.uint8)
+    for r, (_, row) in enumerate(rows):
+        for i, tile in enumerate(row):
+            y, x = pad + r * (h * scale + pad), label_width + i * (w * scale + pad)
+            grid[y:y + h * scale, x:x + w * scale] = tile.repeat(scale, 0).repeat(scale, 1)
     picture = Image.fromarray(grid)
     draw = ImageDraw.Draw(picture)
-    for c, name in enumerate(plan.classes):
-        draw.text((pad, pad + c * (h * scale + pad) + h * scale // 2), name, fill=(0, 0, 0), font=font, anchor="lm")
+    for r, (name, _) in enumerate(rows):
+        draw.text((pad, pad + r * (h * scale + pad) + h * scale // 2), name, fill=(0, 0, 0), font=font, anchor="lm")
     with atomic_path(path) as tmp:
         picture.save(tmp, format="PNG")
 

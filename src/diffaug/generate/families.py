@@ -6,12 +6,12 @@ cards); they fill only the diffusion keys params.yaml leaves null. No torch here
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from diffaug.config import DiffusionConfig
 from diffaug.errors import UserError
+from diffaug.io import read_json
 
 
 @dataclass(frozen=True)
@@ -72,12 +72,8 @@ class ModelInfo:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except ValueError as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
+    """A config file's keys; an absent or non-object file has none."""
+    value = read_json(path, "not found") if path.is_file() else {}
     return value if isinstance(value, dict) else {}
 
 
