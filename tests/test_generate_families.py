@@ -161,13 +161,11 @@ def test_a_dit_class_without_ids_is_one_line(tiny_pipelines, tmp_path, capsys, n
     ("flux", {"channels_last": True}, "diffusion.channels_last"),
     ("sd3", {"scheduler": "ddim"}, "diffusion.scheduler"),
     ("dit", {"resolution": 128}, "diffusion.resolution"),
-    ("sdxl", {}, "synthetic.sets.syn1.class_ids"),
+    ("sdxl", {"syn1": {"class_ids": {"airplane": 1}}}, "synthetic.sets.syn1.class_ids"),
     ("flux", {"syn1": {"negative_prompt": "blurry"}}, "synthetic.sets.syn1.negative_prompt"),
 ])
 def test_a_setting_the_family_lacks_is_one_line(tiny_pipelines, tmp_path, capsys, no_load, family, change, key):
     params, classes = inputs(tmp_path, tiny_pipelines(family), family, **change)
-    if family == "sdxl":
-        params.write_text(params.read_text().replace("syn1:\n", "syn1:\n      class_ids: {airplane: 1}\n", 1))
     assert key in refused(params, classes, tmp_path / "out", capsys)
 
 
