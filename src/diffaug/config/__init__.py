@@ -1,8 +1,5 @@
-"""One validated configuration object, read from params.yaml (the sections and their rules: `schema`).
-
-Every stage calls `load_config()` first: a bad value stops it with one line, `params.yaml: <dotted key>: <pydantic's
-message> (got <value>)` (exit code 2), before any data is read or anything written.
-"""
+"""params.yaml as one validated Config (the sections and their rules: `schema`). Every stage calls `load_config()` first:
+a bad value stops it with one line, `params.yaml: <dotted key>: <pydantic's message> (got <value>)`, before any work."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,8 +1,5 @@
-"""The params.yaml schema: one frozen pydantic model per section; defaults are the paper's settings.
-
-A rule on one value sits in its `Field`, a rule across fields in the section's validator, a rule across sections
-in Config's. A validator's broken rule raises `Invalid(message, *key)`, `key` naming the part below the checked value.
-"""
+"""The params.yaml schema: one frozen pydantic model per section; defaults are the paper's settings. A rule on one value
+sits in its `Field`, a rule across fields or sections in a model validator, which raises `Invalid(message, *key)`."""
 from __future__ import annotations
 
 import string
@@ -41,8 +38,7 @@ def need(ok: bool, message: str, *key: str | int) -> None:
         raise Invalid(message, *key)
 
 
-class Section(BaseModel):
-    # Unknown keys and non-finite numbers refused; strict: no YAML value is coerced into another type.
+class Section(BaseModel):  # strict: no YAML value is coerced into another type
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
@@ -53,9 +49,13 @@ NonNegative = Annotated[float, Field(ge=0)]
 Below1 = Annotated[float, Field(ge=0, lt=1)]
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda|cuda:\d+)$")]
 Name = Annotated[str, Field(pattern=r"^[\w-]+$")]
-Distinct = AfterValidator(lambda values: need(len(set(values)) == len(values), "lists an entry twice; allowed: each once") or values)
 Strength = Annotated[float, Field(gt=0, le=1)]  # the share of the steps run from the noised real image; 1 = from pure noise
 ImageNetId = Annotated[int, Field(ge=0, le=999)]
+
+
+def _distinct(values: list[Any]) -> list[Any]:
+    need(len(set(values)) == len(values), "lists an entry twice; allowed: each once")
+    return values
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -63,8 +63,7 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def _templates(value: str | list[str]) -> str | list[str]:
-    """Each template formatted with a test word now, so a bad one stops here rather than after the model has loaded;
-    a conversion or format spec ({label!r}, {label:>9}) formats, but would change the prompt word, so it is refused too."""
+    """Formatted with a test word now, not after the model has loaded; a conversion or format spec changes the word."""
     rule = "allowed: text whose only field is {label}, with no conversion or format spec, e.g. 'a photo of a {label}'"
     for t in _as_list(value):
         try:
@@ -76,6 +75,7 @@ def _templates(value: str | list[str]) -> str | list[str]:
     return value
 
 
+Distinct = AfterValidator(_distinct)
 Templates = Annotated[str | Annotated[list[str], Field(min_length=1)], AfterValidator(_templates)]
 
 
@@ -91,8 +91,7 @@ class DatasetConfig(Section):
     path = property(lambda self: self.name.split(":", 1)[1] if ":" in self.name else None)
 
     def words(self, classes: list[str]) -> list[str]:
-        """Each class's prompt word: label_names' entry, else its name with '_' as spaces. The one check, for every stage
-        that reads label_names, that each of its keys names a class (the classes are known only at stage time)."""
+        """Each class's prompt word; every stage that reads label_names checks its keys here, where the classes are known."""
         for name in self.label_names:
             if name not in classes:
                 raise ConfigError(f"params.yaml: dataset.label_names.{name}: names no class (got {name!r}); allowed: {', '.join(classes)}")
@@ -106,7 +105,6 @@ class DatasetConfig(Section):
 
 class PromptSet(Section):
     """`kind: prompt`: text-to-image from the class label alone (Paulsen et al.'s syn1 and syn2)."""
-
     kind: Literal["prompt"] = "prompt"
     prompt: Templates = "{label}"  # a template or a list of templates, cycled per image
     negative_prompt: str | None = None
@@ -116,9 +114,7 @@ class PromptSet(Section):
 
 
 class Img2ImgSet(Section):
-    """`kind: img2img`: SDEdit / DA-Fusion-style image-to-image from each real training image (or a
-    seeded class-balanced subset), noised to `strength` and denoised for int(steps * strength) steps."""
-
+    """`kind: img2img`: SDEdit-style, each real training image noised to `strength`, then int(steps * strength) steps."""
     model_config = ConfigDict(json_schema_extra={"required": ["kind"]})
     kind: Literal["img2img"] = "img2img"
     strength: Strength | Annotated[list[Strength], Field(min_length=1)] = 0.5  # a list is cycled by image index
@@ -233,10 +229,8 @@ class EvaluateConfig(Section):
 
 
 class MixtureFilter(Section):
-    """`mixtures.<name>.filter`: drop the synthetic images of a mixture's draw that the orig100 classifier
-    (first seed) finds implausible (ALIA: its confidence; He et al.: CLIP image-text similarity).
-    Exactly one of `threshold` (keep scores >= it) or `keep_fraction` (the best-scored share, per class)."""
-
+    """Drops the synthetic images orig100's classifier (`by: clip`: CLIP) finds implausible: exactly one of `threshold`
+    (keep scores >= it) or `keep_fraction` (the best-scored share, per class)."""
     by: Literal["confidence", "clip"] = "confidence"
     threshold: float | None = None
     keep_fraction: Annotated[float, Field(gt=0, le=1)] | None = None
@@ -251,7 +245,6 @@ class MixtureFilter(Section):
 
 class Mixture(Section):
     """`mixtures.<name>`: source -> fraction in [0, 1] (an absent source: 0), and optionally a `filter`."""
-
     model_config = ConfigDict(extra="allow")
     __pydantic_extra__: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(init=False)
     filter: MixtureFilter | None = None
@@ -312,10 +305,6 @@ class Config(Section):
                      f"allowed: {', '.join(declared) or 'none'}", key, i)
             for name in declared:
                 need(name in getattr(self, key), f"misses {name!r}: list every {kind} set{other} here, so dvc.yaml's generate_{kind}@<set> makes it", key)
-        self._check_mixtures()
-        return self
-
-    def _check_mixtures(self) -> None:
         for mix, fractions in self.mixtures.items():
             for src in fractions:
                 need(src in self.sources, f"unknown source; allowed: {', '.join(self.sources)} (the sets under synthetic.sets)", "mixtures", mix, src)
@@ -323,10 +312,10 @@ class Config(Section):
             need(mix in self.specs, f"unknown mixture; allowed: {', '.join(self.specs)}", "mixes", i)
             need(mix not in self.filters, f"{mix} has a filter; list it under filtered_mixes (trained after the classifier that filters it)", "mixes", i)
         for mix in self.filters:
-            key = ("mixtures", mix, "filter")
-            need(any(map(self.is_synthetic, self.mixtures[mix])), f"{mix} draws no synthetic images; a filter drops synthetic images only", *key)
-            need(self.mixtures.get("orig100") == {"orig": 1.0}, "the filtering classifier is orig100's: define it as {orig: 1.0}", *key)
-            need("orig100" in self.mixes, "orig100 is not in mixes, so no classifier is trained to filter with; add it to mixes", *key)
+            at = ("mixtures", mix, "filter")
+            need(any(map(self.is_synthetic, self.mixtures[mix])), f"{mix} draws no synthetic images; a filter drops synthetic images only", *at)
+            need(self.mixtures.get("orig100") == {"orig": 1.0}, "the filtering classifier is orig100's: define it as {orig: 1.0}", *at)
+            need("orig100" in self.mixes, "orig100 is not in mixes, so no classifier is trained to filter with; add it to mixes", *at)
         for i, mix in enumerate(self.filtered_mixes):
             need(mix in self.filters, f"{mix} has no filter; list it under mixes" if mix in self.specs else
                  f"unknown mixture; allowed: {', '.join(self.filters) or 'a mixture with a filter'}", "filtered_mixes", i)
@@ -334,3 +323,4 @@ class Config(Section):
             need(set(self.mixtures.get(mix, {})) == {"orig"}, "allowed: a mixture that draws from orig alone", "real_curve", i)
         need(not self.real_curve or len({self.mixtures[m]["orig"] for m in self.real_curve}) == len(self.real_curve) >= 3,
              "allowed: [] (off) or at least 3 distinct mixtures with distinct orig fractions (the curve has 3 parameters)", "real_curve")
+        return self
