@@ -35,7 +35,6 @@ JPEG file is there. Needs torch, torchvision, numpy, pyyaml (Pillow to decode th
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import hashlib
 import json
@@ -144,7 +143,7 @@ def benchmark_images(path: Path, count: int | None) -> tuple[np.ndarray, np.ndar
 # ----------------------------------------------------------------------------- ours
 def make_trainer(cfg: Config, model: str, images: np.ndarray, labels: np.ndarray, device: torch.device,
                  batch_size: int, compile: bool, cuda_graph: bool) -> Trainer:
-    recipe = dataclasses.replace(cfg.train.recipes["default"], batch_size=batch_size)
+    recipe = cfg.train.recipes["default"].model_copy(update={"batch_size": batch_size})
     tr = cfg.train
     precision = training_precision(tr.precision, device).name  # as the stage runs it (fp16 below sm80)
     return Trainer(model, "cifar", 10, recipe, images, labels, seed=0, device=device, precision=precision,
@@ -347,9 +346,9 @@ def real_check(args: argparse.Namespace, cfg: Config, device: torch.device, seed
     epochs = args.epochs or (1 if args.smoke else base.epochs)
     out = []
     for name, change in (variants or {"default": {}}).items():
-        recipe = dataclasses.replace(base, **change)
-        recipe = dataclasses.replace(recipe, epochs=epochs, warmup_epochs=min(recipe.warmup_epochs, epochs - 1),
-                                     batch_size=32 if args.smoke else recipe.batch_size)
+        recipe = base.model_validate({**base.model_dump(), **change})  # validated: a misspelt lever is refused
+        recipe = recipe.model_copy(update=dict(epochs=epochs, warmup_epochs=min(recipe.warmup_epochs, epochs - 1),
+                                            batch_size=32 if args.smoke else recipe.batch_size))
         for seed in seeds or [0]:
             tr = cfg.train
             trainer = Trainer("resnet18", "cifar", len(data["classes"]), recipe, images[train], labels[train], seed=seed,
@@ -370,7 +369,7 @@ def real_check(args: argparse.Namespace, cfg: Config, device: torch.device, seed
             print(f"real check: ResNet-18 (cifar), {name}, seed {seed}, {len(train)} train / {len(held)} val real images, "
                   f"{epochs} epochs: val acc {val_acc:.4f}, wall {wall:.1f}s", flush=True)
             out.append({"variant": name, "seed": seed, "train": len(train), "val": len(held), "epochs": epochs,
-                        "recipe": dataclasses.asdict(recipe), "val_acc": val_acc, "wall_s": wall})
+                        "recipe": recipe.model_dump(), "val_acc": val_acc, "wall_s": wall})
             del trainer
     return out
 

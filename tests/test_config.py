@@ -56,7 +56,7 @@ def test_all_eleven_paper_mixtures_and_fig7_baselines_are_defined():
 
 BAD = [
     # (key to change, value, text the one-line error must contain)
-    ("diffusion.colour", "red", "diffusion.colour: Unexpected keyword argument (got 'red'); allowed: model, revision, variant"),
+    ("diffusion.colour", "red", "diffusion.colour: Extra inputs are not permitted (got 'red'); allowed: model, revision, variant"),
     ("real_curve", ["orig50_syn1_50", "orig50", "orig100"], "real_curve[0]: allowed: a mixture that draws from orig alone (got 'orig50_syn1_50')"),
     ("real_curve", ["orig50", "orig100"], "real_curve: allowed: [] (off) or at least 3 distinct mixtures with distinct orig fractions (the curve has 3 "
      "parameters) "
@@ -76,7 +76,7 @@ BAD = [
     ("synthetic.sets.syn1.prompt", ["{label}", "{label} by {artist}"], "synthetic.sets.syn1.prompt: '{label} by {artist}' is not a template "
      "(KeyError: 'artist'); allowed: text whose only field is {label}"),
     ("synthetic.sets.syn1.kind", "text", "synthetic.sets.syn1: kind must be 'prompt' or 'img2img' (got {'kind': 'text'"),
-    ("synthetic.sets.syn1.strength", 0.5, "synthetic.sets.syn1.strength: Unexpected keyword argument (got 0.5); "
+    ("synthetic.sets.syn1.strength", 0.5, "synthetic.sets.syn1.strength: Extra inputs are not permitted (got 0.5); "
      "allowed: kind, prompt, negative_prompt, class_ids"),
     ("synthetic.sets.orig", {"kind": "prompt"}, "synthetic.sets.orig: 'orig' is a reserved source name; allowed: any other name (got {'kind': 'prompt'})"),
     ("synthetic.images_per_class", 0, "synthetic.images_per_class: Input should be greater than or equal to 1 (got 0)"),
@@ -135,7 +135,7 @@ BAD_IMG2IMG = [
     ({"strength": float("nan")}, "synthetic.sets.i2i.strength: Input should be a finite number (got nan)"),
     ({"images_per_class": 0}, "synthetic.sets.i2i.images_per_class: Input should be greater than or equal to 1 (got 0)"),
     ({"prompt": "a photo"}, "synthetic.sets.i2i.prompt: 'a photo': allowed: text whose only field is {label}"),
-    ({"guidance": 3}, "synthetic.sets.i2i.guidance: Unexpected keyword argument (got 3); allowed: kind, strength, prompt"),
+    ({"guidance": 3}, "synthetic.sets.i2i.guidance: Extra inputs are not permitted (got 3); allowed: kind, strength, prompt"),
 ]
 
 
@@ -203,7 +203,7 @@ def test_a_standard_json_schema_validator_accepts_params_and_rejects_a_misspelle
         errors = [e.message for e in validator.iter_errors(with_change(key, value))]
         assert errors == [f"Additional properties are not allowed ('{key.rsplit('.', 1)[-1]}' was unexpected)"], errors
     assert list(validator.iter_errors(with_change("diffusion.resolution", 500)))  # the rules travel too: a multiple of 8
-    with pytest.raises(ConfigError, match=r"diffusion\.stpes: Unexpected keyword argument \(got 20\); allowed: model, revision"):
+    with pytest.raises(ConfigError, match=r"diffusion\.stpes: Extra inputs are not permitted \(got 20\); allowed: model, revision"):
         parse_config(with_change("diffusion.stpes", 20))  # and params.yaml's own check says the same
 
 

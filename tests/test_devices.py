@@ -24,7 +24,7 @@ CPU = torch.device("cpu")
 
 
 def dif(**kw) -> DiffusionConfig:
-    return dataclasses.replace(DiffusionConfig(), **kw)
+    return DiffusionConfig(**kw)
 
 
 def one_line_error(call, *keys):

@@ -6,7 +6,6 @@ tests/test_generate_parity.py.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -116,7 +115,7 @@ def test_output_layout_and_reader(reference):
 
 
 def test_settings_hash_ignores_speed_levers_only(tiny_sd, tmp_path):
-    fields = {f.name for f in dataclasses.fields(DiffusionConfig)}
+    fields = set(DiffusionConfig.model_fields)
     assert set(PIXEL_SETTINGS) | set(SPEED_SETTINGS) == fields and not set(PIXEL_SETTINGS) & set(SPEED_SETTINGS)
 
     def plan_hash(**diffusion):

@@ -6,7 +6,6 @@ that continues and says so; NaN/inf refused with one line.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -58,9 +57,9 @@ def test_compile_auto_is_eager_on_cpu_and_for_small_runs_and_says_why():
     assert not small.compile and f"{needed - 1} images < {needed}" in small.reason
     big = choose_levers(dif, "cuda", 50_000)
     assert big.compile and "50000 images >=" in big.reason and big.inductor_mode == "default"
-    forced = choose_levers(dataclasses.replace(dif, compile=True), "cpu", 1)
+    forced = choose_levers(dif.model_copy(update={"compile": True}), "cpu", 1)
     assert forced.compile and forced.reason == "diffusion.compile: true"
-    off = choose_levers(dataclasses.replace(dif, compile=False), "cuda", 50_000)
+    off = choose_levers(dif.model_copy(update={"compile": False}), "cuda", 50_000)
     assert not off.compile and off.reason == "diffusion.compile: false"
     # CUDA graphs are inductor's reduce-overhead mode (max-autotune with them when autotuning).
     assert Levers(compile=True, cuda_graphs=True).inductor_mode == "reduce-overhead"

@@ -17,6 +17,7 @@ from diffaug.config import DatasetConfig, parse_config
 from diffaug.errors import ConfigError
 from diffaug.formats.mixture import MixtureIndex, unfiltered_name, write_mixture
 from diffaug.formats.splits import Split, save_split
+from diffaug.generate import runner
 from test_generate import CLASSES, cli_args, write_inputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ def params_with_zebra(folder: Path, model: Path) -> tuple[Path, Path]:
 
 @pytest.fixture
 def no_model_load(monkeypatch):
-    monkeypatch.setattr(generate_cli, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded before the check"))
+    monkeypatch.setattr(runner, "open_sampler", lambda *a, **k: pytest.fail("the model was loaded before the check"))
 
 
 def one_line_exit_2(run, capsys) -> str:

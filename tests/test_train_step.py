@@ -1,7 +1,6 @@
 """The training step: the static (CUDA-graph) way equals the eager way, padding keeps every image
 once per epoch, SGD matches torch's, each recipe lever is on or off exactly as params say (the paper recipe
 unchanged), a non-finite loss stops the cell, and the train stage prints the grid ETA."""
-import dataclasses
 import json
 from pathlib import Path
 
@@ -42,7 +41,7 @@ def test_static_step_gives_the_same_weights_as_the_eager_step(levers):
     counter); on a CPU it runs uncaptured. Tolerance 0: both ways run the same kernels on the same values in
     the same order on one CPU (one thread); only how a step finds its slice of the plan differs, so any
     difference is a bug, not float reassociation."""
-    recipe = dataclasses.replace(BASE, **levers)
+    recipe = BASE.model_copy(update=levers)
     eager, static = trainer(recipe, cuda_graph=False), trainer(recipe, cuda_graph=True)
     h_eager, h_static = fit(eager).history, fit(static).history
     assert_same(eager.model.state_dict(), static.model.state_dict())
@@ -64,7 +63,7 @@ def test_the_static_path_is_what_runs_for_full_batches(monkeypatch):
     trainer(BASE, cuda_graph=True).train_epoch()
     assert calls == {"static": 4, "eager": 1}  # 4 full batches of 8; the rest of 5 runs eagerly (paper-like)
     calls.update(static=0, eager=0)
-    trainer(dataclasses.replace(BASE, pad_last_batch=True), cuda_graph=True).train_epoch()
+    trainer(BASE.model_copy(update=dict(pad_last_batch=True)), cuda_graph=True).train_epoch()
     assert calls == {"static": 5, "eager": 0}  # padded: one static shape for every step
 
 
@@ -72,7 +71,7 @@ def test_the_captured_step_reads_nothing_on_the_host_and_why_its_parts_are_these
     """A host read (.item(), bool()) is a device sync, which a CUDA graph cannot capture: the static step has
     none with every lever on. The alternatives it does not use do read: torch's foreach SGD turns a tensor lr
     into a number, swa_utils.AveragedModel branches on its step count (why the EMA is hand-written)."""
-    t = trainer(dataclasses.replace(BASE, **LEVERS), cuda_graph=True)
+    t = trainer(BASE.model_copy(update=LEVERS), cuda_graph=True)
     t.model.train()
     t._plan_epoch()
     with HostReads() as reads:
@@ -93,7 +92,7 @@ def test_the_captured_step_reads_nothing_on_the_host_and_why_its_parts_are_these
 # ----------------------------------------------------------------------------- every image once per epoch
 @pytest.mark.parametrize("n, batch", [(37, 8), (40, 8), (5, 8), (17, 16)])
 def test_padding_keeps_every_image_exactly_once_per_epoch(n, batch):
-    t = trainer(dataclasses.replace(BASE, batch_size=batch, pad_last_batch=True), n=n)
+    t = trainer(BASE.model_copy(update=dict(batch_size=batch, pad_last_batch=True)), n=n)
     for _ in range(2):
         t._plan_epoch()
         plan = t._plan.numpy()
@@ -109,7 +108,7 @@ def test_padding_keeps_every_image_exactly_once_per_epoch(n, batch):
 
 def test_padded_samples_do_not_enter_the_loss():
     """Changing the label of a zero-weight sample changes nothing; changing a real one's does."""
-    t = trainer(dataclasses.replace(BASE, pad_last_batch=True, crop_padding=0, hflip=False), n=37)
+    t = trainer(BASE.model_copy(update=dict(pad_last_batch=True, crop_padding=0, hflip=False)), n=37)
     t.model.train()
     t._plan_epoch()
     last = t._plan[32:40].clone()  # slots 37..39 are padding
@@ -152,8 +151,8 @@ PAPER = dict(epochs=250, batch_size=128, lr=0.01, momentum=0.9, nesterov=True, w
 
 def test_paper_recipe_is_exactly_the_papers_with_every_new_lever_off():
     cfg = load_config(REPO / "params.yaml")
-    assert dataclasses.asdict(cfg.train.recipes["paper"]) == PAPER
-    fields = {f.name for f in dataclasses.fields(Recipe)}
+    assert cfg.train.recipes["paper"].model_dump() == PAPER
+    fields = set(Recipe.model_fields)
     assert fields == set(PAPER), "a new Recipe field must be pinned here for the paper recipe"
     defaults = Recipe()  # a recipe that names no lever gets the paper's behaviour
     assert (defaults.pad_last_batch, defaults.cutout, defaults.trivial_augment, defaults.ema_decay, defaults.tta_hflip) == \
@@ -173,8 +172,8 @@ def lever_calls(monkeypatch, recipe) -> tuple[dict, Trainer]:
 @pytest.mark.parametrize("name", ["paper", "default"])
 def test_each_lever_is_on_or_off_as_the_recipe_in_params_says(monkeypatch, name):
     recipe = load_config(REPO / "params.yaml").train.recipes[name]
-    small = dataclasses.replace(recipe, epochs=2, batch_size=8, warmup_epochs=0, lr=0.05, crop_padding=2,
-                                cutout=min(recipe.cutout, 4))
+    small = recipe.model_copy(update=dict(epochs=2, batch_size=8, warmup_epochs=0, lr=0.05, crop_padding=2,
+                                          cutout=min(recipe.cutout, 4)))
     calls, t = lever_calls(monkeypatch, small)
     assert (calls["cutout"] > 0) == (recipe.cutout > 0)
     assert (calls["trivial_augment"] > 0) == recipe.trivial_augment
@@ -185,7 +184,7 @@ def test_each_lever_is_on_or_off_as_the_recipe_in_params_says(monkeypatch, name)
 
 def test_every_lever_switches_alone(monkeypatch):
     for lever, value in LEVERS.items():
-        recipe = dataclasses.replace(BASE, epochs=1, warmup_epochs=0, **{lever: value})
+        recipe = BASE.model_copy(update=dict(epochs=1, warmup_epochs=0, **{lever: value}))
         calls, t = lever_calls(monkeypatch, recipe)
         assert (calls["cutout"] > 0) == (lever == "cutout")
         assert (calls["trivial_augment"] > 0) == (lever == "trivial_augment")
@@ -196,7 +195,7 @@ def test_every_lever_switches_alone(monkeypatch):
 
 def test_ema_is_the_exponential_average_of_the_weights():
     decay = 0.9
-    t = trainer(dataclasses.replace(BASE, ema_decay=decay, epochs=1, warmup_epochs=0))
+    t = trainer(BASE.model_copy(update=dict(ema_decay=decay, epochs=1, warmup_epochs=0)))
     expected = {k: v.clone() for k, v in t.model.net.state_dict().items()}
     weights = []
     original = Trainer._step
@@ -242,7 +241,7 @@ def test_tta_averages_an_image_and_its_mirror_at_evaluation_only_and_survives_sa
 
 
 def test_resume_with_every_lever_on_is_exact(tmp_path):
-    recipe = dataclasses.replace(BASE, epochs=3, **LEVERS)
+    recipe = BASE.model_copy(update=dict(epochs=3, **LEVERS))
     uninterrupted = trainer(recipe, cuda_graph=True)
     full = fit(uninterrupted).history
 
@@ -271,7 +270,7 @@ HUGE_LR = 1e6  # diverges in the first epoch on these toy images
 def test_a_huge_lr_stops_with_the_epoch_and_keeps_the_last_good_checkpoint(tmp_path):
     # lr 100 warmed up over 5 epochs: the first epoch stays finite on these toy images, a later one does not
     # (deterministic: one CPU thread, seeded), so a good checkpoint exists when training stops.
-    recipe = dataclasses.replace(BASE, epochs=6, lr=100.0, warmup_epochs=5, schedule="constant")
+    recipe = BASE.model_copy(update=dict(epochs=6, lr=100.0, warmup_epochs=5, schedule="constant"))
     checkpoint = tmp_path / "c.pt"
     logged = []
     with pytest.raises(NonFiniteTraining) as info:
@@ -366,7 +365,7 @@ def test_paper_recipe_step_is_the_plain_torch_step():
 
     from diffaug.train.augment import apply_crop_flip
 
-    paper = dataclasses.replace(Recipe(**PAPER), epochs=2, batch_size=8, crop_padding=2)
+    paper = Recipe(**PAPER).model_copy(update=dict(epochs=2, batch_size=8, crop_padding=2))
     t = trainer(paper)
     reference = copy.deepcopy(t.model).train()
     t.model.train()
@@ -396,7 +395,7 @@ def test_graph_capture_leaves_no_trace_of_its_warm_up(monkeypatch):
     here (torch.cuda faked on a CPU) all of them run for real. Either way it must put back every tensor the
     steps change (weights, BatchNorm statistics, momentum, EMA and its step count), so training with the
     replayed graph gives the eager weights exactly (tolerance 0, as in the static-step test above)."""
-    recipe = dataclasses.replace(BASE, **{k: v for k, v in LEVERS.items() if k != "trivial_augment"})
+    recipe = BASE.model_copy(update={k: v for k, v in LEVERS.items() if k != "trivial_augment"})
     graphed = trainer(recipe, cuda_graph=True)
 
     class FakeGraph:

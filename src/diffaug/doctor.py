@@ -172,7 +172,7 @@ def training_check(report: Report, cfg: Config, device: torch.device, gpu: GpuIn
     if not report.room("training", f"{cfg.model} step", 30 if on_gpu else 15):
         return
     timed, rng, n = (10 if on_gpu else 2), np.random.default_rng(0), step_batch * 12
-    trainer = Trainer(cfg.model, tr.variant, 10, dataclasses.replace(recipe, batch_size=step_batch),
+    trainer = Trainer(cfg.model, tr.variant, 10, recipe.model_copy(update={"batch_size": step_batch}),
                       rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n), seed=0, device=device,
                       precision=precision.name, channels_last=tr.channels_last, compile=tr.compile, cuda_graph=tr.cuda_graph)
     trainer.train_epoch(max_steps=2 if on_gpu else 1)  # on a GPU: the CUDA graph's capture and its check against eager

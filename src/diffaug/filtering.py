@@ -21,7 +21,6 @@ sha256), so it changes, and the cells that train on it rerun, when the classifie
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +136,7 @@ def filter_mixture(cfg: Config, mix: str, mixtures_dir: Path, prepared: Path, sy
     cutoff_table: dict[str, dict[str, float]] = {names[g // len(classes)]: {} for g in cutoffs}
     for g, value in sorted(cutoffs.items()):
         cutoff_table[names[g // len(classes)]][classes[g % len(classes)]] = value
-    settings = {"mixture": mix, "filter": asdict(spec), "scorer": classifier_info, "cutoff": cutoff_table}
+    settings = {"mixture": mix, "filter": spec.model_dump(), "scorer": classifier_info, "cutoff": cutoff_table}
     record = FilterRecord(settings, scores[keep], codes[drop], index.row[drop], index.label[drop], scores[drop])
     filtered = MixtureIndex(codes[keep], index.row[keep], index.label[keep], names, classes, index.used, index.digests)
     write_mixture(out / f"{mix}.npz", filtered, record)
@@ -148,7 +147,7 @@ def filter_mixture(cfg: Config, mix: str, mixtures_dir: Path, prepared: Path, sy
 
     account = {
         "mixture": mix, "fractions": cfg.mixtures[mix], "seed": cfg.mixture_seed, "total": int(keep.sum()),
-        "candidates": int(len(keep)), "filter": asdict(spec), "scorer": classifier_info, "unfiltered": str(source_path),
+        "candidates": int(len(keep)), "filter": spec.model_dump(), "scorer": classifier_info, "unfiltered": str(source_path),
         "per_source": {s: int(sum(v.values())) for s, v in counts(keep).items()},
         "per_class": counts(keep), "dropped_per_class": {s: v for s, v in counts(drop).items() if s not in REAL_SOURCES},
         "cutoff": cutoff_table, "source_digests": dict(zip(index.used, index.digests)),

@@ -1,14 +1,11 @@
-"""One validated configuration object, read from params.yaml (the sections and their rules: `schema`).
-
-Every stage calls `load_config()` first: a bad value stops it with one line, `params.yaml: <dotted key>: <pydantic's
-message> (got <value>)` (exit code 2), before any data is read or anything written.
-"""
+"""params.yaml as one validated Config (the sections and their rules: `schema`). Every stage calls `load_config()` first:
+a bad value stops it with one line, `params.yaml: <dotted key>: <pydantic's message> (got <value>)`, before any work."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, get_args
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 from ruamel.yaml import YAML, YAMLError
 from ruamel.yaml.constructor import DuplicateKeyError
@@ -19,18 +16,17 @@ from diffaug.config.schema import __all__ as _sections
 from diffaug.errors import ConfigError
 
 __all__ = [*_sections, "ConfigError", "json_schema", "load_config", "parse_config", "parse_yaml", "read_params"]
-ADAPTER = TypeAdapter(Config)
 
 
 def json_schema() -> dict[str, Any]:
     """params.yaml's JSON schema (params.schema.json is this, written by `python -m diffaug.config --schema`)."""
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **ADAPTER.json_schema()}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **Config.model_json_schema()}
 
 
 def parse_config(data: Any, source: str = "params.yaml") -> Config:
     """Build and validate a Config from already-parsed YAML; errors are prefixed with `source`."""
     try:
-        return ADAPTER.validate_python(data if data is not None else {})
+        return Config.model_validate(data if data is not None else {})
     except ValidationError as e:
         raise ConfigError(f"{source}: {explain(e.errors(), data)}") from None
 
@@ -77,7 +73,7 @@ def explain(errors: list[ErrorDetails], data: Any) -> str:
     message = " or ".join(dict.fromkeys(str((e.get("ctx") or {}).get("error") or e["msg"]) for p, _, e in chosen if p == path))
     key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
     got = "" if err["type"] == "missing" else f" (got {value!r:.100})"
-    allowed = f"; allowed: {', '.join(_keys(err['loc']))}" if err["type"] in ("extra_forbidden", "unexpected_keyword_argument") else ""
+    allowed = f"; allowed: {', '.join(_keys(err['loc']))}" if err["type"] == "extra_forbidden" else ""
     return f"{key + ': ' if key else ''}{message}{got}{allowed}"
 
 
@@ -97,7 +93,7 @@ def _located(err: ErrorDetails, data: Any) -> tuple[list[str | int], Any]:
 
 
 def _models_in(annotation: Any) -> list[Any]:
-    if isinstance(annotation, type) and hasattr(annotation, "__pydantic_fields__"):
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
     return [m for arg in get_args(annotation) for m in _models_in(arg)]
 
@@ -108,6 +104,6 @@ def _keys(loc: tuple[str | int, ...]) -> list[str]:
     for part in loc[:-1]:
         if named := [m for m in models if m.__name__ == part]:  # a tagged union's arm: its tag is the class name
             models = named
-        elif len(models) == 1 and (field := next((f for n, f in models[0].__pydantic_fields__.items() if part in (n, f.alias)), None)):
+        elif len(models) == 1 and (field := next((f for n, f in models[0].model_fields.items() if part in (n, f.alias)), None)):
             models = _models_in(field.annotation) or models
-    return [f.alias or n for n, f in models[0].__pydantic_fields__.items()]
+    return [f.alias or n for n, f in models[0].model_fields.items()]

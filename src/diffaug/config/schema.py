@@ -1,16 +1,11 @@
-"""The params.yaml schema: one frozen pydantic model per section; defaults are the paper's settings.
-
-A rule on one value sits in its `Field`, a rule across fields in the section's validator, a rule across sections
-in Config's. A validator's broken rule raises `Invalid(message, *key)`, `key` naming the part below the checked value.
-"""
+"""The params.yaml schema: one frozen pydantic model per section; defaults are the paper's settings. A rule on one value
+sits in its `Field`, a rule across fields or sections in a model validator, which raises `Invalid(message, *key)`."""
 from __future__ import annotations
 
 import string
-from functools import cached_property
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, StrictBool, StrictFloat, StrictInt, StrictStr, Tag, model_validator
-from pydantic.dataclasses import dataclass
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from diffaug.errors import ConfigError
 
@@ -20,8 +15,6 @@ ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 REAL_SOURCES = ("orig", "rot90", "vflip")
 # The paper's sources in the order of their codes in mixture files (formats.mixture): fixed, so that declaring a set changes no file.
 PAPER_SOURCES = REAL_SOURCES + ("syn1", "syn2")
-SET_KINDS = ("prompt", "img2img")
-SEED_MAX = 2**32 - 1  # what numpy's and torch's generators both accept, the same rule for every seed
 # The only keys params.yaml may leave at their code default: they change how a number is made, never its bytes.
 # tests/test_params_levers.py runs each both ways and compares bytes; where that needs a GPU, the reason says so.
 LEVERS = {
@@ -30,8 +23,8 @@ LEVERS = {
     "diffusion.cpu_offload": "moves each component to the GPU when called instead of at load: the same kernels on "
                              "the same device (CUDA only; on a CPU it is a no-op, which is what the CPU test checks)",
 }
-__all__ = ["ARCHITECTURES", "LEVERS", "PAPER_SOURCES", "REAL_SOURCES", "SET_KINDS", "Config", "DatasetConfig", "DiffusionConfig",
-           "EvaluateConfig", "Img2ImgSet", "Invalid", "Mixture", "MixtureFilter", "PromptSet", "Recipe", "SyntheticConfig", "TrainConfig"]
+__all__ = ["ARCHITECTURES", "LEVERS", "PAPER_SOURCES", "REAL_SOURCES", "Config", "DatasetConfig", "DiffusionConfig", "EvaluateConfig",
+           "Img2ImgSet", "Invalid", "Mixture", "MixtureFilter", "PromptSet", "Recipe", "SyntheticConfig", "TrainConfig"]
 
 
 class Invalid(ValueError):
@@ -45,23 +38,19 @@ def need(ok: bool, message: str, *key: str | int) -> None:
         raise Invalid(message, *key)
 
 
-SECTION = ConfigDict(extra="forbid", allow_inf_nan=False)  # every section: unknown keys and non-finite numbers refused
-# No YAML value is coerced into another type.
-Int = StrictInt
-Float = StrictFloat
-Str = StrictStr
-Bool = StrictBool
-Count = Annotated[Int, Field(ge=1)]
-NonNegativeInt = Annotated[Int, Field(ge=0)]
-Seed = Annotated[Int, Field(ge=0, le=SEED_MAX)]
-NonNegative = Annotated[Float, Field(ge=0)]
-Below1 = Annotated[Float, Field(ge=0, lt=1)]
-Fraction = Annotated[Float, Field(ge=0, le=1)]
-Device = Annotated[Str, Field(pattern=r"^(auto|cpu|cuda|cuda:\d+)$")]
+class Section(BaseModel):  # strict: no YAML value is coerced into another type
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
-def _as_list(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, list) else [value]
+Count = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # what numpy's and torch's generators both accept
+NonNegative = Annotated[float, Field(ge=0)]
+Below1 = Annotated[float, Field(ge=0, lt=1)]
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda|cuda:\d+)$")]
+Name = Annotated[str, Field(pattern=r"^[\w-]+$")]
+Strength = Annotated[float, Field(gt=0, le=1)]  # the share of the steps run from the noised real image; 1 = from pure noise
+ImageNetId = Annotated[int, Field(ge=0, le=999)]
 
 
 def _distinct(values: list[Any]) -> list[Any]:
@@ -69,9 +58,12 @@ def _distinct(values: list[Any]) -> list[Any]:
     return values
 
 
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else [value]
+
+
 def _templates(value: str | list[str]) -> str | list[str]:
-    """Each template formatted with a test word now, so a bad one stops here rather than after the model has loaded;
-    a conversion or format spec ({label!r}, {label:>9}) formats, but would change the prompt word, so it is refused too."""
+    """Formatted with a test word now, not after the model has loaded; a conversion or format spec changes the word."""
     rule = "allowed: text whose only field is {label}, with no conversion or format spec, e.g. 'a photo of a {label}'"
     for t in _as_list(value):
         try:
@@ -84,26 +76,22 @@ def _templates(value: str | list[str]) -> str | list[str]:
 
 
 Distinct = AfterValidator(_distinct)
-Templates = Annotated[Str | Annotated[list[Str], Field(min_length=1)], AfterValidator(_templates)]
-Strength = Annotated[Float, Field(gt=0, le=1)]  # the share of the steps run from the noised real image; 1 = from pure noise
-ImageNetId = Annotated[Int, Field(ge=0, le=999)]
+Templates = Annotated[str | Annotated[list[str], Field(min_length=1)], AfterValidator(_templates)]
 
 
-@dataclass(frozen=True, config=SECTION)
-class DatasetConfig:
-    name: Annotated[Str, Field(pattern=r"^(cifar10|cifar100|(npz|imagefolder):.+)$")] = "cifar10"
-    test: Annotated[Str, Field(pattern=r"^(npz|imagefolder):.+$")] | None = None  # a test split on disk, for npz/imagefolder datasets
+class DatasetConfig(Section):
+    name: Annotated[str, Field(pattern=r"^(cifar10|cifar100|(npz|imagefolder):.+)$")] = "cifar10"
+    test: Annotated[str, Field(pattern=r"^(npz|imagefolder):.+$")] | None = None  # a test split on disk, for npz/imagefolder datasets
     test_per_class: Count = 100
     val_per_class: NonNegativeInt = 0
     split_seed: Seed = 0
-    label_names: dict[Str, Annotated[Str, Field(pattern=r"\S")]] = Field(default_factory=dict)
+    label_names: dict[str, Annotated[str, Field(pattern=r"\S")]] = {}
 
     kind = property(lambda self: self.name.split(":", 1)[0])  # cifar10, cifar100, npz or imagefolder
     path = property(lambda self: self.name.split(":", 1)[1] if ":" in self.name else None)
 
     def words(self, classes: list[str]) -> list[str]:
-        """Each class's prompt word: label_names' entry, else its name with '_' as spaces. The one check, for every stage
-        that reads label_names, that each of its keys names a class (the classes are known only at stage time)."""
+        """Each class's prompt word; every stage that reads label_names checks its keys here, where the classes are known."""
         for name in self.label_names:
             if name not in classes:
                 raise ConfigError(f"params.yaml: dataset.label_names.{name}: names no class (got {name!r}); allowed: {', '.join(classes)}")
@@ -115,27 +103,23 @@ class DatasetConfig:
         return self
 
 
-@dataclass(frozen=True, config=SECTION)
-class PromptSet:
+class PromptSet(Section):
     """`kind: prompt`: text-to-image from the class label alone (Paulsen et al.'s syn1 and syn2)."""
-
     kind: Literal["prompt"] = "prompt"
     prompt: Templates = "{label}"  # a template or a list of templates, cycled per image
-    negative_prompt: Str | None = None
+    negative_prompt: str | None = None
     # Class-conditional models (DiT) take ImageNet ids, not prompts: class -> one id or a list, cycled per image like the templates.
-    class_ids: dict[Str, ImageNetId | Annotated[list[ImageNetId], Field(min_length=1)]] | None = None
+    class_ids: dict[str, ImageNetId | Annotated[list[ImageNetId], Field(min_length=1)]] | None = None
     templates = property(lambda self: _as_list(self.prompt))
 
 
-@dataclass(frozen=True, config=ConfigDict(**SECTION, json_schema_extra={"required": ["kind"]}))
-class Img2ImgSet:
-    """`kind: img2img`: SDEdit / DA-Fusion-style image-to-image from each real training image (or a
-    seeded class-balanced subset), noised to `strength` and denoised for int(steps * strength) steps."""
-
+class Img2ImgSet(Section):
+    """`kind: img2img`: SDEdit-style, each real training image noised to `strength`, then int(steps * strength) steps."""
+    model_config = ConfigDict(json_schema_extra={"required": ["kind"]})
     kind: Literal["img2img"] = "img2img"
     strength: Strength | Annotated[list[Strength], Field(min_length=1)] = 0.5  # a list is cycled by image index
     prompt: Templates = "a photo of a {label}"
-    negative_prompt: Str | None = None
+    negative_prompt: str | None = None
     images_per_class: Count | None = None  # null: one image per real training image (classes must be balanced)
     templates = property(lambda self: _as_list(self.prompt))
     strengths = property(lambda self: [float(s) for s in _as_list(self.strength)])
@@ -148,73 +132,69 @@ def _set_class(value: Any) -> str | None:  # a set is a prompt set unless it say
 
 SyntheticSet = Annotated[Annotated[PromptSet, Tag(PromptSet.__name__)] | Annotated[Img2ImgSet, Tag(Img2ImgSet.__name__)],
                          Discriminator(_set_class, custom_error_type="set_kind", custom_error_message="kind must be 'prompt' or 'img2img'")]
-SetName = Annotated[Str, Field(pattern=r"^[\w-]+$")]
 
 
-def _set_names(sets: dict[Str, Any]) -> dict[Str, Any]:
+def _set_names(sets: dict[str, Any]) -> dict[str, Any]:
     for name in sets:
         need(name not in REAL_SOURCES + ("filter",), f"{name!r} is a reserved source name; allowed: any other name", name)
     return sets
 
 
-@dataclass(frozen=True, config=SECTION)
-class SyntheticConfig:
+class SyntheticConfig(Section):
     images_per_class: Count = 5000  # of every prompt set (an img2img set has its own)
     images_per_shard: Count = 1000
-    save_full_resolution: Bool = False
-    sets: Annotated[dict[SetName, SyntheticSet], AfterValidator(_set_names)] = Field(  # name -> kind and settings
-        default_factory=lambda: dict[str, PromptSet | Img2ImgSet](syn1=PromptSet(prompt="{label}"), syn2=PromptSet(prompt="a photo of a {label}")))
+    save_full_resolution: bool = False
+    sets: Annotated[dict[Name, SyntheticSet], AfterValidator(_set_names)] = {
+        "syn1": PromptSet(prompt="{label}"), "syn2": PromptSet(prompt="a photo of a {label}")}
 
 
-@dataclass(frozen=True, config=SECTION)
-class DiffusionConfig:
-    model: Annotated[Str, Field(pattern=r"\S")] = "CompVis/stable-diffusion-v1-4"  # a hub id or a local directory
-    revision: Str | None = None
-    variant: Str | None = "fp16"
+class DiffusionConfig(Section):
+    model: Annotated[str, Field(pattern=r"\S")] = "CompVis/stable-diffusion-v1-4"  # a hub id or a local directory
+    revision: str | None = None
+    variant: str | None = "fp16"
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     # null: the model family's default (generate/families.py); params.yaml sets the paper's 512, 7.5, 50.
-    resolution: Annotated[Int, Field(ge=64, multiple_of=8)] | None = None
+    resolution: Annotated[int, Field(ge=64, multiple_of=8)] | None = None
     guidance_scale: NonNegative | None = None
     steps: Count | None = None
     scheduler: Literal["default", "pndm", "ddim", "dpmsolver++", "euler"] = "default"
     seed: Seed = 0
-    safety_checker: Bool = True
+    safety_checker: bool = True
     max_regenerations: NonNegativeInt = 10
     # Approximate levers (change the images; in the settings hash): off unless asked for.
     cache: Literal["none", "first_block"] = "none"  # diffusers' FirstBlockCache on transformer families
-    fp8: Bool = False  # float8 matmuls in the denoiser (torchao, CUDA sm89+)
+    fp8: bool = False  # float8 matmuls in the denoiser (torchao, CUDA sm89+)
     # Speed levers (never change which images are meant, but may change a pixel by a level; see generate/model.py).
     batch_size: Count | Literal["auto"] = "auto"
-    cpu_offload: Bool = False  # enable_model_cpu_offload(): for GPUs too small for the whole model
-    channels_last: Bool = False
-    fuse_qkv: Bool = True
-    compile: Bool | Literal["auto"] = "auto"
+    cpu_offload: bool = False  # enable_model_cpu_offload(): for GPUs too small for the whole model
+    channels_last: bool = False
+    fuse_qkv: bool = True
+    compile: bool | Literal["auto"] = "auto"
     compile_mode: Literal["default", "max-autotune-no-cudagraphs", "max-autotune"] = "default"
-    cuda_graphs: Bool = False
+    cuda_graphs: bool = False
     attention: Literal["auto", "flash", "efficient", "cudnn", "math"] = "auto"
     device: Device = "auto"
-    allow_cpu: Bool = False
+    allow_cpu: bool = False
 
 
-@dataclass(frozen=True, config=SECTION)
-class Recipe:
+class Recipe(Section):
     epochs: Count = 250
     batch_size: Count = 128
-    lr: Annotated[Float, Field(gt=0)] = 0.1
+    lr: Annotated[float, Field(gt=0)] = 0.1
     momentum: Below1 = 0.9
-    nesterov: Bool = True
+    nesterov: bool = True
     weight_decay: NonNegative = 5e-4
     schedule: Literal["constant", "cosine", "paper_cyclic"] = "cosine"
     warmup_epochs: NonNegativeInt = 0
     label_smoothing: Below1 = 0.0
     crop_padding: NonNegativeInt = 4
-    hflip: Bool = True
+    hflip: bool = True
     # Levers, all off by default (the paper's behaviour); each applies identically to real and synthetic images.
-    pad_last_batch: Bool = False    # pad the last partial batch with zero-weight samples: one static shape
+    pad_last_batch: bool = False    # pad the last partial batch with zero-weight samples: one static shape
     cutout: NonNegativeInt = 0      # side of a square cut out of every training image, in pixels (0: off)
-    trivial_augment: Bool = False   # TrivialAugmentWide (torchvision.transforms.v2) on the device
+    trivial_augment: bool = False   # TrivialAugmentWide (torchvision.transforms.v2) on the device
     ema_decay: Below1 = 0.0         # EMA of the weights, per step (0: off); the EMA weights are the result
-    tta_hflip: Bool = False         # evaluation averages the logits of each image and its mirror image
+    tta_hflip: bool = False         # evaluation averages the logits of each image and its mirror image
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
@@ -224,22 +204,18 @@ class Recipe:
         return self
 
 
-@dataclass(frozen=True, config=SECTION)
-class TrainConfig:
-    recipe: Str = "default"  # a key of recipes
+class TrainConfig(Section):
+    recipe: str = "default"  # a key of recipes
     variant: Literal["cifar", "paper"] = "cifar"
-    seeds: Annotated[list[Seed], Field(min_length=1), Distinct] = Field(default_factory=lambda: [0])
+    seeds: Annotated[list[Seed], Field(min_length=1), Distinct] = [0]
     precision: Literal["bf16", "fp32"] = "bf16"
-    channels_last: Bool = True
-    compile: Bool = False
-    cuda_graph: Bool = True  # capture the whole training step in one CUDA graph (CUDA only)
+    channels_last: bool = True
+    compile: bool = False
+    cuda_graph: bool = True  # capture the whole training step in one CUDA graph (CUDA only)
     checkpoint_every: Count = 10
     device: Device = "auto"
-    recipes: dict[Str, Recipe] = Field(default_factory=lambda: {"default": Recipe()})
-
-    @property
-    def active(self) -> Recipe:
-        return self.recipes[self.recipe]
+    recipes: dict[str, Recipe] = {"default": Recipe()}
+    active = property(lambda self: self.recipes[self.recipe])
 
     @model_validator(mode="after")
     def _known_recipe(self) -> TrainConfig:
@@ -247,21 +223,17 @@ class TrainConfig:
         return self
 
 
-@dataclass(frozen=True, config=SECTION)
-class EvaluateConfig:
+class EvaluateConfig(Section):
     batch_size: Count = 1000
     device: Device = "auto"
 
 
-@dataclass(frozen=True, config=SECTION)
-class MixtureFilter:
-    """`mixtures.<name>.filter`: drop the synthetic images of a mixture's draw that the orig100 classifier
-    (first seed) finds implausible (ALIA: its confidence; He et al.: CLIP image-text similarity).
-    Exactly one of `threshold` (keep scores >= it) or `keep_fraction` (the best-scored share, per class)."""
-
+class MixtureFilter(Section):
+    """Drops the synthetic images orig100's classifier (`by: clip`: CLIP) finds implausible: exactly one of `threshold`
+    (keep scores >= it) or `keep_fraction` (the best-scored share, per class)."""
     by: Literal["confidence", "clip"] = "confidence"
-    threshold: Float | None = None
-    keep_fraction: Annotated[Float, Field(gt=0, le=1)] | None = None
+    threshold: float | None = None
+    keep_fraction: Annotated[float, Field(gt=0, le=1)] | None = None
 
     @model_validator(mode="after")
     def _one_rule(self) -> MixtureFilter:
@@ -271,11 +243,10 @@ class MixtureFilter:
         return self
 
 
-class Mixture(BaseModel):
+class Mixture(Section):
     """`mixtures.<name>`: source -> fraction in [0, 1] (an absent source: 0), and optionally a `filter`."""
-
-    model_config = ConfigDict(extra="allow", strict=True, frozen=True, allow_inf_nan=False)
-    __pydantic_extra__: dict[str, Fraction] = Field(init=False)
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(init=False)
     filter: MixtureFilter | None = None
 
     @model_validator(mode="after")
@@ -285,34 +256,26 @@ class Mixture(BaseModel):
             need(fractions.get(copy, 0.0) <= fractions.get("orig", 0.0), f"allowed: at most orig's fraction ({fractions.get('orig', 0.0)})", copy)
         need(sum(fractions.values()) > 0, "allowed: at least one fraction > 0")
         return self
-
-
-@dataclass(frozen=True, config=SECTION, kw_only=True)  # kw_only: mixtures and mixes are required, among keys with defaults
-class Config:
-    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
-    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
-    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+class Config(Section):
+    dataset: DatasetConfig = DatasetConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
     mixture_seed: Seed = 0
     # name -> its sources' fractions and optional filter (`mixtures` and `filters` split them)
-    specs: dict[Annotated[Str, Field(pattern=r"^[\w-]+$")], Mixture] = Field(min_length=1, alias="mixtures")
+    specs: dict[Name, Mixture] = Field(min_length=1, alias="mixtures")
     model: Architecture = "resnet18"
     # The lists dvc.yaml's stage matrices run over (dvc cannot filter a mapping):
-    mixes: Annotated[list[Str], Field(min_length=1), Distinct]  # train@: absent, every mixture without a filter
-    img2img_sets: Annotated[list[Str], Distinct] = Field(default_factory=list)  # generate_img2img@<set>: every img2img set
-    prompt_sets: Annotated[list[Str], Distinct] = Field(default_factory=list)  # generate_prompt@<set>: prompt sets beyond syn1, syn2
-    filtered_mixes: Annotated[list[Str], Distinct] = Field(default_factory=list)  # train_filtered@: the mixtures with a filter
-    real_curve: list[Str] = Field(default_factory=list)  # real-only mixes, accuracy vs real images: the exchange rate
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    mixes: Annotated[list[str], Field(min_length=1), Distinct]  # train@: absent, every mixture without a filter
+    img2img_sets: Annotated[list[str], Distinct] = []  # generate_img2img@<set>: every img2img set
+    prompt_sets: Annotated[list[str], Distinct] = []  # generate_prompt@<set>: prompt sets beyond syn1, syn2
+    filtered_mixes: Annotated[list[str], Distinct] = []  # train_filtered@: the mixtures with a filter
+    real_curve: list[str] = []  # real-only mixes, accuracy vs real images: the exchange rate
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
-    @cached_property
-    def mixtures(self) -> dict[str, dict[str, float]]:
-        return {m: dict(spec.model_extra or {}) for m, spec in self.specs.items()}
-
-    @cached_property
-    def filters(self) -> dict[Str, MixtureFilter]:  # the mixtures that carry a `filter:`, and their filters
-        return {m: spec.filter for m, spec in self.specs.items() if spec.filter is not None}
-
+    mixtures = property(lambda self: {m: dict(spec.model_extra or {}) for m, spec in self.specs.items()})
+    # the mixtures that carry a `filter:`, and their filters
+    filters = property(lambda self: {m: spec.filter for m, spec in self.specs.items() if spec.filter is not None})
     trained_mixes = property(lambda self: [*self.mixes, *self.filtered_mixes])  # every cell's mixture
     synthetic_sets = property(lambda self: tuple(self.synthetic.sets))  # every declared synthetic set, in params.yaml's order
     sources = property(lambda self: REAL_SOURCES + self.synthetic_sets)  # what a mixture may draw from
@@ -342,10 +305,6 @@ class Config:
                      f"allowed: {', '.join(declared) or 'none'}", key, i)
             for name in declared:
                 need(name in getattr(self, key), f"misses {name!r}: list every {kind} set{other} here, so dvc.yaml's generate_{kind}@<set> makes it", key)
-        self._check_mixtures()
-        return self
-
-    def _check_mixtures(self) -> None:
         for mix, fractions in self.mixtures.items():
             for src in fractions:
                 need(src in self.sources, f"unknown source; allowed: {', '.join(self.sources)} (the sets under synthetic.sets)", "mixtures", mix, src)
@@ -353,10 +312,10 @@ class Config:
             need(mix in self.specs, f"unknown mixture; allowed: {', '.join(self.specs)}", "mixes", i)
             need(mix not in self.filters, f"{mix} has a filter; list it under filtered_mixes (trained after the classifier that filters it)", "mixes", i)
         for mix in self.filters:
-            key = ("mixtures", mix, "filter")
-            need(any(map(self.is_synthetic, self.mixtures[mix])), f"{mix} draws no synthetic images; a filter drops synthetic images only", *key)
-            need(self.mixtures.get("orig100") == {"orig": 1.0}, "the filtering classifier is orig100's: define it as {orig: 1.0}", *key)
-            need("orig100" in self.mixes, "orig100 is not in mixes, so no classifier is trained to filter with; add it to mixes", *key)
+            at = ("mixtures", mix, "filter")
+            need(any(map(self.is_synthetic, self.mixtures[mix])), f"{mix} draws no synthetic images; a filter drops synthetic images only", *at)
+            need(self.mixtures.get("orig100") == {"orig": 1.0}, "the filtering classifier is orig100's: define it as {orig: 1.0}", *at)
+            need("orig100" in self.mixes, "orig100 is not in mixes, so no classifier is trained to filter with; add it to mixes", *at)
         for i, mix in enumerate(self.filtered_mixes):
             need(mix in self.filters, f"{mix} has no filter; list it under mixes" if mix in self.specs else
                  f"unknown mixture; allowed: {', '.join(self.filters) or 'a mixture with a filter'}", "filtered_mixes", i)
@@ -364,3 +323,4 @@ class Config:
             need(set(self.mixtures.get(mix, {})) == {"orig"}, "allowed: a mixture that draws from orig alone", "real_curve", i)
         need(not self.real_curve or len({self.mixtures[m]["orig"] for m in self.real_curve}) == len(self.real_curve) >= 3,
              "allowed: [] (off) or at least 3 distinct mixtures with distinct orig fractions (the curve has 3 parameters)", "real_curve")
+        return self

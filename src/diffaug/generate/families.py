@@ -5,7 +5,6 @@ cards); they fill only the diffusion keys params.yaml leaves null. No torch here
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,13 +100,12 @@ def resolve_defaults(dif: DiffusionConfig, info: ModelInfo) -> DiffusionConfig:
     """`dif` with every null of steps, guidance_scale and resolution replaced by the family's default, and
     safety_checker off where the family ships no checker (what actually runs; the caller says so)."""
     steps, guidance = DISTILLED.get(info.variant, (info.family.steps, info.family.guidance_scale))
-    return dataclasses.replace(
-        dif,
+    return dif.model_copy(update=dict(
         steps=steps if dif.steps is None else dif.steps,
         guidance_scale=guidance if dif.guidance_scale is None else dif.guidance_scale,
         resolution=info.native_resolution if dif.resolution is None else dif.resolution,
         safety_checker=dif.safety_checker and info.family.safety_checker,
-    )
+    ))
 
 
 def settled(dif: DiffusionConfig) -> tuple[int, float, int]:

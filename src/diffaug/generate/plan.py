@@ -15,7 +15,6 @@ permutation, cycled) at `strengths[i % len]`, and runs only int(steps * strength
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,7 +120,7 @@ class Plan(SetLayout):
 
 
 def diffusion_settings(dif: DiffusionConfig, model_fingerprint: str | None, family: str = "sd") -> dict[str, Any]:
-    values = dataclasses.asdict(dif)
+    values = dif.model_dump()
     # Approximate levers enter the hash only when on, so sets made before they existed stay valid.
     settings = {k: values[k] for k in PIXEL_SETTINGS if not (k in APPROXIMATE and values[k] in (0, False, "none"))}
     if family != "sd":  # SD sets were made before families existed: their hash stays as it was

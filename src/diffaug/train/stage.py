@@ -9,7 +9,6 @@ Only the mixture's images and data/prepared/val.npz are read: never the test spl
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shutil
 import sys
 from pathlib import Path
@@ -111,7 +110,7 @@ def run(cfg: Config, model: str, mix: str, images: np.ndarray, labels: np.ndarra
         print(f"note: {precision.note}", file=sys.stderr, flush=True)
     settings = {
         "model": model, "variant": tr.variant, "num_classes": len(classes), "recipe_name": tr.recipe,
-        "recipe": dataclasses.asdict(recipe), "precision": precision.name,
+        "recipe": recipe.model_dump(), "precision": precision.name,
         "channels_last": tr.channels_last, "compile": tr.compile, "cuda_graph": tr.cuda_graph, "device": device.type,
         "train_images": len(images), "val_images": len(val_images),
         "mixture_sha256": mixture_sha256,
