@@ -24,7 +24,7 @@ from diffaug.sandbox.demo import DEMO_FILTERED, STORAGE, build_demo, make_sandbo
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
-DOCS = ("generators", "generator-memory", "training", "experiments", "sharing", "beyond-the-paper", "gpu", "speed", "worth")
+DOCS = ("generators", "generator-memory", "training", "experiments", "sharing", "beyond-the-paper", "scale", "gpu", "speed", "worth")
 PAGES = [README] + [REPO / "docs" / f"{name}.md" for name in DOCS]  # in the order the README links them
 PAPER = "Reproduce the paper"  # the README's first section: its block runs in test_reproduce_the_paper_...
 VENV = Path(sys.prefix)  # the venv the tests run in: the one `make test` created
@@ -79,14 +79,50 @@ COMMANDS = {
     "dvc plots show": RUN,
     "dvc plots diff <exp> …": RUN + " with <exp> = resnet50",
     "dvc exp show": RUN,
+    # docs/scale.md: a Ray cluster, SLURM or Kubernetes; tests/test_ray_generate.py and test_ray_grid.py run
+    # the engine and the grid on a local Ray instance
+    "DIFFAUG_ENGINE=ray dvc repro generate_syn1 generate_syn2": "needs a Ray cluster with the model on every node",
+    "DIFFAUG_ENGINE=ray dvc repro generate_syn1 generate_syn2 && dvc push": "needs a Ray cluster and a remote",
+    "bash -c DIFFAUG_ENGINE=ray dvc repro generate_syn1 generate_syn2 build_mixtures && python -m diffaug.grid && dvc repro && dvc push":
+        "part of a SLURM batch script",
+    "cd /scratch/$USER/diffaug && source .venv/bin/activate": "a cluster's shared filesystem",
+    "dvc commit": "prose; python -m diffaug.grid runs it",
+    "dvc exp apply": "prose",
+    "dvc exp push": "prose",
+    "dvc exp run --queue": "prose",
+    "dvc pull prepare": "needs a remote holding the prepared splits",
+    "dvc queue start -j N": "placeholder N",
+    "dvc remote modify --local storage access_key_id ... && dvc remote modify --local storage secret_access_key ...": "placeholder secrets",
+    "dvc status": "prose; python -m diffaug.grid reads it",
+    "export DVC_NO_ANALYTICS=1 HF_HOME=/scratch/$USER/hf": "a cluster's shared filesystem",
+    "git checkout -b vgg16 && sed -i s/^model: .*/model: vgg16/ params.yaml": "part of the cluster walk-through",
+    "git clone https://github.com/you/diffaug && cd diffaug": "placeholder URL",
+    "head=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1)": "SLURM",
+    "helm install kuberay-operator kuberay/kuberay-operator": "Kubernetes",
+    "helm repo add kuberay https://ray-project.github.io/kuberay-helm/ && helm repo update": "Kubernetes",
+    "kubectl apply -f raycluster.yaml": "Kubernetes",
+    "kubectl exec -it <cluster>-head-<id> -- bash": "Kubernetes, placeholder names",
+    "kubectl get pods": "Kubernetes",
+    "python -c from diffusers import DiffusionPipeline; DiffusionPipeline.download('CompVis/stable-diffusion-v1-4')": "the Hugging Face hub",
+    "python -m diffaug.grid": "needs a Ray cluster; tests/test_ray_grid.py runs it on tiny cells",
+    "python -m diffaug.grid && dvc repro && git commit -am vgg16 grid && dvc push": "needs a Ray cluster and a remote",
+    "sbatch scale.sbatch": "SLURM",
+    'srun ray symmetric-run --address "$head:6379" --min-nodes "$SLURM_JOB_NUM_NODES" -- \\': "SLURM",
     # docs/sharing.md
     "dvc pull generate_syn1": RUN + " in another fresh clone",
     "dvc update": "prose",
     "dvc artifacts get": "prose",
-    ".venv/bin/pip install dvc[s3] && dvc remote add -d storage s3://my-bucket/diffaug": "cloud plugin and account",
-    ".venv/bin/pip install dvc[gs] && dvc remote add -d storage gs://my-bucket/diffaug": "cloud plugin and account",
-    ".venv/bin/pip install dvc[ssh] && dvc remote add -d storage ssh://user@host/srv/diffaug": "a server and account",
-    "dvc remote modify --local storage access_key_id ...": "placeholder secret",
+    ".venv/bin/pip install dvc-gs": "cloud plugin and account",
+    ".venv/bin/pip install dvc-ssh": "a server and account",
+    "dvc remote add -d storage gs://my-bucket/diffaug": "cloud plugin and account",
+    "dvc remote add -d storage s3://my-bucket/diffaug": "an account; tests/test_s3_remote.py runs this setup against moto's S3 server",
+    "dvc remote add -d storage ssh://me@storage.example.org/srv/diffaug": "a server and account",
+    "dvc remote modify --local storage access_key_id AKIA...": "placeholder secret",
+    "dvc remote modify --local storage secret_access_key ...": "placeholder secret",
+    "dvc remote modify --local storage credentialpath ~/keys/diffaug-sa.json": "placeholder key file",
+    "dvc remote modify --local storage keyfile ~/.ssh/id_ed25519": "placeholder key file",
+    "dvc remote modify storage endpointurl https://minio.example.org": "placeholder server; tests/test_s3_remote.py sets a loopback one",
+    "dvc remote modify storage verify true": "tests/test_s3_remote.py sets it (a damaged object is then refused by dvc pull)",
     "dvc import https://github.com/you/diffaug data/synthetic/syn2 -o data/external/syn2":
         "placeholder URL; test_pipeline.py imports from a local copy",
     "dvc update syn2.dvc": "needs an imported set (placeholder URL above)",
