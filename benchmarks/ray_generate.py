@@ -1,7 +1,7 @@
 """What the Ray engine costs: `python -m diffaug.generate --engine ray` against the single process, same
 model, same device type, same shards, in one run.
 
-    python benchmarks/ray_generate.py                          # tiny pipeline, 2 CPU workers, 2 shards of 1,000 images
+    python benchmarks/ray_generate.py                          # tiny pipeline, 2 CPU workers, 4 shards of 1,000 images
     python benchmarks/ray_generate.py --images-per-shard 100   # a quicker look
 
     # a GPU cluster (RAY_ADDRESS set, or run on its head node; one worker per GPU; the model cached on every node):
@@ -67,7 +67,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--workers", type=int, default=2, help="CPU workers of the local Ray started here (no RAY_ADDRESS)")
     parser.add_argument("--images-per-shard", type=int, default=1000)
-    parser.add_argument("--shards", type=int, help="default: 1 per worker")
+    parser.add_argument("--shards", type=int, help="default: 2 per worker (a set has many shards per worker; with 1 each, "
+                        "the workers' start is not spread over anything)")
     parser.add_argument("--baseline-shards", type=int, help="shards the single process makes (default: all)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -79,7 +80,7 @@ def main() -> None:
     os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(**({} if args.device == "cuda" else {"num_cpus": args.workers, "object_store_memory": 2**30}))
     workers = int(ray.cluster_resources().get("GPU" if args.device == "cuda" else "CPU", 1))
-    shards = args.shards or workers
+    shards = args.shards or 2 * workers
     torch.set_num_threads(1)  # on a CPU: as each Ray worker runs (Ray sets OMP_NUM_THREADS=1 for a 1-CPU actor)
     with tempfile.TemporaryDirectory() as tmp:
         local_argv = write_inputs(Path(tmp) / "local", args, args.baseline_shards or shards)

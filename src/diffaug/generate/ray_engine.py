@@ -67,6 +67,9 @@ class ShardWorker:
         """Shard k's arrays, and its full-resolution images by global index (save_full_resolution only)."""
         self.ready()
         self.full.clear()
+        # The worker's own count, for its one rate-and-ETA line: the shards it was given so far.
+        task = self.maker.progress.tasks[self.maker.task]
+        self.maker.progress.update(self.maker.task, total=(task.total or 0) + len(self.maker.plan.shard_range(k)))
         arrays = self.maker.make(k)
         return arrays, dict(self.full)
 
