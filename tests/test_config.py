@@ -71,6 +71,8 @@ BAD = [
     ("mixtures.orig100", {"orig": 1.5}, "mixtures.orig100.orig: Input should be less than or equal to 1 (got 1.5)"),
     ("mixtures.orig100", {"syn3": 1.0}, "mixtures.orig100.syn3: unknown source; allowed: orig, rot90, vflip, syn1, syn2 "
      "(the sets under synthetic.sets) (got 1.0)"),
+    ("mixtures.orig100", {"orig": 0.0}, "mixtures.orig100: allowed: at least one fraction > 0 (got {'orig': 0.0})"),
+    ("dataset.test", "npz:test.npz", "dataset.test: allowed: null with dataset cifar10 (got 'npz:test.npz')"),
     ("mixtures.orig50_rot50", {"orig": 0.25, "rot90": 0.5}, "mixtures.orig50_rot50.rot90: allowed: at most orig's fraction (0.25) (got 0.5)"),
     ("synthetic.sets.syn2.prompt", "a photo of a bird", "synthetic.sets.syn2.prompt: 'a photo of a bird': allowed: text whose only field is {label}"),
     ("synthetic.sets.syn1.prompt", ["{label}", "{label} by {artist}"], "synthetic.sets.syn1.prompt: '{label} by {artist}' is not a template "

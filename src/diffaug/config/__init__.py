@@ -1,7 +1,5 @@
 """params.yaml as one validated Config (its sections and rules: `schema`). Every stage calls `load_config()` first: a bad
 value stops it with one line, `params.yaml: <dotted key>: <pydantic's message> (got <value>)`, before any work."""
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Any
 

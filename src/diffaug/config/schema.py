@@ -1,5 +1,6 @@
 """The params.yaml schema: one frozen pydantic model per section, its defaults the paper's settings (params.yaml says
-what each key means). A rule on one value sits in its `Field`; a rule across fields raises `Invalid(message, *key)`."""
+what each key means). A rule on one value sits in its `Field`; the rules across keys are Config's (and a Recipe's own,
+for recipes built alone) and raise `Invalid(message, *key)`."""
 from __future__ import annotations
 
 import string
@@ -15,12 +16,11 @@ ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 REAL_SOURCES = ("orig", "rot90", "vflip")  # the real training images and their copies; any other source is a synthetic set
 # The paper's sources in the order of their codes in mixture files (formats.mixture): fixed, so that declaring a set changes no file.
 PAPER_SOURCES = REAL_SOURCES + ("syn1", "syn2")
-# The only keys params.yaml may leave at their code default: they change how a number is made, never its bytes.
-# tests/test_params_levers.py runs each both ways and compares bytes; where that needs a GPU, the reason says so.
+# The only keys params.yaml may leave at their code default: they change how a number is made, never its bytes
+# (tests/test_params_levers.py runs each both ways and compares bytes).
 LEVERS = {
     "train.checkpoint_every": "writing a resumable checkpoint changes no training state (equal weights with 1 and 10, tested on CPU)",
-    "diffusion.cpu_offload": "each component moves to the GPU when called instead of at load: the same kernels on the same device "
-                             "(CUDA only; on a CPU it is a no-op, which is what the CPU test checks)",
+    "diffusion.cpu_offload": "each component moves to the GPU when called, not at load: the same kernels (CUDA only; a CPU no-op)",
 }
 __all__ = ["ARCHITECTURES", "LEVERS", "PAPER_SOURCES", "REAL_SOURCES", "Config", "DatasetConfig", "DiffusionConfig", "EvaluateConfig",
            "Img2ImgSet", "Invalid", "Mixture", "MixtureFilter", "PromptSet", "Recipe", "SyntheticConfig", "TrainConfig"]
@@ -101,11 +101,6 @@ class DatasetConfig(Section):
                 raise ConfigError(f"params.yaml: dataset.label_names.{name}: names no class (got {name!r}); allowed: {', '.join(classes)}")
         return [self.label_names.get(c, c.replace("_", " ")) for c in classes]
 
-    @model_validator(mode="after")
-    def _test_split_of_a_dataset_on_disk(self) -> DatasetConfig:
-        need(self.test is None or self.path is not None, f"allowed: null with dataset {self.name}", "test")
-        return self
-
 
 class PromptSet(Section):
     """`kind: prompt`: text-to-image from the class label alone (Paulsen et al.'s syn1 and syn2)."""
@@ -136,17 +131,11 @@ SyntheticSet = Annotated[Annotated[PromptSet, Tag(PromptSet.__name__)] | Annotat
                          Discriminator(_set_class, custom_error_type="set_kind", custom_error_message="kind must be 'prompt' or 'img2img'")]
 
 
-def _set_names(sets: dict[str, Any]) -> dict[str, Any]:
-    for name in sets:
-        need(name not in REAL_SOURCES + ("filter",), f"{name!r} is a reserved source name; allowed: any other name", name)
-    return sets
-
-
 class SyntheticConfig(Section):
     images_per_class: PositiveInt = 5000  # of every prompt set (an img2img set has its own)
     images_per_shard: PositiveInt = 1000
     save_full_resolution: bool = False
-    sets: Annotated[dict[Name, SyntheticSet], AfterValidator(_set_names)] = {
+    sets: dict[Name, SyntheticSet] = {
         "syn1": PromptSet(prompt="{label}"), "syn2": PromptSet(prompt="a photo of a {label}")}
 
 
@@ -216,11 +205,6 @@ class TrainConfig(Section):
     recipes: dict[str, Recipe] = {"default": Recipe()}
     active = property(lambda self: self.recipes[self.recipe])
 
-    @model_validator(mode="after")
-    def _known_recipe(self) -> TrainConfig:
-        need(self.recipe in self.recipes, f"allowed: {', '.join(self.recipes) or 'a key of train.recipes'}", "recipe")
-        return self
-
 
 class EvaluateConfig(Section):
     batch_size: PositiveInt = 1000
@@ -234,27 +218,12 @@ class MixtureFilter(Section):
     threshold: float | None = None
     keep_fraction: Annotated[float, Field(gt=0, le=1)] | None = None
 
-    @model_validator(mode="after")
-    def _one_rule(self) -> MixtureFilter:
-        need((self.threshold is None) != (self.keep_fraction is None), "set exactly one of threshold or keep_fraction")
-        low, what = (0.0, "probability") if self.by == "confidence" else (-1.0, "cosine similarity")
-        need(self.threshold is None or low <= self.threshold <= 1.0, f"allowed: a number in [{low:g}, 1] (a {what})", "threshold")
-        return self
-
 
 class Mixture(Section):
     """`mixtures.<name>`: source -> fraction in [0, 1] (an absent source: 0), and optionally a `filter`."""
     model_config = ConfigDict(extra="allow")
     __pydantic_extra__: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(init=False)
     filter: MixtureFilter | None = None
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Mixture:
-        fractions = self.model_extra or {}
-        for copy in ("rot90", "vflip"):  # copies of the real images that orig draws
-            need(fractions.get(copy, 0.0) <= fractions.get("orig", 0.0), f"allowed: at most orig's fraction ({fractions.get('orig', 0.0)})", copy)
-        need(sum(fractions.values()) > 0, "allowed: at least one fraction > 0")
-        return self
 
 
 class Config(Section):
@@ -292,23 +261,33 @@ class Config(Section):
     @model_validator(mode="after")
     def _across_sections(self) -> Config:
         sets, steps = self.synthetic.sets, self.diffusion.steps
-        for name, spec in sets.items():  # steps null: the family's, checked by the generate stage
+        need(self.dataset.test is None or self.dataset.path is not None, f"allowed: null with dataset {self.dataset.name}", "dataset", "test")
+        for name, spec in sets.items():
+            need(name not in REAL_SOURCES + ("filter",), f"{name!r} is a reserved source name; allowed: any other name", "synthetic", "sets", name)
             for s in spec.strengths if isinstance(spec, Img2ImgSet) else []:
                 need(steps is None or int(steps * s) >= 1, f"int(diffusion.steps * strength) = int({steps} * {s}) = 0 steps; "
-                     f"allowed: a strength >= {1 / (steps or 1):.4g}", "synthetic", "sets", name, "strength")
+                     f"allowed: a strength >= {1 / (steps or 1):.4g}", "synthetic", "sets", name, "strength")  # steps null: the family's
+        need(self.train.recipe in self.train.recipes, f"allowed: {', '.join(self.train.recipes) or 'a key of train.recipes'}", "train", "recipe")
         for key, kind in (("img2img_sets", "img2img"), ("prompt_sets", "prompt")):
             other = " other than syn1 and syn2" if kind == "prompt" else ""  # syn1 and syn2 have stages of their own
             declared = [n for n, s in sets.items() if s.kind == kind and not (other and n in ("syn1", "syn2"))]
             need(set(getattr(self, key)) == set(declared), f"allowed: [{', '.join(declared)}], every {kind} set under synthetic.sets{other}, "
                  f"so that dvc.yaml's generate_{kind}@<set> makes it", key)
         for mix, fractions in self.mixtures.items():
+            need(sum(fractions.values()) > 0, "allowed: at least one fraction > 0", "mixtures", mix)
+            for copy in ("rot90", "vflip"):  # copies of the real images that orig draws
+                need(fractions.get(copy, 0.0) <= fractions.get("orig", 0.0), f"allowed: at most orig's fraction ({fractions.get('orig', 0.0)})",
+                     "mixtures", mix, copy)
             for src in fractions:
                 need(src in self.sources, f"unknown source; allowed: {', '.join(self.sources)} (the sets under synthetic.sets)", "mixtures", mix, src)
         for i, mix in enumerate(self.mixes):
             need(mix in self.specs, f"unknown mixture; allowed: {', '.join(self.specs)}", "mixes", i)
             need(mix not in self.filters, f"{mix} has a filter; list it under filtered_mixes (trained after the classifier that filters it)", "mixes", i)
-        for mix in self.filters:
+        for mix, rule in self.filters.items():
             at = ("mixtures", mix, "filter")
+            need((rule.threshold is None) != (rule.keep_fraction is None), "set exactly one of threshold or keep_fraction", *at)
+            low, what = (0.0, "probability") if rule.by == "confidence" else (-1.0, "cosine similarity")
+            need(rule.threshold is None or low <= rule.threshold <= 1.0, f"allowed: a number in [{low:g}, 1] (a {what})", *at, "threshold")
             need(any(map(self.is_synthetic, self.mixtures[mix])), f"{mix} draws no synthetic images; a filter drops synthetic images only", *at)
             need(self.mixtures.get("orig100") == {"orig": 1.0}, "the filtering classifier is orig100's: define it as {orig: 1.0}", *at)
             need("orig100" in self.mixes, "orig100 is not in mixes, so no classifier is trained to filter with; add it to mixes", *at)
