@@ -45,11 +45,11 @@ def parse_config(data: Any, source: str = "params.yaml") -> Config:
 
 
 def explain(errors: list[ErrorDetails], data: Any) -> str:
-    """'<dotted key>: <pydantic's message> (got <value>)' for pydantic's first error (a missing key only if nothing else is
-    wrong). Of the errors at or below its key (a union's arms), the deepest wins (the arm the value was meant for), and
+    """'<dotted key>: <pydantic's message> (got <value>)' for pydantic's first error (a missing key, or a default made from
+    a refused one, only if nothing else is wrong). Of the errors at or below its key (a union's arms), the deepest wins (the arm the value was meant for), and
     a type mismatch only if every arm refuses the type: their messages are joined."""
     found = [(*_located(e, data), e) for e in errors]
-    first = next((f for f in found if f[2]["type"] != "missing"), found[0])[0]
+    first = next((f for f in found if f[2]["type"] not in ("missing", "default_factory_not_called")), found[0])[0]
     related = [f for f in found if f[0][:len(first)] == first]
     deepest = [f for f in related if len(f[0]) == max(len(f[0]) for f in related)]
     chosen = [f for f in deepest if not f[2]["type"].endswith("_type")] or deepest

@@ -144,7 +144,6 @@ class DiffusionConfig(Section):
     revision: str | None = None
     variant: str | None = "fp16"
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
-    # null: the model family's default (generate/families.py); params.yaml sets the paper's 512, 7.5, 50.
     resolution: Annotated[int, Field(ge=64, multiple_of=8)] | None = None
     guidance_scale: NonNegativeFloat | None = None
     steps: PositiveInt | None = None
@@ -234,7 +233,8 @@ class Config(Section):
     specs: dict[Name, Mixture] = Field(min_length=1, alias="mixtures")  # the properties `mixtures` and `filters` split them
     model: Architecture = "resnet18"
     # dvc.yaml's stage matrices (dvc cannot filter a mapping); mixes absent: every mixture without a filter
-    mixes: Annotated[list[str], Field(min_length=1), Distinct]
+    mixes: Annotated[list[str], Field(min_length=1), Distinct] = Field(
+        default_factory=lambda data: [m for m, spec in data["specs"].items() if spec.filter is None])
     img2img_sets: Annotated[list[str], Distinct] = []
     prompt_sets: Annotated[list[str], Distinct] = []
     filtered_mixes: Annotated[list[str], Distinct] = []
@@ -250,13 +250,6 @@ class Config(Section):
     is_synthetic = lambda self, source: source in self.synthetic.sets  # noqa: E731
     # the sets that some trained mixture draws from, in declaration order
     synthetic_sets_used = property(lambda self: [s for s in self.synthetic_sets if any(s in self.mixtures[m] for m in self.trained_mixes)])
-
-    @model_validator(mode="before")
-    @classmethod
-    def _every_mixture_by_default(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "mixes" not in data and isinstance(data.get("mixtures"), dict):
-            return {**data, "mixes": [m for m, s in data["mixtures"].items() if not (isinstance(s, dict) and "filter" in s)]}
-        return data
 
     @model_validator(mode="after")
     def _across_sections(self) -> Config:
