@@ -8,12 +8,9 @@ from pydantic_core import ErrorDetails
 from ruamel.yaml import YAML, YAMLError
 from ruamel.yaml.constructor import DuplicateKeyError
 
-from diffaug.config.schema import *  # noqa: F403 (the sections and constants are the package's API)
+from diffaug.config.schema import *  # noqa: F403 (schema's __all__, its sections and constants, are the package's API too)
 from diffaug.config.schema import Config, Invalid
-from diffaug.config.schema import __all__ as _sections
 from diffaug.errors import ConfigError
-
-__all__ = [*_sections, "ConfigError", "load_config", "parse_config", "parse_yaml", "read_params"]
 
 
 def load_config(path: str | Path = "params.yaml") -> Config:

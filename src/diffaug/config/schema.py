@@ -6,8 +6,7 @@ from __future__ import annotations
 import string
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
-                      Tag, model_validator)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, NonNegativeFloat, NonNegativeInt, PositiveInt, Tag, model_validator
 
 from diffaug.errors import ConfigError
 
@@ -168,7 +167,7 @@ class DiffusionConfig(Section):
 class Recipe(Section):
     epochs: PositiveInt = 250
     batch_size: PositiveInt = 128
-    lr: PositiveFloat = 0.1
+    lr: Annotated[float, Field(gt=0)] = 0.1
     momentum: Below1 = 0.9
     nesterov: bool = True
     weight_decay: NonNegativeFloat = 5e-4
