@@ -267,11 +267,10 @@ class Config(Section):
                  f"so that dvc.yaml's generate_{kind}@<set> makes it", key)
         for mix, fractions in self.mixtures.items():
             need(sum(fractions.values()) > 0, "allowed: at least one fraction > 0", "mixtures", mix)
-            for copy in ("rot90", "vflip"):  # copies of the real images that orig draws
-                need(fractions.get(copy, 0.0) <= fractions.get("orig", 0.0), f"allowed: at most orig's fraction ({fractions.get('orig', 0.0)})",
-                     "mixtures", mix, copy)
-            for src in fractions:
+            for src, fraction in fractions.items():  # rot90 and vflip: copies of the real images that orig draws
                 need(src in self.sources, f"unknown source; allowed: {', '.join(self.sources)} (the sets under synthetic.sets)", "mixtures", mix, src)
+                need(src not in ("rot90", "vflip") or fraction <= fractions.get("orig", 0.0),
+                     f"allowed: at most orig's fraction ({fractions.get('orig', 0.0)})", "mixtures", mix, src)
         for i, mix in enumerate(self.mixes):
             need(mix in self.specs, f"unknown mixture; allowed: {', '.join(self.specs)}", "mixes", i)
             need(mix not in self.filters, f"{mix} has a filter; list it under filtered_mixes (trained after the classifier that filters it)", "mixes", i)
