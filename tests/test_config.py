@@ -56,7 +56,7 @@ def test_all_eleven_paper_mixtures_and_fig7_baselines_are_defined():
 
 BAD = [
     # (key to change, value, text the one-line error must contain)
-    ("diffusion.colour", "red", "diffusion.colour: Extra inputs are not permitted (got 'red'); allowed: model, revision, variant"),
+    ("evaluate.colour", "red", "evaluate.colour: Extra inputs are not permitted; allowed: batch_size, device (got 'red')"),
     ("real_curve", ["orig50_syn1_50", "orig50", "orig100"], "real_curve[0]: allowed: a mixture that draws from orig alone (got 'orig50_syn1_50')"),
     ("real_curve", ["orig50", "orig100"], "real_curve: allowed: [] (off) or at least 3 distinct mixtures with distinct orig fractions (the curve has 3 "
      "parameters) "
@@ -71,15 +71,17 @@ BAD = [
     ("mixtures.orig100", {"orig": 1.5}, "mixtures.orig100.orig: Input should be less than or equal to 1 (got 1.5)"),
     ("mixtures.orig100", {"syn3": 1.0}, "mixtures.orig100.syn3: unknown source; allowed: orig, rot90, vflip, syn1, syn2 "
      "(the sets under synthetic.sets) (got 1.0)"),
+    ("mixtures.orig100", {"orig": 0.0}, "mixtures.orig100: allowed: at least one fraction > 0 (got {'orig': 0.0})"),
+    ("dataset.test", "npz:test.npz", "dataset.test: allowed: null with dataset cifar10 (got 'npz:test.npz')"),
     ("mixtures.orig50_rot50", {"orig": 0.25, "rot90": 0.5}, "mixtures.orig50_rot50.rot90: allowed: at most orig's fraction (0.25) (got 0.5)"),
     ("synthetic.sets.syn2.prompt", "a photo of a bird", "synthetic.sets.syn2.prompt: 'a photo of a bird': allowed: text whose only field is {label}"),
     ("synthetic.sets.syn1.prompt", ["{label}", "{label} by {artist}"], "synthetic.sets.syn1.prompt: '{label} by {artist}' is not a template "
      "(KeyError: 'artist'); allowed: text whose only field is {label}"),
     ("synthetic.sets.syn1.kind", "text", "synthetic.sets.syn1: kind must be 'prompt' or 'img2img' (got {'kind': 'text'"),
-    ("synthetic.sets.syn1.strength", 0.5, "synthetic.sets.syn1.strength: Extra inputs are not permitted (got 0.5); "
-     "allowed: kind, prompt, negative_prompt, class_ids"),
+    ("synthetic.sets.syn1.strength", 0.5, "synthetic.sets.syn1.strength: Extra inputs are not permitted; "
+     "allowed: kind, prompt, negative_prompt, class_ids (got 0.5)"),
     ("synthetic.sets.orig", {"kind": "prompt"}, "synthetic.sets.orig: 'orig' is a reserved source name; allowed: any other name (got {'kind': 'prompt'})"),
-    ("synthetic.images_per_class", 0, "synthetic.images_per_class: Input should be greater than or equal to 1 (got 0)"),
+    ("synthetic.images_per_class", 0, "synthetic.images_per_class: Input should be greater than 0 (got 0)"),
     ("dataset.name", "mnist", "dataset.name: String should match pattern '^(cifar10|cifar100|(npz|imagefolder):.+)$' (got 'mnist')"),
     ("train.recipe", "fast", "train.recipe: allowed: default, paper (got 'fast')"),
     ("train.recipes.default.lr", -0.1, "train.recipes.default.lr: Input should be greater than 0 (got -0.1)"),
@@ -133,9 +135,10 @@ BAD_IMG2IMG = [
      "allowed: a strength >= 0.02 (got 0.01)"),
     ({"strength": "high"}, "synthetic.sets.i2i.strength: Input should be a valid number or Input should be a valid list (got 'high')"),
     ({"strength": float("nan")}, "synthetic.sets.i2i.strength: Input should be a finite number (got nan)"),
-    ({"images_per_class": 0}, "synthetic.sets.i2i.images_per_class: Input should be greater than or equal to 1 (got 0)"),
+    ({"images_per_class": 0}, "synthetic.sets.i2i.images_per_class: Input should be greater than 0 (got 0)"),
     ({"prompt": "a photo"}, "synthetic.sets.i2i.prompt: 'a photo': allowed: text whose only field is {label}"),
-    ({"guidance": 3}, "synthetic.sets.i2i.guidance: Extra inputs are not permitted (got 3); allowed: kind, strength, prompt"),
+    ({"guidance": 3}, "synthetic.sets.i2i.guidance: Extra inputs are not permitted; allowed: kind, strength, prompt, negative_prompt, "
+     "images_per_class (got 3)"),
 ]
 
 
@@ -148,21 +151,23 @@ def test_bad_img2img_value_is_one_line_naming_the_key(spec, message):
 
 
 def test_img2img_sets_lists_exactly_the_img2img_sets():
-    with pytest.raises(ConfigError, match=r"img2img_sets: misses 'i2i': list every img2img set here.* \(got \[\]\)"):
+    every = r"img2img_sets: allowed: \[i2i\], every img2img set under synthetic.sets, so that dvc.yaml's generate_img2img@<set> makes it"
+    with pytest.raises(ConfigError, match=every + r" \(got \[\]\)$"):
         parse_config(with_img2img({"strength": 0.5}, listed=False))
-    with pytest.raises(ConfigError, match=r"img2img_sets\[0\]: not an img2img set under synthetic.sets; allowed: i2i \(got 'syn1'\)"):
+    with pytest.raises(ConfigError, match=every + r" \(got \['syn1'\]\)$"):
         parse_config(with_img2img({"strength": 0.5}, listed=False, img2img_sets=["syn1"]))
 
 
 def test_prompt_sets_lists_exactly_the_prompt_sets_beyond_syn1_and_syn2():
     p = copy.deepcopy(BASE)
     p["synthetic"]["sets"]["syn3"] = {"kind": "prompt", "prompt": "a blurry photo of a {label}"}
-    with pytest.raises(ConfigError, match=r"prompt_sets: misses 'syn3': list every prompt set other than syn1 and syn2 here"):
+    every = r"prompt_sets: allowed: \[syn3\], every prompt set under synthetic.sets other than syn1 and syn2, so that dvc.yaml's"
+    with pytest.raises(ConfigError, match=every + r".* \(got \[\]\)$"):
         parse_config(p)
     p["prompt_sets"] = ["syn3"]
     assert parse_config(p).synthetic_sets == ("syn1", "syn2", "syn3")
     p["prompt_sets"] = ["syn3", "syn1"]
-    with pytest.raises(ConfigError, match=r"prompt_sets\[1\]: not a prompt set under synthetic.sets other than syn1 and syn2; allowed: syn3 \(got 'syn1'\)"):
+    with pytest.raises(ConfigError, match=every + r".* \(got \['syn3', 'syn1'\]\)$"):
         parse_config(p)
 
 
@@ -170,6 +175,9 @@ def test_not_yaml_and_missing_file(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text("dataset: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_bytes("model: résnet18\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"params.yaml: not valid YAML \(unacceptable character #x00e9: invalid continuation byte\)$"):
         load_config(bad)
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "nope.yaml")
@@ -188,10 +196,9 @@ def test_stage_exits_2_with_one_line_and_writes_nothing(tmp_path, module):
 
 
 def test_params_schema_json_is_generated_from_the_models():
-    from diffaug.config import json_schema
-
+    printed = subprocess.run([sys.executable, "-m", "diffaug.config", "--schema"], capture_output=True, text=True, check=True).stdout
     committed = json.loads((REPO / "params.schema.json").read_text())
-    assert committed == json_schema(), "regenerate it: python -m diffaug.config --schema > params.schema.json"
+    assert committed == json.loads(printed), "regenerate it: python -m diffaug.config --schema > params.schema.json"
     assert (REPO / "params.yaml").read_text().splitlines()[0] == "# yaml-language-server: $schema=params.schema.json"
 
 
@@ -203,7 +210,7 @@ def test_a_standard_json_schema_validator_accepts_params_and_rejects_a_misspelle
         errors = [e.message for e in validator.iter_errors(with_change(key, value))]
         assert errors == [f"Additional properties are not allowed ('{key.rsplit('.', 1)[-1]}' was unexpected)"], errors
     assert list(validator.iter_errors(with_change("diffusion.resolution", 500)))  # the rules travel too: a multiple of 8
-    with pytest.raises(ConfigError, match=r"diffusion\.stpes: Extra inputs are not permitted \(got 20\); allowed: model, revision"):
+    with pytest.raises(ConfigError, match=r"diffusion\.stpes: Extra inputs are not permitted; allowed: model, revision, .*, allow_cpu \(got 20\)$"):
         parse_config(with_change("diffusion.stpes", 20))  # and params.yaml's own check says the same
 
 

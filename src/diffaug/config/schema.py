@@ -1,27 +1,25 @@
-"""The params.yaml schema: one frozen pydantic model per section; defaults are the paper's settings. A rule on one value
-sits in its `Field`, a rule across fields or sections in a model validator, which raises `Invalid(message, *key)`."""
+"""The params.yaml schema: one frozen pydantic model per section, its defaults the paper's settings (params.yaml says
+what each key means). A rule on one value sits in its `Field`; the rules across keys are Config's (and a Recipe's own,
+for recipes built alone) and raise `Invalid(message, *key)`."""
 from __future__ import annotations
 
 import string
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, NonNegativeFloat, NonNegativeInt, PositiveInt, Tag, model_validator
 
 from diffaug.errors import ConfigError
 
 Architecture = Literal["resnet18", "resnet34", "resnet50", "vgg16", "densenet121"]
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
-# The real training images (orig, and its rot90 / vflip copies); every other source is a set declared under synthetic.sets.
-REAL_SOURCES = ("orig", "rot90", "vflip")
+REAL_SOURCES = ("orig", "rot90", "vflip")  # the real training images and their copies; any other source is a synthetic set
 # The paper's sources in the order of their codes in mixture files (formats.mixture): fixed, so that declaring a set changes no file.
 PAPER_SOURCES = REAL_SOURCES + ("syn1", "syn2")
-# The only keys params.yaml may leave at their code default: they change how a number is made, never its bytes.
-# tests/test_params_levers.py runs each both ways and compares bytes; where that needs a GPU, the reason says so.
+# The only keys params.yaml may leave at their code default: they change how a number is made, never its bytes
+# (tests/test_params_levers.py runs each both ways and compares bytes).
 LEVERS = {
-    "train.checkpoint_every": "how often a resumable checkpoint is written; writing one changes no training state "
-                              "(equal weights with 1 and 10, tested on CPU)",
-    "diffusion.cpu_offload": "moves each component to the GPU when called instead of at load: the same kernels on "
-                             "the same device (CUDA only; on a CPU it is a no-op, which is what the CPU test checks)",
+    "train.checkpoint_every": "writing a resumable checkpoint changes no training state (equal weights with 1 and 10, tested on CPU)",
+    "diffusion.cpu_offload": "each component moves to the GPU when called, not at load: the same kernels (CUDA only; a CPU no-op)",
 }
 __all__ = ["ARCHITECTURES", "LEVERS", "PAPER_SOURCES", "REAL_SOURCES", "Config", "DatasetConfig", "DiffusionConfig", "EvaluateConfig",
            "Img2ImgSet", "Invalid", "Mixture", "MixtureFilter", "PromptSet", "Recipe", "SyntheticConfig", "TrainConfig"]
@@ -30,7 +28,7 @@ __all__ = ["ARCHITECTURES", "LEVERS", "PAPER_SOURCES", "REAL_SOURCES", "Config",
 class Invalid(ValueError):
     def __init__(self, message: str, *key: str | int) -> None:
         super().__init__(message)
-        self.key = key
+        self.key = key  # below the model that raised it: the renderer adds it to the dotted key
 
 
 def need(ok: bool, message: str, *key: str | int) -> None:
@@ -41,11 +39,16 @@ def need(ok: bool, message: str, *key: str | int) -> None:
 class Section(BaseModel):  # strict: no YAML value is coerced into another type
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:  # pydantic's own refusal of an unknown key does not say which keys there are
+        keys = [field.alias or name for name, field in cls.model_fields.items()]
+        for key in data if isinstance(data, dict) and cls.model_config.get("extra") == "forbid" else ():
+            need(key in keys, f"Extra inputs are not permitted; allowed: {', '.join(keys)}", key)
+        return data
 
-Count = Annotated[int, Field(ge=1)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
+
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # what numpy's and torch's generators both accept
-NonNegative = Annotated[float, Field(ge=0)]
 Below1 = Annotated[float, Field(ge=0, lt=1)]
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda|cuda:\d+)$")]
 Name = Annotated[str, Field(pattern=r"^[\w-]+$")]
@@ -67,11 +70,11 @@ def _templates(value: str | list[str]) -> str | list[str]:
     rule = "allowed: text whose only field is {label}, with no conversion or format spec, e.g. 'a photo of a {label}'"
     for t in _as_list(value):
         try:
-            fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(t) if f is not None]
+            fields = {parsed[1:] for parsed in string.Formatter().parse(t) if parsed[1] is not None}
             t.format(label="test")
         except (ValueError, KeyError, IndexError, AttributeError) as e:
             raise Invalid(f"{t!r} is not a template ({type(e).__name__}: {e}); {rule}") from None
-        need(fields != [] and all(f == ("label", "", None) for f in fields), f"{t!r}: {rule}")
+        need(fields == {("label", "", None)}, f"{t!r}: {rule}")
     return value
 
 
@@ -81,8 +84,8 @@ Templates = Annotated[str | Annotated[list[str], Field(min_length=1)], AfterVali
 
 class DatasetConfig(Section):
     name: Annotated[str, Field(pattern=r"^(cifar10|cifar100|(npz|imagefolder):.+)$")] = "cifar10"
-    test: Annotated[str, Field(pattern=r"^(npz|imagefolder):.+$")] | None = None  # a test split on disk, for npz/imagefolder datasets
-    test_per_class: Count = 100
+    test: Annotated[str, Field(pattern=r"^(npz|imagefolder):.+$")] | None = None
+    test_per_class: PositiveInt = 100
     val_per_class: NonNegativeInt = 0
     split_seed: Seed = 0
     label_names: dict[str, Annotated[str, Field(pattern=r"\S")]] = {}
@@ -97,30 +100,23 @@ class DatasetConfig(Section):
                 raise ConfigError(f"params.yaml: dataset.label_names.{name}: names no class (got {name!r}); allowed: {', '.join(classes)}")
         return [self.label_names.get(c, c.replace("_", " ")) for c in classes]
 
-    @model_validator(mode="after")
-    def _test_split_of_a_dataset_on_disk(self) -> DatasetConfig:
-        need(self.test is None or self.path is not None, f"allowed: null with dataset {self.name}", "test")
-        return self
-
 
 class PromptSet(Section):
     """`kind: prompt`: text-to-image from the class label alone (Paulsen et al.'s syn1 and syn2)."""
     kind: Literal["prompt"] = "prompt"
-    prompt: Templates = "{label}"  # a template or a list of templates, cycled per image
+    prompt: Templates = "{label}"
     negative_prompt: str | None = None
-    # Class-conditional models (DiT) take ImageNet ids, not prompts: class -> one id or a list, cycled per image like the templates.
     class_ids: dict[str, ImageNetId | Annotated[list[ImageNetId], Field(min_length=1)]] | None = None
     templates = property(lambda self: _as_list(self.prompt))
 
 
 class Img2ImgSet(Section):
     """`kind: img2img`: SDEdit-style, each real training image noised to `strength`, then int(steps * strength) steps."""
-    model_config = ConfigDict(json_schema_extra={"required": ["kind"]})
-    kind: Literal["img2img"] = "img2img"
+    kind: Literal["img2img"]
     strength: Strength | Annotated[list[Strength], Field(min_length=1)] = 0.5  # a list is cycled by image index
     prompt: Templates = "a photo of a {label}"
     negative_prompt: str | None = None
-    images_per_class: Count | None = None  # null: one image per real training image (classes must be balanced)
+    images_per_class: PositiveInt | None = None  # null: one image per real training image (classes must be balanced)
     templates = property(lambda self: _as_list(self.prompt))
     strengths = property(lambda self: [float(s) for s in _as_list(self.strength)])
 
@@ -134,39 +130,30 @@ SyntheticSet = Annotated[Annotated[PromptSet, Tag(PromptSet.__name__)] | Annotat
                          Discriminator(_set_class, custom_error_type="set_kind", custom_error_message="kind must be 'prompt' or 'img2img'")]
 
 
-def _set_names(sets: dict[str, Any]) -> dict[str, Any]:
-    for name in sets:
-        need(name not in REAL_SOURCES + ("filter",), f"{name!r} is a reserved source name; allowed: any other name", name)
-    return sets
-
-
 class SyntheticConfig(Section):
-    images_per_class: Count = 5000  # of every prompt set (an img2img set has its own)
-    images_per_shard: Count = 1000
+    images_per_class: PositiveInt = 5000  # of every prompt set (an img2img set has its own)
+    images_per_shard: PositiveInt = 1000
     save_full_resolution: bool = False
-    sets: Annotated[dict[Name, SyntheticSet], AfterValidator(_set_names)] = {
+    sets: dict[Name, SyntheticSet] = {
         "syn1": PromptSet(prompt="{label}"), "syn2": PromptSet(prompt="a photo of a {label}")}
 
 
 class DiffusionConfig(Section):
-    model: Annotated[str, Field(pattern=r"\S")] = "CompVis/stable-diffusion-v1-4"  # a hub id or a local directory
+    model: Annotated[str, Field(pattern=r"\S")] = "CompVis/stable-diffusion-v1-4"
     revision: str | None = None
     variant: str | None = "fp16"
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
-    # null: the model family's default (generate/families.py); params.yaml sets the paper's 512, 7.5, 50.
     resolution: Annotated[int, Field(ge=64, multiple_of=8)] | None = None
-    guidance_scale: NonNegative | None = None
-    steps: Count | None = None
+    guidance_scale: NonNegativeFloat | None = None
+    steps: PositiveInt | None = None
     scheduler: Literal["default", "pndm", "ddim", "dpmsolver++", "euler"] = "default"
     seed: Seed = 0
     safety_checker: bool = True
     max_regenerations: NonNegativeInt = 10
-    # Approximate levers (change the images; in the settings hash): off unless asked for.
-    cache: Literal["none", "first_block"] = "none"  # diffusers' FirstBlockCache on transformer families
-    fp8: bool = False  # float8 matmuls in the denoiser (torchao, CUDA sm89+)
-    # Speed levers (never change which images are meant, but may change a pixel by a level; see generate/model.py).
-    batch_size: Count | Literal["auto"] = "auto"
-    cpu_offload: bool = False  # enable_model_cpu_offload(): for GPUs too small for the whole model
+    cache: Literal["none", "first_block"] = "none"  # approximate levers (they change the images): off unless asked for
+    fp8: bool = False
+    batch_size: PositiveInt | Literal["auto"] = "auto"  # speed levers (the same images, a pixel may change by a level)
+    cpu_offload: bool = False
     channels_last: bool = False
     fuse_qkv: bool = True
     compile: bool | Literal["auto"] = "auto"
@@ -178,23 +165,22 @@ class DiffusionConfig(Section):
 
 
 class Recipe(Section):
-    epochs: Count = 250
-    batch_size: Count = 128
+    epochs: PositiveInt = 250
+    batch_size: PositiveInt = 128
     lr: Annotated[float, Field(gt=0)] = 0.1
     momentum: Below1 = 0.9
     nesterov: bool = True
-    weight_decay: NonNegative = 5e-4
+    weight_decay: NonNegativeFloat = 5e-4
     schedule: Literal["constant", "cosine", "paper_cyclic"] = "cosine"
     warmup_epochs: NonNegativeInt = 0
     label_smoothing: Below1 = 0.0
     crop_padding: NonNegativeInt = 4
     hflip: bool = True
-    # Levers, all off by default (the paper's behaviour); each applies identically to real and synthetic images.
-    pad_last_batch: bool = False    # pad the last partial batch with zero-weight samples: one static shape
-    cutout: NonNegativeInt = 0      # side of a square cut out of every training image, in pixels (0: off)
-    trivial_augment: bool = False   # TrivialAugmentWide (torchvision.transforms.v2) on the device
-    ema_decay: Below1 = 0.0         # EMA of the weights, per step (0: off); the EMA weights are the result
-    tta_hflip: bool = False         # evaluation averages the logits of each image and its mirror image
+    pad_last_batch: bool = False  # the levers below are off by default (the paper's behaviour)
+    cutout: NonNegativeInt = 0
+    trivial_augment: bool = False
+    ema_decay: Below1 = 0.0
+    tta_hflip: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
@@ -205,26 +191,21 @@ class Recipe(Section):
 
 
 class TrainConfig(Section):
-    recipe: str = "default"  # a key of recipes
+    recipe: str = "default"
     variant: Literal["cifar", "paper"] = "cifar"
     seeds: Annotated[list[Seed], Field(min_length=1), Distinct] = [0]
     precision: Literal["bf16", "fp32"] = "bf16"
     channels_last: bool = True
     compile: bool = False
-    cuda_graph: bool = True  # capture the whole training step in one CUDA graph (CUDA only)
-    checkpoint_every: Count = 10
+    cuda_graph: bool = True
+    checkpoint_every: PositiveInt = 10
     device: Device = "auto"
     recipes: dict[str, Recipe] = {"default": Recipe()}
     active = property(lambda self: self.recipes[self.recipe])
 
-    @model_validator(mode="after")
-    def _known_recipe(self) -> TrainConfig:
-        need(self.recipe in self.recipes, f"allowed: {', '.join(self.recipes) or 'a key of train.recipes'}", "recipe")
-        return self
-
 
 class EvaluateConfig(Section):
-    batch_size: Count = 1000
+    batch_size: PositiveInt = 1000
     device: Device = "auto"
 
 
@@ -235,13 +216,6 @@ class MixtureFilter(Section):
     threshold: float | None = None
     keep_fraction: Annotated[float, Field(gt=0, le=1)] | None = None
 
-    @model_validator(mode="after")
-    def _one_rule(self) -> MixtureFilter:
-        need((self.threshold is None) != (self.keep_fraction is None), "set exactly one of threshold or keep_fraction")
-        low, what = (0.0, "probability") if self.by == "confidence" else (-1.0, "cosine similarity")
-        need(self.threshold is None or low <= self.threshold <= 1.0, f"allowed: a number in [{low:g}, 1] (a {what})", "threshold")
-        return self
-
 
 class Mixture(Section):
     """`mixtures.<name>`: source -> fraction in [0, 1] (an absent source: 0), and optionally a `filter`."""
@@ -249,70 +223,62 @@ class Mixture(Section):
     __pydantic_extra__: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(init=False)
     filter: MixtureFilter | None = None
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Mixture:
-        fractions = self.model_extra or {}
-        for copy in ("rot90", "vflip"):  # copies of the real images that orig draws
-            need(fractions.get(copy, 0.0) <= fractions.get("orig", 0.0), f"allowed: at most orig's fraction ({fractions.get('orig', 0.0)})", copy)
-        need(sum(fractions.values()) > 0, "allowed: at least one fraction > 0")
-        return self
+
 class Config(Section):
     dataset: DatasetConfig = DatasetConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
     mixture_seed: Seed = 0
-    # name -> its sources' fractions and optional filter (`mixtures` and `filters` split them)
-    specs: dict[Name, Mixture] = Field(min_length=1, alias="mixtures")
+    specs: dict[Name, Mixture] = Field(min_length=1, alias="mixtures")  # the properties `mixtures` and `filters` split them
     model: Architecture = "resnet18"
-    # The lists dvc.yaml's stage matrices run over (dvc cannot filter a mapping):
-    mixes: Annotated[list[str], Field(min_length=1), Distinct]  # train@: absent, every mixture without a filter
-    img2img_sets: Annotated[list[str], Distinct] = []  # generate_img2img@<set>: every img2img set
-    prompt_sets: Annotated[list[str], Distinct] = []  # generate_prompt@<set>: prompt sets beyond syn1, syn2
-    filtered_mixes: Annotated[list[str], Distinct] = []  # train_filtered@: the mixtures with a filter
-    real_curve: list[str] = []  # real-only mixes, accuracy vs real images: the exchange rate
+    # dvc.yaml's stage matrices (dvc cannot filter a mapping); mixes absent: every mixture without a filter
+    mixes: Annotated[list[str], Field(min_length=1), Distinct] = Field(
+        default_factory=lambda data: [m for m, spec in data["specs"].items() if spec.filter is None])
+    img2img_sets: Annotated[list[str], Distinct] = []
+    prompt_sets: Annotated[list[str], Distinct] = []
+    filtered_mixes: Annotated[list[str], Distinct] = []
+    real_curve: list[str] = []
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
 
     mixtures = property(lambda self: {m: dict(spec.model_extra or {}) for m, spec in self.specs.items()})
-    # the mixtures that carry a `filter:`, and their filters
     filters = property(lambda self: {m: spec.filter for m, spec in self.specs.items() if spec.filter is not None})
-    trained_mixes = property(lambda self: [*self.mixes, *self.filtered_mixes])  # every cell's mixture
-    synthetic_sets = property(lambda self: tuple(self.synthetic.sets))  # every declared synthetic set, in params.yaml's order
-    sources = property(lambda self: REAL_SOURCES + self.synthetic_sets)  # what a mixture may draw from
+    trained_mixes = property(lambda self: [*self.mixes, *self.filtered_mixes])
+    synthetic_sets = property(lambda self: tuple(self.synthetic.sets))  # in params.yaml's order
+    sources = property(lambda self: REAL_SOURCES + self.synthetic_sets)
     is_synthetic = lambda self, source: source in self.synthetic.sets  # noqa: E731
     # the sets that some trained mixture draws from, in declaration order
     synthetic_sets_used = property(lambda self: [s for s in self.synthetic_sets if any(s in self.mixtures[m] for m in self.trained_mixes)])
 
-    @model_validator(mode="before")
-    @classmethod
-    def _every_mixture_by_default(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "mixes" not in data and isinstance(data.get("mixtures"), dict):
-            return {**data, "mixes": [m for m, s in data["mixtures"].items() if not (isinstance(s, dict) and "filter" in s)]}
-        return data
-
     @model_validator(mode="after")
     def _across_sections(self) -> Config:
         sets, steps = self.synthetic.sets, self.diffusion.steps
-        for name, spec in sets.items():  # steps null: the family's, checked by the generate stage
+        need(self.dataset.test is None or self.dataset.path is not None, f"allowed: null with dataset {self.dataset.name}", "dataset", "test")
+        for name, spec in sets.items():
+            need(name not in REAL_SOURCES + ("filter",), f"{name!r} is a reserved source name; allowed: any other name", "synthetic", "sets", name)
             for s in spec.strengths if isinstance(spec, Img2ImgSet) else []:
                 need(steps is None or int(steps * s) >= 1, f"int(diffusion.steps * strength) = int({steps} * {s}) = 0 steps; "
-                     f"allowed: a strength >= {1 / (steps or 1):.4g}", "synthetic", "sets", name, "strength")
+                     f"allowed: a strength >= {1 / (steps or 1):.4g}", "synthetic", "sets", name, "strength")  # steps null: the family's
+        need(self.train.recipe in self.train.recipes, f"allowed: {', '.join(self.train.recipes) or 'a key of train.recipes'}", "train", "recipe")
         for key, kind in (("img2img_sets", "img2img"), ("prompt_sets", "prompt")):
             other = " other than syn1 and syn2" if kind == "prompt" else ""  # syn1 and syn2 have stages of their own
             declared = [n for n, s in sets.items() if s.kind == kind and not (other and n in ("syn1", "syn2"))]
-            for i, name in enumerate(getattr(self, key)):
-                need(name in declared, f"not {'an' if kind[0] == 'i' else 'a'} {kind} set under synthetic.sets{other}; "
-                     f"allowed: {', '.join(declared) or 'none'}", key, i)
-            for name in declared:
-                need(name in getattr(self, key), f"misses {name!r}: list every {kind} set{other} here, so dvc.yaml's generate_{kind}@<set> makes it", key)
+            need(set(getattr(self, key)) == set(declared), f"allowed: [{', '.join(declared)}], every {kind} set under synthetic.sets{other}, "
+                 f"so that dvc.yaml's generate_{kind}@<set> makes it", key)
         for mix, fractions in self.mixtures.items():
-            for src in fractions:
+            need(sum(fractions.values()) > 0, "allowed: at least one fraction > 0", "mixtures", mix)
+            for src, fraction in fractions.items():  # rot90 and vflip: copies of the real images that orig draws
                 need(src in self.sources, f"unknown source; allowed: {', '.join(self.sources)} (the sets under synthetic.sets)", "mixtures", mix, src)
+                need(src not in ("rot90", "vflip") or fraction <= fractions.get("orig", 0.0),
+                     f"allowed: at most orig's fraction ({fractions.get('orig', 0.0)})", "mixtures", mix, src)
         for i, mix in enumerate(self.mixes):
             need(mix in self.specs, f"unknown mixture; allowed: {', '.join(self.specs)}", "mixes", i)
             need(mix not in self.filters, f"{mix} has a filter; list it under filtered_mixes (trained after the classifier that filters it)", "mixes", i)
-        for mix in self.filters:
+        for mix, rule in self.filters.items():
             at = ("mixtures", mix, "filter")
+            need((rule.threshold is None) != (rule.keep_fraction is None), "set exactly one of threshold or keep_fraction", *at)
+            low, what = (0.0, "probability") if rule.by == "confidence" else (-1.0, "cosine similarity")
+            need(rule.threshold is None or low <= rule.threshold <= 1.0, f"allowed: a number in [{low:g}, 1] (a {what})", *at, "threshold")
             need(any(map(self.is_synthetic, self.mixtures[mix])), f"{mix} draws no synthetic images; a filter drops synthetic images only", *at)
             need(self.mixtures.get("orig100") == {"orig": 1.0}, "the filtering classifier is orig100's: define it as {orig: 1.0}", *at)
             need("orig100" in self.mixes, "orig100 is not in mixes, so no classifier is trained to filter with; add it to mixes", *at)
