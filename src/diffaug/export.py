@@ -62,20 +62,17 @@ def _columns(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def write_imagefolder(tmp: Path, images: np.ndarray, labels: np.ndarray, classes: list[str], rows: list[dict]) -> None:
-    names: list[str] = []
     for c in classes:
         (tmp / c).mkdir()
-    for image, label, row in zip(images, labels, rows):
-        cls = classes[int(label)]
-        name = f"{cls}/{cls}_{int(row.get('index', len(names))):05d}.png"
-        (tmp / name).write_bytes(_png(image))
-        names.append(name)
     columns = ["file_name", "label"] + [k for k in _columns(rows) if k not in ("file_name", "label")]
     with open(tmp / METADATA, "w", newline="") as f:
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
-        for name, label, row in zip(names, labels, rows):
-            writer.writerow({**{k: _csv_value(k, v) for k, v in row.items()}, "file_name": name, "label": classes[int(label)]})
+        for i, (image, label, row) in enumerate(zip(images, labels, rows)):
+            cls = classes[int(label)]
+            name = f"{cls}/{cls}_{int(row.get('index', i)):05d}.png"
+            Image.fromarray(image).save(tmp / name)
+            writer.writerow({**{k: _csv_value(k, v) for k, v in row.items()}, "file_name": name, "label": cls})
 
 
 def _csv_value(column: str, value: Any) -> Any:

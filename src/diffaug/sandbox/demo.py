@@ -66,8 +66,7 @@ def tiny_params(base: dict, sd_dir: Path, dataset_path: str, *, mixes: list[str]
     p = yaml.safe_load(yaml.safe_dump(base))  # deep copy
     p["dataset"].update({"name": f"npz:{dataset_path}", "test_per_class": 10, "val_per_class": 4, "label_names": {}})
     p["synthetic"].update({"images_per_class": images_per_class, "images_per_shard": 4})
-    # One img2img set (SDEdit / DA-Fusion): a seeded class-balanced draw of the real training images, noised
-    # to strength 0.5 and denoised; its stage is generate_img2img@i2i50, mixture orig50_i2i50_50 draws from it.
+    # One img2img set (SDEdit / DA-Fusion): a class-balanced draw of the real training images, noised to strength 0.5
     p["synthetic"]["sets"][DEMO_IMG2IMG] = {"kind": "img2img", "strength": 0.5, "prompt": "a photo of a {label}",
                                             "negative_prompt": None, "images_per_class": images_per_class}
     p["img2img_sets"] = [DEMO_IMG2IMG]

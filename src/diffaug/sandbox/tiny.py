@@ -24,8 +24,7 @@ from diffaug.errors import OneLineParser, UserError, exit_on_error
 from diffaug.generate.families import FAMILIES as GENERATE_FAMILIES
 
 FAMILIES = tuple(GENERATE_FAMILIES)
-# Families whose text-to-image pipeline diffusers maps to an img2img one (AutoPipelineForImage2Image.from_pipe),
-# as the family table says; tests/test_tiny_families.py checks the table against diffusers.
+# Families with an img2img pipeline (AutoPipelineForImage2Image.from_pipe), checked by tests/test_tiny_families.py.
 IMG2IMG_FAMILIES = tuple(name for name, family in GENERATE_FAMILIES.items() if family.img2img)
 
 # SD-v1.4's scheduler/scheduler_config.json (the model's own scheduler, PNDM).
