@@ -19,14 +19,9 @@ __all__ = ["load_classifier"]
 
 
 def load_classifier(path: Any, device: Any = "cpu") -> Any:
-    """A trained classifier file (models/<model>/<mix>/seed-<s>.pt) as a ready torch.nn.Module.
-
-    In eval mode on `device`, with its training mixture's normalisation built in: it takes 0..255
-    RGB pixels (uint8 or any numeric tensor) in (N, 3, H, W) layout and returns logits. `.classes`
-    holds the class names in logit order and `.meta` the file's metadata (model, variant, epochs,
-    settings). Weights load with torch.load(weights_only=True): no pickled code runs. A missing,
-    truncated or foreign file raises diffaug.errors.UserError with one line naming it.
-    """
+    """A trained classifier file (models/<model>/<mix>/seed-<s>.pt) in eval mode on `device`: 0..255 RGB
+    pixels in (N, 3, H, W) in, logits out; `.classes` in logit order, `.meta` the file's metadata. Loaded
+    with weights_only=True; a missing, truncated or foreign file is a one-line diffaug.errors.UserError."""
     # imported by name: a stage that imports the package marker never loads torch or the model
     # registry through it (tests/test_architecture.py reads imports from the syntax tree)
     classifier = importlib.import_module("diffaug.formats.classifier")

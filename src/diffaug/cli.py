@@ -7,8 +7,7 @@ from diffaug.errors import OneLineParser
 
 
 def stage_parser(prog: str, description: str, *, data_dirs: bool = False) -> OneLineParser:
-    """A parser with `--params` (and, with `data_dirs`, `--prepared` / `--synthetic`) whose usage
-    errors are one line and exit 2 like every other bad input."""
+    """A parser with `--params` (and, with `data_dirs`, `--prepared` / `--synthetic`); usage errors are one line, exit 2."""
     parser = OneLineParser(prog=prog, description=description)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the pipeline's params.yaml")
     if data_dirs:

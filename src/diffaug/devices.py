@@ -1,13 +1,6 @@
-"""The torch device a stage runs on, and what that device can do.
-
-`resolve_device` turns a `device` param (auto | cpu | cuda | cuda:N) into a torch device, refusing an
-index past the device count and a GPU the installed torch has no kernels for. The capability checks
-(`check_generation`, `training_precision`) run before a model is loaded: a setting this GPU cannot run
-is one line naming the key and what would work (a ConfigError: exit 2), a setting that can be replaced
-by a safe equivalent is replaced and said in a note the caller prints and records.
-
-Every check takes a `GpuInfo` (what torch reports about one GPU), so the tests can hand in any GPU
-(a Turing card, an H100, a CPU-only machine) on a machine without one.
+"""The torch device a stage runs on, and what it can do, checked before a model is loaded: a setting this
+GPU cannot run is a one-line ConfigError, one with a safe equivalent is replaced and a note says so.
+Every check takes a `GpuInfo`, so tests can hand in any GPU on a machine without one.
 """
 from __future__ import annotations
 
@@ -76,41 +69,23 @@ LIBRARIES = ("torchvision", "diffusers", "transformers", "accelerate", "numpy", 
 
 
 def run_conditions(device: torch.device, dtype: str) -> dict[str, Any]:
-    """Everything beyond a stage's settings that can change the bytes it makes on `device` in `dtype`.
-
-    Recorded with every synthetic shard and every trained classifier, and what a resume compares: two
-    runs of the same settings agree bit for bit only when these agree too. On a CPU the thread count
-    changes how float sums are split (a 1-thread and a 2-thread set differ by 1 uint8 level in a few
-    pixels), the instruction set which kernels run; on a GPU its model and compute capability, CUDA and
-    cuDNN. Library versions change kernels and defaults everywhere.
-    """
+    """Everything beyond a stage's settings that can change the bytes it makes (recorded with every shard and
+    classifier, compared on resume): on a CPU the thread count splits float sums differently (1 uint8 level
+    in a few pixels) and the instruction set picks kernels; on a GPU its model, CUDA and cuDNN."""
     gpu = gpu_info(device)
-    conditions: dict[str, Any] = {
-        "device": device.type,
-        "gpu": gpu.name if gpu else None,
-        "capability": gpu.sm if gpu else None,
-        "cuda": torch.version.cuda if gpu else None,
-        "cudnn": torch.backends.cudnn.version() if gpu else None,
-        "cpu": platform.machine(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_threads": torch.get_num_threads(),
-        "dtype": dtype,
-        "python": platform.python_version(),
+    return {
+        "device": device.type, "gpu": gpu.name if gpu else None, "capability": gpu.sm if gpu else None,
+        "cuda": torch.version.cuda if gpu else None, "cudnn": torch.backends.cudnn.version() if gpu else None,
+        "cpu": platform.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_threads": torch.get_num_threads(), "dtype": dtype, "python": platform.python_version(),
         "torch": str(torch.__version__),  # a plain str: torch's TorchVersion is refused by weights_only loading
+        **{dist: importlib.metadata.version(dist) for dist in LIBRARIES},  # all dependencies of diffaug
     }
-    for dist in LIBRARIES:
-        try:
-            conditions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            conditions[dist] = None
-    return conditions
 
 
 def has_kernels_for(capability: tuple[int, int], arch_list: tuple[str, ...]) -> bool:
-    """Whether a wheel built for `arch_list` runs on a GPU of `capability`: a cubin of the same major
-    version and a minor version no newer (sm_80 runs on 8.6; an arch-specific sm_90a only on 9.0), or
-    PTX (compute_XY) no newer than the GPU, which the driver compiles at load. An empty list (a CPU-only
-    wheel, or a fake) says nothing and passes."""
+    """Whether a wheel built for `arch_list` runs on a GPU of `capability`: a cubin of its major version and no
+    newer minor (sm_80 runs on 8.6; arch-specific sm_90a only on 9.0), or PTX no newer than it. An empty list passes."""
     if not arch_list:
         return True
     major, minor = capability
@@ -168,11 +143,8 @@ def use_local_rank(device: torch.device, env: dict[str, str] | None = None) -> t
 # ----------------------------------------------------------------------------- generation
 def check_generation(dif: Any, device: torch.device, gpu: GpuInfo | None = None,
                      torchao: bool | None = None) -> list[str]:
-    """Check diffusion's dtype and levers against `device` before a model is loaded.
-
-    Raises ConfigError (one line: the key, why, what would work) for a combination that cannot run or
-    would fail after minutes of loading; returns notes (one line each) for settings that are ignored
-    here. `gpu` defaults to what torch reports for `device`; `torchao` to whether it is importable."""
+    """diffusion's dtype and levers against `device`: a ConfigError for what cannot run (or would fail after
+    minutes of loading), notes for settings ignored here. `torchao`: default, whether it is importable."""
     notes: list[str] = []
     gpu = gpu or gpu_info(device)
     dtype = dif.dtype
@@ -217,9 +189,8 @@ class Precision:
 
 
 def training_precision(precision: str, device: torch.device, gpu: GpuInfo | None = None) -> Precision:
-    """train.precision as it can run on `device`: bf16 autocast needs compute capability >= 8.0, below that
-    it becomes float16 autocast with a GradScaler (the same tensor-core speed, loss scaled against
-    underflow). On a CPU training is float32 (CPU bf16 autocast is slower, not faster)."""
+    """train.precision as it can run on `device`: bf16 below compute capability 8.0 becomes fp16 with a
+    GradScaler (the same tensor-core speed); a CPU trains in fp32 (its bf16 autocast is slower, not faster)."""
     if device.type != "cuda" or precision == "fp32":
         return Precision("fp32")
     gpu = gpu or gpu_info(device)

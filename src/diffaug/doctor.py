@@ -1,14 +1,7 @@
-"""`python -m diffaug.doctor [--params params.yaml] [--json doctor.json] [--budget-s 300]`: can this machine
-run params.yaml's pipeline? One line per check, `ok` (the measurement), `no` (why not, and the setting to
-use instead), `info` or `skipped` (over the budget, or not there), then the params.yaml lines it recommends:
-
-  machine     versions; the GPU, its compute capability, free memory, bf16;
-  settings    diffusion dtype and levers and train.precision against this device (diffaug.devices' checks);
-  generation  one batch of the first prompt set through generate's own code (model, family defaults, levers,
-              Sampler); on a GPU also its peak memory and the batch `batch_size: auto` would pick;
-  training    one step of params.yaml's model and recipe (on a GPU its CUDA graph, checked against eager),
-              and the time per epoch of the largest trained mixture.
-Speed sweeps are benchmarks/generate.py --sweep and benchmarks/train.py --sweep.
+"""Can this machine run params.yaml's pipeline? One line per check (ok, no: why and what to set instead,
+info, skipped) on the machine (versions, GPU), the settings against this device, one generation batch through
+generate's own code (on a GPU: its peak memory and the batch `batch_size: auto` picks) and one training step
+with the time per epoch; then the params.yaml lines it recommends. Speed sweeps: benchmarks/*.py --sweep.
 """
 from __future__ import annotations
 
@@ -48,7 +41,7 @@ class Report:
     recommend: dict[str, dict[str, Any]] = field(default_factory=lambda: {"diffusion": {}, "train": {}})
 
     def add(self, area: str, name: str, status: str, detail: str, setting: str | None = None, value: Any = None) -> None:
-        """One check: status ok | no | info | skipped; `setting` is the params.yaml line it recommends."""
+        """One check: ok | no | info | skipped, and the params.yaml line it recommends."""
         self.checks.append(dict(area=area, name=name, status=status, detail=detail, setting=setting, value=value))
         print(f"[{status:7s}] {area}: {name}: {detail}" + (f"  -> {setting}" if setting else ""), flush=True)
 
@@ -159,7 +152,6 @@ def generation_check(report: Report, cfg: Config, classes_path: Path) -> None:
                f"{sets[0]}: {info.class_name} (family {info.family.name}), {dif.resolution}² x {dif.steps} steps, {batch} "
                f"images in {took:.1f}s ({batch / took:.3g} images/s, first batch){memory}; loaded in {loaded - started:.0f}s"
                + ("" if out.all_finite else "; non-finite pixels: try diffusion.dtype: float32 or bfloat16"), value=value)
-    return None
 
 
 def training_check(report: Report, cfg: Config, device: torch.device, gpu: GpuInfo | None) -> None:

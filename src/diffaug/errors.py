@@ -1,9 +1,5 @@
-"""The project's two kinds of bad input, and how a command line reports them.
-
-A `ConfigError` is a bad parameter, a `UserError` any other bad input (a missing archive, a corrupt
-file). Both carry one line that names the key or file, what is wrong and what is allowed; stage
-entry points wrapped in `exit_on_error` print it on stderr and exit with code 2. So does an `OSError`
-(a full disk, a read-only folder): one line naming the path and the cause, never a traceback.
+"""Bad input as one line (the key or file, what is wrong, what is allowed) on stderr and exit 2, never a
+traceback: a `ConfigError` (a bad parameter), a `UserError` (any other) or an `OSError` (naming path and cause).
 """
 from __future__ import annotations
 

@@ -1,24 +1,10 @@
 """What a synthetic set bought, in real images: the synthetic-to-real exchange rate.
 
-The `real_curve` mixtures (orig10 ... orig100: class-balanced draws of the real images alone) give test
-accuracy as a function of the number n of real training images. Per seed, a saturating power law
-
-    acc(n) = a - b * n^(-c),   b > 0, c in [C_MIN, C_MAX]
-
-is fitted to that seed's curve by least squares (c on a log grid; a and b in closed form for each c:
-no scipy, the same answer on every machine). For a mixture of n_real real and n_syn synthetic
-images with accuracy A:
-
-  real_equiv     the n with acc(n) = A: n = (b / (a - A))^(1/c); infinite when A reaches the fitted
-                 asymptote a (the curve says no amount of real data of this kind gets there);
-                 0 when A is at or below acc(1), i.e. chance-like.
-  exchange_rate  synthetic images per real-image-equivalent gained: n_syn / (real_equiv - n_real);
-                 undefined (None) when the synthetic images gained nothing (real_equiv <= n_real).
-  equal_budget   the curve's accuracy for n_real + n_syn real images: what spending the same image
-                 budget on real data would have given (extrapolated beyond the largest real mixture).
-
-Each is computed with each seed's own curve and that seed's mixture accuracy, then reported as mean
-and standard deviation over seeds (the fit's uncertainty over seeds); with one seed the std is 0.
+Per seed, acc(n) = a - b * n^(-c) is fitted to the `real_curve` mixtures (test accuracy against n real
+training images) by least squares: c on a log grid, a and b in closed form (no scipy: the same answer on
+every machine). A mixture of n_real real and n_syn synthetic images at accuracy A is worth real_equiv =
+the n with acc(n) = A (inf at the asymptote, 0 at or below acc(1)); exchange_rate = n_syn / (real_equiv -
+n_real), None without a gain; equal_budget = acc(n_real + n_syn). Mean and std over seeds (docs/worth.md).
 """
 from __future__ import annotations
 
@@ -53,10 +39,7 @@ class PowerLaw:
 
 
 def fit_power_law(sizes: Sequence[float], accs: Sequence[float]) -> PowerLaw:
-    """Least-squares fit of acc(n) = a - b n^-c with b >= 0 (accuracy does not fall with more data).
-
-    Raises ValueError for fewer than 3 distinct sizes (three parameters).
-    """
+    """Least-squares fit of acc(n) = a - b n^-c with b >= 0 (accuracy does not fall with more data)."""
     n = np.asarray(sizes, dtype=np.float64)
     y = np.asarray(accs, dtype=np.float64)
     if len(np.unique(n)) < 3 or np.any(n <= 0):
@@ -75,21 +58,10 @@ def fit_power_law(sizes: Sequence[float], accs: Sequence[float]) -> PowerLaw:
     return best[1]
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    arr = np.asarray(values, dtype=np.float64)
-    if np.any(np.isinf(arr)):
-        return math.inf, math.nan
-    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
-
-
 def exchange_rates(curve_sizes: Sequence[int], curve_accs: Sequence[Sequence[float]],
                    mixtures: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The real curve and every mixture's worth in real images.
-
-    curve_sizes: real images in each real_curve mixture; curve_accs[i][s]: its accuracy with seed s.
-    mixtures: name -> {"n_real": int, "n_syn": int, "accs": [accuracy per seed]} (same seeds as the curve).
-    Returns {"curve": {"sizes", "acc", "fits": [{a, b, c} per seed]}, "mixtures": {name: {...}}}.
-    """
+    """The real curve (curve_accs[i][s]: size i's accuracy with seed s) and every mixture's worth in real images;
+    mixtures: name -> {"n_real", "n_syn", "accs": [accuracy per seed, the curve's seeds]}."""
     accs = np.asarray(curve_accs, dtype=np.float64)  # (sizes, seeds)
     seeds = accs.shape[1]
     fits = [fit_power_law(curve_sizes, accs[:, s].tolist()) for s in range(seeds)]
@@ -104,7 +76,10 @@ def exchange_rates(curve_sizes: Sequence[int], curve_accs: Sequence[Sequence[flo
         n_real, n_syn = int(m["n_real"]), int(m["n_syn"])
         equivs = [f.real_equivalent(acc) for f, acc in zip(fits, m["accs"])]
         budget = [f.acc(n_real + n_syn) for f in fits]
-        equiv, equiv_std = _mean_std(equivs)
+        if any(map(math.isinf, equivs)):  # beyond some seed's asymptote
+            equiv, equiv_std = math.inf, math.nan
+        else:
+            equiv, equiv_std = float(np.mean(equivs)), float(np.std(equivs, ddof=1)) if len(equivs) > 1 else 0.0
         gained = equiv - n_real
         rate = n_syn / gained if gained > 0 and math.isfinite(gained) else None
         out["mixtures"][name] = {

@@ -3,20 +3,10 @@
     python -m diffaug.export <set dir | set name> --format imagefolder|parquet --out DIR
                              [--synthetic data/synthetic] [--force]
 
-  imagefolder   DIR/<class>/<class>_<index>.png and DIR/metadata.csv: loads with
-                torchvision.datasets.ImageFolder(DIR) (class folders) and with Hugging Face
-                datasets.load_dataset("imagefolder", data_dir=DIR) (metadata.csv: file_name + provenance;
-                its seed is hexadecimal text, 0x + 16 digits, as CSV readers take integers as signed 64-bit)
-  parquet       DIR/<set>.parquet: loads with datasets.load_dataset("parquet", data_files=...) as
-                `image` (an Image feature, PNG bytes), `label` (a ClassLabel) and provenance columns;
-                pandas/pyarrow read it too
-
-Provenance columns, from the set's manifest.json: every per-image field (class, index, prompt, seed,
-regenerations, flagged, and any a newer generator records), plus `set` and `settings_hash`.
-
-The set is read with formats.synthetic (every shard's sha256 is checked first). The export is written
-into a temporary folder beside DIR and renamed into place when complete, so DIR is either absent,
-the previous export, or a whole new one; an existing DIR is kept unless --force.
+imagefolder (DIR/<class>/<class>_<index>.png + metadata.csv) loads with torchvision's ImageFolder and
+datasets' "imagefolder"; parquet (DIR/<set>.parquet: image, label and provenance columns) with datasets
+or pandas. Provenance: every per-image field of the set's manifest.json, plus `set` and `settings_hash`
+(docs/sharing.md). DIR is written beside itself and renamed into place: absent, the old export or a whole new one.
 """
 from __future__ import annotations
 
@@ -72,20 +62,17 @@ def _columns(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def write_imagefolder(tmp: Path, images: np.ndarray, labels: np.ndarray, classes: list[str], rows: list[dict]) -> None:
-    names: list[str] = []
     for c in classes:
         (tmp / c).mkdir()
-    for image, label, row in zip(images, labels, rows):
-        cls = classes[int(label)]
-        name = f"{cls}/{cls}_{int(row.get('index', len(names))):05d}.png"
-        (tmp / name).write_bytes(_png(image))
-        names.append(name)
     columns = ["file_name", "label"] + [k for k in _columns(rows) if k not in ("file_name", "label")]
     with open(tmp / METADATA, "w", newline="") as f:
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
-        for name, label, row in zip(names, labels, rows):
-            writer.writerow({**{k: _csv_value(k, v) for k, v in row.items()}, "file_name": name, "label": classes[int(label)]})
+        for i, (image, label, row) in enumerate(zip(images, labels, rows)):
+            cls = classes[int(label)]
+            name = f"{cls}/{cls}_{int(row.get('index', i)):05d}.png"
+            Image.fromarray(image).save(tmp / name)
+            writer.writerow({**{k: _csv_value(k, v) for k, v in row.items()}, "file_name": name, "label": cls})
 
 
 def _csv_value(column: str, value: Any) -> Any:

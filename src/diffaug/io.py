@@ -26,16 +26,11 @@ os.umask(_UMASK)
 
 def ensure_writable_dir(path: str | Path, key: str, keep: bool = False) -> None:
     """Check, before any expensive work, that `path` is (or can become) a folder this process can write in.
-
-    Unless `keep`, the folders it had to create are removed again: a stage that then stops on a bad input
-    leaves nothing behind; its own writes create the folder for real."""
+    Unless `keep`, the folders it created are removed again: a stage that stops on a bad input leaves nothing."""
     path = Path(path)
     created: list[Path] = []
     try:
-        missing = path
-        while not missing.exists() and missing != missing.parent:
-            created.append(missing)
-            missing = missing.parent
+        created = [folder for folder in (path, *path.parents) if not folder.exists()]
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path) as probe:
             probe.write(b"\0")
@@ -93,9 +88,8 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 
 
 def save_npz_atomic(path: str | Path, **arrays: np.ndarray) -> None:
-    """Uncompressed .npz (fast to load; pixels barely compress), written atomically, with a fixed
-    timestamp per entry: np.savez stamps the current time, so the same arrays would hash differently on
-    every run and DVC would see a changed output."""
+    """Uncompressed .npz (pixels barely compress), atomically, with a fixed timestamp per entry: np.savez
+    stamps the current time, so the same arrays would hash differently and DVC would see a changed output."""
     with atomic_path(path) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             for name, array in arrays.items():
@@ -143,12 +137,9 @@ def read_json(path: str | Path, missing: str, suffix: str = "") -> Any:
         raise UserError(f"{path}: not valid JSON ({str(e)[:120]}){suffix}") from None
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def sha256_file(path: str | Path) -> str:
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def sha256_json(obj: Any) -> str:

@@ -1,11 +1,5 @@
-"""The report's figures: mixture labels from params.yaml fractions, and one bar chart drawn for every comparison.
-
-Each comparison (`COMPARISONS`) picks experiment rows and mixtures and returns Charts, or raises Skip
-with the reason when the results lack what it compares. `bar_chart` draws any Chart: a group of bars per
-mixture, one bar per row. Values are only ever read from the results: a missing cell is drawn as "n/a",
-never filled in. The accuracy axis starts at 0 unless every bar is within 25% of the longest; then it is
-zoomed and its label says where it starts.
-"""
+"""The report's figures: each comparison (`COMPARISONS`) picks rows and mixtures and returns Charts, or
+raises Skip saying what the results lack; `bar_chart` draws every Chart. A missing cell is drawn as "n/a"."""
 from __future__ import annotations
 
 import math
@@ -119,12 +113,10 @@ class Context:
 
 # ============================================================================ the one drawing
 def _axis_floor(values: Iterable[tuple[float, float | None] | None]) -> float:
-    """Where the accuracy axis starts, in %: 0, unless every bar is within 25% of the longest (then
-    differences of a point would be invisible from 0): a round number a little below the lowest."""
+    """Where the accuracy axis starts, in %: 0, unless every bar is within 25% of the longest (differences
+    of a point would be invisible): then a round number a little below the lowest."""
     ends = [(a - (s or 0)) * 100 for a, s in (v for v in values if v is not None)]
-    if not ends:
-        return 0.0
-    low, high = min(ends), max(ends)
+    low, high = min(ends, default=0.0), max(ends, default=0.0)
     return max(0.0, 5 * math.floor((low - 3) / 5)) if low >= 0.75 * high and low > 10 else 0.0
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import sys
 import time
@@ -18,10 +17,6 @@ from diffaug.io import atomic_path, write_bytes_atomic
 from diffaug.report.figures import COMPARISONS, Context, Skip, bar_chart
 from diffaug.report.results import SUMMARY, parse_exp_show, run_exp_show, select_rows
 
-# Files this command owns in --out: one not written this time (its figure was skipped) is removed,
-# so report.md never sits next to a stale picture. Nothing else in --out is touched.
-OWNED_PNG = re.compile(r"^(acc_.+|resnet_sizes|half_real_half_synthetic|synthetic_only|classic_augmentation|"
-                       r"filtered_vs_unfiltered|img2img_strength|samples_.+)\.png$")
 QUALITY = (("syn_fd", "Fréchet distance", ".2f"), ("syn_kid", "KID", ".4f"), ("syn_kid_se", "KID se", ".4f"),
            ("syn_precision", "precision", ".3f"), ("syn_recall", "recall", ".3f"))
 CURVES = ("## Training curves\n\nEvery cell logs its epochs with dvclive under `metrics/train/<model>/<mix>/seed-<s>/` "
@@ -46,10 +41,6 @@ def copy_samples(ctx: Context, out: Path) -> tuple[list[tuple[str, str]], list[s
     return copied, skipped
 
 
-def _cell(acc: float, std: float | None) -> str:
-    return f"{acc * 100:.2f}" + (f" ± {std * 100:.2f}" if std is not None else "")
-
-
 def _sources(sources: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:g}" for k, v in sources.items())
 
@@ -65,7 +56,8 @@ def table_markdown(ctx: Context) -> tuple[str, list[str]]:
     for r in ctx.rows:
         cells = []
         for m in mixes:
-            text = "–" if m not in r.acc else _cell(r.acc[m], r.std.get(m))
+            std = r.std.get(m)
+            text = "–" if m not in r.acc else f"{r.acc[m] * 100:.2f}" + (f" ± {std * 100:.2f}" if std is not None else "")
             if m in r.acc and ctx.redefined(r, m):
                 text += " †"
                 footnotes.append(f"† {r.display}: `{m}` was {_sources((r.mixtures or {})[m])} in that run, not "
@@ -87,9 +79,8 @@ def _percent(fraction) -> str:
 
 def exchange_table(summary: dict, mixes: Iterable[str]) -> list[str]:
     """Markdown rows: what each of `mixes` is worth in real images, from a summary.json (docs/worth.md)."""
-    n_real, n_syn, equiv = summary.get("n_real") or {}, summary.get("n_syn") or {}, summary.get("real_equiv") or {}
-    std, rate, budget = summary.get("real_equiv_std") or {}, summary.get("syn_per_real") or {}, summary.get("equal_budget_acc") or {}
-    acc = summary.get("test_acc") or {}
+    n_real, n_syn, equiv, std, rate, budget, acc = (summary.get(key) or {} for key in (
+        "n_real", "n_syn", "real_equiv", "real_equiv_std", "syn_per_real", "equal_budget_acc", "test_acc"))
     out = ["| mixture | real | synthetic | test acc | real-equivalent | synthetic per real-equivalent | equal budget, real only |",
            "|---|---|---|---|---|---|---|"]
     for mix in mixes:
@@ -134,9 +125,7 @@ def quality_table(ctx: Context) -> str:
 
 def draw_figures(ctx: Context, out: Path) -> tuple[list[str], list[str], list[str]]:
     """Every comparison as a bar chart in `out`: ([report.md lines], [files written], [skip lines])."""
-    body: list[str] = []
-    figures: list[str] = []
-    skipped: list[str] = []
+    body, figures, skipped = [], [], []
     for heading, file, build in COMPARISONS:
         body.append(f"## {heading}\n")
         try:
@@ -166,8 +155,10 @@ def write_report(ctx: Context, out: Path, source: str, notes: list[str]) -> tupl
         body.append(f"{caption}\n\n![{name.removesuffix('.png')} sample grid]({name})\n")
     body += [f"_Not included: {line.split(': skipped: ', 1)[1]}._\n" for line in sample_skips]
     skipped += sample_skips
+    # A figure of ours not drawn this time is removed: report.md never sits next to a stale picture.
+    owned = {file for _, file, _ in COMPARISONS}
     for stale in out.glob("*.png"):
-        if OWNED_PNG.match(stale.name) and stale.name not in figures:
+        if stale.name not in figures and (stale.name in owned or stale.name.startswith(("acc_", "samples_"))):
             stale.unlink()
 
     table, footnotes = table_markdown(ctx)
@@ -183,13 +174,6 @@ def write_report(ctx: Context, out: Path, source: str, notes: list[str]) -> tupl
         page += ["Left out or superseded:\n", "\n".join(f"- {n}" for n in notes) + "\n"]
     write_bytes_atomic(out / "report.md", "\n".join(page + body).encode())
     return figures, skipped
-
-
-def read_exp_json(path: Path) -> list:
-    try:
-        return json.loads(sys.stdin.read() if str(path) == "-" else path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"--exp-json {path}: cannot read JSON ({e})") from None
 
 
 @exit_on_error
@@ -208,7 +192,11 @@ def main(argv: list[str] | None = None) -> None:
     now = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     command = " ".join(["python -m diffaug.report", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     if args.exp_json is not None:
-        results, notes = parse_exp_show(read_exp_json(args.exp_json))
+        try:
+            exp_show = json.loads(sys.stdin.read() if str(args.exp_json) == "-" else args.exp_json.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"--exp-json {args.exp_json}: cannot read JSON ({e})") from None
+        results, notes = parse_exp_show(exp_show)
         source = f"Numbers: each experiment's `{SUMMARY}` as saved in `{args.exp_json}` (`dvc exp show --json`); page built {now} by `{command}`."
     else:
         exp_show, shown = run_exp_show(args.all_commits)

@@ -1,12 +1,8 @@
 """Results from DVC: every experiment's metrics/summary.json, read from `dvc exp show --json`.
 
-That JSON (DVC 3.x) is a list of baselines: the workspace, then commits. Each is {"rev", "name", "data":
-{"timestamp", "params": {file: {"data": {...}}}, "metrics": {file: {"data": {...}} or {"error": ...}}},
-"experiments": [{"revs": [<the same shape>], "executor": {"state": "queued" | "running" | "failed" | ...}}]}.
-Numbers stay numbers and each file keeps its own nesting: nothing is parsed back from display text.
-
-A queued experiment lists no metrics; a failed one lists the summary.json it started from (its
-baseline's numbers, not its own).
+That JSON (DVC 3.x) is a list of baselines (the workspace, then commits), each {"rev", "name", "data":
+{"timestamp", "params": {file: {"data"}}, "metrics": {file: {"data"} or {"error"}}}, "experiments": [{"revs":
+[<the same shape>], "executor": {"state"}}]}: numbers stay numbers, nothing is parsed back from display text.
 """
 from __future__ import annotations
 
@@ -85,14 +81,10 @@ def _file(files: Any, name: str) -> dict[str, Any]:
 
 
 def parse_exp_show(exp_show: Any, workspace_root: Path | None = None) -> tuple[list[Result], list[str]]:
-    """Every usable summary in `dvc exp show --json` output, and a note per experiment left out.
-
-    Left out: queued, running and failed experiments (a failed run still lists the summary.json it
-    started from, i.e. someone else's numbers), summaries dvc could not read, and summaries whose
-    `model` differs from the run's own params `model` (stale: evaluate has not rerun since the change).
-    Commits without a summary.json (before the first run) are skipped silently.
-    `workspace_root`: where the workspace's metrics file lies, to date it by its mtime.
-    """
+    """Every usable summary in `dvc exp show --json` output, and a note per experiment left out: queued,
+    running and failed ones (a failed run lists the summary.json it started from: someone else's numbers),
+    unreadable summaries, and stale ones (their `model` is not the run's params `model`). `workspace_root`
+    holds the workspace's summary, dated by its mtime."""
     if not isinstance(exp_show, list) or not all(isinstance(r, dict) for r in exp_show):
         raise UserError("exp show: expected the JSON list that `dvc exp show --json` prints; is this its output?")
     results, notes = [], []
@@ -138,17 +130,11 @@ def parse_exp_show(exp_show: Any, workspace_root: Path | None = None) -> tuple[l
 
 
 def select_rows(results: list[Result]) -> tuple[list[Result], list[str]]:
-    """One row per (model, variant, recipe): the most recent result; notes on what was dropped.
+    """One row per (model, variant, recipe), the most recent, ordered by architecture; notes on what was dropped.
 
-    How the row is chosen:
-      1. The workspace is dropped when its numbers equal any experiment's or commit's (after
-         `dvc exp run` / `exp apply` / a commit it is a copy of that one, which has a name).
-      2. Otherwise every candidate is ranked by time: an experiment's or commit's timestamp, the
-         workspace's summary.json mtime (unknown with --exp-json: then it ranks below them all).
-         The latest wins; on a tie (DVC's timestamps are to the second) an experiment beats a
-         commit beats the workspace, then the first listed by dvc wins.
-    Rows come out ordered by architecture (config.ARCHITECTURES order), variant, recipe.
-    """
+    A workspace whose numbers equal a named result's is a copy of it (after `dvc exp run`, `exp apply` or a
+    commit) and is dropped. Ties of time (DVC's timestamps are to the second) go to an experiment, then a
+    commit, then the workspace (undated with --exp-json), then the first listed."""
     named = [r for r in results if r.kind != "workspace"]
     candidates = [r for r in results if r.kind != "workspace" or not any(r.same_numbers(n) for n in named)]
     groups: dict[tuple, list[Result]] = {}

@@ -1,27 +1,18 @@
-"""Offline demo: the real dvc.yaml, every stage, end to end on a CPU in minutes, with no network.
+"""Offline demo (`make demo`): the real dvc.yaml, every stage, end to end on a CPU in minutes, no network.
 
     python -m diffaug.sandbox.demo [--workdir DIR] [--epochs N] [--real-per-class N]
 
-    --workdir         where the scratch repository goes (default: demo/ in this checkout; replaced)
-    --epochs          training epochs of every train@ cell (default 10)
-    --real-per-class  toy "real" images per class (default 100)
-
-It copies the pipeline (dvc.yaml, params.yaml, src/) into a scratch git+DVC repository, so the
-repository's own params.yaml and dvc.lock are never touched, then swaps in tiny settings:
-  * a Stable Diffusion pipeline with RANDOM weights built from diffusers configs, saved with
-    save_pretrained and loaded through the same from_pretrained path as the hub id;
-  * a small procedurally drawn dataset (coloured shapes), 32x32;
-  * a few images per class, a few mixtures (one from an img2img set, i2i50, and one filtered by the
-    orig100 classifier's confidence, orig50_syn1_50_conf), ten epochs.
-It runs `dvc repro`, commits the result as the `main` baseline and pushes it to the repository's
-default remote, a folder inside it (`dvc-storage/`, git-ignored), so the README's `dvc exp ...`,
-`dvc queue ...`, `dvc push` / `dvc pull` and `make report` work inside it as written.
-Its accuracies are meaningless: the point is that every stage runs and DVC tracks it.
-The integration tests build their sandboxes with the same functions.
+It copies the pipeline into a scratch git+DVC repository (this repository's params.yaml and dvc.lock are
+never touched) with tiny settings: a random-weight Stable Diffusion (sandbox.tiny), coloured shapes as
+the 32x32 "real" data, a few images per class and mixtures (one img2img, one confidence-filtered). It
+runs `dvc repro`, commits the result as the `main` baseline and pushes it to a git-ignored remote inside
+it, so the README's `dvc exp`, `dvc queue`, `dvc push` / `dvc pull` and `make report` work there as
+written. Its accuracies mean nothing. The integration tests build their sandboxes with the same functions.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -75,8 +66,7 @@ def tiny_params(base: dict, sd_dir: Path, dataset_path: str, *, mixes: list[str]
     p = yaml.safe_load(yaml.safe_dump(base))  # deep copy
     p["dataset"].update({"name": f"npz:{dataset_path}", "test_per_class": 10, "val_per_class": 4, "label_names": {}})
     p["synthetic"].update({"images_per_class": images_per_class, "images_per_shard": 4})
-    # One img2img set (SDEdit / DA-Fusion): a seeded class-balanced draw of the real training images, noised
-    # to strength 0.5 and denoised; its stage is generate_img2img@i2i50, mixture orig50_i2i50_50 draws from it.
+    # One img2img set (SDEdit / DA-Fusion): a class-balanced draw of the real training images, noised to strength 0.5
     p["synthetic"]["sets"][DEMO_IMG2IMG] = {"kind": "img2img", "strength": 0.5, "prompt": "a photo of a {label}",
                                             "negative_prompt": None, "images_per_class": images_per_class}
     p["img2img_sets"] = [DEMO_IMG2IMG]
@@ -98,12 +88,10 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) 
 
 def tool_env() -> dict:
     """Environment for dvc and stage subprocesses: this interpreter first on PATH, no network calls."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.update({"DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                "GIT_AUTHOR_NAME": "diffaug demo", "GIT_AUTHOR_EMAIL": "demo@localhost",
-                "GIT_COMMITTER_NAME": "diffaug demo", "GIT_COMMITTER_EMAIL": "demo@localhost"})
-    return env
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "GIT_AUTHOR_NAME": "diffaug demo", "GIT_AUTHOR_EMAIL": "demo@localhost",
+            "GIT_COMMITTER_NAME": "diffaug demo", "GIT_COMMITTER_EMAIL": "demo@localhost"}
 
 
 def make_sandbox(workdir: Path, *, mixes: list[str], epochs: int = 2, images_per_class: int = 6,
@@ -119,18 +107,16 @@ def make_sandbox(workdir: Path, *, mixes: list[str], epochs: int = 2, images_per
         if src.is_dir():
             shutil.copytree(src, workdir / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         elif src.exists():
-            (workdir / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, workdir / name)
     # Inputs that a real user would have: a dataset file and a diffusion model directory. Kept out of
     # git and DVC here (they are rebuilt identically from seeds) and named by absolute path, because
     # queued experiments run in temporary copies of the repository that hold only committed files.
-    (workdir / "inputs").mkdir()
-    data = shapes_dataset(per_class_real)
-    save_npz_atomic(workdir / "inputs" / "shapes.npz", **data)
-    sd_dir = build_tiny_pipeline(workdir / "inputs" / "tiny-sd")
-    base = read_params(REPO_ROOT / "params.yaml")
-    params = tiny_params(base, sd_dir.resolve(), str((workdir / "inputs" / "shapes.npz").resolve()), mixes=mixes, epochs=epochs,
-                         images_per_class=images_per_class)
+    inputs = workdir / "inputs"
+    inputs.mkdir()
+    save_npz_atomic(inputs / "shapes.npz", **shapes_dataset(per_class_real))
+    sd_dir = build_tiny_pipeline(inputs / "tiny-sd")
+    params = tiny_params(read_params(REPO_ROOT / "params.yaml"), sd_dir.resolve(), str((inputs / "shapes.npz").resolve()),
+                         mixes=mixes, epochs=epochs, images_per_class=images_per_class)
     for key, value in (overrides or {}).items():
         section, _, leaf = key.rpartition(".")
         target = params
@@ -178,13 +164,12 @@ def build_demo(workdir: Path, *, epochs: int, real_per_class: int, mixes: list[s
         overrides["real_curve"] = DEMO_REAL_CURVE
     make_sandbox(workdir, mixes=mixes, epochs=epochs, per_class_real=real_per_class, images_per_class=images_per_class,
                  overrides=overrides or None)
-    say = (lambda msg: None) if quiet else (lambda msg: print(msg, flush=True))
+    stages = (f"prepare, generate_syn1, generate_syn2, generate_img2img@{DEMO_IMG2IMG}, build_mixtures, train@..., "
+              f"filter@{DEMO_FILTERED_MIX}, train_filtered@..., evaluate")
     for cmd in (["dvc", "repro"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "baseline: dvc repro of the tiny pipeline"],
                 ["dvc", "push"]):
-        if cmd[0] == "dvc":
-            stages = (f"prepare, generate_syn1, generate_syn2, generate_img2img@{DEMO_IMG2IMG}, build_mixtures, train@..., "
-                      f"filter@{DEMO_FILTERED_MIX}, train_filtered@..., evaluate")
-            say(f"demo: {' '.join(cmd)}" + (f" ({stages})" if cmd[1] == "repro" else f" (to {workdir / STORAGE})"))
+        if cmd[0] == "dvc" and not quiet:
+            print(f"demo: {' '.join(cmd)} ({stages if cmd[1] == 'repro' else f'to {workdir / STORAGE}'})", flush=True)
         proc = subprocess.run(cmd, cwd=workdir, env=tool_env(), text=True,
                               stdout=subprocess.PIPE if quiet else None, stderr=subprocess.STDOUT if quiet else None)
         if proc.returncode:
@@ -196,8 +181,6 @@ def build_demo(workdir: Path, *, epochs: int, real_per_class: int, mixes: list[s
 
 def show_worth(workdir: Path) -> None:
     """What `make demo` adds beyond the paper: quality columns, a pilot ranking, the exchange rate."""
-    import json
-
     print("demo: synthetic-set quality columns (dvc exp show; docs/worth.md):", flush=True)
     shown = run(["dvc", "exp", "show", "--md", "--drop", ".*", "--keep", "Experiment|syn_(recognised|fd|kid|kid_se|precision|recall)\\."],
                 workdir, check=False)
