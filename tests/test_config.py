@@ -1,5 +1,6 @@
 """params.yaml validation: every bad value is one line naming the key, exit 2, nothing written."""
 import copy
+import importlib
 import json
 import os
 import subprocess
@@ -183,15 +184,26 @@ def test_not_yaml_and_missing_file(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
-@pytest.mark.parametrize("module", ["diffaug.prepare", "diffaug.mixtures", "diffaug.evaluate --models models/resnet18"])
-def test_stage_exits_2_with_one_line_and_writes_nothing(tmp_path, module):
+RESOLUTION_500 = "error: params.yaml: diffusion.resolution: Input should be a multiple of 8 (got 500)"
+
+
+def test_a_stage_process_exits_2_with_one_line_and_writes_nothing(tmp_path):
+    """The `python -m` entry point: exit status 2, one line on stderr (mixtures: it imports no torch)."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_change("diffusion.resolution", 500)))
-    name, *extra = module.split()
-    proc = subprocess.run([sys.executable, "-m", name, "--params", "params.yaml", *extra], cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "-m", "diffaug.mixtures", "--params", "params.yaml"], cwd=tmp_path,
                           capture_output=True, text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert lines == ["error: params.yaml: diffusion.resolution: Input should be a multiple of 8 (got 500)"]
+    assert (proc.returncode, proc.stderr.strip().splitlines()) == (2, [RESOLUTION_500])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+@pytest.mark.parametrize("module", ["diffaug.prepare", "diffaug.evaluate --models models/resnet18"])
+def test_stage_exits_2_with_one_line_and_writes_nothing(tmp_path, module, monkeypatch, capsys):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_change("diffusion.resolution", 500)))
+    monkeypatch.chdir(tmp_path)
+    name, *extra = module.split()
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(name).main(["--params", "params.yaml", *extra])
+    assert (exit_info.value.code, capsys.readouterr().err.strip().splitlines()) == (2, [RESOLUTION_500])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 

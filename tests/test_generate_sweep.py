@@ -22,6 +22,7 @@ def load_benchmark():
     return bench
 
 
+@pytest.mark.slow  # the whole benchmark, torch.compile included
 def test_sweep_tiny_runs_end_to_end_and_writes_only_where_told(tmp_path):
     bench = load_benchmark()
     repo_results = (REPO / "benchmarks" / "RESULTS.md").read_bytes()
