@@ -48,7 +48,7 @@ def tiny_without_checker(tiny_pipelines) -> Path:
 def write_inputs(folder: Path, model: Path, *, diffusion=None, synthetic=None, syn1=None) -> tuple[Path, Path]:
     """params.yaml (the repository's, with the tiny model) and classes.json in `folder`."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["diffusion"] = {**tiny_diffusion_params(model), "steps": 8, "batch_size": 3, **(diffusion or {})}
+    params["diffusion"] = {**tiny_diffusion_params(model), "steps": 4, "batch_size": 3, **(diffusion or {})}
     params["synthetic"].update({"images_per_class": IMAGES_PER_CLASS, "images_per_shard": IMAGES_PER_SHARD, **(synthetic or {})})
     params["synthetic"]["sets"]["syn1"].update(syn1 or {})
     folder.mkdir(parents=True, exist_ok=True)

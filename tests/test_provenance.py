@@ -19,6 +19,7 @@ from diffaug import devices
 from diffaug.devices import GpuInfo, run_conditions
 from diffaug.formats import synthetic as storage
 from diffaug.formats.classifier import load_trained
+from tiny_training import tiny_network  # noqa: F401 (a fixture: the classifier is tests/tiny_training.py's two-layer net)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,6 +119,7 @@ def train_at(threads, n: int, tmp: Path) -> dict:
     return json.loads((tmp / "out" / "train.json").read_text())
 
 
+@pytest.mark.usefixtures("tiny_network")
 def test_a_classifier_records_its_conditions_and_resumes_only_under_them(train_inputs, threads, monkeypatch):
     tmp, kept = train_inputs, train_inputs / "kept.pt"
     fit = stage.fit
