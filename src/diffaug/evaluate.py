@@ -4,28 +4,10 @@
         --models models/<model> --out metrics/evaluate --summary metrics/summary.json
 
 Cells come from params (`model` x (`mixes` + `filtered_mixes`) x `train.seeds`), never from globbing models/, so
-leftovers of earlier experiments cannot leak into the table. The test split is read here only.
-
-Writes:
-  metrics/summary.json         what `dvc exp show` tabulates: test_acc.<mix> (mean over seeds),
-                               test_acc_std.<mix> with several seeds, test_loss.<mix>, and the
-                               synthetic-data quality numbers (see below)
-  metrics/evaluate/accuracy.json     one row per mixture, for `dvc plots`
-  metrics/evaluate/confusion.json    {actual, predicted} rows of the first mixture, seed 0
-  metrics/evaluate/per_class.json    per mixture and class: test accuracy (mean over seeds)
-  metrics/evaluate/synthetic_quality.json
-      (a) recognisability: how a real-data-only model classifies each synthetic set, per class;
-      (b) train-on-synthetic, test-on-real: test accuracy of the synthetic-only mixtures, per class;
-      (c) distribution: Fréchet distance, KID ± its standard error, precision and recall of each set
-          against the real training images, overall and per class, in the feature space of the
-          real-only model (its first seed's penultimate layer; diffaug.metrics). Summary columns
-          syn_fd.<set>, syn_kid.<set>, syn_kid_se.<set>, syn_precision.<set>, syn_recall.<set>.
-  metrics/evaluate/exchange_rate.json   with `real_curve` set: what each mixture with synthetic images
-      is worth in real images (diffaug.exchange); summary columns real_equiv.<mix> (± real_equiv_std),
-      syn_per_real.<mix>, equal_budget_acc.<mix>, n_real.<mix>, n_syn.<mix>.
-
-The Inception FID and CLIP score need weights nobody downloads here: they are computed only when the
-weights are already in the local cache, otherwise one line names what is missing.
+leftovers of earlier experiments cannot leak into the table. The test split is read here only. Writes
+metrics/summary.json (what `dvc exp show` tabulates) and metrics/evaluate/: accuracy.json, confusion.json,
+per_class.json, per_seed.json, synthetic_quality.json (recognisability, train-on-synthetic, distribution
+metrics, CLIP score) and exchange_rate.json; docs/experiments.md and docs/worth.md say what each number means.
 """
 from __future__ import annotations
 
@@ -55,11 +37,6 @@ INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
 CLIP_MODELS = ("openai/clip-vit-large-patch14", "openai/clip-vit-base-patch32")
 
 
-def load_seeds(cell: Path, seeds: list[int], device: torch.device) -> list[ImageClassifier]:
-    """The final weights of every seed of one trained cell (models/<model>/<mix>), each loaded once."""
-    return [load_trained(cell / f"seed-{s}.pt", device)[0] for s in seeds]  # each normalises its own uint8 input
-
-
 def scores(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
     pred = logits.argmax(axis=1)
     correct = pred == labels
@@ -73,11 +50,6 @@ def draw(n: int, limit: int, seed: int = 0) -> np.ndarray:
     if n <= limit:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
-
-
-def features_of(model: torch.nn.Module, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
-    """Penultimate-layer features of a trained classifier (see diffaug.metrics)."""
-    return penultimate_features(model, images, batch_size, device)[0]
 
 
 def cached_clip() -> Path | None:
@@ -138,7 +110,7 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
     confusion: list[dict[str, str]] = []
     reference, reference_models = real_only_mix(cfg), list[ImageClassifier]()
     for mix in cfg.trained_mixes:
-        cell = load_seeds(models / mix, seeds, device)
+        cell = [load_trained(models / mix / f"seed-{s}.pt", device)[0] for s in seeds]  # each normalises its own uint8 input
         runs = [scores(logits_of(model, test.images, cfg.evaluate.batch_size, device), test.labels, len(classes)) for model in cell]
         reference_models = cell if mix == reference else reference_models
         accs = np.array([r["acc"] for r in runs])
@@ -154,7 +126,7 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
     train = load_split(prepared / "train.npz") if (reference and cfg.synthetic_sets_used) or cfg.real_curve else None
     if reference is not None and train is not None and cfg.synthetic_sets_used:
         keep = draw(len(train.labels), QUALITY_MAX_SAMPLES)
-        real_feats = features_of(reference_models[0], train.images[keep], cfg.evaluate.batch_size, device)
+        real_feats = penultimate_features(reference_models[0], train.images[keep], cfg.evaluate.batch_size, device)[0]
         real_labels = train.labels[keep]
         clip = load_clip(snapshot, str(device)) if (snapshot := cached_clip()) else None
         for name in cfg.synthetic_sets_used:
@@ -170,7 +142,7 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
             keep = draw(len(labels), QUALITY_MAX_SAMPLES)
             if min(len(keep), len(real_labels)) <= K_NEIGHBOURS:  # k-NN radii need more than k images per side
                 continue
-            feats = features_of(reference_models[0], images[keep], cfg.evaluate.batch_size, device)
+            feats = penultimate_features(reference_models[0], images[keep], cfg.evaluate.batch_size, device)[0]
             distribution[name] = {"classifier": f"{cfg.model}-{reference} seed {seeds[0]}, penultimate layer",
                                   **set_quality(real_feats, real_labels, feats, labels[keep], classes)}
         quality["distribution"] = distribution

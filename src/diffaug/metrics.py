@@ -1,24 +1,10 @@
-"""Distances between a synthetic and a real image set, on feature arrays (N x D), with no download.
+"""Distances between a synthetic and a real image set, on feature arrays (N x D), with no download:
+Fréchet distance, KID and its standard error, precision/recall (Kynkaenniemi et al. 2019), per set and per
+class, and CLIP similarities from weights in the local cache. docs/worth.md gives each definition.
 
-  frechet_distance   ||mu_r - mu_s||^2 + tr(S_r) + tr(S_s) - 2 tr((S_r S_s)^1/2) of the two feature
-                     Gaussians (Heusel et al. 2017: FID when the features are Inception's pool3).
-  kid                the unbiased MMD^2 with the cubic polynomial kernel k(x, y) = (x.y / D + 1)^3,
-                     averaged over random subsets (Binkowski et al. 2018; as clean-fid and
-                     torch-fidelity compute it), and the standard deviation of the estimate over
-                     those subsets: the standard error of a KID measured on `subset_size` images.
-  precision_recall   Kynkaenniemi et al. 2019: each set's manifold is the union of balls around its
-                     features, radius the distance to the k-th nearest neighbour (k = 3) in that set.
-                     Precision: the share of synthetic features inside the real manifold (are the
-                     images realistic?). Recall: the share of real features inside the synthetic
-                     manifold (does the set cover the real variety?).
-  set_quality        all of the above, overall and per class.
-  clip_similarities  cosine of each image's CLIP embedding with its class's text, "a photo of a <word>"
-                     (He et al. 2023), from CLIP weights in the local Hugging Face cache.
-
-Pure numpy / torch (no scipy): the matrix square root's trace comes from the eigenvalues of the
-symmetric product S_r^1/2 S_s S_r^1/2, which has the same spectrum as S_r S_s. Everything is
-float64 for the Fréchet distance (it subtracts large, nearly equal traces) and float32 in chunks for
-the pairwise distances. Random subsets use a numpy Generator with a fixed seed: same input, same numbers.
+Pure numpy / torch (no scipy): tr((S_r S_s)^1/2) comes from the eigenvalues of the symmetric S_r^1/2 S_s S_r^1/2
+(same spectrum), in float64 (it subtracts large, nearly equal traces). Random subsets use a seeded numpy
+Generator: same input, same numbers.
 """
 from __future__ import annotations
 
@@ -121,12 +107,8 @@ def _all_metrics(real: np.ndarray, fake: np.ndarray) -> dict[str, float]:
 
 def set_quality(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray, fake_labels: np.ndarray,
                 classes: Sequence[str]) -> dict[str, Any]:
-    """{"overall": {fd, kid, kid_se, precision, recall, n_real, n_synthetic}, "per_class": {class: {...}}}.
-
-    Precision/recall cost grows with n_real x n_synthetic: callers pass a seeded draw of a large set
-    (evaluate.QUALITY_MAX_SAMPLES). A class with k or fewer features on either side gets no entry (its
-    k-NN radii are undefined).
-    """
+    """{"overall": {fd, kid, kid_se, precision, recall, n_real, n_synthetic}, "per_class": {class: {...}}}; a
+    class with K_NEIGHBOURS or fewer features on either side gets no entry (its k-NN radii are undefined)."""
     real, real_labels, fake, fake_labels = map(np.asarray, (real, real_labels, fake, fake_labels))
     out: dict[str, Any] = {"overall": _all_metrics(real, fake), "per_class": {}}
     for c, name in enumerate(classes):
@@ -138,14 +120,9 @@ def set_quality(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray, fak
 
 def penultimate_features(classifier: torch.nn.Module, images: np.ndarray, batch_size: int,
                          device: str | torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """(features, logits) of a trained classifier (formats.classifier.ImageClassifier: uint8 NHWC pixels
-    in) on `images`: the features are the input of its last Linear layer, the penultimate layer.
-
-    Test-time flipping is off here, so each image gives one feature vector and its own logits.
-    """
+    """(features, logits) of a trained ImageClassifier on uint8 NHWC `images`: the features are the input of
+    its last Linear layer. Test-time flipping is off here, so each image gives one feature vector."""
     heads = [m for m in classifier.modules() if isinstance(m, torch.nn.Linear)]
-    if not heads:
-        raise ValueError("penultimate_features: the classifier has no Linear layer")
     grabbed: list[torch.Tensor] = []
     hook = heads[-1].register_forward_hook(lambda _m, inp, _out: grabbed.append(inp[0].detach().float().flatten(1).cpu()))
     tta = getattr(classifier, "tta_hflip", False)

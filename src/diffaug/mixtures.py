@@ -2,24 +2,15 @@
 
     python -m diffaug.mixtures --params params.yaml --prepared data/prepared --synthetic data/synthetic --out data/mixtures
 
-For each source of a mixture and each class, the draw is the first round(fraction * n_class) rows of
-a permutation seeded by (mixture_seed, source, class) alone, so draws nest and repeat across
-mixtures: orig50 is the same half of the real images in orig50, orig50_syn1_50 and orig50_rot50,
-which keeps the comparison between mixtures about the data added, not about which half was drawn.
-rot90 / vflip rows are copies of the same real images that orig drew (the Fig. 7 baselines). A
-mixture may draw from any set declared under synthetic.sets (prompt or img2img: a pool is a pool).
+Per source and class, the draw is the first round(fraction * n_class) rows of a permutation seeded by
+(mixture_seed, source, class) alone, so draws nest across mixtures: orig50 is the same half of the real
+images in orig50, orig50_syn1_50 and orig50_rot50, which keeps a comparison about the data added, not about
+which half was drawn. rot90 / vflip rows are copies of images orig drew (the Fig. 7 baselines).
 
-Source codes in a mixture file index `source_names`: the paper's five sources (orig, rot90, vflip,
-syn1, syn2: codes 0-4, as before sets had names), then the other sets this mixture draws from in
-sorted order. So declaring a new set changes no existing mixture file, and no cell retrains for it.
-
-A mixture with a `filter:` is written as `<mix>.unfiltered.npz`, its draw before filtering; its own
-stage filter@<mix> (src/diffaug/filtering.py) drops images from it once the classifier exists.
-
-Each `<mix>.npz` also records a digest of every source it draws from, so the file changes exactly
-when its own data changes: a train cell depends on its mixture file alone and is not rerun when
-another mixture, or a synthetic set it does not use, changes. `<mix>.json` holds the composition
-(count per source per class) for people to read.
+Source codes index `source_names`: the paper's five sources (codes 0-4), then the other sets the mixture
+draws from, sorted, so declaring a new set changes no existing mixture file. Each file records a digest of
+every source it draws from (see diffaug.formats.mixture), so it changes exactly when its own data does.
+A mixture with a `filter:` is written as `<mix>.unfiltered.npz`, for its filter@<mix> stage.
 """
 from __future__ import annotations
 

@@ -70,13 +70,8 @@ def require_files(paths: list[Path], hint: str) -> None:
 
 
 def save_trained(path: str | Path, model: ImageClassifier, meta: dict[str, Any]) -> None:
-    """Atomically write the final weights (CPU tensors, loadable anywhere) and their metadata.
-
-    Weights holding nan/inf are refused (ValueError): a diverged run never becomes a result.
-    """
-    missing = [k for k in META_KEYS if k not in meta]
-    if missing:
-        raise ValueError(f"save_trained: metadata lacks {missing}")
+    """Atomically write the final weights (CPU tensors, loadable anywhere) and their metadata (every META_KEY).
+    Weights holding nan/inf are refused (ValueError): a diverged run never becomes a result."""
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     bad = non_finite(state)
     if bad:

@@ -33,13 +33,12 @@ COPY_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 REAL_POOL = "orig"
 KEYS = ("source", "row", "label", "source_names", "classes", "used", "digests")
 RERUN = "rerun the mixtures stage (dvc repro build_mixtures)"
-UNFILTERED = ".unfiltered"  # <mix>.unfiltered.npz: a filtered mixture's draw before its filter@ stage
 FILTER_KEYS = ("filter_settings", "score", "dropped_source", "dropped_row", "dropped_label", "dropped_score")
 
 
 def unfiltered_name(mix: str) -> str:
-    """File stem of a filtered mixture's draw before filtering (mixture names hold no dots)."""
-    return f"{mix}{UNFILTERED}"
+    """File stem of a filtered mixture's draw before its filter@ stage (mixture names hold no dots)."""
+    return f"{mix}.unfiltered"
 
 
 @dataclass(frozen=True)
@@ -83,9 +82,7 @@ def write_mixture(path: str | Path, index: MixtureIndex, record: FilterRecord | 
                  "score": record.score.astype(np.float32), "dropped_source": record.dropped_source.astype(np.uint8),
                  "dropped_row": record.dropped_row.astype(np.int64), "dropped_label": record.dropped_label.astype(np.int64),
                  "dropped_score": record.dropped_score.astype(np.float32)}
-    save_npz_atomic(path, source=index.source, row=index.row, label=index.label,
-                    source_names=np.array(index.source_names), classes=np.array(index.classes),
-                    used=np.array(index.used), digests=np.array(index.digests), **extra)
+    save_npz_atomic(path, **{key: np.asarray(value) for key, value in vars(index).items()}, **extra)  # KEYS
 
 
 def read_filter_record(path: str | Path) -> FilterRecord | None:
@@ -101,8 +98,7 @@ def read_filter_record(path: str | Path) -> FilterRecord | None:
         settings = json.loads(str(data["filter_settings"]))
     except ValueError:
         raise UserError(f"{path}: filter_settings is not JSON; rerun its filter@ stage") from None
-    return FilterRecord(settings, data["score"], data["dropped_source"], data["dropped_row"], data["dropped_label"],
-                        data["dropped_score"])
+    return FilterRecord(settings, *(data[k] for k in FILTER_KEYS[1:]))
 
 
 def read_mixture(path: str | Path) -> MixtureIndex:

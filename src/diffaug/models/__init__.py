@@ -28,12 +28,8 @@ assert set(HEADS) == set(ARCHITECTURES)  # params.yaml's allowed names are exact
 
 def build_model(name: str, variant: str, num_classes: int) -> nn.Module:
     """A freshly initialised classifier (uses torch's global RNG: seed it first for reproducible weights)."""
-    if name not in HEADS:
-        raise ConfigError(f"model: got {name!r}; allowed: {' | '.join(ARCHITECTURES)}")
-    if variant not in VARIANTS:
-        raise ConfigError(f"train.variant: got {variant!r}; allowed: {' | '.join(VARIANTS)}")
-    if not isinstance(num_classes, int) or num_classes < 2:
-        raise ConfigError(f"num_classes: got {num_classes!r}; allowed: an integer >= 2")
+    if name not in HEADS or variant not in VARIANTS:  # params are checked by config, a model file's metadata is not
+        raise ConfigError(f"model {name!r}, variant {variant!r}; allowed: {' | '.join(ARCHITECTURES)}; {' | '.join(VARIANTS)}")
     if variant == "paper":
         model = getattr(torchvision.models, name)(weights=None)
         head = model.get_submodule(HEADS[name])

@@ -1,18 +1,10 @@
 """Batched augmentation on the device, on uint8 NHWC images: crop + flip, cutout, TrivialAugment.
 
-Crop + flip has the same distribution as torchvision's RandomCrop(H, padding=p) then RandomHorizontalFlip():
-each image is zero-padded by p on every side (torchvision's default fill=0, padding_mode='constant', i.e.
-black pixels before normalisation), a crop offset is drawn uniformly from 0..2p in each axis, and the crop
-is mirrored with probability 1/2. Crop and flip are one gather, so a batch costs one pad and one indexing
-kernel and no host sync.
-
-Cutout (DeVries & Taylor 2017): a `size` x `size` square centred on a uniformly drawn pixel (clipped at
-the border, so it may be smaller there) is set to the fill value (the mixture's mean pixel: zero after
-normalisation, as the paper's cutout of normalised images).
-
-Every random number is drawn up front (`draw_*`), so the training loop draws a whole epoch's worth at once
-and a step only reads them (`apply_*`): the same numbers whether the step runs eagerly or inside a CUDA
-graph. Real and synthetic images get exactly this, with no per-source branch.
+Crop + flip is torchvision's RandomCrop(H, padding=p) (zero fill) then RandomHorizontalFlip() in one gather:
+one kernel and no host sync per batch, where torchvision's v2 transforms draw one crop per call. Cutout
+(DeVries & Taylor 2017) fills a square around a uniform centre, clipped at the border, with the mixture's
+mean pixel (zero after normalisation). Random numbers are drawn up front for a whole epoch (`draw_*`) and
+a step only reads them (`apply_*`): the same numbers eager or inside a CUDA graph.
 """
 from __future__ import annotations
 

@@ -1,19 +1,13 @@
-"""The training loop, airbench style: the whole mixture sits on the device as uint8 and every batch is
-gathered, augmented and normalised there (no DataLoader, no host round trip per step). Loss, accuracy,
-an is-finite flag and the validation metrics are read from the device once per epoch.
+"""The training loop, airbench style: the mixture sits on the device as uint8 and every batch is gathered,
+augmented and normalised there (no DataLoader, no host round trip per step); the epoch's metrics are read
+from the device once per epoch.
 
-One step (`Trainer._step`: gather, crop/flip, cutout, forward, loss, backward, torch's fused SGD, EMA) runs
-eager (Python picks its slice of the epoch plan and its lr) or static (it reads both from device tensors
-through a device step counter, so every launch is identical: on CUDA it is captured once in a CUDA graph
-and replayed, `train.cuda_graph`; on a CPU it runs uncaptured, which the tests compare with eager).
-The graph is proven before use (`_prove_graph`): its first replays must match the uncaptured step from
-the same state, else every tensor and RNG is put back, one line says why and training continues eager.
-
-All of an epoch's random numbers and learning rates are drawn before its first step (`_plan_epoch`), so
-both ways consume the same numbers and a checkpoint at an epoch boundary resumes bit for bit. With
-`pad_last_batch` the last batch is filled up with zero-weight samples (every image counts once per
-epoch); without it (the paper) the last, smaller batch runs eagerly after the replays. Independent of
-dvc/dvclive (benchmarks/train.py runs it without them): metrics leave through `fit`'s `log` callback.
+A step runs eager (Python picks its slice of the epoch plan and its lr) or static (both read through a device
+step counter, so every launch is identical: captured once in a CUDA graph on CUDA, uncaptured on a CPU).
+The graph is proven against the uncaptured step before use, else training continues eager (one line says why).
+All of an epoch's random numbers and lrs are drawn before its first step, so both ways consume the same
+numbers and a checkpoint at an epoch boundary resumes bit for bit. Metrics leave through `fit`'s `log`
+callback: no dvc/dvclive here (benchmarks/train.py runs it without them).
 """
 from __future__ import annotations
 
@@ -44,12 +38,9 @@ from diffaug.train.schedule import learning_rate
 EVAL_BATCH = 1000  # images per validation forward when the caller passes none (evaluate.batch_size in the stage)
 GRAPH_WARMUP_STEPS = 3  # eager runs on a side stream before capture (cuDNN/cuBLAS handles, autograd state)
 PROOF_STEPS = 2  # replays compared with the uncaptured step: the second proves the step counter advances
-# How far a replay may stray from the uncaptured step, as a fraction of the step's own change of the state
-# (L2 norm over every float state tensor). The same kernels on the same values agree bit for bit; a
-# different kernel choice for the same math (cuBLAS/cuDNN under stream capture) reassociates sums, which
-# moves an autocast result by a few 16-bit roundings (2^-8 relative in bf16) and a float32 one by ~1e-6.
-# A wrong replay (stale inputs, another lr, a skipped or doubled update) is off by the order of the
-# change itself.
+# How far a replay may stray from the uncaptured step, as a fraction of the step's own change of the state (L2
+# norm): another kernel choice under stream capture reassociates sums (a few bf16 roundings, ~1e-6 in float32);
+# a wrong replay (stale inputs, another lr, a skipped or doubled update) is off by the order of the change itself.
 GRAPH_TOLERANCE = {"autocast": 5e-2, "fp32": 1e-3}
 
 # Columns of the epoch plan: one row per sample slot of the epoch.
@@ -65,15 +56,6 @@ class NonFiniteTraining(UserError):
         where = f"{label}: " if label else ""
         super().__init__(f"{where}training diverged in epoch {epoch + 1}/{epochs}: the loss or the weights are not finite "
                          f"(lower the recipe's lr?); stopped, the last good checkpoint is kept and no weights were written")
-
-
-def make_deterministic(device: torch.device) -> None:
-    """Resume must reproduce an uninterrupted run bit for bit, so no algorithm may depend on timing."""
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = False  # autotuning can pick a different kernel per process
-        torch.backends.cudnn.deterministic = True
-        torch.use_deterministic_algorithms(True, warn_only=True)  # deterministic variants; warn where none
-        torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]  # NaN-filling every allocation costs time, decides nothing
 
 
 def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,17 +91,18 @@ class Trainer:
                  precision: str = "bf16", channels_last: bool = True, compile: bool = False,
                  cuda_graph: bool = True, eval_batch: int = EVAL_BATCH,
                  val_images: np.ndarray | None = None, val_labels: np.ndarray | None = None):
-        if len(images) < 2:
-            raise ValueError("training needs at least 2 images")
         self.recipe, self.device, self.eval_batch = recipe, device, eval_batch
-        make_deterministic(device)
+        if device.type == "cuda":  # resume must reproduce an uninterrupted run bit for bit: nothing may depend on timing
+            torch.backends.cudnn.benchmark = False  # autotuning can pick a different kernel per process
+            torch.backends.cudnn.deterministic = True
+            torch.use_deterministic_algorithms(True, warn_only=True)  # deterministic variants; warn where none
+            torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]  # NaN-filling every allocation costs time, decides nothing
         torch.manual_seed(seed)  # model initialisation and dropout
         self.generator = torch.Generator(device=device)  # shuffling and augmentation, on the device
         self.generator.manual_seed(seed)
         self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device)  # uint8 NHWC
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
         self.val_images = self.val_labels = None
-        self.num_val = 0 if val_images is None else len(val_images)
         if val_images is not None and len(val_images) > 0:
             self.val_images = torch.from_numpy(np.ascontiguousarray(val_images)).to(device)
             self.val_labels = torch.from_numpy(np.asarray(val_labels, dtype=np.int64)).to(device)
@@ -186,7 +169,6 @@ class Trainer:
             self.step_mode = "static (uncaptured: no CUDA)"
         else:
             self.step_mode = "cuda_graph (not yet captured)"
-        self._first_lr = recipe.lr
         self._ema_steps = torch.zeros((), dtype=torch.float64, device=device)  # steps averaged so far
         self._augment_rng = torch.Generator().manual_seed(seed).get_state()  # TrivialAugment's op draws
 
@@ -227,7 +209,6 @@ class Trainer:
         first = self.epoch * self.steps_per_epoch
         lrs = [self.schedule(first + step) for step in range(self.steps_per_epoch)]
         self._lrs.copy_(torch.tensor(lrs, dtype=torch.float32))
-        self._first_lr = lrs[0]
 
     # ------------------------------------------------------------------------- one step
     def _step(self, plan: torch.Tensor, lr: torch.Tensor) -> None:
@@ -399,7 +380,6 @@ class Trainer:
     @torch.no_grad()
     def _evaluate_on_device(self) -> torch.Tensor:
         """[loss sum, correct] of the final model (EMA if kept, with TTA if the recipe says) on the validation set."""
-        assert self.val_images is not None and self.val_labels is not None, "no validation set"
         model = self.final_model
         model.eval()
         loss_sum = torch.zeros((), device=self.device)
@@ -412,11 +392,9 @@ class Trainer:
         return torch.stack([loss_sum, correct])
 
     def run_epoch(self, validate: bool = True, max_steps: int | None = None, label: str = "") -> dict[str, float]:
-        """One pass over a fresh permutation, then (if there is a validation set and `validate`) the
-        validation metrics; one host read for all of it. Returns train/loss (the smoothed objective),
-        train/acc (on the augmented batches, as trained), lr (at the epoch's first step), and val/loss,
-        val/acc (plain cross-entropy and accuracy of `final_model`). Raises NonFiniteTraining, without
-        counting the epoch, if the loss or the weights stopped being finite."""
+        """One pass over a fresh permutation, then the validation metrics of `final_model`; one host read for all
+        of it. train/acc is on the augmented batches, as trained; lr is the epoch's first. Raises
+        NonFiniteTraining, without counting the epoch, if the loss or the weights stopped being finite."""
         seen = self._train_steps(max_steps)
         weights_finite = torch.stack(torch._foreach_norm(self._checked)).sum().isfinite()  # BatchNorm statistics too
         parts = [self._loss_sum, self._correct, self._finite.float(), weights_finite.float()]
@@ -425,17 +403,16 @@ class Trainer:
         values = torch.cat([p.reshape(-1).double() for p in parts]).tolist()  # the epoch's one host read
         if not (values[2] and values[3]):
             raise NonFiniteTraining(self.epoch, self.recipe.epochs, label)
-        metrics = {"train/loss": values[0] / seen, "train/acc": values[1] / seen, "lr": self._first_lr}
+        metrics = {"train/loss": values[0] / seen, "train/acc": values[1] / seen, "lr": self.schedule(self.epoch * self.steps_per_epoch)}
         if len(values) > 4:
-            count = self.num_val
+            count = len(self.val_labels)
             metrics.update({"val/loss": values[4] / count, "val/acc": values[5] / count})
         if max_steps is None:
             self.epoch += 1
         return metrics
 
     def train_epoch(self, max_steps: int | None = None) -> dict[str, float]:
-        """One training epoch without validation (see run_epoch); `max_steps` cuts it short for timing,
-        and then the epoch does not count."""
+        """One epoch without validation; `max_steps` cuts it short for timing, and then the epoch does not count."""
         return self.run_epoch(validate=False, max_steps=max_steps)
 
     def state_dict(self) -> dict[str, Any]:
@@ -461,7 +438,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
             self._ema_steps.copy_(state["ema_steps"])
-        if self.scaler.is_enabled() and "grad_scaler" in state:
+        if "grad_scaler" in state:
             self.scaler.load_state_dict(state["grad_scaler"])
         torch.set_rng_state(state["rng"]["torch_cpu"])
         self.generator.set_state(state["rng"]["device_generator"])
@@ -472,13 +449,9 @@ class Trainer:
 
 
 def load_checkpoint(path: Path, settings_hash: str) -> dict[str, Any] | None:
-    """The checkpoint at `path` if it was written under `settings_hash`, else None (and say why).
-
-    It holds everything that decides what happens next, so a run killed at any moment and resumed ends
-    with the same weights as one never interrupted (on the same device): `Trainer.state_dict` (model,
-    momentum, GradScaler, every RNG the run draws from, the epochs done, which fix the lr), the metrics
-    history (replayed into dvclive) and the settings hash. Another hash (other data, recipe, model,
-    seed, device, conditions) means training from scratch."""
+    """The checkpoint at `path` if it was written under `settings_hash` (data, recipe, model, seed, device,
+    conditions), else None (and say why): it holds everything that decides what happens next, so a run killed
+    at any moment and resumed ends with the weights of one never interrupted."""
     if not path.is_file():
         return None
     try:
@@ -502,14 +475,12 @@ class FitResult:
 
 def fit(trainer: Trainer, *, checkpoint: Path | None = None, checkpoint_every: int = 10, settings_hash: str = "",
         log: Callable[[dict[str, float]], None] | None = None, label: str = "") -> FitResult:
-    """Train to `recipe.epochs`, resuming from `checkpoint` when it was written under `settings_hash`.
+    """Train to `recipe.epochs`, resuming from `checkpoint` when it was written under `settings_hash`; the
+    trainer ends holding the final epoch's weights (no epoch selection).
 
-    `log` receives every epoch's metrics in order, restored epochs first, so a metrics log rebuilt by
-    it after a crash holds each epoch exactly once. With a checkpoint path, the finished state is also
-    saved there (the caller removes it once the outputs are safe), so a crash after this seed finished
-    does not retrain it. Final-epoch weights (or their EMA) are what the trainer holds at the end: no
-    epoch selection. A non-finite loss raises NonFiniteTraining naming `label` and the epoch; the epoch
-    is neither logged nor checkpointed, so the last checkpoint holds the last good state.
+    `log` receives every epoch's metrics in order, restored epochs first, so a log rebuilt after a crash holds
+    each epoch once. The finished state is checkpointed too (the caller removes it once the outputs are safe).
+    A diverged epoch (NonFiniteTraining) is neither logged nor checkpointed.
     """
     epochs = trainer.recipe.epochs
     history: list[dict[str, float]] = []
