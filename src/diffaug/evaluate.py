@@ -12,6 +12,7 @@ metrics, CLIP score) and exchange_rate.json; docs/experiments.md and docs/worth.
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +55,7 @@ def draw(n: int, limit: int, seed: int = 0) -> np.ndarray:
 
 def cached_clip() -> Path | None:
     """The local snapshot folder of the first CLIP model of CLIP_MODELS in the Hugging Face cache, or None."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
+    from huggingface_hub import try_to_load_from_cache  # comes with transformers and diffusers
     for repo in CLIP_MODELS:
         found = try_to_load_from_cache(repo, "config.json")
         if isinstance(found, str):
@@ -91,12 +89,6 @@ def mixture_counts(fractions: dict[str, float], pools: dict[str, np.ndarray], nu
     return real, syn
 
 
-def real_only_mix(cfg: Config) -> str | None:
-    """The trained mixture of real images only with the most real data (orig100 by default)."""
-    candidates = [m for m in cfg.mixes if set(cfg.mixtures[m]) == {"orig"}]
-    return max(candidates, key=lambda m: cfg.mixtures[m]["orig"], default=None)
-
-
 def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, out: Path, summary_path: Path) -> dict:
     device = resolve_device(cfg.evaluate.device, "evaluate.device")
     test = load_split(prepared / "test.npz")
@@ -108,7 +100,9 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
 
     results: dict[str, dict[str, Any]] = {}
     confusion: list[dict[str, str]] = []
-    reference, reference_models = real_only_mix(cfg), list[ImageClassifier]()
+    real_only = [m for m in cfg.mixes if set(cfg.mixtures[m]) == {"orig"}]
+    reference = max(real_only, key=lambda m: cfg.mixtures[m]["orig"], default=None)  # the most real data: orig100 by default
+    reference_models = list[ImageClassifier]()
     for mix in cfg.trained_mixes:
         cell = [load_trained(models / mix / f"seed-{s}.pt", device)[0] for s in seeds]  # each normalises its own uint8 input
         runs = [scores(logits_of(model, test.images, cfg.evaluate.batch_size, device), test.labels, len(classes)) for model in cell]
@@ -181,7 +175,8 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
     write_json_atomic(out / "per_seed.json", {m: dict(zip(map(str, seeds), r["per_seed"])) for m, r in results.items()})
     write_json_atomic(out / "synthetic_quality.json", quality)
     if exchange is not None:
-        write_json_atomic(out / "exchange_rate.json", _json_safe(exchange))
+        # JSON has no nan or infinity: null and "inf" stand for them
+        write_json_atomic(out / "exchange_rate.json", json.loads(json.dumps(exchange), parse_constant=lambda c: None if c == "NaN" else "inf"))
     write_json_atomic(summary_path, summary)
     return summary
 
@@ -191,16 +186,6 @@ def _finite(x: float | None, digits: int) -> float | None:
     if x is None or not np.isfinite(x):
         return None
     return round(float(x), digits) if digits else int(round(float(x)))
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None if np.isnan(obj) else "inf"
-    return obj
 
 
 def worth_in_real_images(cfg: Config, train_labels: np.ndarray | None, synthetic_root: Path, results: dict[str, dict[str, Any]],

@@ -47,8 +47,8 @@ def source_names(sources: Iterable[str]) -> list[str]:
 
 
 def compose(sources: dict[str, float], source_labels: dict[str, np.ndarray], num_classes: int, seed: int):
-    """Return (source codes, rows, counts[source][class]) for one mixture."""
-    codes, rows, counts = [], [], {}
+    """Return (source codes, rows, their labels, counts[source][class]) for one mixture."""
+    codes, rows, labels, counts = [], [], [], {}
     names = source_names(sources)
     for src in names:  # fixed order: identical files whatever order params.yaml lists sources in
         if src not in sources:
@@ -62,8 +62,9 @@ def compose(sources: dict[str, float], source_labels: dict[str, np.ndarray], num
         drawn = np.concatenate(per_class).astype(np.int64)
         codes.append(np.full(len(drawn), names.index(src), np.uint8))
         rows.append(drawn)
+        labels.append(source_labels[src][drawn].astype(np.int64))
         counts[src] = [len(p) for p in per_class]
-    return np.concatenate(codes), np.concatenate(rows), counts
+    return np.concatenate(codes), np.concatenate(rows), np.concatenate(labels), counts
 
 
 def build(cfg: Config, prepared: Path, synthetic_root: Path, out: Path) -> dict[str, dict]:
@@ -81,24 +82,20 @@ def build(cfg: Config, prepared: Path, synthetic_root: Path, out: Path) -> dict[
     # Every mixture is composed and checked before any file is written.
     composed = {}
     for mix, sources in cfg.mixtures.items():
-        codes, rows, counts = compose(sources, labels, num_classes, cfg.mixture_seed)
+        codes, rows, mix_labels, counts = compose(sources, labels, num_classes, cfg.mixture_seed)
         per_class = np.sum([counts[s] for s in counts], axis=0)
         empty = [train.classes[c] for c in range(num_classes) if per_class[c] == 0]
         if empty:
             raise UserError(f"mixtures.{mix}: draws 0 images of class {', '.join(map(repr, empty))} "
                             f"({', '.join(f'{s} {f}' for s, f in sources.items())}); allowed: fractions that draw "
                             "at least one image of every class")
-        composed[mix] = (codes, rows, counts)
+        composed[mix] = (codes, rows, mix_labels, counts)
 
     out.mkdir(parents=True, exist_ok=True)
     summary = {}
     for mix, sources in cfg.mixtures.items():
-        codes, rows, counts = composed[mix]
+        codes, rows, mix_labels, counts = composed[mix]
         names = source_names(sources)
-        mix_labels = np.empty(len(rows), np.int64)
-        for code in np.unique(codes):
-            sel = codes == code
-            mix_labels[sel] = labels[names[code]][rows[sel]]
         used = [s for s in names if s in sources]
         # a filtered mixture's draw, before its filter@ stage drops images: never trained on as it is
         stem = unfiltered_name(mix) if mix in cfg.filters else mix

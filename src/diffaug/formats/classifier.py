@@ -106,17 +106,14 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     try:
         net = build_model(meta["model"], meta["variant"], int(meta["num_classes"]))
         channels_last = bool(meta["settings"].get("channels_last", False))  # the layout it was trained in
-        recipe = meta["settings"].get("recipe") or {}
-        tta_hflip = bool(recipe.get("tta_hflip", False)) if isinstance(recipe, dict) else False  # the recipe's evaluation
+        tta_hflip = bool((meta["settings"].get("recipe") or {}).get("tta_hflip", False))  # the recipe's evaluation
         model = ImageClassifier(net, torch.zeros(3), torch.ones(3), channels_last=channels_last, tta_hflip=tta_hflip)
         model.load_state_dict(state)
     except Exception as e:  # unknown architecture, wrong shapes or keys
         first = str(e).splitlines()[0][:160] if str(e) else ""
         raise UserError(f"{path}: weights do not fit {meta.get('model')!r} ({type(e).__name__}: {first}); {RERUN}") from None
-    model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model.eval(), meta
+    layout = torch.channels_last if channels_last else torch.preserve_format
+    return model.to(device, memory_format=layout).eval(), meta
 
 
 def logits_of(model: ImageClassifier, images: np.ndarray, batch_size: int, device: str | torch.device) -> np.ndarray:

@@ -120,13 +120,9 @@ def read_mixture(path: str | Path) -> MixtureIndex:
 
 def load_mixture(mixture_path: str | Path, prepared_dir: str | Path,
                  synthetic_root: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Pixels and labels of one mixture: (images uint8 NHWC, labels int64, class names).
-
-    The pools are not hashed again here: dvc reruns build_mixtures when a source changes (its md5
-    of every dep), the digests recorded at build time make exactly the index files that draw on
-    that source change (so only their cells retrain), and a synthetic set's shards are checked
-    against their manifest sha256 as they load.
-    """
+    """Pixels and labels of one mixture: (images uint8 NHWC, labels int64, class names). The pools are not
+    hashed again: the digests recorded at build time change the index file when a source does, and a
+    synthetic set's shards are checked against their manifest sha256 as they load."""
     mixture_path, prepared_dir, synthetic_root = Path(mixture_path), Path(prepared_dir), Path(synthetic_root)
     index = read_mixture(mixture_path)
     pools = {pool: load_split(prepared_dir / "train.npz").images if pool == REAL_POOL  # each pool loaded once

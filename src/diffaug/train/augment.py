@@ -58,12 +58,9 @@ def draw_cutout(count: int, height: int, width: int, generator: torch.Generator)
 def apply_cutout(images: torch.Tensor, size: int, centres: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
     """Set a `size`-square around each centre to `fill` (uint8 (C,)); a mask, so shapes stay static."""
     _, height, width, _ = images.shape
-    device = images.device
-    low = size // 2  # the square covers centre - size//2 .. centre - size//2 + size - 1
-    top = centres[:, 0:1] - low
-    left = centres[:, 1:2] - low
-    rows = torch.arange(height, device=device)[None, :]
-    cols = torch.arange(width, device=device)[None, :]
+    top, left = (centres - size // 2).split(1, dim=1)  # the square covers centre - size//2 .. centre - size//2 + size - 1
+    rows = torch.arange(height, device=images.device)[None, :]
+    cols = torch.arange(width, device=images.device)[None, :]
     in_rows = (rows >= top) & (rows < top + size)  # (B, H)
     in_cols = (cols >= left) & (cols < left + size)  # (B, W)
     mask = (in_rows[:, :, None] & in_cols[:, None, :])[..., None]  # (B, H, W, 1)

@@ -109,14 +109,13 @@ class Trainer:
         mean, std = channel_stats(self.images)
         self.fill = mean.round().clamp(0, 255).to(torch.uint8).to(device)  # cutout's fill: 0 after normalising
         net = build_model(model, variant, num_classes)
-        self.model = ImageClassifier(net, mean, std, channels_last=channels_last, tta_hflip=recipe.tta_hflip).to(device)
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = ImageClassifier(net, mean, std, channels_last=channels_last, tta_hflip=recipe.tta_hflip).to(
+            device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
         self.ema = None
         if recipe.ema_decay > 0:
             self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-            pairs = [(e, m) for e, m in zip([*self.ema.net.parameters(), *self.ema.net.buffers()],
-                                           [*self.model.net.parameters(), *self.model.net.buffers()])]
+            pairs = list(zip([*self.ema.net.parameters(), *self.ema.net.buffers()],
+                             [*self.model.net.parameters(), *self.model.net.buffers()]))
             self._ema_float = [p for p in pairs if p[0].is_floating_point()]
             self._ema_other = [p for p in pairs if not p[0].is_floating_point()]  # BatchNorm's batch counters
         self.forward = torch.compile(self.model) if compile else self.model
@@ -186,18 +185,15 @@ class Trainer:
     # ------------------------------------------------------------------------- the epoch plan
     def _plan_epoch(self) -> None:
         """Draw all of the epoch's random numbers and lrs into the static plan tensors (no host sync)."""
-        recipe, n, slots = self.recipe, len(self.images), self.slots
-        gen = self.generator
+        recipe, n, slots, gen = self.recipe, len(self.images), self.slots, self.generator
         order = torch.randperm(n, device=self.device, generator=gen)
         if slots > n:  # padding: the epoch's first images again, with weight 0 (BatchNorm sees real pixels)
             order = order.repeat(-(-slots // n))
         rows = order[:slots]
         weight = (torch.arange(slots, device=self.device) < n).long()
         crop = draw_crop_flip(slots, recipe.crop_padding, recipe.hflip, gen)
-        if recipe.cutout:
-            cut = draw_cutout(slots, int(self.images.shape[1]), int(self.images.shape[2]), gen)
-        else:
-            cut = torch.zeros(slots, 2, dtype=torch.int64, device=self.device)
+        cut = draw_cutout(slots, int(self.images.shape[1]), int(self.images.shape[2]), gen) if recipe.cutout \
+            else torch.zeros(slots, 2, dtype=torch.int64, device=self.device)
         image_rows = rows
         if self._epoch_images is not None:  # TrivialAugment: this epoch's images, augmented in plan order
             with torch.random.fork_rng(devices=[]):  # TrivialAugment draws from torch's global CPU RNG: give it ours

@@ -100,8 +100,6 @@ def run(cfg: Config, model: str, mix: str, images: np.ndarray, labels: np.ndarra
     tr, recipe = cfg.train, cfg.train.active
     device = use_local_rank(resolve_device(tr.device, "train.device"))  # under torchrun: GPU LOCAL_RANK
     precision = training_precision(tr.precision, device)
-    if precision.note:
-        print(f"note: {precision.note}", file=sys.stderr, flush=True)
     settings = {
         "model": model, "variant": tr.variant, "num_classes": len(classes), "recipe_name": tr.recipe,
         "recipe": recipe.model_dump(), "precision": precision.name,
@@ -112,6 +110,7 @@ def run(cfg: Config, model: str, mix: str, images: np.ndarray, labels: np.ndarra
     conditions = run_conditions(device, precision.name)
     report: dict[str, Any] = {"model": model, "mix": mix, "settings": settings, "conditions": conditions, "seeds": {}}
     if precision.note:
+        print(f"note: {precision.note}", file=sys.stderr, flush=True)
         report["precision_note"] = precision.note
     for seed in tr.seeds:
         seed_settings = {**settings, "seed": seed}
