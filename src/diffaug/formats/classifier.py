@@ -112,8 +112,10 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     except Exception as e:  # unknown architecture, wrong shapes or keys
         first = str(e).splitlines()[0][:160] if str(e) else ""
         raise UserError(f"{path}: weights do not fit {meta.get('model')!r} ({type(e).__name__}: {first}); {RERUN}") from None
-    layout = torch.channels_last if channels_last else torch.preserve_format
-    return model.to(device, memory_format=layout).eval(), meta
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model.eval(), meta
 
 
 def logits_of(model: ImageClassifier, images: np.ndarray, batch_size: int, device: str | torch.device) -> np.ndarray:

@@ -103,14 +103,16 @@ class Trainer:
         self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device)  # uint8 NHWC
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
         self.val_images = self.val_labels = None
+        self.num_val = 0 if val_images is None else len(val_images)
         if val_images is not None and len(val_images) > 0:
             self.val_images = torch.from_numpy(np.ascontiguousarray(val_images)).to(device)
             self.val_labels = torch.from_numpy(np.asarray(val_labels, dtype=np.int64)).to(device)
         mean, std = channel_stats(self.images)
         self.fill = mean.round().clamp(0, 255).to(torch.uint8).to(device)  # cutout's fill: 0 after normalising
         net = build_model(model, variant, num_classes)
-        self.model = ImageClassifier(net, mean, std, channels_last=channels_last, tta_hflip=recipe.tta_hflip).to(
-            device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+        self.model = ImageClassifier(net, mean, std, channels_last=channels_last, tta_hflip=recipe.tta_hflip).to(device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = None
         if recipe.ema_decay > 0:
             self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -376,6 +378,7 @@ class Trainer:
     @torch.no_grad()
     def _evaluate_on_device(self) -> torch.Tensor:
         """[loss sum, correct] of the final model (EMA if kept, with TTA if the recipe says) on the validation set."""
+        assert self.val_images is not None and self.val_labels is not None, "no validation set"
         model = self.final_model
         model.eval()
         loss_sum = torch.zeros((), device=self.device)
@@ -401,7 +404,7 @@ class Trainer:
             raise NonFiniteTraining(self.epoch, self.recipe.epochs, label)
         metrics = {"train/loss": values[0] / seen, "train/acc": values[1] / seen, "lr": self.schedule(self.epoch * self.steps_per_epoch)}
         if len(values) > 4:
-            count = len(self.val_labels)
+            count = self.num_val
             metrics.update({"val/loss": values[4] / count, "val/acc": values[5] / count})
         if max_steps is None:
             self.epoch += 1
