@@ -299,17 +299,14 @@ class Trainer:
                             replayed: list[torch.Tensor], steps: int) -> str | None:
         """Why the replayed state is not the eager one (None when it is, within GRAPH_TOLERANCE)."""
         tolerance = GRAPH_TOLERANCE["autocast" if self.autocast else "fp32"]
-        change = diff = 0.0
-        for s, e, r in zip(start, eager, (t.detach() for t in replayed)):
-            if not e.is_floating_point():
-                if not torch.equal(e, r):
-                    return "an integer state tensor (a step counter) differs"
-                continue
-            if not bool(torch.isfinite(r).all()) and bool(torch.isfinite(e).all()):
-                return "the replay produced non-finite values where the eager step did not"
-            change += float((e.double() - s.double()).square().sum())
-            diff += float((r.double() - e.double()).nan_to_num(0.0).square().sum())
-        change, diff = change ** 0.5, diff ** 0.5
+        states = list(zip(start, eager, (t.detach() for t in replayed)))
+        floats = [(s, e, r) for s, e, r in states if e.is_floating_point()]
+        if any(not bool(torch.isfinite(r).all()) and bool(torch.isfinite(e).all()) for _, e, r in floats):
+            return "the replay produced non-finite values where the eager step did not"
+        if not all(torch.equal(e, r) for _, e, r in states if not e.is_floating_point()):
+            return "an integer state tensor (a step counter) differs"
+        change = sum(float((e.double() - s.double()).square().sum()) for s, e, _ in floats) ** 0.5
+        diff = sum(float((r.double() - e.double()).nan_to_num(0.0).square().sum()) for _, e, r in floats) ** 0.5
         if diff > tolerance * change:
             return (f"after {steps} steps the replayed state is {diff:.3g} from the eager one, "
                     f"{diff / max(change, 1e-30):.1%} of the steps' change (tolerance {tolerance:.1%})")
