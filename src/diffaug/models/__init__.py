@@ -5,11 +5,9 @@ Every architecture is torchvision's own definition, changed only where a variant
          with a fresh num_classes Linear where the head belongs (`HEADS`). The paper assigned DenseNet's
          head to `.fc`, which DenseNet does not use, so it trained the 1000-way output: not kept here.
   cifar  the 32x32 standard: the 7x7/2 conv and max-pool stem (`STEMS`) become one 3x3/1 conv, so the
-         last stage still sees 4x4 feature maps instead of 1x1. VGG16 has no such stem; it becomes
-         `vgg16_bn` (BatchNorm after every conv: plain VGG16 trains poorly from scratch at lr 0.1), and
-         as its five max-pools leave 1x1x512 features at 32x32, its 7x7 adaptive pool (which would copy
-         the one pixel 49 times) and 25088-4096-4096 head (120M parameters for 10 classes) become a
-         global average pool and one Linear(512, num_classes): the usual CIFAR VGG head.
+         last stage still sees 4x4 feature maps instead of 1x1. VGG16 becomes `vgg16_bn` (plain VGG16 trains
+         poorly from scratch at lr 0.1) with the usual CIFAR head, a global average pool and one Linear(512,
+         num_classes): its five max-pools leave 1x1x512 features, which the 7x7 pool would copy 49 times.
 """
 from __future__ import annotations
 
