@@ -58,13 +58,13 @@ def fake_predictions(plan):
 
 
 def fake_features(path, images, batch_size, device):
-    """Stand-in penultimate features: the first 8 pixel values of each image."""
-    return images.reshape(len(images), -1)[:, :8].astype(np.float32)
+    """Stand-in (penultimate features, logits): the first 8 pixel values of each image."""
+    return images.reshape(len(images), -1)[:, :8].astype(np.float32), None
 
 
 def test_summary_is_keyed_by_mixture_with_mean_and_std_over_seeds(layout, monkeypatch, models_are_paths):
     root, labels = layout
-    monkeypatch.setattr(evaluate, "features_of", fake_features)
+    monkeypatch.setattr(evaluate, "penultimate_features", fake_features)
     wrong_one = labels.copy()
     wrong_one[0] = 1
     plan = {("orig100", 0): labels, ("orig100", 1): wrong_one, ("syn1_100", 0): np.zeros(8, int), ("syn1_100", 1): np.zeros(8, int)}
@@ -129,7 +129,7 @@ def test_a_cell_is_loaded_and_run_on_uint8_pixels(tmp_path):
     meta = {"model": "resnet18", "variant": "cifar", "num_classes": 3, "classes": CLASSES, "epochs": 1, "settings": {}}
     save_trained(tmp_path / "seed-0.pt", model, meta)
     images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
-    [loaded] = evaluate.load_seeds(tmp_path, [0], torch.device("cpu"))
+    loaded, _ = evaluate.load_trained(tmp_path / "seed-0.pt", torch.device("cpu"))
     logits = evaluate.logits_of(loaded, images, batch_size=2, device=torch.device("cpu"))
     with torch.no_grad():
         expected = model(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
@@ -152,7 +152,8 @@ def test_exchange_rate_columns_from_the_real_curve(tmp_path, monkeypatch, models
                     labels=np.repeat(np.arange(3), per_class), classes=np.array(CLASSES))
     syn_labels = np.repeat(np.arange(3), 200)
     monkeypatch.setattr("diffaug.formats.synthetic.load_synthetic", lambda d: (np.zeros((600, 2, 2, 3), np.uint8), syn_labels))
-    monkeypatch.setattr(evaluate, "features_of", lambda p, images, b, d: np.random.default_rng(len(images)).normal(size=(len(images), 4)))
+    monkeypatch.setattr(evaluate, "penultimate_features",
+                        lambda p, images, b, d: (np.random.default_rng(len(images)).normal(size=(len(images), 4)), None))
     real = {"orig10": 120, "orig25": 300, "orig50": 600, "orig75": 900, "orig100": 1200}
     target = {**{m: truth.acc(n) for m, n in real.items()}, "orig50_syn1_50": truth.acc(800), "syn1_100": truth.acc(300)}
 
@@ -207,7 +208,8 @@ def test_a_flat_real_curve_gives_no_exchange_rate(tmp_path, monkeypatch, capsys,
     save_npz_atomic(tmp_path / "prepared" / "train.npz", images=np.zeros((120, 2, 2, 3), np.uint8),
                     labels=np.repeat(np.arange(3), 40), classes=np.array(CLASSES))
     monkeypatch.setattr("diffaug.formats.synthetic.load_synthetic", lambda d: (np.zeros((30, 2, 2, 3), np.uint8), np.repeat(np.arange(3), 10)))
-    monkeypatch.setattr(evaluate, "features_of", lambda p, images, b, d: np.random.default_rng(len(images)).normal(size=(len(images), 4)))
+    monkeypatch.setattr(evaluate, "penultimate_features",
+                        lambda p, images, b, d: (np.random.default_rng(len(images)).normal(size=(len(images), 4)), None))
     falling = {"orig10": 0.6, "orig25": 0.5, "orig50": 0.45, "orig75": 0.4, "orig100": 0.35, "orig50_syn1_50": 0.5}
 
     def predict(path, images, batch_size, device):
@@ -238,7 +240,7 @@ def test_clip_score_when_a_clip_model_is_cached(layout, tiny_clip_cache, monkeyp
     np.testing.assert_allclose(clip_similarities(clip, images, syn_labels, CLASSES, "cpu", batch_size=12), cos, atol=1e-5)
     score = 100 * np.clip(cos, 0, None).mean()  # the CLIP score: 100 x max(cos, 0), mean over images
     assert 0 <= score <= 100 and (cos > 0).any()
-    monkeypatch.setattr(evaluate, "features_of", fake_features)
+    monkeypatch.setattr(evaluate, "penultimate_features", fake_features)
     monkeypatch.setattr(evaluate, "logits_of", fake_predictions({(m, s): labels for m in ("orig100", "syn1_100") for s in (0, 1)}))
     monkeypatch.setattr("diffaug.formats.synthetic.load_synthetic", lambda d: (images, syn_labels))
     summary = evaluate.evaluate(config(["orig100", "syn1_100"], [0, 1]), root / "prepared", root / "synthetic",

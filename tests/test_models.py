@@ -1,11 +1,13 @@
 """models: every architecture x variant builds, trains a step at 32x32, and has its head where it belongs."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from diffaug.config import ARCHITECTURES
-from diffaug.errors import ConfigError
+from diffaug.errors import ConfigError, UserError
+from diffaug.formats.splits import check_arrays
 from diffaug.models import VARIANTS, build_model
 
 NUM_CLASSES = 7  # neither 10 nor 1000, so a head left at torchvision's default cannot pass
@@ -81,8 +83,9 @@ def test_bad_names_are_config_errors():
         build_model("resnet101", "cifar", 10)
     with pytest.raises(ConfigError, match="cifar \\| paper"):
         build_model("resnet18", "imagenet", 10)
-    with pytest.raises(ConfigError, match="num_classes"):
-        build_model("resnet18", "cifar", 1)
+    # fewer than 2 classes never reaches build_model: every split's classes are checked first
+    with pytest.raises(UserError, match="'classes' must hold at least 2 non-empty names"):
+        check_arrays(np.zeros((1, 2, 2, 3), np.uint8), np.zeros(1, int), np.array(["a"]), "x.npz")
 
 
 def test_the_registry_covers_exactly_the_architectures_params_allow():

@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 
 from diffaug.config import parse_config
-from diffaug.errors import UserError
+from diffaug.errors import ConfigError, UserError
 from diffaug.formats.splits import Split, load_split
 from diffaug.io import load_npz, save_npz_atomic
 from diffaug.prepare import hold_out, make_splits
@@ -103,7 +103,7 @@ def test_cifar_offline_without_archive_says_where_to_put_it(tmp_path, monkeypatc
 
 def test_label_names_must_name_real_classes(tmp_path):
     toy(tmp_path / "toy.npz")
-    with pytest.raises(UserError, match=r"dataset.label_names.automobile: no such class; classes are cat, dog, maple_tree"):
+    with pytest.raises(ConfigError, match=r"dataset.label_names.automobile: names no class .*; allowed: cat, dog, maple_tree"):
         make_splits(dataset_cfg(name=f"npz:{tmp_path / 'toy.npz'}", test_per_class=2, label_names={"automobile": "car"}), tmp_path)
 
 

@@ -20,7 +20,7 @@ from diffaug.train import loop
 from diffaug.train.loop import Trainer, fit, steps_per_epoch
 from diffaug.train.schedule import learning_rate
 from diffaug.train.stage import main
-from tiny_training import assert_same, tiny_network  # noqa: F401
+from tiny_training import assert_same, tiny_network, toy  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 # A fixed thread count: same CPU floats every run, quicker when shared. The loop trains tiny_net (one ResNet-18 smoke test).
@@ -71,17 +71,12 @@ def test_steps_per_epoch_drops_only_a_single_leftover_image():
 
 
 # ----------------------------------------------------------------------------- the loop
-def toy_data(n=40, size=16, classes=3, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), rng.integers(0, classes, n)
-
-
 TINY = Recipe(epochs=3, batch_size=16, lr=0.05, warmup_epochs=1, label_smoothing=0.1, crop_padding=2)
 
 
 def tiny_trainer(seed=0, recipe=TINY, val=True):
-    images, labels = toy_data()
-    val_images, val_labels = toy_data(12, seed=1)
+    images, labels = toy(40, 16)
+    val_images, val_labels = toy(12, 16, seed=1)
     return Trainer("resnet18", "cifar", 3, recipe, images, labels, seed=seed, device=torch.device("cpu"),
                    precision="fp32", channels_last=True,
                    val_images=val_images if val else None, val_labels=val_labels if val else None)
@@ -146,7 +141,7 @@ def test_load_trained_round_trips_with_weights_only(tmp_path, monkeypatch):
     assert calls and all(k.get("weights_only") is True for k in calls)
     assert loaded_meta == meta and not model.training
     assert_same(trainer.model.state_dict(), model.state_dict())
-    images = torch.from_numpy(toy_data(5, seed=9)[0]).permute(0, 3, 1, 2)
+    images = torch.from_numpy(toy(5, 16, seed=9)[0]).permute(0, 3, 1, 2)
     trainer.model.eval()
     with torch.no_grad():
         assert torch.equal(model(images), trainer.model(images))
@@ -168,7 +163,7 @@ def stage_inputs(tmp_path):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["train"].update(device="cpu", seeds=[0])
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    images, labels = toy_data(8, size=8)
+    images, labels = toy(8)
     (tmp_path / "prepared").mkdir()
     np.savez(tmp_path / "prepared" / "val.npz", images=images, labels=labels, classes=np.array(["a", "b", "c"]))
     np.savez(tmp_path / "mix.npz", images=images, labels=labels, classes=np.array(["a", "b", "c"]))
@@ -267,8 +262,8 @@ def test_the_recipes_optimizer_and_the_evaluate_batch_are_what_the_trainer_uses(
     assert calls == [pytest.approx(0.05)] * trainer.steps_per_epoch  # torch's SGD step, every step, at the step's lr
     group = trainer.optimizer.param_groups[0]
     assert (group["momentum"], group["nesterov"], group["weight_decay"], group["fused"]) == (0.8, False, 1e-3, True)
-    images, labels = toy_data(12, seed=1)
-    small = Trainer("resnet18", "cifar", 3, TINY, *toy_data(), seed=0, device=torch.device("cpu"), precision="fp32",
+    images, labels = toy(12, 16, seed=1)
+    small = Trainer("resnet18", "cifar", 3, TINY, *toy(40, 16), seed=0, device=torch.device("cpu"), precision="fp32",
                     eval_batch=5, val_images=images, val_labels=labels)
     seen: list[int] = []
     small.final_model.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
@@ -281,7 +276,7 @@ def test_resnet18_smoke(monkeypatch, tmp_path):
     static path, its metrics are finite, and its trained-model file loads back with the same outputs."""
     monkeypatch.setattr(loop, "build_model", build_model)
     monkeypatch.setattr("diffaug.formats.classifier.build_model", build_model)
-    images, labels = toy_data(24, size=8)
+    images, labels = toy(24)
     trainer = Trainer("resnet18", "cifar", 3, Recipe(epochs=1, batch_size=8, warmup_epochs=0), images, labels, seed=0,
                       device=torch.device("cpu"), precision="fp32", cuda_graph=True, val_images=images[:6], val_labels=labels[:6])
     history = fit(trainer).history

@@ -4,32 +4,15 @@
         --models models/<model> --out metrics/evaluate --summary metrics/summary.json
 
 Cells come from params (`model` x (`mixes` + `filtered_mixes`) x `train.seeds`), never from globbing models/, so
-leftovers of earlier experiments cannot leak into the table. The test split is read here only.
-
-Writes:
-  metrics/summary.json         what `dvc exp show` tabulates: test_acc.<mix> (mean over seeds),
-                               test_acc_std.<mix> with several seeds, test_loss.<mix>, and the
-                               synthetic-data quality numbers (see below)
-  metrics/evaluate/accuracy.json     one row per mixture, for `dvc plots`
-  metrics/evaluate/confusion.json    {actual, predicted} rows of the first mixture, seed 0
-  metrics/evaluate/per_class.json    per mixture and class: test accuracy (mean over seeds)
-  metrics/evaluate/synthetic_quality.json
-      (a) recognisability: how a real-data-only model classifies each synthetic set, per class;
-      (b) train-on-synthetic, test-on-real: test accuracy of the synthetic-only mixtures, per class;
-      (c) distribution: Fréchet distance, KID ± its standard error, precision and recall of each set
-          against the real training images, overall and per class, in the feature space of the
-          real-only model (its first seed's penultimate layer; diffaug.metrics). Summary columns
-          syn_fd.<set>, syn_kid.<set>, syn_kid_se.<set>, syn_precision.<set>, syn_recall.<set>.
-  metrics/evaluate/exchange_rate.json   with `real_curve` set: what each mixture with synthetic images
-      is worth in real images (diffaug.exchange); summary columns real_equiv.<mix> (± real_equiv_std),
-      syn_per_real.<mix>, equal_budget_acc.<mix>, n_real.<mix>, n_syn.<mix>.
-
-The Inception FID and CLIP score need weights nobody downloads here: they are computed only when the
-weights are already in the local cache, otherwise one line names what is missing.
+leftovers of earlier experiments cannot leak into the table. The test split is read here only. Writes
+metrics/summary.json (what `dvc exp show` tabulates) and metrics/evaluate/: accuracy.json, confusion.json,
+per_class.json, per_seed.json, synthetic_quality.json (recognisability, train-on-synthetic, distribution
+metrics, CLIP score) and exchange_rate.json; docs/experiments.md and docs/worth.md say what each number means.
 """
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +38,6 @@ INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
 CLIP_MODELS = ("openai/clip-vit-large-patch14", "openai/clip-vit-base-patch32")
 
 
-def load_seeds(cell: Path, seeds: list[int], device: torch.device) -> list[ImageClassifier]:
-    """The final weights of every seed of one trained cell (models/<model>/<mix>), each loaded once."""
-    return [load_trained(cell / f"seed-{s}.pt", device)[0] for s in seeds]  # each normalises its own uint8 input
-
-
 def scores(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
     pred = logits.argmax(axis=1)
     correct = pred == labels
@@ -75,17 +53,9 @@ def draw(n: int, limit: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
 
 
-def features_of(model: torch.nn.Module, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
-    """Penultimate-layer features of a trained classifier (see diffaug.metrics)."""
-    return penultimate_features(model, images, batch_size, device)[0]
-
-
 def cached_clip() -> Path | None:
     """The local snapshot folder of the first CLIP model of CLIP_MODELS in the Hugging Face cache, or None."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
+    from huggingface_hub import try_to_load_from_cache  # comes with transformers and diffusers
     for repo in CLIP_MODELS:
         found = try_to_load_from_cache(repo, "config.json")
         if isinstance(found, str):
@@ -119,12 +89,6 @@ def mixture_counts(fractions: dict[str, float], pools: dict[str, np.ndarray], nu
     return real, syn
 
 
-def real_only_mix(cfg: Config) -> str | None:
-    """The trained mixture of real images only with the most real data (orig100 by default)."""
-    candidates = [m for m in cfg.mixes if set(cfg.mixtures[m]) == {"orig"}]
-    return max(candidates, key=lambda m: cfg.mixtures[m]["orig"], default=None)
-
-
 def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, out: Path, summary_path: Path) -> dict:
     device = resolve_device(cfg.evaluate.device, "evaluate.device")
     test = load_split(prepared / "test.npz")
@@ -136,9 +100,11 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
 
     results: dict[str, dict[str, Any]] = {}
     confusion: list[dict[str, str]] = []
-    reference, reference_models = real_only_mix(cfg), list[ImageClassifier]()
+    real_only = [m for m in cfg.mixes if set(cfg.mixtures[m]) == {"orig"}]
+    reference = max(real_only, key=lambda m: cfg.mixtures[m]["orig"], default=None)  # the most real data: orig100 by default
+    reference_models = list[ImageClassifier]()
     for mix in cfg.trained_mixes:
-        cell = load_seeds(models / mix, seeds, device)
+        cell = [load_trained(models / mix / f"seed-{s}.pt", device)[0] for s in seeds]  # each normalises its own uint8 input
         runs = [scores(logits_of(model, test.images, cfg.evaluate.batch_size, device), test.labels, len(classes)) for model in cell]
         reference_models = cell if mix == reference else reference_models
         accs = np.array([r["acc"] for r in runs])
@@ -154,7 +120,7 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
     train = load_split(prepared / "train.npz") if (reference and cfg.synthetic_sets_used) or cfg.real_curve else None
     if reference is not None and train is not None and cfg.synthetic_sets_used:
         keep = draw(len(train.labels), QUALITY_MAX_SAMPLES)
-        real_feats = features_of(reference_models[0], train.images[keep], cfg.evaluate.batch_size, device)
+        real_feats = penultimate_features(reference_models[0], train.images[keep], cfg.evaluate.batch_size, device)[0]
         real_labels = train.labels[keep]
         clip = load_clip(snapshot, str(device)) if (snapshot := cached_clip()) else None
         for name in cfg.synthetic_sets_used:
@@ -170,7 +136,7 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
             keep = draw(len(labels), QUALITY_MAX_SAMPLES)
             if min(len(keep), len(real_labels)) <= K_NEIGHBOURS:  # k-NN radii need more than k images per side
                 continue
-            feats = features_of(reference_models[0], images[keep], cfg.evaluate.batch_size, device)
+            feats = penultimate_features(reference_models[0], images[keep], cfg.evaluate.batch_size, device)[0]
             distribution[name] = {"classifier": f"{cfg.model}-{reference} seed {seeds[0]}, penultimate layer",
                                   **set_quality(real_feats, real_labels, feats, labels[keep], classes)}
         quality["distribution"] = distribution
@@ -209,7 +175,8 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
     write_json_atomic(out / "per_seed.json", {m: dict(zip(map(str, seeds), r["per_seed"])) for m, r in results.items()})
     write_json_atomic(out / "synthetic_quality.json", quality)
     if exchange is not None:
-        write_json_atomic(out / "exchange_rate.json", _json_safe(exchange))
+        # JSON has no nan or infinity: null and "inf" stand for them
+        write_json_atomic(out / "exchange_rate.json", json.loads(json.dumps(exchange), parse_constant=lambda c: None if c == "NaN" else "inf"))
     write_json_atomic(summary_path, summary)
     return summary
 
@@ -219,16 +186,6 @@ def _finite(x: float | None, digits: int) -> float | None:
     if x is None or not np.isfinite(x):
         return None
     return round(float(x), digits) if digits else int(round(float(x)))
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None if np.isnan(obj) else "inf"
-    return obj
 
 
 def worth_in_real_images(cfg: Config, train_labels: np.ndarray | None, synthetic_root: Path, results: dict[str, dict[str, Any]],

@@ -1,24 +1,10 @@
-"""Distances between a synthetic and a real image set, on feature arrays (N x D), with no download.
+"""Distances between a synthetic and a real image set, on feature arrays (N x D), with no download:
+Fréchet distance, KID and its standard error, precision/recall (Kynkaenniemi et al. 2019), per set and per
+class, and CLIP similarities from weights in the local cache. docs/worth.md gives each definition.
 
-  frechet_distance   ||mu_r - mu_s||^2 + tr(S_r) + tr(S_s) - 2 tr((S_r S_s)^1/2) of the two feature
-                     Gaussians (Heusel et al. 2017: FID when the features are Inception's pool3).
-  kid                the unbiased MMD^2 with the cubic polynomial kernel k(x, y) = (x.y / D + 1)^3,
-                     averaged over random subsets (Binkowski et al. 2018; as clean-fid and
-                     torch-fidelity compute it), and the standard deviation of the estimate over
-                     those subsets: the standard error of a KID measured on `subset_size` images.
-  precision_recall   Kynkaenniemi et al. 2019: each set's manifold is the union of balls around its
-                     features, radius the distance to the k-th nearest neighbour (k = 3) in that set.
-                     Precision: the share of synthetic features inside the real manifold (are the
-                     images realistic?). Recall: the share of real features inside the synthetic
-                     manifold (does the set cover the real variety?).
-  set_quality        all of the above, overall and per class.
-  clip_similarities  cosine of each image's CLIP embedding with its class's text, "a photo of a <word>"
-                     (He et al. 2023), from CLIP weights in the local Hugging Face cache.
-
-Pure numpy / torch (no scipy): the matrix square root's trace comes from the eigenvalues of the
-symmetric product S_r^1/2 S_s S_r^1/2, which has the same spectrum as S_r S_s. Everything is
-float64 for the Fréchet distance (it subtracts large, nearly equal traces) and float32 in chunks for
-the pairwise distances. Random subsets use a numpy Generator with a fixed seed: same input, same numbers.
+Pure numpy / torch (no scipy): tr((S_r S_s)^1/2) comes from the eigenvalues of the symmetric S_r^1/2 S_s S_r^1/2
+(same spectrum), in float64 (it subtracts large, nearly equal traces). Random subsets use a seeded numpy
+Generator: same input, same numbers.
 """
 from __future__ import annotations
 
@@ -29,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffaug.formats.classifier import logits_of
+from diffaug.formats.classifier import ImageClassifier, logits_of
 
 K_NEIGHBOURS = 3        # Kynkaenniemi et al.'s default
 KID_SUBSETS = 100       # clean-fid / torch-fidelity defaults
@@ -39,24 +25,12 @@ CLIP_MODEL = "openai/clip-vit-base-patch32"
 CLIP_PROMPT = "a photo of a {label}"
 
 
-def _as64(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2 or len(x) < 2:
-        raise ValueError(f"features: expected an (N >= 2, D) array, got shape {x.shape}")
-    return x
-
-
-def _sqrt_psd(m: np.ndarray) -> np.ndarray:
-    """Square root of a symmetric positive semi-definite matrix (negative rounding noise clipped)."""
-    w, v = np.linalg.eigh((m + m.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-
-
 def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (unbiased covariances)."""
-    a, b = _as64(real), _as64(fake)
+    a, b = np.asarray(real, np.float64), np.asarray(fake, np.float64)
     s1, s2 = np.cov(a, rowvar=False).reshape(a.shape[1], -1), np.cov(b, rowvar=False).reshape(b.shape[1], -1)
-    root1 = _sqrt_psd(s1)
+    w, v = np.linalg.eigh((s1 + s1.T) / 2)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # S_r^1/2, negative rounding noise clipped
     tr_sqrt = float(np.sqrt(np.clip(np.linalg.eigvalsh(root1 @ s2 @ root1), 0, None)).sum())
     diff = a.mean(0) - b.mean(0)
     return max(float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt), 0.0)
@@ -82,7 +56,7 @@ def kid(real: np.ndarray, fake: np.ndarray, subsets: int = KID_SUBSETS, subset_s
         seed: int = 0) -> tuple[float, float]:
     """(KID, its standard error): the mean and standard deviation of the unbiased MMD^2 over `subsets`
     random subsets of min(subset_size, len(real), len(fake)) images of each set (drawn without replacement)."""
-    a, b = (torch.from_numpy(_as64(x).astype(np.float32)) for x in (real, fake))
+    a, b = (torch.from_numpy(np.asarray(x, np.float32)) for x in (real, fake))
     m = min(subset_size, len(a), len(b))
     rng = np.random.default_rng(seed)
     values = np.array([_mmd2_unbiased(a[rng.choice(len(a), m, replace=False)], b[rng.choice(len(b), m, replace=False)])
@@ -121,12 +95,8 @@ def _all_metrics(real: np.ndarray, fake: np.ndarray) -> dict[str, float]:
 
 def set_quality(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray, fake_labels: np.ndarray,
                 classes: Sequence[str]) -> dict[str, Any]:
-    """{"overall": {fd, kid, kid_se, precision, recall, n_real, n_synthetic}, "per_class": {class: {...}}}.
-
-    Precision/recall cost grows with n_real x n_synthetic: callers pass a seeded draw of a large set
-    (evaluate.QUALITY_MAX_SAMPLES). A class with k or fewer features on either side gets no entry (its
-    k-NN radii are undefined).
-    """
+    """{"overall": {fd, kid, kid_se, precision, recall, n_real, n_synthetic}, "per_class": {class: {...}}}; a
+    class with K_NEIGHBOURS or fewer features on either side gets no entry (its k-NN radii are undefined)."""
     real, real_labels, fake, fake_labels = map(np.asarray, (real, real_labels, fake, fake_labels))
     out: dict[str, Any] = {"overall": _all_metrics(real, fake), "per_class": {}}
     for c, name in enumerate(classes):
@@ -136,25 +106,19 @@ def set_quality(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray, fak
     return out
 
 
-def penultimate_features(classifier: torch.nn.Module, images: np.ndarray, batch_size: int,
+def penultimate_features(classifier: ImageClassifier, images: np.ndarray, batch_size: int,
                          device: str | torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """(features, logits) of a trained classifier (formats.classifier.ImageClassifier: uint8 NHWC pixels
-    in) on `images`: the features are the input of its last Linear layer, the penultimate layer.
-
-    Test-time flipping is off here, so each image gives one feature vector and its own logits.
-    """
+    """(features, logits) of a trained ImageClassifier on uint8 NHWC `images`: the features are the input of
+    its last Linear layer. Test-time flipping is off here, so each image gives one feature vector."""
     heads = [m for m in classifier.modules() if isinstance(m, torch.nn.Linear)]
-    if not heads:
-        raise ValueError("penultimate_features: the classifier has no Linear layer")
     grabbed: list[torch.Tensor] = []
     hook = heads[-1].register_forward_hook(lambda _m, inp, _out: grabbed.append(inp[0].detach().float().flatten(1).cpu()))
-    tta = getattr(classifier, "tta_hflip", False)
+    tta, classifier.tta_hflip = classifier.tta_hflip, False
     try:
-        classifier.tta_hflip = False  # type: ignore[assignment]
-        logits = logits_of(classifier, images, batch_size, device)  # type: ignore[arg-type]
+        logits = logits_of(classifier, images, batch_size, device)
     finally:
         hook.remove()
-        classifier.tta_hflip = tta  # type: ignore[assignment]
+        classifier.tta_hflip = tta
     return (torch.cat(grabbed).numpy() if grabbed else np.zeros((0, 0), np.float32)), logits
 
 
@@ -170,18 +134,12 @@ def clip_similarities(clip: tuple[Any, Any], images: np.ndarray, labels: np.ndar
                       batch_size: int = 256) -> np.ndarray:
     """float32 cosine similarity of each uint8 NHWC image with the text CLIP_PROMPT of its class's word."""
     model, processor = clip
+    prompts = [CLIP_PROMPT.format(label=w) for w in words]
+    out = []
     with torch.inference_mode():
-        text = processor(text=[CLIP_PROMPT.format(label=w) for w in words], return_tensors="pt", padding=True).to(device)
-        text_emb = torch.nn.functional.normalize(_projected(model.get_text_features(**text)).float(), dim=-1)
-        out = []
         for start in range(0, len(images), batch_size):
-            pixels = processor(images=list(images[start:start + batch_size]), return_tensors="pt").to(device)
-            emb = torch.nn.functional.normalize(_projected(model.get_image_features(**pixels)).float(), dim=-1)
+            inputs = processor(text=prompts, images=list(images[start:start + batch_size]), return_tensors="pt", padding=True)
+            embedded = model(**inputs.to(device))  # CLIP's normalised projections: image_embeds, text_embeds
             lab = torch.from_numpy(labels[start:start + batch_size]).to(device)
-            out.append((emb * text_emb[lab]).sum(-1).cpu().numpy())
+            out.append((embedded.image_embeds * embedded.text_embeds[lab]).sum(-1).float().cpu().numpy())
     return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
-
-
-def _projected(features: Any) -> torch.Tensor:
-    """CLIP's projected embedding: transformers 4's get_*_features return it, 5's return an output holding it as pooler_output."""
-    return features if isinstance(features, torch.Tensor) else features.pooler_output

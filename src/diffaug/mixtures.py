@@ -2,24 +2,15 @@
 
     python -m diffaug.mixtures --params params.yaml --prepared data/prepared --synthetic data/synthetic --out data/mixtures
 
-For each source of a mixture and each class, the draw is the first round(fraction * n_class) rows of
-a permutation seeded by (mixture_seed, source, class) alone, so draws nest and repeat across
-mixtures: orig50 is the same half of the real images in orig50, orig50_syn1_50 and orig50_rot50,
-which keeps the comparison between mixtures about the data added, not about which half was drawn.
-rot90 / vflip rows are copies of the same real images that orig drew (the Fig. 7 baselines). A
-mixture may draw from any set declared under synthetic.sets (prompt or img2img: a pool is a pool).
+Per source and class, the draw is the first round(fraction * n_class) rows of a permutation seeded by
+(mixture_seed, source, class) alone, so draws nest across mixtures: orig50 is the same half of the real
+images in orig50, orig50_syn1_50 and orig50_rot50, which keeps a comparison about the data added, not about
+which half was drawn. rot90 / vflip rows are copies of images orig drew (the Fig. 7 baselines).
 
-Source codes in a mixture file index `source_names`: the paper's five sources (orig, rot90, vflip,
-syn1, syn2: codes 0-4, as before sets had names), then the other sets this mixture draws from in
-sorted order. So declaring a new set changes no existing mixture file, and no cell retrains for it.
-
-A mixture with a `filter:` is written as `<mix>.unfiltered.npz`, its draw before filtering; its own
-stage filter@<mix> (src/diffaug/filtering.py) drops images from it once the classifier exists.
-
-Each `<mix>.npz` also records a digest of every source it draws from, so the file changes exactly
-when its own data changes: a train cell depends on its mixture file alone and is not rerun when
-another mixture, or a synthetic set it does not use, changes. `<mix>.json` holds the composition
-(count per source per class) for people to read.
+Source codes index `source_names`: the paper's five sources (codes 0-4), then the other sets the mixture
+draws from, sorted, so declaring a new set changes no existing mixture file. Each file records a digest of
+every source it draws from (see diffaug.formats.mixture), so it changes exactly when its own data does.
+A mixture with a `filter:` is written as `<mix>.unfiltered.npz`, for its filter@<mix> stage.
 """
 from __future__ import annotations
 
@@ -56,8 +47,8 @@ def source_names(sources: Iterable[str]) -> list[str]:
 
 
 def compose(sources: dict[str, float], source_labels: dict[str, np.ndarray], num_classes: int, seed: int):
-    """Return (source codes, rows, counts[source][class]) for one mixture."""
-    codes, rows, counts = [], [], {}
+    """Return (source codes, rows, their labels, counts[source][class]) for one mixture."""
+    codes, rows, labels, counts = [], [], [], {}
     names = source_names(sources)
     for src in names:  # fixed order: identical files whatever order params.yaml lists sources in
         if src not in sources:
@@ -71,8 +62,9 @@ def compose(sources: dict[str, float], source_labels: dict[str, np.ndarray], num
         drawn = np.concatenate(per_class).astype(np.int64)
         codes.append(np.full(len(drawn), names.index(src), np.uint8))
         rows.append(drawn)
+        labels.append(source_labels[src][drawn].astype(np.int64))
         counts[src] = [len(p) for p in per_class]
-    return np.concatenate(codes), np.concatenate(rows), counts
+    return np.concatenate(codes), np.concatenate(rows), np.concatenate(labels), counts
 
 
 def build(cfg: Config, prepared: Path, synthetic_root: Path, out: Path) -> dict[str, dict]:
@@ -90,24 +82,20 @@ def build(cfg: Config, prepared: Path, synthetic_root: Path, out: Path) -> dict[
     # Every mixture is composed and checked before any file is written.
     composed = {}
     for mix, sources in cfg.mixtures.items():
-        codes, rows, counts = compose(sources, labels, num_classes, cfg.mixture_seed)
+        codes, rows, mix_labels, counts = compose(sources, labels, num_classes, cfg.mixture_seed)
         per_class = np.sum([counts[s] for s in counts], axis=0)
         empty = [train.classes[c] for c in range(num_classes) if per_class[c] == 0]
         if empty:
             raise UserError(f"mixtures.{mix}: draws 0 images of class {', '.join(map(repr, empty))} "
                             f"({', '.join(f'{s} {f}' for s, f in sources.items())}); allowed: fractions that draw "
                             "at least one image of every class")
-        composed[mix] = (codes, rows, counts)
+        composed[mix] = (codes, rows, mix_labels, counts)
 
     out.mkdir(parents=True, exist_ok=True)
     summary = {}
     for mix, sources in cfg.mixtures.items():
-        codes, rows, counts = composed[mix]
+        codes, rows, mix_labels, counts = composed[mix]
         names = source_names(sources)
-        mix_labels = np.empty(len(rows), np.int64)
-        for code in np.unique(codes):
-            sel = codes == code
-            mix_labels[sel] = labels[names[code]][rows[sel]]
         used = [s for s in names if s in sources]
         # a filtered mixture's draw, before its filter@ stage drops images: never trained on as it is
         stem = unfiltered_name(mix) if mix in cfg.filters else mix

@@ -52,13 +52,6 @@ def _load_cifar(kind: str, raw: Path, train: bool) -> Split:
     return Split(np.asarray(ds.data, dtype=np.uint8), np.asarray(ds.targets), list(ds.classes))
 
 
-def _load_npz_source(path: Path, key: str) -> Split:
-    fix = "allowed: an .npz with uint8 NHWC 'images', integer 'labels' and str 'classes'"
-    if not path.is_file():
-        raise UserError(f"{key}: {path} not found; {fix}")
-    return read_npz_split(path, f"{key}: {path}", fix)
-
-
 def _load_imagefolder(path: Path, key: str) -> Split:
     if not path.is_dir():
         raise UserError(f"{key}: {path} is not a directory; allowed: a folder with one sub-folder per class")
@@ -91,14 +84,12 @@ def load_source(spec: str, key: str, raw: Path, train: bool = True) -> Split:
     kind, _, path = spec.partition(":")
     if kind in CIFAR:
         return _load_cifar(kind, raw, train)
-    return _load_npz_source(Path(path), key) if kind == "npz" else _load_imagefolder(Path(path), key)
-
-
-def _source_digest(spec: str) -> str:
-    kind, _, path = spec.partition(":")
-    if kind == "npz":
-        return sha256_file(path)
-    return spec  # cifar: fixed by torchvision's checksums; imagefolder: hashed by DVC if the user tracks it
+    if kind != "npz":
+        return _load_imagefolder(Path(path), key)
+    fix = "allowed: an .npz with uint8 NHWC 'images', integer 'labels' and str 'classes'"
+    if not Path(path).is_file():
+        raise UserError(f"{key}: {path} not found; {fix}")
+    return read_npz_split(Path(path), f"{key}: {path}", fix)
 
 
 # ----------------------------------------------------------------------------- splitting
@@ -132,9 +123,7 @@ def make_splits(ds: DatasetConfig, raw: Path) -> tuple[Split, Split, Split]:
         train, val = hold_out(train, ds.val_per_class, ds.split_seed + 1, "val")
     else:
         val = train.take(np.zeros(0, np.int64))
-    for name in ds.label_names:
-        if name not in train.classes:
-            raise UserError(f"dataset.label_names.{name}: no such class; classes are {', '.join(train.classes)}")
+    ds.words(train.classes)  # a label_names key that names no class: one line, as in every stage that reads them
     return train, val, test
 
 
@@ -154,7 +143,9 @@ def main(argv: list[str] | None = None) -> None:
     height, width = train.images.shape[1:3]
     write_classes(args.out / "classes.json", train.classes, (height, width))
     counts = {n: np.bincount(s.labels, minlength=len(train.classes)).tolist() for n, s in (("train", train), ("val", val), ("test", test))}
-    write_json_atomic(args.out / "splits.json", {"dataset": cfg.dataset.name, "source_digest": _source_digest(cfg.dataset.name),
+    # cifar: fixed by torchvision's checksums; imagefolder: hashed by DVC if the user tracks it
+    digest = sha256_file(cfg.dataset.name.partition(":")[2]) if cfg.dataset.kind == "npz" else cfg.dataset.name
+    write_json_atomic(args.out / "splits.json", {"dataset": cfg.dataset.name, "source_digest": digest,
                                                  "classes": train.classes, "counts_per_class": counts})
     print(f"prepare: {cfg.dataset.name}: {len(train.labels)} train, {len(val.labels)} val, {len(test.labels)} test images "
           f"of {height}x{width}, {len(train.classes)} classes -> {args.out}")

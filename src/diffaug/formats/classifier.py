@@ -70,13 +70,8 @@ def require_files(paths: list[Path], hint: str) -> None:
 
 
 def save_trained(path: str | Path, model: ImageClassifier, meta: dict[str, Any]) -> None:
-    """Atomically write the final weights (CPU tensors, loadable anywhere) and their metadata.
-
-    Weights holding nan/inf are refused (ValueError): a diverged run never becomes a result.
-    """
-    missing = [k for k in META_KEYS if k not in meta]
-    if missing:
-        raise ValueError(f"save_trained: metadata lacks {missing}")
+    """Atomically write the final weights (CPU tensors, loadable anywhere) and their metadata (every META_KEY).
+    Weights holding nan/inf are refused (ValueError): a diverged run never becomes a result."""
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     bad = non_finite(state)
     if bad:
@@ -111,8 +106,7 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     try:
         net = build_model(meta["model"], meta["variant"], int(meta["num_classes"]))
         channels_last = bool(meta["settings"].get("channels_last", False))  # the layout it was trained in
-        recipe = meta["settings"].get("recipe") or {}
-        tta_hflip = bool(recipe.get("tta_hflip", False)) if isinstance(recipe, dict) else False  # the recipe's evaluation
+        tta_hflip = bool((meta["settings"].get("recipe") or {}).get("tta_hflip", False))  # the recipe's evaluation
         model = ImageClassifier(net, torch.zeros(3), torch.ones(3), channels_last=channels_last, tta_hflip=tta_hflip)
         model.load_state_dict(state)
     except Exception as e:  # unknown architecture, wrong shapes or keys

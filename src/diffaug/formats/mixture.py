@@ -33,13 +33,12 @@ COPY_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 REAL_POOL = "orig"
 KEYS = ("source", "row", "label", "source_names", "classes", "used", "digests")
 RERUN = "rerun the mixtures stage (dvc repro build_mixtures)"
-UNFILTERED = ".unfiltered"  # <mix>.unfiltered.npz: a filtered mixture's draw before its filter@ stage
 FILTER_KEYS = ("filter_settings", "score", "dropped_source", "dropped_row", "dropped_label", "dropped_score")
 
 
 def unfiltered_name(mix: str) -> str:
-    """File stem of a filtered mixture's draw before filtering (mixture names hold no dots)."""
-    return f"{mix}{UNFILTERED}"
+    """File stem of a filtered mixture's draw before its filter@ stage (mixture names hold no dots)."""
+    return f"{mix}.unfiltered"
 
 
 @dataclass(frozen=True)
@@ -83,9 +82,7 @@ def write_mixture(path: str | Path, index: MixtureIndex, record: FilterRecord | 
                  "score": record.score.astype(np.float32), "dropped_source": record.dropped_source.astype(np.uint8),
                  "dropped_row": record.dropped_row.astype(np.int64), "dropped_label": record.dropped_label.astype(np.int64),
                  "dropped_score": record.dropped_score.astype(np.float32)}
-    save_npz_atomic(path, source=index.source, row=index.row, label=index.label,
-                    source_names=np.array(index.source_names), classes=np.array(index.classes),
-                    used=np.array(index.used), digests=np.array(index.digests), **extra)
+    save_npz_atomic(path, **{key: np.asarray(value) for key, value in vars(index).items()}, **extra)  # KEYS
 
 
 def read_filter_record(path: str | Path) -> FilterRecord | None:
@@ -101,8 +98,7 @@ def read_filter_record(path: str | Path) -> FilterRecord | None:
         settings = json.loads(str(data["filter_settings"]))
     except ValueError:
         raise UserError(f"{path}: filter_settings is not JSON; rerun its filter@ stage") from None
-    return FilterRecord(settings, data["score"], data["dropped_source"], data["dropped_row"], data["dropped_label"],
-                        data["dropped_score"])
+    return FilterRecord(settings, *(data[k] for k in FILTER_KEYS[1:]))
 
 
 def read_mixture(path: str | Path) -> MixtureIndex:
@@ -124,13 +120,9 @@ def read_mixture(path: str | Path) -> MixtureIndex:
 
 def load_mixture(mixture_path: str | Path, prepared_dir: str | Path,
                  synthetic_root: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Pixels and labels of one mixture: (images uint8 NHWC, labels int64, class names).
-
-    The pools are not hashed again here: dvc reruns build_mixtures when a source changes (its md5
-    of every dep), the digests recorded at build time make exactly the index files that draw on
-    that source change (so only their cells retrain), and a synthetic set's shards are checked
-    against their manifest sha256 as they load.
-    """
+    """Pixels and labels of one mixture: (images uint8 NHWC, labels int64, class names). The pools are not
+    hashed again: the digests recorded at build time change the index file when a source does, and a
+    synthetic set's shards are checked against their manifest sha256 as they load."""
     mixture_path, prepared_dir, synthetic_root = Path(mixture_path), Path(prepared_dir), Path(synthetic_root)
     index = read_mixture(mixture_path)
     pools = {pool: load_split(prepared_dir / "train.npz").images if pool == REAL_POOL  # each pool loaded once

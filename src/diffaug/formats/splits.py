@@ -86,12 +86,9 @@ def read_classes(path: str | Path) -> tuple[list[str], tuple[int, int]]:
     """classes.json: ({class names}, (height, width)), checked."""
     path = Path(path)
     data = read_json(path, f"not found; {RERUN}", f"; {RERUN}")
-    classes = data.get("classes") if isinstance(data, dict) else None
-    size = data.get("image_size") if isinstance(data, dict) else None
-    if not (isinstance(classes, list) and classes and all(isinstance(c, str) and c.strip() for c in classes)):
-        raise UserError(f"{path}: 'classes' must be a non-empty list of non-empty class names; {RERUN}")
-    if len(set(classes)) != len(classes):
-        raise UserError(f"{path}: 'classes' lists a class twice; {RERUN}")
-    if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int and v > 0 for v in size)):
-        raise UserError(f"{path}: 'image_size' must be [height, width] in pixels, got {size!r}; {RERUN}")
+    classes, size = (data.get("classes"), data.get("image_size")) if isinstance(data, dict) else (None, None)
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) and c.strip() for c in classes)
+            and len(set(classes)) == len(classes) and isinstance(size, list) and len(size) == 2
+            and all(type(v) is int and v > 0 for v in size)):
+        raise UserError(f"{path}: allowed: {{'classes': [distinct non-empty class names], 'image_size': [height, width]}}; {RERUN}")
     return classes, (size[0], size[1])

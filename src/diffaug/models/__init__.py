@@ -5,11 +5,9 @@ Every architecture is torchvision's own definition, changed only where a variant
          with a fresh num_classes Linear where the head belongs (`HEADS`). The paper assigned DenseNet's
          head to `.fc`, which DenseNet does not use, so it trained the 1000-way output: not kept here.
   cifar  the 32x32 standard: the 7x7/2 conv and max-pool stem (`STEMS`) become one 3x3/1 conv, so the
-         last stage still sees 4x4 feature maps instead of 1x1. VGG16 has no such stem; it becomes
-         `vgg16_bn` (BatchNorm after every conv: plain VGG16 trains poorly from scratch at lr 0.1), and
-         as its five max-pools leave 1x1x512 features at 32x32, its 7x7 adaptive pool (which would copy
-         the one pixel 49 times) and 25088-4096-4096 head (120M parameters for 10 classes) become a
-         global average pool and one Linear(512, num_classes): the usual CIFAR VGG head.
+         last stage still sees 4x4 feature maps instead of 1x1. VGG16 becomes `vgg16_bn` (plain VGG16 trains
+         poorly from scratch at lr 0.1) with the usual CIFAR head, a global average pool and one Linear(512,
+         num_classes): its five max-pools leave 1x1x512 features, which the 7x7 pool would copy 49 times.
 """
 from __future__ import annotations
 
@@ -28,12 +26,8 @@ assert set(HEADS) == set(ARCHITECTURES)  # params.yaml's allowed names are exact
 
 def build_model(name: str, variant: str, num_classes: int) -> nn.Module:
     """A freshly initialised classifier (uses torch's global RNG: seed it first for reproducible weights)."""
-    if name not in HEADS:
-        raise ConfigError(f"model: got {name!r}; allowed: {' | '.join(ARCHITECTURES)}")
-    if variant not in VARIANTS:
-        raise ConfigError(f"train.variant: got {variant!r}; allowed: {' | '.join(VARIANTS)}")
-    if not isinstance(num_classes, int) or num_classes < 2:
-        raise ConfigError(f"num_classes: got {num_classes!r}; allowed: an integer >= 2")
+    if name not in HEADS or variant not in VARIANTS:  # params are checked by config, a model file's metadata is not
+        raise ConfigError(f"model {name!r}, variant {variant!r}; allowed: {' | '.join(ARCHITECTURES)}; {' | '.join(VARIANTS)}")
     if variant == "paper":
         model = getattr(torchvision.models, name)(weights=None)
         head = model.get_submodule(HEADS[name])

@@ -5,6 +5,5 @@
       --out models/resnet18/orig100 --metrics metrics/train/resnet18/orig100 \
       --checkpoints checkpoints/resnet18/orig100
 
-Modules: loop (Trainer, fit, resumable checkpoints), augment (device-side crop/flip), schedule (lr
-schedules), stage (the CLI). The final model files are diffaug.formats.classifier's.
+Modules: loop (Trainer, fit, checkpoints), augment, schedule (lr(step)), stage (the CLI); model files: formats.classifier.
 """

@@ -1,18 +1,10 @@
 """Batched augmentation on the device, on uint8 NHWC images: crop + flip, cutout, TrivialAugment.
 
-Crop + flip has the same distribution as torchvision's RandomCrop(H, padding=p) then RandomHorizontalFlip():
-each image is zero-padded by p on every side (torchvision's default fill=0, padding_mode='constant', i.e.
-black pixels before normalisation), a crop offset is drawn uniformly from 0..2p in each axis, and the crop
-is mirrored with probability 1/2. Crop and flip are one gather, so a batch costs one pad and one indexing
-kernel and no host sync.
-
-Cutout (DeVries & Taylor 2017): a `size` x `size` square centred on a uniformly drawn pixel (clipped at
-the border, so it may be smaller there) is set to the fill value (the mixture's mean pixel: zero after
-normalisation, as the paper's cutout of normalised images).
-
-Every random number is drawn up front (`draw_*`), so the training loop draws a whole epoch's worth at once
-and a step only reads them (`apply_*`): the same numbers whether the step runs eagerly or inside a CUDA
-graph. Real and synthetic images get exactly this, with no per-source branch.
+Crop + flip is torchvision's RandomCrop(H, padding=p) (zero fill) then RandomHorizontalFlip() in one gather:
+one kernel and no host sync per batch, where torchvision's v2 transforms draw one crop per call. Cutout
+(DeVries & Taylor 2017) fills a square around a uniform centre, clipped at the border, with the mixture's
+mean pixel (zero after normalisation). Random numbers are drawn up front for a whole epoch (`draw_*`) and
+a step only reads them (`apply_*`): the same numbers eager or inside a CUDA graph.
 """
 from __future__ import annotations
 
@@ -66,12 +58,9 @@ def draw_cutout(count: int, height: int, width: int, generator: torch.Generator)
 def apply_cutout(images: torch.Tensor, size: int, centres: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
     """Set a `size`-square around each centre to `fill` (uint8 (C,)); a mask, so shapes stay static."""
     _, height, width, _ = images.shape
-    device = images.device
-    low = size // 2  # the square covers centre - size//2 .. centre - size//2 + size - 1
-    top = centres[:, 0:1] - low
-    left = centres[:, 1:2] - low
-    rows = torch.arange(height, device=device)[None, :]
-    cols = torch.arange(width, device=device)[None, :]
+    top, left = (centres - size // 2).split(1, dim=1)  # the square covers centre - size//2 .. centre - size//2 + size - 1
+    rows = torch.arange(height, device=images.device)[None, :]
+    cols = torch.arange(width, device=images.device)[None, :]
     in_rows = (rows >= top) & (rows < top + size)  # (B, H)
     in_cols = (cols >= left) & (cols < left + size)  # (B, W)
     mask = (in_rows[:, :, None] & in_cols[:, None, :])[..., None]  # (B, H, W, 1)

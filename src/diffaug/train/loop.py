@@ -1,19 +1,13 @@
-"""The training loop, airbench style: the whole mixture sits on the device as uint8 and every batch is
-gathered, augmented and normalised there (no DataLoader, no host round trip per step). Loss, accuracy,
-an is-finite flag and the validation metrics are read from the device once per epoch.
+"""The training loop, airbench style: the mixture sits on the device as uint8 and every batch is gathered,
+augmented and normalised there (no DataLoader, no host round trip per step); the epoch's metrics are read
+from the device once per epoch.
 
-One step (`Trainer._step`: gather, crop/flip, cutout, forward, loss, backward, torch's fused SGD, EMA) runs
-eager (Python picks its slice of the epoch plan and its lr) or static (it reads both from device tensors
-through a device step counter, so every launch is identical: on CUDA it is captured once in a CUDA graph
-and replayed, `train.cuda_graph`; on a CPU it runs uncaptured, which the tests compare with eager).
-The graph is proven before use (`_prove_graph`): its first replays must match the uncaptured step from
-the same state, else every tensor and RNG is put back, one line says why and training continues eager.
-
-All of an epoch's random numbers and learning rates are drawn before its first step (`_plan_epoch`), so
-both ways consume the same numbers and a checkpoint at an epoch boundary resumes bit for bit. With
-`pad_last_batch` the last batch is filled up with zero-weight samples (every image counts once per
-epoch); without it (the paper) the last, smaller batch runs eagerly after the replays. Independent of
-dvc/dvclive (benchmarks/train.py runs it without them): metrics leave through `fit`'s `log` callback.
+A step runs eager (Python picks its slice of the epoch plan and its lr) or static (both read through a device
+step counter, so every launch is identical: captured once in a CUDA graph on CUDA, uncaptured on a CPU).
+The graph is proven against the uncaptured step before use, else training continues eager (one line says why).
+All of an epoch's random numbers and lrs are drawn before its first step, so both ways consume the same
+numbers and a checkpoint at an epoch boundary resumes bit for bit. Metrics leave through `fit`'s `log`
+callback: no dvc/dvclive here (benchmarks/train.py runs it without them).
 """
 from __future__ import annotations
 
@@ -44,12 +38,9 @@ from diffaug.train.schedule import learning_rate
 EVAL_BATCH = 1000  # images per validation forward when the caller passes none (evaluate.batch_size in the stage)
 GRAPH_WARMUP_STEPS = 3  # eager runs on a side stream before capture (cuDNN/cuBLAS handles, autograd state)
 PROOF_STEPS = 2  # replays compared with the uncaptured step: the second proves the step counter advances
-# How far a replay may stray from the uncaptured step, as a fraction of the step's own change of the state
-# (L2 norm over every float state tensor). The same kernels on the same values agree bit for bit; a
-# different kernel choice for the same math (cuBLAS/cuDNN under stream capture) reassociates sums, which
-# moves an autocast result by a few 16-bit roundings (2^-8 relative in bf16) and a float32 one by ~1e-6.
-# A wrong replay (stale inputs, another lr, a skipped or doubled update) is off by the order of the
-# change itself.
+# How far a replay may stray from the uncaptured step, as a fraction of the step's own change of the state (L2
+# norm): another kernel choice under stream capture reassociates sums (a few bf16 roundings, ~1e-6 in float32);
+# a wrong replay (stale inputs, another lr, a skipped or doubled update) is off by the order of the change itself.
 GRAPH_TOLERANCE = {"autocast": 5e-2, "fp32": 1e-3}
 
 # Columns of the epoch plan: one row per sample slot of the epoch.
@@ -65,15 +56,6 @@ class NonFiniteTraining(UserError):
         where = f"{label}: " if label else ""
         super().__init__(f"{where}training diverged in epoch {epoch + 1}/{epochs}: the loss or the weights are not finite "
                          f"(lower the recipe's lr?); stopped, the last good checkpoint is kept and no weights were written")
-
-
-def make_deterministic(device: torch.device) -> None:
-    """Resume must reproduce an uninterrupted run bit for bit, so no algorithm may depend on timing."""
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = False  # autotuning can pick a different kernel per process
-        torch.backends.cudnn.deterministic = True
-        torch.use_deterministic_algorithms(True, warn_only=True)  # deterministic variants; warn where none
-        torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]  # NaN-filling every allocation costs time, decides nothing
 
 
 def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,10 +91,12 @@ class Trainer:
                  precision: str = "bf16", channels_last: bool = True, compile: bool = False,
                  cuda_graph: bool = True, eval_batch: int = EVAL_BATCH,
                  val_images: np.ndarray | None = None, val_labels: np.ndarray | None = None):
-        if len(images) < 2:
-            raise ValueError("training needs at least 2 images")
         self.recipe, self.device, self.eval_batch = recipe, device, eval_batch
-        make_deterministic(device)
+        if device.type == "cuda":  # resume must reproduce an uninterrupted run bit for bit: nothing may depend on timing
+            torch.backends.cudnn.benchmark = False  # autotuning can pick a different kernel per process
+            torch.backends.cudnn.deterministic = True
+            torch.use_deterministic_algorithms(True, warn_only=True)  # deterministic variants; warn where none
+            torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]  # NaN-filling every allocation costs time, decides nothing
         torch.manual_seed(seed)  # model initialisation and dropout
         self.generator = torch.Generator(device=device)  # shuffling and augmentation, on the device
         self.generator.manual_seed(seed)
@@ -132,8 +116,8 @@ class Trainer:
         self.ema = None
         if recipe.ema_decay > 0:
             self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-            pairs = [(e, m) for e, m in zip([*self.ema.net.parameters(), *self.ema.net.buffers()],
-                                           [*self.model.net.parameters(), *self.model.net.buffers()])]
+            pairs = list(zip([*self.ema.net.parameters(), *self.ema.net.buffers()],
+                             [*self.model.net.parameters(), *self.model.net.buffers()]))
             self._ema_float = [p for p in pairs if p[0].is_floating_point()]
             self._ema_other = [p for p in pairs if not p[0].is_floating_point()]  # BatchNorm's batch counters
         self.forward = torch.compile(self.model) if compile else self.model
@@ -186,7 +170,6 @@ class Trainer:
             self.step_mode = "static (uncaptured: no CUDA)"
         else:
             self.step_mode = "cuda_graph (not yet captured)"
-        self._first_lr = recipe.lr
         self._ema_steps = torch.zeros((), dtype=torch.float64, device=device)  # steps averaged so far
         self._augment_rng = torch.Generator().manual_seed(seed).get_state()  # TrivialAugment's op draws
 
@@ -204,18 +187,15 @@ class Trainer:
     # ------------------------------------------------------------------------- the epoch plan
     def _plan_epoch(self) -> None:
         """Draw all of the epoch's random numbers and lrs into the static plan tensors (no host sync)."""
-        recipe, n, slots = self.recipe, len(self.images), self.slots
-        gen = self.generator
+        recipe, n, slots, gen = self.recipe, len(self.images), self.slots, self.generator
         order = torch.randperm(n, device=self.device, generator=gen)
         if slots > n:  # padding: the epoch's first images again, with weight 0 (BatchNorm sees real pixels)
             order = order.repeat(-(-slots // n))
         rows = order[:slots]
         weight = (torch.arange(slots, device=self.device) < n).long()
         crop = draw_crop_flip(slots, recipe.crop_padding, recipe.hflip, gen)
-        if recipe.cutout:
-            cut = draw_cutout(slots, int(self.images.shape[1]), int(self.images.shape[2]), gen)
-        else:
-            cut = torch.zeros(slots, 2, dtype=torch.int64, device=self.device)
+        cut = draw_cutout(slots, int(self.images.shape[1]), int(self.images.shape[2]), gen) if recipe.cutout \
+            else torch.zeros(slots, 2, dtype=torch.int64, device=self.device)
         image_rows = rows
         if self._epoch_images is not None:  # TrivialAugment: this epoch's images, augmented in plan order
             with torch.random.fork_rng(devices=[]):  # TrivialAugment draws from torch's global CPU RNG: give it ours
@@ -227,7 +207,6 @@ class Trainer:
         first = self.epoch * self.steps_per_epoch
         lrs = [self.schedule(first + step) for step in range(self.steps_per_epoch)]
         self._lrs.copy_(torch.tensor(lrs, dtype=torch.float32))
-        self._first_lr = lrs[0]
 
     # ------------------------------------------------------------------------- one step
     def _step(self, plan: torch.Tensor, lr: torch.Tensor) -> None:
@@ -320,17 +299,14 @@ class Trainer:
                             replayed: list[torch.Tensor], steps: int) -> str | None:
         """Why the replayed state is not the eager one (None when it is, within GRAPH_TOLERANCE)."""
         tolerance = GRAPH_TOLERANCE["autocast" if self.autocast else "fp32"]
-        change = diff = 0.0
-        for s, e, r in zip(start, eager, (t.detach() for t in replayed)):
-            if not e.is_floating_point():
-                if not torch.equal(e, r):
-                    return "an integer state tensor (a step counter) differs"
-                continue
-            if not bool(torch.isfinite(r).all()) and bool(torch.isfinite(e).all()):
-                return "the replay produced non-finite values where the eager step did not"
-            change += float((e.double() - s.double()).square().sum())
-            diff += float((r.double() - e.double()).nan_to_num(0.0).square().sum())
-        change, diff = change ** 0.5, diff ** 0.5
+        states = list(zip(start, eager, (t.detach() for t in replayed)))
+        floats = [(s, e, r) for s, e, r in states if e.is_floating_point()]
+        if any(not bool(torch.isfinite(r).all()) and bool(torch.isfinite(e).all()) for _, e, r in floats):
+            return "the replay produced non-finite values where the eager step did not"
+        if not all(torch.equal(e, r) for _, e, r in states if not e.is_floating_point()):
+            return "an integer state tensor (a step counter) differs"
+        change = sum(float((e.double() - s.double()).square().sum()) for s, e, _ in floats) ** 0.5
+        diff = sum(float((r.double() - e.double()).nan_to_num(0.0).square().sum()) for _, e, r in floats) ** 0.5
         if diff > tolerance * change:
             return (f"after {steps} steps the replayed state is {diff:.3g} from the eager one, "
                     f"{diff / max(change, 1e-30):.1%} of the steps' change (tolerance {tolerance:.1%})")
@@ -412,11 +388,9 @@ class Trainer:
         return torch.stack([loss_sum, correct])
 
     def run_epoch(self, validate: bool = True, max_steps: int | None = None, label: str = "") -> dict[str, float]:
-        """One pass over a fresh permutation, then (if there is a validation set and `validate`) the
-        validation metrics; one host read for all of it. Returns train/loss (the smoothed objective),
-        train/acc (on the augmented batches, as trained), lr (at the epoch's first step), and val/loss,
-        val/acc (plain cross-entropy and accuracy of `final_model`). Raises NonFiniteTraining, without
-        counting the epoch, if the loss or the weights stopped being finite."""
+        """One pass over a fresh permutation, then the validation metrics of `final_model`; one host read for all
+        of it. train/acc is on the augmented batches, as trained; lr is the epoch's first. Raises
+        NonFiniteTraining, without counting the epoch, if the loss or the weights stopped being finite."""
         seen = self._train_steps(max_steps)
         weights_finite = torch.stack(torch._foreach_norm(self._checked)).sum().isfinite()  # BatchNorm statistics too
         parts = [self._loss_sum, self._correct, self._finite.float(), weights_finite.float()]
@@ -425,7 +399,7 @@ class Trainer:
         values = torch.cat([p.reshape(-1).double() for p in parts]).tolist()  # the epoch's one host read
         if not (values[2] and values[3]):
             raise NonFiniteTraining(self.epoch, self.recipe.epochs, label)
-        metrics = {"train/loss": values[0] / seen, "train/acc": values[1] / seen, "lr": self._first_lr}
+        metrics = {"train/loss": values[0] / seen, "train/acc": values[1] / seen, "lr": self.schedule(self.epoch * self.steps_per_epoch)}
         if len(values) > 4:
             count = self.num_val
             metrics.update({"val/loss": values[4] / count, "val/acc": values[5] / count})
@@ -434,8 +408,7 @@ class Trainer:
         return metrics
 
     def train_epoch(self, max_steps: int | None = None) -> dict[str, float]:
-        """One training epoch without validation (see run_epoch); `max_steps` cuts it short for timing,
-        and then the epoch does not count."""
+        """One epoch without validation; `max_steps` cuts it short for timing, and then the epoch does not count."""
         return self.run_epoch(validate=False, max_steps=max_steps)
 
     def state_dict(self) -> dict[str, Any]:
@@ -461,7 +434,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
             self._ema_steps.copy_(state["ema_steps"])
-        if self.scaler.is_enabled() and "grad_scaler" in state:
+        if "grad_scaler" in state:
             self.scaler.load_state_dict(state["grad_scaler"])
         torch.set_rng_state(state["rng"]["torch_cpu"])
         self.generator.set_state(state["rng"]["device_generator"])
@@ -472,13 +445,9 @@ class Trainer:
 
 
 def load_checkpoint(path: Path, settings_hash: str) -> dict[str, Any] | None:
-    """The checkpoint at `path` if it was written under `settings_hash`, else None (and say why).
-
-    It holds everything that decides what happens next, so a run killed at any moment and resumed ends
-    with the same weights as one never interrupted (on the same device): `Trainer.state_dict` (model,
-    momentum, GradScaler, every RNG the run draws from, the epochs done, which fix the lr), the metrics
-    history (replayed into dvclive) and the settings hash. Another hash (other data, recipe, model,
-    seed, device, conditions) means training from scratch."""
+    """The checkpoint at `path` if it was written under `settings_hash` (data, recipe, model, seed, device,
+    conditions), else None (and say why): it holds everything that decides what happens next, so a run killed
+    at any moment and resumed ends with the weights of one never interrupted."""
     if not path.is_file():
         return None
     try:
@@ -502,14 +471,12 @@ class FitResult:
 
 def fit(trainer: Trainer, *, checkpoint: Path | None = None, checkpoint_every: int = 10, settings_hash: str = "",
         log: Callable[[dict[str, float]], None] | None = None, label: str = "") -> FitResult:
-    """Train to `recipe.epochs`, resuming from `checkpoint` when it was written under `settings_hash`.
+    """Train to `recipe.epochs`, resuming from `checkpoint` when it was written under `settings_hash`; the
+    trainer ends holding the final epoch's weights (no epoch selection).
 
-    `log` receives every epoch's metrics in order, restored epochs first, so a metrics log rebuilt by
-    it after a crash holds each epoch exactly once. With a checkpoint path, the finished state is also
-    saved there (the caller removes it once the outputs are safe), so a crash after this seed finished
-    does not retrain it. Final-epoch weights (or their EMA) are what the trainer holds at the end: no
-    epoch selection. A non-finite loss raises NonFiniteTraining naming `label` and the epoch; the epoch
-    is neither logged nor checkpointed, so the last checkpoint holds the last good state.
+    `log` receives every epoch's metrics in order, restored epochs first, so a log rebuilt after a crash holds
+    each epoch once. The finished state is checkpointed too (the caller removes it once the outputs are safe).
+    A diverged epoch (NonFiniteTraining) is neither logged nor checkpointed.
     """
     epochs = trainer.recipe.epochs
     history: list[dict[str, float]] = []

@@ -22,15 +22,11 @@ PAPER_T_MAX = 200
 def learning_rate(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
     if recipe.schedule == "paper_cyclic":
         return lambda step: recipe.lr * (1.0 + math.cos(math.pi * step / PAPER_T_MAX)) / 2
-    total = recipe.epochs * steps_per_epoch
-    warmup = recipe.warmup_epochs * steps_per_epoch
-    cosine = recipe.schedule == "cosine"
+    total, warmup = recipe.epochs * steps_per_epoch, recipe.warmup_epochs * steps_per_epoch
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        if not cosine:
-            return 1.0
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / (total - warmup))) if recipe.schedule == "cosine" else 1.0
 
     return lambda step: recipe.lr * factor(step)

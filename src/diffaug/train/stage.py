@@ -1,10 +1,6 @@
-"""The train stage's command line (see diffaug/train/__init__.py for the call dvc.yaml makes).
-
-Everything that can be wrong with params or inputs is checked before anything is written: a bad value
-gives one line naming it and exit code 2. Then, per seed in train.seeds: resume from a checkpoint made
-under the same settings (or start fresh), log every epoch to dvclive at <metrics>/seed-<s>, save the
-final-epoch weights to <out>/seed-<s>.pt. Finally <out>/train.json, and the checkpoints are removed.
-Only the mixture's images and data/prepared/val.npz are read: never the test split.
+"""The train stage's command line (see diffaug/train/__init__.py). Params and inputs are checked before
+anything is written; then per seed: resume or start, log epochs to dvclive at <metrics>/seed-<s>, save the
+final-epoch weights to <out>/seed-<s>.pt; finally <out>/train.json. Never reads the test split.
 """
 from __future__ import annotations
 
@@ -97,17 +93,13 @@ def run(cfg: Config, model: str, mix: str, images: np.ndarray, labels: np.ndarra
         mixture_sha256: str) -> dict[str, Any]:
     """Train every seed of cfg.train.seeds and write the stage's outputs; returns train.json's content.
 
-    `mixture_sha256` (of the mixture's index file, which records a digest of every pool it draws
-    from) stands for the training images in the settings hash, so a checkpoint made on other data is
-    not resumed. The validation images are not in it: they never change the weights. Nor is a checkpoint
-    made under other conditions (GPU, CPU threads, library versions...) resumed: the weights would match
-    neither run's, so the classifier's recorded conditions would claim too much.
+    The settings hash holds `mixture_sha256` (the index file records a digest of every pool it draws from)
+    and the run conditions: a checkpoint made on other data, or under other conditions (whose weights the
+    classifier's recorded conditions would misdescribe), is not resumed. Validation images change no weight.
     """
     tr, recipe = cfg.train, cfg.train.active
     device = use_local_rank(resolve_device(tr.device, "train.device"))  # under torchrun: GPU LOCAL_RANK
     precision = training_precision(tr.precision, device)
-    if precision.note:
-        print(f"note: {precision.note}", file=sys.stderr, flush=True)
     settings = {
         "model": model, "variant": tr.variant, "num_classes": len(classes), "recipe_name": tr.recipe,
         "recipe": recipe.model_dump(), "precision": precision.name,
@@ -118,6 +110,7 @@ def run(cfg: Config, model: str, mix: str, images: np.ndarray, labels: np.ndarra
     conditions = run_conditions(device, precision.name)
     report: dict[str, Any] = {"model": model, "mix": mix, "settings": settings, "conditions": conditions, "seeds": {}}
     if precision.note:
+        print(f"note: {precision.note}", file=sys.stderr, flush=True)
         report["precision_note"] = precision.note
     for seed in tr.seeds:
         seed_settings = {**settings, "seed": seed}
