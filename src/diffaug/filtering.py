@@ -1,22 +1,12 @@
 """Stage `filter@<mix>`: drop the synthetic images of a mixture's draw that a classifier finds implausible.
 
-    python -m diffaug.filtering --params params.yaml --mix <mix> --mixtures data/mixtures \
-        --prepared data/prepared --synthetic data/synthetic \
-        --classifier models/<model>/orig100/seed-<first seed>.pt --out data/filtered
-
-`mixtures.<mix>.filter` (config.schema.MixtureFilter) says how each synthetic image is scored: `by:
-confidence`, the softmax probability of its intended class under the orig100 cell's first seed (ALIA,
-Dunlap et al. 2023), or `by: clip`, the cosine of CLIP's image and "a photo of a <label>" embeddings
-(He et al. 2023; weights from the local Hugging Face cache only). `threshold` keeps scores >= t;
-`keep_fraction` keeps the ceil(f * n) best of each class of each source (ties: the lower row first).
-
-Only synthetic rows are scored and dropped; real rows and their rot90/vflip copies stay. The input is
-build_mixtures' `<mix>.unfiltered.npz` (the same draw the unfiltered mixture makes), so a filtered and
-an unfiltered mixture differ exactly by the dropped images. The output `data/filtered/<mix>.npz` is a
-mixture index the train stage reads like any other, plus what was dropped and why (formats.mixture.
-FilterRecord: every row's score, the dropped rows and their scores, the cutoffs, the classifier's
-sha256), so it changes, and the cells that train on it rerun, when the classifier changes.
-`<mix>.json` beside it is the readable account.
+`mixtures.<mix>.filter` scores each synthetic image `by: confidence` (the softmax probability of its class
+under the orig100 cell's first seed, ALIA) or `by: clip` (CLIP image-text cosine with "a photo of a
+<label>", local Hugging Face cache only), and keeps scores >= `threshold` or the ceil(keep_fraction * n)
+best of each class of each source. Real rows are never dropped. The input is build_mixtures'
+`<mix>.unfiltered.npz`, so filtered and unfiltered mixtures differ exactly by the dropped images; the
+output `data/filtered/<mix>.npz` records what was dropped and the classifier's sha256 (so the cells
+that train on it rerun when it changes), `<mix>.json` the readable account (docs/beyond-the-paper.md).
 """
 from __future__ import annotations
 

@@ -3,11 +3,9 @@
     python -m diffaug.grid            # in the repository, on a machine of the cluster (docs/scale.md)
     python -m diffaug.grid --dry-run  # only list the cells
 
-The cells are the train@ / train_filtered@ stages that `dvc status` finds out of date and whose inputs
-are up to date. Each runs its stage's own command as a Ray task; tasks read and write the repository,
-so it must be on a filesystem every node sees. Ray retries a cell whose worker or node died, and the
-cell resumes from its own checkpoint. This process alone touches DVC's state: it records each finished
-cell with `dvc commit`, so `dvc repro` afterwards runs only what follows the grid (evaluate).
+Each cell whose inputs are up to date runs its stage's own command as a Ray task, on a filesystem every
+node sees; a cell whose worker died is retried and resumes from its checkpoint. Only this process
+touches DVC: it `dvc commit`s each finished cell, so `dvc repro` afterwards runs only what follows.
 """
 from __future__ import annotations
 

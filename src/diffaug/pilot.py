@@ -2,16 +2,10 @@
 
     python -m diffaug.pilot syn1 syn2 'syn2@steps=20,scheduler=dpmsolver++' --per-class 20
 
-A candidate is a set under synthetic.sets, with diffusion settings changed after `@` (checked as
-params.yaml is). For each, the first --per-class images of every class, made by generate's own code
-with the full set's seeds and prompts, are scored against real images in the feature space of the
-real-only classifier (models/<model>/orig100/seed-<s>.pt): fd, kid ± se, precision, recall
-(diffaug.metrics); recognised (how often it gives an image its class); probe (a linear classifier fitted
-on the images' features, scored on real images it never saw: val.npz, else a seeded draw of train.npz);
-and the measured images/s, full-set ETA and cost. Ranked by probe, then fd, into <out>/pilot.md and
-pilot.json, with a sample grid in <out>/samples.png; without the classifier, speed and samples only.
-Each candidate's images are kept in <out>/cache (keyed by settings, images, batch, levers, device and
-software); an entry that cannot be read is made again. Details: docs/worth.md.
+Each candidate (a set under synthetic.sets, diffusion settings changed after `@`) makes the first
+--per-class images of every class with generate's own code; they are scored in the real-only
+classifier's feature space and ranked by probe, then fd, into <out>/pilot.md and pilot.json, with a
+sample grid in <out>/samples.png; images are cached in <out>/cache. Details: docs/worth.md.
 """
 from __future__ import annotations
 

@@ -1,22 +1,16 @@
 """The on-disk form of a synthetic set, and its numpy-only reader (no torch, no diffusers).
 
 Layout of `data/synthetic/<set>/`:
-  shard-00000.npz ...  uint8 NHWC images at the dataset size, in (class, index) order, with labels,
-                       seeds, regeneration counts, and a `meta` JSON string: settings hash, first
-                       global index, count, device, provenance (batch size, speed levers, and the
-                       run's conditions: device, GPU, CPU threads, dtype, library versions); the
-                       zip's CRC-32s catch a damaged shard before the manifest lists it
+  shard-00000.npz ...  uint8 NHWC images at the dataset size, in (class, index) order, with labels, seeds,
+                       regeneration counts, and a `meta` JSON string: settings hash, first global index,
+                       count, device, provenance (batch size, levers, devices.run_conditions)
   full/shard-00000/    512² PNGs `<class>_<index>.png`, only with synthetic.save_full_resolution
-  manifest.json        written last, once every shard exists: settings (+ hash), generator (model
-                       family, pipeline, family defaults applied, safety checker), per shard
-                       file/sha256/range/device/provenance, the groups of shards made under the
-                       same provenance, per image class/prompt/seed/regenerations (an
-                       img2img image also its real source: split, row, pixel sha256, strength)
+  manifest.json        written last, once every shard exists: settings (+ hash), generator, per shard
+                       file/sha256/range/provenance and the provenance groups, per image class/prompt/seed/
+                       regenerations (an img2img image also its real source)
   samples.png          a row per class, the first images of each (like the paper's Fig. 8)
 
-Every file is written atomically (diffaug.io), so a killed run leaves whole files or none. This
-module knows the layout of a set (`SetLayout`: classes, sizes, settings hash) and nothing about how
-images are made; the generate stage describes its plan with one.
+Every file is written atomically (diffaug.io), so a killed run leaves whole files or none.
 """
 from __future__ import annotations
 
@@ -45,9 +39,8 @@ _RERUN = "rerun the generate stage to make it again"
 
 @dataclass(frozen=True)
 class SetLayout:
-    """What the files of a set must hold: images in (class, index) order, global index
-    g = c * images_per_class + i, shard k = g in [k * S, (k + 1) * S) with S = images_per_shard.
-    `settings` (and its hash) is everything that changes the bytes of a shard."""
+    """Image g = c * images_per_class + i is in shard g // images_per_shard; `settings` (and its hash) is
+    everything that changes the bytes of a shard."""
 
     set_name: str
     classes: tuple[str, ...]
@@ -181,12 +174,10 @@ def provenance_groups(provenances: list[dict[str, Any]]) -> dict[str, Any]:
     threads, dtype, library versions), and what that means for their bytes, claiming no more than holds."""
     groups: list[dict[str, Any]] = []
     for k, prov in enumerate(provenances):
-        for group in groups:
-            if group["provenance"] == prov:
-                group["shards"].append(k)
-                break
-        else:
-            groups.append({"shards": [k], "provenance": prov})
+        group = next((g for g in groups if g["provenance"] == prov), None)
+        if group is None:
+            groups.append(group := {"shards": [], "provenance": prov})
+        group["shards"].append(k)
     if len(groups) == 1:
         note = ("every shard was made under the same provenance (see groups): batch size, speed levers, device, GPU, "
                 "CPU threads, dtype and library versions; only a rerun under all of these can give the same bytes")
@@ -199,15 +190,8 @@ def provenance_groups(provenances: list[dict[str, Any]]) -> dict[str, Any]:
 
 def assemble(out_dir: Path, plan: SetLayout, prompts: Sequence[str], *, lone_process: bool,
              extras: Sequence[dict[str, Any]] | None = None, generator: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """Write samples.png and manifest.json if every shard is present and valid; else return None.
-
-    `prompts[g]` is the prompt of image g (for the manifest); `extras[g]`, when given, more fields of
-    its manifest entry (an img2img image's real source: split, row, sha256 of its pixels, strength);
-    `generator`, what made the set (model family, pipeline, defaults applied, safety checker).
-
-    Deterministic: any process that gets here with all shards writes the same bytes, so two ranks
-    finishing at once both write identical files (each through its own temp file).
-    """
+    """Write samples.png and manifest.json if every shard is present and valid; else return None. `extras[g]`
+    adds fields to image g's entry. Deterministic: two ranks finishing at once write identical files."""
     found = [valid_shard(out_dir, plan, k) for k in range(plan.num_shards)]
     shards = [s for s in found if s is not None]
     if len(shards) != len(found):
@@ -304,10 +288,7 @@ def synthetic_digest(out_dir: str | Path) -> str:
 
 
 def load_synthetic(out_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 NHWC, labels int64) of a finished set, after checking it is whole and unmodified.
-
-    Any missing, extra-length or modified shard raises UserError with one line naming the file.
-    """
+    """(images uint8 NHWC, labels int64) of a finished set; a missing or modified shard is one line naming it."""
     out_dir = Path(out_dir)
     manifest = read_manifest(out_dir)
     h, w = manifest["image_size"]

@@ -1,9 +1,6 @@
-"""CLI: python -m diffaug.generate <set> --params params.yaml --classes data/prepared/classes.json
-                                 --out data/synthetic/<set> [--train data/prepared/train.npz]
-
-Everything that can be checked (params, whether --out can be written, classes.json, --train, model files and
-family, levers, class ids, CPU cost) is checked before torch is imported or a model loaded: one line, exit
-code 2, nothing written.
+"""CLI (see the package docstring). Everything that can be checked (params, --out, classes.json, --train,
+model files and family, levers, class ids, CPU cost) is checked before torch is imported or a model
+loaded: one line, exit code 2, nothing written.
 """
 from __future__ import annotations
 

@@ -94,11 +94,8 @@ class Plan(SetLayout):
     def strength(self, g: int) -> float | None:
         return self.strengths[self.class_and_index(g)[1] % len(self.strengths)] if self.strengths else None
 
-    def strengths_of(self, gs: list[int]) -> list[float]:
-        return [self.strengths[self.class_and_index(g)[1] % len(self.strengths)] for g in gs]
-
     def denoise_steps(self, g: int, steps: int) -> int:
-        """Denoising steps image g runs: all of them, or StableDiffusionImg2ImgPipeline's int(steps * strength)."""
+        """All steps, or StableDiffusionImg2ImgPipeline's int(steps * strength)."""
         s = self.strength(g)
         return steps if s is None else min(int(steps * s), steps)
 
@@ -108,11 +105,10 @@ class Plan(SetLayout):
         return sorted(span, key=lambda g: (self.strengths.index(self.strength(g)), g)) if self.strengths else list(span)
 
     def init_images(self, gs: list[int]) -> np.ndarray | None:
-        """The real source images (uint8 NHWC, dataset size) of images gs; None for a prompt set."""
         return None if self.source_images is None else self.source_images[[self.source_rows[g] for g in gs]]
 
     def image_extras(self) -> list[dict[str, Any]] | None:
-        """Per image, what the manifest adds to class/prompt/seed: an img2img image's real source."""
+        """Per image, the manifest's record of an img2img image's real source."""
         if self.kind != "img2img":
             return None
         return [{"source_split": "train", "source_row": self.source_rows[g], "source_sha256": self.source_hashes[g],
@@ -130,7 +126,6 @@ def diffusion_settings(dif: DiffusionConfig, model_fingerprint: str | None, fami
 
 
 def _class_ids(cfg: Config, set_name: str, classes: list[str]) -> tuple[tuple[int, ...], ...]:
-    """A class-conditional (DiT) set's ImageNet ids per class."""
     ids, key = getattr(cfg.synthetic.sets[set_name], "class_ids", None) or {}, f"synthetic.sets.{set_name}.class_ids"
     for c in classes:
         if c not in ids:
@@ -142,8 +137,8 @@ def _class_ids(cfg: Config, set_name: str, classes: list[str]) -> tuple[tuple[in
 def build_plan(cfg: Config, set_name: str, classes: list[str], image_size: tuple[int, int],
                model_fingerprint: str | None, train: Split | None = None, train_sha256: str | None = None,
                info: ModelInfo | None = None) -> Plan:
-    """The plan of set `set_name`; an img2img set also needs the train split and its file's sha256. `info`
-    (families.read_model_info) gives the family and its defaults for null diffusion settings (none: SD at 512²)."""
+    """An img2img set also needs the train split and its file's sha256; `info` (default: SD at 512²) gives the
+    family and its defaults for null diffusion settings."""
     info = info or ModelInfo(FAMILIES["sd"], "StableDiffusionPipeline", 512, has_safety_checker=True)
     dif, family = resolve_defaults(cfg.diffusion, info), info.family.name
     spec, syn, key = cfg.synthetic.sets[set_name], cfg.synthetic, f"synthetic.sets.{set_name}"
@@ -154,8 +149,7 @@ def build_plan(cfg: Config, set_name: str, classes: list[str], image_size: tuple
                                             "negative_prompt": spec.negative_prompt}}
     extra: dict[str, Any] = {}
     if isinstance(spec, Img2ImgSet):
-        if train is None or train_sha256 is None:
-            raise UserError(f"{set_name}: an img2img set needs --train data/prepared/train.npz (its real source images)")
+        assert train is not None and train_sha256 is not None, "plan_set refuses an img2img set without --train"
         extra = _img2img_sources(spec, classes, image_size, train, set_name, dif, key)
         # The img2img layout (its keys in this order) predates families: its hashes stay as they were.
         settings = {"format": FORMAT, "set": set_name, "kind": "img2img", **{k: settings[k] for k in list(settings)[2:]},
@@ -178,7 +172,7 @@ def build_plan(cfg: Config, set_name: str, classes: list[str], image_size: tuple
 
 def _img2img_sources(spec: Img2ImgSet, classes: list[str], image_size: tuple[int, int], train: Split, set_name: str,
                      dif: DiffusionConfig, key: str) -> dict[str, Any]:
-    """The Plan fields of an img2img set: which real training image each image starts from, at what strength."""
+    """The Plan fields of an img2img set: which training image each image starts from, at what strength."""
     steps = settled(dif)[0]
     for s in spec.strengths:
         if int(steps * s) < 1:
@@ -230,12 +224,10 @@ def image_flops(dif: DiffusionConfig, denoise_steps: int | None = None, encode: 
 
 
 def plan_flops(plan: Plan, dif: DiffusionConfig, images: list[int]) -> float:
-    """FLOPs to make `images` (global indices): an img2img image runs only int(steps * strength) steps."""
     return sum(image_flops(dif, plan.denoise_steps(g, settled(dif)[0]), plan.kind == "img2img") for g in images)
 
 
 def steps_note(plan: Plan, dif: DiffusionConfig, images: list[int]) -> str:
-    """What the cost line says about steps: `50 steps`, or img2img's strength x steps per image."""
     steps = settled(dif)[0]
     if plan.kind != "img2img":
         return f"{steps} steps"

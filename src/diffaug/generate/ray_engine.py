@@ -1,11 +1,8 @@
 """Generation on a Ray cluster: `--engine ray` or DIFFAUG_ENGINE=ray (neither is in the settings hash).
 
-One actor per GPU (per CPU on a cluster without GPUs) loads the pipeline once and makes whole shards;
-the driver hands out shard ids, receives each shard's arrays and writes them with the same atomic
-writes and manifest as a single process, so workers need no shared filesystem. The model is resolved
-on the driver; workers load that folder or pinned hub snapshot offline (it must be on every node:
-docs/scale.md). A worker or node that dies gives its shard to another worker and comes back when Ray
-restarts it; a user error (one line) stops the run at once. Shards already written are not made again.
+One actor per GPU (per CPU without GPUs) loads the pipeline once and makes whole shards; the driver
+writes them as a single process would, so workers need no shared filesystem, but the model must be on
+every node (docs/scale.md). A lost worker's shard goes to another worker; a user error stops the run.
 """
 from __future__ import annotations
 

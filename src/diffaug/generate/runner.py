@@ -39,19 +39,13 @@ class World:
 
     rank: int = 0
     size: int = 1
-    local_rank: int = 0
 
     @classmethod
     def from_env(cls) -> World:
-        names = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
-        raw = {name: os.environ.get(name) or ("1" if name == "WORLD_SIZE" else "0") for name in names}
-        for name, value in raw.items():
-            if not value.lstrip("-").isdigit():
-                raise UserError(f"environment variable {name}={value!r}: allowed: an integer")
-        world = cls(*map(int, raw.values()))
-        if not (world.size >= 1 and 0 <= world.rank < world.size and world.local_rank >= 0):
-            raise UserError(f"RANK={world.rank}, WORLD_SIZE={world.size}: allowed: 0 <= RANK < WORLD_SIZE")
-        return world
+        rank, size = os.environ.get("RANK") or "0", os.environ.get("WORLD_SIZE") or "1"
+        if not (rank.isdigit() and size.isdigit() and int(rank) < int(size)):
+            raise UserError(f"RANK={rank!r}, WORLD_SIZE={size!r}: allowed: integers with 0 <= RANK < WORLD_SIZE")
+        return cls(int(rank), int(size))
 
     def owns(self, k: int) -> bool:
         return k % self.size == self.rank
@@ -63,8 +57,7 @@ def pick_device(dif: DiffusionConfig) -> torch.device:
 
 
 def provenance(levers: Levers, device: torch.device, dtype: str) -> dict[str, Any]:
-    """How a shard was made, beyond its settings: its speed levers and the run's conditions (device, GPU,
-    CPU threads, library versions, dtype), all of which can move low-order bits (not in the settings hash)."""
+    """How a shard was made beyond its settings (not in the hash, but they can move low-order bits)."""
     return {**levers.record(), **run_conditions(device, dtype)}
 
 
@@ -112,7 +105,7 @@ def sample_batch(sampler: Sampler, plan: Plan, run: list[tuple[int, int]], want_
     gs = [g for g, _ in run]
     init = plan.init_images(gs)  # img2img: the real source images; None for a prompt set
     return sampler.run_batch([plan.seed(g, a) for g, a in run], None if plan.class_ids else [plan.prompt(g) for g in gs],
-                             want_full=want_full, init_images=init, strengths=None if init is None else plan.strengths_of(gs),
+                             want_full=want_full, init_images=init, strengths=None if init is None else [plan.strength(g) for g in gs],
                              class_ids=[plan.class_id(g) for g in gs] if plan.class_ids else None)
 
 
@@ -220,11 +213,8 @@ class ShardMaker:
 def generate_shards(sampler: Sampler, made_with: dict[str, Any], dif: DiffusionConfig, levers: Levers, plan: Plan,
                     out_dir: Path, shards: list[int], *, save_full: bool, console: Console, show_bar: bool,
                     label: str) -> None:
-    """Generate each shard and write it atomically (PNGs first: a shard file implies its PNGs exist).
-
-    A shard's work is a queue of (global index, attempt): a flagged image goes back to its end with the
-    next attempt's seed, up to max_regenerations, then is kept black (as diffusers returns it) and counted.
-    NaN/inf stops the run with one line, the shard unwritten."""
+    """Generate each shard and write it atomically (PNGs first: a shard file implies its PNGs exist). A
+    flagged image is queued again with the next attempt's seed, up to max_regenerations, then kept black."""
     storage.remove_outdated_summary(out_dir)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not show_bar,

@@ -42,8 +42,7 @@ def make_scheduler(pipe, name: str):
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Pipeline output in [0, 1] -> uint8 NCHW, the arithmetic of the pipeline's path to PIL
-    (float32 times 255, rounded half to even, as numpy does)."""
+    """Pipeline output in [0, 1] -> uint8 NCHW, as the pipeline's path to PIL (round half to even, as numpy)."""
     return (images.float() * 255).round().to(torch.uint8)
 
 
@@ -62,7 +61,6 @@ upsample = functools.partial(resize, mode="bicubic")  # plan.UPSAMPLE_METHOD
 
 
 def finite_rows(images: torch.Tensor, latents: torch.Tensor | None) -> torch.Tensor:
-    """Per image: its pixels (and final latents, when seen) all finite."""
     ok = torch.isfinite(images).flatten(1).all(1)
     return ok if latents is None else ok & torch.isfinite(latents).flatten(1).all(1)
 
@@ -80,7 +78,6 @@ class BatchOutput:
 
 
 class Sampler:
-    """Generates batches from (seed, prompt or class id) with a loaded pipeline; see the module docstring."""
 
     def __init__(self, pipe, *, steps: int, guidance_scale: float, resolution: int, out_size: tuple[int, int],
                  scheduler: str = "default", safety_checker: bool = True, attention: str = "auto", cache: str = "none"):
@@ -126,23 +123,22 @@ class Sampler:
 
     @contextlib.contextmanager
     def cache_context(self):
-        """Step caching (FirstBlockCache) starts every batch from an empty cache."""
+        """Step caching (FirstBlockCache) starts every batch from an empty cache. (DiT's and PixArt's
+        transformers lack diffusers' CacheMixin.cache_context, hence the hooks' own calls.)"""
         if self.cache == "none":
             yield
             return
         from diffusers.hooks.hooks import CacheContext, HookRegistry, _set_cache_context
 
         net = denoiser(self.pipe)
+        HookRegistry.check_if_exists_or_initialize(net).reset_stateful_hooks()
         _set_cache_context(net, CacheContext("diffaug"))
-        try:
-            yield
-        finally:
-            HookRegistry.check_if_exists_or_initialize(net).reset_stateful_hooks()
-            _set_cache_context(net, None)
+        yield
+        _set_cache_context(net, None)
 
     def call(self, seeds: list[int], prompts: list[str] | None, class_ids: list[int] | None = None,
              **extra) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One pipeline call: images in [0, 1] (NCHW, on the device) and the final latents when seen."""
+        """Images in [0, 1] (NCHW, on the device) and the final latents when seen."""
         final: dict[str, torch.Tensor] = {}
 
         def keep_latents(pipe, i, t, tensors):
@@ -166,7 +162,7 @@ class Sampler:
         return images, final.get("latents")
 
     def safety_input(self, images_u8_cpu: torch.Tensor) -> torch.Tensor:
-        """The checker's CLIP input: the pipeline's uint8 pixels through its own feature extractor, on the CPU."""
+        """The checker's CLIP input: the pipeline's uint8 pixels through its own feature extractor."""
         return self.feature_extractor(list(images_u8_cpu), return_tensors="pt").pixel_values.to(self.device, self.checker.dtype)
 
     @torch.no_grad()
@@ -177,10 +173,9 @@ class Sampler:
 
     @torch.no_grad()
     def run_batch(self, seeds: list[int], prompts: list[str] | None, *, want_full: bool = False,
-                  init_images: np.ndarray | None = None, strengths: list[float] | None = None,
+                  init_images: np.ndarray | None = None, strengths: list[float | None] | None = None,
                   class_ids: list[int] | None = None) -> BatchOutput:
-        """A batch of images: text-to-image, class-conditional (`class_ids`), or img2img from `init_images`
-        (uint8 NHWC) at `strengths`."""
+        """Text-to-image, class-conditional (`class_ids`), or img2img from `init_images` (uint8 NHWC) at `strengths`."""
         n = len(seeds)
         if init_images is None:
             images, latents = self.call(seeds, prompts, class_ids)
