@@ -38,8 +38,6 @@ class Candidate:
 
 @dataclass
 class PilotImages:
-    """What one candidate's pilot made."""
-
     images: np.ndarray     # uint8 NHWC, the images that the safety checker let through
     labels: np.ndarray
     flagged: int           # images the safety checker flagged (the full run regenerates them)
@@ -112,7 +110,8 @@ def make_pilot(cand: Candidate, classes: list[str], image_size: tuple[int, int],
         small.append(result.small)
         flagged.extend(result.flagged)
     keep = ~np.array(flagged, bool)
-    rate = _rate(times)
+    timed = times[1:] or times  # after the first (warm-up) batch when there are several
+    rate = sum(n for n, _ in timed) / max(sum(t for _, t in timed), 1e-9)
     console.print(f"pilot {cand.label}: {len(wanted)} images in batches of {batch}, {rate:.3g} images/s on {device}")
     labels = np.array([plan.class_and_index(g)[0] for g in wanted], np.int64)[keep]
     made = PilotImages(np.concatenate(small)[keep], labels, int((~keep).sum()), rate, False, plan.num_images, str(device))
@@ -123,21 +122,13 @@ def make_pilot(cand: Candidate, classes: list[str], image_size: tuple[int, int],
 
 def read_cached(entry: Path, key: str, full_set: int, device: str) -> PilotImages | None:
     """The pilot stored under `entry` for `key`; None when absent, damaged (any way) or another key's."""
-    if not entry.is_file():
-        return None
     try:
         z = load_npz(entry)
-        if str(z["key"]) != key:
-            return None
-        return PilotImages(z["images"], z["labels"], int(z["flagged"]), float(z["rate"]), True, full_set, device)
-    except (UserError, KeyError, ValueError, TypeError):  # truncated, a flipped byte, empty: made again
-        return None
-
-
-def _rate(times: list[tuple[int, float]]) -> float:
-    """images/s after the first (warm-up) batch when there are several, else including it."""
-    use = times[1:] if len(times) > 1 else times
-    return sum(n for n, _ in use) / max(sum(t for _, t in use), 1e-9)
+        if str(z["key"]) == key:
+            return PilotImages(z["images"], z["labels"], int(z["flagged"]), float(z["rate"]), True, full_set, device)
+    except (UserError, KeyError, ValueError, TypeError):  # absent, truncated, a flipped byte, empty: made again
+        pass
+    return None
 
 
 # ----------------------------------------------------------------------------- scores
