@@ -101,8 +101,7 @@ def test_a_worker_s_user_error_stops_the_run_without_retrying(tiny_sd, local_ray
     console = Console(file=open(tmp_path / "log.txt", "w"))  # noqa: SIM115 - closed with the test's tmp_path
     started = time.monotonic()
     with pytest.raises(UserError, match=r"is not on Ray node .*copy the model folder") as error:
-        generate_on_ray(plan, missing, info, tmp_path / "out", list(range(plan.num_shards)), save_full=False,
-                        console=console, label="syn1")
+        generate_on_ray(plan, missing, info, tmp_path / "out", list(range(plan.num_shards)), console=console, label="syn1")
     assert "\n" not in str(error.value) and time.monotonic() - started < 60
     assert not list((tmp_path / "out").glob("shard-*.npz"))
     assert "was lost" not in (tmp_path / "log.txt").read_text()

@@ -35,6 +35,14 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def world_from_env() -> tuple[int, int]:
+    """(RANK, WORLD_SIZE) of this torchrun/multi-node worker: shard k is made by rank k % WORLD_SIZE."""
+    rank, size = os.environ.get("RANK") or "0", os.environ.get("WORLD_SIZE") or "1"
+    if not (rank.isdigit() and size.isdigit() and int(rank) < int(size)):
+        raise UserError(f"RANK={rank!r}, WORLD_SIZE={size!r}: allowed: integers with 0 <= RANK < WORLD_SIZE")
+    return int(rank), int(size)
+
+
 def read_train_split(path_arg: str) -> tuple[Split, str]:
     """The training split img2img starts from, and its file's sha256; refuses any other split."""
     path = Path(path_arg)
@@ -78,37 +86,32 @@ def main(argv: list[str] | None = None) -> int:
     if spec is None:
         raise UserError(f"set: {args.set!r} is not declared under synthetic.sets in {args.params}; "
                         f"allowed: {', '.join(cfg.synthetic_sets) or 'a declared set'}")
+    rank, size = world_from_env()
     # Before a model is fetched or loaded. torchrun workers keep the folder they probe: one removing it while
     # another probes would fail that one.
-    ensure_writable_dir(args.out, "--out", keep=os.environ.get("WORLD_SIZE", "1") != "1")
+    ensure_writable_dir(args.out, "--out", keep=size > 1)
     source, info, plan = plan_set(cfg, args.set, args.train, *read_classes(args.classes))
     generator = generator_record(cfg, plan, info)
-
-    # torch (several seconds to import) only now that params, classes and the model source checked out.
-    from diffaug.generate.runner import World
-
-    world = World.from_env()
     out_dir = Path(args.out)
     console = Console(stderr=True, highlight=False, soft_wrap=True)
-    label = args.set if world.size == 1 else f"{args.set} rank {world.rank}/{world.size}"
-    todo = [k for k in range(plan.num_shards) if world.owns(k) and storage.valid_shard(out_dir, plan, k) is None]
-    if todo and choose_engine(args.engine, world.size) == "ray":  # workers make shards, this process writes them
-        generate_on_ray(plan, source, info, out_dir, todo, save_full=cfg.synthetic.save_full_resolution, console=console, label=label)
+    label = args.set if size == 1 else f"{args.set} rank {rank}/{size}"
+    owned = [k for k in range(plan.num_shards) if k % size == rank]
+    todo = [k for k in owned if storage.valid_shard(out_dir, plan, k) is None]
+    if todo and choose_engine(args.engine, size) == "ray":  # workers make shards, this process writes them
+        generate_on_ray(plan, source, info, out_dir, todo, console=console, label=label)
     elif todo:
-        make_shards(cfg, plan, source, info, out_dir, todo, world, console, label, generator)
+        make_shards(plan, source, info, out_dir, todo, rank == 0, console, label, generator)
     else:
-        owned = sum(world.owns(k) for k in range(plan.num_shards))
-        console.print(f"{label}: all {owned} shards of this process are valid; nothing to generate")
+        console.print(f"{label}: all {len(owned)} shards of this process are valid; nothing to generate")
 
     prompts = [plan.prompt(g) for g in range(plan.num_images)]
-    manifest = storage.assemble(out_dir, plan, prompts, lone_process=world.size == 1, extras=plan.image_extras(),
-                                generator=generator)
+    manifest = storage.assemble(out_dir, plan, prompts, lone_process=size == 1, extras=plan.image_extras(), generator=generator)
     if manifest is not None:
         groups = len(manifest["provenance"]["groups"])
         console.print(f"{label}: {out_dir / storage.MANIFEST}: {manifest['num_images']} images, "
                       f"{manifest['regenerations']} safety regenerations, digest {manifest['digest']}"
                       + (f"; shards made under {groups} different provenances (see its 'provenance')" if groups > 1 else ""))
-    elif world.size > 1:
+    elif size > 1:
         console.print(f"{label}: my shards are done; the process that finishes the last shard writes manifest.json")
     else:
         raise UserError(f"{out_dir}: a shard failed validation right after it was written (disk full, or another "
@@ -126,11 +129,12 @@ def generator_record(cfg: Config, plan: Plan, info: ModelInfo) -> dict:
             "safety_checker": checker}
 
 
-def make_shards(cfg: Config, plan: Plan, source: ModelSource, info: ModelInfo, out_dir: Path, todo: list[int], world,
+def make_shards(plan: Plan, source: ModelSource, info: ModelInfo, out_dir: Path, todo: list[int], show_bar: bool,
                 console: Console, label: str, generator: dict) -> None:
     """Cost check, lever choice, model load, generation."""
+    # torch (several seconds to import) only now that params, classes and the model source checked out.
     from diffaug.devices import check_generation
-    from diffaug.generate.runner import generate_shards, open_sampler, pick_device  # torch: see main()
+    from diffaug.generate.runner import generate_shards, open_sampler, pick_device
 
     dif = plan.diffusion  # the family's defaults filled in
     device = pick_device(dif)
@@ -155,8 +159,7 @@ def make_shards(cfg: Config, plan: Plan, source: ModelSource, info: ModelInfo, o
                   + (f", approximate: cache {dif.cache}" if dif.cache != "none" else "")
                   + (", approximate: fp8" if dif.fp8 else ""))
     sampler, made_with = open_sampler(dif, source, info, device, levers, plan)
-    generate_shards(sampler, made_with, dif, levers, plan, out_dir, todo, save_full=cfg.synthetic.save_full_resolution,
-                    console=console, show_bar=world.rank == 0, label=label)
+    generate_shards(sampler, made_with, levers, plan, out_dir, todo, console=console, show_bar=show_bar, label=label)
 
 
 if __name__ == "__main__":

@@ -191,8 +191,8 @@ def choose_levers(dif: DiffusionConfig, device_type: str, n_images: int) -> Leve
         on = n_images >= COMPILE_AUTO_IMAGES
         why = (f"compile: auto {'compiles' if on else 'stays eager'}: {n_images} images "
                f"{'>=' if on else '<'} {COMPILE_AUTO_IMAGES}, where compiling paid for itself on an H100")
-    return Levers(batch_size=dif.batch_size, fuse_qkv=dif.fuse_qkv, channels_last=dif.channels_last, compile=on,
-                  compile_mode=dif.compile_mode, cuda_graphs=dif.cuda_graphs, attention=dif.attention, reason=why)
+    same = dif.model_dump(include={"batch_size", "fuse_qkv", "channels_last", "compile_mode", "cuda_graphs", "attention"})
+    return Levers(**same, compile=on, reason=why)
 
 
 def use_inductor_cache(root: Path | None = None) -> Path:

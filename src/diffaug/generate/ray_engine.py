@@ -14,7 +14,6 @@ from typing import Any
 
 from rich.console import Console
 
-from diffaug.config import DiffusionConfig
 from diffaug.errors import ConfigError, UserError
 from diffaug.formats import synthetic as storage
 from diffaug.generate.families import ModelInfo
@@ -39,8 +38,8 @@ def choose_engine(flag: str | None, world_size: int) -> str:
 class ShardWorker:
     """A Ray actor's state: the pipeline, loaded on the first call (again after Ray restarts the actor)."""
 
-    def __init__(self, dif: DiffusionConfig, levers: Levers, plan: Plan, source: ModelSource, info: ModelInfo, save_full: bool):
-        self.args = dif, levers, plan, source, info, save_full
+    def __init__(self, levers: Levers, plan: Plan, source: ModelSource, info: ModelInfo):
+        self.args = levers, plan, source, info
         self.maker: Any = None
 
     def ready(self) -> bool:
@@ -49,15 +48,15 @@ class ShardWorker:
 
             from diffaug.generate.runner import ShardMaker, open_sampler, pick_device
 
-            dif, levers, plan, source, info, save_full = self.args
+            levers, plan, source, info = self.args
             if source.revision is None and not Path(source.load_from).is_dir():
                 raise UserError(f"diffusion.model: {source.load_from} is not on Ray node {os.uname().nodename}; copy the "
                                 "model folder to the same path on every node (or use a hub id cached on every node)")
-            sampler, made_with = open_sampler(dif, source, info, pick_device(dif), levers, plan)
+            sampler, made_with = open_sampler(plan.diffusion, source, info, pick_device(plan.diffusion), levers, plan)
             self.full: dict[int, Any] = {}
             # Progress is the driver's, which counts shards as they arrive: the worker's bar is off.
-            self.maker = ShardMaker(sampler, made_with, dif, levers, plan, save_full=save_full, console=Console(stderr=True),
-                                    label=plan.set_name, progress=Progress(disable=True), on_full=self.full.__setitem__)
+            self.maker = ShardMaker(sampler, made_with, levers, plan, console=Console(stderr=True), label=plan.set_name,
+                                    progress=Progress(disable=True), on_full=self.full.__setitem__)
         return True
 
     def make(self, k: int) -> tuple[dict[str, Any], dict[int, Any]]:
@@ -72,7 +71,7 @@ class ShardWorker:
 
 
 def generate_on_ray(plan: Plan, source: ModelSource, info: ModelInfo, out_dir: Path, todo: list[int], *,
-                    save_full: bool, console: Console, label: str) -> None:
+                    console: Console, label: str) -> None:
     """Make the shards `todo` on the Ray cluster (ray.init's: RAY_ADDRESS, a local `ray start`, or a new
     local one) and write each as it arrives."""
     import ray
@@ -100,7 +99,7 @@ def generate_on_ray(plan: Plan, source: ModelSource, info: ModelInfo, out_dir: P
                    runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}})
     run_id = uuid.uuid4().hex[:8]
     workers: list[Any] = [ray.remote(ShardWorker).options(name=f"{ACTOR_PREFIX}-{run_id}-{i}", **options)
-               .remote(dif, levers, plan, source, info, save_full) for i in range(n_workers)]
+               .remote(levers, plan, source, info) for i in range(n_workers)]
     try:
         _feed(workers, todo, plan, out_dir, console, label)
     finally:

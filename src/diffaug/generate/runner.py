@@ -8,11 +8,9 @@ on every call, whether or not memory ran out (0.5 s a shard under pytest, half o
 accelerate has no counterpart for (it only shrinks from a guess)."""
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,24 +29,6 @@ from diffaug.generate.families import ModelInfo, settled
 from diffaug.generate.model import Levers, ModelSource, apply_levers, load_pipeline
 from diffaug.generate.plan import Plan
 from diffaug.generate.sampler import BatchOutput, Sampler
-
-
-@dataclass(frozen=True)
-class World:
-    """This process's place among `torchrun`/multi-node workers: shard k is made by rank k % size."""
-
-    rank: int = 0
-    size: int = 1
-
-    @classmethod
-    def from_env(cls) -> World:
-        rank, size = os.environ.get("RANK") or "0", os.environ.get("WORLD_SIZE") or "1"
-        if not (rank.isdigit() and size.isdigit() and int(rank) < int(size)):
-            raise UserError(f"RANK={rank!r}, WORLD_SIZE={size!r}: allowed: integers with 0 <= RANK < WORLD_SIZE")
-        return cls(int(rank), int(size))
-
-    def owns(self, k: int) -> bool:
-        return k % self.size == self.rank
 
 
 def pick_device(dif: DiffusionConfig) -> torch.device:
@@ -112,13 +92,12 @@ def sample_batch(sampler: Sampler, plan: Plan, run: list[tuple[int, int]], want_
 class ShardMaker:
     """Makes shards' arrays one after the other, each by draining its queue batch by batch, and writes nothing:
     generate_shards writes them here, a Ray worker (generate/ray_engine.py) sends them to its driver.
-    Each full-resolution image (save_full) goes to `on_full(global index, pixels)`."""
+    Each full-resolution image (save_full_resolution) goes to `on_full(global index, pixels)`."""
 
-    def __init__(self, sampler: Sampler, made_with: dict[str, Any], dif: DiffusionConfig, levers: Levers, plan: Plan, *,
-                 save_full: bool, console: Console, label: str, progress: Progress, on_full: Callable[[int, np.ndarray], object]):
-        self.sampler, self.made_with, self.dif, self.levers, self.plan = sampler, made_with, dif, levers, plan
-        self.save_full, self.console, self.label = save_full, console, label
-        self.progress, self.on_full, self.device = progress, on_full, sampler.device
+    def __init__(self, sampler: Sampler, made_with: dict[str, Any], levers: Levers, plan: Plan, *, console: Console,
+                 label: str, progress: Progress, on_full: Callable[[int, np.ndarray], object]):
+        self.sampler, self.made_with, self.levers, self.plan = sampler, made_with, levers, plan
+        self.console, self.label, self.progress, self.on_full, self.device = console, label, progress, on_full, sampler.device
         self.device_name = f"cuda ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else self.device.type
         self.size = first_batch_size(levers.batch_size, self.device)
         self.probing = levers.batch_size == "auto" and self.device.type == "cuda"
@@ -166,7 +145,7 @@ class ShardMaker:
             torch.cuda.reset_peak_memory_stats(self.device)
             before = torch.cuda.memory_allocated(self.device)
         try:
-            out = sample_batch(self.sampler, plan, run, self.save_full)
+            out = sample_batch(self.sampler, plan, run, plan.save_full_resolution)
         except BaseException:
             queue.extendleft(reversed(batch))  # out of memory: the batch goes back to the front, retried smaller
             raise
@@ -187,7 +166,7 @@ class ShardMaker:
         self.shard_batches += 1
         finished = 0
         for j, (g, attempt) in enumerate(batch):
-            if out.flagged[j] and attempt < self.dif.max_regenerations:
+            if out.flagged[j] and attempt < plan.diffusion.max_regenerations:
                 queue.append((g, attempt + 1))
                 continue
             i, black = g - self.span.start, out.flagged[j]
@@ -210,9 +189,8 @@ class ShardMaker:
                                f"{task.remaining:.0f} images left, ETA {human_duration(task.time_remaining or 0)}")
 
 
-def generate_shards(sampler: Sampler, made_with: dict[str, Any], dif: DiffusionConfig, levers: Levers, plan: Plan,
-                    out_dir: Path, shards: list[int], *, save_full: bool, console: Console, show_bar: bool,
-                    label: str) -> None:
+def generate_shards(sampler: Sampler, made_with: dict[str, Any], levers: Levers, plan: Plan, out_dir: Path, shards: list[int],
+                    *, console: Console, show_bar: bool, label: str) -> None:
     """Generate each shard and write it atomically (PNGs first: a shard file implies its PNGs exist). A
     flagged image is queued again with the next attempt's seed, up to max_regenerations, then kept black."""
     storage.remove_outdated_summary(out_dir)
@@ -226,8 +204,7 @@ def generate_shards(sampler: Sampler, made_with: dict[str, Any], dif: DiffusionC
         def write_png(g: int, full: np.ndarray) -> None:
             pngs.append(png_pool.submit(storage.write_full_png, out_dir, plan, g, full))
 
-        maker = ShardMaker(sampler, made_with, dif, levers, plan, save_full=save_full, console=console, label=label,
-                           progress=progress, on_full=write_png)
+        maker = ShardMaker(sampler, made_with, levers, plan, console=console, label=label, progress=progress, on_full=write_png)
         progress.update(maker.task, total=sum(len(plan.shard_range(k)) for k in shards))
         for k in shards:
             storage.prepare_shard_slot(out_dir, k)
