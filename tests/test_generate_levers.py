@@ -213,12 +213,13 @@ def test_a_hub_model_is_pinned_to_one_snapshot_before_planning(tmp_path, monkeyp
     (repo / "snapshots" / "abc123" / "model_index.json").write_text("{}")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     downloads = []
-    monkeypatch.setattr(model, "download_hub_snapshot", lambda dif: downloads.append(dif.model) or "def456")
+    fetched = tmp_path / "models--org--not-cached" / "snapshots" / "def456"
+    monkeypatch.setattr(model, "download_hub_snapshot", lambda dif: downloads.append(dif.model) or fetched)
 
     cached = model.resolve_model(DiffusionConfig(model="org/sd"))
-    assert cached == model.ModelSource("org/sd", "abc123", "hub-commit:abc123") and downloads == []
+    assert cached == model.ModelSource("org/sd", "abc123", "hub-commit:abc123", repo / "snapshots" / "abc123") and downloads == []
     fresh = model.resolve_model(DiffusionConfig(model="org/not-cached"))
-    assert fresh == model.ModelSource("org/not-cached", "def456", "hub-commit:def456") and downloads == ["org/not-cached"]
+    assert fresh == model.ModelSource("org/not-cached", "def456", "hub-commit:def456", fetched) and downloads == ["org/not-cached"]
 
 
 def test_the_plan_is_built_once_per_run(tiny_sd, tmp_path, monkeypatch):

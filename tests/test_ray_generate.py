@@ -97,7 +97,7 @@ def test_a_worker_s_user_error_stops_the_run_without_retrying(tiny_sd, local_ray
     params, classes = write_inputs(tmp_path, tiny_sd)
     cfg = load_config(params)
     _, info, plan = plan_set(cfg, "syn1", None, *read_classes(classes))
-    missing = ModelSource(str(tmp_path / "not-on-this-node"), None, "sha256:0")
+    missing = ModelSource(str(tmp_path / "not-on-this-node"), None, "sha256:0", tmp_path / "not-on-this-node")
     console = Console(file=open(tmp_path / "log.txt", "w"))  # noqa: SIM115 - closed with the test's tmp_path
     started = time.monotonic()
     with pytest.raises(UserError, match=r"is not on Ray node .*copy the model folder") as error:

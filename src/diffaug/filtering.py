@@ -50,15 +50,6 @@ def confidence_scores(classifier: Path, images: np.ndarray, labels: np.ndarray, 
     return probs[np.arange(len(probs)), labels].astype(np.float32)
 
 
-def load_clip_or_explain(key: str, device: str) -> tuple[Any, Any]:
-    """CLIP from the local Hugging Face cache; without its weights, one line naming `key`."""
-    try:
-        return load_clip(CLIP_MODEL, device)
-    except Exception as e:  # not cached (no network here), or transformers lacks CLIP
-        raise UserError(f"{key}: clip needs CLIP weights ({CLIP_MODEL}) in the local Hugging Face cache, which are not "
-                        f"available ({type(e).__name__}); allowed here: by: confidence") from None
-
-
 # ----------------------------------------------------------------------------- selection
 def select(scores: np.ndarray, groups: np.ndarray, rows: np.ndarray, spec: MixtureFilter) -> tuple[np.ndarray, dict[int, float]]:
     """(keep mask, cutoff per group): per group (a source and class), scores >= threshold, or the
@@ -97,7 +88,13 @@ def filter_mixture(cfg: Config, mix: str, mixtures_dir: Path, prepared: Path, sy
     names = index.source_names
     scored = np.array([names[c] not in REAL_SOURCES for c in codes], bool)  # every synthetic set
     scores = np.full(len(index.row), np.nan, np.float32)
-    clip = load_clip_or_explain(f"{key}.by", device) if spec.by == "clip" else (None, None)
+    clip: Any = None
+    if spec.by == "clip":
+        try:
+            clip = load_clip(CLIP_MODEL, device)
+        except Exception as e:  # not cached (no network here), or transformers lacks CLIP
+            raise UserError(f"{key}.by: clip needs CLIP weights ({CLIP_MODEL}) in the local Hugging Face cache, which are "
+                            f"not available ({type(e).__name__}); allowed here: by: confidence") from None
     pixels, _, _ = load_mixture(source_path, prepared, synthetic_root)
     for src in index.used:
         if src in REAL_SOURCES:

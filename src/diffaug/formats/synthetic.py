@@ -170,8 +170,7 @@ def _manifest_text(manifest: dict[str, Any]) -> str:
 
 
 def provenance_groups(provenances: list[dict[str, Any]]) -> dict[str, Any]:
-    """Which shards were made under which provenance (speed levers and run conditions: device, GPU, CPU
-    threads, dtype, library versions), and what that means for their bytes, claiming no more than holds."""
+    """Which shards were made under which provenance, and what that means for their bytes, claiming no more than holds."""
     groups: list[dict[str, Any]] = []
     for k, prov in enumerate(provenances):
         group = next((g for g in groups if g["provenance"] == prov), None)

@@ -72,7 +72,7 @@ def plan_set(cfg: Config, set_name: str, train_arg: str | None, classes: list[st
     elif train_arg is not None:
         raise UserError(f"--train: {set_name} is a {spec.kind} set, which reads no real images; leave --train out")
     source = resolve_model(cfg.diffusion)  # a hub id is pinned to one snapshot (downloaded if not cached)
-    info = check_model_files(source.folder(), cfg.diffusion)  # the family, from its model_index.json
+    info = check_model_files(source.folder, cfg.diffusion)  # the family, from its model_index.json
     check_levers(cfg.diffusion, info, spec.kind, f"synthetic.sets.{set_name}",
                  has_class_ids=getattr(spec, "class_ids", None) is not None, negative_prompt=spec.negative_prompt)
     return source, info, build_plan(cfg, set_name, classes, image_size, source.fingerprint, train, train_sha256, info)

@@ -61,19 +61,13 @@ def directory_digest(root: Path) -> str:
 
 @dataclass(frozen=True)
 class ModelSource:
-    """What `from_pretrained` loads: a local directory, or a hub id pinned to one snapshot commit."""
+    """What `from_pretrained` loads: a local directory, or a hub id pinned to one snapshot commit, and the
+    folder of its model_index.json and configs (the directory, or the snapshot in the hub cache)."""
 
     load_from: str
     revision: str | None
     fingerprint: str
-
-    def folder(self) -> Path:
-        """Where its model_index.json and configs are: the directory, or the hub snapshot in the cache."""
-        if self.revision is None:
-            return Path(self.load_from)
-        cached = cached_hub_snapshot(self.load_from, self.revision)
-        assert cached is not None, "resolve_model pinned a cached snapshot"
-        return cached
+    folder: Path
 
 
 def cached_hub_snapshot(model: str, revision: str | None) -> Path | None:
@@ -84,8 +78,8 @@ def cached_hub_snapshot(model: str, revision: str | None) -> Path | None:
     return Path(cached).parent if isinstance(cached, str) else None
 
 
-def download_hub_snapshot(dif: DiffusionConfig) -> str:
-    """Download the files the pipeline needs (this variant only) and return the snapshot's commit."""
+def download_hub_snapshot(dif: DiffusionConfig) -> Path:
+    """Download the files the pipeline needs (this variant only) and return the snapshot's folder."""
     from diffusers import DiffusionPipeline
 
     quiet_libraries()
@@ -93,7 +87,7 @@ def download_hub_snapshot(dif: DiffusionConfig) -> str:
         folder = DiffusionPipeline.download(dif.model, revision=dif.revision, variant=dif.variant)
     except Exception as e:  # hub unreachable, unknown repo or revision: all are "cannot download"
         raise _cannot_load(dif, e) from None
-    return Path(folder).name
+    return Path(folder)
 
 
 def resolve_model(dif: DiffusionConfig) -> ModelSource:
@@ -106,10 +100,9 @@ def resolve_model(dif: DiffusionConfig) -> ModelSource:
         if not path.is_dir() or not (path / "model_index.json").is_file():
             raise UserError(f"diffusion.model: {model_label(dif)} has no model_index.json; allowed: a directory "
                             "written by a diffusers pipeline's save_pretrained, or a hub id")
-        return ModelSource(str(path), None, "sha256:" + directory_digest(path))
-    cached = cached_hub_snapshot(dif.model, dif.revision)
-    commit = cached.name if cached is not None else download_hub_snapshot(dif)
-    return ModelSource(dif.model, commit, "hub-commit:" + commit)
+        return ModelSource(str(path), None, "sha256:" + directory_digest(path), path)
+    folder = cached_hub_snapshot(dif.model, dif.revision) or download_hub_snapshot(dif)
+    return ModelSource(dif.model, folder.name, "hub-commit:" + folder.name, folder)
 
 
 def quiet_libraries() -> None:

@@ -115,16 +115,6 @@ class Plan(SetLayout):
                  "strength": self.strength(g)} for g in range(self.num_images)]
 
 
-def diffusion_settings(dif: DiffusionConfig, model_fingerprint: str | None, family: str = "sd") -> dict[str, Any]:
-    values = dif.model_dump()
-    # Approximate levers enter the hash only when on, so sets made before they existed stay valid.
-    settings = {k: values[k] for k in PIXEL_SETTINGS if not (k in APPROXIMATE and values[k] in (0, False, "none"))}
-    if family != "sd":  # SD sets were made before families existed: their hash stays as it was
-        settings["family"] = family
-    settings["model_fingerprint"] = model_fingerprint
-    return settings
-
-
 def _class_ids(cfg: Config, set_name: str, classes: list[str]) -> tuple[tuple[int, ...], ...]:
     ids, key = getattr(cfg.synthetic.sets[set_name], "class_ids", None) or {}, f"synthetic.sets.{set_name}.class_ids"
     for c in classes:
@@ -161,8 +151,11 @@ def build_plan(cfg: Config, set_name: str, classes: list[str], image_size: tuple
         extra["class_ids"] = _class_ids(cfg, set_name, classes) if family == "dit" else ()
         if extra["class_ids"]:
             settings["prompts"] = {"class_ids": {c: list(ids) for c, ids in zip(classes, extra["class_ids"])}}
-    settings.update({"save_full_resolution": syn.save_full_resolution, "downsample": DOWNSAMPLE_METHOD,
-                     "diffusion": diffusion_settings(dif, model_fingerprint, family)})
+    values = dif.model_dump()
+    # Approximate levers enter the hash only when on, and the family unless SD: sets made before either existed stay valid.
+    pixels = {k: values[k] for k in PIXEL_SETTINGS if not (k in APPROXIMATE and values[k] in (0, False, "none"))}
+    pixels.update({"family": family} if family != "sd" else {}, model_fingerprint=model_fingerprint)
+    settings.update({"save_full_resolution": syn.save_full_resolution, "downsample": DOWNSAMPLE_METHOD, "diffusion": pixels})
     fields = {"images_per_class": syn.images_per_class, **extra}
     return Plan(set_name=set_name, classes=tuple(classes), image_size=(image_size[0], image_size[1]),
                 images_per_shard=syn.images_per_shard, settings=settings, settings_hash=sha256_json(settings), words=words,

@@ -75,6 +75,7 @@ def generate_on_ray(plan: Plan, source: ModelSource, info: ModelInfo, out_dir: P
     """Make the shards `todo` on the Ray cluster (ray.init's: RAY_ADDRESS, a local `ray start`, or a new
     local one) and write each as it arrives."""
     import ray
+    from ray.exceptions import RayTaskError
 
     from diffaug.generate.model import choose_levers
     from diffaug.generate.plan import check_cpu_cost, plan_flops
@@ -102,6 +103,9 @@ def generate_on_ray(plan: Plan, source: ModelSource, info: ModelInfo, out_dir: P
                .remote(levers, plan, source, info) for i in range(n_workers)]
     try:
         _feed(workers, todo, plan, out_dir, console, label)
+    except RayTaskError as e:  # a worker's one-line error as the driver's own; anything else (a bug) keeps Ray's traceback
+        cause = getattr(e, "cause", None)
+        raise (type(cause)(str(cause)) if isinstance(cause, (UserError, ConfigError)) else e) from None
     finally:
         for worker in workers:
             ray.kill(worker, no_restart=True)
@@ -111,7 +115,7 @@ def _feed(workers: list, todo: list[int], plan: Plan, out_dir: Path, console: Co
     """Each free worker gets the next shard; a lost one's shard goes back to the queue, and the worker is
     used again once Ray has restarted it (its `ready` call returns)."""
     import ray
-    from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
+    from ray.exceptions import ObjectLostError, RayActorError
 
     pending, free = deque(todo), list(workers)
     running: dict[Any, tuple[Any, int]] = {}
@@ -132,8 +136,6 @@ def _feed(workers: list, todo: list[int], plan: Plan, out_dir: Path, console: Co
                 free.append(worker)
             except RayActorError:
                 pass  # out of restarts: the others carry on
-            except RayTaskError as e:
-                raise _user_error(e) from None
             continue
         worker, k = running.pop(ref)
         try:
@@ -144,8 +146,6 @@ def _feed(workers: list, todo: list[int], plan: Plan, out_dir: Path, console: Co
             pending.append(k)
             restarting[worker.ready.remote()] = worker
             continue
-        except RayTaskError as e:
-            raise _user_error(e) from None
         storage.prepare_shard_slot(out_dir, k)
         for g, image in full.items():
             storage.write_full_png(out_dir, plan, g, image)
@@ -154,8 +154,3 @@ def _feed(workers: list, todo: list[int], plan: Plan, out_dir: Path, console: Co
         console.print(f"{label}: {storage.shard_name(k)} written ({done} of {len(todo)})")
         free.append(worker)
 
-
-def _user_error(error: Exception) -> Exception:
-    """A worker's one-line error as the driver's own; anything else (a bug) keeps Ray's traceback."""
-    cause = getattr(error, "cause", None)
-    return type(cause)(str(cause)) if isinstance(cause, (UserError, ConfigError)) else error

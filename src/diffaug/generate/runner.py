@@ -90,8 +90,7 @@ def sample_batch(sampler: Sampler, plan: Plan, run: list[tuple[int, int]], want_
 
 
 class ShardMaker:
-    """Makes shards' arrays one after the other, each by draining its queue batch by batch, and writes nothing:
-    generate_shards writes them here, a Ray worker (generate/ray_engine.py) sends them to its driver.
+    """Makes shards' arrays and writes nothing: generate_shards writes them, a Ray worker sends them to its driver.
     Each full-resolution image (save_full_resolution) goes to `on_full(global index, pixels)`."""
 
     def __init__(self, sampler: Sampler, made_with: dict[str, Any], levers: Levers, plan: Plan, *, console: Console,
@@ -104,8 +103,7 @@ class ShardMaker:
         self.task, self.batches = progress.add_task(label, total=0), 0
 
     def make(self, k: int) -> dict[str, Any]:
-        """Shard k, as storage.write_shard's keyword arguments: its queue of (global index, attempt) drained at
-        the largest batch that fits."""
+        """Shard k, as storage.write_shard's keyword arguments."""
         plan, span = self.plan, self.plan.shard_range(k)
         self.k, self.span, self.queue = k, span, deque((g, 0) for g in plan.work_order(span))
         self.images, self.seeds = np.zeros((len(span), *plan.image_size, 3), np.uint8), np.zeros(len(span), np.uint64)
