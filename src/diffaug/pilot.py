@@ -96,7 +96,7 @@ def make_pilot(cand: Candidate, classes: list[str], image_size: tuple[int, int],
     if found is not None:
         console.print(f"pilot {cand.label}: {len(wanted)} images read back from {entry}")
         return found
-    check_cpu_cost(dif, device.type, len(wanted))
+    check_cpu_cost(plan, device.type, wanted)
     sampler, _ = open_sampler(dif, source, info, device, levers, plan)
     small, flagged, times = [], [], []
     for start in range(0, len(wanted), batch):
@@ -251,7 +251,6 @@ def main(argv: list[str] | None = None) -> None:
             row.update(score(pilot))
         rows.append(row)
     ranked = rank(rows)
-    args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / "pilot.json", {"per_class": args.per_class, "classifier": str(classifier_path) if score else None,
                                                 "probe_test": "val.npz" if on_val else "train.npz draw", "candidates": ranked})
     table = table_markdown(ranked)

@@ -197,7 +197,6 @@ def assemble(out_dir: Path, plan: SetLayout, prompts: Sequence[str], *, lone_pro
         return None
     _remove_strays(out_dir, plan, all_temp_files=lone_process)
     images, entries, shard_entries = [], [], []
-    regenerations = unresolved = 0
     for k, (arrays, meta) in enumerate(shards):
         shard_entries.append({"file": shard_name(k), "sha256": sha256_file(out_dir / shard_name(k)),
                               "first": meta["first"], "count": meta["count"], "device": meta["device"],
@@ -207,8 +206,6 @@ def assemble(out_dir: Path, plan: SetLayout, prompts: Sequence[str], *, lone_pro
             entries.append({"class": plan.classes[c], "index": i, "prompt": prompts[g],
                             "seed": int(arrays["seeds"][j]), "regenerations": int(arrays["regenerations"][j]),
                             "flagged": bool(arrays["flagged"][j]), **(extras[g] if extras is not None else {})})
-        regenerations += int(arrays["regenerations"].sum())
-        unresolved += int(arrays["flagged"].sum())
         images.append(arrays["images"])
     manifest = {
         "format": FORMAT,
@@ -218,8 +215,8 @@ def assemble(out_dir: Path, plan: SetLayout, prompts: Sequence[str], *, lone_pro
         "num_images": plan.num_images,
         "classes": list(plan.classes),
         "image_size": list(plan.image_size),
-        "regenerations": regenerations,
-        "still_flagged_blacked_out": unresolved,
+        "regenerations": sum(e["regenerations"] for e in entries),
+        "still_flagged_blacked_out": sum(e["flagged"] for e in entries),
         "settings": plan.settings,
         **({"generator": generator} if generator is not None else {}),
         "provenance": provenance_groups([s["provenance"] for s in shard_entries]),

@@ -17,7 +17,7 @@ from diffaug.formats import synthetic as storage
 from diffaug.formats.splits import Split, load_split, read_classes
 from diffaug.generate.families import ModelInfo, check_levers
 from diffaug.generate.model import ModelSource, check_model_files, choose_levers, resolve_model
-from diffaug.generate.plan import Plan, build_plan, check_cpu_cost, plan_flops, steps_note
+from diffaug.generate.plan import Plan, build_plan, check_cpu_cost, steps_note
 from diffaug.generate.ray_engine import ENGINE_ENV, ENGINES, choose_engine, generate_on_ray
 from diffaug.io import ensure_writable_dir, sha256_file
 
@@ -139,8 +139,7 @@ def make_shards(plan: Plan, source: ModelSource, info: ModelInfo, out_dir: Path,
     dif = plan.diffusion  # the family's defaults filled in
     device = pick_device(dif)
     images = [g for k in todo for g in plan.shard_range(k)]
-    n_images, flops = len(images), plan_flops(plan, dif, images)  # img2img: only int(steps * strength) steps per image
-    check_cpu_cost(dif, device.type, n_images, flops)
+    n_images, flops = len(images), check_cpu_cost(plan, device.type, images)  # img2img: only int(steps * strength) steps
     for note in check_generation(dif, device):  # dtype and levers against this GPU, before minutes of loading
         console.print(f"{label}: note: {note}")
     levers = choose_levers(dif, device.type, n_images)

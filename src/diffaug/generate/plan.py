@@ -59,9 +59,6 @@ class Plan(SetLayout):
     words: tuple[str, ...] = ()  # the prompt word of each class
     templates: tuple[str, ...] = ()
     negative_prompt: str | None = None
-    diffusion_seed: int = 0
-
-    family: str = "sd"
     diffusion: Any = field(default=None, compare=False, repr=False)  # the resolved DiffusionConfig
     class_ids: tuple[tuple[int, ...], ...] = ()  # class-conditional sets: ImageNet ids per class
 
@@ -77,7 +74,7 @@ class Plan(SetLayout):
 
     def seed(self, g: int, attempt: int = 0) -> int:
         c, i = self.class_and_index(g)
-        return image_seed(self.diffusion_seed, self.set_name, self.classes[c], i, attempt)
+        return image_seed(self.diffusion.seed, self.set_name, self.classes[c], i, attempt)
 
     @property
     def distinct_prompts(self) -> list[str]:
@@ -159,8 +156,7 @@ def build_plan(cfg: Config, set_name: str, classes: list[str], image_size: tuple
     fields = {"images_per_class": syn.images_per_class, **extra}
     return Plan(set_name=set_name, classes=tuple(classes), image_size=(image_size[0], image_size[1]),
                 images_per_shard=syn.images_per_shard, settings=settings, settings_hash=sha256_json(settings), words=words,
-                templates=tuple(spec.templates), negative_prompt=spec.negative_prompt, diffusion_seed=dif.seed,
-                family=family, diffusion=dif, **fields)
+                templates=tuple(spec.templates), negative_prompt=spec.negative_prompt, diffusion=dif, **fields)
 
 
 def _img2img_sources(spec: Img2ImgSet, classes: list[str], image_size: tuple[int, int], train: Split, set_name: str,
@@ -230,14 +226,15 @@ def steps_note(plan: Plan, dif: DiffusionConfig, images: list[int]) -> str:
     return f"img2img: only strength x steps run, {parts} of {steps} steps (mean {mean:.3g})"
 
 
-def check_cpu_cost(dif: DiffusionConfig, device_type: str, n_images: int, flops: float | None = None) -> None:
-    """Refuse (before the model loads) a CPU run estimated at over an hour, unless allow_cpu is set."""
-    if device_type != "cpu" or dif.allow_cpu:
-        return
-    total = n_images * image_flops(dif) if flops is None else flops
+def check_cpu_cost(plan: Plan, device_type: str, images: list[int]) -> float:
+    """The FLOPs to make `images`; a CPU run estimated at over an hour is refused (before the model loads)
+    unless allow_cpu is set."""
+    dif, n_images = plan.diffusion, len(images)
+    total = plan_flops(plan, dif, images)
     seconds = total / CPU_FLOP_PER_S
-    if seconds > CPU_SECONDS_ALLOWED:
+    if device_type == "cpu" and not dif.allow_cpu and seconds > CPU_SECONDS_ALLOWED:
         raise ConfigError(
             f"diffusion.allow_cpu: {n_images} images at {dif.resolution}² with {dif.steps} steps would take about "
             f"{human_duration(seconds)} on a CPU ({total / max(n_images, 1) / 1e12:.1f} TFLOP per image at <= 1 TFLOP/s); "
             "run on a GPU (diffusion.device: auto | cuda) or set diffusion.allow_cpu: true to force it")
+    return total

@@ -78,7 +78,7 @@ def generate_on_ray(plan: Plan, source: ModelSource, info: ModelInfo, out_dir: P
     from ray.exceptions import RayTaskError
 
     from diffaug.generate.model import choose_levers
-    from diffaug.generate.plan import check_cpu_cost, plan_flops
+    from diffaug.generate.plan import check_cpu_cost
 
     if not ray.is_initialized():
         ray.init(log_to_driver=True)
@@ -89,7 +89,7 @@ def generate_on_ray(plan: Plan, source: ModelSource, info: ModelInfo, out_dir: P
         raise ConfigError(f"diffusion.device: {dif.device!r}, but the Ray cluster has no GPU; use auto or cpu")
     device_type = "cuda" if gpus else "cpu"
     images = [g for k in todo for g in plan.shard_range(k)]
-    check_cpu_cost(dif, device_type, len(images), plan_flops(plan, dif, images))
+    check_cpu_cost(plan, device_type, images)
     levers = choose_levers(dif, device_type, len(images))  # the driver's choice: every worker's shards alike
     n_workers = min(len(todo), gpus or int(resources.get("CPU", 1)))
     console.print(f"{label}: {len(images)} images ({len(todo)} of {plan.num_shards} shards) on {n_workers} Ray "
