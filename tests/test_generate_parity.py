@@ -9,8 +9,6 @@ not bit for bit: see IMAGE_ATOL.
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
 import warnings
 from pathlib import Path
 
@@ -25,8 +23,8 @@ from diffaug.generate.model import Levers, apply_levers, quiet_libraries
 from diffaug.generate.sampler import Sampler, downsample, make_scheduler, to_uint8
 from diffaug.io import load_npz
 from diffaug.sandbox.tiny import SD14_UNET, SD14_UNET_PARAMS
+from test_generate_sweep import load_benchmark
 
-REPO = Path(__file__).resolve().parents[1]
 # Tolerance from what may legitimately differ: float32 reassociation. A sum of n terms computed in
 # another order differs by about sqrt(n) * u relative (random-walk rounding, u = 2**-24 = 6e-8); n is
 # at most ~600 here (3x3 convolutions over 64 channels), and errors from L ~ 200 layers in sequence
@@ -237,10 +235,7 @@ def test_tiny_pipeline_loads_its_fp16_variant_too(tiny_sd):
 
 
 def test_benchmark_runs_on_cpu_with_tiny(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_generate", REPO / "benchmarks" / "generate.py")
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # dataclasses look their module up there
-    spec.loader.exec_module(bench)
+    bench = load_benchmark()
     results_md = tmp_path / "RESULTS.md"
     results = bench.main(["--tiny", "--device", "cpu", "--results", str(results_md)])
     assert set(results) == {"plain b1", "plain b2", "plain b4", "ours", "ours fast"}

@@ -15,23 +15,17 @@ from diffaug.formats import synthetic as storage
 from diffaug.generate.__main__ import main as generate_main
 from diffaug.generate.sampler import Sampler
 from diffaug.io import save_npz_atomic
-from diffaug.sandbox.tiny import tiny_diffusion_params
+from test_generate import CLASSES
+from test_generate import write_inputs as generate_inputs
 
-REPO = Path(__file__).resolve().parents[1]
-CLASSES = ["airplane", "automobile", "bird"]
 PER_CLASS, PER_SHARD, BATCH = 6, 4, 3
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_inputs(folder: Path, model: Path) -> tuple[Path, Path]:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["diffusion"] = {**tiny_diffusion_params(model), "batch_size": BATCH}
-    params["synthetic"].update({"images_per_class": PER_CLASS, "images_per_shard": PER_SHARD})
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "params.yaml").write_text(yaml.safe_dump(params))
-    (folder / "classes.json").write_text(json.dumps({"classes": CLASSES, "image_size": [32, 32]}))
-    return folder / "params.yaml", folder / "classes.json"
+    return generate_inputs(folder, model, diffusion={"steps": 3, "batch_size": BATCH},
+                           synthetic={"images_per_class": PER_CLASS, "images_per_shard": PER_SHARD})
 
 
 def count_sampled(monkeypatch) -> list[int]:
