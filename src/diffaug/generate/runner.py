@@ -117,20 +117,15 @@ class ShardMaker:
             except Exception as e:
                 if not should_reduce_batch_size(e):
                     raise
+                if self.size == 1:
+                    raise UserError("diffusion.batch_size: out of GPU memory at batch 1; set diffusion.cpu_offload: true, a "
+                                    "lower diffusion.resolution, or use a larger GPU") from None
                 clear_device_cache(garbage_collection=True)
-                self.halve()
+                self.size, self.probing = self.size // 2, False
+                self.console.print(f"{self.label}: out of GPU memory; batch size halved to {self.size}, the batch is retried")
         sizes = sorted(self.sizes)
         return dict(images=self.images, seeds=self.seeds, regenerations=self.attempts, flagged=self.flagged,
                     device=self.device_name, provenance={**self.made_with, "batch_size": sizes[0] if len(sizes) == 1 else sizes})
-
-    def halve(self) -> int:
-        if self.size == 1:
-            raise UserError("diffusion.batch_size: out of GPU memory at batch 1; set diffusion.cpu_offload: true, a lower "
-                            "diffusion.resolution, or use a larger GPU")
-        self.size //= 2
-        self.probing = False
-        self.console.print(f"{self.label}: out of GPU memory; batch size halved to {self.size}, the batch is retried")
-        return self.size
 
     def one_batch(self) -> None:
         plan, queue = self.plan, self.queue
