@@ -1,7 +1,6 @@
-"""The torch device a stage runs on, and what it can do, checked before a model is loaded: a setting this
-GPU cannot run is a one-line ConfigError, one with a safe equivalent is replaced and a note says so.
-Every check takes a `GpuInfo`, so tests can hand in any GPU on a machine without one.
-"""
+"""The torch device a stage runs on and what it can do, checked before a model loads: a setting this GPU
+cannot run is a one-line ConfigError; one with a safe equivalent is replaced, with a note. Every check takes
+a `GpuInfo`, so tests can hand in any GPU on a machine without one."""
 from __future__ import annotations
 
 import importlib.metadata
@@ -15,13 +14,10 @@ import torch
 
 from diffaug.errors import ConfigError, UserError
 
-HALF_DTYPES = ("float16", "bfloat16")
-# torch's SDPA kernels (aten/src/ATen/native/transformers/cuda/sdp_utils.cpp): flash and cuDNN attention
-# take float16/bfloat16 only and run on compute capability 8.0 and newer; memory-efficient attention also
-# takes float32 and runs from 5.0.
-SDPA_MIN_CAPABILITY = {"flash": (8, 0), "cudnn": (8, 0), "efficient": (5, 0)}
+# Ampere (8.0) onwards: bf16 tensor cores (below, bf16 is emulated, slowly), and torch's flash and cuDNN SDPA
+# kernels (aten/src/ATen/native/transformers/cuda/sdp_utils.cpp), which take float16/bfloat16 only.
+AMPERE = (8, 0)
 FP8_MIN_CAPABILITY = (8, 9)  # float8 tensor cores: Ada (8.9) and Hopper (9.0) onwards
-BF16_MIN_CAPABILITY = (8, 0)  # bf16 tensor cores; below, bf16 convolutions and matmuls are emulated (slow)
 
 
 @dataclass(frozen=True)
@@ -38,7 +34,7 @@ class GpuInfo:
 
     @property
     def bf16(self) -> bool:
-        return self.capability >= BF16_MIN_CAPABILITY
+        return self.capability >= AMPERE
 
 
 def gpu_info(device: torch.device) -> GpuInfo | None:
@@ -164,10 +160,10 @@ def check_generation(dif: Any, device: torch.device, gpu: GpuInfo | None = None,
             raise ConfigError("diffusion.fp8: true needs torchao, which is not installed; pip install torchao, "
                               "or set diffusion.fp8: false")
     if dif.attention in ("flash", "cudnn") and gpu is not None:  # the CUDA kernels' limits (a CPU has its own)
-        if dtype not in HALF_DTYPES:
+        if dtype not in ("float16", "bfloat16"):
             raise ConfigError(f"diffusion.attention: {dif.attention} runs in float16/bfloat16 only, diffusion.dtype "
                               f"is {dtype}; use diffusion.attention: efficient or auto (or a half dtype)")
-        if gpu.capability < SDPA_MIN_CAPABILITY[dif.attention]:
+        if gpu.capability < AMPERE:
             raise ConfigError(f"diffusion.attention: {dif.attention} needs compute capability >= 8.0, {gpu.name} has "
                               f"{gpu.sm}; use diffusion.attention: efficient or auto")
     if gpu is not None and dtype == "bfloat16" and not gpu.bf16:

@@ -69,12 +69,8 @@ def table_markdown(ctx: Context) -> tuple[str, list[str]]:
     return "\n".join(lines), list(dict.fromkeys(footnotes))
 
 
-def _num(value, fmt: str, none: str = "n/a") -> str:
-    return none if not isinstance(value, int | float) else format(value, fmt)
-
-
-def _percent(fraction) -> str:
-    return _num(fraction * 100 if isinstance(fraction, int | float) else None, ".2f")
+def _num(value, fmt: str, none: str = "n/a", scale: float = 1) -> str:
+    return none if not isinstance(value, int | float) else format(value * scale, fmt)
 
 
 def exchange_table(summary: dict, mixes: Iterable[str]) -> list[str]:
@@ -86,9 +82,9 @@ def exchange_table(summary: dict, mixes: Iterable[str]) -> list[str]:
     for mix in mixes:
         eq = equiv.get(mix)
         eq_text = "beyond the curve" if eq is None else f"{eq:,.0f}" + (f" ± {std[mix]:,.0f}" if isinstance(std.get(mix), int | float) else "")
-        total, at_budget = (n_real.get(mix) or 0) + (n_syn.get(mix) or 0), budget.get(mix)
-        out.append(f"| `{mix}` | {_num(n_real.get(mix), ',')} | {n_syn[mix]:,} | {_percent(acc.get(mix))} | {eq_text} | "
-                   f"{_num(rate.get(mix), '.2f', 'no gain' if eq is not None else '-')} | {_percent(at_budget)} ({total:,} real) |")
+        total = (n_real.get(mix) or 0) + (n_syn.get(mix) or 0)
+        out.append(f"| `{mix}` | {_num(n_real.get(mix), ',')} | {n_syn[mix]:,} | {_num(acc.get(mix), '.2f', scale=100)} | {eq_text} | "
+                   f"{_num(rate.get(mix), '.2f', 'no gain' if eq is not None else '-')} | {_num(budget.get(mix), '.2f', scale=100)} ({total:,} real) |")
     return out
 
 
