@@ -21,9 +21,10 @@ import numpy as np
 import torch
 import yaml
 
+from diffaug.cli import stage_parser
 from diffaug.config import Config, parse_config, read_params
 from diffaug.devices import GpuInfo, check_generation, gpu_info, resolve_device, synchronize, training_precision
-from diffaug.errors import ConfigError, OneLineParser, UserError, exit_on_error
+from diffaug.errors import ConfigError, UserError, exit_on_error
 from diffaug.generate.model import quiet_libraries
 from diffaug.io import ensure_writable_dir, write_json_atomic
 
@@ -69,7 +70,7 @@ def machine_checks(report: Report, device: torch.device) -> GpuInfo | None:
                           cuda=torch.version.cuda, cpu_threads=torch.get_num_threads(), **versions)
     report.add("machine", "versions", "info", f"torch {torch.__version__}, CUDA {torch.version.cuda or 'none (CPU build)'}, "
                + ", ".join(f"{p} {v or 'not installed'}" for p, v in versions.items()))
-    gpu = gpu_info(device) if device.type == "cuda" else None
+    gpu = gpu_info(device)
     report.machine["gpu"] = gpu and dataclasses.asdict(gpu)
     if gpu is None:
         report.add("machine", "GPU", "no", "CPU-only machine: torch sees no CUDA GPU; checking the CPU path instead",
@@ -211,8 +212,7 @@ def run(raw: dict[str, Any], source: str, budget_s: float, classes_path: Path) -
 
 
 def parse_args(argv: list[str] | None):
-    p = OneLineParser(prog="python -m diffaug.doctor", description=__doc__.split("\n\n")[0])
-    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="the pipeline's params.yaml")
+    p = stage_parser("python -m diffaug.doctor", __doc__.split("\n\n")[0])
     p.add_argument("--classes", type=Path, default=Path("data/prepared/classes.json"), help="the prompts' classes")
     p.add_argument("--json", type=Path, default=Path("doctor.json"), help="where to write the report (JSON)")
     p.add_argument("--budget-s", type=float, default=300.0, help="stop starting checks after this many seconds")

@@ -11,7 +11,6 @@ or pandas. Provenance: every per-image field of the set's manifest.json, plus `s
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import re
@@ -51,12 +50,6 @@ def provenance_rows(manifest: dict[str, Any], n: int) -> list[dict[str, Any]]:
     return [{**e, **extra} for e in entries]
 
 
-def _png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(k for r in rows for k in r))
 
@@ -89,8 +82,7 @@ def write_parquet(tmp: Path, name: str, images: np.ndarray, labels: np.ndarray, 
     from datasets import Image as ImageFeature
 
     data: dict[str, Any] = {
-        "image": [{"bytes": _png(im), "path": f"{classes[int(lab)]}_{int(r.get('index', i)):05d}.png"}
-                  for i, (im, lab, r) in enumerate(zip(images, labels, rows))],
+        "image": [ImageFeature().encode_example(im) for im in images],  # PNG: lossless, as datasets encodes RGB arrays
         "label": [int(lab) for lab in labels],
         **{k: [r.get(k) for r in rows] for k in _columns(rows) if k not in ("image", "label")},
     }

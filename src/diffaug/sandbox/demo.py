@@ -1,7 +1,5 @@
 """Offline demo (`make demo`): the real dvc.yaml, every stage, end to end on a CPU in minutes, no network.
 
-    python -m diffaug.sandbox.demo [--workdir DIR] [--epochs N] [--real-per-class N]
-
 It copies the pipeline into a scratch git+DVC repository (this repository's params.yaml and dvc.lock are
 never touched) with tiny settings: a random-weight Stable Diffusion (sandbox.tiny), coloured shapes as
 the 32x32 "real" data, a few images per class and mixtures (one img2img, one confidence-filtered). It
@@ -81,9 +79,10 @@ def tiny_params(base: dict, sd_dir: Path, dataset_path: str, *, mixes: list[str]
     return p
 
 
-def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True, quiet: bool = True) -> subprocess.CompletedProcess:
+    """`cmd` in `cwd` (default env: tool_env()); its output captured, or with quiet=False streamed to the terminal."""
     return subprocess.run(cmd, cwd=cwd, env=env or tool_env(), check=check, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                          stdout=subprocess.PIPE if quiet else None, stderr=subprocess.STDOUT if quiet else None)
 
 
 def tool_env() -> dict:
@@ -170,8 +169,7 @@ def build_demo(workdir: Path, *, epochs: int, real_per_class: int, mixes: list[s
                 ["dvc", "push"]):
         if cmd[0] == "dvc" and not quiet:
             print(f"demo: {' '.join(cmd)} ({stages if cmd[1] == 'repro' else f'to {workdir / STORAGE}'})", flush=True)
-        proc = subprocess.run(cmd, cwd=workdir, env=tool_env(), text=True,
-                              stdout=subprocess.PIPE if quiet else None, stderr=subprocess.STDOUT if quiet else None)
+        proc = run(cmd, workdir, check=False, quiet=quiet)
         if proc.returncode:
             if quiet:
                 raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}) in {workdir}:\n{proc.stdout}")

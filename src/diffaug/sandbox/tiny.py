@@ -58,9 +58,14 @@ def byte_level_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
-def _text_config(tokenizer, **sizes):
-    return CLIPTextConfig(**{"vocab_size": len(tokenizer), "bos_token_id": 512, "eos_token_id": 513, "pad_token_id": 513,  # byte_level_tokenizer's
-                             **sizes})
+def _clip(with_projection: bool = False, suffix: str = "", **sizes) -> dict[str, Any]:
+    """A CLIP text tower (default: tiny) as a pipeline's tokenizer{suffix} and text_encoder{suffix}."""
+    from transformers import CLIPTextModelWithProjection
+
+    tokenizer = byte_level_tokenizer()
+    config = CLIPTextConfig(**{"vocab_size": len(tokenizer), "bos_token_id": 512, "eos_token_id": 513, "pad_token_id": 513,
+                               **(sizes or dict(TINY_CLIP, projection_dim=32))})  # byte_level_tokenizer's ids
+    return {f"tokenizer{suffix}": tokenizer, f"text_encoder{suffix}": (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)}
 
 
 def _never_flagging(checker):
@@ -73,17 +78,15 @@ def _never_flagging(checker):
 
 def _sd_pipeline(unet: dict, vae: dict, text: dict, vision: dict | None, device: Any = "cpu") -> Any:
     """A StableDiffusionPipeline of these sizes; a never-flagging safety checker unless `vision` is None."""
-    tokenizer = byte_level_tokenizer()
-    text_config = _text_config(tokenizer, **text)
     with torch.device(device):  # on a GPU: initialised there, minutes faster than on the CPU for SD-v1.4
-        parts: dict[str, Any] = dict(unet=UNet2DConditionModel(**unet), vae=AutoencoderKL(**vae),
-                                     text_encoder=CLIPTextModel(text_config), safety_checker=None, feature_extractor=None)
+        parts: dict[str, Any] = dict(unet=UNet2DConditionModel(**unet), vae=AutoencoderKL(**vae), **_clip(**text),
+                                     safety_checker=None, feature_extractor=None)
         if vision is not None:
-            clip = CLIPConfig(text_config=text_config.to_dict(), vision_config=vision, projection_dim=text["projection_dim"])
+            clip = CLIPConfig(text_config=parts["text_encoder"].config.to_dict(), vision_config=vision, projection_dim=text["projection_dim"])
             parts["safety_checker"] = _never_flagging(StableDiffusionSafetyChecker(clip))
             size = vision["image_size"]  # SD-v1.4's: 224 px, bicubic, CLIP mean/std
             parts["feature_extractor"] = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-    return StableDiffusionPipeline(tokenizer=tokenizer, scheduler=PNDMScheduler.from_config(SD14_SCHEDULER),
+    return StableDiffusionPipeline(scheduler=PNDMScheduler.from_config(SD14_SCHEDULER),
                                    requires_safety_checker=vision is not None, **parts)
 
 
@@ -111,15 +114,6 @@ def build_tiny_pipeline(out_dir: str | Path, family: str = "sd", *, seed: int = 
 # A VAE shaped like the real ones (four blocks, so latents are resolution/8) but 8-16 channels wide;
 # SD3's and FLUX's have 16 latent channels and no quant convs.
 _TINY_VAE16 = dict(TINY_VAE, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
-
-
-def _clip(with_projection: bool, suffix: str = "") -> dict[str, Any]:
-    """A tiny CLIP text tower as a pipeline's tokenizer{suffix} and text_encoder{suffix}."""
-    from transformers import CLIPTextModelWithProjection
-
-    tokenizer = byte_level_tokenizer()
-    config = _text_config(tokenizer, projection_dim=32, **TINY_CLIP)
-    return {f"tokenizer{suffix}": tokenizer, f"text_encoder{suffix}": (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)}
 
 
 def _t5(suffix: str = "", d_model: int = 32) -> dict[str, Any]:
