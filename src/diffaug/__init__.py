@@ -22,8 +22,7 @@ def load_classifier(path: Any, device: Any = "cpu") -> Any:
     """A trained classifier file (models/<model>/<mix>/seed-<s>.pt) in eval mode on `device`: 0..255 RGB
     pixels in (N, 3, H, W) in, logits out; `.classes` in logit order, `.meta` the file's metadata. Loaded
     with weights_only=True; a missing, truncated or foreign file is a one-line diffaug.errors.UserError."""
-    # imported by name: a stage that imports the package marker never loads torch or the model
-    # registry through it (tests/test_architecture.py reads imports from the syntax tree)
+    # by name, so no stage loads torch through the package marker (tests/test_architecture.py reads import statements)
     classifier = importlib.import_module("diffaug.formats.classifier")
     model, meta = classifier.load_trained(path, device)
     model.classes = list(meta["classes"])

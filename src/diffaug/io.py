@@ -111,19 +111,15 @@ def load_npz(path: str | Path, fix: str = "", label: str | None = None) -> dict[
         raise UserError(f"{name}: not found{hint}")
     with open(path, "rb") as f:
         magic = f.read(4)
-    if not magic:
-        raise UserError(f"{name}: empty file, not an .npz archive{hint}")
     if magic != _ZIP_MAGIC:  # np.load would take any other bytes for a pickle and say so, wrongly
-        raise UserError(f"{name}: not an .npz archive (it starts with {magic!r}){hint}")
+        raise UserError(f"{name}: not an .npz archive ({f'it starts with {magic!r}' if magic else 'an empty file'}){hint}")
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except ValueError as e:
-        if "allow_pickle" in str(e):
-            raise UserError(f"{name}: holds pickled Python objects, which are never loaded{hint}") from None
-        raise UserError(f"{name}: corrupt .npz ({e}){hint}") from None
     except Exception as e:  # truncated zip, bad CRC, broken array headers: all mean "damaged file"
-        raise UserError(f"{name}: truncated or corrupt .npz ({type(e).__name__}: {str(e)[:120]}){hint}") from None
+        why = ("holds pickled Python objects, which are never loaded" if "allow_pickle" in str(e)
+               else f"truncated or corrupt .npz ({type(e).__name__}: {str(e)[:120]})")
+        raise UserError(f"{name}: {why}{hint}") from None
 
 
 def read_json(path: str | Path, missing: str, suffix: str = "") -> Any:
