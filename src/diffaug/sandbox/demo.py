@@ -180,9 +180,8 @@ def build_demo(workdir: Path, *, epochs: int, real_per_class: int, mixes: list[s
 def show_worth(workdir: Path) -> None:
     """What `make demo` adds beyond the paper: quality columns, a pilot ranking, the exchange rate."""
     print("demo: synthetic-set quality columns (dvc exp show; docs/worth.md):", flush=True)
-    shown = run(["dvc", "exp", "show", "--md", "--drop", ".*", "--keep", "Experiment|syn_(recognised|fd|kid|kid_se|precision|recall)\\."],
-                workdir, check=False)
-    print(shown.stdout)
+    run(["dvc", "exp", "show", "--md", "--drop", ".*", "--keep", "Experiment|syn_(recognised|fd|kid|kid_se|precision|recall)\\."],
+        workdir, check=False, quiet=False)
     summary = json.loads((workdir / "metrics" / "summary.json").read_text())
     if summary.get("n_syn"):
         print(f"demo: exchange rate against the real curve {', '.join(DEMO_REAL_CURVE)} (metrics/evaluate/exchange_rate.json):")
@@ -191,8 +190,7 @@ def show_worth(workdir: Path) -> None:
         print("demo: no exchange-rate table this time: the toy real curve did not rise with more real images "
               "(evaluate said so above); `make demo` with its default 10 epochs usually gets one\n")
     print(f"demo: python -m diffaug.pilot {' '.join(DEMO_PILOT)} --per-class 4", flush=True)
-    pilot = run([sys.executable, "-m", "diffaug.pilot", *DEMO_PILOT, "--per-class", "4"], workdir, check=False)
-    print(pilot.stdout)
+    run([sys.executable, "-m", "diffaug.pilot", *DEMO_PILOT, "--per-class", "4"], workdir, check=False, quiet=False)
     print(f"demo: pilot samples in {workdir / 'data' / 'pilot' / 'samples.png'}. {BANNER}")
 
 
@@ -208,8 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     print(BANNER, flush=True)
     print(f"demo: building a scratch repository in {args.workdir} (random-weight Stable Diffusion, toy data)", flush=True)
     build_demo(args.workdir, epochs=args.epochs, real_per_class=args.real_per_class)
-    shown = run(["dvc", "exp", "show", "--md", "--drop", ".*", "--keep", "Experiment|model$|test_acc\\."], args.workdir, check=False)
-    print(shown.stdout)
+    run(["dvc", "exp", "show", "--md", "--drop", ".*", "--keep", "Experiment|model$|test_acc\\."], args.workdir, check=False, quiet=False)
     show_worth(args.workdir)
     print(f"demo: done in {time.time() - start:.0f} s; outputs in {args.workdir} (metrics/summary.json, data/synthetic/*/samples.png)")
     where = os.path.relpath(args.workdir)
