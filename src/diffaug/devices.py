@@ -7,6 +7,7 @@ import importlib.metadata
 import importlib.util
 import os
 import platform
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,12 +87,9 @@ def has_kernels_for(capability: tuple[int, int], arch_list: tuple[str, ...]) -> 
         return True
     major, minor = capability
     for arch in arch_list:
-        kind, _, digits = arch.partition("_")
-        specific = digits.endswith(("a", "f"))
-        digits = digits.rstrip("af")
-        if not digits.isdigit() or len(digits) < 2:
+        if not (m := re.fullmatch(r"(sm|compute)_(\d+)(\d)([af]?)", arch)):
             continue
-        a_major, a_minor = int(digits[:-1]), int(digits[-1])
+        kind, a_major, a_minor, specific = m[1], int(m[2]), int(m[3]), m[4]
         if kind == "sm" and a_major == major and (a_minor == minor if specific else a_minor <= minor):
             return True
         if kind == "compute" and not specific and (a_major, a_minor) <= (major, minor):

@@ -84,7 +84,7 @@ def save_torch_atomic(path: str | Path, obj: Any) -> None:
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def save_npz_atomic(path: str | Path, **arrays: np.ndarray) -> None:
@@ -98,9 +98,6 @@ def save_npz_atomic(path: str | Path, **arrays: np.ndarray) -> None:
                     np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
 
 
-_ZIP_MAGIC = b"PK\x03\x04"
-
-
 def load_npz(path: str | Path, fix: str = "", label: str | None = None) -> dict[str, np.ndarray]:
     """Every array of an .npz, never unpickling; any way the file can be broken is one UserError line
     starting with `label` (default: the path) and ending with `fix` (e.g. "rerun the prepare stage")."""
@@ -111,7 +108,7 @@ def load_npz(path: str | Path, fix: str = "", label: str | None = None) -> dict[
         raise UserError(f"{name}: not found{hint}")
     with open(path, "rb") as f:
         magic = f.read(4)
-    if magic != _ZIP_MAGIC:  # np.load would take any other bytes for a pickle and say so, wrongly
+    if magic != b"PK\x03\x04":  # not a zip: np.load would take any other bytes for a pickle and say so, wrongly
         raise UserError(f"{name}: not an .npz archive ({f'it starts with {magic!r}' if magic else 'an empty file'}){hint}")
     try:
         with np.load(path, allow_pickle=False) as z:
