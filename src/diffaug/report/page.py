@@ -24,21 +24,23 @@ CURVES = ("## Training curves\n\nEvery cell logs its epochs with dvclive under `
           "dvc.yaml; `dvc plots diff <exp> ...` compares experiments.\n")
 
 
-def copy_samples(ctx: Context, out: Path) -> tuple[list[tuple[str, str]], list[str]]:
-    """Copy each synthetic set's samples.png into `out` (Fig. 8): ([(file, caption)], [skip lines])."""
-    copied, skipped = [], []
+def copy_samples(ctx: Context, out: Path) -> tuple[list[str], list[str], list[str]]:
+    """Copy each synthetic set's samples.png into `out` (Fig. 8): ([report.md lines], [files written], [skip lines])."""
+    body, copied, skipped = [], [], []
     for name, spec in ctx.cfg.synthetic.sets.items():
-        src = ctx.synthetic / name / "samples.png"
-        stage = f"generate_img2img@{name}" if isinstance(spec, Img2ImgSet) else f"generate_{name}"
+        src, file = ctx.synthetic / name / "samples.png", f"samples_{name}.png"
         if not src.is_file():
-            skipped.append(f"samples_{name}.png: skipped: {src} does not exist ({stage} has not run here)")
+            why = f"{src} does not exist ({f'generate_img2img@{name}' if isinstance(spec, Img2ImgSet) else f'generate_{name}'} has not run here)"
+            skipped.append(f"{file}: skipped: {why}")
+            body.append(f"_Not included: {why}._\n")
             continue
-        write_bytes_atomic(out / f"samples_{name}.png", src.read_bytes())
+        write_bytes_atomic(out / file, src.read_bytes())
         prompts = " / ".join(f"`{t}`" for t in spec.templates)
         how = (f"img2img from the real training images at strength {', '.join(f'{x:g}' for x in spec.strengths)}, "
                if isinstance(spec, Img2ImgSet) else "")
-        copied.append((f"samples_{name}.png", f"{name}: {how}prompt {prompts}"))
-    return copied, skipped
+        body.append(f"{name}: {how}prompt {prompts}\n\n![samples_{name} sample grid]({file})\n")
+        copied.append(file)
+    return body, copied, skipped
 
 
 def _sources(sources: dict[str, float]) -> str:
@@ -145,12 +147,8 @@ def write_report(ctx: Context, out: Path, source: str, notes: list[str]) -> tupl
     body += ["## Synthetic data quality: distance to the real images (beyond the paper)\n", quality_table(ctx),
              "## What synthetic images are worth in real images (beyond the paper)\n", exchange_tables(ctx), CURVES,
              "## Sample images per prompt set (paper Fig. 8)\n"]
-    copied, sample_skips = copy_samples(ctx, out)
-    for name, caption in copied:
-        figures.append(name)
-        body.append(f"{caption}\n\n![{name.removesuffix('.png')} sample grid]({name})\n")
-    body += [f"_Not included: {line.split(': skipped: ', 1)[1]}._\n" for line in sample_skips]
-    skipped += sample_skips
+    sample_body, samples, sample_skips = copy_samples(ctx, out)
+    body, figures, skipped = body + sample_body, figures + samples, skipped + sample_skips
     # A figure of ours not drawn this time is removed: report.md never sits next to a stale picture.
     owned = {file for _, file, _ in COMPARISONS}
     for stale in out.glob("*.png"):
