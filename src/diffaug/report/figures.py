@@ -37,10 +37,8 @@ def _pct(x: float) -> str:
 
 def mixture_label(sources: dict[str, float]) -> str:
     """Readable name from fractions: '50% real + 50% syn1', '50% real + rotated + v-flipped copies'."""
-    parts = []
     orig = sources.get("orig", 0.0)
-    if orig:
-        parts.append(f"{_pct(orig)} real")
+    parts = [f"{_pct(orig)} real"] if orig else []
     parts += [f"{_pct(v)} {s}" for s, v in sources.items() if s not in REAL_SOURCES and v]  # the synthetic sets
     copies = [(COPIES[c] if sources[c] == orig else f"{_pct(sources[c])} {COPIES[c]}")
               for c in COPIES if sources.get(c)]

@@ -2,7 +2,6 @@
 grids, report.md; and the CLI."""
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
@@ -11,6 +10,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 
+from diffaug.cli import stage_parser
 from diffaug.config import Img2ImgSet, load_config
 from diffaug.errors import UserError, exit_on_error
 from diffaug.io import atomic_path, write_bytes_atomic
@@ -173,9 +173,7 @@ def write_report(ctx: Context, out: Path, source: str, notes: list[str]) -> tupl
 @exit_on_error
 def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
-    ap = argparse.ArgumentParser(prog="python -m diffaug.report",
-                                 description="The results table and bar charts of test accuracy across DVC experiments.")
-    ap.add_argument("--params", default="params.yaml", help="mixture definitions")
+    ap = stage_parser("python -m diffaug.report", "The results table and bar charts of test accuracy across DVC experiments.")
     ap.add_argument("--exp-json", type=Path, help="output of `dvc exp show --json` saved to a file ('-': stdin); "
                                                   "default: run it here")
     ap.add_argument("--out", type=Path, default=Path("reports"))
