@@ -23,7 +23,7 @@ import yaml
 
 from diffaug.cli import stage_parser
 from diffaug.config import Config, parse_config, read_params
-from diffaug.devices import GpuInfo, check_generation, gpu_info, resolve_device, synchronize, training_precision
+from diffaug.devices import GpuInfo, check_generation, gpu_info, resolve_device, run_conditions, synchronize, training_precision
 from diffaug.errors import ConfigError, UserError, exit_on_error
 from diffaug.generate.model import quiet_libraries
 from diffaug.io import ensure_writable_dir, write_json_atomic
@@ -64,12 +64,12 @@ def attempt(report: Report, area: str, name: str):
         report.add(area, name, "no", f"{type(e).__name__}: {text[0][:240]}" if text else type(e).__name__)
 
 
-def machine_checks(report: Report, device: torch.device) -> GpuInfo | None:
-    versions = {p: version(p) if find_spec(p) else None for p in ("diffusers", "transformers", "accelerate", "torchao")}
-    report.machine.update(python=platform.python_version(), platform=platform.platform(), torch=torch.__version__,
-                          cuda=torch.version.cuda, cpu_threads=torch.get_num_threads(), **versions)
+def machine_checks(report: Report, device: torch.device, dtype: str) -> GpuInfo | None:
+    """The machine facts every shard and classifier records (devices.run_conditions), plus the platform and torchao."""
+    torchao = version("torchao") if find_spec("torchao") else None
+    report.machine.update(run_conditions(device, dtype), platform=platform.platform(), cuda=torch.version.cuda, torchao=torchao)
     report.add("machine", "versions", "info", f"torch {torch.__version__}, CUDA {torch.version.cuda or 'none (CPU build)'}, "
-               + ", ".join(f"{p} {v or 'not installed'}" for p, v in versions.items()))
+               + ", ".join(f"{p} {report.machine[p] or 'not installed'}" for p in ("diffusers", "transformers", "accelerate", "torchao")))
     gpu = gpu_info(device)
     report.machine["gpu"] = gpu and dataclasses.asdict(gpu)
     if gpu is None:
@@ -201,7 +201,7 @@ def run(raw: dict[str, Any], source: str, budget_s: float, classes_path: Path) -
     raw = raw or {"mixtures": {"orig100": {"orig": 1.0}}}  # params.yaml must declare a mixture; real only is the lightest
     cfg = parse_config(raw, source)
     device = resolve_device(cfg.diffusion.device, "diffusion.device")
-    gpu = machine_checks(report, device)
+    gpu = machine_checks(report, device, cfg.diffusion.dtype)
     fixed = settings_checks(report, raw, source, device, gpu)
     if fixed is not None:  # first: the trainer switches on deterministic kernels process-wide
         with attempt(report, "generation", "batch"):

@@ -10,6 +10,7 @@ written. Its accuracies mean nothing. The integration tests build their sandboxe
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -116,12 +117,9 @@ def make_sandbox(workdir: Path, *, mixes: list[str], epochs: int = 2, images_per
     sd_dir = build_tiny_pipeline(inputs / "tiny-sd")
     params = tiny_params(read_params(REPO_ROOT / "params.yaml"), sd_dir.resolve(), str((inputs / "shapes.npz").resolve()),
                          mixes=mixes, epochs=epochs, images_per_class=images_per_class)
-    for key, value in (overrides or {}).items():
-        section, _, leaf = key.rpartition(".")
-        target = params
-        for part in filter(None, section.split(".")):
-            target = target[part]
-        target[leaf] = value
+    for key, value in (overrides or {}).items():  # dotted keys: "mixtures.<name>"
+        *path, leaf = key.split(".")
+        functools.reduce(dict.__getitem__, path, params)[leaf] = value
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (workdir / ".gitignore").write_text(f"/inputs/\n/checkpoints/\n/{STORAGE}/\n/data/pilot/\n")
     # `make report` as the README shows it; the interpreter is named by absolute path, so it works
@@ -130,14 +128,12 @@ def make_sandbox(workdir: Path, *, mixes: list[str], epochs: int = 2, images_per
         "# The scratch repository's copy of the main Makefile's report target.\n"
         ".PHONY: report\nreport:\n"
         f"\tDVC_NO_ANALYTICS=1 {Path(sys.executable)} -m diffaug.report --out reports\n")
-    run(["git", "init", "-q", "-b", "main"], workdir)
-    run(["dvc", "init", "-q"], workdir)
-    run(["dvc", "config", "core.analytics", "false"], workdir)
-    # A default remote, like the main repository's `local` one: a git-ignored folder inside the
-    # sandbox, named by absolute path so that clones and queued runs (temporary copies) reach it too.
-    run(["dvc", "remote", "add", "-d", "local", str((workdir / STORAGE).resolve())], workdir)
-    run(["git", "add", "-A"], workdir)
-    run(["git", "commit", "-q", "-m", "demo pipeline with tiny params"], workdir)
+    # The default remote, like the main repository's `local` one: a git-ignored folder inside the sandbox,
+    # named by absolute path so that clones and queued runs (temporary copies) reach it too.
+    for cmd in (["git", "init", "-q", "-b", "main"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"],
+                ["dvc", "remote", "add", "-d", "local", str((workdir / STORAGE).resolve())], ["git", "add", "-A"],
+                ["git", "commit", "-q", "-m", "demo pipeline with tiny params"]):
+        run(cmd, workdir)
     return workdir
 
 
