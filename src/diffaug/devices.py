@@ -152,9 +152,7 @@ def check_generation(dif: Any, device: torch.device, gpu: GpuInfo | None = None,
         if gpu.capability < FP8_MIN_CAPABILITY:
             raise ConfigError(f"diffusion.fp8: true needs compute capability >= 8.9 (float8 tensor cores), "
                               f"{gpu.name} has {gpu.sm}; set diffusion.fp8: false")
-        if torchao is None:
-            torchao = importlib.util.find_spec("torchao") is not None
-        if not torchao:
+        if not (torchao if torchao is not None else importlib.util.find_spec("torchao")):
             raise ConfigError("diffusion.fp8: true needs torchao, which is not installed; pip install torchao, "
                               "or set diffusion.fp8: false")
     if dif.attention in ("flash", "cudnn") and gpu is not None:  # the CUDA kernels' limits (a CPU has its own)

@@ -110,13 +110,11 @@ def export(set_dir: Path, fmt: str, out: Path, force: bool = False) -> Path:
             write_imagefolder(tmp, images, labels, classes, rows)
         else:
             write_parquet(tmp, name, images, labels, classes, rows)
-        old = None
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
         if out.exists():  # --force: swap, then remove the old export
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, old)
         os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
