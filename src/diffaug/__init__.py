@@ -1,13 +1,7 @@
 """diffaug: Stable Diffusion dataset augmentation for image classification, as a DVC pipeline.
 
-For use outside the pipeline:
-
-    import diffaug
-    model = diffaug.load_classifier("models/resnet18/orig100/seed-0.pt")  # eval mode, on the CPU
-    logits = model(torch.from_numpy(images_nhwc_uint8).permute(0, 3, 1, 2))  # it normalises by itself
-    model.classes  # class names, in logit order
-
-`import diffaug` stays light: torch is imported on the first call only.
+Outside the pipeline, `diffaug.load_classifier` gives a trained classifier (docs/sharing.md). `import diffaug`
+stays light: torch is imported on the first call only.
 """
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
 """Export a synthetic set for people who do not run the pipeline.
 
-    python -m diffaug.export <set dir | set name> --format imagefolder|parquet --out DIR
-                             [--synthetic data/synthetic] [--force]
-
 imagefolder (DIR/<class>/<class>_<index>.png + metadata.csv) loads with torchvision's ImageFolder and
 datasets' "imagefolder"; parquet (DIR/<set>.parquet: image, label and provenance columns) with datasets
 or pandas. Provenance: every per-image field of the set's manifest.json, plus `set` and `settings_hash`
