@@ -43,8 +43,7 @@ def gpu_info(device: torch.device) -> GpuInfo | None:
         return None
     index = device.index if device.index is not None else torch.cuda.current_device()
     props = torch.cuda.get_device_properties(index)
-    major, minor = torch.cuda.get_device_capability(index)
-    return GpuInfo(index, props.name, (major, minor), int(props.total_memory), tuple(torch.cuda.get_arch_list()))
+    return GpuInfo(index, props.name, (props.major, props.minor), int(props.total_memory), tuple(torch.cuda.get_arch_list()))
 
 
 def synchronize(device: torch.device) -> None:

@@ -58,8 +58,7 @@ def table_markdown(ctx: Context) -> tuple[str, list[str]]:
     for r in ctx.rows:
         cells = []
         for m in mixes:
-            std = r.std.get(m)
-            text = "–" if m not in r.acc else f"{r.acc[m] * 100:.2f}" + (f" ± {std * 100:.2f}" if std is not None else "")
+            text = "–" if m not in r.acc else f"{r.acc[m] * 100:.2f}" + (f" ± {r.std[m] * 100:.2f}" if m in r.std else "")
             if m in r.acc and ctx.redefined(r, m):
                 text += " †"
                 footnotes.append(f"† {r.display}: `{m}` was {_sources((r.mixtures or {})[m])} in that run, not "
