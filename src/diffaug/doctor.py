@@ -90,7 +90,7 @@ FIXES = {"diffusion.fp8": ("fp8", False), "diffusion.attention": ("attention", "
 
 def settings_checks(report: Report, raw: dict[str, Any], source: str, device: torch.device, gpu: GpuInfo | None) -> Config | None:
     """params.yaml's settings against this device; returns them with the fixes the doctor recommends (None: no fix)."""
-    fixes: dict[str, Any] = {}
+    fixes = report.recommend["diffusion"]  # the fixed settings are the recommended ones
     for _ in range(len(FIXES) + 1):
         cfg = parse_config({**raw, "diffusion": {**(raw.get("diffusion") or {}), **fixes}}, source)
         try:
@@ -101,7 +101,6 @@ def settings_checks(report: Report, raw: dict[str, Any], source: str, device: to
             if key not in FIXES:
                 return None
             fixes[FIXES[key][0]] = FIXES[key][1]
-            report.recommend["diffusion"][FIXES[key][0]] = FIXES[key][1]
             continue
         for note in notes:
             report.add("settings", note.split(":", 1)[0], "info", note)
