@@ -88,10 +88,9 @@ def fake_gpus(monkeypatch, count, capability=(9, 0), arches=ARCHES):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: capability)
     monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: list(arches))
-    monkeypatch.setattr(torch.cuda, "get_device_properties",
-                        lambda i: type("P", (), {"name": "Fake GPU", "total_memory": 16 << 30})())
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: type("P", (), {
+        "name": "Fake GPU", "major": capability[0], "minor": capability[1], "total_memory": 16 << 30})())
 
 
 def test_a_device_index_past_the_count_is_one_line(monkeypatch):

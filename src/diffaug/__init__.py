@@ -1,13 +1,7 @@
 """diffaug: Stable Diffusion dataset augmentation for image classification, as a DVC pipeline.
 
-For use outside the pipeline:
-
-    import diffaug
-    model = diffaug.load_classifier("models/resnet18/orig100/seed-0.pt")  # eval mode, on the CPU
-    logits = model(torch.from_numpy(images_nhwc_uint8).permute(0, 3, 1, 2))  # it normalises by itself
-    model.classes  # class names, in logit order
-
-`import diffaug` stays light: torch is imported on the first call only.
+Outside the pipeline, `diffaug.load_classifier` gives a trained classifier (docs/sharing.md). `import diffaug`
+stays light: torch is imported on the first call only.
 """
 from __future__ import annotations
 
@@ -22,8 +16,7 @@ def load_classifier(path: Any, device: Any = "cpu") -> Any:
     """A trained classifier file (models/<model>/<mix>/seed-<s>.pt) in eval mode on `device`: 0..255 RGB
     pixels in (N, 3, H, W) in, logits out; `.classes` in logit order, `.meta` the file's metadata. Loaded
     with weights_only=True; a missing, truncated or foreign file is a one-line diffaug.errors.UserError."""
-    # imported by name: a stage that imports the package marker never loads torch or the model
-    # registry through it (tests/test_architecture.py reads imports from the syntax tree)
+    # by name, so no stage loads torch through the package marker (tests/test_architecture.py reads import statements)
     classifier = importlib.import_module("diffaug.formats.classifier")
     model, meta = classifier.load_trained(path, device)
     model.classes = list(meta["classes"])

@@ -1,13 +1,13 @@
-"""The torch device a stage runs on, and what it can do, checked before a model is loaded: a setting this
-GPU cannot run is a one-line ConfigError, one with a safe equivalent is replaced and a note says so.
-Every check takes a `GpuInfo`, so tests can hand in any GPU on a machine without one.
-"""
+"""The torch device a stage runs on and what it can do, checked before a model loads: a setting this GPU
+cannot run is a one-line ConfigError; one with a safe equivalent is replaced, with a note. Every check takes
+a `GpuInfo`, so tests can hand in any GPU on a machine without one."""
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
 import os
 import platform
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,13 +15,10 @@ import torch
 
 from diffaug.errors import ConfigError, UserError
 
-HALF_DTYPES = ("float16", "bfloat16")
-# torch's SDPA kernels (aten/src/ATen/native/transformers/cuda/sdp_utils.cpp): flash and cuDNN attention
-# take float16/bfloat16 only and run on compute capability 8.0 and newer; memory-efficient attention also
-# takes float32 and runs from 5.0.
-SDPA_MIN_CAPABILITY = {"flash": (8, 0), "cudnn": (8, 0), "efficient": (5, 0)}
+# Ampere (8.0) onwards: bf16 tensor cores (below, bf16 is emulated, slowly), and torch's flash and cuDNN SDPA
+# kernels (aten/src/ATen/native/transformers/cuda/sdp_utils.cpp), which take float16/bfloat16 only.
+AMPERE = (8, 0)
 FP8_MIN_CAPABILITY = (8, 9)  # float8 tensor cores: Ada (8.9) and Hopper (9.0) onwards
-BF16_MIN_CAPABILITY = (8, 0)  # bf16 tensor cores; below, bf16 convolutions and matmuls are emulated (slow)
 
 
 @dataclass(frozen=True)
@@ -38,7 +35,7 @@ class GpuInfo:
 
     @property
     def bf16(self) -> bool:
-        return self.capability >= BF16_MIN_CAPABILITY
+        return self.capability >= AMPERE
 
 
 def gpu_info(device: torch.device) -> GpuInfo | None:
@@ -46,8 +43,7 @@ def gpu_info(device: torch.device) -> GpuInfo | None:
         return None
     index = device.index if device.index is not None else torch.cuda.current_device()
     props = torch.cuda.get_device_properties(index)
-    major, minor = torch.cuda.get_device_capability(index)
-    return GpuInfo(index, props.name, (major, minor), int(props.total_memory), tuple(torch.cuda.get_arch_list()))
+    return GpuInfo(index, props.name, (props.major, props.minor), int(props.total_memory), tuple(torch.cuda.get_arch_list()))
 
 
 def synchronize(device: torch.device) -> None:
@@ -90,12 +86,9 @@ def has_kernels_for(capability: tuple[int, int], arch_list: tuple[str, ...]) -> 
         return True
     major, minor = capability
     for arch in arch_list:
-        kind, _, digits = arch.partition("_")
-        specific = digits.endswith(("a", "f"))
-        digits = digits.rstrip("af")
-        if not digits.isdigit() or len(digits) < 2:
+        if not (m := re.fullmatch(r"(sm|compute)_(\d+)(\d)([af]?)", arch)):
             continue
-        a_major, a_minor = int(digits[:-1]), int(digits[-1])
+        kind, a_major, a_minor, specific = m[1], int(m[2]), int(m[3]), m[4]
         if kind == "sm" and a_major == major and (a_minor == minor if specific else a_minor <= minor):
             return True
         if kind == "compute" and not specific and (a_major, a_minor) <= (major, minor):
@@ -158,16 +151,14 @@ def check_generation(dif: Any, device: torch.device, gpu: GpuInfo | None = None,
         if gpu.capability < FP8_MIN_CAPABILITY:
             raise ConfigError(f"diffusion.fp8: true needs compute capability >= 8.9 (float8 tensor cores), "
                               f"{gpu.name} has {gpu.sm}; set diffusion.fp8: false")
-        if torchao is None:
-            torchao = importlib.util.find_spec("torchao") is not None
-        if not torchao:
+        if not (torchao if torchao is not None else importlib.util.find_spec("torchao")):
             raise ConfigError("diffusion.fp8: true needs torchao, which is not installed; pip install torchao, "
                               "or set diffusion.fp8: false")
     if dif.attention in ("flash", "cudnn") and gpu is not None:  # the CUDA kernels' limits (a CPU has its own)
-        if dtype not in HALF_DTYPES:
+        if dtype not in ("float16", "bfloat16"):
             raise ConfigError(f"diffusion.attention: {dif.attention} runs in float16/bfloat16 only, diffusion.dtype "
                               f"is {dtype}; use diffusion.attention: efficient or auto (or a half dtype)")
-        if gpu.capability < SDPA_MIN_CAPABILITY[dif.attention]:
+        if gpu.capability < AMPERE:
             raise ConfigError(f"diffusion.attention: {dif.attention} needs compute capability >= 8.0, {gpu.name} has "
                               f"{gpu.sm}; use diffusion.attention: efficient or auto")
     if gpu is not None and dtype == "bfloat16" and not gpu.bf16:

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 import yaml
 
+from diffaug.cli import stage_parser
 from diffaug.config import Config, parse_config, read_params
-from diffaug.devices import GpuInfo, check_generation, gpu_info, resolve_device, synchronize, training_precision
-from diffaug.errors import ConfigError, OneLineParser, UserError, exit_on_error
+from diffaug.devices import GpuInfo, check_generation, gpu_info, resolve_device, run_conditions, synchronize, training_precision
+from diffaug.errors import ConfigError, UserError, exit_on_error
 from diffaug.generate.model import quiet_libraries
 from diffaug.io import ensure_writable_dir, write_json_atomic
 
@@ -63,13 +64,13 @@ def attempt(report: Report, area: str, name: str):
         report.add(area, name, "no", f"{type(e).__name__}: {text[0][:240]}" if text else type(e).__name__)
 
 
-def machine_checks(report: Report, device: torch.device) -> GpuInfo | None:
-    versions = {p: version(p) if find_spec(p) else None for p in ("diffusers", "transformers", "accelerate", "torchao")}
-    report.machine.update(python=platform.python_version(), platform=platform.platform(), torch=torch.__version__,
-                          cuda=torch.version.cuda, cpu_threads=torch.get_num_threads(), **versions)
+def machine_checks(report: Report, device: torch.device, dtype: str) -> GpuInfo | None:
+    """The machine facts every shard and classifier records (devices.run_conditions), plus the platform and torchao."""
+    torchao = version("torchao") if find_spec("torchao") else None
+    report.machine.update(run_conditions(device, dtype), platform=platform.platform(), cuda=torch.version.cuda, torchao=torchao)
     report.add("machine", "versions", "info", f"torch {torch.__version__}, CUDA {torch.version.cuda or 'none (CPU build)'}, "
-               + ", ".join(f"{p} {v or 'not installed'}" for p, v in versions.items()))
-    gpu = gpu_info(device) if device.type == "cuda" else None
+               + ", ".join(f"{p} {report.machine[p] or 'not installed'}" for p in ("diffusers", "transformers", "accelerate", "torchao")))
+    gpu = gpu_info(device)
     report.machine["gpu"] = gpu and dataclasses.asdict(gpu)
     if gpu is None:
         report.add("machine", "GPU", "no", "CPU-only machine: torch sees no CUDA GPU; checking the CPU path instead",
@@ -89,7 +90,7 @@ FIXES = {"diffusion.fp8": ("fp8", False), "diffusion.attention": ("attention", "
 
 def settings_checks(report: Report, raw: dict[str, Any], source: str, device: torch.device, gpu: GpuInfo | None) -> Config | None:
     """params.yaml's settings against this device; returns them with the fixes the doctor recommends (None: no fix)."""
-    fixes: dict[str, Any] = {}
+    fixes = report.recommend["diffusion"]  # the fixed settings are the recommended ones
     for _ in range(len(FIXES) + 1):
         cfg = parse_config({**raw, "diffusion": {**(raw.get("diffusion") or {}), **fixes}}, source)
         try:
@@ -100,7 +101,6 @@ def settings_checks(report: Report, raw: dict[str, Any], source: str, device: to
             if key not in FIXES:
                 return None
             fixes[FIXES[key][0]] = FIXES[key][1]
-            report.recommend["diffusion"][FIXES[key][0]] = FIXES[key][1]
             continue
         for note in notes:
             report.add("settings", note.split(":", 1)[0], "info", note)
@@ -200,7 +200,7 @@ def run(raw: dict[str, Any], source: str, budget_s: float, classes_path: Path) -
     raw = raw or {"mixtures": {"orig100": {"orig": 1.0}}}  # params.yaml must declare a mixture; real only is the lightest
     cfg = parse_config(raw, source)
     device = resolve_device(cfg.diffusion.device, "diffusion.device")
-    gpu = machine_checks(report, device)
+    gpu = machine_checks(report, device, cfg.diffusion.dtype)
     fixed = settings_checks(report, raw, source, device, gpu)
     if fixed is not None:  # first: the trainer switches on deterministic kernels process-wide
         with attempt(report, "generation", "batch"):
@@ -211,8 +211,7 @@ def run(raw: dict[str, Any], source: str, budget_s: float, classes_path: Path) -
 
 
 def parse_args(argv: list[str] | None):
-    p = OneLineParser(prog="python -m diffaug.doctor", description=__doc__.split("\n\n")[0])
-    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="the pipeline's params.yaml")
+    p = stage_parser("python -m diffaug.doctor", __doc__.split("\n\n")[0])
     p.add_argument("--classes", type=Path, default=Path("data/prepared/classes.json"), help="the prompts' classes")
     p.add_argument("--json", type=Path, default=Path("doctor.json"), help="where to write the report (JSON)")
     p.add_argument("--budget-s", type=float, default=300.0, help="stop starting checks after this many seconds")

@@ -1,8 +1,5 @@
 """Export a synthetic set for people who do not run the pipeline.
 
-    python -m diffaug.export <set dir | set name> --format imagefolder|parquet --out DIR
-                             [--synthetic data/synthetic] [--force]
-
 imagefolder (DIR/<class>/<class>_<index>.png + metadata.csv) loads with torchvision's ImageFolder and
 datasets' "imagefolder"; parquet (DIR/<set>.parquet: image, label and provenance columns) with datasets
 or pandas. Provenance: every per-image field of the set's manifest.json, plus `set` and `settings_hash`
@@ -11,7 +8,6 @@ or pandas. Provenance: every per-image field of the set's manifest.json, plus `s
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import re
@@ -51,12 +47,6 @@ def provenance_rows(manifest: dict[str, Any], n: int) -> list[dict[str, Any]]:
     return [{**e, **extra} for e in entries]
 
 
-def _png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(k for r in rows for k in r))
 
@@ -89,8 +79,7 @@ def write_parquet(tmp: Path, name: str, images: np.ndarray, labels: np.ndarray, 
     from datasets import Image as ImageFeature
 
     data: dict[str, Any] = {
-        "image": [{"bytes": _png(im), "path": f"{classes[int(lab)]}_{int(r.get('index', i)):05d}.png"}
-                  for i, (im, lab, r) in enumerate(zip(images, labels, rows))],
+        "image": [ImageFeature().encode_example(im) for im in images],  # PNG: lossless, as datasets encodes RGB arrays
         "label": [int(lab) for lab in labels],
         **{k: [r.get(k) for r in rows] for k in _columns(rows) if k not in ("image", "label")},
     }
@@ -118,13 +107,11 @@ def export(set_dir: Path, fmt: str, out: Path, force: bool = False) -> Path:
             write_imagefolder(tmp, images, labels, classes, rows)
         else:
             write_parquet(tmp, name, images, labels, classes, rows)
-        old = None
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
         if out.exists():  # --force: swap, then remove the old export
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, old)
         os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

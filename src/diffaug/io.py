@@ -84,7 +84,7 @@ def save_torch_atomic(path: str | Path, obj: Any) -> None:
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def save_npz_atomic(path: str | Path, **arrays: np.ndarray) -> None:
@@ -98,9 +98,6 @@ def save_npz_atomic(path: str | Path, **arrays: np.ndarray) -> None:
                     np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
 
 
-_ZIP_MAGIC = b"PK\x03\x04"
-
-
 def load_npz(path: str | Path, fix: str = "", label: str | None = None) -> dict[str, np.ndarray]:
     """Every array of an .npz, never unpickling; any way the file can be broken is one UserError line
     starting with `label` (default: the path) and ending with `fix` (e.g. "rerun the prepare stage")."""
@@ -111,19 +108,15 @@ def load_npz(path: str | Path, fix: str = "", label: str | None = None) -> dict[
         raise UserError(f"{name}: not found{hint}")
     with open(path, "rb") as f:
         magic = f.read(4)
-    if not magic:
-        raise UserError(f"{name}: empty file, not an .npz archive{hint}")
-    if magic != _ZIP_MAGIC:  # np.load would take any other bytes for a pickle and say so, wrongly
-        raise UserError(f"{name}: not an .npz archive (it starts with {magic!r}){hint}")
+    if magic != b"PK\x03\x04":  # not a zip: np.load would take any other bytes for a pickle and say so, wrongly
+        raise UserError(f"{name}: not an .npz archive ({f'it starts with {magic!r}' if magic else 'an empty file'}){hint}")
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except ValueError as e:
-        if "allow_pickle" in str(e):
-            raise UserError(f"{name}: holds pickled Python objects, which are never loaded{hint}") from None
-        raise UserError(f"{name}: corrupt .npz ({e}){hint}") from None
     except Exception as e:  # truncated zip, bad CRC, broken array headers: all mean "damaged file"
-        raise UserError(f"{name}: truncated or corrupt .npz ({type(e).__name__}: {str(e)[:120]}){hint}") from None
+        why = ("holds pickled Python objects, which are never loaded" if "allow_pickle" in str(e)
+               else f"truncated or corrupt .npz ({type(e).__name__}: {str(e)[:120]})")
+        raise UserError(f"{name}: {why}{hint}") from None
 
 
 def read_json(path: str | Path, missing: str, suffix: str = "") -> Any:

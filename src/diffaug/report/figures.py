@@ -31,22 +31,16 @@ class Chart(NamedTuple):
 
 
 # ============================================================================ mixtures
-def same_mixture(a: dict[str, float], b: dict[str, float]) -> bool:
-    return set(a) == set(b) and all(abs(a[k] - b[k]) < 1e-9 for k in a)
-
-
 def _pct(x: float) -> str:
     return f"{x * 100:.4g}%"
 
 
 def mixture_label(sources: dict[str, float]) -> str:
     """Readable name from fractions: '50% real + 50% syn1', '50% real + rotated + v-flipped copies'."""
-    parts = []
     orig = sources.get("orig", 0.0)
-    if orig:
-        parts.append(f"{_pct(orig)} real")
+    parts = [f"{_pct(orig)} real"] if orig else []
     parts += [f"{_pct(v)} {s}" for s, v in sources.items() if s not in REAL_SOURCES and v]  # the synthetic sets
-    copies = [(COPIES[c] if abs(sources[c] - orig) < 1e-9 else f"{_pct(sources[c])} {COPIES[c]}")
+    copies = [(COPIES[c] if sources[c] == orig else f"{_pct(sources[c])} {COPIES[c]}")
               for c in COPIES if sources.get(c)]
     if copies:
         parts.append(" + ".join(copies) + " copies")
@@ -85,7 +79,7 @@ class Context:
     def redefined(self, row: Result, mix: str) -> bool:
         """The run defined `mix` differently from params.yaml: its number is not this label's."""
         return (row.mixtures is not None and mix in row.mixtures and mix in self.cfg.mixtures
-                and not same_mixture(row.mixtures[mix], self.cfg.mixtures[mix]))
+                and row.mixtures[mix] != self.cfg.mixtures[mix])
 
     def value(self, row: Result, mix: str) -> tuple[float, float | None] | None:
         """(accuracy, std or None) of a cell usable in a figure, or None."""
@@ -104,7 +98,7 @@ class Context:
 
     def find(self, sources: dict[str, float]) -> str | None:
         """The unfiltered mixture with these fractions (a filtered one has the same fractions)."""
-        return next((m for m, s in self.cfg.mixtures.items() if same_mixture(s, sources) and m not in self.cfg.filters), None)
+        return next((m for m, s in self.cfg.mixtures.items() if s == sources and m not in self.cfg.filters), None)
 
     def row_label(self, row: Result) -> str:
         clash = sum(r.model == row.model for r in self.rows) > 1
@@ -208,7 +202,7 @@ def synthetic_only(ctx: Context) -> list[Chart]:
 
 def classic(ctx: Context) -> list[Chart]:
     copies = [m for m, s in ctx.cfg.mixtures.items()
-              if abs(s.get("orig", 0) - 0.5) < 1e-9 and set(s) - {"orig"} and set(s) - {"orig"} <= set(COPIES)]
+              if s.get("orig") == 0.5 and set(s) - {"orig"} and set(s) - {"orig"} <= set(COPIES)]
     return _compare(ctx, "classic_augmentation.png", "Rotated / v-flipped copies vs synthetic images (paper Fig. 7)",
                     copies, _halves(ctx), "no '50% real + rotated/v-flipped copies' or no '50% real + 50% synN' mixture")
 

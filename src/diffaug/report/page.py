@@ -2,7 +2,6 @@
 grids, report.md; and the CLI."""
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
@@ -11,6 +10,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 
+from diffaug.cli import stage_parser
 from diffaug.config import Img2ImgSet, load_config
 from diffaug.errors import UserError, exit_on_error
 from diffaug.io import atomic_path, write_bytes_atomic
@@ -24,21 +24,23 @@ CURVES = ("## Training curves\n\nEvery cell logs its epochs with dvclive under `
           "dvc.yaml; `dvc plots diff <exp> ...` compares experiments.\n")
 
 
-def copy_samples(ctx: Context, out: Path) -> tuple[list[tuple[str, str]], list[str]]:
-    """Copy each synthetic set's samples.png into `out` (Fig. 8): ([(file, caption)], [skip lines])."""
-    copied, skipped = [], []
+def copy_samples(ctx: Context, out: Path) -> tuple[list[str], list[str], list[str]]:
+    """Copy each synthetic set's samples.png into `out` (Fig. 8): ([report.md lines], [files written], [skip lines])."""
+    body, copied, skipped = [], [], []
     for name, spec in ctx.cfg.synthetic.sets.items():
-        src = ctx.synthetic / name / "samples.png"
-        stage = f"generate_img2img@{name}" if isinstance(spec, Img2ImgSet) else f"generate_{name}"
+        src, file = ctx.synthetic / name / "samples.png", f"samples_{name}.png"
         if not src.is_file():
-            skipped.append(f"samples_{name}.png: skipped: {src} does not exist ({stage} has not run here)")
+            why = f"{src} does not exist ({f'generate_img2img@{name}' if isinstance(spec, Img2ImgSet) else f'generate_{name}'} has not run here)"
+            skipped.append(f"{file}: skipped: {why}")
+            body.append(f"_Not included: {why}._\n")
             continue
-        write_bytes_atomic(out / f"samples_{name}.png", src.read_bytes())
+        write_bytes_atomic(out / file, src.read_bytes())
         prompts = " / ".join(f"`{t}`" for t in spec.templates)
         how = (f"img2img from the real training images at strength {', '.join(f'{x:g}' for x in spec.strengths)}, "
                if isinstance(spec, Img2ImgSet) else "")
-        copied.append((f"samples_{name}.png", f"{name}: {how}prompt {prompts}"))
-    return copied, skipped
+        body.append(f"{name}: {how}prompt {prompts}\n\n![samples_{name} sample grid]({file})\n")
+        copied.append(file)
+    return body, copied, skipped
 
 
 def _sources(sources: dict[str, float]) -> str:
@@ -56,8 +58,7 @@ def table_markdown(ctx: Context) -> tuple[str, list[str]]:
     for r in ctx.rows:
         cells = []
         for m in mixes:
-            std = r.std.get(m)
-            text = "–" if m not in r.acc else f"{r.acc[m] * 100:.2f}" + (f" ± {std * 100:.2f}" if std is not None else "")
+            text = "–" if m not in r.acc else f"{r.acc[m] * 100:.2f}" + (f" ± {r.std[m] * 100:.2f}" if m in r.std else "")
             if m in r.acc and ctx.redefined(r, m):
                 text += " †"
                 footnotes.append(f"† {r.display}: `{m}` was {_sources((r.mixtures or {})[m])} in that run, not "
@@ -69,12 +70,8 @@ def table_markdown(ctx: Context) -> tuple[str, list[str]]:
     return "\n".join(lines), list(dict.fromkeys(footnotes))
 
 
-def _num(value, fmt: str, none: str = "n/a") -> str:
-    return none if not isinstance(value, int | float) else format(value, fmt)
-
-
-def _percent(fraction) -> str:
-    return _num(fraction * 100 if isinstance(fraction, int | float) else None, ".2f")
+def _num(value, fmt: str, none: str = "n/a", scale: float = 1) -> str:
+    return none if not isinstance(value, int | float) else format(value * scale, fmt)
 
 
 def exchange_table(summary: dict, mixes: Iterable[str]) -> list[str]:
@@ -86,9 +83,9 @@ def exchange_table(summary: dict, mixes: Iterable[str]) -> list[str]:
     for mix in mixes:
         eq = equiv.get(mix)
         eq_text = "beyond the curve" if eq is None else f"{eq:,.0f}" + (f" ± {std[mix]:,.0f}" if isinstance(std.get(mix), int | float) else "")
-        total, at_budget = (n_real.get(mix) or 0) + (n_syn.get(mix) or 0), budget.get(mix)
-        out.append(f"| `{mix}` | {_num(n_real.get(mix), ',')} | {n_syn[mix]:,} | {_percent(acc.get(mix))} | {eq_text} | "
-                   f"{_num(rate.get(mix), '.2f', 'no gain' if eq is not None else '-')} | {_percent(at_budget)} ({total:,} real) |")
+        total = (n_real.get(mix) or 0) + (n_syn.get(mix) or 0)
+        out.append(f"| `{mix}` | {_num(n_real.get(mix), ',')} | {n_syn[mix]:,} | {_num(acc.get(mix), '.2f', scale=100)} | {eq_text} | "
+                   f"{_num(rate.get(mix), '.2f', 'no gain' if eq is not None else '-')} | {_num(budget.get(mix), '.2f', scale=100)} ({total:,} real) |")
     return out
 
 
@@ -149,12 +146,8 @@ def write_report(ctx: Context, out: Path, source: str, notes: list[str]) -> tupl
     body += ["## Synthetic data quality: distance to the real images (beyond the paper)\n", quality_table(ctx),
              "## What synthetic images are worth in real images (beyond the paper)\n", exchange_tables(ctx), CURVES,
              "## Sample images per prompt set (paper Fig. 8)\n"]
-    copied, sample_skips = copy_samples(ctx, out)
-    for name, caption in copied:
-        figures.append(name)
-        body.append(f"{caption}\n\n![{name.removesuffix('.png')} sample grid]({name})\n")
-    body += [f"_Not included: {line.split(': skipped: ', 1)[1]}._\n" for line in sample_skips]
-    skipped += sample_skips
+    sample_body, samples, sample_skips = copy_samples(ctx, out)
+    body, figures, skipped = body + sample_body, figures + samples, skipped + sample_skips
     # A figure of ours not drawn this time is removed: report.md never sits next to a stale picture.
     owned = {file for _, file, _ in COMPARISONS}
     for stale in out.glob("*.png"):
@@ -179,9 +172,7 @@ def write_report(ctx: Context, out: Path, source: str, notes: list[str]) -> tupl
 @exit_on_error
 def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
-    ap = argparse.ArgumentParser(prog="python -m diffaug.report",
-                                 description="The results table and bar charts of test accuracy across DVC experiments.")
-    ap.add_argument("--params", default="params.yaml", help="mixture definitions")
+    ap = stage_parser("python -m diffaug.report", "The results table and bar charts of test accuracy across DVC experiments.")
     ap.add_argument("--exp-json", type=Path, help="output of `dvc exp show --json` saved to a file ('-': stdin); "
                                                   "default: run it here")
     ap.add_argument("--out", type=Path, default=Path("reports"))

@@ -142,13 +142,12 @@ def select_rows(results: list[Result]) -> tuple[list[Result], list[str]]:
         groups.setdefault(r.key, []).append(r)
     rows, notes = [], []
     for group in groups.values():
-        ranked = sorted(enumerate(group), key=lambda ir: (ir[1].timestamp or datetime.min, KIND_RANK[ir[1].kind], -ir[0]),
-                        reverse=True)
-        best = ranked[0][1]
+        ranked = sorted(group, key=lambda r: (r.timestamp or datetime.min, KIND_RANK[r.kind]), reverse=True)  # stable: ties keep list order
+        best = ranked[0]
         rows.append(best)
         if len(ranked) > 1:
             notes.append(f"{best.model} ({best.variant}, {best.recipe}): {best.display} is the most recent of "
-                         f"{len(group)}; older: " + ", ".join(r.display for _, r in ranked[1:]))
+                         f"{len(group)}; older: " + ", ".join(r.display for r in ranked[1:]))
     return sorted(rows, key=lambda r: (model_order(r.model), r.variant, r.recipe)), notes
 
 

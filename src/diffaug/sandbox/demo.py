@@ -1,7 +1,5 @@
 """Offline demo (`make demo`): the real dvc.yaml, every stage, end to end on a CPU in minutes, no network.
 
-    python -m diffaug.sandbox.demo [--workdir DIR] [--epochs N] [--real-per-class N]
-
 It copies the pipeline into a scratch git+DVC repository (this repository's params.yaml and dvc.lock are
 never touched) with tiny settings: a random-weight Stable Diffusion (sandbox.tiny), coloured shapes as
 the 32x32 "real" data, a few images per class and mixtures (one img2img, one confidence-filtered). It
@@ -12,6 +10,7 @@ written. Its accuracies mean nothing. The integration tests build their sandboxe
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -81,9 +80,10 @@ def tiny_params(base: dict, sd_dir: Path, dataset_path: str, *, mixes: list[str]
     return p
 
 
-def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True, quiet: bool = True) -> subprocess.CompletedProcess:
+    """`cmd` in `cwd` (default env: tool_env()); its output captured, or with quiet=False streamed to the terminal."""
     return subprocess.run(cmd, cwd=cwd, env=env or tool_env(), check=check, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                          stdout=subprocess.PIPE if quiet else None, stderr=subprocess.STDOUT if quiet else None)
 
 
 def tool_env() -> dict:
@@ -117,12 +117,9 @@ def make_sandbox(workdir: Path, *, mixes: list[str], epochs: int = 2, images_per
     sd_dir = build_tiny_pipeline(inputs / "tiny-sd")
     params = tiny_params(read_params(REPO_ROOT / "params.yaml"), sd_dir.resolve(), str((inputs / "shapes.npz").resolve()),
                          mixes=mixes, epochs=epochs, images_per_class=images_per_class)
-    for key, value in (overrides or {}).items():
-        section, _, leaf = key.rpartition(".")
-        target = params
-        for part in filter(None, section.split(".")):
-            target = target[part]
-        target[leaf] = value
+    for key, value in (overrides or {}).items():  # dotted keys: "mixtures.<name>"
+        *path, leaf = key.split(".")
+        functools.reduce(dict.__getitem__, path, params)[leaf] = value
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (workdir / ".gitignore").write_text(f"/inputs/\n/checkpoints/\n/{STORAGE}/\n/data/pilot/\n")
     # `make report` as the README shows it; the interpreter is named by absolute path, so it works
@@ -131,14 +128,12 @@ def make_sandbox(workdir: Path, *, mixes: list[str], epochs: int = 2, images_per
         "# The scratch repository's copy of the main Makefile's report target.\n"
         ".PHONY: report\nreport:\n"
         f"\tDVC_NO_ANALYTICS=1 {Path(sys.executable)} -m diffaug.report --out reports\n")
-    run(["git", "init", "-q", "-b", "main"], workdir)
-    run(["dvc", "init", "-q"], workdir)
-    run(["dvc", "config", "core.analytics", "false"], workdir)
-    # A default remote, like the main repository's `local` one: a git-ignored folder inside the
-    # sandbox, named by absolute path so that clones and queued runs (temporary copies) reach it too.
-    run(["dvc", "remote", "add", "-d", "local", str((workdir / STORAGE).resolve())], workdir)
-    run(["git", "add", "-A"], workdir)
-    run(["git", "commit", "-q", "-m", "demo pipeline with tiny params"], workdir)
+    # The default remote, like the main repository's `local` one: a git-ignored folder inside the sandbox,
+    # named by absolute path so that clones and queued runs (temporary copies) reach it too.
+    for cmd in (["git", "init", "-q", "-b", "main"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"],
+                ["dvc", "remote", "add", "-d", "local", str((workdir / STORAGE).resolve())], ["git", "add", "-A"],
+                ["git", "commit", "-q", "-m", "demo pipeline with tiny params"]):
+        run(cmd, workdir)
     return workdir
 
 
@@ -170,8 +165,7 @@ def build_demo(workdir: Path, *, epochs: int, real_per_class: int, mixes: list[s
                 ["dvc", "push"]):
         if cmd[0] == "dvc" and not quiet:
             print(f"demo: {' '.join(cmd)} ({stages if cmd[1] == 'repro' else f'to {workdir / STORAGE}'})", flush=True)
-        proc = subprocess.run(cmd, cwd=workdir, env=tool_env(), text=True,
-                              stdout=subprocess.PIPE if quiet else None, stderr=subprocess.STDOUT if quiet else None)
+        proc = run(cmd, workdir, check=False, quiet=quiet)
         if proc.returncode:
             if quiet:
                 raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}) in {workdir}:\n{proc.stdout}")
@@ -182,9 +176,8 @@ def build_demo(workdir: Path, *, epochs: int, real_per_class: int, mixes: list[s
 def show_worth(workdir: Path) -> None:
     """What `make demo` adds beyond the paper: quality columns, a pilot ranking, the exchange rate."""
     print("demo: synthetic-set quality columns (dvc exp show; docs/worth.md):", flush=True)
-    shown = run(["dvc", "exp", "show", "--md", "--drop", ".*", "--keep", "Experiment|syn_(recognised|fd|kid|kid_se|precision|recall)\\."],
-                workdir, check=False)
-    print(shown.stdout)
+    run(["dvc", "exp", "show", "--md", "--drop", ".*", "--keep", "Experiment|syn_(recognised|fd|kid|kid_se|precision|recall)\\."],
+        workdir, check=False, quiet=False)
     summary = json.loads((workdir / "metrics" / "summary.json").read_text())
     if summary.get("n_syn"):
         print(f"demo: exchange rate against the real curve {', '.join(DEMO_REAL_CURVE)} (metrics/evaluate/exchange_rate.json):")
@@ -193,8 +186,7 @@ def show_worth(workdir: Path) -> None:
         print("demo: no exchange-rate table this time: the toy real curve did not rise with more real images "
               "(evaluate said so above); `make demo` with its default 10 epochs usually gets one\n")
     print(f"demo: python -m diffaug.pilot {' '.join(DEMO_PILOT)} --per-class 4", flush=True)
-    pilot = run([sys.executable, "-m", "diffaug.pilot", *DEMO_PILOT, "--per-class", "4"], workdir, check=False)
-    print(pilot.stdout)
+    run([sys.executable, "-m", "diffaug.pilot", *DEMO_PILOT, "--per-class", "4"], workdir, check=False, quiet=False)
     print(f"demo: pilot samples in {workdir / 'data' / 'pilot' / 'samples.png'}. {BANNER}")
 
 
@@ -210,8 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     print(BANNER, flush=True)
     print(f"demo: building a scratch repository in {args.workdir} (random-weight Stable Diffusion, toy data)", flush=True)
     build_demo(args.workdir, epochs=args.epochs, real_per_class=args.real_per_class)
-    shown = run(["dvc", "exp", "show", "--md", "--drop", ".*", "--keep", "Experiment|model$|test_acc\\."], args.workdir, check=False)
-    print(shown.stdout)
+    run(["dvc", "exp", "show", "--md", "--drop", ".*", "--keep", "Experiment|model$|test_acc\\."], args.workdir, check=False, quiet=False)
     show_worth(args.workdir)
     print(f"demo: done in {time.time() - start:.0f} s; outputs in {args.workdir} (metrics/summary.json, data/synthetic/*/samples.png)")
     where = os.path.relpath(args.workdir)
