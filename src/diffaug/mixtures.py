@@ -24,20 +24,18 @@ from diffaug.cli import stage_parser
 from diffaug.config import PAPER_SOURCES, Config, load_config
 from diffaug.errors import UserError, exit_on_error
 from diffaug.formats import synthetic
-from diffaug.formats.mixture import COPY_TRANSFORMS, MixtureIndex, pool_digest, unfiltered_name, write_composition, write_mixture
+from diffaug.formats.mixture import COPY_TRANSFORMS, MixtureIndex, pool_digest, pool_of, unfiltered_name, write_composition, write_mixture
 from diffaug.formats.splits import load_split
 from diffaug.io import ensure_writable_dir
 
 
-def _draw(labels: np.ndarray, num_classes: int, fraction: float, seed: int, source: str,
-          keep_order: bool = False) -> list[np.ndarray]:
-    """Per class: the first round(fraction * n) rows of a permutation seeded by (seed, source, class)."""
+def _draw(labels: np.ndarray, num_classes: int, fraction: float, seed: int, source: str) -> list[np.ndarray]:
+    """Per class: the first round(fraction * n) rows of a permutation seeded by (seed, source, class), sorted."""
     rows = []
     for c in range(num_classes):
         idx = np.flatnonzero(labels == c)
         rng = np.random.default_rng([seed, zlib.crc32(source.encode()), c])
-        picked = rng.permutation(idx)[: int(round(fraction * len(idx)))]
-        rows.append(picked if keep_order else np.sort(picked))
+        rows.append(np.sort(rng.permutation(idx)[: int(round(fraction * len(idx)))]))
     return rows
 
 
@@ -53,12 +51,8 @@ def compose(sources: dict[str, float], source_labels: dict[str, np.ndarray], num
     for src in names:  # fixed order: identical files whatever order params.yaml lists sources in
         if src not in sources:
             continue
-        if src in COPY_TRANSFORMS:
-            # the first rows of orig's own permutation: copies of images orig drew (validated <= orig)
-            per_class = _draw(source_labels["orig"], num_classes, 1.0, seed, "orig", keep_order=True)
-            per_class = [np.sort(p[: int(round(sources[src] * len(p)))]) for p in per_class]
-        else:
-            per_class = _draw(source_labels[src], num_classes, sources[src], seed, src)
+        # a copy draws the first rows of orig's own permutation: copies of images orig drew (validated <= orig)
+        per_class = _draw(source_labels[src], num_classes, sources[src], seed, pool_of(src))
         drawn = np.concatenate(per_class).astype(np.int64)
         codes.append(np.full(len(drawn), names.index(src), np.uint8))
         rows.append(drawn)
@@ -95,11 +89,10 @@ def build(cfg: Config, prepared: Path, synthetic_root: Path, out: Path) -> dict[
     summary = {}
     for mix, sources in cfg.mixtures.items():
         codes, rows, mix_labels, counts = composed[mix]
-        names = source_names(sources)
-        used = [s for s in names if s in sources]
+        used = list(counts)  # in source_names order
         # a filtered mixture's draw, before its filter@ stage drops images: never trained on as it is
         stem = unfiltered_name(mix) if mix in cfg.filters else mix
-        write_mixture(out / f"{stem}.npz", MixtureIndex(codes, rows, mix_labels, names, train.classes,
+        write_mixture(out / f"{stem}.npz", MixtureIndex(codes, rows, mix_labels, source_names(sources), train.classes,
                                                        used, [digests[s] for s in used]))
         composition = {
             "mixture": mix, "fractions": sources, "seed": cfg.mixture_seed, "total": int(len(rows)),

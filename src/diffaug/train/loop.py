@@ -58,18 +58,14 @@ class NonFiniteTraining(UserError):
                          f"(lower the recipe's lr?); stopped, the last good checkpoint is kept and no weights were written")
 
 
-def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std (0..255 scale) of uint8 NHWC images, summed in float64 chunk by chunk."""
-    channels = images.shape[-1]
-    total = torch.zeros(channels, dtype=torch.float64, device=images.device)
-    squares = torch.zeros_like(total)
-    for part in images.split(chunk):
-        values = part.reshape(-1, channels).double()
-        total += values.sum(0)
-        squares += values.square().sum(0)
-    count = images.numel() // channels
-    mean = total / count
-    std = (squares / count - mean.square()).clamp_min(1e-6).sqrt()
+def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std (0..255 scale) of uint8 NHWC images, from each channel's histogram of the 256
+    levels: exact sums in float64, and no float copy of the images."""
+    counts = torch.stack([torch.bincount(images[..., c].reshape(-1), minlength=256) for c in range(images.shape[-1])])
+    levels = torch.arange(256, dtype=torch.float64, device=images.device)
+    count = images.numel() // images.shape[-1]
+    mean = counts.double() @ levels / count
+    std = (counts.double() @ levels.square() / count - mean.square()).clamp_min(1e-6).sqrt()
     return mean.float().cpu(), std.float().cpu()
 
 
