@@ -83,9 +83,7 @@ def filter_mixture(cfg: Config, mix: str, mixtures_dir: Path, prepared: Path, sy
     cfg.dataset.words(index.classes)  # refuses a label_names key that names no class, as every stage that reads them does
     if spec.by == "confidence":
         require_files([classifier], f"the filter of {mix} needs train@{cfg.model}-orig100 first (dvc repro)")
-    classes = index.classes
-    codes = np.asarray(index.source)
-    names = index.source_names
+    classes, codes, names = index.classes, index.source, index.source_names
     scored = np.array([names[c] not in REAL_SOURCES for c in codes], bool)  # every synthetic set
     scores = np.full(len(index.row), np.nan, np.float32)
     clip: Any = None
@@ -120,9 +118,9 @@ def filter_mixture(cfg: Config, mix: str, mixtures_dir: Path, prepared: Path, sy
     drop = ~keep
     classifier_info = ({"path": str(classifier), "sha256": sha256_file(classifier), "mix": "orig100"}
                        if spec.by == "confidence" else {"clip": CLIP_MODEL, "prompt": CLIP_PROMPT})
-    cutoff_table: dict[str, dict[str, float]] = {names[g // len(classes)]: {} for g in cutoffs}
+    cutoff_table: dict[str, dict[str, float]] = {}
     for g, value in sorted(cutoffs.items()):
-        cutoff_table[names[g // len(classes)]][classes[g % len(classes)]] = value
+        cutoff_table.setdefault(names[g // len(classes)], {})[classes[g % len(classes)]] = value
     settings = {"mixture": mix, "filter": spec.model_dump(), "scorer": classifier_info, "cutoff": cutoff_table}
     record = FilterRecord(settings, scores[keep], codes[drop], index.row[drop], index.label[drop], scores[drop])
     filtered = MixtureIndex(codes[keep], index.row[keep], index.label[keep], names, classes, index.used, index.digests)

@@ -76,12 +76,8 @@ def pool_digest(pool: str, prepared: Path, synthetic_root: Path) -> str:
 
 
 def write_mixture(path: str | Path, index: MixtureIndex, record: FilterRecord | None = None) -> None:
-    extra = {}
-    if record is not None:
-        extra = {"filter_settings": np.array(json.dumps(record.settings, sort_keys=True)),
-                 "score": record.score.astype(np.float32), "dropped_source": record.dropped_source.astype(np.uint8),
-                 "dropped_row": record.dropped_row.astype(np.int64), "dropped_label": record.dropped_label.astype(np.int64),
-                 "dropped_score": record.dropped_score.astype(np.float32)}
+    extra = {} if record is None else {"filter_settings": np.array(json.dumps(record.settings, sort_keys=True)),
+                                       **{k: getattr(record, k) for k in FILTER_KEYS[1:]}}  # in the dtypes FilterRecord states
     save_npz_atomic(path, **{key: np.asarray(value) for key, value in vars(index).items()}, **extra)  # KEYS
 
 
