@@ -81,22 +81,6 @@ def write_mixture(path: str | Path, index: MixtureIndex, record: FilterRecord | 
     save_npz_atomic(path, **{key: np.asarray(value) for key, value in vars(index).items()}, **extra)  # KEYS
 
 
-def read_filter_record(path: str | Path) -> FilterRecord | None:
-    """The FilterRecord of a filtered mixture file, None for an unfiltered one."""
-    path = Path(path)
-    data = load_npz(path, RERUN)
-    if "filter_settings" not in data:
-        return None
-    missing = [k for k in FILTER_KEYS if k not in data]
-    if missing:
-        raise UserError(f"{path}: lacks {', '.join(missing)}; not a filtered mixture file; rerun its filter@ stage")
-    try:
-        settings = json.loads(str(data["filter_settings"]))
-    except ValueError:
-        raise UserError(f"{path}: filter_settings is not JSON; rerun its filter@ stage") from None
-    return FilterRecord(settings, *(data[k] for k in FILTER_KEYS[1:]))
-
-
 def read_mixture(path: str | Path) -> MixtureIndex:
     path = Path(path)
     data = load_npz(path, RERUN)
