@@ -10,6 +10,7 @@ that train on it rerun when it changes), `<mix>.json` the readable account (docs
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,6 @@ from diffaug.devices import resolve_device
 from diffaug.errors import UserError, exit_on_error
 from diffaug.formats.classifier import load_trained, logits_of, require_files
 from diffaug.formats.mixture import (
-    FilterRecord,
     MixtureIndex,
     load_mixture,
     read_mixture,
@@ -122,9 +122,9 @@ def filter_mixture(cfg: Config, mix: str, mixtures_dir: Path, prepared: Path, sy
     for g, value in sorted(cutoffs.items()):
         cutoff_table.setdefault(names[g // len(classes)], {})[classes[g % len(classes)]] = value
     settings = {"mixture": mix, "filter": spec.model_dump(), "scorer": classifier_info, "cutoff": cutoff_table}
-    record = FilterRecord(settings, scores[keep], codes[drop], index.row[drop], index.label[drop], scores[drop])
     filtered = MixtureIndex(codes[keep], index.row[keep], index.label[keep], names, classes, index.used, index.digests)
-    write_mixture(out / f"{mix}.npz", filtered, record)
+    write_mixture(out / f"{mix}.npz", filtered, filter_settings=np.array(json.dumps(settings, sort_keys=True)), score=scores[keep],
+                  dropped_source=codes[drop], dropped_row=index.row[drop], dropped_label=index.label[drop], dropped_score=scores[drop])
 
     def counts(mask: np.ndarray) -> dict[str, dict[str, int]]:
         return {s: {classes[c]: int(((codes == names.index(s)) & (index.label == c) & mask).sum()) for c in range(len(classes))}

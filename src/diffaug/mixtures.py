@@ -6,11 +6,7 @@ Per source and class, the draw is the first round(fraction * n_class) rows of a 
 (mixture_seed, source, class) alone, so draws nest across mixtures: orig50 is the same half of the real
 images in orig50, orig50_syn1_50 and orig50_rot50, which keeps a comparison about the data added, not about
 which half was drawn. rot90 / vflip rows are copies of images orig drew (the Fig. 7 baselines).
-
-Source codes index `source_names`: the paper's five sources (codes 0-4), then the other sets the mixture
-draws from, sorted, so declaring a new set changes no existing mixture file. Each file records a digest of
-every source it draws from (see diffaug.formats.mixture), so it changes exactly when its own data does.
-A mixture with a `filter:` is written as `<mix>.unfiltered.npz`, for its filter@<mix> stage.
+The file, its source digests and a filtered mixture's `<mix>.unfiltered.npz`: diffaug.formats.mixture.
 """
 from __future__ import annotations
 
@@ -40,7 +36,8 @@ def _draw(labels: np.ndarray, num_classes: int, fraction: float, seed: int, sour
 
 
 def source_names(sources: Iterable[str]) -> list[str]:
-    """The code table of a mixture file: the paper's sources, then the other sets it draws from, sorted."""
+    """The code table of a mixture file: the paper's sources (codes 0-4), then the other sets it draws from, sorted
+    (declaring a new set changes no existing mixture file)."""
     return list(PAPER_SOURCES) + sorted(s for s in sources if s not in PAPER_SOURCES)
 
 

@@ -94,8 +94,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)  # deterministic variants; warn where none
             torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]  # NaN-filling every allocation costs time, decides nothing
         torch.manual_seed(seed)  # model initialisation and dropout
-        self.generator = torch.Generator(device=device)  # shuffling and augmentation, on the device
-        self.generator.manual_seed(seed)
+        self.generator = torch.Generator(device=device).manual_seed(seed)  # shuffling and augmentation, on the device
         self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device)  # uint8 NHWC
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
         self.val_images = self.val_labels = None
