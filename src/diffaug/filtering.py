@@ -44,8 +44,6 @@ def confidence_scores(classifier: Path, images: np.ndarray, labels: np.ndarray, 
     if list(meta["classes"]) != list(classes):
         raise UserError(f"{classifier}: trained on classes {list(meta['classes'])}, the mixture has {list(classes)}; "
                         "rerun its train cell (dvc repro)")
-    if len(images) == 0:
-        return np.zeros(0, np.float32)
     probs = torch.softmax(torch.from_numpy(logits_of(model, images, batch_size, device)), dim=1).numpy()
     return probs[np.arange(len(probs)), labels].astype(np.float32)
 

@@ -396,8 +396,7 @@ class Trainer:
             raise NonFiniteTraining(self.epoch, self.recipe.epochs, label)
         metrics = {"train/loss": values[0] / seen, "train/acc": values[1] / seen, "lr": self.schedule(self.epoch * self.steps_per_epoch)}
         if len(values) > 4:
-            count = self.num_val
-            metrics.update({"val/loss": values[4] / count, "val/acc": values[5] / count})
+            metrics.update({"val/loss": values[4] / self.num_val, "val/acc": values[5] / self.num_val})
         if max_steps is None:
             self.epoch += 1
         return metrics
