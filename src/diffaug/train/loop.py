@@ -464,7 +464,7 @@ class FitResult:
 
 
 def fit(trainer: Trainer, *, checkpoint: Path | None = None, checkpoint_every: int = 10, settings_hash: str = "",
-        log: Callable[[dict[str, float]], None] | None = None, label: str = "") -> FitResult:
+        log: Callable[[dict[str, float]], object] = lambda metrics: None, label: str = "") -> FitResult:
     """Train to `recipe.epochs`, resuming from `checkpoint` when it was written under `settings_hash`; the
     trainer ends holding the final epoch's weights (no epoch selection).
 
@@ -481,16 +481,14 @@ def fit(trainer: Trainer, *, checkpoint: Path | None = None, checkpoint_every: i
         history, elapsed = list(saved["history"]), float(saved["elapsed_s"])
     resumed_from = trainer.epoch
     for metrics in history:
-        if log:
-            log(metrics)
+        log(metrics)
     start = time.perf_counter()
     while trainer.epoch < epochs:
         epoch_start = time.perf_counter()
         metrics = {"epoch": trainer.epoch, **trainer.run_epoch(label=label)}
         metrics["epoch_time_s"] = time.perf_counter() - epoch_start
         history.append(metrics)
-        if log:
-            log(metrics)
+        log(metrics)
         if checkpoint is not None and (trainer.epoch % checkpoint_every == 0 or trainer.epoch == epochs):
             save_torch_atomic(checkpoint, {"settings_hash": settings_hash, "trainer": trainer.state_dict(),
                                          "history": history, "elapsed_s": elapsed + time.perf_counter() - start})
