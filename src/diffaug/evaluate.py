@@ -56,11 +56,8 @@ def draw(n: int, limit: int, seed: int = 0) -> np.ndarray:
 def cached_clip() -> Path | None:
     """The local snapshot folder of the first CLIP model of CLIP_MODELS in the Hugging Face cache, or None."""
     from huggingface_hub import try_to_load_from_cache  # comes with transformers and diffusers
-    for repo in CLIP_MODELS:
-        found = try_to_load_from_cache(repo, "config.json")
-        if isinstance(found, str):
-            return Path(found).parent
-    return None
+    found = (try_to_load_from_cache(repo, "config.json") for repo in CLIP_MODELS)
+    return next((Path(f).parent for f in found if isinstance(f, str)), None)
 
 
 def cached_weights_note(clip: Path | None = None) -> str:
@@ -190,11 +187,9 @@ def worth_in_real_images(cfg: Config, train_labels: np.ndarray | None, synthetic
     if untrained:
         print(f"evaluate: no exchange rate: real_curve mixtures {', '.join(untrained)} are not in mixes (not trained)")
         return None
-    pools = {"orig": train_labels}
-    for mix in cfg.mixes:
-        for source in cfg.mixtures[mix]:
-            if cfg.is_synthetic(source) and source not in pools:
-                pools[source] = syn_labels[source] if source in syn_labels else synthetic.load_synthetic(synthetic_root / source)[1]
+    needed = {s for mix in cfg.mixes for s in cfg.mixtures[mix] if cfg.is_synthetic(s)}
+    pools = {"orig": train_labels} | {s: syn_labels[s] if s in syn_labels else synthetic.load_synthetic(synthetic_root / s)[1]
+                                      for s in needed}
     sizes = [mixture_counts(cfg.mixtures[m], pools)[0] for m in cfg.real_curve]
     curve = [results[m]["per_seed"] for m in cfg.real_curve]
     mixtures = {}
