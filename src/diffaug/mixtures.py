@@ -71,22 +71,19 @@ def build(cfg: Config, prepared: Path, synthetic_root: Path, out: Path) -> dict[
         labels[copy], digests[copy] = labels["orig"], digests["orig"]
 
     # Every mixture is composed and checked before any file is written.
-    composed = {}
-    for mix, sources in cfg.mixtures.items():
-        codes, rows, mix_labels, counts = compose(sources, labels, num_classes, cfg.mixture_seed)
-        per_class = np.sum([counts[s] for s in counts], axis=0)
+    composed = {mix: compose(sources, labels, num_classes, cfg.mixture_seed) for mix, sources in cfg.mixtures.items()}
+    for mix, (_, _, _, counts) in composed.items():
+        per_class = np.sum(list(counts.values()), axis=0)
         empty = [train.classes[c] for c in range(num_classes) if per_class[c] == 0]
         if empty:
             raise UserError(f"mixtures.{mix}: draws 0 images of class {', '.join(map(repr, empty))} "
-                            f"({', '.join(f'{s} {f}' for s, f in sources.items())}); allowed: fractions that draw "
+                            f"({', '.join(f'{s} {f}' for s, f in cfg.mixtures[mix].items())}); allowed: fractions that draw "
                             "at least one image of every class")
-        composed[mix] = (codes, rows, mix_labels, counts)
 
     out.mkdir(parents=True, exist_ok=True)
     summary = {}
-    for mix, sources in cfg.mixtures.items():
-        codes, rows, mix_labels, counts = composed[mix]
-        used = list(counts)  # in source_names order
+    for mix, (codes, rows, mix_labels, counts) in composed.items():
+        sources, used = cfg.mixtures[mix], list(counts)  # used: in source_names order
         # a filtered mixture's draw, before its filter@ stage drops images: never trained on as it is
         stem = unfiltered_name(mix) if mix in cfg.filters else mix
         write_mixture(out / f"{stem}.npz", MixtureIndex(codes, rows, mix_labels, source_names(sources), train.classes,
