@@ -91,14 +91,11 @@ def write_shard(out_dir: Path, k: int, plan: SetLayout, *, images: np.ndarray, s
 def valid_shard(out_dir: Path, plan: SetLayout, k: int) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
     """The shard's arrays and meta if shard k exists, is readable (zip CRCs intact, every array present) and
     belongs to exactly this plan (with its full-resolution PNGs, when the plan keeps them), else None."""
-    path = out_dir / shard_name(k)
-    if not path.is_file():
-        return None
     try:
-        data = load_npz(path)
+        data = load_npz(out_dir / shard_name(k))
         meta = json.loads(str(data["meta"]))
         arrays = {name: data[name] for name in _ARRAYS}
-    except Exception:  # a truncated zip, a missing key, bad JSON: all mean "not a shard"
+    except Exception:  # no file, a truncated zip, a missing key, bad JSON: all mean "not a shard"
         return None
     span = plan.shard_range(k)
     h, w = plan.image_size
