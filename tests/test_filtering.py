@@ -3,6 +3,7 @@ one-line errors. The dvc end-to-end rerun is in test_sharing_pipeline.py (slow).
 import copy
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from diffaug.errors import ConfigError
 from diffaug.filtering import filter_mixture, select
 from diffaug.filtering import main as filtering_main
 from diffaug.formats.classifier import ImageClassifier, load_trained, save_trained
-from diffaug.formats.mixture import load_mixture, read_filter_record, read_mixture
+from diffaug.formats.mixture import load_mixture, read_mixture
 from diffaug.io import save_npz_atomic
 from diffaug.models import build_model
 from synthetic_sets import write_fake_set
@@ -133,6 +134,13 @@ def test_threshold_keeps_scores_at_or_above_it(world):
     assert sorted(record.dropped_row.tolist()) == sorted(before.row[syn][scores < 0.34].tolist())
     assert (record.dropped_score < 0.34).all()
     assert account["cutoff"]["syn1"] == {c: 0.34 for c in CLASSES}
+
+
+def read_filter_record(path):
+    """What a filter@ stage stored in its filtered mixture file (plain numpy, as any reader sees it)."""
+    with np.load(path, allow_pickle=False) as data:
+        return SimpleNamespace(settings=json.loads(str(data["filter_settings"])),
+                               **{k: data[k] for k in ("score", "dropped_source", "dropped_row", "dropped_label", "dropped_score")})
 
 
 def test_select_is_exact_on_ties_and_small_groups():

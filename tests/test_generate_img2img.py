@@ -21,7 +21,7 @@ from diffaug.config import load_config, parse_config
 from diffaug.formats import synthetic as storage
 from diffaug.formats.splits import Split, load_split, save_split
 from diffaug.generate.__main__ import main
-from diffaug.generate.plan import build_plan, image_flops, plan_flops, steps_note
+from diffaug.generate.plan import build_plan, check_cpu_cost, image_flops, steps_note
 from diffaug.generate.sampler import upsample
 from diffaug.io import sha256_file
 from diffaug.sandbox.tiny import tiny_diffusion_params
@@ -254,9 +254,9 @@ def test_the_cost_estimate_counts_only_the_steps_that_run(world, capsys, tmp_pat
     images = list(range(plan.num_images))
     full = image_flops(dif)
     expected = 9 * image_flops(dif, 4, encode=True) + 6 * image_flops(dif, 8, encode=True)
-    assert plan_flops(plan, dif, images) == pytest.approx(expected)
+    assert check_cpu_cost(plan, "cuda", images) == pytest.approx(expected)  # the run's FLOPs (no CPU guard on a GPU)
     assert image_flops(dif, 4, encode=True) < 0.6 * full  # half the steps, plus one VAE encode
-    note = steps_note(plan, dif, images)
+    note = steps_note(plan, images)
     assert note == "img2img: only strength x steps run, 4 at strength 0.5, 8 at strength 1 of 8 steps (mean 5.6)"
     assert main(args(world["params"], world["prepared"], tmp_path / "out")) == 0
     err = capsys.readouterr().err

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from diffaug.cli import stage_parser
-from diffaug.config import REAL_SOURCES, Config, load_config
+from diffaug.config import Config, load_config
 from diffaug.devices import resolve_device
 from diffaug.errors import exit_on_error
 from diffaug.exchange import exchange_rates
@@ -56,11 +56,8 @@ def draw(n: int, limit: int, seed: int = 0) -> np.ndarray:
 def cached_clip() -> Path | None:
     """The local snapshot folder of the first CLIP model of CLIP_MODELS in the Hugging Face cache, or None."""
     from huggingface_hub import try_to_load_from_cache  # comes with transformers and diffusers
-    for repo in CLIP_MODELS:
-        found = try_to_load_from_cache(repo, "config.json")
-        if isinstance(found, str):
-            return Path(found).parent
-    return None
+    found = (try_to_load_from_cache(repo, "config.json") for repo in CLIP_MODELS)
+    return next((Path(f).parent for f in found if isinstance(f, str)), None)
 
 
 def cached_weights_note(clip: Path | None = None) -> str:
@@ -75,18 +72,11 @@ def cached_weights_note(clip: Path | None = None) -> str:
     return f"evaluate: {done}skipped " + "; ".join(missing) + "; the classifier-feature metrics need no download"
 
 
-def mixture_counts(fractions: dict[str, float], pools: dict[str, np.ndarray], num_classes: int) -> tuple[int, int]:
+def mixture_counts(fractions: dict[str, float], pools: dict[str, np.ndarray]) -> tuple[int, int]:
     """(real images, synthetic images) of a mixture: per class round(fraction * n_class), as build_mixtures draws
-    (a stage may not import another stage, so the rule is restated here)."""
-    real = syn = 0
-    for source, frac in fractions.items():
-        labels = pools["orig"] if source in REAL_SOURCES else pools[source]
-        n = sum(int(round(frac * int((labels == c).sum()))) for c in range(num_classes))
-        if source == "orig":
-            real += n
-        elif source in pools:
-            syn += n
-    return real, syn
+    (a stage may not import another stage, so the rule is restated here); rot90/vflip copies count as neither."""
+    drawn = {s: sum(int(round(f * int(n))) for n in np.bincount(pools[s])) for s, f in fractions.items() if s in pools}
+    return drawn.pop("orig", 0), sum(drawn.values())
 
 
 def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, out: Path, summary_path: Path) -> dict:
@@ -156,7 +146,7 @@ def evaluate(cfg: Config, prepared: Path, synthetic_root: Path, models: Path, ou
             summary[f"syn_{key}"] = {n: round(d["overall"][key], 6 if key != "fd" else 4) for n, d in distribution.items()}
     if quality.get("clip_score"):
         summary["syn_clip"] = {n: round(v, 4) for n, v in quality["clip_score"].items()}
-    exchange = worth_in_real_images(cfg, train.labels if train else None, synthetic_root, results, syn_labels, len(classes))
+    exchange = worth_in_real_images(cfg, train.labels if train else None, synthetic_root, results, syn_labels)
     if exchange is not None:
         rows = exchange["mixtures"]
         summary["real_equiv"] = {m: _finite(r["real_equiv"], 0) for m, r in rows.items()}
@@ -189,7 +179,7 @@ def _finite(x: float | None, digits: int) -> float | None:
 
 
 def worth_in_real_images(cfg: Config, train_labels: np.ndarray | None, synthetic_root: Path, results: dict[str, dict[str, Any]],
-                         syn_labels: dict[str, np.ndarray], num_classes: int) -> dict[str, Any] | None:
+                         syn_labels: dict[str, np.ndarray]) -> dict[str, Any] | None:
     """The exchange rate of every trained, unfiltered mixture with synthetic images (None without real_curve)."""
     if not cfg.real_curve or train_labels is None:
         return None
@@ -197,17 +187,15 @@ def worth_in_real_images(cfg: Config, train_labels: np.ndarray | None, synthetic
     if untrained:
         print(f"evaluate: no exchange rate: real_curve mixtures {', '.join(untrained)} are not in mixes (not trained)")
         return None
-    pools = {"orig": train_labels}
-    for mix in cfg.mixes:
-        for source in cfg.mixtures[mix]:
-            if cfg.is_synthetic(source) and source not in pools:
-                pools[source] = syn_labels[source] if source in syn_labels else synthetic.load_synthetic(synthetic_root / source)[1]
-    sizes = [mixture_counts(cfg.mixtures[m], pools, num_classes)[0] for m in cfg.real_curve]
+    needed = {s for mix in cfg.mixes for s in cfg.mixtures[mix] if cfg.is_synthetic(s)}
+    pools = {"orig": train_labels} | {s: syn_labels[s] if s in syn_labels else synthetic.load_synthetic(synthetic_root / s)[1]
+                                      for s in needed}
+    sizes = [mixture_counts(cfg.mixtures[m], pools)[0] for m in cfg.real_curve]
     curve = [results[m]["per_seed"] for m in cfg.real_curve]
     mixtures = {}
     for mix in cfg.mixes:
         if any(cfg.is_synthetic(s) for s in cfg.mixtures[mix]):
-            n_real, n_syn = mixture_counts(cfg.mixtures[mix], pools, num_classes)
+            n_real, n_syn = mixture_counts(cfg.mixtures[mix], pools)
             mixtures[mix] = {"n_real": n_real, "n_syn": n_syn, "accs": results[mix]["per_seed"]}
     exchange = exchange_rates(sizes, curve, mixtures)
     flat = [str(s) for s, fit in zip(cfg.train.seeds, exchange["curve"]["fits"]) if fit["b"] <= 0]

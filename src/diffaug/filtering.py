@@ -10,6 +10,7 @@ that train on it rerun when it changes), `<mix>.json` the readable account (docs
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,6 @@ from diffaug.devices import resolve_device
 from diffaug.errors import UserError, exit_on_error
 from diffaug.formats.classifier import load_trained, logits_of, require_files
 from diffaug.formats.mixture import (
-    FilterRecord,
     MixtureIndex,
     load_mixture,
     read_mixture,
@@ -44,8 +44,6 @@ def confidence_scores(classifier: Path, images: np.ndarray, labels: np.ndarray, 
     if list(meta["classes"]) != list(classes):
         raise UserError(f"{classifier}: trained on classes {list(meta['classes'])}, the mixture has {list(classes)}; "
                         "rerun its train cell (dvc repro)")
-    if len(images) == 0:
-        return np.zeros(0, np.float32)
     probs = torch.softmax(torch.from_numpy(logits_of(model, images, batch_size, device)), dim=1).numpy()
     return probs[np.arange(len(probs)), labels].astype(np.float32)
 
@@ -83,9 +81,7 @@ def filter_mixture(cfg: Config, mix: str, mixtures_dir: Path, prepared: Path, sy
     cfg.dataset.words(index.classes)  # refuses a label_names key that names no class, as every stage that reads them does
     if spec.by == "confidence":
         require_files([classifier], f"the filter of {mix} needs train@{cfg.model}-orig100 first (dvc repro)")
-    classes = index.classes
-    codes = np.asarray(index.source)
-    names = index.source_names
+    classes, codes, names = index.classes, index.source, index.source_names
     scored = np.array([names[c] not in REAL_SOURCES for c in codes], bool)  # every synthetic set
     scores = np.full(len(index.row), np.nan, np.float32)
     clip: Any = None
@@ -120,13 +116,13 @@ def filter_mixture(cfg: Config, mix: str, mixtures_dir: Path, prepared: Path, sy
     drop = ~keep
     classifier_info = ({"path": str(classifier), "sha256": sha256_file(classifier), "mix": "orig100"}
                        if spec.by == "confidence" else {"clip": CLIP_MODEL, "prompt": CLIP_PROMPT})
-    cutoff_table: dict[str, dict[str, float]] = {names[g // len(classes)]: {} for g in cutoffs}
+    cutoff_table: dict[str, dict[str, float]] = {}
     for g, value in sorted(cutoffs.items()):
-        cutoff_table[names[g // len(classes)]][classes[g % len(classes)]] = value
+        cutoff_table.setdefault(names[g // len(classes)], {})[classes[g % len(classes)]] = value
     settings = {"mixture": mix, "filter": spec.model_dump(), "scorer": classifier_info, "cutoff": cutoff_table}
-    record = FilterRecord(settings, scores[keep], codes[drop], index.row[drop], index.label[drop], scores[drop])
     filtered = MixtureIndex(codes[keep], index.row[keep], index.label[keep], names, classes, index.used, index.digests)
-    write_mixture(out / f"{mix}.npz", filtered, record)
+    write_mixture(out / f"{mix}.npz", filtered, filter_settings=np.array(json.dumps(settings, sort_keys=True)), score=scores[keep],
+                  dropped_source=codes[drop], dropped_row=index.row[drop], dropped_label=index.label[drop], dropped_score=scores[drop])
 
     def counts(mask: np.ndarray) -> dict[str, dict[str, int]]:
         return {s: {classes[c]: int(((codes == names.index(s)) & (index.label == c) & mask).sum()) for c in range(len(classes))}

@@ -6,11 +6,7 @@ Per source and class, the draw is the first round(fraction * n_class) rows of a 
 (mixture_seed, source, class) alone, so draws nest across mixtures: orig50 is the same half of the real
 images in orig50, orig50_syn1_50 and orig50_rot50, which keeps a comparison about the data added, not about
 which half was drawn. rot90 / vflip rows are copies of images orig drew (the Fig. 7 baselines).
-
-Source codes index `source_names`: the paper's five sources (codes 0-4), then the other sets the mixture
-draws from, sorted, so declaring a new set changes no existing mixture file. Each file records a digest of
-every source it draws from (see diffaug.formats.mixture), so it changes exactly when its own data does.
-A mixture with a `filter:` is written as `<mix>.unfiltered.npz`, for its filter@<mix> stage.
+The file, its source digests and a filtered mixture's `<mix>.unfiltered.npz`: diffaug.formats.mixture.
 """
 from __future__ import annotations
 
@@ -24,25 +20,24 @@ from diffaug.cli import stage_parser
 from diffaug.config import PAPER_SOURCES, Config, load_config
 from diffaug.errors import UserError, exit_on_error
 from diffaug.formats import synthetic
-from diffaug.formats.mixture import COPY_TRANSFORMS, MixtureIndex, pool_digest, unfiltered_name, write_composition, write_mixture
+from diffaug.formats.mixture import COPY_TRANSFORMS, MixtureIndex, pool_digest, pool_of, unfiltered_name, write_composition, write_mixture
 from diffaug.formats.splits import load_split
 from diffaug.io import ensure_writable_dir
 
 
-def _draw(labels: np.ndarray, num_classes: int, fraction: float, seed: int, source: str,
-          keep_order: bool = False) -> list[np.ndarray]:
-    """Per class: the first round(fraction * n) rows of a permutation seeded by (seed, source, class)."""
+def _draw(labels: np.ndarray, num_classes: int, fraction: float, seed: int, source: str) -> list[np.ndarray]:
+    """Per class: the first round(fraction * n) rows of a permutation seeded by (seed, source, class), sorted."""
     rows = []
     for c in range(num_classes):
         idx = np.flatnonzero(labels == c)
         rng = np.random.default_rng([seed, zlib.crc32(source.encode()), c])
-        picked = rng.permutation(idx)[: int(round(fraction * len(idx)))]
-        rows.append(picked if keep_order else np.sort(picked))
+        rows.append(np.sort(rng.permutation(idx)[: int(round(fraction * len(idx)))]))
     return rows
 
 
 def source_names(sources: Iterable[str]) -> list[str]:
-    """The code table of a mixture file: the paper's sources, then the other sets it draws from, sorted."""
+    """The code table of a mixture file: the paper's sources (codes 0-4), then the other sets it draws from, sorted
+    (declaring a new set changes no existing mixture file)."""
     return list(PAPER_SOURCES) + sorted(s for s in sources if s not in PAPER_SOURCES)
 
 
@@ -53,12 +48,8 @@ def compose(sources: dict[str, float], source_labels: dict[str, np.ndarray], num
     for src in names:  # fixed order: identical files whatever order params.yaml lists sources in
         if src not in sources:
             continue
-        if src in COPY_TRANSFORMS:
-            # the first rows of orig's own permutation: copies of images orig drew (validated <= orig)
-            per_class = _draw(source_labels["orig"], num_classes, 1.0, seed, "orig", keep_order=True)
-            per_class = [np.sort(p[: int(round(sources[src] * len(p)))]) for p in per_class]
-        else:
-            per_class = _draw(source_labels[src], num_classes, sources[src], seed, src)
+        # a copy draws the first rows of orig's own permutation: copies of images orig drew (validated <= orig)
+        per_class = _draw(source_labels[src], num_classes, sources[src], seed, pool_of(src))
         drawn = np.concatenate(per_class).astype(np.int64)
         codes.append(np.full(len(drawn), names.index(src), np.uint8))
         rows.append(drawn)
@@ -80,26 +71,22 @@ def build(cfg: Config, prepared: Path, synthetic_root: Path, out: Path) -> dict[
         labels[copy], digests[copy] = labels["orig"], digests["orig"]
 
     # Every mixture is composed and checked before any file is written.
-    composed = {}
-    for mix, sources in cfg.mixtures.items():
-        codes, rows, mix_labels, counts = compose(sources, labels, num_classes, cfg.mixture_seed)
-        per_class = np.sum([counts[s] for s in counts], axis=0)
+    composed = {mix: compose(sources, labels, num_classes, cfg.mixture_seed) for mix, sources in cfg.mixtures.items()}
+    for mix, (_, _, _, counts) in composed.items():
+        per_class = np.sum(list(counts.values()), axis=0)
         empty = [train.classes[c] for c in range(num_classes) if per_class[c] == 0]
         if empty:
             raise UserError(f"mixtures.{mix}: draws 0 images of class {', '.join(map(repr, empty))} "
-                            f"({', '.join(f'{s} {f}' for s, f in sources.items())}); allowed: fractions that draw "
+                            f"({', '.join(f'{s} {f}' for s, f in cfg.mixtures[mix].items())}); allowed: fractions that draw "
                             "at least one image of every class")
-        composed[mix] = (codes, rows, mix_labels, counts)
 
     out.mkdir(parents=True, exist_ok=True)
     summary = {}
-    for mix, sources in cfg.mixtures.items():
-        codes, rows, mix_labels, counts = composed[mix]
-        names = source_names(sources)
-        used = [s for s in names if s in sources]
+    for mix, (codes, rows, mix_labels, counts) in composed.items():
+        sources, used = cfg.mixtures[mix], list(counts)  # used: in source_names order
         # a filtered mixture's draw, before its filter@ stage drops images: never trained on as it is
         stem = unfiltered_name(mix) if mix in cfg.filters else mix
-        write_mixture(out / f"{stem}.npz", MixtureIndex(codes, rows, mix_labels, names, train.classes,
+        write_mixture(out / f"{stem}.npz", MixtureIndex(codes, rows, mix_labels, source_names(sources), train.classes,
                                                        used, [digests[s] for s in used]))
         composition = {
             "mixture": mix, "fractions": sources, "seed": cfg.mixture_seed, "total": int(len(rows)),

@@ -14,7 +14,6 @@ import contextlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from torchvision import datasets
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -62,13 +61,12 @@ def _load_imagefolder(path: Path, key: str) -> Split:
         if not any(f.suffix.lower() in IMG_EXTENSIONS for f in (path / name).iterdir() if f.is_file()):
             raise UserError(f"{key}: class folder {path / name} holds no image ({', '.join(IMG_EXTENSIONS)}); "
                             "remove it or add its images")
-    folder = ImageFolder(str(path), loader=lambda p: p)  # list files only; decode below
+    folder = ImageFolder(str(path))
     images: list[np.ndarray] = []
     size = None
     for file, _ in folder.samples:
         try:
-            with Image.open(file) as im:
-                arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+            arr = np.asarray(folder.loader(file), dtype=np.uint8)  # torchvision's PIL loader: RGB
         except (OSError, ValueError) as e:  # UnidentifiedImageError is an OSError
             raise UserError(f"{key}: {file} is not a readable image ({type(e).__name__}); fix or remove it") from None
         if size is None:

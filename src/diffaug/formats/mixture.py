@@ -8,8 +8,9 @@ the mixture is loaded. `<mix>.json` beside it is the readable composition.
 
 A mixture with a `filter:` is written twice: build_mixtures writes its draw before filtering as
 `data/mixtures/<mix>.unfiltered.npz` (never trained on), and its filter@<mix> stage writes
-`data/filtered/<mix>.npz`: the same index minus the dropped synthetic rows, plus a FilterRecord
-(the score of every row, each dropped row with its score, the settings and the classifier's sha256).
+`data/filtered/<mix>.npz`: the same index minus the dropped synthetic rows, plus what the filter did:
+`filter_settings` (JSON: the filter, its scorer's sha256, the cutoffs), `score` (float32 per row; nan: real
+rows, never scored) and each dropped row's `dropped_source` (uint8), `dropped_row`, `dropped_label` and `dropped_score`.
 """
 from __future__ import annotations
 
@@ -33,7 +34,6 @@ COPY_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 REAL_POOL = "orig"
 KEYS = ("source", "row", "label", "source_names", "classes", "used", "digests")
 RERUN = "rerun the mixtures stage (dvc repro build_mixtures)"
-FILTER_KEYS = ("filter_settings", "score", "dropped_source", "dropped_row", "dropped_label", "dropped_score")
 
 
 def unfiltered_name(mix: str) -> str:
@@ -52,18 +52,6 @@ class MixtureIndex:
     digests: list[str]  # digest of each used source's pool when the mixture was built
 
 
-@dataclass(frozen=True)
-class FilterRecord:
-    """What a filter@ stage dropped and why, stored in the filtered mixture's .npz."""
-
-    settings: dict  # by, threshold / keep_fraction, classifier path + sha256, cutoff per source and class
-    score: np.ndarray  # float32 per row of the index: the kept row's score (nan: real rows, never scored)
-    dropped_source: np.ndarray  # uint8 source code per dropped row
-    dropped_row: np.ndarray  # int64 row in that source's pool
-    dropped_label: np.ndarray  # int64 class
-    dropped_score: np.ndarray  # float32 score that dropped it
-
-
 def pool_of(source: str) -> str:
     """The pixel pool a source reads: copies read the real images."""
     return REAL_POOL if source in COPY_TRANSFORMS else source
@@ -75,30 +63,8 @@ def pool_digest(pool: str, prepared: Path, synthetic_root: Path) -> str:
     return synthetic.synthetic_digest(synthetic_root / pool)
 
 
-def write_mixture(path: str | Path, index: MixtureIndex, record: FilterRecord | None = None) -> None:
-    extra = {}
-    if record is not None:
-        extra = {"filter_settings": np.array(json.dumps(record.settings, sort_keys=True)),
-                 "score": record.score.astype(np.float32), "dropped_source": record.dropped_source.astype(np.uint8),
-                 "dropped_row": record.dropped_row.astype(np.int64), "dropped_label": record.dropped_label.astype(np.int64),
-                 "dropped_score": record.dropped_score.astype(np.float32)}
-    save_npz_atomic(path, **{key: np.asarray(value) for key, value in vars(index).items()}, **extra)  # KEYS
-
-
-def read_filter_record(path: str | Path) -> FilterRecord | None:
-    """The FilterRecord of a filtered mixture file, None for an unfiltered one."""
-    path = Path(path)
-    data = load_npz(path, RERUN)
-    if "filter_settings" not in data:
-        return None
-    missing = [k for k in FILTER_KEYS if k not in data]
-    if missing:
-        raise UserError(f"{path}: lacks {', '.join(missing)}; not a filtered mixture file; rerun its filter@ stage")
-    try:
-        settings = json.loads(str(data["filter_settings"]))
-    except ValueError:
-        raise UserError(f"{path}: filter_settings is not JSON; rerun its filter@ stage") from None
-    return FilterRecord(settings, *(data[k] for k in FILTER_KEYS[1:]))
+def write_mixture(path: str | Path, index: MixtureIndex, **filter_record: np.ndarray) -> None:
+    save_npz_atomic(path, **{key: np.asarray(value) for key, value in vars(index).items()}, **filter_record)  # KEYS
 
 
 def read_mixture(path: str | Path) -> MixtureIndex:

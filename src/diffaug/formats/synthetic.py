@@ -14,7 +14,6 @@ Every file is written atomically (diffaug.io), so a killed run leaves whole file
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 from collections.abc import Sequence
@@ -92,14 +91,11 @@ def write_shard(out_dir: Path, k: int, plan: SetLayout, *, images: np.ndarray, s
 def valid_shard(out_dir: Path, plan: SetLayout, k: int) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
     """The shard's arrays and meta if shard k exists, is readable (zip CRCs intact, every array present) and
     belongs to exactly this plan (with its full-resolution PNGs, when the plan keeps them), else None."""
-    path = out_dir / shard_name(k)
-    if not path.is_file():
-        return None
     try:
-        data = load_npz(path)
+        data = load_npz(out_dir / shard_name(k))
         meta = json.loads(str(data["meta"]))
         arrays = {name: data[name] for name in _ARRAYS}
-    except Exception:  # a truncated zip, a missing key, bad JSON: all mean "not a shard"
+    except Exception:  # no file, a truncated zip, a missing key, bad JSON: all mean "not a shard"
         return None
     span = plan.shard_range(k)
     h, w = plan.image_size
@@ -147,18 +143,15 @@ def _remove_strays(out_dir: Path, plan: SetLayout, *, all_temp_files: bool) -> N
     if all_temp_files:  # only a lone process may: another rank could be writing its manifest copy
         for path in out_dir.glob(".*.tmp"):
             path.unlink(missing_ok=True)
-    full = out_dir / FULL_DIR
-    with contextlib.suppress(FileNotFoundError):  # two finishing ranks may both be tidying up
-        keep = {full_dir(out_dir, k).name for k in range(plan.num_shards)} if plan.save_full_resolution else set()
-        for path in full.iterdir():
-            if path.name in keep:
-                continue
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-        if not any(full.iterdir()):
-            full.rmdir()
+    if not plan.save_full_resolution:
+        shutil.rmtree(out_dir / FULL_DIR, ignore_errors=True)
+        return
+    keep = {full_dir(out_dir, k).name for k in range(plan.num_shards)}  # every one exists: the shards are valid
+    for path in (out_dir / FULL_DIR).iterdir():  # another finishing rank may be removing the same strays
+        if path.name not in keep and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.name not in keep:
+            path.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- manifest

@@ -146,7 +146,7 @@ def make_shards(plan: Plan, source: ModelSource, info: ModelInfo, out_dir: Path,
     defaults = generator["family_defaults"]
     console.print(f"{label}: {n_images} images to make ({len(todo)} of {plan.num_shards} shards) on {device}, "
                   f"{generator['pipeline']} (family {generator['family']}), {dif.resolution}² x "
-                  f"{steps_note(plan, dif, images)} ({dif.scheduler}), guidance {dif.guidance_scale:g}"
+                  f"{steps_note(plan, images)} ({dif.scheduler}), guidance {dif.guidance_scale:g}"
                   + (f" ({', '.join(defaults)}: the family's defaults)" if defaults else "")
                   + (f", ~{flops / 1e12:.4g} TFLOP at SD-v1.4's cost per step" if info.family.name == "sd" else "")
                   + f"; loading {dif.model}")

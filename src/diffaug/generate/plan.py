@@ -212,12 +212,8 @@ def image_flops(dif: DiffusionConfig, denoise_steps: int | None = None, encode: 
     return flops + (SD14_VAE_ENCODE_FLOP * scale if encode else 0.0)
 
 
-def plan_flops(plan: Plan, dif: DiffusionConfig, images: list[int]) -> float:
-    return sum(image_flops(dif, plan.denoise_steps(g, settled(dif)[0]), plan.kind == "img2img") for g in images)
-
-
-def steps_note(plan: Plan, dif: DiffusionConfig, images: list[int]) -> str:
-    steps = settled(dif)[0]
+def steps_note(plan: Plan, images: list[int]) -> str:
+    steps = settled(plan.diffusion)[0]
     if plan.kind != "img2img":
         return f"{steps} steps"
     runs = sorted({(plan.strength(g), plan.denoise_steps(g, steps)) for g in images})
@@ -230,7 +226,7 @@ def check_cpu_cost(plan: Plan, device_type: str, images: list[int]) -> float:
     """The FLOPs to make `images`; a CPU run estimated at over an hour is refused (before the model loads)
     unless allow_cpu is set."""
     dif, n_images = plan.diffusion, len(images)
-    total = plan_flops(plan, dif, images)
+    total = sum(image_flops(dif, plan.denoise_steps(g, settled(dif)[0]), plan.kind == "img2img") for g in images)
     seconds = total / CPU_FLOP_PER_S
     if device_type == "cpu" and not dif.allow_cpu and seconds > CPU_SECONDS_ALLOWED:
         raise ConfigError(

@@ -58,18 +58,14 @@ class NonFiniteTraining(UserError):
                          f"(lower the recipe's lr?); stopped, the last good checkpoint is kept and no weights were written")
 
 
-def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std (0..255 scale) of uint8 NHWC images, summed in float64 chunk by chunk."""
-    channels = images.shape[-1]
-    total = torch.zeros(channels, dtype=torch.float64, device=images.device)
-    squares = torch.zeros_like(total)
-    for part in images.split(chunk):
-        values = part.reshape(-1, channels).double()
-        total += values.sum(0)
-        squares += values.square().sum(0)
-    count = images.numel() // channels
-    mean = total / count
-    std = (squares / count - mean.square()).clamp_min(1e-6).sqrt()
+def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std (0..255 scale) of uint8 NHWC images, from each channel's histogram of the 256
+    levels: exact sums in float64, and no float copy of the images."""
+    counts = torch.stack([torch.bincount(images[..., c].reshape(-1), minlength=256) for c in range(images.shape[-1])])
+    levels = torch.arange(256, dtype=torch.float64, device=images.device)
+    count = images.numel() // images.shape[-1]
+    mean = counts.double() @ levels / count
+    std = (counts.double() @ levels.square() / count - mean.square()).clamp_min(1e-6).sqrt()
     return mean.float().cpu(), std.float().cpu()
 
 
@@ -98,8 +94,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)  # deterministic variants; warn where none
             torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]  # NaN-filling every allocation costs time, decides nothing
         torch.manual_seed(seed)  # model initialisation and dropout
-        self.generator = torch.Generator(device=device)  # shuffling and augmentation, on the device
-        self.generator.manual_seed(seed)
+        self.generator = torch.Generator(device=device).manual_seed(seed)  # shuffling and augmentation, on the device
         self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device)  # uint8 NHWC
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
         self.val_images = self.val_labels = None
@@ -401,8 +396,7 @@ class Trainer:
             raise NonFiniteTraining(self.epoch, self.recipe.epochs, label)
         metrics = {"train/loss": values[0] / seen, "train/acc": values[1] / seen, "lr": self.schedule(self.epoch * self.steps_per_epoch)}
         if len(values) > 4:
-            count = self.num_val
-            metrics.update({"val/loss": values[4] / count, "val/acc": values[5] / count})
+            metrics.update({"val/loss": values[4] / self.num_val, "val/acc": values[5] / self.num_val})
         if max_steps is None:
             self.epoch += 1
         return metrics
@@ -470,7 +464,7 @@ class FitResult:
 
 
 def fit(trainer: Trainer, *, checkpoint: Path | None = None, checkpoint_every: int = 10, settings_hash: str = "",
-        log: Callable[[dict[str, float]], None] | None = None, label: str = "") -> FitResult:
+        log: Callable[[dict[str, float]], object] = lambda metrics: None, label: str = "") -> FitResult:
     """Train to `recipe.epochs`, resuming from `checkpoint` when it was written under `settings_hash`; the
     trainer ends holding the final epoch's weights (no epoch selection).
 
@@ -487,16 +481,14 @@ def fit(trainer: Trainer, *, checkpoint: Path | None = None, checkpoint_every: i
         history, elapsed = list(saved["history"]), float(saved["elapsed_s"])
     resumed_from = trainer.epoch
     for metrics in history:
-        if log:
-            log(metrics)
+        log(metrics)
     start = time.perf_counter()
     while trainer.epoch < epochs:
         epoch_start = time.perf_counter()
         metrics = {"epoch": trainer.epoch, **trainer.run_epoch(label=label)}
         metrics["epoch_time_s"] = time.perf_counter() - epoch_start
         history.append(metrics)
-        if log:
-            log(metrics)
+        log(metrics)
         if checkpoint is not None and (trainer.epoch % checkpoint_every == 0 or trainer.epoch == epochs):
             save_torch_atomic(checkpoint, {"settings_hash": settings_hash, "trainer": trainer.state_dict(),
                                          "history": history, "elapsed_s": elapsed + time.perf_counter() - start})

@@ -5,6 +5,7 @@ final-epoch weights to <out>/seed-<s>.pt; finally <out>/train.json. Never reads 
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import sys
 from pathlib import Path
@@ -63,29 +64,15 @@ def load_validation(path: Path, classes: list[str], image_shape: tuple[int, ...]
     return val.images, val.labels
 
 
-class EpochLog:
-    """Per-epoch metrics to dvclive (one Live per seed) and a line on stdout."""
-
-    def __init__(self, directory: Path, seed: int, epochs: int):
-        # Rebuilt from scratch every run; fit() replays restored epochs first, so no epoch is doubled or lost.
-        shutil.rmtree(directory, ignore_errors=True)
-        self.live = Live(str(directory), dvcyaml=None, save_dvc_exp=False)
-        self.directory, self.seed, self.epochs = directory, seed, epochs
-
-    def __call__(self, metrics: dict[str, float]) -> None:
-        for name, value in metrics.items():
-            if name != "epoch":  # dvclive's step is the epoch
-                self.live.log_metric(name, value)
-        self.live.next_step()
-        val = f" val/acc {metrics['val/acc']:.4f}" if "val/acc" in metrics else ""
-        print(f"seed {self.seed} epoch {metrics['epoch'] + 1}/{self.epochs} loss {metrics['train/loss']:.4f} "
-              f"acc {metrics['train/acc']:.4f}{val} lr {metrics['lr']:.5f} {metrics['epoch_time_s']:.2f}s", flush=True)
-
-    def close(self) -> None:
-        self.live.end()
-        # dvclive's summary repeats the last row of the curves and is no plot: dvc.yaml's `plots: metrics/train`
-        # reads every file under it and fails on this one.
-        (self.directory / "metrics.json").unlink(missing_ok=True)
+def log_epoch(live: Live, seed: int, epochs: int, metrics: dict[str, float]) -> None:
+    """One epoch's metrics to dvclive (its step is the epoch) and a line on stdout."""
+    for name, value in metrics.items():
+        if name != "epoch":
+            live.log_metric(name, value)
+    live.next_step()
+    val = f" val/acc {metrics['val/acc']:.4f}" if "val/acc" in metrics else ""
+    print(f"seed {seed} epoch {metrics['epoch'] + 1}/{epochs} loss {metrics['train/loss']:.4f} "
+          f"acc {metrics['train/acc']:.4f}{val} lr {metrics['lr']:.5f} {metrics['epoch_time_s']:.2f}s", flush=True)
 
 
 def run(cfg: Config, model: str, mix: str, images: np.ndarray, labels: np.ndarray, classes: list[str],
@@ -118,11 +105,16 @@ def run(cfg: Config, model: str, mix: str, images: np.ndarray, labels: np.ndarra
                           precision=precision.name, channels_last=tr.channels_last, compile=tr.compile,
                           cuda_graph=tr.cuda_graph, eval_batch=cfg.evaluate.batch_size,
                           val_images=val_images, val_labels=val_labels)
-        log = EpochLog(metrics / f"seed-{seed}", seed, recipe.epochs)
+        # One Live per seed, rebuilt every run: fit() replays restored epochs first, so no epoch is doubled or lost.
+        shutil.rmtree(metrics / f"seed-{seed}", ignore_errors=True)
+        live = Live(str(metrics / f"seed-{seed}"), dvcyaml=None, save_dvc_exp=False)
         result = fit(trainer, checkpoint=checkpoints / f"seed-{seed}.pt", checkpoint_every=tr.checkpoint_every,
-                     settings_hash=sha256_json({**seed_settings, "conditions": conditions}), log=log,
-                     label=f"{model}/{mix} seed {seed}")
-        log.close()
+                     settings_hash=sha256_json({**seed_settings, "conditions": conditions}),
+                     log=functools.partial(log_epoch, live, seed, recipe.epochs), label=f"{model}/{mix} seed {seed}")
+        live.end()
+        # dvclive's summary repeats the last row of the curves and is no plot: dvc.yaml's `plots: metrics/train`
+        # reads every file under it and fails on this one.
+        (metrics / f"seed-{seed}" / "metrics.json").unlink(missing_ok=True)
         save_trained(out / f"seed-{seed}.pt", trainer.final_model,  # the EMA weights when the recipe keeps them
                      {"model": model, "variant": tr.variant, "num_classes": len(classes), "classes": classes,
                       "epochs": recipe.epochs, "settings": seed_settings, "conditions": conditions})
