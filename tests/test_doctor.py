@@ -41,7 +41,8 @@ def test_the_doctor_runs_the_configured_familys_pipeline_for_one_batch_and_a_tra
     # generate's path: the family's pipeline with its defaults (steps, guidance) filled in, at the params' batch size
     assert batch["value"]["pipeline"] == "PixArtSigmaPipeline" and batch["value"]["family"] == "pixart"
     assert batch["value"]["steps"] == 20 and batch["value"]["batch"] == 4 and batch["value"]["images_per_s"] > 0
-    assert type(opened[0][0].guidance_scale) is float and opened[0][0].resolution == batch["value"]["resolution"]
+    dif = opened[0][-1].diffusion  # the plan's settings, which open_sampler loads
+    assert type(dif.guidance_scale) is float and dif.resolution == batch["value"]["resolution"]
     step = checks[("training", "resnet18 step")]
     assert step["status"] == "ok" and step["value"]["s_per_step"] > 0 and step["value"]["mixture"] == "orig100_syn1_100_syn2_100"
     assert report["cpu_only"] is True and checks[("machine", "GPU")]["status"] == "no"

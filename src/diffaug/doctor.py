@@ -136,7 +136,7 @@ def generation_check(report: Report, cfg: Config, classes_path: Path) -> None:
     if not report.room("generation", "batch", 40 if cuda else 30 + batch * image_flops(dif) / CPU_FLOP_PER_S):
         return None
     started = time.perf_counter()
-    sampler, made_with = open_sampler(dif, source, info, device, levers, plan)
+    sampler, made_with = open_sampler(source, info, device, levers, plan)
     loaded = time.perf_counter()
     before = torch.cuda.memory_allocated(device) if cuda else 0
     if cuda:

@@ -97,7 +97,7 @@ def make_pilot(cand: Candidate, classes: list[str], image_size: tuple[int, int],
         console.print(f"pilot {cand.label}: {len(wanted)} images read back from {entry}")
         return found
     check_cpu_cost(plan, device.type, wanted)
-    sampler, _ = open_sampler(dif, source, info, device, levers, plan)
+    sampler, _ = open_sampler(source, info, device, levers, plan)
     small, flagged, times = [], [], []
     for start in range(0, len(wanted), batch):
         chunk = wanted[start:start + batch]

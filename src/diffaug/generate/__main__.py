@@ -157,7 +157,7 @@ def make_shards(plan: Plan, source: ModelSource, info: ModelInfo, out_dir: Path,
                   + (", model CPU offload" if dif.cpu_offload else "")
                   + (f", approximate: cache {dif.cache}" if dif.cache != "none" else "")
                   + (", approximate: fp8" if dif.fp8 else ""))
-    sampler, made_with = open_sampler(dif, source, info, device, levers, plan)
+    sampler, made_with = open_sampler(source, info, device, levers, plan)
     generate_shards(sampler, made_with, levers, plan, out_dir, todo, console=console, show_bar=show_bar, label=label)
 
 

@@ -52,7 +52,7 @@ class ShardWorker:
             if source.revision is None and not Path(source.load_from).is_dir():
                 raise UserError(f"diffusion.model: {source.load_from} is not on Ray node {os.uname().nodename}; copy the "
                                 "model folder to the same path on every node (or use a hub id cached on every node)")
-            sampler, made_with = open_sampler(plan.diffusion, source, info, pick_device(plan.diffusion), levers, plan)
+            sampler, made_with = open_sampler(source, info, pick_device(plan.diffusion), levers, plan)
             self.full: dict[int, Any] = {}
             # Progress is the driver's, which counts shards as they arrive: the worker's bar is off.
             self.maker = ShardMaker(sampler, made_with, levers, plan, console=Console(stderr=True), label=plan.set_name,

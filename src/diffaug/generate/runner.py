@@ -62,10 +62,10 @@ def measured_batch_size(device: torch.device, allocated_before: int, n: int) -> 
     return int(max(1, min(AUTO_MAX_BATCH, AUTO_MEMORY_SHARE * free // per_image)))
 
 
-def open_sampler(dif: DiffusionConfig, source: ModelSource, info: ModelInfo, device: torch.device, levers: Levers,
-                 plan: Plan) -> tuple[Sampler, dict[str, Any]]:
+def open_sampler(source: ModelSource, info: ModelInfo, device: torch.device, levers: Levers, plan: Plan) -> tuple[Sampler, dict[str, Any]]:
     """The family's pipeline with the levers applied, as a Sampler of `plan`'s images (its prompts encoded),
     and its provenance: what generate, the pilot and the doctor all run."""
+    dif = plan.diffusion
     pipe = load_pipeline(dif, source, info, device, img2img=plan.kind == "img2img")
     apply_levers(pipe, levers, fp8=dif.fp8, cache=dif.cache)
     steps, guidance_scale, resolution = settled(dif)
