@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     write_classes(args.out / "classes.json", train.classes, (height, width))
     counts = {n: np.bincount(s.labels, minlength=len(train.classes)).tolist() for n, s in (("train", train), ("val", val), ("test", test))}
     # cifar: fixed by torchvision's checksums; imagefolder: hashed by DVC if the user tracks it
-    digest = sha256_file(cfg.dataset.name.partition(":")[2]) if cfg.dataset.kind == "npz" else cfg.dataset.name
+    digest = sha256_file(cfg.dataset.path) if cfg.dataset.kind == "npz" else cfg.dataset.name
     write_json_atomic(args.out / "splits.json", {"dataset": cfg.dataset.name, "source_digest": digest,
                                                  "classes": train.classes, "counts_per_class": counts})
     print(f"prepare: {cfg.dataset.name}: {len(train.labels)} train, {len(val.labels)} val, {len(test.labels)} test images "
