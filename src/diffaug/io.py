@@ -130,9 +130,12 @@ def read_json(path: str | Path, missing: str, suffix: str = "") -> Any:
         raise UserError(f"{path}: not valid JSON ({str(e)[:120]}){suffix}") from None
 
 
-def sha256_file(path: str | Path) -> str:
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()  # chunk by chunk: hashlib.file_digest is Python 3.11+, and the project supports 3.10
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def sha256_json(obj: Any) -> str:
