@@ -59,6 +59,15 @@ def test_a_model_that_is_not_cached_is_skipped_not_downloaded(tmp_path, capsys):
     assert checks["resnet18 step"]["status"] == "skipped"  # over the 1 s budget
 
 
+def test_a_model_folder_that_is_not_there_gets_generates_one_line(tmp_path):
+    """The doctor resolves the model as generate does: a path-like name that is not there is no hub id."""
+    doctor.main(["--params", str(params_for(tmp_path, model="./no-such-model")), "--json", str(tmp_path / "doctor.json"),
+                 "--budget-s", "1"])
+    checks = {c["name"]: c for c in json.loads((tmp_path / "doctor.json").read_text())["checks"]}
+    assert checks["batch"]["status"] == "no"
+    assert checks["batch"]["detail"].startswith("UserError: diffusion.model: directory './no-such-model' not found"), checks["batch"]
+
+
 @pytest.mark.parametrize("argv, says", [
     (["--budget-s", "nan"], "error: --budget-s: got nan; allowed: a number of seconds > 0"),
     (["--budget-s", "inf"], "error: --budget-s: got inf; allowed: a number of seconds > 0"),

@@ -117,18 +117,19 @@ def generation_check(report: Report, cfg: Config, classes_path: Path) -> None:
     """One batch of the first prompt set, through generate's plan_set, open_sampler and sample_batch."""
     from diffaug.formats.splits import read_classes
     from diffaug.generate.__main__ import plan_set
-    from diffaug.generate.model import cached_hub_snapshot, choose_levers
+    from diffaug.generate.model import NotCached, choose_levers
     from diffaug.generate.plan import CPU_FLOP_PER_S, image_flops
     from diffaug.generate.runner import first_batch_size, measured_batch_size, open_sampler, pick_device, sample_batch
 
     sets, dif = [name for name, spec in cfg.synthetic.sets.items() if spec.kind == "prompt"], cfg.diffusion
     if not sets:
         return report.add("generation", "batch", "skipped", "params.yaml declares no prompt set under synthetic.sets")
-    if not Path(dif.model).expanduser().exists() and cached_hub_snapshot(dif.model, dif.revision) is None:
+    classes, image_size = read_classes(classes_path) if classes_path.is_file() else STAND_IN_CLASSES
+    try:
+        source, info, plan = plan_set(cfg, sets[0], None, classes, image_size, download=False)
+    except NotCached:
         return report.add("generation", "batch", "skipped", f"{dif.model} is not in the local Hugging Face cache; the "
                           f"doctor downloads nothing (dvc repro generate_{sets[0]} does)")
-    classes, image_size = read_classes(classes_path) if classes_path.is_file() else STAND_IN_CLASSES
-    source, info, plan = plan_set(cfg, sets[0], None, classes, image_size)
     dif = plan.diffusion  # the family's defaults filled in, as generate runs them
     device = pick_device(dif)
     levers = choose_levers(dif, device.type, plan.num_images)

@@ -60,7 +60,7 @@ def read_train_split(path_arg: str) -> tuple[Split, str]:
 
 
 def plan_set(cfg: Config, set_name: str, train_arg: str | None, classes: list[str],
-             image_size: tuple[int, int]) -> tuple[ModelSource, ModelInfo, Plan]:
+             image_size: tuple[int, int], download: bool = True) -> tuple[ModelSource, ModelInfo, Plan]:
     """The set's model source, family and plan, after every check that needs no torch (also the pilot's)."""
     spec = cfg.synthetic.sets[set_name]
     train, train_sha256 = None, None
@@ -71,7 +71,7 @@ def plan_set(cfg: Config, set_name: str, train_arg: str | None, classes: list[st
         train, train_sha256 = read_train_split(train_arg)
     elif train_arg is not None:
         raise UserError(f"--train: {set_name} is a {spec.kind} set, which reads no real images; leave --train out")
-    source = resolve_model(cfg.diffusion)  # a hub id is pinned to one snapshot (downloaded if not cached)
+    source = resolve_model(cfg.diffusion, download)  # a hub id is pinned to one snapshot (downloaded if not cached)
     info = check_model_files(source.folder, cfg.diffusion)  # the family, from its model_index.json
     check_levers(cfg.diffusion, info, spec.kind, f"synthetic.sets.{set_name}",
                  has_class_ids=getattr(spec, "class_ids", None) is not None, negative_prompt=spec.negative_prompt)

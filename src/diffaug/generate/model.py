@@ -90,8 +90,13 @@ def download_hub_snapshot(dif: DiffusionConfig) -> Path:
     return Path(folder)
 
 
-def resolve_model(dif: DiffusionConfig) -> ModelSource:
-    """Check the source and pin it: once per run, before the plan (whose hash includes the fingerprint)."""
+class NotCached(UserError):
+    """A hub model that is not in the local cache, where the caller asked for no download."""
+
+
+def resolve_model(dif: DiffusionConfig, download: bool = True) -> ModelSource:
+    """Check the source and pin it: once per run, before the plan (whose hash includes the fingerprint).
+    A hub id not in the local cache is downloaded, or with `download=False` raises NotCached."""
     path = Path(dif.model).expanduser()
     if not path.exists() and not _HUB_ID.match(dif.model):  # "/x", "./x", "~/x", "a/b/c": a path, not there
         raise UserError(f"diffusion.model: directory {dif.model!r} not found; allowed: a hub id such as "
@@ -101,7 +106,10 @@ def resolve_model(dif: DiffusionConfig) -> ModelSource:
             raise UserError(f"diffusion.model: {model_label(dif)} has no model_index.json; allowed: a directory "
                             "written by a diffusers pipeline's save_pretrained, or a hub id")
         return ModelSource(str(path), None, "sha256:" + directory_digest(path), path)
-    folder = cached_hub_snapshot(dif.model, dif.revision) or download_hub_snapshot(dif)
+    folder = cached_hub_snapshot(dif.model, dif.revision)
+    if folder is None and not download:
+        raise NotCached(f"diffusion.model: {model_label(dif)} is not in the local Hugging Face cache")
+    folder = folder or download_hub_snapshot(dif)
     return ModelSource(dif.model, folder.name, "hub-commit:" + folder.name, folder)
 
 
