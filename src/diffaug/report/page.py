@@ -58,12 +58,15 @@ def table_markdown(ctx: Context) -> tuple[str, list[str]]:
     for r in ctx.rows:
         cells = []
         for m in mixes:
-            text = "–" if m not in r.acc else f"{r.acc[m] * 100:.2f}" + (f" ± {r.std[m] * 100:.2f}" if m in r.std else "")
-            if m in r.acc and ctx.redefined(r, m):
+            if m not in r.acc:
+                cells.append("–")
+                continue
+            text = f"{r.acc[m] * 100:.2f}" + (f" ± {r.std[m] * 100:.2f}" if m in r.std else "")
+            if ctx.redefined(r, m):
                 text += " †"
                 footnotes.append(f"† {r.display}: `{m}` was {_sources((r.mixtures or {})[m])} in that run, not "
                                  f"{_sources(ctx.cfg.mixtures[m])} as in params.yaml now; left out of the figures.")
-            elif m in r.acc and len(ctx.rows) > 1 and r.acc[m] == best[m]:
+            elif len(ctx.rows) > 1 and r.acc[m] == best[m]:
                 text = f"**{text}**"
             cells.append(text)
         lines.append("| " + " | ".join([r.display, r.model, r.variant, r.recipe, str(r.seeds)] + cells) + " |")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -61,7 +62,7 @@ def _numbers(values: Any) -> dict[str, float]:
     if not isinstance(values, dict):
         return {}
     return {k: float(v) for k, v in values.items()
-            if isinstance(v, int | float) and not isinstance(v, bool) and abs(v) != float("inf") and v == v}
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
 
 
 def _revs(exp_show: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], str, str]]:
