@@ -41,7 +41,7 @@ class PilotImages:
     images: np.ndarray     # uint8 NHWC, the images that the safety checker let through
     labels: np.ndarray
     flagged: int           # images the safety checker flagged (the full run regenerates them)
-    rate: float | None     # measured images/s (None: no batch measured)
+    rate: float            # measured images/s (every pilot image is generated, none read back)
     cached: bool           # read back from <out>/cache, not made now
     full_set: int          # images of the full set
     device: str
@@ -243,10 +243,9 @@ def main(argv: list[str] | None = None) -> None:
         row: dict[str, Any] = {"candidate": cand.label, "set": cand.set_name, "images": int(len(pilot.images)),
                                "flagged": pilot.flagged, "cached": pilot.cached, "device": pilot.device,
                                "images_per_s": pilot.rate, "full_set_images": pilot.full_set}
-        if pilot.rate:
-            seconds = pilot.full_set / pilot.rate
-            row.update(eta_s=seconds, eta=human_duration(seconds), device_hours=seconds / 3600,
-                       cost=f"{seconds / 3600 * args.gpu_hour_price:.2f}" if args.gpu_hour_price else f"{seconds / 3600:.3g} device-h")
+        seconds = pilot.full_set / pilot.rate
+        row.update(eta_s=seconds, eta=human_duration(seconds), device_hours=seconds / 3600,
+                   cost=f"{seconds / 3600 * args.gpu_hour_price:.2f}" if args.gpu_hour_price else f"{seconds / 3600:.3g} device-h")
         if score is not None:
             row.update(score(pilot))
         rows.append(row)
