@@ -255,7 +255,7 @@ class Trainer:
         self._counter.add_(1)
 
     def _record_graph(self) -> torch.cuda.CUDAGraph:
-        """Warm up on a side stream, then record one `_static_step` as `self._graph`; both move the state (callers restore it)."""
+        """Warm up on a side stream, then record one `_static_step` as a graph; both move the state (callers restore it)."""
         stream = torch.cuda.current_stream(self.device)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(stream)
@@ -267,7 +267,6 @@ class Trainer:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             self._static_step()
-        self._graph = graph
         return graph
 
     def _eager_step(self, step: int) -> None:
@@ -337,10 +336,9 @@ class Trainer:
         except Exception as e:  # noqa: BLE001  a failed capture can leave the CUDA context unusable
             raise UserError(f"train.cuda_graph: {reason or 'the graph check'} left the GPU unusable ({type(e).__name__}); "
                             f"set train.cuda_graph: false") from None
-        if reason is None:
-            self.step_mode = "cuda_graph"
+        if reason is None:  # kept only once proven: a graph that failed its proof is never stored
+            self._graph, self.step_mode = graph, "cuda_graph"
             return
-        self._graph = None
         self.static = self.capture_graphs = False
         self.step_mode = f"eager (fallback: {reason})"
         print(f"note: train.cuda_graph: {reason}; training continues eager, same results, slower "
