@@ -134,16 +134,14 @@ def clip_similarities(clip: tuple[Any, Any], images: np.ndarray, labels: np.ndar
                       batch_size: int = 256) -> np.ndarray:
     """float32 cosine similarity of each uint8 NHWC image with the text CLIP_PROMPT of its class's word."""
     model, processor = clip
-    # CLIPModel.forward's projections, spelled out so that the class texts are encoded once, not with every batch
-    # (get_text_features' return type differs between transformers 4 and 5; these towers and projections do not).
-    unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
+    # CLIPModel.forward's steps, so the texts are encoded once (get_text_features' return type differs in transformers 4 and 5)
     out = []
     with torch.inference_mode():
         text = processor(text=[CLIP_PROMPT.format(label=w) for w in words], return_tensors="pt", padding=True).to(device)
-        text_embeds = unit(model.text_projection(model.text_model(**text).pooler_output))
+        text_embeds = torch.nn.functional.normalize(model.text_projection(model.text_model(**text).pooler_output), dim=-1)
         for start in range(0, len(images), batch_size):
             pixels = processor(images=list(images[start:start + batch_size]), return_tensors="pt").to(device)
-            image_embeds = unit(model.visual_projection(model.vision_model(**pixels).pooler_output))
+            image_embeds = torch.nn.functional.normalize(model.visual_projection(model.vision_model(**pixels).pooler_output), dim=-1)
             lab = torch.from_numpy(labels[start:start + batch_size]).to(device)
             out.append((image_embeds * text_embeds[lab]).sum(-1).float().cpu().numpy())
     return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
