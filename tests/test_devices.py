@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from diffaug import devices
-from diffaug.config.schema import DiffusionConfig
+from diffaug.config import DiffusionConfig
 from diffaug.devices import GpuInfo, check_generation, has_kernels_for, resolve_device, training_precision
 from diffaug.errors import ConfigError, UserError
 

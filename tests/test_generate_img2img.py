@@ -289,8 +289,9 @@ def test_a_seeded_class_balanced_subset(world):
     (0, "synthetic.sets.i2i.strength: Input should be greater than 0 (got 0)"),
     (1.2, "synthetic.sets.i2i.strength: Input should be less than or equal to 1 (got 1.2)"),
     ([0.5, -1], "synthetic.sets.i2i.strength[1]: Input should be greater than 0 (got -1)"),
+    ([0.5, 0.01], "synthetic.sets.i2i.strength: got 0.01: int(diffusion.steps * strength) = int("),  # at the model's own steps
 ])
-def test_a_strength_outside_0_1_is_one_line_exit_2_nothing_written(world, tmp_path, capsys, strength, expected):
+def test_a_strength_that_cannot_run_is_one_line_exit_2_nothing_written(world, tmp_path, capsys, strength, expected):
     params = write_params(tmp_path, world["model"], spec={"strength": strength})
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 import diffaug.mixtures as mixtures
-from diffaug.config import PAPER_SOURCES, parse_config
+from diffaug.config import parse_config
 from diffaug.formats.mixture import load_mixture
 from diffaug.io import load_npz, save_npz_atomic, sha256_file
 
@@ -56,9 +56,9 @@ def test_counts_per_source_and_class_are_exact_for_every_default_mixture(sources
         assert len(index["row"]) == comp["total"] == sum(round(f * (REAL_PER_CLASS if s in ("orig", "rot90", "vflip") else SYN_PER_CLASS)) * len(CLASSES)
                                                         for s, f in fractions.items())
         # labels stored in the index are the labels of the rows they point at
-        assert [str(n) for n in index["source_names"]] == list(PAPER_SOURCES)  # the paper's mixtures: the old code table
+        assert [str(n) for n in index["source_names"]] == list(mixtures.PAPER_SOURCES)  # the paper's mixtures: the old code table
         for code in np.unique(index["source"]):
-            src = PAPER_SOURCES[code]
+            src = mixtures.PAPER_SOURCES[code]
             sel = index["source"] == code
             pool = sources["labels"] if src in ("orig", "rot90", "vflip") else sources["synthetic"][src][1]
             assert np.array_equal(index["label"][sel], pool[index["row"][sel]])
@@ -78,7 +78,7 @@ def test_same_seed_same_bytes_other_seed_other_draw(sources):
 
 def test_draws_nest_and_copies_are_of_the_same_real_images(sources):
     _, out = build(sources)
-    rows = lambda mix, src: set(load_npz(out / f"{mix}.npz")["row"][load_npz(out / f"{mix}.npz")["source"] == PAPER_SOURCES.index(src)])
+    rows = lambda mix, src: set(load_npz(out / f"{mix}.npz")["row"][load_npz(out / f"{mix}.npz")["source"] == mixtures.PAPER_SOURCES.index(src)])
     assert rows("orig50", "orig") == rows("orig50_syn1_50", "orig") == rows("orig50_rot50", "orig")
     assert rows("orig50", "orig") < rows("orig100", "orig")
     assert rows("orig50_rot50", "rot90") == rows("orig50_rot50", "orig")
@@ -109,7 +109,7 @@ def test_load_mixture_returns_the_pixels_with_copies_transformed(sources):
     index = load_npz(out / "orig50_rot50_vflip50.npz")
     real = sources["images"]
     for src, expected in (("orig", real), ("rot90", np.rot90(real, 1, axes=(1, 2))), ("vflip", real[:, ::-1])):
-        sel = index["source"] == PAPER_SOURCES.index(src)
+        sel = index["source"] == mixtures.PAPER_SOURCES.index(src)
         assert np.array_equal(images[sel], expected[index["row"][sel]])
     assert classes == CLASSES and labels.dtype == np.int64 and images.dtype == np.uint8
     syn, syn_labels, _ = load_mixture(out / "orig100_syn1_100_syn2_100.npz", sources["prepared"], sources["tmp"] / "synthetic")
@@ -163,8 +163,8 @@ def test_paper_mixture_files_keep_their_bytes_and_a_new_set_changes_none(sources
     _, b = build(sources, with_set(PARAMS, orig50_i2i50={"orig": 0.5, "i2i": 0.5}, i2i_syn1={"i2i": 1.0, "syn1": 0.5}), out="b")
     assert all(sha256_file(b / f"{m}.npz") == sha256_file(a / f"{m}.npz") for m in PARAMS["mixtures"])
     index = load_npz(b / "orig50_i2i50.npz")
-    assert [str(n) for n in index["source_names"]] == [*PAPER_SOURCES, "i2i"]
-    sel = index["source"] == len(PAPER_SOURCES)
+    assert [str(n) for n in index["source_names"]] == [*mixtures.PAPER_SOURCES, "i2i"]
+    sel = index["source"] == len(mixtures.PAPER_SOURCES)
     assert sel.sum() == round(0.5 * 7) * 3 and set(index["row"][sel]) <= set(range(len(labels)))
     got, got_labels, _ = load_mixture(b / "i2i_syn1.npz", sources["prepared"], sources["tmp"] / "synthetic")
     assert (got[:, 0, 0, 0] == 150).sum() == 21 and (got[:, 0, 0, 0] == 100).sum() == 15 * 3

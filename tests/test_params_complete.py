@@ -12,8 +12,7 @@ import pytest
 import yaml
 from pydantic import TypeAdapter
 
-from diffaug.config import LEVERS, parse_config, read_params
-from diffaug.config.schema import Config
+from diffaug.config import LEVERS, Config, parse_config, read_params
 
 REPO = Path(__file__).resolve().parents[1]
 RAW = read_params(REPO / "params.yaml")

@@ -187,14 +187,14 @@ def worth_in_real_images(cfg: Config, train_labels: np.ndarray | None, synthetic
     if untrained:
         print(f"evaluate: no exchange rate: real_curve mixtures {', '.join(untrained)} are not in mixes (not trained)")
         return None
-    needed = {s for mix in cfg.mixes for s in cfg.mixtures[mix] if cfg.is_synthetic(s)}
+    needed = {s for mix in cfg.mixes for s in cfg.mixtures[mix] if s in cfg.synthetic.sets}
     pools = {"orig": train_labels} | {s: syn_labels[s] if s in syn_labels else synthetic.load_synthetic(synthetic_root / s)[1]
                                       for s in needed}
     sizes = [mixture_counts(cfg.mixtures[m], pools)[0] for m in cfg.real_curve]
     curve = [results[m]["per_seed"] for m in cfg.real_curve]
     mixtures = {}
     for mix in cfg.mixes:
-        if any(cfg.is_synthetic(s) for s in cfg.mixtures[mix]):
+        if any(s in cfg.synthetic.sets for s in cfg.mixtures[mix]):
             n_real, n_syn = mixture_counts(cfg.mixtures[mix], pools)
             mixtures[mix] = {"n_real": n_real, "n_syn": n_syn, "accs": results[mix]["per_seed"]}
     exchange = exchange_rates(sizes, curve, mixtures)

@@ -19,8 +19,7 @@ import numpy as np
 import torch
 
 from diffaug.cli import stage_parser
-from diffaug.config import REAL_SOURCES, Config, load_config
-from diffaug.config.schema import MixtureFilter
+from diffaug.config import REAL_SOURCES, Config, MixtureFilter, load_config
 from diffaug.devices import resolve_device
 from diffaug.errors import UserError, exit_on_error
 from diffaug.formats.classifier import load_trained, logits_of, require_files

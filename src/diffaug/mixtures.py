@@ -17,12 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from diffaug.cli import stage_parser
-from diffaug.config import PAPER_SOURCES, Config, load_config
+from diffaug.config import REAL_SOURCES, Config, load_config
 from diffaug.errors import UserError, exit_on_error
 from diffaug.formats import synthetic
 from diffaug.formats.mixture import COPY_TRANSFORMS, MixtureIndex, pool_digest, pool_of, unfiltered_name, write_composition, write_mixture
 from diffaug.formats.splits import load_split
 from diffaug.io import ensure_writable_dir
+
+PAPER_SOURCES = REAL_SOURCES + ("syn1", "syn2")  # codes 0-4 in every mixture file
 
 
 def _draw(labels: np.ndarray, num_classes: int, fraction: float, seed: int, source: str) -> list[np.ndarray]:
@@ -63,7 +65,7 @@ def build(cfg: Config, prepared: Path, synthetic_root: Path, out: Path) -> dict[
     num_classes = len(train.classes)
     labels = {"orig": train.labels}
     digests = {"orig": pool_digest("orig", prepared, synthetic_root)}
-    needed = {s for sources in cfg.mixtures.values() for s in sources if cfg.is_synthetic(s)}
+    needed = {s for sources in cfg.mixtures.values() for s in sources if s in cfg.synthetic.sets}
     for name in sorted(needed):
         labels[name] = synthetic.load_synthetic(synthetic_root / name)[1]
         digests[name] = pool_digest(name, prepared, synthetic_root)

@@ -48,7 +48,7 @@ def mixture_label(sources: dict[str, float]) -> str:
 
 
 def filter_label(f: Any) -> str:
-    """'confidence-filtered (best 80%)', 'clip-filtered (score >= 0.25)' from a config.schema.MixtureFilter."""
+    """'confidence-filtered (best 80%)', 'clip-filtered (score >= 0.25)' from a config.MixtureFilter."""
     how = f"score >= {f.threshold:g}" if f.threshold is not None else f"best {_pct(f.keep_fraction)}"
     return f"{f.by}-filtered ({how})"
 

@@ -101,7 +101,7 @@ def exchange_tables(ctx: Context) -> str:
             continue
         by_set: dict[str, list[str]] = {}
         for mix in n_syn:
-            drawn = [k for k in (ctx.cfg.mixtures.get(mix) or {}) if ctx.cfg.is_synthetic(k)] or ["?"]
+            drawn = [k for k in (ctx.cfg.mixtures.get(mix) or {}) if k in ctx.cfg.synthetic.sets] or ["?"]
             by_set.setdefault(" + ".join(drawn), []).append(mix)
         for sets, mixes in by_set.items():
             out += [f"**{ctx.row_label(row)}, {sets}** (generator {ctx.cfg.diffusion.model}):\n",

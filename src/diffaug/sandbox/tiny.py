@@ -233,7 +233,7 @@ _BUILDERS = {"sdxl": _sdxl, "sd3": _sd3, "flux": _flux, "pixart": _pixart, "sana
 
 def tiny_diffusion_params(path: str | Path) -> dict[str, Any]:
     """The whole `diffusion:` section for the tiny SD pipeline on a CPU: 64-px images in seconds."""
-    from diffaug.config.schema import DiffusionConfig
+    from diffaug.config import DiffusionConfig
 
     return DiffusionConfig(model=str(path), variant=None, dtype="float32", resolution=64, guidance_scale=7.5, steps=3,
                            batch_size=4, fuse_qkv=False, compile=False, device="cpu").model_dump()
