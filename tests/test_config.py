@@ -80,6 +80,7 @@ BAD = [
     ("synthetic.sets.syn1.prompt", ["{label}", "{label} by {artist}"], "synthetic.sets.syn1.prompt[1]: String should match "
      "pattern '^[^{}]*(\\{label\\}[^{}]*)+$' (got '{label} by {artist}')"),
     ("synthetic.sets.syn1.kind", "text", "synthetic.sets.syn1: kind must be 'prompt' or 'img2img' (got {'kind': 'text'"),
+    ("synthetic.sets.syn1", 5, "synthetic.sets.syn1: kind must be 'prompt' or 'img2img' (got 5)"),
     ("synthetic.sets.syn1.strength", 0.5, "synthetic.sets.syn1.strength: Extra inputs are not permitted; "
      "allowed: kind, prompt, negative_prompt, class_ids (got 0.5)"),
     ("synthetic.sets.orig", {"kind": "prompt"}, "synthetic.sets.orig: 'orig' is a reserved source name; allowed: any other name (got {'kind': 'prompt'})"),

@@ -89,7 +89,7 @@ class Img2ImgSet(Section):
 
 
 SyntheticSet = Annotated[Annotated[PromptSet, Tag("prompt set")] | Annotated[Img2ImgSet, Tag("img2img set")], Discriminator(
-    lambda v: f"{v.get('kind', 'prompt') if isinstance(v, dict) else v.kind} set",  # a set is a prompt set unless it says otherwise
+    lambda v: f"{v.get('kind', 'prompt') if isinstance(v, dict) else getattr(v, 'kind', None)} set",  # a set is a prompt set unless it says otherwise
     custom_error_type="set_kind", custom_error_message="kind must be 'prompt' or 'img2img'")]
 
 
