@@ -1,8 +1,10 @@
 """params.yaml validation: every bad value is one line naming the key, exit 2, nothing written."""
 import copy
+import functools
 import importlib
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -253,3 +255,26 @@ def test_a_bad_value_is_told_before_a_missing_key():
     assert str(err.value).startswith("params.yaml: model: Input should be 'resnet18', ") and str(err.value).endswith(" (got 'resnet19')")
     with pytest.raises(ConfigError, match=r"^params.yaml: mixtures: Field required$"):
         parse_config({"model": "resnet18"})
+
+
+def test_any_mutation_of_params_is_a_config_or_one_line():
+    """Seeded random edits (a key set to another value or type, removed, or added): never a traceback or a blank key."""
+    values = [None, "x", -1, 0, 0.5, 1.5, [], {}, [1, 1], {"a": 1}, True, float("nan"), float("inf"), 2**40, "{label}", {"kind": "img2img"}]
+
+    def keys(node, at=()):
+        yield at
+        for k, child in (node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()):
+            yield from keys(child, (*at, k))
+
+    rng, every = random.Random(0), [k for k in keys(BASE) if k]
+    for _ in range(1000):
+        p, (*parents, leaf) = copy.deepcopy(BASE), rng.choice(every)
+        node = functools.reduce(lambda n, k: n[k], parents, p)
+        if rng.random() < 0.1 and isinstance(node, dict):
+            del node[leaf]
+        else:
+            node[leaf if rng.random() < 0.9 or isinstance(node, list) else "extra"] = copy.deepcopy(rng.choice(values))
+        try:
+            parse_config(p)
+        except ConfigError as e:
+            assert "\n" not in str(e) and str(e).startswith("params.yaml: ") and not str(e).startswith("params.yaml: :"), str(e)
