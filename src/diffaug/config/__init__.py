@@ -88,7 +88,7 @@ class Img2ImgSet(Section):
     strengths = property(lambda self: [float(s) for s in (self.strength if isinstance(self.strength, list) else [self.strength])])
 
 
-SyntheticSet = Annotated[Annotated[PromptSet, Tag("prompt set")] | Annotated[Img2ImgSet, Tag("img2img set")], Discriminator(
+SyntheticSet = Annotated[Annotated[PromptSet, Tag("prompt set")] | Annotated[Img2ImgSet, Tag("img2img set")], Discriminator(  # tags no data key is
     lambda v: f"{v.get('kind', 'prompt') if isinstance(v, dict) else getattr(v, 'kind', None)} set",  # a set is a prompt set unless it says otherwise
     custom_error_type="set_kind", custom_error_message="kind must be 'prompt' or 'img2img'")]
 
