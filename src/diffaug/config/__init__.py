@@ -274,8 +274,9 @@ def explain(errors: list[ErrorDetails], data: Any) -> str:
     a rule before a type mismatch, the deepest key (so a union's arm the value was meant for); its equals at that key, joined."""
     located = [(_located(e, data), e) for e in errors]
     rank = [(e["type"] in ("missing", "default_factory_not_called"), e["type"].endswith("_type"), -len(at[0])) for at, e in located]
-    (path, value), err = located[rank.index(min(rank))]
-    message = " or ".join(dict.fromkeys(e["msg"] for (at, e), r in zip(located, rank) if (at[0], r) == (path, min(rank))))
+    best = min(rank)
+    (path, value), err = located[rank.index(best)]
+    message = " or ".join(dict.fromkeys(e["msg"] for (at, e), r in zip(located, rank) if (at[0], r) == (path, best)))
     key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
     return f"{key + ': ' if key else ''}{message}{'' if err['type'] == 'missing' else f' (got {value!r:.100})'}"
 
